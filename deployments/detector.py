@@ -1,0 +1,177 @@
+"""Detector: ultralytics YOLO — boxes, scores, class ids and names."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+from ray import serve
+
+from deployments.common import pick_device, resolve_checkpoint
+from deployments.errors import InvalidInput, ModelLoadError
+
+logger = logging.getLogger("meshline.detector")
+
+
+class DetectorConfig(BaseModel):
+    model: str = Field("yolov8n.yaml", description="ultralytics config for random init.")
+    checkpoint: str | None = Field(None, description="Local .pt path or s3:// URI.")
+    seed: int = 0
+    device: str = "auto"
+    weights_dir: Path = Path(".data/weights")
+    config_dir: Path = Field(Path(".data/ultralytics"), description="YOLO_CONFIG_DIR (writable).")
+    s3_endpoint_url: str | None = None
+
+
+def prepare_ultralytics_env(config_dir: Path) -> None:
+    """ultralytics reaches the network at import, on plotting and for missing deps: stop it."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    font = config_dir / "Ultralytics" / "Arial.ttf"
+    if not font.exists():
+        # Plotting looks for Arial.ttf and downloads it otherwise; any TTF will do.
+        import matplotlib
+
+        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        font.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(dejavu, font)
+
+
+class YoloDetector:
+    def __init__(self, config: DetectorConfig) -> None:
+        prepare_ultralytics_env(config.config_dir)
+        import torch
+        from ultralytics import YOLO
+
+        self.config = config
+        self.device = pick_device(config.device)
+        try:
+            if config.checkpoint:
+                path = resolve_checkpoint(config.checkpoint, config.weights_dir, config.s3_endpoint_url)
+                if path.suffix != ".pt":
+                    raise ModelLoadError(f"detector checkpoint must be a .pt file, got {path.name}")
+                self.model = YOLO(str(path))
+            else:
+                if not config.model.endswith((".yaml", ".yml")):
+                    # A bare "yolov8n.pt" name would be downloaded: refuse it.
+                    raise ModelLoadError("detector_model must be a .yaml config when no checkpoint is set")
+                logger.warning(
+                    "Detector: no YOLO checkpoint configured (MESHLINE_DETECTOR_CHECKPOINT); "
+                    "using RANDOM weights from %s — detections will be meaningless.",
+                    config.model,
+                )
+                torch.manual_seed(config.seed)
+                self.model = YOLO(config.model)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"could not load YOLO model: {exc}") from exc
+        self.model.to(self.device)
+        self.model.fuse()
+        self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
+        self._lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.config.checkpoint or self.config.model,
+            "weights": "checkpoint" if self.config.checkpoint else "random",
+            "device": self.device,
+            "task": self.model.task,
+            "num_classes": len(self.names),
+        }
+
+    def class_ids(self, classes: list[int | str] | None) -> list[int] | None:
+        """Accept class ids or names; unknown ones are a client error."""
+        if not classes:
+            return None
+        by_name = {name: idx for idx, name in self.names.items()}
+        ids: list[int] = []
+        for item in classes:
+            if isinstance(item, str) and not item.isdigit():
+                if item not in by_name:
+                    raise InvalidInput(f"unknown class name {item!r}", param="classes")
+                ids.append(by_name[item])
+            else:
+                idx = int(item)
+                if idx not in self.names:
+                    raise InvalidInput(f"unknown class id {idx}", param="classes")
+                ids.append(idx)
+        return ids
+
+    def detect(
+        self,
+        image: np.ndarray,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        imgsz: int = 640,
+        max_det: int = 300,
+        classes: list[int | str] | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidInput("image must be an HxWx3 RGB array", param="image")
+        if not 0.0 <= conf <= 1.0:
+            raise InvalidInput("conf must be in [0, 1]", param="conf")
+        if not 0.0 <= iou <= 1.0:
+            raise InvalidInput("iou must be in [0, 1]", param="iou")
+        if not 32 <= imgsz <= 4096:
+            raise InvalidInput("imgsz must be in [32, 4096]", param="imgsz")
+        if not 1 <= max_det <= 10000:
+            raise InvalidInput("max_det must be in [1, 10000]", param="max_det")
+        class_ids = self.class_ids(classes)
+        height, width = image.shape[:2]
+        with self._lock:
+            result = self.model.predict(
+                source=np.ascontiguousarray(image[:, :, ::-1]),  # ultralytics wants BGR
+                conf=conf,
+                iou=iou,
+                imgsz=imgsz,
+                max_det=max_det,
+                classes=class_ids,
+                device=self.device,
+                verbose=False,
+            )[0]
+        boxes = result.boxes
+        xyxy = boxes.xyxy.cpu().numpy().astype(float) if len(boxes) else np.zeros((0, 4))
+        ids = boxes.cls.cpu().numpy().astype(int).tolist() if len(boxes) else []
+        return {
+            "boxes": xyxy.round(2).tolist(),
+            "boxes_normalized": (xyxy / [width, height, width, height]).round(6).tolist(),
+            "scores": (boxes.conf.cpu().numpy().astype(float).round(5).tolist() if len(boxes) else []),
+            "class_ids": ids,
+            "class_names": [self.names[i] for i in ids],
+            "image_size": [int(width), int(height)],
+            "speed_ms": {k: round(float(v), 2) for k, v in (result.speed or {}).items()},
+        }
+
+
+@serve.deployment(
+    name="Detector",
+    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
+    autoscaling_config={"min_replicas": 0, "initial_replicas": 1, "max_replicas": 2},
+)
+class DetectorDeployment:
+    def __init__(self, config: DetectorConfig) -> None:
+        self._model = YoloDetector(config)
+
+    async def info(self) -> dict[str, Any]:
+        return self._model.info()
+
+    async def detect(
+        self,
+        image: np.ndarray,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        imgsz: int = 640,
+        max_det: int = 300,
+        classes: list[int | str] | None = None,
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self._model.detect, image, conf, iou, imgsz, max_det, classes)

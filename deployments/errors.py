@@ -1,0 +1,25 @@
+"""Typed domain errors raised by model code. The ingress maps them to HTTP status codes."""
+
+from __future__ import annotations
+
+
+class MeshlineError(Exception):
+    """Base class: a failure whose message is safe to show to a client."""
+
+    kind = "internal_error"
+
+
+class InvalidInput(MeshlineError):
+    """The request itself cannot be processed (bad prompt, empty mask, bad mesh)."""
+
+    kind = "invalid_input"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelLoadError(MeshlineError):
+    """A configured checkpoint or model config could not be loaded."""
+
+    kind = "model_load_error"

@@ -1,0 +1,1 @@
+"""CPU geometry used by the Reconstructor and Converter deployments (no Ray, no HTTP)."""

@@ -1,0 +1,107 @@
+"""Silhouette inflation: a closed, smooth mesh whose front view is the object's mask.
+
+The height of the surface above the image plane at a pixel is ``k * sqrt(d * dmax)``, with
+``d`` the distance to the mask border, ``dmax`` its maximum and ``k`` the depth ratio; the
+back is the mirror image. The signed field ``h(x, y) - |z|`` (negative outside the mask)
+is continuous, so marching cubes gives a smooth, watertight surface with no voxel steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from PIL import Image
+from scipy import ndimage
+from skimage import measure
+
+from deployments.meshing.masks import ObjectMask
+
+# Distance fields are computed on a crop at most this large (then resampled to the grid).
+MAX_FIELD_PX = 1024
+
+
+@dataclass(frozen=True)
+class InflateParams:
+    grid: int = 96
+    depth_ratio: float = 0.5
+    max_faces: int = 20000
+    smooth_iterations: int = 10
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Positive inside, negative outside, in pixels."""
+    return ndimage.distance_transform_edt(mask) - ndimage.distance_transform_edt(~mask)
+
+
+def _resample(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    zoom = (shape[0] / field.shape[0], shape[1] / field.shape[1])
+    return ndimage.zoom(field, zoom, order=1, mode="nearest")
+
+
+def height_field(obj: ObjectMask, params: InflateParams) -> tuple[np.ndarray, float]:
+    """Signed height (grid units) on a padded grid covering the mask's bounding box.
+
+    Returns the field and the number of input pixels per grid cell.
+    """
+    crop = obj.crop()
+    pad_px = max(2, int(0.05 * max(crop.shape)))
+    crop = np.pad(crop, pad_px)
+    # Work at a bounded resolution, keeping sub-pixel boundary information.
+    scale_down = min(1.0, MAX_FIELD_PX / max(crop.shape))
+    if scale_down < 1.0:
+        size = (max(1, round(crop.shape[1] * scale_down)), max(1, round(crop.shape[0] * scale_down)))
+        coverage = Image.fromarray(crop.astype(np.float32)).resize(size, Image.BOX)
+        crop = np.asarray(coverage) >= 0.5
+    sdf = signed_distance(crop) / scale_down  # back to input pixels
+    pixels_per_cell = max(obj.width, obj.height) / params.grid
+    grid_shape = (
+        max(4, round(crop.shape[0] / scale_down / pixels_per_cell)),
+        max(4, round(crop.shape[1] / scale_down / pixels_per_cell)),
+    )
+    sdf = _resample(sdf, grid_shape) / pixels_per_cell  # grid units
+    inside = np.clip(sdf, 0.0, None)
+    dmax = float(inside.max())
+    height = np.where(sdf > 0, params.depth_ratio * np.sqrt(inside * max(dmax, 1e-6)), sdf)
+    return height, pixels_per_cell
+
+
+def inflate(obj: ObjectMask, params: InflateParams) -> tuple[trimesh.Trimesh, dict[str, float]]:
+    """Reconstruct a watertight mesh, scaled so its longest side is 1 and centred at 0."""
+    height, pixels_per_cell = height_field(obj, params)
+    zmax = float(height.max())
+    nz = int(np.ceil(zmax)) + 2
+    z = np.arange(-nz, nz + 1, dtype=np.float32)
+    volume = height[:, :, None] - np.abs(z)[None, None, :]
+    volume = np.pad(volume, 1, constant_values=-1.0)  # guarantees a closed surface
+    verts, faces, _, _ = measure.marching_cubes(volume, level=0.0)
+    # volume axes are (row, col, z): row grows downwards in the image, so y = -row.
+    xyz = np.column_stack([verts[:, 1], -verts[:, 0], verts[:, 2] - (nz + 1)])
+    mesh = trimesh.Trimesh(xyz, faces, process=True)
+    mesh = _clean(mesh, params)
+    extents = mesh.bounds[1] - mesh.bounds[0]
+    mesh.apply_translation(-(mesh.bounds[0] + mesh.bounds[1]) / 2.0)
+    mesh.apply_scale(1.0 / float(max(extents[0], extents[1])))
+    return mesh, {"pixels_per_unit": float(max(obj.width, obj.height)), "grid_cell_px": pixels_per_cell}
+
+
+def _clean(mesh: trimesh.Trimesh, params: InflateParams) -> trimesh.Trimesh:
+    mesh.update_faces(mesh.nondegenerate_faces())
+    mesh.remove_unreferenced_vertices()
+    mesh.merge_vertices()
+    if len(mesh.split(only_watertight=False)) > 1:
+        # Keep the biggest shell (a thin mask can pinch off tiny islands).
+        parts = mesh.split(only_watertight=False)
+        mesh = max(parts, key=lambda part: abs(part.volume))
+    trimesh.repair.fix_normals(mesh)
+    trimesh.smoothing.filter_taubin(mesh, iterations=params.smooth_iterations)
+    if len(mesh.faces) > params.max_faces:
+        reduced = mesh.simplify_quadric_decimation(face_count=params.max_faces)
+        reduced.merge_vertices()
+        reduced.update_faces(reduced.nondegenerate_faces())
+        reduced.remove_unreferenced_vertices()
+        if reduced.is_watertight and reduced.is_winding_consistent:
+            trimesh.repair.fix_normals(reduced)
+            mesh = reduced
+    return mesh

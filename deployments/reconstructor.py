@@ -1,0 +1,109 @@
+"""Reconstructor: image + mask → closed triangle mesh ("shape"), then texture ("paint")."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+from ray import serve
+
+from deployments.errors import InvalidInput
+
+
+class ReconstructorConfig(BaseModel):
+    backend: Literal["inflate"] = Field("inflate", description="Shape backend (CPU built-in).")
+    grid: int = Field(96, ge=32, le=512, description="Grid cells along the longest side.")
+    depth_ratio: float = Field(0.5, gt=0, le=2, description="Depth as a fraction of width.")
+    max_faces: int = Field(20000, ge=500, description="Face budget.")
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInput("image must be an HxWx3 RGB array", param="image")
+
+
+class SilhouetteReconstructor:
+    """The built-in CPU backend: silhouette inflation + photo projection."""
+
+    def __init__(self, config: ReconstructorConfig) -> None:
+        from deployments.meshing.inflate import InflateParams
+
+        self.config = config
+        self.params = InflateParams(
+            grid=config.grid, depth_ratio=config.depth_ratio, max_faces=config.max_faces
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.config.backend, "weights": "none (geometric)", "device": "cpu"}
+
+    def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        """Returns ``mesh`` (binary PLY bytes) and ``stats``."""
+        from deployments.meshing.inflate import inflate
+        from deployments.meshing.masks import object_mask
+
+        _check_image(image)
+        started = time.perf_counter()
+        obj = object_mask(mask, image.shape)
+        mesh, frame = inflate(obj, self.params)
+        return {
+            "mesh": mesh.export(file_type="ply"),
+            "format": "ply",
+            "stats": {
+                "faces": int(len(mesh.faces)),
+                "vertices": int(len(mesh.vertices)),
+                "watertight": bool(mesh.is_watertight),
+                "extents": [round(float(v), 6) for v in mesh.extents],
+                "mask_bbox_xyxy": [obj.x0, obj.y0, obj.x1, obj.y1],
+                "seconds": round(time.perf_counter() - started, 3),
+                **frame,
+            },
+        }
+
+    def paint(
+        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply"
+    ) -> dict[str, Any]:
+        """Returns ``mesh`` (textured GLB bytes) and ``stats``."""
+        from deployments.meshing.export import load_mesh
+        from deployments.meshing.masks import object_mask
+        from deployments.meshing.paint import paint
+
+        _check_image(image)
+        started = time.perf_counter()
+        obj = object_mask(mask, image.shape)
+        painted = paint(load_mesh(mesh, mesh_format), image, obj)
+        texture = painted.visual.material.baseColorTexture
+        buffer = io.BytesIO(painted.export(file_type="glb"))
+        return {
+            "mesh": buffer.getvalue(),
+            "format": "glb",
+            "stats": {
+                "texture_size": [int(texture.width), int(texture.height)],
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        }
+
+
+@serve.deployment(
+    name="Reconstructor",
+    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
+    autoscaling_config={"min_replicas": 0, "initial_replicas": 1, "max_replicas": 2},
+    graceful_shutdown_timeout_s=60,
+)
+class ReconstructorDeployment:
+    def __init__(self, config: ReconstructorConfig) -> None:
+        self._backend = SilhouetteReconstructor(config)
+
+    async def info(self) -> dict[str, Any]:
+        return self._backend.info()
+
+    async def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        return await asyncio.to_thread(self._backend.reconstruct, image, mask)
+
+    async def paint(
+        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply"
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self._backend.paint, mesh, image, mask, mesh_format)

@@ -1,0 +1,1 @@
+"""meshline ingress: HTTP API, durable jobs, storage. No model code lives here."""

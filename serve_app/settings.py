@@ -1,0 +1,104 @@
+"""The one settings object. Environment variables use the prefix ``MESHLINE_``.
+
+Settings are built by the app builder (``serve_app.app.build_app``) and passed to the
+deployments through ``.bind()``; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_STAGES = ("segment", "reconstruct", "paint", "convert")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHLINE_", extra="forbid")
+
+    # Storage -----------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".data"), description="Root for the embedded job DB and artifacts.")
+    db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the job store; default: SQLite under data_dir."
+    )
+    artifact_dir: Path | None = Field(
+        None, description="Local artifact directory; default: data_dir/artifacts."
+    )
+    weights_cache_dir: Path | None = Field(
+        None, description="Where s3:// checkpoints are downloaded; default: data_dir/weights."
+    )
+
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 API endpoint (MinIO, moto, ...); default: AWS."
+    )
+
+    # Models ------------------------------------------------------------------------------
+    sam2_config: str = Field(
+        "configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 packaged Hydra config name."
+    )
+    sam2_checkpoint: str | None = Field(
+        None, description="Local path or s3:// URI of a SAM2 checkpoint; random init when unset."
+    )
+    sam2_overrides: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Hydra overrides for the SAM2 model (e.g. a smaller image_size).",
+    )
+    detector_model: str = Field(
+        "yolov8n.yaml", description="ultralytics model config used when no checkpoint is set."
+    )
+    detector_checkpoint: str | None = Field(
+        None, description="Local path or s3:// URI of a YOLO .pt; random init when unset."
+    )
+    seed: int = Field(0, description="Seed for random-init weights, so runs are repeatable.")
+    reconstruct_grid: int = Field(
+        96, ge=32, le=512, description="Voxel grid resolution (longest side) for the CPU backend."
+    )
+    reconstruct_depth_ratio: float = Field(
+        0.5, gt=0, le=2, description="Object depth as a fraction of its width (shape prior)."
+    )
+    max_faces: int = Field(20000, ge=500, description="Face budget of reconstructed meshes.")
+    preview_frames: int = Field(12, ge=2, le=72, description="Frames in the turntable GIF.")
+    preview_size_px: int = Field(256, ge=64, le=1024, description="Preview GIF edge length.")
+
+    # Inputs ------------------------------------------------------------------------------
+    max_upload_mb: float = Field(25, gt=0, description="Largest accepted upload or URL body.")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest decoded image (width*height); more is a 413."
+    )
+    url_fetch_timeout_s: float = Field(10, gt=0, description="Timeout for image_url fetches.")
+    url_allow_private: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDR ranges image_url may reach despite being private/loopback (tests).",
+    )
+
+    # Jobs --------------------------------------------------------------------------------
+    job_concurrency: int = Field(2, ge=1, description="Jobs one ingress replica runs at once.")
+    job_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner polls.")
+    job_lease_s: float = Field(60, gt=1, description="A claimed job is re-queued after this.")
+    stage_timeout_s: float = Field(900, gt=0, description="Per-stage timeout (includes cold start).")
+
+    @field_validator("sam2_overrides", "url_allow_private", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        # Env vars arrive as strings: accept a JSON list or a comma-separated list.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'meshline.db').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_weights_dir(self) -> Path:
+        return (self.weights_cache_dir or self.data_dir / "weights").resolve()
