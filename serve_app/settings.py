@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     job_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner polls.")
     job_lease_s: float = Field(60, gt=1, description="A claimed job is re-queued after this.")
     stage_timeout_s: float = Field(900, gt=0, description="Per-stage timeout (includes cold start).")
+    stage_max_attempts: int = Field(3, ge=1, description="Tries per stage on server-side errors.")
+    stage_retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles after.")
 
     @field_validator("sam2_overrides", "url_allow_private", mode="before")
     @classmethod

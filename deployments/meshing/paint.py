@@ -45,7 +45,7 @@ def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask) -> trimesh.
     uv = (mesh.vertices[:, :2] - lo[:2]) / span[:2]  # v grows upwards, as trimesh expects
     texture = object_texture(image, obj)
     material = trimesh.visual.material.PBRMaterial(
-        name="photo",
+        name="visual_texture",
         baseColorTexture=texture,
         metallicFactor=0.0,
         roughnessFactor=0.9,

@@ -1,0 +1,135 @@
+"""Read a request's image (multipart upload, or JSON with image_url) and its options."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from serve_app.errors import ApiError
+from serve_app.fetch import fetch_url
+from serve_app.settings import Settings
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
+
+
+@dataclass
+class RequestInputs:
+    image: bytes
+    files: dict[str, tuple[bytes, str]]  # extra uploads by field: (data, filename)
+    options: BaseModel
+
+
+def _validation_error(exc: ValidationError, prefix: str) -> ApiError:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    param = f"{prefix}.{loc}" if loc else prefix
+    return ApiError(422, f"{param}: {first.get('msg')}", "validation_error", param)
+
+
+async def _read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, f"{field} exceeds {limit} bytes", "payload_too_large", field)
+    return data
+
+
+async def read_inputs(
+    request: Request,
+    settings: Settings,
+    options_model: type[OptionsT],
+    extra_files: tuple[str, ...] = (),
+) -> RequestInputs:
+    """Multipart: ``image`` file, optional ``options`` JSON field and extra files.
+
+    JSON: ``{"image_url": ..., "options": {...}}``; the URL is fetched with SSRF checks.
+    """
+    limit = int(settings.max_upload_mb * 1024 * 1024)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == MULTIPART:
+        try:
+            form = await request.form(max_files=1 + len(extra_files), max_fields=8, max_part_size=limit)
+        except Exception as exc:  # malformed multipart bodies raise parser-specific errors
+            raise ApiError(400, f"malformed multipart body ({exc.__class__.__name__})") from None
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "multipart body needs an 'image' file field", "missing_input", "image")
+        image = await _read_upload(upload, "image", limit)
+        files = {}
+        for field in extra_files:
+            item = form.get(field)
+            if isinstance(item, UploadFile):
+                files[field] = (await _read_upload(item, field, limit), item.filename or field)
+        raw = form.get("options")
+        if raw is not None and not isinstance(raw, str):
+            raise ApiError(422, "options must be a JSON text field", "validation_error", "options")
+        try:
+            options = options_model.model_validate_json(raw or "{}")
+        except ValidationError as exc:
+            raise _validation_error(exc, "options") from None
+        return RequestInputs(image, files, options)
+    if content_type == JSON:
+        body = await request.body()
+        if not body:
+            raise ApiError(400, "request body is empty")
+        if len(body) > limit:
+            raise ApiError(413, f"JSON body exceeds {limit} bytes", "payload_too_large")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise ApiError(400, "request body is not valid JSON") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("image_url"), str):
+            raise ApiError(422, "JSON body needs an 'image_url' string", "missing_input", "image_url")
+        unknown = set(payload) - {"image_url", "options"}
+        if unknown:
+            raise ApiError(422, f"unknown fields: {sorted(unknown)}", "validation_error", sorted(unknown)[0])
+        try:
+            options = options_model.model_validate(payload.get("options") or {})
+        except ValidationError as exc:
+            raise _validation_error(exc, "options") from None
+        image = await fetch_url(payload["image_url"], limit, settings.url_fetch_timeout_s, settings.url_allow_private)
+        return RequestInputs(image, {}, options)
+    if not content_type:
+        raise ApiError(400, "request body is empty or has no Content-Type")
+    raise ApiError(
+        415, f"Content-Type {content_type!r} is not accepted; send {MULTIPART} or {JSON}", "unsupported_media_type"
+    )
+
+
+def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict:
+    """OpenAPI requestBody documenting both accepted content types."""
+    file_props = {name: {"type": "string", "format": "binary"} for name in ("image", *extra_files)}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                MULTIPART: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {
+                            **file_props,
+                            "options": {"type": "string", "description": f"JSON of {options_schema}"},
+                        },
+                    }
+                },
+                JSON: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image_url"],
+                        "properties": {
+                            "image_url": {"type": "string", "format": "uri"},
+                            "options": {"type": "object", "description": f"{options_schema} object"},
+                        },
+                    }
+                },
+            },
+        }
+    }

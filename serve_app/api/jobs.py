@@ -1,0 +1,128 @@
+"""/v1/jobs: submit, read, list, download. Handlers only translate HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from serve_app.api.inputs import openapi_body, read_inputs
+from serve_app.artifacts import check_job_id, check_name
+from serve_app.errors import ApiError
+from serve_app.imaging import decode_image, decode_mask
+from serve_app.jobstore import JobRecord
+from serve_app.pipeline import MESH_INPUT_FORMATS, plan_stages
+from serve_app.schemas import (
+    ArtifactPublic,
+    ErrorBody,
+    JobAccepted,
+    JobList,
+    JobOptions,
+    JobPublic,
+    StagePublic,
+)
+from serve_app.services import Services, ServicesDep
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422)}
+MEDIA_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "bmp": "image/bmp",
+                   "tiff": "image/tiff", "gif": "image/gif", "ply": "application/x-ply",
+                   "glb": "model/gltf-binary", "obj": "model/obj", "stl": "model/stl"}
+
+
+def job_public(job: JobRecord) -> JobPublic:
+    base = f"/v1/jobs/{job.id}/artifacts/"
+    return JobPublic(
+        job_id=job.id, status=job.status, progress=job.progress, created_at=job.created_at,
+        updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+        options=JobOptions.model_validate(job.options), inputs=job.inputs, error=job.error,
+        stages=[StagePublic(**vars(s)) for s in job.stages],
+        artifacts=[
+            ArtifactPublic(name=a.name, media_type=a.media_type, bytes=a.bytes, stage=a.stage, url=base + a.name)
+            for a in job.artifacts
+        ],
+    )
+
+
+def _mesh_format(filename: str) -> str:
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    if suffix not in MESH_INPUT_FORMATS:
+        raise ApiError(422, f"mesh file must end in one of {list(MESH_INPUT_FORMATS)}", param="mesh")
+    return suffix
+
+
+async def create_job(services: Services, image: bytes, files: dict[str, tuple[bytes, str]], options: JobOptions) -> str:
+    """Validate everything, store the inputs, then queue the job (inputs first: never a
+    queued job without its files)."""
+    settings = services.settings
+    decoded = decode_image(image, settings.max_image_pixels)
+    uploads: dict[str, tuple[str, bytes, str]] = {"image": (f"input.{decoded.format}", image, decoded.format)}
+    if "mask" in files:
+        decode_mask(files["mask"][0], decoded.width, decoded.height, settings.max_image_pixels)
+        uploads["mask"] = ("input_mask.png", files["mask"][0], "png")
+    if "mesh" in files:
+        fmt = _mesh_format(files["mesh"][1])
+        uploads["mesh"] = (f"input_mesh.{fmt}", files["mesh"][0], fmt)
+    stage_names = plan_stages(options, set(uploads))
+    job_id = uuid.uuid4().hex
+    stored = []
+    for name, data, fmt in uploads.values():
+        size = await asyncio.to_thread(services.files.put, job_id, name, data)
+        stored.append((name, MEDIA_BY_FORMAT.get(fmt, "application/octet-stream"), size))
+    await asyncio.to_thread(
+        services.store.create,
+        options.model_dump(mode="json", exclude_none=True),
+        {role: entry[0] for role, entry in uploads.items()},
+        stage_names,
+        stored,
+        job_id,
+    )
+    services.runner.notify()
+    return job_id
+
+
+@router.post(
+    "", status_code=202, response_model=JobAccepted, responses=ERRORS,
+    openapi_extra=openapi_body("JobOptions", ("mask", "mesh")),
+    summary="Submit a job (answers 202 at once with its id)",
+)
+async def submit_job(request: Request, services: ServicesDep) -> JSONResponse:
+    inputs = await read_inputs(request, services.settings, JobOptions, extra_files=("mask", "mesh"))
+    job_id = await create_job(services, inputs.image, inputs.files, inputs.options)  # type: ignore[arg-type]
+    body = JobAccepted(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}")
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
+
+
+@router.get("", response_model=JobList, summary="Recent jobs, newest first")
+async def list_jobs(
+    services: ServicesDep,
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobList:
+    records = await asyncio.to_thread(services.store.list, status, limit)
+    return JobList(jobs=[job_public(j) for j in records])
+
+
+def _job_or_404(services: Services, job_id: str) -> JobRecord:
+    job = services.store.get(check_job_id(job_id))
+    if job is None:
+        raise ApiError(404, f"job {job_id!r} not found", "not_found", "job_id")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, summary="Job status from the store")
+async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
+    return job_public(await asyncio.to_thread(_job_or_404, services, job_id))
+
+
+@router.get("/{job_id}/artifacts/{name}", responses=ERRORS, summary="Download one artifact")
+async def get_artifact(job_id: str, name: str, services: ServicesDep) -> FileResponse:
+    check_name(name)
+    job = await asyncio.to_thread(_job_or_404, services, job_id)
+    record = next((a for a in job.artifacts if a.name == name), None)
+    if record is None:
+        raise ApiError(404, f"job {job_id} has no artifact {name!r}", "not_found", "name")
+    return FileResponse(services.files.path(job_id, name), media_type=record.media_type, filename=name)

@@ -1,0 +1,86 @@
+"""One error shape for every path: {"error": {"message", "type", "param", "request_id"}}."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.errors import InvalidInput, MeshlineError
+
+logger = logging.getLogger("meshline.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Ray wraps a replica's exception (RayTaskError); its ``cause`` is the original."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def to_api_error(exc: BaseException) -> ApiError | None:
+    """Domain errors raised in a replica that are the client's fault become 4xx."""
+    original = unwrap(exc)
+    if isinstance(original, ApiError):
+        return original
+    if isinstance(original, InvalidInput):
+        return ApiError(422, str(original.args[0]) if original.args else "invalid input", original.kind, original.param)
+    return None
+
+
+def public_message(exc: BaseException) -> str:
+    """A message safe for clients: domain errors verbatim, anything else generic."""
+    original = unwrap(exc)
+    if isinstance(original, (MeshlineError, ApiError)):
+        return str(original.args[0]) if original.args else original.__class__.__name__
+    return f"internal error ({original.__class__.__name__})"
+
+
+def request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+
+def _body(status: int, message: str, type_: str, param: str | None, rid: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": type_, "param": param, "request_id": rid}},
+        headers={"x-request-id": rid},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _body(exc.status, exc.message, exc.type, exc.param, request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else first.get("msg", "invalid request")
+        return _body(422, message, "validation_error", loc or None, request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _body(exc.status_code, str(exc.detail), "http_error", None, request_id(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        mapped = to_api_error(exc)
+        rid = request_id(request)
+        if mapped is not None:
+            return _body(mapped.status, mapped.message, mapped.type, mapped.param, rid)
+        logger.exception("unhandled error (request %s)", rid)
+        return _body(500, f"internal error; request id {rid}", "internal_error", None, rid)

@@ -1,0 +1,105 @@
+"""Decode and validate client images and masks; never trust a header or a claimed size."""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+from serve_app.errors import ApiError
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    array: np.ndarray  # (H, W, 3) uint8 RGB
+    format: str  # lower-case PIL format name, e.g. "png"
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ApiError(400, f"{what} is empty", param=what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(
+            415, f"{what} is not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})",
+            "unsupported_media_type", what,
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(413, f"{what} has too many pixels", "payload_too_large", what) from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise ApiError(415, f"{what} format {image.format} is not accepted", "unsupported_media_type", what)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ApiError(422, f"{what} has no pixels", param=what)
+    if width * height > max_pixels:
+        raise ApiError(
+            413, f"{what} is {width}x{height}; the limit is {max_pixels} pixels", "payload_too_large", what
+        )
+    try:
+        image.load()  # the header can lie: decoding the pixels is the real check
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(422, f"{what} is truncated or corrupt ({exc.__class__.__name__})", param=what) from None
+    return image
+
+
+def decode_image(data: bytes, max_pixels: int, what: str = "image") -> DecodedImage:
+    image = _open(data, what, max_pixels)
+    fmt = (image.format or "png").lower()
+    image = ImageOps.exif_transpose(image)
+    return DecodedImage(np.asarray(image.convert("RGB"), dtype=np.uint8), fmt)
+
+
+def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.ndarray:
+    """A mask image (any mode; non-zero / >127 is object) of exactly the image's size."""
+    image = _open(data, "mask", max_pixels)
+    if image.size != (width, height):
+        raise ApiError(
+            422, f"mask is {image.size[0]}x{image.size[1]} but the image is {width}x{height}", param="mask"
+        )
+    gray = np.asarray(image.convert("L"))
+    mask = gray > 127
+    if not mask.any():
+        raise ApiError(422, "mask is empty (no pixel above 127)", param="mask")
+    return mask
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def mask_rle(mask: np.ndarray) -> dict[str, object]:
+    """COCO RLE with a JSON-safe counts string."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_summary(mask: np.ndarray, score: float, with_png: bool) -> dict[str, object]:
+    rle = mask_rle(mask)
+    coco = {"size": rle["size"], "counts": str(rle["counts"]).encode("ascii")}
+    return {
+        "score": round(float(score), 5),
+        "area": int(mask_utils.area(coco)),
+        "bbox": [int(v) for v in mask_utils.toBbox(coco)],
+        "rle": rle,
+        "png_base64": base64.b64encode(mask_png(mask)).decode("ascii") if with_png else None,
+    }

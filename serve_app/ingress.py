@@ -1,0 +1,102 @@
+"""The Ingress deployment: HTTP API + job runner, composing the model deployments.
+
+Never imports torch. Its plain methods (``submit``, ``job``, ``wait``, ``artifact``) are the
+notebook API for the whole pipeline through a DeploymentHandle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from PIL import Image
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.api import create_api
+from serve_app.api.jobs import _job_or_404, create_job, job_public
+from serve_app.artifacts import LocalArtifactStore
+from serve_app.jobstore import TERMINAL, JobStore
+from serve_app.pipeline import Handles
+from serve_app.runner import JobRunner
+from serve_app.schemas import JobOptions
+from serve_app.services import Services
+from serve_app.settings import Settings
+
+logger = logging.getLogger("meshline.ingress")
+
+
+@serve.deployment(
+    name="Ingress",
+    ray_actor_options={"num_cpus": 0.25},
+    autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2},
+    max_ongoing_requests=64,
+)
+@serve.ingress()
+class Ingress:
+    async def __init__(
+        self,
+        segmenter: DeploymentHandle,
+        reconstructor: DeploymentHandle,
+        converter: DeploymentHandle,
+        detector: DeploymentHandle,
+        settings: Settings,
+        models: dict[str, dict[str, Any]],
+    ) -> None:
+        context = serve.get_replica_context()
+        owner = f"{context.replica_tag if hasattr(context, 'replica_tag') else 'ingress'}-{uuid.uuid4().hex[:8]}"
+        store = JobStore(settings.resolved_db_url)
+        files = LocalArtifactStore(settings.resolved_artifact_dir)
+        handles = Handles(segmenter, reconstructor, converter, detector)
+        runner = JobRunner(store, files, handles, settings, owner)
+        self.services = Services(settings, store, files, handles, runner, models, context.app_name)
+        runner.start()
+        logger.info("ingress %s ready: db=%s artifacts=%s", owner, settings.resolved_db_url, files.root)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self.services)
+
+    async def __del__(self) -> None:
+        await self.services.runner.stop()
+
+    # Notebook API ----------------------------------------------------------------------
+    async def submit(
+        self,
+        image: np.ndarray | bytes,
+        options: dict[str, Any] | None = None,
+        mask: np.ndarray | bytes | None = None,
+    ) -> str:
+        """Queue a job from an RGB array (or encoded bytes); returns its id."""
+        files: dict[str, tuple[bytes, str]] = {}
+        if mask is not None:
+            files["mask"] = (_png(mask) if isinstance(mask, np.ndarray) else mask, "mask.png")
+        data = _png(image) if isinstance(image, np.ndarray) else image
+        return await create_job(self.services, data, files, JobOptions.model_validate(options or {}))
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        record = await asyncio.to_thread(_job_or_404, self.services, job_id)
+        return job_public(record).model_dump(mode="json")
+
+    async def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:
+        """Block until the job ends (or the timeout passes) and return its status."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            status = await self.job(job_id)
+            if status["status"] in TERMINAL or asyncio.get_running_loop().time() > deadline:
+                return status
+            await asyncio.sleep(poll_s)
+
+    async def artifact(self, job_id: str, name: str) -> bytes:
+        return await asyncio.to_thread(self.services.files.get, job_id, name)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array.astype(np.uint8) * 255 if array.dtype == bool else array)
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,336 @@
+"""Durable job store (SQLAlchemy; SQLite with WAL by default).
+
+Every state change is written here before it is reported, so a job's state never lives
+only in memory: a restarted ingress resumes each job at its first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("options", JSON, nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime(timezone=True), index=True),
+    Column("runs", Integer, nullable=False, default=0),
+)
+
+stages = Table(
+    "stages",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("seconds", Float),
+    Column("error", Text),
+    Column("detail", JSON, nullable=False),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("stage", String(32), nullable=False),
+    Column("media_type", String(64), nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes; everything stored is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass
+class StageRecord:
+    name: str
+    position: int
+    status: str
+    progress: float
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None
+    error: str | None
+    detail: dict[str, Any]
+
+
+@dataclass
+class ArtifactRecord:
+    name: str
+    stage: str
+    media_type: str
+    bytes: int
+    created_at: datetime
+
+
+@dataclass
+class JobRecord:
+    id: str
+    status: str
+    options: dict[str, Any]
+    inputs: dict[str, str]
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    runs: int
+    stages: list[StageRecord] = field(default_factory=list)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+
+    @property
+    def progress(self) -> float:
+        if not self.stages:
+            return 0.0
+        if self.status == "succeeded":
+            return 100.0
+        return round(sum(s.progress for s in self.stages) / len(self.stages), 2)
+
+    def stage(self, name: str) -> StageRecord:
+        return next(s for s in self.stages if s.name == name)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class JobStore:
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+
+    # Creation and reads ---------------------------------------------------------------
+    def create(
+        self,
+        options: dict[str, Any],
+        inputs: dict[str, str],
+        stage_names: list[str],
+        input_artifacts: list[tuple[str, str, int]] = (),  # type: ignore[assignment]
+        job_id: str | None = None,
+    ) -> str:
+        """Queue a job; ``input_artifacts`` are (name, media_type, bytes) already stored."""
+        job_id = job_id or uuid.uuid4().hex
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.insert().values(
+                    id=job_id, status="queued", options=options, inputs=inputs,
+                    created_at=now, updated_at=now, runs=0,
+                )
+            )
+            conn.execute(
+                stages.insert(),
+                [
+                    {"job_id": job_id, "name": name, "position": i, "status": "pending",
+                     "progress": 0.0, "attempts": 0, "detail": {}}
+                    for i, name in enumerate(stage_names)
+                ],
+            )
+            for name, media_type, size in input_artifacts:
+                conn.execute(artifacts.insert().values(
+                    job_id=job_id, name=name, stage="input", media_type=media_type, bytes=size, created_at=now
+                ))
+        return job_id
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+            if row is None:
+                return None
+            return self._load(conn, row)
+
+    def list(self, status: str | None = None, limit: int = 50) -> list[JobRecord]:
+        query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(jobs.c.status == status)
+        with self.engine.connect() as conn:
+            return [self._load(conn, row) for row in conn.execute(query).mappings().all()]
+
+    def _load(self, conn: Any, row: Any) -> JobRecord:
+        stage_rows = conn.execute(
+            select(stages).where(stages.c.job_id == row["id"]).order_by(stages.c.position)
+        ).mappings().all()
+        artifact_rows = conn.execute(
+            select(artifacts).where(artifacts.c.job_id == row["id"]).order_by(artifacts.c.created_at, artifacts.c.name)
+        ).mappings().all()
+        return JobRecord(
+            id=row["id"], status=row["status"], options=_json(row["options"]), inputs=_json(row["inputs"]),
+            error=row["error"], created_at=_aware(row["created_at"]), updated_at=_aware(row["updated_at"]),
+            started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]), runs=row["runs"],
+            stages=[
+                StageRecord(
+                    name=s["name"], position=s["position"], status=s["status"], progress=s["progress"],
+                    attempts=s["attempts"], started_at=_aware(s["started_at"]),
+                    finished_at=_aware(s["finished_at"]), seconds=s["seconds"], error=s["error"],
+                    detail=_json(s["detail"]),
+                )
+                for s in stage_rows
+            ],
+            artifacts=[
+                ArtifactRecord(a["name"], a["stage"], a["media_type"], a["bytes"], _aware(a["created_at"]))
+                for a in artifact_rows
+            ],
+        )
+
+    # Claiming and leases --------------------------------------------------------------
+    def claim_next(self, owner: str, lease_s: float) -> str | None:
+        """Atomically take the oldest queued job, or a running one whose lease expired."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            candidates = conn.execute(
+                select(jobs.c.id)
+                .where(
+                    (jobs.c.status == "queued")
+                    | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < now))
+                )
+                .order_by(jobs.c.created_at)
+                .limit(5)
+            ).scalars().all()
+            for job_id in candidates:
+                # Compare-and-set: only one claimer can win the update for a given job.
+                result = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .where(
+                        (jobs.c.status == "queued")
+                        | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < now))
+                    )
+                    .values(
+                        status="running", lease_owner=owner,
+                        lease_expires_at=now + timedelta(seconds=lease_s),
+                        updated_at=now, runs=jobs.c.runs + 1,
+                    )
+                )
+                if result.rowcount == 1:
+                    conn.execute(
+                        update(jobs).where(jobs.c.id == job_id).where(jobs.c.started_at.is_(None)).values(started_at=now)
+                    )
+                    return job_id
+        return None
+
+    def renew_lease(self, job_id: str, owner: str, lease_s: float) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.status == "running")
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+            )
+            return result.rowcount == 1
+
+    # Stage and job transitions --------------------------------------------------------
+    def start_stage(self, job_id: str, name: str) -> int:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(stages)
+                .where(stages.c.job_id == job_id, stages.c.name == name)
+                .values(status="running", progress=0.0, attempts=stages.c.attempts + 1,
+                        started_at=now, finished_at=None, error=None)
+            )
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
+            return int(conn.execute(
+                select(stages.c.attempts).where(stages.c.job_id == job_id, stages.c.name == name)
+            ).scalar_one())
+
+    def finish_stage(self, job_id: str, name: str, status: str, seconds: float, detail: dict[str, Any] | None = None, error: str | None = None) -> None:
+        now = utcnow()
+        values: dict[str, Any] = {"status": status, "finished_at": now, "seconds": round(seconds, 3), "error": error}
+        if status == "succeeded":
+            values["progress"] = 100.0
+        if detail is not None:
+            values["detail"] = detail
+        with self.engine.begin() as conn:
+            conn.execute(update(stages).where(stages.c.job_id == job_id, stages.c.name == name).values(**values))
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
+
+    def add_artifact(self, job_id: str, name: str, stage: str, media_type: str, size: int) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(artifacts.delete().where(artifacts.c.job_id == job_id, artifacts.c.name == name))
+            conn.execute(artifacts.insert().values(
+                job_id=job_id, name=name, stage=stage, media_type=media_type, bytes=size, created_at=now
+            ))
+
+    def finish_job(self, job_id: str, status: str, error: str | None = None) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(
+                    status=status, error=error, finished_at=now, updated_at=now,
+                    lease_owner=None, lease_expires_at=None,
+                )
+            )
+            if status != "succeeded":
+                conn.execute(
+                    update(stages)
+                    .where(stages.c.job_id == job_id, stages.c.status.in_(("pending", "running")))
+                    .values(status="cancelled")
+                )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,171 @@
+"""The job DAG: what each stage needs, and how it runs through the deployment handles.
+
+A stage reads its inputs from the artifact store and writes its outputs there before it
+returns, so the next stage (or a resumed job after a restart) starts from stored data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serve_app.artifacts import LocalArtifactStore
+from serve_app.errors import ApiError
+from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
+from serve_app.jobstore import JobRecord, JobStore
+from serve_app.schemas import STAGE_ORDER, JobOptions
+
+# Named inputs each stage needs, and the named outputs it produces for later stages.
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "segment": ("image",),
+    "reconstruct": ("image", "mask"),
+    "paint": ("image", "mask", "mesh"),
+    "convert": ("mesh",),
+}
+STAGE_MAKES: dict[str, tuple[str, ...]] = {
+    "segment": ("mask",),
+    "reconstruct": ("mesh",),
+    "paint": ("mesh",),
+    "convert": (),
+}
+MESH_INPUT_FORMATS = ("ply", "glb", "obj", "stl")
+# Stage outputs that stand for a role, most refined first (paint's mesh supersedes shape's).
+PRODUCED_BY_ROLE: dict[str, tuple[str, ...]] = {
+    "mask": ("mask.png",),
+    "mesh": ("textured.glb", "shape.ply"),
+}
+
+
+def plan_stages(options: JobOptions, supplied: set[str]) -> list[str]:
+    """Resolve the stage list and check that every stage has its inputs (else 422)."""
+    if options.stages is not None:
+        names = list(options.stages)
+    else:
+        names = [s for s in STAGE_ORDER if not (s == "segment" and "mask" in supplied)]
+    available = set(supplied)
+    for name in names:
+        missing = [need for need in STAGE_NEEDS[name] if need not in available]
+        if missing:
+            raise ApiError(
+                422, f"stage {name!r} needs {', '.join(missing)}, which the job neither supplies "
+                "nor produces in an earlier stage", "missing_input", missing[0],
+            )
+        available.update(STAGE_MAKES[name])
+    return names
+
+
+@dataclass
+class Handles:
+    segmenter: Any
+    reconstructor: Any
+    converter: Any
+    detector: Any
+
+
+class StageContext:
+    """What a stage sees: the job, the stores, the handles, and the job's files by role."""
+
+    def __init__(self, job: JobRecord, store: JobStore, files: LocalArtifactStore, handles: Handles, max_pixels: int):
+        self.job = job
+        self.store = store
+        self.files = files
+        self.handles = handles
+        self.max_pixels = max_pixels
+        self.options = JobOptions.model_validate(job.options)
+        self._image: np.ndarray | None = None
+
+    def write(self, stage: str, name: str, data: bytes, media_type: str) -> None:
+        size = self.files.put(self.job.id, name, data)
+        self.store.add_artifact(self.job.id, name, stage, media_type, size)
+
+    def artifact_name(self, role: str) -> str | None:
+        """The artifact for a role: a stage's output wins over the job's supplied input."""
+        produced = {a.name for a in self.job.artifacts}
+        for name in PRODUCED_BY_ROLE.get(role, ()):
+            if name in produced:
+                return name
+        return self.job.inputs.get(role)
+
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            name = self.job.inputs["image"]
+            self._image = decode_image(self.files.get(self.job.id, name), self.max_pixels).array
+        return self._image
+
+    def mask(self) -> np.ndarray:
+        name = self.artifact_name("mask")
+        if name is None:
+            raise ApiError(422, "job has no mask", "missing_input", "mask")
+        image = self.image()
+        return decode_mask(self.files.get(self.job.id, name), image.shape[1], image.shape[0], self.max_pixels)
+
+    def mesh(self) -> tuple[bytes, str]:
+        name = self.artifact_name("mesh")
+        if name is None:
+            raise ApiError(422, "job has no mesh", "missing_input", "mesh")
+        return self.files.get(self.job.id, name), name.rsplit(".", 1)[-1].lower()
+
+
+async def run_segment(ctx: StageContext) -> dict[str, Any]:
+    options = ctx.options
+    prompt = options.prompt
+    image = ctx.image()
+    detail: dict[str, Any] = {}
+    points = [list(p) for p in prompt.points] if prompt and prompt.points else None
+    labels = list(prompt.labels) if prompt and prompt.labels else None
+    box = list(prompt.box) if prompt and prompt.box else None
+    detect = options.detect_options
+    if detect is not None and box is None and points is None:
+        found = await ctx.handles.detector.detect.remote(
+            image, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz, max_det=100, classes=detect.classes
+        )
+        ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
+        detail["detections"] = len(found["boxes"])
+        if found["boxes"]:
+            box = found["boxes"][0]  # highest score first
+            detail["prompt_from"] = f"detector box ({found['class_names'][0]}, {found['scores'][0]:.3f})"
+        else:
+            detail["prompt_from"] = "image centre (the detector found nothing)"
+    result = await ctx.handles.segmenter.segment.remote(image, points=points, labels=labels, box=box, multimask=False)
+    mask = np.asarray(result["masks"][0], dtype=bool)
+    if not mask.any():
+        raise ApiError(422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt")
+    ctx.write("segment", "mask.png", mask_png(mask), "image/png")
+    ctx.write("segment", "mask_rle.json", json.dumps(mask_rle(mask)).encode(), "application/json")
+    detail.update(score=round(float(result["scores"][0]), 5), area=int(mask.sum()), prompt=result["prompt"])
+    return detail
+
+
+async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
+    result = await ctx.handles.reconstructor.reconstruct.remote(ctx.image(), ctx.mask())
+    ctx.write("reconstruct", "shape.ply", result["mesh"], "application/x-ply")
+    return result["stats"]
+
+
+async def run_paint(ctx: StageContext) -> dict[str, Any]:
+    mesh, fmt = ctx.mesh()
+    result = await ctx.handles.reconstructor.paint.remote(mesh, ctx.image(), ctx.mask(), mesh_format=fmt)
+    ctx.write("paint", "textured.glb", result["mesh"], "model/gltf-binary")
+    return result["stats"]
+
+
+async def run_convert(ctx: StageContext) -> dict[str, Any]:
+    mesh, fmt = ctx.mesh()
+    options = ctx.options
+    result = await ctx.handles.converter.convert.remote(
+        mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision, preview=options.preview
+    )
+    for item in result["files"]:
+        ctx.write("convert", item["name"], item["data"], item["media_type"])
+    return {"files": [f["name"] for f in result["files"]], "seconds": result["stats"]["seconds"]}
+
+
+STAGE_RUNNERS = {
+    "segment": run_segment,
+    "reconstruct": run_reconstruct,
+    "paint": run_paint,
+    "convert": run_convert,
+}

@@ -1,0 +1,120 @@
+"""Runs queued jobs stage by stage inside the ingress replica, with leases and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from serve_app.artifacts import LocalArtifactStore
+from serve_app.errors import public_message, to_api_error
+from serve_app.jobstore import JobStore
+from serve_app.pipeline import STAGE_RUNNERS, Handles, StageContext
+from serve_app.settings import Settings
+
+logger = logging.getLogger("meshline.runner")
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, files: LocalArtifactStore, handles: Handles, settings: Settings, owner: str) -> None:
+        self.store = store
+        self.files = files
+        self.handles = handles
+        self.settings = settings
+        self.owner = owner
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._active.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def notify(self) -> None:
+        """A job was submitted: claim it now instead of at the next poll."""
+        self._wake.set()
+
+    @property
+    def active_jobs(self) -> list[str]:
+        return list(self._active)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                while len(self._active) < self.settings.job_concurrency:
+                    job_id = await asyncio.to_thread(self.store.claim_next, self.owner, self.settings.job_lease_s)
+                    if job_id is None:
+                        break
+                    task = asyncio.get_running_loop().create_task(self._run_job(job_id))
+                    self._active[job_id] = task
+                    task.add_done_callback(lambda _t, jid=job_id: self._active.pop(jid, None))
+            except Exception:
+                logger.exception("job claim failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.job_poll_interval_s)
+
+    async def _keep_lease(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.settings.job_lease_s / 3)
+            if not await asyncio.to_thread(self.store.renew_lease, job_id, self.owner, self.settings.job_lease_s):
+                logger.warning("lost the lease on job %s", job_id)
+                return
+
+    async def _run_job(self, job_id: str) -> None:
+        lease = asyncio.get_running_loop().create_task(self._keep_lease(job_id))
+        try:
+            job = self.store.get(job_id)
+            if job is None:
+                return
+            for stage in job.stages:
+                if stage.status == "succeeded":
+                    continue  # finished before a restart: never run twice
+                error = await self._run_stage(job_id, stage.name)
+                if error is not None:
+                    self.store.finish_job(job_id, "failed", error)
+                    return
+            self.store.finish_job(job_id, "succeeded")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("job %s crashed in the runner", job_id)
+            self.store.finish_job(job_id, "failed", "internal error in the job runner")
+        finally:
+            lease.cancel()
+
+    async def _run_stage(self, job_id: str, name: str) -> str | None:
+        """Run one stage with retries; return an error message when the job must fail."""
+        settings = self.settings
+        while True:
+            job = self.store.get(job_id)  # fresh: earlier stages' artifacts included
+            assert job is not None
+            attempt = self.store.start_stage(job_id, name)
+            started = time.perf_counter()
+            ctx = StageContext(job, self.store, self.files, self.handles, settings.max_image_pixels)
+            try:
+                detail = await asyncio.wait_for(STAGE_RUNNERS[name](ctx), timeout=settings.stage_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                seconds = time.perf_counter() - started
+                client_error = to_api_error(exc)
+                if isinstance(exc, TimeoutError):
+                    message = f"timed out after {settings.stage_timeout_s:g} s"
+                else:
+                    message = client_error.message if client_error else public_message(exc)
+                self.store.finish_stage(job_id, name, "failed", seconds, error=message)
+                if client_error is None:
+                    logger.warning("job %s stage %s attempt %d failed", job_id, name, attempt, exc_info=exc)
+                if client_error is not None or attempt >= settings.stage_max_attempts:
+                    return f"stage {name} failed: {message}"
+                await asyncio.sleep(settings.stage_retry_backoff_s * 2 ** (attempt - 1))
+                continue
+            self.store.finish_stage(job_id, name, "succeeded", time.perf_counter() - started, detail=detail)
+            return None

@@ -1,0 +1,194 @@
+"""Request and response schemas of the HTTP API (v1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+StageName = Literal["segment", "reconstruct", "paint", "convert"]
+STAGE_ORDER: tuple[StageName, ...] = ("segment", "reconstruct", "paint", "convert")
+MeshFormat = Literal["obj", "stl", "glb", "ply"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StageStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Prompt(Strict):
+    points: list[tuple[float, float]] | None = Field(None, description="[[x, y], ...] in pixels.")
+    labels: list[Literal[0, 1]] | None = Field(None, description="1 = object, 0 = background.")
+    box: tuple[float, float, float, float] | None = Field(None, description="[x0, y0, x1, y1].")
+
+    @model_validator(mode="after")
+    def _labels_match_points(self) -> Prompt:
+        if self.labels is not None and (self.points is None or len(self.labels) != len(self.points)):
+            raise ValueError("labels needs exactly one entry per point")
+        if self.box is not None and not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
+            raise ValueError("box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+        return self
+
+    @property
+    def empty(self) -> bool:
+        return not self.points and self.box is None
+
+
+class DetectOptions(Strict):
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="Detector confidence threshold.")
+    iou: float = Field(0.7, ge=0.0, le=1.0)
+    imgsz: int = Field(640, ge=32, le=4096)
+    classes: list[int | str] | None = Field(None, description="Class ids or names to keep.")
+
+
+class JobOptions(Strict):
+    stages: list[StageName] | None = Field(
+        None,
+        description="Stages to run, in pipeline order. Default: all four, or without "
+        "`segment` when a mask is supplied.",
+    )
+    prompt: Prompt | None = Field(None, description="SAM2 prompt; default: the image centre.")
+    detect: DetectOptions | bool | None = Field(
+        None, description="Use the detector's top box as the SAM2 prompt (true or options)."
+    )
+    formats: list[MeshFormat] = Field(
+        default_factory=lambda: ["obj", "stl", "glb", "ply"], min_length=1
+    )
+    collision: bool = Field(True, description="Write a convex collision mesh.")
+    preview: bool = Field(True, description="Render a turntable GIF.")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_in_order(cls, stages: list[StageName] | None) -> list[StageName] | None:
+        if stages is None:
+            return None
+        if not stages:
+            raise ValueError("stages must not be empty")
+        if len(set(stages)) != len(stages):
+            raise ValueError("stages must not repeat")
+        ordered = sorted(stages, key=STAGE_ORDER.index)
+        if ordered != list(stages):
+            raise ValueError(f"stages must follow the pipeline order {list(STAGE_ORDER)}")
+        return stages
+
+    @field_validator("formats")
+    @classmethod
+    def _unique_formats(cls, formats: list[MeshFormat]) -> list[MeshFormat]:
+        return list(dict.fromkeys(formats))
+
+    @property
+    def detect_options(self) -> DetectOptions | None:
+        if self.detect is True:
+            return DetectOptions()
+        return self.detect or None
+
+
+class JobCreate(Strict):
+    """JSON body of POST /v1/jobs (the multipart form carries the same `options`)."""
+
+    image_url: str = Field(..., description="http(s) URL of the image.")
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+class StagePublic(BaseModel):
+    name: StageName
+    status: StageStatus
+    progress: float = Field(description="0–100")
+    attempts: int
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    seconds: float | None = None
+    error: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    media_type: str
+    bytes: int
+    stage: str
+    url: str
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    status: JobStatus
+    progress: float = Field(description="0–100")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    options: JobOptions
+    inputs: dict[str, str]
+    stages: list[StagePublic]
+    artifacts: list[ArtifactPublic]
+    error: str | None = None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    status_url: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobPublic]
+
+
+class MaskPublic(BaseModel):
+    score: float
+    area: int
+    bbox: list[int] = Field(description="[x, y, width, height] (COCO)")
+    rle: dict[str, Any] = Field(description="COCO RLE: {size: [h, w], counts: str}")
+    png_base64: str | None = None
+
+
+class SegmentResponse(BaseModel):
+    width: int
+    height: int
+    masks: list[MaskPublic]
+    prompt: dict[str, Any]
+    weights: str
+    seconds: float
+
+
+class Detection(BaseModel):
+    box: list[float] = Field(description="[x0, y0, x1, y1] pixels")
+    box_normalized: list[float]
+    score: float
+    class_id: int
+    class_name: str
+
+
+class DetectResponse(BaseModel):
+    width: int
+    height: int
+    detections: list[Detection]
+    weights: str
+    seconds: float
+
+
+class DeploymentHealth(BaseModel):
+    status: str
+    replicas: dict[str, int] = Field(default_factory=dict)
+    weights: str
+    model: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    app_status: str
+    deployments: dict[str, DeploymentHealth]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
