@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESHLINE_", extra="forbid")
 
     # Storage -----------------------------------------------------------------------------
-    data_dir: Path = Field(Path(".data"), description="Root for the embedded job DB and artifacts.")
+    data_dir: Path = Field(
+        Path("~/.meshline"), description="Root for the embedded job DB, artifacts and caches."
+    )
     db_url: str | None = Field(
         None, description="SQLAlchemy URL of the job store; default: SQLite under data_dir."
     )
@@ -92,6 +94,12 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("data_dir", "artifact_dir", "weights_cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Replicas run in other processes (and other working directories): pin paths now.
+        return value.expanduser().resolve() if value is not None else None
 
     @property
     def resolved_db_url(self) -> str:

@@ -1,0 +1,138 @@
+"""The ``meshline`` command: submit images, follow jobs with per-stage progress, download."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from clients.client import MeshlineClient, MeshlineError
+
+app = typer.Typer(help="meshline: photos → masks, detections and 3D meshes.", no_args_is_help=True)
+console = Console(stderr=True)
+
+HostOpt = Annotated[str, typer.Option("--host", envvar="MESHLINE_HOST", help="Service host.")]
+PortOpt = Annotated[int, typer.Option("--port", envvar="MESHLINE_PORT", help="Service port.")]
+
+
+def _client(host: str, port: int) -> MeshlineClient:
+    base = host if host.startswith(("http://", "https://")) else f"http://{host}:{port}"
+    return MeshlineClient(base)
+
+
+def _follow(client: MeshlineClient, job_id: str, timeout_s: float | None) -> dict[str, Any]:
+    """Show one progress bar per stage until the job ends."""
+    bars: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.fields[state]:<10}"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+
+        def update(status: dict[str, Any]) -> None:
+            for stage in status["stages"]:
+                if stage["name"] not in bars:
+                    bars[stage["name"]] = progress.add_task(stage["name"], total=100, state="pending")
+                progress.update(bars[stage["name"]], completed=stage["progress"], state=stage["status"])
+
+        return client.wait(job_id, timeout_s=timeout_s, on_update=update)
+
+
+@app.command()
+def submit(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Image file.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Download artifacts here (implies --wait).")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", exists=True, help="Mask PNG (skips segment).")] = None,
+    options: Annotated[str | None, typer.Option("--options", help="Job options as JSON.")] = None,
+    stages: Annotated[str | None, typer.Option("--stages", help="Comma list, e.g. segment,reconstruct.")] = None,
+    detect: Annotated[bool, typer.Option("--detect", help="Prompt SAM2 with the detector's top box.")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait at most.")] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+) -> None:
+    """Submit IMAGE as a job; print its id (and follow it with --wait)."""
+    job_options: dict[str, Any] = json.loads(options) if options else {}
+    if stages:
+        job_options["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
+    if detect:
+        job_options["detect"] = True
+    with _client(host, port) as client:
+        try:
+            job_id = client.submit(image, options=job_options, mask=mask)
+            console.print(f"job [bold]{job_id}[/bold] queued")
+            if not (wait or out):
+                typer.echo(job_id)
+                return
+            status = _follow(client, job_id, timeout)
+            _print_status(status)
+            if out is not None and status["status"] == "succeeded":
+                saved = client.download(job_id, out)
+                console.print(f"saved {len(saved)} files to {out}")
+        except MeshlineError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    typer.echo(job_id)
+    if status["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+) -> None:
+    """Show a job's state, stages and artifacts."""
+    with _client(host, port) as client:
+        try:
+            job = client.job(job_id)
+        except MeshlineError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+    else:
+        _print_status(job)
+
+
+@app.command()
+def download(
+    job_id: str,
+    out: Annotated[Path, typer.Option("--out", help="Target directory.")] = Path("out"),
+    name: Annotated[list[str] | None, typer.Option("--name", help="Only these artifacts.")] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+) -> None:
+    """Download a job's artifacts."""
+    with _client(host, port) as client:
+        try:
+            saved = client.download(job_id, out, names=name)
+        except MeshlineError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    for path in saved:
+        typer.echo(str(path))
+
+
+def _print_status(job: dict[str, Any]) -> None:
+    table = Table(title=f"job {job['job_id']}: {job['status']} ({job['progress']:.0f}%)")
+    for column in ("stage", "status", "attempts", "seconds", "error"):
+        table.add_column(column)
+    for stage in job["stages"]:
+        seconds = "" if stage["seconds"] is None else f"{stage['seconds']:.2f}"
+        table.add_row(stage["name"], stage["status"], str(stage["attempts"]), seconds, stage["error"] or "")
+    console.print(table)
+    if job.get("error"):
+        console.print(f"[red]{job['error']}[/red]")
+    if job["artifacts"]:
+        console.print("artifacts: " + ", ".join(a["name"] for a in job["artifacts"]))
+
+
+if __name__ == "__main__":
+    app()
