@@ -1,0 +1,113 @@
+"""Shared fixtures: one Ray + Serve instance per session, with small random-init models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import SMALL_SAM2_OVERRIDES, Scene, make_scene
+
+APP_NAME = "meshline"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LiveApp:
+    base_url: str
+    port: int
+    data_dir: Path
+    settings: dict
+
+    def client(self, timeout_s: float = 120.0) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("meshline-data")
+
+
+@pytest.fixture(scope="session")
+def test_settings(data_dir: Path) -> dict:
+    return {
+        "data_dir": str(data_dir),
+        "sam2_overrides": SMALL_SAM2_OVERRIDES,
+        "reconstruct_grid": 64,
+        "max_faces": 6000,
+        "preview_frames": 4,
+        "preview_size_px": 96,
+        "url_allow_private": ["127.0.0.1/32"],
+        "job_poll_interval_s": 0.2,
+        "stage_retry_backoff_s": 0.2,
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+    from ray import serve
+
+    # Never attach to a developer's `make serve` cluster: start a private one.
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=4, include_dashboard=False, namespace="meshline-tests", log_to_driver=False)
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live_app(ray_session: None, test_settings: dict, data_dir: Path) -> Iterator[LiveApp]:
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    small = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0}}
+    app = build_app(
+        {
+            "settings": test_settings,
+            "deployment_options": {name: small for name in ("Segmenter", "Reconstructor", "Converter", "Detector")},
+        }
+    )
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    live = LiveApp(f"http://127.0.0.1:{port}", port, data_dir, test_settings)
+    yield live
+    serve.delete(APP_NAME)
+
+
+@pytest.fixture()
+def client(live_app: LiveApp) -> Iterator[httpx.Client]:
+    with live_app.client() as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def disk_scene() -> Scene:
+    return make_scene("disk")
+
+
+def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")

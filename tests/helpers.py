@@ -1,0 +1,77 @@
+"""Synthetic scenes with known ground truth, and checks shared by the tests."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# A 10M-parameter SAM2.1 (same code paths, small sizes) so CPU tests take ~0.2 s a call.
+SMALL_SAM2_OVERRIDES = [
+    "++model.image_size=256",
+    "++model.image_encoder.trunk.embed_dim=32",
+    "++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]",
+    "++model.memory_attention.num_layers=1",
+]
+
+
+@dataclass(frozen=True)
+class Scene:
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool, the object's true silhouette
+
+    def png(self) -> bytes:
+        return encode_png(self.image)
+
+    def mask_png(self) -> bytes:
+        return encode_png(self.mask.astype(np.uint8) * 255)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shape_mask(kind: str, height: int = 240, width: int = 320) -> np.ndarray:
+    yy, xx = np.mgrid[:height, :width]
+    cx, cy = width / 2, height / 2
+    r = min(height, width) * 0.3
+    if kind == "disk":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 < r**2
+    if kind == "box":
+        return (np.abs(xx - cx) < r * 1.3) & (np.abs(yy - cy) < r * 0.7)
+    if kind == "L":
+        vertical = (xx > cx - r) & (xx < cx - r / 3) & (yy > cy - r) & (yy < cy + r)
+        foot = (xx > cx - r) & (xx < cx + r) & (yy > cy + r / 3) & (yy < cy + r)
+        return vertical | foot
+    if kind == "ring":
+        d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+        return (d2 < r**2) & (d2 > (r * 0.5) ** 2)
+    raise ValueError(kind)
+
+
+def make_scene(kind: str = "disk", height: int = 240, width: int = 320) -> Scene:
+    """A shaded coloured object on a plain grey background."""
+    mask = shape_mask(kind, height, width)
+    yy, xx = np.mgrid[:height, :width]
+    image = np.full((height, width, 3), 40, dtype=np.uint8)
+    shade = (0.6 + 0.4 * (xx / width))[..., None]
+    colour = np.array([220, 120, 40], dtype=np.float32)
+    image[mask] = (shade * colour)[mask].astype(np.uint8)
+    return Scene(image, mask)
+
+
+def convex_encloses(hull_vertices: np.ndarray, hull_faces: np.ndarray, points: np.ndarray, tol: float = 1e-6) -> bool:
+    """True when every point lies inside the convex hull's face planes."""
+    triangles = hull_vertices[hull_faces]
+    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    centre = hull_vertices.mean(axis=0)
+    outward = np.einsum("ij,ij->i", normals, triangles[:, 0] - centre) > 0
+    normals[~outward] *= -1
+    distances = np.einsum("pk,fk->pf", points, normals) - np.einsum("fk,fk->f", triangles[:, 0], normals)[None, :]
+    scale = float(np.abs(hull_vertices).max()) or 1.0
+    return bool((distances <= tol * scale).all())

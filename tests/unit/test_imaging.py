@@ -1,0 +1,66 @@
+"""Client images and masks: every bad input is a clear 4xx, never a crash."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from serve_app.errors import ApiError
+from serve_app.imaging import decode_image, decode_mask, mask_rle, mask_summary
+from tests.helpers import encode_png, make_scene
+
+
+def _status(call) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(ApiError) as err:
+        call()
+    return err.value.status
+
+
+def test_decode_accepts_common_formats() -> None:
+    scene = make_scene()
+    for fmt in ("PNG", "JPEG", "WEBP", "BMP"):
+        buffer = io.BytesIO()
+        Image.fromarray(scene.image).save(buffer, format=fmt)
+        decoded = decode_image(buffer.getvalue(), 10**7)
+        assert decoded.array.shape == (240, 320, 3) and decoded.format == fmt.lower()
+    rgba = Image.fromarray(scene.image).convert("RGBA")
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue(), 10**7).array.shape == (240, 320, 3)
+
+
+def test_decode_rejects_bad_images() -> None:
+    png = make_scene().png()
+    assert _status(lambda: decode_image(b"", 10**7)) == 400
+    assert _status(lambda: decode_image(b"hello, not an image", 10**7)) == 415
+    assert _status(lambda: decode_image(png[: len(png) // 2], 10**7)) == 422
+    assert _status(lambda: decode_image(png, 1000)) == 413
+    # A header claiming a huge canvas is refused before any pixel is decoded.
+    bomb = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(bomb, format="PNG")
+    assert _status(lambda: decode_image(bomb.getvalue(), 40_000_000)) == 413
+
+
+def test_mask_checks_size_and_content() -> None:
+    scene = make_scene()
+    mask = decode_mask(scene.mask_png(), 320, 240, 10**7)
+    assert np.array_equal(mask, scene.mask)
+    assert _status(lambda: decode_mask(scene.mask_png(), 100, 100, 10**7)) == 422
+    assert _status(lambda: decode_mask(encode_png(np.zeros((240, 320), np.uint8)), 320, 240, 10**7)) == 422
+
+
+def test_rle_roundtrips_through_pycocotools() -> None:
+    mask = make_scene("ring").mask
+    rle = mask_rle(mask)
+    assert rle["size"] == [240, 320] and isinstance(rle["counts"], str)
+    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    assert np.array_equal(decoded.astype(bool), mask)
+    summary = mask_summary(mask, 0.5, with_png=True)
+    assert summary["area"] == int(mask.sum())
+    ys, xs = np.nonzero(mask)
+    assert summary["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    assert summary["png_base64"]

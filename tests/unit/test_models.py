@@ -1,0 +1,188 @@
+"""The model wrappers without Ray: SAM2 and YOLO from their own configs, checkpoints from
+a local path and from S3 (a real S3 API: moto's server on loopback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployments.common import resolve_checkpoint
+from deployments.detector import DetectorConfig, YoloDetector
+from deployments.errors import InvalidInput, ModelLoadError
+from deployments.segmenter import Sam2Segmenter, SegmenterConfig
+from tests.conftest import free_port
+from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Sam2Segmenter:
+    return Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> YoloDetector:
+    root = tmp_path_factory.mktemp("yolo")
+    return YoloDetector(DetectorConfig(device="cpu", weights_dir=root / "w", config_dir=root / "cfg"))
+
+
+def test_sam2_masks_have_the_image_shape(segmenter: Sam2Segmenter) -> None:
+    scene = make_scene("disk", 200, 300)
+    single = segmenter.segment(scene.image, points=[[150, 100]], labels=[1])
+    assert single["masks"].shape == (1, 200, 300) and single["masks"].dtype == bool
+    assert len(single["scores"]) == 1
+    multi = segmenter.segment(scene.image, box=[90, 40, 210, 160], multimask=True)
+    assert multi["masks"].shape == (3, 200, 300)
+    assert multi["scores"] == sorted(multi["scores"], reverse=True)
+    assert multi["prompt"]["box"] == [90.0, 40.0, 210.0, 160.0]
+    # No prompt: a positive click at the centre.
+    default = segmenter.segment(scene.image)
+    assert default["prompt"]["points"] == [[150.0, 100.0]] and default["prompt"]["labels"] == [1]
+    info = segmenter.info()
+    assert info["weights"] == "random" and info["image_size"] == 256 and info["device"] == "cpu"
+
+
+def test_sam2_is_deterministic_for_a_seed(segmenter: Sam2Segmenter) -> None:
+    again = Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))
+    scene = make_scene("box")
+    a = segmenter.segment(scene.image)
+    b = again.segment(scene.image)
+    assert np.array_equal(a["masks"], b["masks"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"points": [[1, 2, 3]]}, "pairs"),
+        ({"points": [[10, 10]], "labels": [2]}, "0/1"),
+        ({"points": [[400, 10]]}, "inside"),
+        ({"labels": [1]}, "without points"),
+        ({"box": [50, 50, 10, 10]}, "box"),
+        ({"box": [1, 2, 3]}, "box"),
+    ],
+)
+def test_sam2_rejects_bad_prompts(segmenter: Sam2Segmenter, kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        segmenter.segment(make_scene().image, **kwargs)
+
+
+def test_sam2_checkpoint_roundtrip(segmenter: Sam2Segmenter, tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "sam2_small.pt"
+    torch.save({"model": segmenter.model.state_dict()}, path)
+    loaded = Sam2Segmenter(
+        SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, checkpoint=str(path), seed=123, device="cpu")
+    )
+    assert loaded.info()["weights"] == "checkpoint"
+    scene = make_scene("L")
+    # Different seed, same weights: the checkpoint, not the seed, decides the masks.
+    assert np.array_equal(segmenter.segment(scene.image)["masks"], loaded.segment(scene.image)["masks"])
+
+
+def test_yolo_detect_output(detector: YoloDetector) -> None:
+    scene = make_scene("disk", 240, 320)
+    found = detector.detect(scene.image, conf=0.0001, max_det=7)
+    n = len(found["boxes"])
+    assert 0 < n <= 7
+    assert len(found["scores"]) == len(found["class_ids"]) == len(found["class_names"]) == n
+    boxes = np.asarray(found["boxes"])
+    assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+    assert boxes.min() >= 0 and (boxes[:, [0, 2]] <= 320).all() and (boxes[:, [1, 3]] <= 240).all()
+    assert np.allclose(np.asarray(found["boxes_normalized"]) * [320, 240, 320, 240], boxes, atol=0.05)
+    assert found["image_size"] == [320, 240]
+    assert found["scores"] == sorted(found["scores"], reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"conf": 1.5}, "conf"), ({"iou": -1}, "iou"), ({"imgsz": 8}, "imgsz"), ({"max_det": 0}, "max_det"),
+     ({"classes": ["no-such-class"]}, "unknown class name"), ({"classes": [9999]}, "unknown class id")],
+)
+def test_yolo_rejects_bad_parameters(detector: YoloDetector, kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        detector.detect(make_scene().image, **kwargs)
+
+
+def _save_named_yolo(path: Path, names: dict[int, str]) -> None:
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    model.model.names = names
+    model.save(str(path))
+
+
+def test_yolo_checkpoint_carries_its_class_names(tmp_path: Path) -> None:
+    path = tmp_path / "widgets.pt"
+    names = {i: f"widget{i}" for i in range(80)}
+    _save_named_yolo(path, names)
+    detector = YoloDetector(DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg"))
+    assert detector.info()["weights"] == "checkpoint"
+    found = detector.detect(make_scene().image, conf=0.0001, max_det=5, classes=["widget3", 5])
+    assert set(found["class_ids"]) <= {3, 5}
+    assert all(name in ("widget3", "widget5") for name in found["class_names"])
+
+
+def test_missing_or_bad_checkpoints_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve_checkpoint(str(tmp_path / "nope.pt"), tmp_path)
+    with pytest.raises(ModelLoadError, match="scheme"):
+        resolve_checkpoint("ftp://example.invalid/x.pt", tmp_path)
+    with pytest.raises(ModelLoadError, match="yaml"):
+        YoloDetector(DetectorConfig(model="yolov8n.pt", device="cpu", config_dir=tmp_path / "cfg"))
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3-compatible server in a subprocess on a free loopback port."""
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    import httpx
+
+    for _ in range(100):
+        try:
+            httpx.get(endpoint, timeout=0.5)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_yolo_checkpoint_from_s3(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    path = tmp_path / "gadgets.pt"
+    _save_named_yolo(path, {i: f"gadget{i}" for i in range(80)})
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="models")
+    s3.upload_file(str(path), "models", "runs/7/best.pt")
+    cache = tmp_path / "cache"
+    config = DetectorConfig(
+        checkpoint="s3://models/runs/7/best.pt", s3_endpoint_url=s3_endpoint, device="cpu",
+        weights_dir=cache, config_dir=tmp_path / "cfg",
+    )
+    detector = YoloDetector(config)
+    assert detector.names[0] == "gadget0"
+    cached = list(cache.glob("*.pt"))
+    assert len(cached) == 1 and cached[0].read_bytes() == path.read_bytes()
+    assert not list(cache.glob("*.part"))  # atomic download: no leftovers
+    with pytest.raises(ModelLoadError, match="could not download"):
+        resolve_checkpoint("s3://models/missing.pt", cache, s3_endpoint)

@@ -1,0 +1,93 @@
+"""Job store (SQLite, WAL) and artifact store, without Ray."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_app.artifacts import LocalArtifactStore
+from serve_app.errors import ApiError
+from serve_app.jobstore import JobStore
+
+STAGES = ["segment", "reconstruct", "paint", "convert"]
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+
+def test_job_lifecycle(store: JobStore) -> None:
+    job_id = store.create({"preview": True}, {"image": "input.png"}, STAGES, [("input.png", "image/png", 10)])
+    job = store.get(job_id)
+    assert job is not None and job.status == "queued" and job.progress == 0
+    assert [s.name for s in job.stages] == STAGES and all(s.status == "pending" for s in job.stages)
+    assert [(a.name, a.stage) for a in job.artifacts] == [("input.png", "input")]
+
+    assert store.claim_next("runner-a", 30) == job_id
+    assert store.claim_next("runner-b", 30) is None  # held by a live lease
+    assert store.start_stage(job_id, "segment") == 1
+    store.add_artifact(job_id, "mask.png", "segment", "image/png", 123)
+    store.finish_stage(job_id, "segment", "succeeded", 0.5, detail={"area": 7})
+    job = store.get(job_id)
+    assert job.status == "running" and job.started_at is not None
+    assert job.stage("segment").status == "succeeded" and job.stage("segment").detail == {"area": 7}
+    assert job.progress == 25.0
+    store.finish_job(job_id, "failed", "stage reconstruct failed: boom")
+    job = store.get(job_id)
+    assert job.status == "failed" and job.error.endswith("boom") and job.finished_at is not None
+    assert [s.status for s in job.stages] == ["succeeded", "cancelled", "cancelled", "cancelled"]
+    assert store.list(status="failed")[0].id == job_id
+    assert store.list(status="queued") == []
+
+
+def test_expired_lease_is_taken_over(store: JobStore) -> None:
+    job_id = store.create({}, {"image": "input.png"}, STAGES)
+    assert store.claim_next("dead-runner", 0.2) == job_id
+    assert store.claim_next("other", 30) is None
+    time.sleep(0.3)
+    assert store.claim_next("other", 30) == job_id
+    assert store.get(job_id).runs == 2
+    assert not store.renew_lease(job_id, "dead-runner", 30)  # the old owner lost it
+    assert store.renew_lease(job_id, "other", 30)
+
+
+def test_concurrent_claims_never_share_a_job(store: JobStore) -> None:
+    created = {store.create({}, {"image": "i.png"}, STAGES) for _ in range(20)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while (job_id := store.claim_next(name, 60)) is not None:
+            with lock:
+                claimed.append(job_id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(created)
+
+
+def test_artifact_store_refuses_escaping_names(tmp_path: Path) -> None:
+    files = LocalArtifactStore(tmp_path / "artifacts")
+    job_id = "0" * 32
+    assert files.put(job_id, "mask.png", b"abc") == 3
+    assert files.get(job_id, "mask.png") == b"abc"
+    assert not list((tmp_path / "artifacts" / job_id).glob(".tmp-*"))
+    for bad in ("../secret", "..", "a/b", "/etc/passwd", ".hidden", "x" * 200, "a\\b", ""):
+        with pytest.raises(ApiError) as err:
+            files.path(job_id, bad)
+        assert err.value.status == 400
+    with pytest.raises(ApiError) as err:
+        files.path("../../etc", "passwd")
+    assert err.value.status == 404
+    with pytest.raises(ApiError) as err:
+        files.get(job_id, "absent.png")
+    assert err.value.status == 404
+    files.delete_job(job_id)
+    assert not (tmp_path / "artifacts" / job_id).exists()
