@@ -1,0 +1,86 @@
+"""Deployments through their handles (the notebook API), and scale-from-zero."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import trimesh
+from ray import serve
+
+from examples.notebook_handles import main as notebook_main
+from tests.conftest import APP_NAME, LiveApp
+from tests.helpers import make_scene
+
+
+def test_each_deployment_through_its_handle(live_app: LiveApp) -> None:
+    scene = make_scene("disk")
+    segmenter = serve.get_deployment_handle("Segmenter", app_name=APP_NAME)
+    result = segmenter.segment.remote(scene.image, box=[90, 40, 230, 200], multimask=True).result()
+    assert result["masks"].shape == (3, 240, 320)
+    info = segmenter.info.remote().result()
+    assert info["weights"] == "random" and info["device"] == "cpu"
+
+    reconstructor = serve.get_deployment_handle("Reconstructor", app_name=APP_NAME)
+    shape = reconstructor.reconstruct.remote(scene.image, scene.mask).result()
+    mesh = trimesh.load(io.BytesIO(shape["mesh"]), file_type="ply", force="mesh")
+    assert mesh.is_watertight and shape["stats"]["mask_bbox_xyxy"][2] > shape["stats"]["mask_bbox_xyxy"][0]
+    painted = reconstructor.paint.remote(shape["mesh"], scene.image, scene.mask).result()
+    assert painted["format"] == "glb" and painted["mesh"][:4] == b"glTF"
+
+    converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
+    files = converter.convert.remote(painted["mesh"], formats=["ply"], collision=False, preview=False).result()
+    assert [f["name"] for f in files["files"]] == ["visual.ply", "mesh_stats.json"]
+
+    detector = serve.get_deployment_handle("Detector", app_name=APP_NAME)
+    found = detector.detect.remote(scene.image, conf=0.0001, max_det=3).result()
+    assert 0 < len(found["boxes"]) <= 3
+
+
+def test_domain_errors_cross_the_handle_with_their_type(live_app: LiveApp) -> None:
+    from deployments.errors import InvalidInput
+
+    reconstructor = serve.get_deployment_handle("Reconstructor", app_name=APP_NAME)
+    scene = make_scene()
+    try:
+        reconstructor.reconstruct.remote(scene.image, np.zeros((240, 320), bool)).result()
+    except InvalidInput as exc:
+        assert "empty" in str(exc)
+    else:
+        raise AssertionError("an empty mask must raise InvalidInput")
+
+
+def test_notebook_example_runs_against_the_live_app(live_app: LiveApp) -> None:
+    out = notebook_main(APP_NAME)
+    assert out["job"]["status"] == "succeeded", out["job"]["error"]
+    assert out["glb"][:4] == b"glTF"
+    assert out["shape"]["stats"]["watertight"]
+
+
+def test_deployment_at_zero_replicas_answers_the_first_request(live_app: LiveApp, test_settings: dict) -> None:
+    """A Detector that starts with zero replicas: the first call waits for the cold start."""
+    from deployments.detector import DetectorDeployment
+    from serve_app.app import model_configs
+    from serve_app.settings import Settings
+
+    detector_cfg = model_configs(Settings(**test_settings))[3]
+    zero = DetectorDeployment.options(
+        name="ZeroDetector",
+        ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},
+        autoscaling_config={"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
+                            "downscale_to_zero_delay_s": 600},
+    )
+    handle = serve.run(zero.bind(detector_cfg), name="zero", route_prefix=None)
+    try:
+        status = serve.status().applications["zero"].deployments["ZeroDetector"]
+        assert sum(status.replica_states.values()) == 0, status.replica_states
+        started = time.monotonic()
+        found = handle.detect.remote(make_scene().image, conf=0.0001, max_det=2).result(timeout_s=300)
+        cold_start_s = time.monotonic() - started
+        assert 0 < len(found["boxes"]) <= 2
+        status = serve.status().applications["zero"].deployments["ZeroDetector"]
+        assert status.replica_states.get("RUNNING", 0) == 1
+        print(f"cold start from zero replicas: {cold_start_s:.1f} s")
+    finally:
+        serve.delete("zero")

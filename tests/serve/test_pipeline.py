@@ -1,0 +1,167 @@
+"""Whole jobs over HTTP through the live Serve app."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import trimesh
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from deployments.meshing.silhouette import front_silhouette, iou
+from serve_app.jobstore import JobStore
+from tests.conftest import LiveApp, wait_for_job
+from tests.helpers import Scene, convex_encloses, make_scene
+
+MESH_FILES = {"visual.obj": "obj", "visual.stl": "stl", "visual.glb": "glb", "visual.ply": "ply"}
+
+
+def _submit(http, scene: Scene, options: dict | None = None, with_mask: bool = False) -> str:  # type: ignore[no-untyped-def]
+    files = {"image": ("scene.png", scene.png(), "image/png")}
+    if with_mask:
+        files["mask"] = ("mask.png", scene.mask_png(), "image/png")
+    response = http.post("/v1/jobs", files=files, data={"options": json.dumps(options or {})})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued" and response.headers["location"] == f"/v1/jobs/{body['job_id']}"
+    return body["job_id"]
+
+
+def _download(http, job: dict, name: str) -> bytes:  # type: ignore[no-untyped-def]
+    artifact = next(a for a in job["artifacts"] if a["name"] == name)
+    response = http.get(artifact["url"])
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(artifact["media_type"])
+    assert len(response.content) == artifact["bytes"]
+    return response.content
+
+
+def _check_meshes(http, job: dict) -> trimesh.Trimesh:  # type: ignore[no-untyped-def]
+    meshes = {}
+    for name, fmt in MESH_FILES.items():
+        meshes[name] = trimesh.load(io.BytesIO(_download(http, job, name)), file_type=fmt, force="mesh")
+        assert len(meshes[name].faces) > 100, name
+    visual = meshes["visual.stl"]
+    assert visual.is_watertight and visual.is_winding_consistent
+    glb = meshes["visual.glb"]
+    assert isinstance(glb.visual, trimesh.visual.TextureVisuals)
+    assert glb.visual.material.baseColorTexture is not None
+    hull = trimesh.load(io.BytesIO(_download(http, job, "collision.stl")), file_type="stl", force="mesh")
+    assert hull.is_convex and hull.is_watertight
+    assert convex_encloses(hull.vertices, hull.faces, visual.vertices)
+    gif = Image.open(io.BytesIO(_download(http, job, "preview.gif")))
+    assert gif.n_frames > 1
+    stats = json.loads(_download(http, job, "mesh_stats.json"))
+    assert stats["visual"]["watertight"] and stats["collision"]["parts"] == 1
+    return glb
+
+
+def test_job_with_a_supplied_mask(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, disk_scene, with_mask=True)
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"] == 100
+    assert [s["name"] for s in job["stages"]] == ["reconstruct", "paint", "convert"]
+    for stage in job["stages"]:
+        assert stage["status"] == "succeeded" and stage["attempts"] == 1
+        assert stage["seconds"] > 0 and stage["finished_at"] >= stage["started_at"]
+    glb = _check_meshes(client, job)
+    ys, xs = np.nonzero(disk_scene.mask)
+    crop = disk_scene.mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    silhouette = front_silhouette(glb, crop.shape[1], crop.shape[0])
+    assert iou(silhouette, crop) >= 0.8
+
+
+def test_full_pipeline_from_the_segmenter(client) -> None:  # type: ignore[no-untyped-def]
+    scene = make_scene("box")
+    job_id = _submit(client, scene, {"prompt": {"points": [[160, 120]], "labels": [1]}})
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert [s["name"] for s in job["stages"]] == ["segment", "reconstruct", "paint", "convert"]
+    segment = job["stages"][0]
+    assert segment["detail"]["prompt"]["points"] == [[160.0, 120.0]]
+    mask = np.asarray(Image.open(io.BytesIO(_download(client, job, "mask.png")))) > 0
+    assert mask.shape == (240, 320) and mask.sum() == segment["detail"]["area"]
+    rle = json.loads(_download(client, job, "mask_rle.json"))
+    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+    assert np.array_equal(decoded, mask)
+    _check_meshes(client, job)
+    names = {a["name"] for a in job["artifacts"]}
+    assert {"input.png", "mask.png", "shape.ply", "textured.glb"} <= names
+
+
+def test_detector_box_prompts_the_segmenter(client) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, make_scene("disk"), {"stages": ["segment"], "detect": {"conf": 0.0001}})
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    detections = json.loads(_download(client, job, "detections.json"))
+    assert detections["boxes"], "a near-zero threshold must give the random model boxes"
+    detail = job["stages"][0]["detail"]
+    assert detail["prompt_from"].startswith("detector box")
+    assert detail["prompt"]["box"] == [float(v) for v in detections["boxes"][0]]
+    assert {a["name"] for a in job["artifacts"]} == {"input.png", "detections.json", "mask.png", "mask_rle.json"}
+
+
+def test_formats_and_preview_options(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, disk_scene, {"formats": ["stl"], "preview": False, "collision": False}, with_mask=True)
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    produced = {a["name"] for a in job["artifacts"] if a["stage"] == "convert"}
+    assert produced == {"visual.stl", "mesh_stats.json"}
+
+
+def test_image_url_job(client, live_app: LiveApp, disk_scene: Scene, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import http.server
+    import threading
+
+    (tmp_path / "scene.png").write_bytes(disk_scene.png())
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/scene.png"
+        response = client.post("/v1/jobs", json={"image_url": url, "options": {"stages": ["segment"]}})
+        assert response.status_code == 202, response.text
+        job = wait_for_job(client, response.json()["job_id"])
+        assert job["status"] == "succeeded"
+        assert _download(client, job, "input.png") == disk_scene.png()
+        missing = client.post("/v1/jobs", json={"image_url": url.replace("scene", "absent")})
+        assert missing.status_code == 422 and "404" in missing.json()["error"]["message"]
+    finally:
+        server.shutdown()
+
+
+def test_finished_stages_are_not_run_again_after_a_crash(client, live_app: LiveApp, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    """A job left `running` by a dead ingress (expired lease) resumes at its first
+    unfinished stage; the finished stage keeps attempt 1."""
+    from serve_app.artifacts import LocalArtifactStore
+
+    store = JobStore(f"sqlite:///{live_app.data_dir / 'meshline.db'}")
+    files = LocalArtifactStore(live_app.data_dir / "artifacts")
+    job_id = "ab" * 16
+    files.put(job_id, "input.png", disk_scene.png())
+    files.put(job_id, "mask.png", disk_scene.mask_png())
+    store.create({}, {"image": "input.png"}, ["segment", "reconstruct", "paint", "convert"],
+                 [("input.png", "image/png", len(disk_scene.png()))], job_id=job_id)
+    assert store.claim_next("ingress-that-died", lease_s=0.5) == job_id
+    store.start_stage(job_id, "segment")
+    store.add_artifact(job_id, "mask.png", "segment", "image/png", len(disk_scene.mask_png()))
+    store.finish_stage(job_id, "segment", "succeeded", 1.0, detail={"note": "before the crash"})
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    attempts = {s["name"]: s["attempts"] for s in job["stages"]}
+    assert attempts == {"segment": 1, "reconstruct": 1, "paint": 1, "convert": 1}
+    assert job["stages"][0]["detail"] == {"note": "before the crash"}
+    glb = trimesh.load(io.BytesIO(_download(client, job, "visual.glb")), file_type="glb", force="mesh")
+    assert glb.is_watertight
+
+
+def test_list_jobs(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, disk_scene, {"stages": ["segment"]})
+    wait_for_job(client, job_id)
+    listed = client.get("/v1/jobs", params={"status": "succeeded", "limit": 100}).json()["jobs"]
+    assert job_id in [j["job_id"] for j in listed]
+    assert all(j["status"] == "succeeded" for j in listed)
+    assert len(client.get("/v1/jobs", params={"limit": 1}).json()["jobs"]) == 1
