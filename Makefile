@@ -66,7 +66,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.pipeline --out bench/last.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .data

@@ -27,6 +27,22 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def placement(device: str) -> dict[str, object]:
+    """Where this replica runs: its torch device and the GPUs Ray assigned to it."""
+    import ray
+
+    gpu_ids: list[object] = []
+    if ray.is_initialized():
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    info: dict[str, object] = {"device": device, "gpu_ids": gpu_ids}
+    if device == "cuda":
+        import torch
+
+        info["gpu_name"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_allocated_mb"] = round(torch.cuda.memory_allocated(0) / 2**20, 1)
+    return info
+
+
 def resolve_checkpoint(uri: str, cache_dir: Path, s3_endpoint_url: str | None = None) -> Path:
     """Turn a local path or an ``s3://bucket/key`` URI into a readable local file.
 

@@ -77,9 +77,26 @@ def _mesh_stats(mesh: Any) -> dict[str, Any]:
         "faces": int(len(mesh.faces)),
         "vertices": int(len(mesh.vertices)),
         "watertight": bool(mesh.is_watertight),
+        **_topology(mesh),
         "volume": round(float(mesh.volume), 8) if mesh.is_watertight else None,
         "area": round(float(mesh.area), 8),
         "bounds": [[round(float(v), 6) for v in row] for row in mesh.bounds],
+    }
+
+
+def _topology(mesh: Any) -> dict[str, bool]:
+    """Checks simulators care about that trimesh lacks: manifoldness and self-intersection."""
+    import numpy as np
+    import open3d as o3d
+
+    o3d_mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float64)),
+        o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
+    )
+    return {
+        "edge_manifold": bool(o3d_mesh.is_edge_manifold(allow_boundary_edges=False)),
+        "vertex_manifold": bool(o3d_mesh.is_vertex_manifold()),
+        "self_intersecting": bool(o3d_mesh.is_self_intersecting()),
     }
 
 

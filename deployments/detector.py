@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import pick_device, resolve_checkpoint
+from deployments.common import pick_device, placement, resolve_checkpoint
 from deployments.errors import InvalidInput, ModelLoadError
 
 logger = logging.getLogger("meshline.detector")
@@ -84,9 +84,10 @@ class YoloDetector:
         return {
             "model": self.config.checkpoint or self.config.model,
             "weights": "checkpoint" if self.config.checkpoint else "random",
-            "device": self.device,
             "task": self.model.task,
             "num_classes": len(self.names),
+            "precision": "fp16" if self.device == "cuda" else "fp32",
+            **placement(self.device),
         }
 
     def class_ids(self, classes: list[int | str] | None) -> list[int] | None:
@@ -137,6 +138,7 @@ class YoloDetector:
                 max_det=max_det,
                 classes=class_ids,
                 device=self.device,
+                quantize=16 if self.device == "cuda" else None,  # fp16 on GPU (was half=True)
                 verbose=False,
             )[0]
         boxes = result.boxes

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import pick_device, resolve_checkpoint
+from deployments.common import pick_device, placement, resolve_checkpoint
 from deployments.errors import InvalidInput, ModelLoadError
 
 logger = logging.getLogger("meshline.segmenter")
@@ -82,8 +82,9 @@ class Sam2Segmenter:
             "model": self.config.config_name,
             "weights": "checkpoint" if self.config.checkpoint else "random",
             "checkpoint": self.config.checkpoint,
-            "device": self.device,
             "image_size": int(self.model.image_size),
+            "precision": "bf16-autocast" if self.device == "cuda" else "fp32",
+            **placement(self.device),
         }
 
     def segment(

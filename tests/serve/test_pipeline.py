@@ -55,6 +55,7 @@ def _check_meshes(http, job: dict) -> trimesh.Trimesh:  # type: ignore[no-untype
     assert gif.n_frames > 1
     stats = json.loads(_download(http, job, "mesh_stats.json"))
     assert stats["visual"]["watertight"] and stats["collision"]["parts"] == 1
+    assert stats["visual"]["edge_manifold"] and not stats["visual"]["self_intersecting"]
     return glb
 
 

@@ -1,0 +1,144 @@
+"""Pipeline benchmark: per-stage seconds, orchestration overhead, model call latency.
+
+Starts its own Ray + Serve with the default models (SAM2.1 hiera-tiny at 1024 px, YOLOv8n),
+runs jobs on a real photo (ultralytics' bus.jpg) and reports, measured in one run:
+
+* per-stage seconds as the job store records them (handle hop + model + artifact writes);
+* job wall time (submit → succeeded, seen by a polling client) ÷ sum of stage seconds;
+* direct handle latency of segment/detect (p50), and where each replica runs.
+
+    python -m bench.pipeline --device auto --jobs 3 --out bench/last.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+MODEL_DEPLOYMENTS = ("Segmenter", "Reconstructor", "Converter", "Detector")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bus_photo() -> Path:
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
+
+
+def start_app(device: str, data_dir: Path, small: bool) -> tuple[str, Any]:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    gpus = 0.25 if device == "gpu" else 0
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings: dict[str, Any] = {"data_dir": str(data_dir), "job_poll_interval_s": 0.1}
+    if small:
+        from tests.helpers import SMALL_SAM2_OVERRIDES
+
+        settings["sam2_overrides"] = SMALL_SAM2_OVERRIDES
+    options = {name: {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}} for name in MODEL_DEPLOYMENTS}
+    serve.run(build_app({"settings": settings, "deployment_options": options}), name="meshline", route_prefix="/")
+    return f"http://127.0.0.1:{port}", serve
+
+
+def p50(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+def run(device: str, jobs: int, small: bool, out: Path | None) -> dict[str, Any]:
+    import tempfile
+
+    data_dir = Path(tempfile.mkdtemp(prefix="meshline-bench-"))
+    base_url, serve = start_app(device, data_dir, small)
+    image_bytes = bus_photo().read_bytes()
+    image = np.asarray(Image.open(bus_photo()).convert("RGB"))
+    report: dict[str, Any] = {"device": device, "image": "bus.jpg", "size": list(image.shape[1::-1])}
+
+    report["placement"] = {
+        name: serve.get_deployment_handle(name, app_name="meshline").info.remote().result()
+        for name in MODEL_DEPLOYMENTS
+    }
+    segmenter = serve.get_deployment_handle("Segmenter", app_name="meshline")
+    detector = serve.get_deployment_handle("Detector", app_name="meshline")
+    for _ in range(2):  # warm-up (CUDA kernels, allocator, lazy imports)
+        segmenter.segment.remote(image).result()
+        detector.detect.remote(image).result()
+    seg_times, det_times = [], []
+    for _ in range(5):
+        started = time.perf_counter()
+        segmenter.segment.remote(image, box=[50, 230, 800, 760]).result()
+        seg_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        detector.detect.remote(image, conf=0.01).result()
+        det_times.append(time.perf_counter() - started)
+    report["segment_call_p50_s"] = p50(seg_times)
+    report["detect_call_p50_s"] = p50(det_times)
+
+    stage_seconds: dict[str, list[float]] = {}
+    ratios = []
+    with httpx.Client(base_url=base_url, timeout=120) as http:
+        for _ in range(jobs):
+            started = time.perf_counter()
+            response = http.post(
+                "/v1/jobs", files={"image": ("bus.jpg", image_bytes, "image/jpeg")},
+                data={"options": json.dumps({"detect": {"conf": 0.01}})},
+            )
+            response.raise_for_status()
+            job_id = response.json()["job_id"]
+            while True:
+                job = http.get(f"/v1/jobs/{job_id}").json()
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(0.05)
+            wall = time.perf_counter() - started
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job failed: {job['error']}")
+            for stage in job["stages"]:
+                stage_seconds.setdefault(stage["name"], []).append(stage["seconds"])
+            ratios.append(wall / sum(s["seconds"] for s in job["stages"]))
+    report["stage_seconds_p50"] = {name: p50(values) for name, values in stage_seconds.items()}
+    report["job_wall_over_stage_sum_p50"] = p50(ratios)
+    serve.shutdown()
+    if out:
+        out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto")
+    parser.add_argument("--jobs", type=int, default=3)
+    parser.add_argument("--small", action="store_true", help="the 10M-parameter SAM2 test config")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    report = run(device, args.jobs, args.small, args.out)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
