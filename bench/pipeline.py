@@ -40,7 +40,7 @@ def bus_photo() -> Path:
     return Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
 
 
-def start_app(device: str, data_dir: Path, small: bool) -> tuple[str, Any]:
+def start_app(device: str, data_dir: Path, small: bool, precision: str) -> tuple[str, Any]:
     import ray
     from ray import serve
 
@@ -51,7 +51,9 @@ def start_app(device: str, data_dir: Path, small: bool) -> tuple[str, Any]:
     ray.init(include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings: dict[str, Any] = {"data_dir": str(data_dir), "job_poll_interval_s": 0.1}
+    settings: dict[str, Any] = {
+        "data_dir": str(data_dir), "job_poll_interval_s": 0.1, "model_precision": precision,
+    }
     if small:
         from tests.helpers import SMALL_SAM2_OVERRIDES
 
@@ -65,14 +67,18 @@ def p50(values: list[float]) -> float:
     return round(statistics.median(values), 4)
 
 
-def run(device: str, jobs: int, small: bool, out: Path | None) -> dict[str, Any]:
+def run(
+    device: str, jobs: int, small: bool, out: Path | None, stages: list[str] | None = None, precision: str = "auto"
+) -> dict[str, Any]:
     import tempfile
 
     data_dir = Path(tempfile.mkdtemp(prefix="meshline-bench-"))
-    base_url, serve = start_app(device, data_dir, small)
+    base_url, serve = start_app(device, data_dir, small, precision)
     image_bytes = bus_photo().read_bytes()
     image = np.asarray(Image.open(bus_photo()).convert("RGB"))
-    report: dict[str, Any] = {"device": device, "image": "bus.jpg", "size": list(image.shape[1::-1])}
+    report: dict[str, Any] = {
+        "device": device, "precision": precision, "image": "bus.jpg", "size": list(image.shape[1::-1])
+    }
 
     report["placement"] = {
         name: serve.get_deployment_handle(name, app_name="meshline").info.remote().result()
@@ -101,7 +107,7 @@ def run(device: str, jobs: int, small: bool, out: Path | None) -> dict[str, Any]
             started = time.perf_counter()
             response = http.post(
                 "/v1/jobs", files={"image": ("bus.jpg", image_bytes, "image/jpeg")},
-                data={"options": json.dumps({"detect": {"conf": 0.01}})},
+                data={"options": json.dumps({"detect": {"conf": 0.01}, "stages": stages})},
             )
             response.raise_for_status()
             job_id = response.json()["job_id"]
@@ -130,13 +136,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="the 10M-parameter SAM2 test config")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--stages", help="comma list of job stages (default: all)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "half"], default="auto")
     args = parser.parse_args()
     device = args.device
     if device == "auto":
         import torch
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
-    report = run(device, args.jobs, args.small, args.out)
+    stages = args.stages.split(",") if args.stages else None
+    report = run(device, args.jobs, args.small, args.out, stages, args.precision)
     print(json.dumps(report, indent=2))
 
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -25,6 +25,9 @@ class DetectorConfig(BaseModel):
     checkpoint: str | None = Field(None, description="Local .pt path or s3:// URI.")
     seed: int = 0
     device: str = "auto"
+    precision: Literal["auto", "fp32", "half"] = Field(
+        "auto", description="half = fp16 inference; auto = half on CUDA, fp32 on CPU."
+    )
     weights_dir: Path = Path(".data/weights")
     config_dir: Path = Field(Path(".data/ultralytics"), description="YOLO_CONFIG_DIR (writable).")
     s3_endpoint_url: str | None = None
@@ -78,6 +81,9 @@ class YoloDetector:
         self.model.to(self.device)
         self.model.fuse()
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
+        self.half = config.precision == "half" or (config.precision == "auto" and self.device == "cuda")
+        if self.half and self.device != "cuda":
+            raise ModelLoadError("half precision needs a CUDA device")
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
@@ -86,7 +92,7 @@ class YoloDetector:
             "weights": "checkpoint" if self.config.checkpoint else "random",
             "task": self.model.task,
             "num_classes": len(self.names),
-            "precision": "fp16" if self.device == "cuda" else "fp32",
+            "precision": "fp16" if self.half else "fp32",
             **placement(self.device),
         }
 
@@ -138,7 +144,7 @@ class YoloDetector:
                 max_det=max_det,
                 classes=class_ids,
                 device=self.device,
-                quantize=16 if self.device == "cuda" else None,  # fp16 on GPU (was half=True)
+                quantize=16 if self.half else None,  # fp16 (8.4's replacement for half=True)
                 verbose=False,
             )[0]
         boxes = result.boxes

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -25,6 +25,9 @@ class SegmenterConfig(BaseModel):
     overrides: list[str] = Field(default_factory=list, description="Extra Hydra overrides.")
     seed: int = Field(0, description="Seed for random init.")
     device: str = Field("auto", description="auto | cpu | cuda")
+    precision: Literal["auto", "fp32", "half"] = Field(
+        "auto", description="half = bf16 autocast; auto = half on CUDA, fp32 on CPU."
+    )
     weights_dir: Path = Field(Path(".data/weights"), description="Cache for s3:// checkpoints.")
     s3_endpoint_url: str | None = None
 
@@ -75,6 +78,9 @@ class Sam2Segmenter:
         # The predictor hard-codes feature sizes for 1024 px; derive them from the model.
         size = int(self.model.image_size)
         self.predictor._bb_feat_sizes = [(size // 4,) * 2, (size // 8,) * 2, (size // 16,) * 2]
+        self.half = config.precision == "half" or (config.precision == "auto" and self.device == "cuda")
+        if self.half and self.device != "cuda":
+            raise ModelLoadError("half precision needs a CUDA device")
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
@@ -83,7 +89,7 @@ class Sam2Segmenter:
             "weights": "checkpoint" if self.config.checkpoint else "random",
             "checkpoint": self.config.checkpoint,
             "image_size": int(self.model.image_size),
-            "precision": "bf16-autocast" if self.device == "cuda" else "fp32",
+            "precision": "bf16-autocast" if self.half else "fp32",
             **placement(self.device),
         }
 
@@ -106,9 +112,7 @@ class Sam2Segmenter:
         if point_coords is None and box_arr is None:
             point_coords = np.array([[width / 2.0, height / 2.0]], dtype=np.float32)
             point_labels = np.array([1], dtype=np.int32)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else contextlib.nullcontext()
-        )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.half else contextlib.nullcontext()
         with self._lock, torch.inference_mode(), autocast:
             self.predictor.set_image(image)
             masks, scores, _ = self.predictor.predict(

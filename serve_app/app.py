@@ -38,6 +38,7 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
         SegmenterConfig(
             config_name=settings.sam2_config, checkpoint=settings.sam2_checkpoint,
             overrides=settings.sam2_overrides, seed=settings.seed, weights_dir=weights_dir,
+            precision=settings.model_precision,
             s3_endpoint_url=settings.s3_endpoint_url,
         ),
         ReconstructorConfig(
@@ -47,6 +48,7 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
         ConverterConfig(preview_frames=settings.preview_frames, preview_size_px=settings.preview_size_px),
         DetectorConfig(
             model=settings.detector_model, checkpoint=settings.detector_checkpoint, seed=settings.seed,
+            precision=settings.model_precision,
             weights_dir=weights_dir, config_dir=(settings.data_dir / "ultralytics").resolve(),
             s3_endpoint_url=settings.s3_endpoint_url,
         ),

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     )
     detector_checkpoint: str | None = Field(
         None, description="Local path or s3:// URI of a YOLO .pt; random init when unset."
+    )
+    model_precision: Literal["auto", "fp32", "half"] = Field(
+        "auto", description="SAM2/YOLO precision: half (bf16/fp16) on CUDA by default."
     )
     seed: int = Field(0, description="Seed for random-init weights, so runs are repeatable.")
     reconstruct_grid: int = Field(
