@@ -59,8 +59,11 @@ status:
 	$(BIN)/serve status
 
 stop:
-	-@$(BIN)/serve shutdown -y >/dev/null 2>&1 && echo ">> meshline app shut down"
-	-$(BIN)/ray stop
+	@# A `serve run` left in another terminal: Ctrl-C it (it then deletes the app itself).
+	-@if pkill -INT -f "$(BIN)/[s]erve run configs/"; then sleep 5; \
+	  pkill -TERM -f "$(BIN)/[s]erve run configs/" || true; echo ">> stopped serve run"; fi
+	-@$(BIN)/serve shutdown -y >/dev/null 2>&1 && echo ">> meshline app shut down" || true
+	-@$(BIN)/ray stop >/dev/null 2>&1 && echo ">> Ray head stopped" || true
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
