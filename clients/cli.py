@@ -102,6 +102,17 @@ def status(
 
 
 @app.command()
+def cancel(job_id: str, host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+    """Cancel a queued or running job."""
+    with _client(host, port) as client:
+        try:
+            _print_status(client.cancel(job_id))
+        except MeshlineError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+
+
+@app.command()
 def download(
     job_id: str,
     out: Annotated[Path, typer.Option("--out", help="Target directory.")] = Path("out"),

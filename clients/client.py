@@ -66,10 +66,17 @@ class MeshlineClient:
         options: dict[str, Any] | None = None,
         mask: str | Path | bytes | None = None,
         mesh: str | Path | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
-        """Queue a job and return its id (the service answers 202 at once)."""
+        """Queue a job and return its id (the service answers 202 at once).
+
+        With an ``idempotency_key`` a retried submit returns the same job instead of a new one.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if image_url is not None:
-            response = self._http.post("/v1/jobs", json={"image_url": image_url, "options": options or {}})
+            response = self._http.post(
+                "/v1/jobs", json={"image_url": image_url, "options": options or {}}, headers=headers
+            )
         else:
             if image is None:
                 raise ValueError("give an image or an image_url")
@@ -78,7 +85,9 @@ class MeshlineClient:
                 files.append(self._image_part(mask, "mask"))
             if mesh is not None:
                 files.append(("mesh", (Path(mesh).name, Path(mesh).read_bytes())))
-            response = self._http.post("/v1/jobs", files=files, data={"options": json.dumps(options or {})})
+            response = self._http.post(
+                "/v1/jobs", files=files, data={"options": json.dumps(options or {})}, headers=headers
+            )
         return self._check(response).json()["job_id"]
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -91,8 +100,41 @@ class MeshlineClient:
         return self._check(self._http.get("/v1/jobs", params=params)).json()["jobs"]
 
     def watch(self, job_id: str, poll_s: float = 0.5, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield the job's status whenever it changes, until it ends."""
+        """Yield the job's status at every change until it ends: Server-Sent Events from
+        /v1/jobs/{id}/events, falling back to polling when the stream is unavailable."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last: dict[str, Any] | None = None
+        try:
+            for status in self._sse(job_id, deadline):
+                last = status
+                yield status
+            if last is not None and last["status"] in TERMINAL:
+                return
+        except (httpx.HTTPError, MeshlineError, ValueError):
+            pass  # e.g. a proxy that buffers or blocks event streams: poll instead
+        yield from self._poll(job_id, poll_s, deadline, timeout_s)
+
+    def _sse(self, job_id: str, deadline: float | None) -> Iterator[dict[str, Any]]:
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=60.0)) as response:
+            self._check(response)
+            event, data = "message", []
+            for line in response.iter_lines():
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} did not end in time")
+                if line.startswith(":"):
+                    continue
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line:
+                    if event == "job" and data:
+                        yield json.loads("\n".join(data))
+                    if event in ("end", "gone"):
+                        return
+                    event, data = "message", []
+
+    def _poll(self, job_id: str, poll_s: float, deadline: float | None, timeout_s: float | None) -> Iterator[dict[str, Any]]:
         last = None
         while True:
             status = self.job(job_id)
@@ -105,6 +147,9 @@ class MeshlineClient:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {status['status']} after {timeout_s} s")
             time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._check(self._http.post(f"/v1/jobs/{job_id}/cancel")).json()
 
     def wait(self, job_id: str, timeout_s: float | None = None, on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         status: dict[str, Any] = {}

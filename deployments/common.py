@@ -34,7 +34,7 @@ def placement(device: str) -> dict[str, object]:
     gpu_ids: list[object] = []
     if ray.is_initialized():
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    info: dict[str, object] = {"device": device, "gpu_ids": gpu_ids}
+    info: dict[str, object] = {"device": device, "gpu_ids": gpu_ids, "pid": os.getpid()}
     if device == "cuda":
         import torch
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from ray import serve
 
+from deployments.common import placement
 from deployments.errors import InvalidInput
 
 
@@ -23,7 +24,7 @@ class MeshConverter:
         self.config = config
 
     def info(self) -> dict[str, Any]:
-        return {"backend": "trimesh", "weights": "none (geometric)", "device": "cpu"}
+        return {"backend": "trimesh", "weights": "none (geometric)", **placement("cpu")}
 
     def convert(
         self,

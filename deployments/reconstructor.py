@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
+from deployments.common import placement
 from deployments.errors import InvalidInput
 
 
@@ -38,7 +39,7 @@ class SilhouetteReconstructor:
         )
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.config.backend, "weights": "none (geometric)", "device": "cpu"}
+        return {"backend": self.config.backend, "weights": "none (geometric)", **placement("cpu")}
 
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         """Returns ``mesh`` (binary PLY bytes) and ``stats``."""

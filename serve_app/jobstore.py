@@ -30,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 metadata = MetaData()
 
@@ -48,6 +49,9 @@ jobs = Table(
     Column("lease_owner", String(64)),
     Column("lease_expires_at", DateTime(timezone=True), index=True),
     Column("runs", Integer, nullable=False, default=0),
+    # Idempotency-Key header and a hash of the request it came with (same key, other body: 409).
+    Column("idempotency_key", String(255), unique=True),
+    Column("request_hash", String(64)),
 )
 
 stages = Table(
@@ -78,6 +82,14 @@ artifacts = Table(
 )
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class IdempotencyConflict(Exception):
+    """A job already exists for this Idempotency-Key: ``existing`` = (job id, request hash)."""
+
+    def __init__(self, existing: tuple[str, str | None]) -> None:
+        super().__init__(existing[0])
+        self.existing = existing
 
 
 def utcnow() -> datetime:
@@ -142,6 +154,9 @@ class JobRecord:
 
 
 def make_engine(url: str) -> Engine:
+    if url.startswith(("postgresql://", "postgres://")):
+        # psycopg 3 is the driver we ship; SQLAlchemy would default to psycopg2.
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -171,30 +186,55 @@ class JobStore:
         stage_names: list[str],
         input_artifacts: list[tuple[str, str, int]] = (),  # type: ignore[assignment]
         job_id: str | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> str:
-        """Queue a job; ``input_artifacts`` are (name, media_type, bytes) already stored."""
+        """Queue a job; ``input_artifacts`` are (name, media_type, bytes) already stored.
+
+        Raises ``IdempotencyConflict`` carrying the existing job when the key is taken.
+        """
         job_id = job_id or uuid.uuid4().hex
         now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(
-                jobs.insert().values(
-                    id=job_id, status="queued", options=options, inputs=inputs,
-                    created_at=now, updated_at=now, runs=0,
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    jobs.insert().values(
+                        id=job_id, status="queued", options=options, inputs=inputs,
+                        created_at=now, updated_at=now, runs=0,
+                        idempotency_key=idempotency_key, request_hash=request_hash,
+                    )
                 )
-            )
-            conn.execute(
-                stages.insert(),
-                [
-                    {"job_id": job_id, "name": name, "position": i, "status": "pending",
-                     "progress": 0.0, "attempts": 0, "detail": {}}
-                    for i, name in enumerate(stage_names)
-                ],
-            )
-            for name, media_type, size in input_artifacts:
-                conn.execute(artifacts.insert().values(
-                    job_id=job_id, name=name, stage="input", media_type=media_type, bytes=size, created_at=now
-                ))
+                self._insert_children(conn, job_id, stage_names, input_artifacts, now)
+        except IntegrityError:
+            existing = self.find_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            raise IdempotencyConflict(existing) from None
         return job_id
+
+    def _insert_children(
+        self, conn: Any, job_id: str, stage_names: list[str], input_artifacts: Any, now: datetime
+    ) -> None:
+        conn.execute(
+            stages.insert(),
+            [
+                {"job_id": job_id, "name": name, "position": i, "status": "pending",
+                 "progress": 0.0, "attempts": 0, "detail": {}}
+                for i, name in enumerate(stage_names)
+            ],
+        )
+        for name, media_type, size in input_artifacts:
+            conn.execute(artifacts.insert().values(
+                job_id=job_id, name=name, stage="input", media_type=media_type, bytes=size, created_at=now
+            ))
+
+    def find_by_idempotency_key(self, key: str) -> tuple[str, str | None] | None:
+        """(job id, request hash) of the job created with this key, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(jobs.c.id, jobs.c.request_hash).where(jobs.c.idempotency_key == key)
+            ).first()
+        return (row[0], row[1]) if row else None
 
     def get(self, job_id: str) -> JobRecord | None:
         with self.engine.connect() as conn:
@@ -238,27 +278,27 @@ class JobStore:
 
     # Claiming and leases --------------------------------------------------------------
     def claim_next(self, owner: str, lease_s: float) -> str | None:
-        """Atomically take the oldest queued job, or a running one whose lease expired."""
+        """Atomically take the oldest queued job, or a running one whose lease expired.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never block or collide.
+        SQLite (one writer at a time): a compare-and-set UPDATE that only one claimer wins.
+        """
         now = utcnow()
+        claimable = (jobs.c.status == "queued") | (
+            (jobs.c.status == "running") & (jobs.c.lease_expires_at < now)
+        )
         with self.engine.begin() as conn:
-            candidates = conn.execute(
-                select(jobs.c.id)
-                .where(
-                    (jobs.c.status == "queued")
-                    | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < now))
-                )
-                .order_by(jobs.c.created_at)
-                .limit(5)
-            ).scalars().all()
+            query = select(jobs.c.id).where(claimable).order_by(jobs.c.created_at)
+            if self.engine.dialect.name == "postgresql":
+                query = query.limit(1).with_for_update(skip_locked=True)
+            else:
+                query = query.limit(5)
+            candidates = conn.execute(query).scalars().all()
             for job_id in candidates:
-                # Compare-and-set: only one claimer can win the update for a given job.
                 result = conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id)
-                    .where(
-                        (jobs.c.status == "queued")
-                        | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < now))
-                    )
+                    .where(claimable)
                     .values(
                         status="running", lease_owner=owner,
                         lease_expires_at=now + timedelta(seconds=lease_s),
@@ -267,12 +307,13 @@ class JobStore:
                 )
                 if result.rowcount == 1:
                     conn.execute(
-                        update(jobs).where(jobs.c.id == job_id).where(jobs.c.started_at.is_(None)).values(started_at=now)
+                        update(jobs).where(jobs.c.id == job_id, jobs.c.started_at.is_(None)).values(started_at=now)
                     )
                     return job_id
         return None
 
     def renew_lease(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Extend our lease; False when the job was cancelled or taken over (stop working)."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(jobs)
@@ -315,21 +356,58 @@ class JobStore:
                 job_id=job_id, name=name, stage=stage, media_type=media_type, bytes=size, created_at=now
             ))
 
-    def finish_job(self, job_id: str, status: str, error: str | None = None) -> None:
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False when it had already ended."""
         now = utcnow()
         with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")))
+                .values(status="cancelled", finished_at=now, updated_at=now, lease_owner=None,
+                        lease_expires_at=None, error="cancelled by request")
+            )
+            if result.rowcount != 1:
+                return False
             conn.execute(
-                update(jobs).where(jobs.c.id == job_id).values(
+                update(stages)
+                .where(stages.c.job_id == job_id, stages.c.status.in_(("pending", "running")))
+                .values(status="cancelled", finished_at=now)
+            )
+            return True
+
+    def delete_finished_before(self, cutoff: datetime, limit: int = 500) -> list[str]:
+        """Delete ended jobs that finished before ``cutoff``; returns their ids."""
+        with self.engine.begin() as conn:
+            ids = conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.status.in_(TERMINAL), jobs.c.finished_at < cutoff)
+                .limit(limit)
+            ).scalars().all()
+            if ids:
+                conn.execute(artifacts.delete().where(artifacts.c.job_id.in_(ids)))
+                conn.execute(stages.delete().where(stages.c.job_id.in_(ids)))
+                conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
+        return list(ids)
+
+    def finish_job(self, job_id: str, status: str, error: str | None = None) -> bool:
+        """Record the end of a job we run; False if it was cancelled meanwhile (kept so)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            ended = conn.execute(
+                update(jobs).where(jobs.c.id == job_id, jobs.c.status.notin_(TERMINAL)).values(
                     status=status, error=error, finished_at=now, updated_at=now,
                     lease_owner=None, lease_expires_at=None,
                 )
             )
+            if ended.rowcount != 1:
+                return False
             if status != "succeeded":
                 conn.execute(
                     update(stages)
                     .where(stages.c.job_id == job_id, stages.c.status.in_(("pending", "running")))
                     .values(status="cancelled")
                 )
+            return True
 
 
 def _json(value: Any) -> Any:

@@ -6,14 +6,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import timedelta
 
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.errors import public_message, to_api_error
-from serve_app.jobstore import JobStore
+from serve_app.jobstore import JobStore, utcnow
 from serve_app.pipeline import STAGE_RUNNERS, Handles, StageContext
 from serve_app.settings import Settings
 
 logger = logging.getLogger("meshline.runner")
+
+
+def sweep_expired(store: JobStore, files: LocalArtifactStore, ttl_s: float) -> list[str]:
+    """Delete jobs that ended more than ``ttl_s`` ago, with their artifacts."""
+    removed = store.delete_finished_before(utcnow() - timedelta(seconds=ttl_s))
+    for job_id in removed:
+        files.delete_job(job_id)
+    return removed
 
 
 class JobRunner:
@@ -26,6 +35,7 @@ class JobRunner:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._last_sweep = 0.0
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop())
@@ -56,19 +66,45 @@ class JobRunner:
                     task.add_done_callback(lambda _t, jid=job_id: self._active.pop(jid, None))
             except Exception:
                 logger.exception("job claim failed; retrying")
+            await self._maybe_sweep()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.job_poll_interval_s)
 
-    async def _keep_lease(self, job_id: str) -> None:
+    async def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < self.settings.retention_sweep_interval_s:
+            return
+        self._last_sweep = now
+        try:
+            removed = await asyncio.to_thread(sweep_expired, self.store, self.files, self.settings.job_ttl_s)
+            if removed:
+                logger.info("retention: deleted %d finished jobs older than %g s", len(removed), self.settings.job_ttl_s)
+        except Exception:
+            logger.exception("retention sweep failed; will retry")
+
+    def cancel_local(self, job_id: str) -> bool:
+        """Interrupt a job this replica runs (its state is already cancelled in the store)."""
+        task = self._active.get(job_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def _keep_lease(self, job_id: str, job_task: asyncio.Task[None]) -> None:
+        """Renew the lease; stop the job when it was cancelled or taken over elsewhere."""
+        interval = min(self.settings.job_lease_s / 3, self.settings.cancel_check_interval_s)
         while True:
-            await asyncio.sleep(self.settings.job_lease_s / 3)
+            await asyncio.sleep(interval)
             if not await asyncio.to_thread(self.store.renew_lease, job_id, self.owner, self.settings.job_lease_s):
-                logger.warning("lost the lease on job %s", job_id)
+                logger.info("job %s was cancelled or taken over: stopping it here", job_id)
+                job_task.cancel()
                 return
 
     async def _run_job(self, job_id: str) -> None:
-        lease = asyncio.get_running_loop().create_task(self._keep_lease(job_id))
+        current = asyncio.current_task()
+        assert current is not None
+        lease = asyncio.get_running_loop().create_task(self._keep_lease(job_id, current))
         try:
             job = self.store.get(job_id)
             if job is None:
@@ -82,6 +118,8 @@ class JobRunner:
                     return
             self.store.finish_job(job_id, "succeeded")
         except asyncio.CancelledError:
+            # Cancelled by request (the store says so already) or replica shutdown (the
+            # lease then expires and another runner resumes the job): nothing to record.
             raise
         except Exception:
             logger.exception("job %s crashed in the runner", job_id)

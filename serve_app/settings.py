@@ -25,7 +25,9 @@ class Settings(BaseSettings):
         Path("~/.meshline"), description="Root for the embedded job DB, artifacts and caches."
     )
     db_url: str | None = Field(
-        None, description="SQLAlchemy URL of the job store; default: SQLite under data_dir."
+        None,
+        description="Job store URL: sqlite:///path or postgresql://user@host/db; "
+        "default: SQLite under data_dir.",
     )
     artifact_dir: Path | None = Field(
         None, description="Local artifact directory; default: data_dir/artifacts."
@@ -83,8 +85,16 @@ class Settings(BaseSettings):
     # Jobs --------------------------------------------------------------------------------
     job_concurrency: int = Field(2, ge=1, description="Jobs one ingress replica runs at once.")
     job_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner polls.")
+    events_poll_interval_s: float = Field(0.5, gt=0, description="SSE store polling interval.")
     job_lease_s: float = Field(60, gt=1, description="A claimed job is re-queued after this.")
     stage_timeout_s: float = Field(900, gt=0, description="Per-stage timeout (includes cold start).")
+    cancel_check_interval_s: float = Field(
+        1.0, gt=0, description="How often a running job checks whether it was cancelled."
+    )
+    job_ttl_s: float = Field(
+        7 * 24 * 3600, gt=0, description="Finished jobs and their artifacts are deleted after this."
+    )
+    retention_sweep_interval_s: float = Field(600, gt=0, description="How often expiry runs.")
     stage_max_attempts: int = Field(3, ge=1, description="Tries per stage on server-side errors.")
     stage_retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles after.")
 

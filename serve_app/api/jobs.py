@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.artifacts import check_job_id, check_name
 from serve_app.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask
-from serve_app.jobstore import JobRecord
+from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
 from serve_app.pipeline import MESH_INPUT_FORMATS, plan_stages
 from serve_app.schemas import (
     ArtifactPublic,
@@ -27,7 +30,7 @@ from serve_app.schemas import (
 from serve_app.services import Services, ServicesDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422)}
 MEDIA_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "bmp": "image/bmp",
                    "tiff": "image/tiff", "gif": "image/gif", "ply": "application/x-ply",
                    "glb": "model/gltf-binary", "obj": "model/obj", "stl": "model/stl"}
@@ -54,10 +57,50 @@ def _mesh_format(filename: str) -> str:
     return suffix
 
 
-async def create_job(services: Services, image: bytes, files: dict[str, tuple[bytes, str]], options: JobOptions) -> str:
+def request_hash(image: bytes, files: dict[str, tuple[bytes, str]], options: JobOptions) -> str:
+    """What an Idempotency-Key is bound to: the inputs' bytes and the options."""
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(image).digest())
+    for field in sorted(files):
+        digest.update(field.encode() + hashlib.sha256(files[field][0]).digest())
+    digest.update(json.dumps(options.model_dump(mode="json"), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class Replayed(Exception):
+    """The Idempotency-Key already made this job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+def _check_idempotency(services: Services, key: str, digest: str) -> None:
+    existing = services.store.find_by_idempotency_key(key)
+    if existing is None:
+        return
+    job_id, stored_digest = existing
+    if stored_digest != digest:
+        raise ApiError(
+            409, f"Idempotency-Key {key!r} was used for job {job_id} with a different request",
+            "idempotency_conflict", "Idempotency-Key",
+        )
+    raise Replayed(job_id)
+
+
+async def create_job(
+    services: Services,
+    image: bytes,
+    files: dict[str, tuple[bytes, str]],
+    options: JobOptions,
+    idempotency_key: str | None = None,
+) -> str:
     """Validate everything, store the inputs, then queue the job (inputs first: never a
-    queued job without its files)."""
+    queued job without its files). Raises ``Replayed`` for a repeated Idempotency-Key."""
     settings = services.settings
+    digest = request_hash(image, files, options)
+    if idempotency_key is not None:
+        _check_idempotency(services, idempotency_key, digest)
     decoded = decode_image(image, settings.max_image_pixels)
     uploads: dict[str, tuple[str, bytes, str]] = {"image": (f"input.{decoded.format}", image, decoded.format)}
     if "mask" in files:
@@ -72,14 +115,23 @@ async def create_job(services: Services, image: bytes, files: dict[str, tuple[by
     for name, data, fmt in uploads.values():
         size = await asyncio.to_thread(services.files.put, job_id, name, data)
         stored.append((name, MEDIA_BY_FORMAT.get(fmt, "application/octet-stream"), size))
-    await asyncio.to_thread(
-        services.store.create,
-        options.model_dump(mode="json", exclude_none=True),
-        {role: entry[0] for role, entry in uploads.items()},
-        stage_names,
-        stored,
-        job_id,
-    )
+    try:
+        await asyncio.to_thread(
+            services.store.create,
+            options.model_dump(mode="json", exclude_none=True),
+            {role: entry[0] for role, entry in uploads.items()},
+            stage_names,
+            stored,
+            job_id,
+            idempotency_key,
+            digest,
+        )
+    except IdempotencyConflict:
+        # A concurrent request with the same key won the insert: drop our copy of the inputs.
+        services.files.delete_job(job_id)
+        assert idempotency_key is not None
+        _check_idempotency(services, idempotency_key, digest)
+        raise
     services.runner.notify()
     return job_id
 
@@ -89,9 +141,24 @@ async def create_job(services: Services, image: bytes, files: dict[str, tuple[by
     openapi_extra=openapi_body("JobOptions", ("mask", "mesh")),
     summary="Submit a job (answers 202 at once with its id)",
 )
-async def submit_job(request: Request, services: ServicesDep) -> JSONResponse:
+async def submit_job(
+    request: Request,
+    services: ServicesDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", max_length=255, description="Same key + same request → same job."),
+    ] = None,
+) -> JSONResponse:
     inputs = await read_inputs(request, services.settings, JobOptions, extra_files=("mask", "mesh"))
-    job_id = await create_job(services, inputs.image, inputs.files, inputs.options)  # type: ignore[arg-type]
+    try:
+        job_id = await create_job(services, inputs.image, inputs.files, inputs.options, idempotency_key)  # type: ignore[arg-type]
+    except Replayed as replay:
+        job = await asyncio.to_thread(_job_or_404, services, replay.job_id)
+        body = JobAccepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
+        return JSONResponse(
+            body.model_dump(), status_code=200,
+            headers={"Location": body.status_url, "Idempotent-Replayed": "true"},
+        )
     body = JobAccepted(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}")
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
 
@@ -116,6 +183,56 @@ def _job_or_404(services: Services, job_id: str) -> JobRecord:
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, summary="Job status from the store")
 async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
     return job_public(await asyncio.to_thread(_job_or_404, services, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS, summary="Cancel a job")
+async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
+    """Queued or running → cancelled; no further stage starts and the running one is
+    interrupted (its replica call is cancelled). An ended job is a 409."""
+    job = await asyncio.to_thread(_job_or_404, services, job_id)
+    if not await asyncio.to_thread(services.store.cancel, job.id):
+        raise ApiError(409, f"job {job.id} already ended ({job.status})", "conflict", "job_id")
+    services.runner.cancel_local(job.id)  # at once here; other replicas notice via their lease
+    return job_public(await asyncio.to_thread(_job_or_404, services, job.id))
+
+
+@router.get(
+    "/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    summary="Server-Sent Events: every state/progress change until the job ends",
+)
+async def job_events(job_id: str, services: ServicesDep) -> StreamingResponse:
+    first = await asyncio.to_thread(_job_or_404, services, job_id)
+    return StreamingResponse(
+        _event_stream(services, first.id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
+    """Reads the store (the only source of truth) and sends a `job` event per change."""
+    last = None
+    quiet_s = 0.0
+    interval = services.settings.events_poll_interval_s
+    while True:
+        job = await asyncio.to_thread(services.store.get, job_id)
+        if job is None:
+            yield "event: gone\ndata: {}\n\n"
+            return
+        public = job_public(job)
+        snapshot = public.model_dump_json()
+        if snapshot != last:
+            last = snapshot
+            quiet_s = 0.0
+            yield f"event: job\ndata: {snapshot}\n\n"
+        elif quiet_s >= 15:
+            quiet_s = 0.0
+            yield ": keep-alive\n\n"  # proxies close idle streams
+        if job.status in TERMINAL:
+            yield f"event: end\ndata: {json.dumps({'status': job.status})}\n\n"
+            return
+        await asyncio.sleep(interval)
+        quiet_s += interval
 
 
 @router.get("/{job_id}/artifacts/{name}", responses=ERRORS, summary="Download one artifact")

@@ -67,3 +67,16 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert settings.url_allow_private == ["10.0.0.0/8"]
     assert settings.resolved_db_url == f"sqlite:///{tmp_path.resolve() / 'meshline.db'}"
     assert Settings(data_dir=tmp_path, stage_timeout_s=5).stage_timeout_s == 5
+
+
+def test_ingress_never_imports_torch() -> None:
+    """The ingress process stays light: building the app and importing the API pulls no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from serve_app.app import build_app; import serve_app.ingress, serve_app.api; "
+        "build_app({}); assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

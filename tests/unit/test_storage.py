@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.errors import ApiError
-from serve_app.jobstore import JobStore
+from serve_app.jobstore import IdempotencyConflict, JobStore, utcnow
 
 STAGES = ["segment", "reconstruct", "paint", "convert"]
 
 
-@pytest.fixture()
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+POSTGRES_URL = os.environ.get("MESHLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    """The same suite runs on both backends. PostgreSQL gets a throwaway schema per test."""
+    if request.param == "sqlite":
+        yield JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+        return
+    import psycopg
+
+    schema = f"meshline_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        job_store = JobStore(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
+        assert job_store.engine.dialect.name == "postgresql"
+        yield job_store
+        job_store.engine.dispose()
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_job_lifecycle(store: JobStore) -> None:
@@ -71,6 +94,39 @@ def test_concurrent_claims_never_share_a_job(store: JobStore) -> None:
     for thread in threads:
         thread.join()
     assert sorted(claimed) == sorted(created)
+
+
+def test_cancel_and_finish_race(store: JobStore) -> None:
+    job_id = store.create({}, {"image": "i.png"}, STAGES)
+    assert store.claim_next("runner", 30) == job_id
+    store.start_stage(job_id, "segment")
+    assert store.cancel(job_id)
+    assert not store.renew_lease(job_id, "runner", 30)  # the runner learns it must stop
+    assert not store.finish_job(job_id, "succeeded")  # a late finish does not undo the cancel
+    job = store.get(job_id)
+    assert job.status == "cancelled" and [s.status for s in job.stages] == ["cancelled"] * 4
+    assert not store.cancel(job_id)
+    assert store.claim_next("runner", 30) is None
+
+
+def test_idempotency_key_is_unique(store: JobStore) -> None:
+    first = store.create({}, {"image": "i.png"}, STAGES, idempotency_key="k-1", request_hash="h1")
+    with pytest.raises(IdempotencyConflict) as conflict:
+        store.create({}, {"image": "i.png"}, STAGES, idempotency_key="k-1", request_hash="h2")
+    assert conflict.value.existing == (first, "h1")
+    assert store.find_by_idempotency_key("k-1") == (first, "h1")
+    assert store.find_by_idempotency_key("k-2") is None
+    assert len(store.list()) == 1  # the losing insert left nothing behind
+
+
+def test_retention_deletes_only_old_finished_jobs(store: JobStore) -> None:
+    old = store.create({}, {"image": "i.png"}, STAGES, [("i.png", "image/png", 1)])
+    running = store.create({}, {"image": "i.png"}, STAGES)
+    store.finish_job(old, "succeeded")
+    assert store.claim_next("r", 30) == running
+    assert store.delete_finished_before(utcnow() - timedelta(hours=1)) == []
+    assert store.delete_finished_before(utcnow() + timedelta(seconds=1)) == [old]
+    assert store.get(old) is None and store.get(running) is not None
 
 
 def test_artifact_store_refuses_escaping_names(tmp_path: Path) -> None:

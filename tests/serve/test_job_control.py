@@ -1,0 +1,138 @@
+"""Cancel, Idempotency-Key, Server-Sent Events, and surviving a killed model replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+from ray import serve
+
+from tests.conftest import APP_NAME, LiveApp, wait_for_job
+from tests.helpers import Scene, make_scene
+
+
+def _post_job(http: httpx.Client, scene: Scene, options: dict | None = None, **headers: str) -> httpx.Response:
+    return http.post(
+        "/v1/jobs", files={"image": ("s.png", scene.png())},
+        data={"options": json.dumps(options or {})}, headers=headers,
+    )
+
+
+def test_cancel_stops_the_job(client: httpx.Client) -> None:
+    big = make_scene("disk", 900, 1200)
+    job_id = _post_job(client, big).json()["job_id"]
+    cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
+    cancelled_at = time.time()
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    time.sleep(3)  # long enough for every remaining stage to have run, had it not stopped
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["error"] == "cancelled by request"
+    assert job["stages"][-1]["status"] == "cancelled"
+    assert not any(a["stage"] == "convert" for a in job["artifacts"])
+    for stage in job["stages"]:
+        if stage["status"] == "succeeded":  # only stages that ended before the cancel
+            finished = stage["finished_at"].replace("Z", "+00:00")
+            from datetime import datetime
+
+            assert datetime.fromisoformat(finished).timestamp() <= cancelled_at + 0.5
+    again = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["type"] == "conflict"
+    assert client.post(f"/v1/jobs/{'e' * 32}/cancel").status_code == 404
+
+
+def test_idempotency_key(client: httpx.Client, disk_scene: Scene) -> None:
+    key = f"test-{time.time_ns()}"
+    first = _post_job(client, disk_scene, {"stages": ["segment"]}, **{"Idempotency-Key": key})
+    assert first.status_code == 202
+    second = _post_job(client, disk_scene, {"stages": ["segment"]}, **{"Idempotency-Key": key})
+    assert second.status_code == 200 and second.headers["idempotent-replayed"] == "true"
+    assert second.json()["job_id"] == first.json()["job_id"]
+    other = _post_job(client, disk_scene, {"stages": ["segment"], "preview": False}, **{"Idempotency-Key": key})
+    assert other.status_code == 409 and other.json()["error"]["param"] == "Idempotency-Key"
+    unkeyed = _post_job(client, disk_scene, {"stages": ["segment"]})
+    assert unkeyed.status_code == 202 and unkeyed.json()["job_id"] != first.json()["job_id"]
+    assert wait_for_job(client, first.json()["job_id"])["status"] == "succeeded"
+
+
+def test_concurrent_submits_with_one_key_make_one_job(live_app: LiveApp, disk_scene: Scene) -> None:
+    key = f"race-{time.time_ns()}"
+    results: list[httpx.Response] = []
+
+    def submit() -> None:
+        with live_app.client() as http:
+            results.append(_post_job(http, disk_scene, {"stages": ["segment"]}, **{"Idempotency-Key": key}))
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in results].count(202) == 1
+    assert all(r.status_code in (200, 202) for r in results)
+    assert len({r.json()["job_id"] for r in results}) == 1
+
+
+def test_events_stream_until_the_job_ends(client: httpx.Client, disk_scene: Scene) -> None:
+    job_id = _post_job(client, disk_scene).json()["job_id"]
+    events: list[tuple[str, dict]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event, data = None, ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif not line and event:
+                events.append((event, json.loads(data)))
+                event, data = None, ""
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "end" and events[-1][1]["status"] == "succeeded"
+    progress = [body["progress"] for kind, body in events if kind == "job"]
+    assert progress == sorted(progress) and progress[-1] == 100
+    assert len(progress) >= 3  # several intermediate states, not just the end
+    assert client.get(f"/v1/jobs/{'d' * 32}/events").status_code == 404
+
+
+def test_python_client_follows_events(live_app: LiveApp, disk_scene: Scene) -> None:
+    from clients import MeshlineClient
+
+    with MeshlineClient(live_app.base_url) as meshline:
+        job_id = meshline.submit(disk_scene.png(), options={"stages": ["segment"]})
+        updates = list(meshline.watch(job_id))
+    assert updates[-1]["status"] == "succeeded"
+    assert [u["progress"] for u in updates] == sorted(u["progress"] for u in updates)
+
+
+def test_a_killed_model_replica_is_retried(client: httpx.Client, disk_scene: Scene) -> None:
+    """SIGKILL the Converter replica while it converts: the stage is retried (attempt 2) on
+    the replica Serve starts in its place, and the job succeeds."""
+    converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
+    pid = converter.info.remote().result()["pid"]
+    job_id = client.post(
+        "/v1/jobs",
+        files={"image": ("s.png", make_scene("disk", 600, 800).png()), "mask": ("m.png", make_scene("disk", 600, 800).mask_png())},
+    ).json()["job_id"]
+    killed = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        convert = next(s for s in job["stages"] if s["name"] == "convert")
+        if convert["status"] == "running":
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+        elif job["status"] != "running" and job["status"] != "queued":
+            break
+        time.sleep(0.01)
+    assert killed, "never saw the convert stage running"
+    job = wait_for_job(client, job_id, timeout_s=300)
+    assert job["status"] == "succeeded", job["error"]
+    attempts = {s["name"]: s["attempts"] for s in job["stages"]}
+    assert attempts["convert"] >= 2 and attempts["reconstruct"] == 1 and attempts["paint"] == 1
+    assert converter.info.remote().result()["pid"] != pid
