@@ -18,29 +18,37 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-async def check_host(host: str, port: int, allow: list[str]) -> None:
+async def check_host(host: str, port: int, allow: list[str], param: str = "image_url") -> None:
     """Refuse hosts that resolve to loopback, private, link-local or metadata addresses."""
     allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in allow]
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
-        raise ApiError(422, f"cannot resolve host {host!r}", param="image_url") from None
+        raise ApiError(422, f"cannot resolve host {host!r}", param=param) from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not _is_public(address) and not any(address in net for net in allowed):
             raise ApiError(
-                422, f"URL host {host!r} resolves to a non-public address", "forbidden_url", "image_url"
+                422, f"URL host {host!r} resolves to a non-public address", "forbidden_url", param
             )
+
+
+async def check_url(url: str, allow: list[str], param: str) -> None:
+    """An http(s) URL whose host resolves only to allowed addresses."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(422, f"{param} must be an http(s) URL", "forbidden_url", param)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ApiError(422, f"{param} has an invalid port", "forbidden_url", param) from None
+    await check_host(parts.hostname, port, allow, param)
 
 
 async def fetch_url(url: str, max_bytes: int, timeout_s: float, allow: list[str]) -> bytes:
     """GET ``url`` following at most a few redirects, each target checked again."""
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ApiError(422, "image_url must be an http(s) URL", "forbidden_url", "image_url")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        await check_host(parts.hostname, port, allow)
+        await check_url(url, allow, "image_url")
         try:
             async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
                 async with client.stream("GET", url) as response:

@@ -19,7 +19,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import create_api
-from serve_app.api.jobs import _job_or_404, create_job, job_public
+from serve_app.api.jobs import _job_or_404, create_job
+from serve_app.views import job_public
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.jobstore import TERMINAL, JobStore
 from serve_app.pipeline import Handles

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
     update,
 )
@@ -52,6 +53,7 @@ jobs = Table(
     # Idempotency-Key header and a hash of the request it came with (same key, other body: 409).
     Column("idempotency_key", String(255), unique=True),
     Column("request_hash", String(64)),
+    Column("webhook", JSON),  # delivery state of options.callback_url
 )
 
 stages = Table(
@@ -138,6 +140,7 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     runs: int
+    webhook: dict[str, Any] | None = None
     stages: list[StageRecord] = field(default_factory=list)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
 
@@ -202,6 +205,7 @@ class JobStore:
                         id=job_id, status="queued", options=options, inputs=inputs,
                         created_at=now, updated_at=now, runs=0,
                         idempotency_key=idempotency_key, request_hash=request_hash,
+                        webhook={"state": "pending", "attempts": 0} if options.get("callback_url") else None,
                     )
                 )
                 self._insert_children(conn, job_id, stage_names, input_artifacts, now)
@@ -227,6 +231,23 @@ class JobStore:
             conn.execute(artifacts.insert().values(
                 job_id=job_id, name=name, stage="input", media_type=media_type, bytes=size, created_at=now
             ))
+
+    def set_webhook(self, job_id: str, state: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(webhook=state))
+
+    def pending_webhooks(self, limit: int = 100) -> list[str]:
+        """Ended jobs whose callback is not delivered yet (e.g. after an ingress restart)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.webhook).where(jobs.c.status.in_(TERMINAL), jobs.c.webhook.is_not(None))
+                .order_by(jobs.c.finished_at).limit(limit * 10)
+            ).all()
+        return [r[0] for r in rows if (_json(r[1]) or {}).get("state") == "pending"][:limit]
+
+    def count(self, status: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(jobs).where(jobs.c.status == status)).scalar_one())
 
     def find_by_idempotency_key(self, key: str) -> tuple[str, str | None] | None:
         """(job id, request hash) of the job created with this key, if any."""
@@ -261,6 +282,7 @@ class JobStore:
             id=row["id"], status=row["status"], options=_json(row["options"]), inputs=_json(row["inputs"]),
             error=row["error"], created_at=_aware(row["created_at"]), updated_at=_aware(row["updated_at"]),
             started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]), runs=row["runs"],
+            webhook=_json(row["webhook"]),
             stages=[
                 StageRecord(
                     name=s["name"], position=s["position"], status=s["status"], progress=s["progress"],

@@ -13,6 +13,8 @@ from serve_app.errors import public_message, to_api_error
 from serve_app.jobstore import JobStore, utcnow
 from serve_app.pipeline import STAGE_RUNNERS, Handles, StageContext
 from serve_app.settings import Settings
+from serve_app.views import job_public
+from serve_app.webhooks import deliver
 
 logger = logging.getLogger("meshline.runner")
 
@@ -36,12 +38,27 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
+        self._webhooks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop())
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._claim_loop())
+        # Callbacks still owed for jobs that ended before a restart.
+        for job_id in self.store.pending_webhooks():
+            self.job_ended(job_id)
+
+    def job_ended(self, job_id: str) -> None:
+        """Deliver the job's callback (if it has one) in the background."""
+        job = self.store.get(job_id)
+        if job is None or not job.options.get("callback_url"):
+            return
+        payload = job_public(job).model_dump(mode="json", exclude={"webhook"})
+        task = asyncio.get_running_loop().create_task(deliver(self.store, self.settings, job_id, payload))
+        self._webhooks.add(task)
+        task.add_done_callback(self._webhooks.discard)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._loop_task, *self._active.values()) if t is not None]
+        tasks = [t for t in (self._loop_task, *self._active.values(), *self._webhooks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -114,16 +131,19 @@ class JobRunner:
                     continue  # finished before a restart: never run twice
                 error = await self._run_stage(job_id, stage.name)
                 if error is not None:
-                    self.store.finish_job(job_id, "failed", error)
+                    if self.store.finish_job(job_id, "failed", error):
+                        self.job_ended(job_id)
                     return
-            self.store.finish_job(job_id, "succeeded")
+            if self.store.finish_job(job_id, "succeeded"):
+                self.job_ended(job_id)
         except asyncio.CancelledError:
             # Cancelled by request (the store says so already) or replica shutdown (the
             # lease then expires and another runner resumes the job): nothing to record.
             raise
         except Exception:
             logger.exception("job %s crashed in the runner", job_id)
-            self.store.finish_job(job_id, "failed", "internal error in the job runner")
+            if self.store.finish_job(job_id, "failed", "internal error in the job runner"):
+                self.job_ended(job_id)
         finally:
             lease.cancel()
 

@@ -58,6 +58,12 @@ class JobOptions(Strict):
     )
     collision: bool = Field(True, description="Write a convex collision mesh.")
     preview: bool = Field(True, description="Render a turntable GIF.")
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="POSTed the job's final status when it ends (HMAC-SHA256 signed when a "
+        "webhook secret is configured), retried with backoff.",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -112,6 +118,14 @@ class ArtifactPublic(BaseModel):
     url: str
 
 
+class WebhookPublic(BaseModel):
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int = 0
+    last_status: int | None = None
+    delivered_at: datetime | None = None
+    error: str | None = None
+
+
 class JobPublic(BaseModel):
     job_id: str
     status: JobStatus
@@ -125,6 +139,7 @@ class JobPublic(BaseModel):
     stages: list[StagePublic]
     artifacts: list[ArtifactPublic]
     error: str | None = None
+    webhook: WebhookPublic | None = None
 
 
 class JobAccepted(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from typing import Annotated, Literal
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -95,6 +95,15 @@ class Settings(BaseSettings):
         7 * 24 * 3600, gt=0, description="Finished jobs and their artifacts are deleted after this."
     )
     retention_sweep_interval_s: float = Field(600, gt=0, description="How often expiry runs.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key for X-Meshline-Signature on callbacks (unsigned if unset)."
+    )
+    webhook_max_attempts: int = Field(5, ge=1, description="Callback delivery attempts.")
+    webhook_backoff_s: float = Field(2.0, ge=0, description="First callback retry delay; doubles.")
+    webhook_timeout_s: float = Field(10, gt=0, description="Timeout of one callback POST.")
+    max_queued_jobs: int = Field(
+        1000, ge=1, description="Backpressure: submits beyond this many queued jobs get a 429."
+    )
     stage_max_attempts: int = Field(3, ge=1, description="Tries per stage on server-side errors.")
     stage_retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles after.")
 

@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import SMALL_SAM2_OVERRIDES, Scene, make_scene
 
 APP_NAME = "meshline"
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 def free_port() -> int:
@@ -51,6 +52,8 @@ def test_settings(data_dir: Path) -> dict:
         "url_allow_private": ["127.0.0.1/32"],
         "job_poll_interval_s": 0.2,
         "stage_retry_backoff_s": 0.2,
+        "webhook_secret": WEBHOOK_SECRET,
+        "webhook_backoff_s": 0.1,
     }
 
 

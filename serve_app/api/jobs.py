@@ -18,36 +18,16 @@ from serve_app.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask
 from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
 from serve_app.pipeline import MESH_INPUT_FORMATS, plan_stages
-from serve_app.schemas import (
-    ArtifactPublic,
-    ErrorBody,
-    JobAccepted,
-    JobList,
-    JobOptions,
-    JobPublic,
-    StagePublic,
-)
+from serve_app.fetch import check_url
+from serve_app.schemas import ErrorBody, JobAccepted, JobList, JobOptions, JobPublic
+from serve_app.views import job_public
 from serve_app.services import Services, ServicesDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 429)}
 MEDIA_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "bmp": "image/bmp",
                    "tiff": "image/tiff", "gif": "image/gif", "ply": "application/x-ply",
                    "glb": "model/gltf-binary", "obj": "model/obj", "stl": "model/stl"}
-
-
-def job_public(job: JobRecord) -> JobPublic:
-    base = f"/v1/jobs/{job.id}/artifacts/"
-    return JobPublic(
-        job_id=job.id, status=job.status, progress=job.progress, created_at=job.created_at,
-        updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
-        options=JobOptions.model_validate(job.options), inputs=job.inputs, error=job.error,
-        stages=[StagePublic(**vars(s)) for s in job.stages],
-        artifacts=[
-            ArtifactPublic(name=a.name, media_type=a.media_type, bytes=a.bytes, stage=a.stage, url=base + a.name)
-            for a in job.artifacts
-        ],
-    )
 
 
 def _mesh_format(filename: str) -> str:
@@ -101,6 +81,10 @@ async def create_job(
     digest = request_hash(image, files, options)
     if idempotency_key is not None:
         _check_idempotency(services, idempotency_key, digest)
+    if await asyncio.to_thread(services.store.count, "queued") >= settings.max_queued_jobs:
+        raise ApiError(429, f"{settings.max_queued_jobs} jobs are already queued; retry later", "queue_full")
+    if options.callback_url:
+        await check_url(options.callback_url, settings.url_allow_private, "callback_url")
     decoded = decode_image(image, settings.max_image_pixels)
     uploads: dict[str, tuple[str, bytes, str]] = {"image": (f"input.{decoded.format}", image, decoded.format)}
     if "mask" in files:
@@ -193,6 +177,7 @@ async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
     if not await asyncio.to_thread(services.store.cancel, job.id):
         raise ApiError(409, f"job {job.id} already ended ({job.status})", "conflict", "job_id")
     services.runner.cancel_local(job.id)  # at once here; other replicas notice via their lease
+    services.runner.job_ended(job.id)
     return job_public(await asyncio.to_thread(_job_or_404, services, job.id))
 
 

@@ -136,3 +136,51 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client, disk_scene: Sce
     attempts = {s["name"]: s["attempts"] for s in job["stages"]}
     assert attempts["convert"] >= 2 and attempts["reconstruct"] == 1 and attempts["paint"] == 1
     assert converter.info.remote().result()["pid"] != pid
+
+
+def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene: Scene) -> None:
+    import http.server
+
+    from serve_app.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+    from tests.conftest import WEBHOOK_SECRET
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(500 if len(received) == 1 else 204)  # fail once, then accept
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        job_id = _post_job(client, disk_scene, {"stages": ["segment"], "callback_url": url}).json()["job_id"]
+        assert wait_for_job(client, job_id)["status"] == "succeeded"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            webhook = client.get(f"/v1/jobs/{job_id}").json()["webhook"]
+            if webhook["state"] != "pending":
+                break
+            time.sleep(0.1)
+    finally:
+        server.shutdown()
+    assert webhook["state"] == "delivered" and webhook["attempts"] == 2 and webhook["last_status"] == 204
+    assert len(received) == 2
+    for headers, body in received:
+        assert verify(WEBHOOK_SECRET, headers[TIMESTAMP_HEADER.lower()], body, headers[SIGNATURE_HEADER.lower()])
+        payload = json.loads(body)
+        assert payload["job_id"] == job_id and payload["status"] == "succeeded"
+    assert not verify("wrong-secret", received[0][0][TIMESTAMP_HEADER.lower()], received[0][1],
+                      received[0][0][SIGNATURE_HEADER.lower()])
+
+
+def test_unsafe_callback_urls_are_refused(client: httpx.Client, disk_scene: Scene) -> None:
+    for url in ("http://10.0.0.1/hook", "http://169.254.169.254/", "file:///tmp/x", "ftp://example.com/"):
+        response = _post_job(client, disk_scene, {"stages": ["segment"], "callback_url": url})
+        assert response.status_code == 422 and response.json()["error"]["param"] == "callback_url", url

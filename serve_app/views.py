@@ -1,0 +1,21 @@
+"""Store records → public API shapes (shared by the routers, the runner and the handle API)."""
+
+from __future__ import annotations
+
+from serve_app.jobstore import JobRecord
+from serve_app.schemas import ArtifactPublic, JobOptions, JobPublic, StagePublic, WebhookPublic
+
+
+def job_public(job: JobRecord) -> JobPublic:
+    base = f"/v1/jobs/{job.id}/artifacts/"
+    return JobPublic(
+        job_id=job.id, status=job.status, progress=job.progress, created_at=job.created_at,
+        updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+        options=JobOptions.model_validate(job.options), inputs=job.inputs, error=job.error,
+        stages=[StagePublic(**vars(s)) for s in job.stages],
+        artifacts=[
+            ArtifactPublic(name=a.name, media_type=a.media_type, bytes=a.bytes, stage=a.stage, url=base + a.name)
+            for a in job.artifacts
+        ],
+        webhook=WebhookPublic.model_validate(job.webhook) if job.webhook else None,
+    )
