@@ -7,6 +7,8 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, urlparse
 
 from serve_app.errors import ApiError
 
@@ -26,6 +28,20 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+class ArtifactStore(Protocol):
+    """Where job inputs and stage outputs live (local directory or S3)."""
+
+    def put(self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream") -> int: ...
+    def get(self, job_id: str, name: str) -> bytes: ...
+    def exists(self, job_id: str, name: str) -> bool: ...
+    def delete_job(self, job_id: str) -> None: ...
+    def download_url(self, job_id: str, name: str) -> str | None:
+        """A direct (e.g. presigned) URL, or None to serve it through the API."""
+        ...
+
+    def describe(self) -> str: ...
+
+
 class LocalArtifactStore:
     """Files under ``root/<job_id>/<name>``; names are validated, never joined raw."""
 
@@ -40,7 +56,13 @@ class LocalArtifactStore:
             raise ApiError(400, f"invalid artifact name {name!r}", param="name")
         return path
 
-    def put(self, job_id: str, name: str, data: bytes) -> int:
+    def describe(self) -> str:
+        return str(self.root)
+
+    def download_url(self, job_id: str, name: str) -> str | None:
+        return None
+
+    def put(self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream") -> int:
         target = self.path(job_id, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -66,3 +88,76 @@ class LocalArtifactStore:
 
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self.root / check_job_id(job_id), ignore_errors=True)
+
+
+class S3ArtifactStore:
+    """Objects under ``s3://bucket/prefix/<job_id>/<name>``; downloads are presigned GETs."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None, presign_ttl_s: int = 3600) -> None:
+        import boto3
+        from botocore.config import Config
+
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"artifact URI must look like s3://bucket/prefix, got {uri!r}")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.presign_ttl_s = presign_ttl_s
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint_url,
+            config=Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def key(self, job_id: str, name: str) -> str:
+        parts = [self.prefix] if self.prefix else []
+        return "/".join([*parts, check_job_id(job_id), check_name(name)])
+
+    def put(self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream") -> int:
+        # A PUT is atomic in S3: readers see the old object or the whole new one.
+        self.client.put_object(Bucket=self.bucket, Key=self.key(job_id, name), Body=data, ContentType=media_type)
+        return len(data)
+
+    def get(self, job_id: str, name: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key(job_id, name))
+        except self.client.exceptions.NoSuchKey:
+            raise ApiError(404, f"artifact {name!r} not found", "not_found", "name") from None
+        return response["Body"].read()
+
+    def exists(self, job_id: str, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key(job_id, name))
+        except ClientError:
+            return False
+        return True
+
+    def delete_job(self, job_id: str) -> None:
+        prefix = self.key(job_id, "x")[:-1]
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    def download_url(self, job_id: str, name: str) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket, "Key": self.key(job_id, name),
+                "ResponseContentDisposition": f"attachment; filename*=UTF-8''{quote(name)}",
+            },
+            ExpiresIn=self.presign_ttl_s,
+        )
+
+
+def make_artifact_store(uri: str | None, local_dir: Path, endpoint_url: str | None, presign_ttl_s: int) -> ArtifactStore:
+    if uri and uri.startswith("s3://"):
+        return S3ArtifactStore(uri, endpoint_url, presign_ttl_s)
+    if uri:
+        raise ValueError(f"unsupported artifact store URI {uri!r} (use s3://bucket/prefix or unset)")
+    return LocalArtifactStore(local_dir)

@@ -70,3 +70,27 @@ async def fetch_url(url: str, max_bytes: int, timeout_s: float, allow: list[str]
         except httpx.HTTPError as exc:
             raise ApiError(422, f"could not fetch image_url ({exc.__class__.__name__})", param="image_url") from None
     raise ApiError(422, "image_url redirected too many times", param="image_url")
+
+
+def fetch_s3(uri: str, max_bytes: int, endpoint_url: str | None, allowed_buckets: list[str]) -> bytes:
+    """Read s3://bucket/key with the service's credentials — only from allow-listed buckets,
+    or a client could read anything the service may read."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket or not key:
+        raise ApiError(422, "s3 URIs look like s3://bucket/key", param="image_url")
+    if bucket not in allowed_buckets:
+        raise ApiError(422, f"bucket {bucket!r} is not an allowed input bucket", "forbidden_url", "image_url")
+    client = boto3.client("s3", endpoint_url=endpoint_url)
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise ApiError(422, f"could not read {uri} ({code})", param="image_url") from None
+    if int(response.get("ContentLength", 0)) > max_bytes:
+        response["Body"].close()
+        raise ApiError(413, f"{uri} exceeds {max_bytes} bytes", "payload_too_large", "image_url")
+    return response["Body"].read(max_bytes + 1)

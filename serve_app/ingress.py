@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api import create_api
 from serve_app.api.jobs import _job_or_404, create_job
 from serve_app.views import job_public
-from serve_app.artifacts import LocalArtifactStore
+from serve_app.artifacts import make_artifact_store
 from serve_app.jobstore import TERMINAL, JobStore
 from serve_app.pipeline import Handles
 from serve_app.runner import JobRunner
@@ -52,12 +52,14 @@ class Ingress:
         context = serve.get_replica_context()
         owner = f"{context.replica_tag if hasattr(context, 'replica_tag') else 'ingress'}-{uuid.uuid4().hex[:8]}"
         store = JobStore(settings.resolved_db_url)
-        files = LocalArtifactStore(settings.resolved_artifact_dir)
+        files = make_artifact_store(
+            settings.artifact_uri, settings.resolved_artifact_dir, settings.s3_endpoint_url, settings.s3_presign_ttl_s
+        )
         handles = Handles(segmenter, reconstructor, converter, detector)
         runner = JobRunner(store, files, handles, settings, owner)
         self.services = Services(settings, store, files, handles, runner, models, context.app_name)
         runner.start()
-        logger.info("ingress %s ready: db=%s artifacts=%s", owner, settings.resolved_db_url, files.root)
+        logger.info("ingress %s ready: db=%s artifacts=%s", owner, settings.resolved_db_url, files.describe())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self.services)
@@ -81,7 +83,7 @@ class Ingress:
 
     async def job(self, job_id: str) -> dict[str, Any]:
         record = await asyncio.to_thread(_job_or_404, self.services, job_id)
-        return job_public(record).model_dump(mode="json")
+        return job_public(record, self.services.files).model_dump(mode="json")
 
     async def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:
         """Block until the job ends (or the timeout passes) and return its status."""

@@ -6,13 +6,14 @@ returns, so the next stage (or a resumed job after a restart) starts from stored
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from serve_app.artifacts import LocalArtifactStore
+from serve_app.artifacts import ArtifactStore
 from serve_app.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
 from serve_app.jobstore import JobRecord, JobStore
@@ -68,7 +69,7 @@ class Handles:
 class StageContext:
     """What a stage sees: the job, the stores, the handles, and the job's files by role."""
 
-    def __init__(self, job: JobRecord, store: JobStore, files: LocalArtifactStore, handles: Handles, max_pixels: int):
+    def __init__(self, job: JobRecord, store: JobStore, files: ArtifactStore, handles: Handles, max_pixels: int):
         self.job = job
         self.store = store
         self.files = files
@@ -77,9 +78,10 @@ class StageContext:
         self.options = JobOptions.model_validate(job.options)
         self._image: np.ndarray | None = None
 
-    def write(self, stage: str, name: str, data: bytes, media_type: str) -> None:
-        size = self.files.put(self.job.id, name, data)
-        self.store.add_artifact(self.job.id, name, stage, media_type, size)
+    async def write(self, stage: str, name: str, data: bytes, media_type: str) -> None:
+        """Store an output (file first, then its record) off the event loop."""
+        size = await asyncio.to_thread(self.files.put, self.job.id, name, data, media_type)
+        await asyncio.to_thread(self.store.add_artifact, self.job.id, name, stage, media_type, size)
 
     def artifact_name(self, role: str) -> str | None:
         """The artifact for a role: a stage's output wins over the job's supplied input."""
@@ -89,30 +91,34 @@ class StageContext:
                 return name
         return self.job.inputs.get(role)
 
-    def image(self) -> np.ndarray:
+    async def read(self, name: str) -> bytes:
+        return await asyncio.to_thread(self.files.get, self.job.id, name)
+
+    async def image(self) -> np.ndarray:
         if self._image is None:
-            name = self.job.inputs["image"]
-            self._image = decode_image(self.files.get(self.job.id, name), self.max_pixels).array
+            data = await self.read(self.job.inputs["image"])
+            self._image = (await asyncio.to_thread(decode_image, data, self.max_pixels)).array
         return self._image
 
-    def mask(self) -> np.ndarray:
+    async def mask(self) -> np.ndarray:
         name = self.artifact_name("mask")
         if name is None:
             raise ApiError(422, "job has no mask", "missing_input", "mask")
-        image = self.image()
-        return decode_mask(self.files.get(self.job.id, name), image.shape[1], image.shape[0], self.max_pixels)
+        image = await self.image()
+        data = await self.read(name)
+        return await asyncio.to_thread(decode_mask, data, image.shape[1], image.shape[0], self.max_pixels)
 
-    def mesh(self) -> tuple[bytes, str]:
+    async def mesh(self) -> tuple[bytes, str]:
         name = self.artifact_name("mesh")
         if name is None:
             raise ApiError(422, "job has no mesh", "missing_input", "mesh")
-        return self.files.get(self.job.id, name), name.rsplit(".", 1)[-1].lower()
+        return await self.read(name), name.rsplit(".", 1)[-1].lower()
 
 
 async def run_segment(ctx: StageContext) -> dict[str, Any]:
     options = ctx.options
     prompt = options.prompt
-    image = ctx.image()
+    image = await ctx.image()
     detail: dict[str, Any] = {}
     points = [list(p) for p in prompt.points] if prompt and prompt.points else None
     labels = list(prompt.labels) if prompt and prompt.labels else None
@@ -122,7 +128,7 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
         found = await ctx.handles.detector.detect.remote(
             image, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz, max_det=100, classes=detect.classes
         )
-        ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
+        await ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
         detail["detections"] = len(found["boxes"])
         if found["boxes"]:
             box = found["boxes"][0]  # highest score first
@@ -133,33 +139,33 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     mask = np.asarray(result["masks"][0], dtype=bool)
     if not mask.any():
         raise ApiError(422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt")
-    ctx.write("segment", "mask.png", mask_png(mask), "image/png")
-    ctx.write("segment", "mask_rle.json", json.dumps(mask_rle(mask)).encode(), "application/json")
+    await ctx.write("segment", "mask.png", mask_png(mask), "image/png")
+    await ctx.write("segment", "mask_rle.json", json.dumps(mask_rle(mask)).encode(), "application/json")
     detail.update(score=round(float(result["scores"][0]), 5), area=int(mask.sum()), prompt=result["prompt"])
     return detail
 
 
 async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
-    result = await ctx.handles.reconstructor.reconstruct.remote(ctx.image(), ctx.mask())
-    ctx.write("reconstruct", "shape.ply", result["mesh"], "application/x-ply")
+    result = await ctx.handles.reconstructor.reconstruct.remote(await ctx.image(), await ctx.mask())
+    await ctx.write("reconstruct", "shape.ply", result["mesh"], "application/x-ply")
     return result["stats"]
 
 
 async def run_paint(ctx: StageContext) -> dict[str, Any]:
-    mesh, fmt = ctx.mesh()
-    result = await ctx.handles.reconstructor.paint.remote(mesh, ctx.image(), ctx.mask(), mesh_format=fmt)
-    ctx.write("paint", "textured.glb", result["mesh"], "model/gltf-binary")
+    mesh, fmt = await ctx.mesh()
+    result = await ctx.handles.reconstructor.paint.remote(mesh, await ctx.image(), await ctx.mask(), mesh_format=fmt)
+    await ctx.write("paint", "textured.glb", result["mesh"], "model/gltf-binary")
     return result["stats"]
 
 
 async def run_convert(ctx: StageContext) -> dict[str, Any]:
-    mesh, fmt = ctx.mesh()
+    mesh, fmt = await ctx.mesh()
     options = ctx.options
     result = await ctx.handles.converter.convert.remote(
         mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision, preview=options.preview
     )
     for item in result["files"]:
-        ctx.write("convert", item["name"], item["data"], item["media_type"])
+        await ctx.write("convert", item["name"], item["data"], item["media_type"])
     return {"files": [f["name"] for f in result["files"]], "seconds": result["stats"]["seconds"]}
 
 

@@ -8,7 +8,7 @@ import logging
 import time
 from datetime import timedelta
 
-from serve_app.artifacts import LocalArtifactStore
+from serve_app.artifacts import ArtifactStore
 from serve_app.errors import public_message, to_api_error
 from serve_app.jobstore import JobStore, utcnow
 from serve_app.pipeline import STAGE_RUNNERS, Handles, StageContext
@@ -19,7 +19,7 @@ from serve_app.webhooks import deliver
 logger = logging.getLogger("meshline.runner")
 
 
-def sweep_expired(store: JobStore, files: LocalArtifactStore, ttl_s: float) -> list[str]:
+def sweep_expired(store: JobStore, files: ArtifactStore, ttl_s: float) -> list[str]:
     """Delete jobs that ended more than ``ttl_s`` ago, with their artifacts."""
     removed = store.delete_finished_before(utcnow() - timedelta(seconds=ttl_s))
     for job_id in removed:
@@ -28,7 +28,7 @@ def sweep_expired(store: JobStore, files: LocalArtifactStore, ttl_s: float) -> l
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, files: LocalArtifactStore, handles: Handles, settings: Settings, owner: str) -> None:
+    def __init__(self, store: JobStore, files: ArtifactStore, handles: Handles, settings: Settings, owner: str) -> None:
         self.store = store
         self.files = files
         self.handles = handles
@@ -52,16 +52,21 @@ class JobRunner:
         job = self.store.get(job_id)
         if job is None or not job.options.get("callback_url"):
             return
-        payload = job_public(job).model_dump(mode="json", exclude={"webhook"})
+        payload = job_public(job, self.files).model_dump(mode="json", exclude={"webhook"})
         task = asyncio.get_running_loop().create_task(deliver(self.store, self.settings, job_id, payload))
         self._webhooks.add(task)
         task.add_done_callback(self._webhooks.discard)
 
     async def stop(self) -> None:
+        """Graceful shutdown: stop claiming, interrupt running jobs and hand them back."""
+        running = list(self._active)
         tasks = [t for t in (self._loop_task, *self._active.values(), *self._webhooks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for job_id in running:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.release, job_id, self.owner)
 
     def notify(self) -> None:
         """A job was submitted: claim it now instead of at the next poll."""

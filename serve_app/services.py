@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from serve_app.artifacts import LocalArtifactStore
+from serve_app.artifacts import ArtifactStore
 from serve_app.jobstore import JobStore
 from serve_app.pipeline import Handles
 from serve_app.runner import JobRunner
@@ -18,7 +18,7 @@ from serve_app.settings import Settings
 class Services:
     settings: Settings
     store: JobStore
-    files: LocalArtifactStore
+    files: ArtifactStore
     handles: Handles
     runner: JobRunner
     models: dict[str, dict[str, Any]]  # per deployment: configured weights and model name

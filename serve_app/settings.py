@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = Field(
         None, description="Local artifact directory; default: data_dir/artifacts."
     )
+    artifact_uri: str | None = Field(
+        None, description="s3://bucket/prefix to keep artifacts in S3 (presigned downloads)."
+    )
+    s3_presign_ttl_s: int = Field(3600, ge=60, description="Lifetime of presigned download URLs.")
+    s3_input_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Buckets image_url may read as s3://bucket/key (none by default)."
+    )
     weights_cache_dir: Path | None = Field(
         None, description="Where s3:// checkpoints are downloaded; default: data_dir/weights."
     )
@@ -107,7 +114,7 @@ class Settings(BaseSettings):
     stage_max_attempts: int = Field(3, ge=1, description="Tries per stage on server-side errors.")
     stage_retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles after.")
 
-    @field_validator("sam2_overrides", "url_allow_private", mode="before")
+    @field_validator("sam2_overrides", "url_allow_private", "s3_input_buckets", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Env vars arrive as strings: accept a JSON list or a comma-separated list.

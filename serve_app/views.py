@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from serve_app.artifacts import ArtifactStore
 from serve_app.jobstore import JobRecord
 from serve_app.schemas import ArtifactPublic, JobOptions, JobPublic, StagePublic, WebhookPublic
 
 
-def job_public(job: JobRecord) -> JobPublic:
+def job_public(job: JobRecord, files: ArtifactStore | None = None) -> JobPublic:
+    """``files`` lets artifact URLs point straight at storage (presigned S3 URLs)."""
     base = f"/v1/jobs/{job.id}/artifacts/"
+
+    def url(name: str) -> str:
+        direct = files.download_url(job.id, name) if files is not None else None
+        return direct or base + name
+
     return JobPublic(
         job_id=job.id, status=job.status, progress=job.progress, created_at=job.created_at,
         updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
         options=JobOptions.model_validate(job.options), inputs=job.inputs, error=job.error,
         stages=[StagePublic(**vars(s)) for s in job.stages],
         artifacts=[
-            ArtifactPublic(name=a.name, media_type=a.media_type, bytes=a.bytes, stage=a.stage, url=base + a.name)
+            ArtifactPublic(name=a.name, media_type=a.media_type, bytes=a.bytes, stage=a.stage, url=url(a.name))
             for a in job.artifacts
         ],
         webhook=WebhookPublic.model_validate(job.webhook) if job.webhook else None,

@@ -14,7 +14,14 @@ import pytest
 
 from tests.helpers import SMALL_SAM2_OVERRIDES, Scene, make_scene
 
+# moto's S3 server accepts any credentials; replicas inherit these from this process.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
 APP_NAME = "meshline"
+ARTIFACT_BUCKET = "meshline-artifacts"
+INPUT_BUCKET = "meshline-inputs"
 WEBHOOK_SECRET = "test-webhook-secret"
 
 
@@ -30,9 +37,43 @@ class LiveApp:
     port: int
     data_dir: Path
     settings: dict
+    app_args: dict
 
     def client(self, timeout_s: float = 120.0) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API: moto's server in a subprocess on a free loopback port."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(endpoint, timeout=0.5)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for bucket in (ARTIFACT_BUCKET, INPUT_BUCKET):
+        s3.create_bucket(Bucket=bucket)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +82,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def test_settings(data_dir: Path) -> dict:
+def test_settings(data_dir: Path, s3_endpoint: str) -> dict:
+    """The live app keeps its artifacts in S3 (moto), so every serve test exercises the S3
+    store and presigned downloads; the local store is covered by unit tests."""
     return {
         "data_dir": str(data_dir),
+        "artifact_uri": f"s3://{ARTIFACT_BUCKET}/jobs",
+        "s3_endpoint_url": s3_endpoint,
+        "s3_input_buckets": [INPUT_BUCKET],
         "sam2_overrides": SMALL_SAM2_OVERRIDES,
         "reconstruct_grid": 64,
         "max_faces": 6000,
@@ -81,14 +127,12 @@ def live_app(ray_session: None, test_settings: dict, data_dir: Path) -> Iterator
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     small = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0}}
-    app = build_app(
-        {
-            "settings": test_settings,
-            "deployment_options": {name: small for name in ("Segmenter", "Reconstructor", "Converter", "Detector")},
-        }
-    )
-    serve.run(app, name=APP_NAME, route_prefix="/")
-    live = LiveApp(f"http://127.0.0.1:{port}", port, data_dir, test_settings)
+    app_args = {
+        "settings": test_settings,
+        "deployment_options": {name: small for name in ("Segmenter", "Reconstructor", "Converter", "Detector")},
+    }
+    serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
+    live = LiveApp(f"http://127.0.0.1:{port}", port, data_dir, test_settings, app_args)
     yield live
     serve.delete(APP_NAME)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import TypeVar
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from serve_app.errors import ApiError
-from serve_app.fetch import fetch_url
+from serve_app.fetch import fetch_s3, fetch_url
 from serve_app.settings import Settings
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -94,7 +95,13 @@ async def read_inputs(
             options = options_model.model_validate(payload.get("options") or {})
         except ValidationError as exc:
             raise _validation_error(exc, "options") from None
-        image = await fetch_url(payload["image_url"], limit, settings.url_fetch_timeout_s, settings.url_allow_private)
+        url = payload["image_url"]
+        if url.startswith("s3://"):
+            image = await asyncio.to_thread(
+                fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets
+            )
+        else:
+            image = await fetch_url(url, limit, settings.url_fetch_timeout_s, settings.url_allow_private)
         return RequestInputs(image, {}, options)
     if not content_type:
         raise ApiError(400, "request body is empty or has no Content-Type")

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from serve_app.api.inputs import openapi_body, read_inputs
-from serve_app.artifacts import check_job_id, check_name
+from serve_app.artifacts import LocalArtifactStore, check_job_id, check_name
 from serve_app.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask
 from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
@@ -97,8 +97,9 @@ async def create_job(
     job_id = uuid.uuid4().hex
     stored = []
     for name, data, fmt in uploads.values():
-        size = await asyncio.to_thread(services.files.put, job_id, name, data)
-        stored.append((name, MEDIA_BY_FORMAT.get(fmt, "application/octet-stream"), size))
+        media_type = MEDIA_BY_FORMAT.get(fmt, "application/octet-stream")
+        size = await asyncio.to_thread(services.files.put, job_id, name, data, media_type)
+        stored.append((name, media_type, size))
     try:
         await asyncio.to_thread(
             services.store.create,
@@ -112,7 +113,7 @@ async def create_job(
         )
     except IdempotencyConflict:
         # A concurrent request with the same key won the insert: drop our copy of the inputs.
-        services.files.delete_job(job_id)
+        await asyncio.to_thread(services.files.delete_job, job_id)
         assert idempotency_key is not None
         _check_idempotency(services, idempotency_key, digest)
         raise
@@ -154,7 +155,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobList:
     records = await asyncio.to_thread(services.store.list, status, limit)
-    return JobList(jobs=[job_public(j) for j in records])
+    return JobList(jobs=[job_public(j, services.files) for j in records])
 
 
 def _job_or_404(services: Services, job_id: str) -> JobRecord:
@@ -166,7 +167,7 @@ def _job_or_404(services: Services, job_id: str) -> JobRecord:
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, summary="Job status from the store")
 async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
-    return job_public(await asyncio.to_thread(_job_or_404, services, job_id))
+    return job_public(await asyncio.to_thread(_job_or_404, services, job_id), services.files)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS, summary="Cancel a job")
@@ -178,7 +179,7 @@ async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
         raise ApiError(409, f"job {job.id} already ended ({job.status})", "conflict", "job_id")
     services.runner.cancel_local(job.id)  # at once here; other replicas notice via their lease
     services.runner.job_ended(job.id)
-    return job_public(await asyncio.to_thread(_job_or_404, services, job.id))
+    return job_public(await asyncio.to_thread(_job_or_404, services, job.id), services.files)
 
 
 @router.get(
@@ -204,7 +205,7 @@ async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
         if job is None:
             yield "event: gone\ndata: {}\n\n"
             return
-        public = job_public(job)
+        public = job_public(job, services.files)
         snapshot = public.model_dump_json()
         if snapshot != last:
             last = snapshot
@@ -220,11 +221,20 @@ async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
         quiet_s += interval
 
 
-@router.get("/{job_id}/artifacts/{name}", responses=ERRORS, summary="Download one artifact")
-async def get_artifact(job_id: str, name: str, services: ServicesDep) -> FileResponse:
+@router.get(
+    "/{job_id}/artifacts/{name}", responses={**ERRORS, 307: {"description": "Redirect to storage"}},
+    summary="Download one artifact",
+)
+async def get_artifact(job_id: str, name: str, services: ServicesDep) -> Response:
     check_name(name)
     job = await asyncio.to_thread(_job_or_404, services, job_id)
     record = next((a for a in job.artifacts if a.name == name), None)
     if record is None:
         raise ApiError(404, f"job {job_id} has no artifact {name!r}", "not_found", "name")
-    return FileResponse(services.files.path(job_id, name), media_type=record.media_type, filename=name)
+    if isinstance(services.files, LocalArtifactStore):
+        return FileResponse(services.files.path(job_id, name), media_type=record.media_type, filename=name)
+    direct = services.files.download_url(job_id, name)
+    if direct is not None:
+        return RedirectResponse(direct, status_code=307)
+    data = await asyncio.to_thread(services.files.get, job_id, name)
+    return Response(data, media_type=record.media_type)

@@ -110,31 +110,32 @@ def test_python_client_follows_events(live_app: LiveApp, disk_scene: Scene) -> N
     assert [u["progress"] for u in updates] == sorted(u["progress"] for u in updates)
 
 
-def test_a_killed_model_replica_is_retried(client: httpx.Client, disk_scene: Scene) -> None:
-    """SIGKILL the Converter replica while it converts: the stage is retried (attempt 2) on
-    the replica Serve starts in its place, and the job succeeds."""
+def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
+    """SIGKILL the Converter replica while it is converting: the stage is retried (attempt 2)
+    on the replica Serve starts in its place, and the job succeeds. (A request still queued
+    on a dead replica is re-routed by Serve itself; this one was already executing.)"""
+    import trimesh
+
     converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
     pid = converter.info.remote().result()["pid"]
+    sphere = trimesh.creation.icosphere(subdivisions=6)  # 82k faces: seconds of conversion
     job_id = client.post(
-        "/v1/jobs",
-        files={"image": ("s.png", make_scene("disk", 600, 800).png()), "mask": ("m.png", make_scene("disk", 600, 800).mask_png())},
+        "/v1/jobs", files={"image": ("s.png", make_scene().png()), "mesh": ("sphere.ply", sphere.export(file_type="ply"))},
+        data={"options": json.dumps({"stages": ["convert"]})},
     ).json()["job_id"]
-    killed = False
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not killed:
+    while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        convert = next(s for s in job["stages"] if s["name"] == "convert")
-        if convert["status"] == "running":
-            os.kill(pid, signal.SIGKILL)
-            killed = True
-        elif job["status"] != "running" and job["status"] != "queued":
+        if job["stages"][0]["status"] == "running":
             break
-        time.sleep(0.01)
-    assert killed, "never saw the convert stage running"
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the convert stage never started")
+    time.sleep(1.0)  # the converter is busy with this mesh now
+    os.kill(pid, signal.SIGKILL)
     job = wait_for_job(client, job_id, timeout_s=300)
     assert job["status"] == "succeeded", job["error"]
-    attempts = {s["name"]: s["attempts"] for s in job["stages"]}
-    assert attempts["convert"] >= 2 and attempts["reconstruct"] == 1 and attempts["paint"] == 1
+    assert job["stages"][0]["attempts"] == 2
     assert converter.info.remote().result()["pid"] != pid
 
 

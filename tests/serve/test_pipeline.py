@@ -31,6 +31,8 @@ def _submit(http, scene: Scene, options: dict | None = None, with_mask: bool = F
 
 def _download(http, job: dict, name: str) -> bytes:  # type: ignore[no-untyped-def]
     artifact = next(a for a in job["artifacts"] if a["name"] == name)
+    assert artifact["url"].startswith("http://127.0.0.1:")  # a presigned S3 URL
+    assert "X-Amz-Signature=" in artifact["url"]
     response = http.get(artifact["url"])
     assert response.status_code == 200
     assert response.headers["content-type"].startswith(artifact["media_type"])
@@ -137,10 +139,11 @@ def test_image_url_job(client, live_app: LiveApp, disk_scene: Scene, tmp_path) -
 def test_finished_stages_are_not_run_again_after_a_crash(client, live_app: LiveApp, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
     """A job left `running` by a dead ingress (expired lease) resumes at its first
     unfinished stage; the finished stage keeps attempt 1."""
-    from serve_app.artifacts import LocalArtifactStore
+    from serve_app.artifacts import make_artifact_store
 
     store = JobStore(f"sqlite:///{live_app.data_dir / 'meshline.db'}")
-    files = LocalArtifactStore(live_app.data_dir / "artifacts")
+    settings = live_app.settings
+    files = make_artifact_store(settings["artifact_uri"], live_app.data_dir / "artifacts", settings["s3_endpoint_url"], 3600)
     job_id = "ab" * 16
     files.put(job_id, "input.png", disk_scene.png())
     files.put(job_id, "mask.png", disk_scene.mask_png())
@@ -166,3 +169,23 @@ def test_list_jobs(client, disk_scene: Scene) -> None:  # type: ignore[no-untype
     assert job_id in [j["job_id"] for j in listed]
     assert all(j["status"] == "succeeded" for j in listed)
     assert len(client.get("/v1/jobs", params={"limit": 1}).json()["jobs"]) == 1
+
+
+def test_s3_input_and_presigned_artifacts(client, disk_scene: Scene, s3_endpoint: str) -> None:  # type: ignore[no-untyped-def]
+    import boto3
+
+    from tests.conftest import INPUT_BUCKET
+
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=INPUT_BUCKET, Key="uploads/disk.png", Body=disk_scene.png())
+    response = client.post("/v1/jobs", json={"image_url": f"s3://{INPUT_BUCKET}/uploads/disk.png",
+                                             "options": {"stages": ["segment"]}})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"])
+    assert job["status"] == "succeeded"
+    assert _download(client, job, "input.png") == disk_scene.png()
+    redirect = client.get(f"/v1/jobs/{job['job_id']}/artifacts/mask.png", follow_redirects=False)
+    assert redirect.status_code == 307 and "X-Amz-Signature=" in redirect.headers["location"]
+    followed = client.get(f"/v1/jobs/{job['job_id']}/artifacts/mask.png", follow_redirects=True)
+    assert followed.status_code == 200 and followed.content.startswith(b"\x89PNG")
+    refused = client.post("/v1/jobs", json={"image_url": "s3://some-other-bucket/x.png"})
+    assert refused.status_code == 422

@@ -3,11 +3,6 @@ a local path and from S3 (a real S3 API: moto's server on loopback)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +12,6 @@ from deployments.common import resolve_checkpoint
 from deployments.detector import DetectorConfig, YoloDetector
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.segmenter import Sam2Segmenter, SegmenterConfig
-from tests.conftest import free_port
 from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
 
 
@@ -138,37 +132,8 @@ def test_missing_or_bad_checkpoints_fail_clearly(tmp_path: Path) -> None:
         YoloDetector(DetectorConfig(model="yolov8n.pt", device="cpu", config_dir=tmp_path / "cfg"))
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3-compatible server in a subprocess on a free loopback port."""
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    import httpx
-
-    for _ in range(100):
-        try:
-            httpx.get(endpoint, timeout=0.5)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    try:
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_yolo_checkpoint_from_s3(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_yolo_checkpoint_from_s3(s3_endpoint: str, tmp_path: Path) -> None:
     import boto3
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     path = tmp_path / "gadgets.pt"
     _save_named_yolo(path, {i: f"gadget{i}" for i in range(80)})
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)

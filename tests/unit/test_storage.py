@@ -78,6 +78,20 @@ def test_expired_lease_is_taken_over(store: JobStore) -> None:
     assert store.renew_lease(job_id, "other", 30)
 
 
+def test_release_hands_a_job_back(store: JobStore) -> None:
+    job_id = store.create({}, {"image": "i.png"}, STAGES)
+    assert store.claim_next("stopping", 60) == job_id
+    store.start_stage(job_id, "segment")
+    store.finish_stage(job_id, "segment", "succeeded", 0.1)
+    store.start_stage(job_id, "reconstruct")
+    assert not store.release(job_id, "someone-else")
+    assert store.release(job_id, "stopping")
+    assert store.claim_next("next", 60) == job_id  # at once, no lease to wait out
+    job = store.get(job_id)
+    assert [s.status for s in job.stages] == ["succeeded", "pending", "pending", "pending"]
+    assert job.stage("reconstruct").attempts == 1
+
+
 def test_concurrent_claims_never_share_a_job(store: JobStore) -> None:
     created = {store.create({}, {"image": "i.png"}, STAGES) for _ in range(20)}
     claimed: list[str] = []
