@@ -32,9 +32,11 @@ def placement(device: str) -> dict[str, object]:
     import ray
 
     gpu_ids: list[object] = []
+    node_id = None
     if ray.is_initialized():
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    info: dict[str, object] = {"device": device, "gpu_ids": gpu_ids, "pid": os.getpid()}
+        node_id = ray.get_runtime_context().get_node_id()
+    info: dict[str, object] = {"device": device, "gpu_ids": gpu_ids, "pid": os.getpid(), "node_id": node_id}
     if device == "cuda":
         import torch
 

@@ -16,12 +16,20 @@ logger = logging.getLogger("meshline.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request", param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.param = param
+        self.headers = headers or {}
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -52,18 +60,20 @@ def request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or getattr(request.state, "request_id", None) or uuid.uuid4().hex
 
 
-def _body(status: int, message: str, type_: str, param: str | None, rid: str) -> JSONResponse:
+def _body(
+    status: int, message: str, type_: str, param: str | None, rid: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content={"error": {"message": message, "type": type_, "param": param, "request_id": rid}},
-        headers={"x-request-id": rid},
+        headers={"x-request-id": rid, **(headers or {})},
     )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _body(exc.status, exc.message, exc.type, exc.param, request_id(request))
+        return _body(exc.status, exc.message, exc.type, exc.param, request_id(request), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -161,15 +161,16 @@ class JobRunner:
             attempt = self.store.start_stage(job_id, name)
             started = time.perf_counter()
             ctx = StageContext(job, self.store, self.files, self.handles, settings.max_image_pixels)
+            timeout_s = ctx.options.stage_timeout_s or settings.stage_timeout_s
             try:
-                detail = await asyncio.wait_for(STAGE_RUNNERS[name](ctx), timeout=settings.stage_timeout_s)
+                detail = await asyncio.wait_for(STAGE_RUNNERS[name](ctx), timeout=timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 seconds = time.perf_counter() - started
                 client_error = to_api_error(exc)
                 if isinstance(exc, TimeoutError):
-                    message = f"timed out after {settings.stage_timeout_s:g} s"
+                    message = f"timed out after {timeout_s:g} s"
                 else:
                     message = client_error.message if client_error else public_message(exc)
                 self.store.finish_stage(job_id, name, "failed", seconds, error=message)

@@ -58,6 +58,10 @@ class JobOptions(Strict):
     )
     collision: bool = Field(True, description="Write a convex collision mesh.")
     preview: bool = Field(True, description="Render a turntable GIF.")
+    stage_timeout_s: float | None = Field(
+        None, gt=0, le=86400,
+        description="Per-stage timeout for this job (cold starts included); default from settings.",
+    )
     callback_url: str | None = Field(
         None,
         max_length=2048,

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(
         1000, ge=1, description="Backpressure: submits beyond this many queued jobs get a 429."
     )
+    queue_full_retry_after_s: int = Field(10, ge=1, description="Retry-After of a 429 (queue full).")
     stage_max_attempts: int = Field(3, ge=1, description="Tries per stage on server-side errors.")
     stage_retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles after.")
 

@@ -82,7 +82,10 @@ async def create_job(
     if idempotency_key is not None:
         _check_idempotency(services, idempotency_key, digest)
     if await asyncio.to_thread(services.store.count, "queued") >= settings.max_queued_jobs:
-        raise ApiError(429, f"{settings.max_queued_jobs} jobs are already queued; retry later", "queue_full")
+        raise ApiError(
+            429, f"{settings.max_queued_jobs} jobs are already queued; retry later", "queue_full",
+            headers={"Retry-After": str(settings.queue_full_retry_after_s)},
+        )
     if options.callback_url:
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
     decoded = decode_image(image, settings.max_image_pixels)

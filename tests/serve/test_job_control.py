@@ -185,3 +185,52 @@ def test_unsafe_callback_urls_are_refused(client: httpx.Client, disk_scene: Scen
     for url in ("http://10.0.0.1/hook", "http://169.254.169.254/", "file:///tmp/x", "ftp://example.com/"):
         response = _post_job(client, disk_scene, {"stages": ["segment"], "callback_url": url})
         assert response.status_code == 422 and response.json()["error"]["param"] == "callback_url", url
+
+
+def test_a_hung_stage_times_out_then_fails_naming_the_stage(client: httpx.Client) -> None:
+    """A frozen Converter never answers: each attempt ends at the job's stage timeout, and
+    after the last attempt the job fails naming the stage and the reason."""
+    import trimesh
+
+    converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
+    pid = converter.info.remote().result()["pid"]
+    box = trimesh.creation.box().export(file_type="ply")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        response = client.post(
+            "/v1/jobs", files={"image": ("s.png", make_scene().png()), "mesh": ("box.ply", box)},
+            data={"options": json.dumps({"stages": ["convert"], "stage_timeout_s": 1.5})},
+        )
+        job = wait_for_job(client, response.json()["job_id"], timeout_s=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert job["status"] == "failed"
+    assert job["error"] == "stage convert failed: timed out after 1.5 s"
+    assert job["stages"][0]["attempts"] == 3 and job["stages"][0]["status"] == "failed"
+
+
+def test_paint_alone_with_a_supplied_mesh(client: httpx.Client, disk_scene: Scene) -> None:
+    import io
+
+    import trimesh
+
+    from deployments.meshing.inflate import InflateParams, inflate
+    from deployments.meshing.masks import object_mask
+
+    mesh, _ = inflate(object_mask(disk_scene.mask, disk_scene.image.shape), InflateParams(grid=48))
+    response = client.post(
+        "/v1/jobs",
+        files={"image": ("s.png", disk_scene.png()), "mask": ("m.png", disk_scene.mask_png()),
+               "mesh": ("shape.glb", mesh.export(file_type="glb"))},
+        data={"options": json.dumps({"stages": ["paint"]})},
+    )
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    url = next(a["url"] for a in job["artifacts"] if a["name"] == "textured.glb")
+    textured = trimesh.load(io.BytesIO(client.get(url).content), file_type="glb", force="mesh")
+    assert isinstance(textured.visual, trimesh.visual.TextureVisuals)
+    assert len(textured.faces) == len(mesh.faces)
+    missing = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
+                          data={"options": json.dumps({"stages": ["paint"]})})
+    assert missing.status_code == 422 and missing.json()["error"]["param"] == "mask"

@@ -1,0 +1,120 @@
+"""Job API benchmark: POST /v1/jobs latency under 50 concurrent clients (through Ray Serve),
+and job-store transitions per second on SQLite and PostgreSQL, measured in one run.
+
+    python -m bench.jobs_api --clients 50 --requests 10 --out bench/jobs_api.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+STAGES = ["segment", "reconstruct", "paint", "convert"]
+
+
+def store_transitions_per_s(url: str, jobs: int) -> float:
+    """create → claim → 4 × (start, finish stage) → finish job: 11 transitions a job."""
+    from serve_app.jobstore import JobStore
+
+    store = JobStore(url)
+    started = time.perf_counter()
+    for _ in range(jobs):
+        job_id = store.create({}, {"image": "input.png"}, STAGES, [("input.png", "image/png", 1)])
+        claimed = store.claim_next("bench", 60)
+        assert claimed is not None
+        for stage in STAGES:
+            store.start_stage(claimed, stage)
+            store.finish_stage(claimed, stage, "succeeded", 0.0)
+        store.finish_job(claimed, "succeeded")
+        del job_id
+    return round(jobs * 11 / (time.perf_counter() - started), 1)
+
+
+def postgres_schema_url() -> tuple[str, str]:
+    import psycopg
+
+    schema = f"meshline_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", schema
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def post_latencies(base_url: str, image: bytes, clients: int, per_client: int) -> list[float]:
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+
+        async def one_client() -> None:
+            for _ in range(per_client):
+                started = time.perf_counter()
+                response = await http.post(
+                    "/v1/jobs", files={"image": ("s.png", image)},
+                    data={"options": json.dumps({"stages": ["segment"]})},
+                )
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 202, response.text
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=10, help="per client")
+    parser.add_argument("--store-jobs", type=int, default=200)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report: dict[str, Any] = {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report["store_transitions_per_s_sqlite"] = store_transitions_per_s(f"sqlite:///{tmp}/bench.db", args.store_jobs)
+    url, schema = postgres_schema_url()
+    try:
+        report["store_transitions_per_s_postgresql"] = store_transitions_per_s(url, args.store_jobs)
+    finally:
+        drop_schema(schema)
+
+    from bench.pipeline import start_app
+    from tests.helpers import make_scene
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base_url, serve = start_app("cpu", Path(tmp), small=True, precision="auto")
+        image = make_scene("disk", 64, 64).png()
+        asyncio.run(post_latencies(base_url, image, 5, 2))  # warm-up
+        latencies = asyncio.run(post_latencies(base_url, image, args.clients, args.requests))
+        serve.shutdown()
+    report["post_jobs"] = {
+        "clients": args.clients, "requests": len(latencies),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

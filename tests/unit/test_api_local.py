@@ -1,0 +1,81 @@
+"""The HTTP layer without Ray: backpressure and retention on a real store (no model calls)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app.api import create_api
+from serve_app.artifacts import LocalArtifactStore
+from serve_app.jobstore import JobStore, utcnow
+from serve_app.pipeline import Handles
+from serve_app.runner import JobRunner, sweep_expired
+from serve_app.services import Services
+from serve_app.settings import Settings
+from tests.helpers import make_scene
+
+
+def _services(tmp_path: Path, **overrides: object) -> Services:
+    settings = Settings(data_dir=tmp_path, **overrides)
+    store = JobStore(settings.resolved_db_url)
+    files = LocalArtifactStore(settings.resolved_artifact_dir)
+    handles = Handles(None, None, None, None)  # no stage runs here: the runner is not started
+    runner = JobRunner(store, files, handles, settings, owner="test")
+    return Services(settings, store, files, handles, runner, {}, "meshline")
+
+
+def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
+    services = _services(tmp_path, max_queued_jobs=2, queue_full_retry_after_s=7)
+    app = create_api(services)
+
+    async def submit_three() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://meshline") as client:
+            return [
+                await client.post("/v1/jobs", files={"image": ("s.png", make_scene().png())})
+                for _ in range(3)
+            ]
+
+    first, second, third = asyncio.run(submit_three())
+    assert first.status_code == second.status_code == 202
+    assert third.status_code == 429 and third.headers["retry-after"] == "7"
+    assert third.json()["error"]["type"] == "queue_full"
+    assert services.store.count("queued") == 2  # nothing was stored for the refused job
+    assert len(list(services.files.root.iterdir())) == 2
+
+
+def test_sweep_deletes_expired_jobs_and_their_files(tmp_path: Path) -> None:
+    services = _services(tmp_path)
+    store, files = services.store, services.files
+    old = store.create({}, {"image": "input.png"}, ["segment"], [("input.png", "image/png", 3)])
+    files.put(old, "input.png", b"abc")
+    fresh = store.create({}, {"image": "input.png"}, ["segment"], [("input.png", "image/png", 3)])
+    files.put(fresh, "input.png", b"abc")
+    store.finish_job(old, "succeeded")
+    store.finish_job(fresh, "failed", "x")
+    assert sweep_expired(store, files, ttl_s=3600) == []
+    with store.engine.begin() as conn:  # age the first job by eight days
+        from sqlalchemy import update
+
+        from serve_app.jobstore import jobs
+
+        conn.execute(update(jobs).where(jobs.c.id == old).values(finished_at=utcnow() - timedelta(days=8)))
+    assert sweep_expired(store, files, ttl_s=7 * 24 * 3600) == [old]
+    assert store.get(old) is None and not (files.root / old).exists()
+    assert store.get(fresh) is not None and files.exists(fresh, "input.png")
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/" + "a" * 32, "/v1/jobs"])
+def test_reads_work_without_any_model(tmp_path: Path, path: str) -> None:
+    app = create_api(_services(tmp_path))
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
+            return await client.get(path)
+
+    response = asyncio.run(get())
+    assert response.status_code == (404 if path.endswith("a" * 32) else 200)
