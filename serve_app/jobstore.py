@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -51,9 +53,11 @@ jobs = Table(
     Column("lease_expires_at", DateTime(timezone=True), index=True),
     Column("runs", Integer, nullable=False, default=0),
     # Idempotency-Key header and a hash of the request it came with (same key, other body: 409).
-    Column("idempotency_key", String(255), unique=True),
-    Column("request_hash", String(64)),
+    Column("idempotency_key", String(255)),
+    Column("request_hash", String(64), index=True),
     Column("webhook", JSON),  # delivery state of options.callback_url
+    # An index (not a column constraint) so upgrade_schema can add it to older databases.
+    Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
 )
 
 stages = Table(
@@ -176,10 +180,29 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def upgrade_schema(engine: Engine) -> None:
+    """Bring a store made by an older meshline up to date. Changes so far only add nullable
+    columns and indexes, which both databases apply in place (no data rewrite)."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    if not column.nullable:
+                        raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} in place")
+                    column_type = column.type.compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}')
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+
+
 class JobStore:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        upgrade_schema(self.engine)
 
     # Creation and reads ---------------------------------------------------------------
     def create(
@@ -244,6 +267,16 @@ class JobStore:
                 .order_by(jobs.c.finished_at).limit(limit * 10)
             ).all()
         return [r[0] for r in rows if (_json(r[1]) or {}).get("state") == "pending"][:limit]
+
+    def find_succeeded_by_hash(self, request_hash: str) -> str | None:
+        """The newest succeeded job made from exactly these inputs and options (dedup)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.request_hash == request_hash, jobs.c.status == "succeeded")
+                .order_by(jobs.c.finished_at.desc())
+                .limit(1)
+            ).scalar()
 
     def count(self, status: str) -> int:
         with self.engine.connect() as conn:

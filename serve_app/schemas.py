@@ -58,6 +58,11 @@ class JobOptions(Strict):
     )
     collision: bool = Field(True, description="Write a convex collision mesh.")
     preview: bool = Field(True, description="Render a turntable GIF.")
+    dedup: bool = Field(
+        False,
+        description="Reuse a finished job with identical inputs and options instead of running "
+        "again (the answer names it in `deduplicated_from`).",
+    )
     stage_timeout_s: float | None = Field(
         None, gt=0, le=86400,
         description="Per-stage timeout for this job (cold starts included); default from settings.",
@@ -150,6 +155,9 @@ class JobAccepted(BaseModel):
     job_id: str
     status: JobStatus
     status_url: str
+    deduplicated_from: str | None = Field(
+        None, description="Set when `dedup` reused this finished job instead of queueing one."
+    )
 
 
 class JobList(BaseModel):

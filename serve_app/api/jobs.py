@@ -48,11 +48,12 @@ def request_hash(image: bytes, files: dict[str, tuple[bytes, str]], options: Job
 
 
 class Replayed(Exception):
-    """The Idempotency-Key already made this job."""
+    """The Idempotency-Key already made this job (or `dedup` found a finished twin)."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, deduplicated: bool = False) -> None:
         super().__init__(job_id)
         self.job_id = job_id
+        self.deduplicated = deduplicated
 
 
 def _check_idempotency(services: Services, key: str, digest: str) -> None:
@@ -81,6 +82,10 @@ async def create_job(
     digest = request_hash(image, files, options)
     if idempotency_key is not None:
         _check_idempotency(services, idempotency_key, digest)
+    if options.dedup:
+        twin = await asyncio.to_thread(services.store.find_succeeded_by_hash, digest)
+        if twin is not None:
+            raise Replayed(twin, deduplicated=True)
     if await asyncio.to_thread(services.store.count, "queued") >= settings.max_queued_jobs:
         raise ApiError(
             429, f"{settings.max_queued_jobs} jobs are already queued; retry later", "queue_full",
@@ -142,11 +147,14 @@ async def submit_job(
         job_id = await create_job(services, inputs.image, inputs.files, inputs.options, idempotency_key)  # type: ignore[arg-type]
     except Replayed as replay:
         job = await asyncio.to_thread(_job_or_404, services, replay.job_id)
-        body = JobAccepted(job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}")
-        return JSONResponse(
-            body.model_dump(), status_code=200,
-            headers={"Location": body.status_url, "Idempotent-Replayed": "true"},
+        body = JobAccepted(
+            job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}",
+            deduplicated_from=job.id if replay.deduplicated else None,
         )
+        headers = {"Location": body.status_url}
+        if not replay.deduplicated:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(body.model_dump(), status_code=200, headers=headers)
     body = JobAccepted(job_id=job_id, status="queued", status_url=f"/v1/jobs/{job_id}")
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
 

@@ -79,3 +79,29 @@ def test_reads_work_without_any_model(tmp_path: Path, path: str) -> None:
 
     response = asyncio.run(get())
     assert response.status_code == (404 if path.endswith("a" * 32) else 200)
+
+
+def test_dedup_reuses_a_finished_twin(tmp_path: Path) -> None:
+    services = _services(tmp_path)
+    app = create_api(services)
+    image = make_scene().png()
+
+    async def post(options: dict) -> httpx.Response:
+        import json
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
+            return await client.post("/v1/jobs", files={"image": ("s.png", image)}, data={"options": json.dumps(options)})
+
+    first = asyncio.run(post({"dedup": True}))
+    assert first.status_code == 202
+    job_id = first.json()["job_id"]
+    queued_twin = asyncio.run(post({"dedup": True}))
+    assert queued_twin.status_code == 202 and queued_twin.json()["job_id"] != job_id  # only finished jobs count
+    services.store.finish_job(job_id, "succeeded")
+    reused = asyncio.run(post({"dedup": True}))
+    assert reused.status_code == 200
+    assert reused.json()["deduplicated_from"] == job_id and reused.json()["status"] == "succeeded"
+    other_options = asyncio.run(post({"dedup": True, "preview": False}))
+    assert other_options.status_code == 202  # different options: a different job
+    no_dedup = asyncio.run(post({}))
+    assert no_dedup.status_code == 202

@@ -143,6 +143,31 @@ def test_retention_deletes_only_old_finished_jobs(store: JobStore) -> None:
     assert store.get(old) is None and store.get(running) is not None
 
 
+def test_an_older_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A database made before the idempotency/webhook columns existed keeps its jobs."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the jobs table as the first release created it
+        conn.execute(
+            "CREATE TABLE jobs (id VARCHAR(32) PRIMARY KEY, status VARCHAR(16) NOT NULL, options JSON NOT NULL,"
+            " inputs JSON NOT NULL, error TEXT, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,"
+            " started_at DATETIME, finished_at DATETIME, lease_owner VARCHAR(64), lease_expires_at DATETIME,"
+            " runs INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO jobs VALUES ('" + "c" * 32 + "', 'succeeded', '{}', '{}', NULL,"
+            " '2026-11-01 00:00:00', '2026-11-01 00:00:00', NULL, '2026-11-01 00:00:00', NULL, NULL, 1)"
+        )
+    upgraded = JobStore(f"sqlite:///{path}")
+    assert upgraded.get("c" * 32).status == "succeeded"
+    second = upgraded.create({}, {"image": "i.png"}, STAGES, idempotency_key="k", request_hash="h")
+    assert upgraded.find_by_idempotency_key("k") == (second, "h")
+    assert upgraded.find_succeeded_by_hash("h") is None
+    with pytest.raises(IdempotencyConflict):  # the unique index came with the upgrade
+        upgraded.create({}, {"image": "i.png"}, STAGES, idempotency_key="k", request_hash="h")
+
+
 def test_artifact_store_refuses_escaping_names(tmp_path: Path) -> None:
     files = LocalArtifactStore(tmp_path / "artifacts")
     job_id = "0" * 32
