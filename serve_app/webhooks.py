@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from serve_app.fetch import check_url
+from serve_app.fetch import pinned_request
 from serve_app.jobstore import JobStore, utcnow
 from serve_app.settings import Settings
 
@@ -47,9 +47,11 @@ async def deliver(store: JobStore, settings: Settings, job_id: str, payload: dic
         if settings.webhook_secret is not None:
             headers[SIGNATURE_HEADER] = sign(settings.webhook_secret.get_secret_value(), timestamp, body)
         try:
-            await check_url(url, settings.url_allow_private, "callback_url")
             async with httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
-                response = await client.post(url, content=body, headers=headers)
+                response = await pinned_request(
+                    client, "POST", url, settings.url_allow_private, "callback_url", content=body, headers=headers
+                )
+                await response.aclose()
             state["last_status"] = response.status_code
             if response.is_success:
                 state.update(state="delivered", delivered_at=utcnow().isoformat(), error=None)
