@@ -45,37 +45,86 @@ def placement(device: str) -> dict[str, object]:
     return info
 
 
-def resolve_checkpoint(uri: str, cache_dir: Path, s3_endpoint_url: str | None = None) -> Path:
-    """Turn a local path or an ``s3://bucket/key`` URI into a readable local file.
+def resolve_checkpoint(
+    uri: str, cache_dir: Path, s3_endpoint_url: str | None = None, max_cache_bytes: int | None = None
+) -> Path:
+    """Turn a local path, ``s3://bucket/key`` or ``https://`` URI into a readable local file.
 
-    S3 objects are downloaded once into ``cache_dir`` (named by a hash of the URI) with an
-    atomic rename, so concurrent replicas never read a half-written file.
+    Remote checkpoints are fetched once into ``cache_dir`` (named by a hash of the URI) under a
+    file lock (replicas on one node never download the same file twice), written to a temp file
+    and renamed (never read half-written), and verified against a SHA-256 sidecar on every use.
+    The cache is kept under ``max_cache_bytes`` by evicting the least recently used files.
     """
+    from filelock import FileLock
+
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"checkpoint not found: {path}")
         return path
-    if parsed.scheme != "s3":
-        raise ModelLoadError(f"unsupported checkpoint URI scheme {parsed.scheme!r} (use a path or s3://)")
-
-    import boto3
-
-    key = parsed.path.lstrip("/")
-    suffix = Path(key).suffix
-    target = cache_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:24]}{suffix}"
-    if target.is_file():
-        return target
+    if parsed.scheme not in ("s3", "https", "http"):
+        raise ModelLoadError(f"unsupported checkpoint URI scheme {parsed.scheme!r} (use a path, s3:// or https://)")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    client = boto3.client("s3", endpoint_url=s3_endpoint_url)
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
-    os.close(fd)
-    try:
-        logger.info("downloading checkpoint %s", uri)
-        client.download_file(parsed.netloc, key, tmp_name)
-        os.replace(tmp_name, target)
-    except Exception as exc:  # boto raises many types; all mean "could not load"
-        Path(tmp_name).unlink(missing_ok=True)
-        raise ModelLoadError(f"could not download checkpoint {uri}: {exc}") from exc
+    target = cache_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:24]}{Path(parsed.path).suffix}"
+    checksum = target.with_name(target.name + ".sha256")
+    with FileLock(str(target) + ".lock", timeout=600):
+        if target.is_file() and checksum.is_file() and _sha256(target) == checksum.read_text().strip():
+            os.utime(target)  # recently used: evicted last
+            return target
+        fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+        os.close(fd)
+        try:
+            logger.info("downloading checkpoint %s", uri)
+            _download(parsed, uri, Path(tmp_name), s3_endpoint_url)
+            checksum.write_text(_sha256(Path(tmp_name)))
+            os.replace(tmp_name, target)
+        except Exception as exc:  # boto/httpx raise many types; all mean "could not load"
+            Path(tmp_name).unlink(missing_ok=True)
+            raise ModelLoadError(f"could not download checkpoint {uri}: {exc}") from exc
+    if max_cache_bytes is not None:
+        evict_lru(cache_dir, max_cache_bytes, keep=target)
     return target
+
+
+def _download(parsed: object, uri: str, destination: Path, s3_endpoint_url: str | None) -> None:
+    if uri.startswith("s3://"):
+        import boto3
+
+        boto3.client("s3", endpoint_url=s3_endpoint_url).download_file(
+            parsed.netloc, parsed.path.lstrip("/"), str(destination)  # type: ignore[attr-defined]
+        )
+        return
+    import httpx
+
+    with httpx.stream("GET", uri, timeout=60, follow_redirects=True) as response:
+        response.raise_for_status()
+        with destination.open("wb") as handle:
+            for chunk in response.iter_bytes():
+                handle.write(chunk)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evict_lru(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Delete least recently used cached checkpoints until the cache fits in ``max_bytes``."""
+    files = [p for p in cache_dir.iterdir() if p.is_file() and p.suffix not in (".lock", ".part", ".sha256")]
+    files.sort(key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in files)
+    removed = []
+    for path in files:
+        if total <= max_bytes:
+            break
+        if keep is not None and path == keep:
+            continue
+        total -= path.stat().st_size
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -16,13 +16,18 @@ from ray import serve
 
 from deployments.common import pick_device, placement, resolve_checkpoint
 from deployments.errors import InvalidInput, ModelLoadError
+from deployments.registry import DEFAULT_MODEL_ID, ModelRegistry
 
 logger = logging.getLogger("meshline.detector")
 
 
 class DetectorConfig(BaseModel):
     model: str = Field("yolov8n.yaml", description="ultralytics config for random init.")
-    checkpoint: str | None = Field(None, description="Local .pt path or s3:// URI.")
+    checkpoint: str | None = Field(None, description="Local .pt path, s3:// or https:// URI.")
+    registry_file: Path | None = Field(None, description="YAML/JSON registry of model ids.")
+    models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
+    max_models: int = Field(2, ge=1, description="Models one replica keeps loaded (LRU).")
+    max_cache_bytes: int | None = Field(None, description="Bound of the on-disk checkpoint cache.")
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "half"] = Field(
@@ -49,31 +54,37 @@ def prepare_ultralytics_env(config_dir: Path) -> None:
         shutil.copyfile(dejavu, font)
 
 
+def is_random_init(source: str) -> bool:
+    return source.endswith((".yaml", ".yml"))
+
+
 class YoloDetector:
-    def __init__(self, config: DetectorConfig) -> None:
+    """One YOLO model. ``source`` (a registry entry) defaults to the configured detector."""
+
+    def __init__(self, config: DetectorConfig, source: str | None = None) -> None:
         prepare_ultralytics_env(config.config_dir)
         import torch
         from ultralytics import YOLO
 
         self.config = config
+        self.source = source or config.checkpoint or config.model
         self.device = pick_device(config.device)
         try:
-            if config.checkpoint:
-                path = resolve_checkpoint(config.checkpoint, config.weights_dir, config.s3_endpoint_url)
+            if not is_random_init(self.source):
+                path = resolve_checkpoint(
+                    self.source, config.weights_dir, config.s3_endpoint_url, config.max_cache_bytes
+                )
                 if path.suffix != ".pt":
                     raise ModelLoadError(f"detector checkpoint must be a .pt file, got {path.name}")
                 self.model = YOLO(str(path))
             else:
-                if not config.model.endswith((".yaml", ".yml")):
-                    # A bare "yolov8n.pt" name would be downloaded: refuse it.
-                    raise ModelLoadError("detector_model must be a .yaml config when no checkpoint is set")
                 logger.warning(
                     "Detector: no YOLO checkpoint configured (MESHLINE_DETECTOR_CHECKPOINT); "
                     "using RANDOM weights from %s — detections will be meaningless.",
-                    config.model,
+                    self.source,
                 )
                 torch.manual_seed(config.seed)
-                self.model = YOLO(config.model)
+                self.model = YOLO(self.source)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -88,13 +99,21 @@ class YoloDetector:
 
     def info(self) -> dict[str, Any]:
         return {
-            "model": self.config.checkpoint or self.config.model,
-            "weights": "checkpoint" if self.config.checkpoint else "random",
+            "model": self.source,
+            "weights": "random" if is_random_init(self.source) else "checkpoint",
             "task": self.model.task,
             "num_classes": len(self.names),
             "precision": "fp16" if self.half else "fp32",
             **placement(self.device),
         }
+
+    def __del__(self) -> None:
+        # Serve's multiplexer drops evicted models; give their GPU memory back at once.
+        if getattr(self, "device", "cpu") == "cuda":
+            import torch
+
+            self.model = None
+            torch.cuda.empty_cache()
 
     def class_ids(self, classes: list[int | str] | None) -> list[int] | None:
         """Accept class ids or names; unknown ones are a client error."""
@@ -167,11 +186,40 @@ class YoloDetector:
     autoscaling_config={"min_replicas": 0, "initial_replicas": 1, "max_replicas": 2},
 )
 class DetectorDeployment:
+    """Many YOLO models per replica through Serve's model multiplexing: the ingress routes a
+    request with ``multiplexed_model_id`` to a replica that already holds that model; each
+    replica keeps at most ``max_models`` loaded (LRU)."""
+
     def __init__(self, config: DetectorConfig) -> None:
-        self._model = YoloDetector(config)
+        self.config = config
+        self.registry = ModelRegistry(config.checkpoint or config.model, config.registry_file, config.models_dir)
+
+        async def load(model_id: str) -> YoloDetector:
+            entry = self.registry.resolve(model_id)
+            return await asyncio.to_thread(YoloDetector, config, entry.source)
+
+        # Decorated here, not on the class, so the LRU size comes from the config.
+        self._loader = load
+        self._model = serve.multiplexed(max_num_models_per_replica=config.max_models)(load)
+
+    def loaded_models(self) -> list[str]:
+        # Serve keeps its LRU on the decorated function (ray/serve/multiplex.py).
+        wrapper = getattr(self._loader, "__serve_multiplex_wrapper", None)
+        return list(getattr(wrapper, "models", {}).keys()) if wrapper is not None else []
+
+    async def _current(self) -> tuple[str, YoloDetector]:
+        model_id = serve.get_multiplexed_model_id() or DEFAULT_MODEL_ID
+        return model_id, await self._model(model_id)
 
     async def info(self) -> dict[str, Any]:
-        return self._model.info()
+        model_id, model = await self._current()
+        return {**model.info(), "model_id": model_id, "loaded_models": self.loaded_models()}
+
+    async def describe(self) -> dict[str, Any]:
+        """The routed model's id, task and class names (loads it if needed)."""
+        model_id, model = await self._current()
+        return {"model_id": model_id, "task": model.model.task, "names": model.names,
+                "loaded_models": self.loaded_models()}
 
     async def detect(
         self,
@@ -182,4 +230,6 @@ class DetectorDeployment:
         max_det: int = 300,
         classes: list[int | str] | None = None,
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(self._model.detect, image, conf, iou, imgsz, max_det, classes)
+        model_id, model = await self._current()
+        result = await asyncio.to_thread(model.detect, image, conf, iou, imgsz, max_det, classes)
+        return {**result, "model_id": model_id}

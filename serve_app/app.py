@@ -50,6 +50,9 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
             model=settings.detector_model, checkpoint=settings.detector_checkpoint, seed=settings.seed,
             precision=settings.model_precision,
             weights_dir=weights_dir, config_dir=(settings.data_dir / "ultralytics").resolve(),
+            registry_file=settings.detector_registry_file, models_dir=settings.detector_models_dir,
+            max_models=settings.detector_max_models,
+            max_cache_bytes=int(settings.weights_cache_max_mb * 2**20) if settings.weights_cache_max_mb else None,
             s3_endpoint_url=settings.s3_endpoint_url,
         ),
     )

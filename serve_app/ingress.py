@@ -18,6 +18,7 @@ from PIL import Image
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.registry import ModelRegistry
 from serve_app.api import create_api
 from serve_app.api.jobs import _job_or_404, create_job
 from serve_app.views import job_public
@@ -57,7 +58,12 @@ class Ingress:
         )
         handles = Handles(segmenter, reconstructor, converter, detector)
         runner = JobRunner(store, files, handles, settings, owner)
-        self.services = Services(settings, store, files, handles, runner, models, context.app_name)
+        registry = ModelRegistry(
+            settings.detector_checkpoint or settings.detector_model,
+            settings.detector_registry_file,
+            settings.detector_models_dir,
+        )
+        self.services = Services(settings, store, files, handles, runner, models, context.app_name, registry)
         runner.start()
         logger.info("ingress %s ready: db=%s artifacts=%s", owner, settings.resolved_db_url, files.describe())
 

@@ -125,7 +125,8 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     box = list(prompt.box) if prompt and prompt.box else None
     detect = options.detect_options
     if detect is not None and box is None and points is None:
-        found = await ctx.handles.detector.detect.remote(
+        detector = ctx.handles.detector.options(multiplexed_model_id=detect.model)
+        found = await detector.detect.remote(
             image, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz, max_det=100, classes=detect.classes
         )
         await ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")

@@ -37,6 +37,7 @@ class Prompt(Strict):
 
 
 class DetectOptions(Strict):
+    model: str = Field("default", description="Detector model id (see GET /v1/models).")
     conf: float = Field(0.25, ge=0.0, le=1.0, description="Detector confidence threshold.")
     iou: float = Field(0.7, ge=0.0, le=1.0)
     imgsz: int = Field(640, ge=32, le=4096)
@@ -189,7 +190,18 @@ class Detection(BaseModel):
     class_name: str
 
 
+class ModelPublic(BaseModel):
+    model_id: str
+    source: str
+    origin: Literal["settings", "registry_file", "models_dir"]
+
+
+class ModelList(BaseModel):
+    models: list[ModelPublic]
+
+
 class DetectResponse(BaseModel):
+    model: str
     width: int
     height: int
     detections: list[Detection]

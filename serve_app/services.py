@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from deployments.registry import ModelRegistry
 from serve_app.artifacts import ArtifactStore
 from serve_app.jobstore import JobStore
 from serve_app.pipeline import Handles
@@ -23,6 +24,7 @@ class Services:
     runner: JobRunner
     models: dict[str, dict[str, Any]]  # per deployment: configured weights and model name
     app_name: str
+    registry: ModelRegistry
 
 
 def get_services(request: Request) -> Services:

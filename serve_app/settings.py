@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     model_precision: Literal["auto", "fp32", "half"] = Field(
         "auto", description="SAM2/YOLO precision: half (bf16/fp16) on CUDA by default."
     )
+    detector_registry_file: Path | None = Field(
+        None, description="YAML/JSON registry: models: {id: {source: path|s3://|https://}}."
+    )
+    detector_models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
+    detector_max_models: int = Field(2, ge=1, description="YOLO models one replica keeps (LRU).")
+    weights_cache_max_mb: float | None = Field(
+        None, gt=0, description="Bound of the on-disk checkpoint cache (LRU eviction)."
+    )
     seed: int = Field(0, description="Seed for random-init weights, so runs are repeatable.")
     reconstruct_grid: int = Field(
         96, ge=32, le=512, description="Voxel grid resolution (longest side) for the CPU backend."
@@ -125,7 +133,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("data_dir", "artifact_dir", "weights_cache_dir")
+    @field_validator("data_dir", "artifact_dir", "weights_cache_dir", "detector_registry_file", "detector_models_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Replicas run in other processes (and other working directories): pin paths now.

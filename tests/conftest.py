@@ -81,8 +81,29 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("meshline-data")
 
 
+def save_yolo(path: Path, prefix: str) -> None:
+    """A random-init YOLOv8n checkpoint whose classes are named <prefix>0..79."""
+    from deployments.detector import prepare_ultralytics_env
+
+    prepare_ultralytics_env(path.parent / ".ultralytics")
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    model.model.names = {i: f"{prefix}{i}" for i in range(80)}
+    model.save(str(path))
+
+
 @pytest.fixture(scope="session")
-def test_settings(data_dir: Path, s3_endpoint: str) -> dict:
+def models_dir(data_dir: Path) -> Path:
+    folder = data_dir / "models"
+    folder.mkdir()
+    for prefix in ("alpha", "beta"):
+        save_yolo(folder / f"{prefix}.pt", prefix)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def test_settings(data_dir: Path, s3_endpoint: str, models_dir: Path) -> dict:
     """The live app keeps its artifacts in S3 (moto), so every serve test exercises the S3
     store and presigned downloads; the local store is covered by unit tests."""
     return {
@@ -90,6 +111,8 @@ def test_settings(data_dir: Path, s3_endpoint: str) -> dict:
         "artifact_uri": f"s3://{ARTIFACT_BUCKET}/jobs",
         "s3_endpoint_url": s3_endpoint,
         "s3_input_buckets": [INPUT_BUCKET],
+        "detector_models_dir": str(models_dir),
+        "detector_max_models": 1,  # every switch between models evicts and reloads
         "sam2_overrides": SMALL_SAM2_OVERRIDES,
         "reconstruct_grid": 64,
         "max_faces": 6000,

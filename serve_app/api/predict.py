@@ -11,8 +11,18 @@ from pydantic import Field
 
 from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.imaging import decode_image, mask_summary
-from serve_app.schemas import DetectOptions, DetectResponse, ErrorBody, Prompt, SegmentResponse
-from serve_app.services import ServicesDep
+from deployments.errors import InvalidInput
+from serve_app.errors import ApiError
+from serve_app.schemas import (
+    DetectOptions,
+    DetectResponse,
+    ErrorBody,
+    ModelList,
+    ModelPublic,
+    Prompt,
+    SegmentResponse,
+)
+from serve_app.services import Services, ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
@@ -25,6 +35,15 @@ class SegmentOptions(Prompt):
 
 class DetectRequestOptions(DetectOptions):
     max_det: int = Field(300, ge=1, le=10000)
+
+
+def checked_model(services: Services, model_id: str) -> str:
+    """404 for ids the registry does not know (checked here, before routing)."""
+    try:
+        return services.registry.resolve(model_id).model_id
+    except InvalidInput as exc:
+        status = 404 if "unknown" in str(exc) else 422
+        raise ApiError(status, str(exc), "not_found" if status == 404 else "invalid_request", "model") from None
 
 
 @router.post(
@@ -54,15 +73,38 @@ async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
 
 
 @router.post(
-    "/detect", response_model=DetectResponse, responses=ERRORS,
-    openapi_extra=openapi_body("DetectOptions"), summary="YOLO detections",
+    "/detect", response_model=DetectResponse, responses={**ERRORS, 404: {"model": ErrorBody}},
+    openapi_extra=openapi_body("DetectOptions"), summary="YOLO detections (?model=ID, default: default)",
 )
-async def detect(request: Request, services: ServicesDep) -> DetectResponse:
+async def detect(request: Request, services: ServicesDep, model: str | None = None) -> DetectResponse:
+    return await _detect(request, services, model)
+
+
+@router.post(
+    "/models/{model_id}/detect", response_model=DetectResponse, responses={**ERRORS, 404: {"model": ErrorBody}},
+    openapi_extra=openapi_body("DetectOptions"), summary="YOLO detections with one registered model",
+)
+async def detect_with_model(model_id: str, request: Request, services: ServicesDep) -> DetectResponse:
+    return await _detect(request, services, model_id)
+
+
+@router.get("/models", response_model=ModelList, summary="Registered detector models")
+async def list_models(services: ServicesDep) -> ModelList:
+    entries = await asyncio.to_thread(services.registry.entries)
+    return ModelList(models=[
+        ModelPublic(model_id=e.model_id, source=e.source, origin=e.origin)  # type: ignore[arg-type]
+        for e in entries.values()
+    ])
+
+
+async def _detect(request: Request, services: Services, model_query: str | None) -> DetectResponse:
     inputs = await read_inputs(request, services.settings, DetectRequestOptions)
     options: DetectRequestOptions = inputs.options  # type: ignore[assignment]
+    model_id = checked_model(services, model_query or options.model)
     image = await asyncio.to_thread(decode_image, inputs.image, services.settings.max_image_pixels)
     started = time.perf_counter()
-    found = await services.handles.detector.detect.remote(
+    detector = services.handles.detector.options(multiplexed_model_id=model_id)
+    found = await detector.detect.remote(
         image.array, conf=options.conf, iou=options.iou, imgsz=options.imgsz,
         max_det=options.max_det, classes=options.classes,
     )
@@ -74,6 +116,6 @@ async def detect(request: Request, services: ServicesDep) -> DetectResponse:
         )
     ]
     return DetectResponse(
-        width=image.width, height=image.height, detections=detections,
+        model=found["model_id"], width=image.width, height=image.height, detections=detections,
         weights=services.models["Detector"]["weights"], seconds=round(time.perf_counter() - started, 4),
     )

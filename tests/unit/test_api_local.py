@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployments.registry import ModelRegistry
 from serve_app.api import create_api
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.jobstore import JobStore, utcnow
@@ -25,7 +26,8 @@ def _services(tmp_path: Path, **overrides: object) -> Services:
     files = LocalArtifactStore(settings.resolved_artifact_dir)
     handles = Handles(None, None, None, None)  # no stage runs here: the runner is not started
     runner = JobRunner(store, files, handles, settings, owner="test")
-    return Services(settings, store, files, handles, runner, {}, "meshline")
+    registry = ModelRegistry(settings.detector_model, None, None)
+    return Services(settings, store, files, handles, runner, {}, "meshline", registry)
 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ a local path and from S3 (a real S3 API: moto's server on loopback)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,8 @@ def test_missing_or_bad_checkpoints_fail_clearly(tmp_path: Path) -> None:
         resolve_checkpoint(str(tmp_path / "nope.pt"), tmp_path)
     with pytest.raises(ModelLoadError, match="scheme"):
         resolve_checkpoint("ftp://example.invalid/x.pt", tmp_path)
-    with pytest.raises(ModelLoadError, match="yaml"):
+    # A bare hub name is a missing local file, never a download.
+    with pytest.raises(ModelLoadError, match="not found"):
         YoloDetector(DetectorConfig(model="yolov8n.pt", device="cpu", config_dir=tmp_path / "cfg"))
 
 
@@ -149,5 +151,45 @@ def test_yolo_checkpoint_from_s3(s3_endpoint: str, tmp_path: Path) -> None:
     cached = list(cache.glob("*.pt"))
     assert len(cached) == 1 and cached[0].read_bytes() == path.read_bytes()
     assert not list(cache.glob("*.part"))  # atomic download: no leftovers
+    cached[0].write_bytes(b"corrupted")  # a damaged cache entry fails its checksum: fetched again
+    assert resolve_checkpoint(config.checkpoint, cache, s3_endpoint).read_bytes() == path.read_bytes()
     with pytest.raises(ModelLoadError, match="could not download"):
         resolve_checkpoint("s3://models/missing.pt", cache, s3_endpoint)
+
+
+def test_registry_reads_dir_and_file_without_redeploy(tmp_path: Path) -> None:
+    from deployments.registry import ModelRegistry
+
+    models = tmp_path / "models"
+    models.mkdir()
+    registry_file = tmp_path / "registry.yaml"
+    registry = ModelRegistry("yolov8n.yaml", registry_file, models)
+    assert set(registry.entries()) == {"default"}
+    (models / "chairs.pt").write_bytes(b"x")
+    registry_file.write_text("models:\n  remote: {source: s3://bucket/runs/1/best.pt}\n")
+    entries = registry.entries()
+    assert entries["chairs"].source == str((models / "chairs.pt").resolve()) and entries["chairs"].origin == "models_dir"
+    assert entries["remote"].source == "s3://bucket/runs/1/best.pt"
+    with pytest.raises(InvalidInput, match="unknown"):
+        registry.resolve("absent")
+    with pytest.raises(InvalidInput, match="invalid"):
+        registry.resolve("../etc")
+    registry_file.write_text("models: [not, a, mapping]")
+    with pytest.raises(ModelLoadError):
+        registry.entries()
+
+
+def test_checkpoint_cache_is_bounded_and_verified(tmp_path: Path) -> None:
+    from deployments.common import evict_lru
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for index, size in enumerate((300, 300, 300)):
+        path = cache / f"m{index}.pt"
+        path.write_bytes(b"x" * size)
+        (cache / f"m{index}.pt.sha256").write_text("0")
+        os.utime(path, (1000 + index, 1000 + index))
+    removed = evict_lru(cache, 650, keep=cache / "m0.pt")
+    assert [p.name for p in removed] == ["m1.pt"]
+    assert not (cache / "m1.pt.sha256").exists()
+    assert {p.name for p in cache.glob("*.pt")} == {"m0.pt", "m2.pt"}

@@ -1,0 +1,78 @@
+"""Detector model registry: model ids → checkpoint sources, re-read on every lookup, so adding
+a model (a file in the models directory or a line in the registry file) needs no redeploy.
+
+Registry file (YAML or JSON)::
+
+    models:
+      chairs-v3: {source: s3://bucket/runs/42/best.pt}
+      coco: {source: /models/yolo11n.pt}
+      remote: {source: https://models.example.com/yolo/best.pt}
+
+Every ``<id>.pt`` in the models directory is registered as ``<id>`` too. The id ``default``
+is the configured detector (a checkpoint, or the random-init config).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from deployments.errors import InvalidInput, ModelLoadError
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_MODEL_ID = "default"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model_id: str
+    source: str  # local path, s3://bucket/key, https://…, or an ultralytics .yaml (random init)
+    origin: str  # "settings", "registry_file" or "models_dir"
+
+
+class ModelRegistry:
+    def __init__(self, default_source: str, registry_file: Path | None = None, models_dir: Path | None = None) -> None:
+        self.default_source = default_source
+        self.registry_file = registry_file
+        self.models_dir = models_dir
+
+    def entries(self) -> dict[str, ModelEntry]:
+        found = {DEFAULT_MODEL_ID: ModelEntry(DEFAULT_MODEL_ID, self.default_source, "settings")}
+        if self.models_dir is not None and self.models_dir.is_dir():
+            for path in sorted(self.models_dir.glob("*.pt")):
+                if MODEL_ID.fullmatch(path.stem) and path.stem != DEFAULT_MODEL_ID:
+                    found[path.stem] = ModelEntry(path.stem, str(path.resolve()), "models_dir")
+        for model_id, source in self._file_entries().items():
+            found[model_id] = ModelEntry(model_id, source, "registry_file")
+        return found
+
+    def _file_entries(self) -> dict[str, str]:
+        if self.registry_file is None or not self.registry_file.is_file():
+            return {}
+        text = self.registry_file.read_text()
+        try:
+            data = json.loads(text) if self.registry_file.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ModelLoadError(f"model registry {self.registry_file} is not valid: {exc}") from exc
+        models = (data or {}).get("models", {})
+        if not isinstance(models, dict):
+            raise ModelLoadError(f"model registry {self.registry_file}: 'models' must be a mapping")
+        entries = {}
+        for model_id, spec in models.items():
+            source = spec.get("source") if isinstance(spec, dict) else spec
+            if not MODEL_ID.fullmatch(str(model_id)) or not isinstance(source, str):
+                raise ModelLoadError(f"model registry {self.registry_file}: bad entry {model_id!r}")
+            entries[str(model_id)] = source
+        return entries
+
+    def resolve(self, model_id: str) -> ModelEntry:
+        if not MODEL_ID.fullmatch(model_id):
+            raise InvalidInput(f"invalid model id {model_id!r}", param="model")
+        entry = self.entries().get(model_id)
+        if entry is None:
+            raise InvalidInput(f"unknown model {model_id!r}", param="model")
+        return entry

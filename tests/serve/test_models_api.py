@@ -1,0 +1,61 @@
+"""Many YOLO models through Serve model multiplexing: registry, routing, LRU, per-job model."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from ray import serve
+
+from tests.conftest import APP_NAME, wait_for_job
+from tests.helpers import Scene
+
+
+def _detect(client: httpx.Client, scene: Scene, path: str, **options: object) -> httpx.Response:
+    return client.post(path, files={"image": ("s.png", scene.png())},
+                       data={"options": json.dumps({"conf": 0.0001, "max_det": 5, **options})})
+
+
+def test_models_are_listed(client: httpx.Client) -> None:
+    models = {m["model_id"]: m for m in client.get("/v1/models").json()["models"]}
+    assert {"default", "alpha", "beta"} <= set(models)
+    assert models["alpha"]["origin"] == "models_dir" and models["alpha"]["source"].endswith("alpha.pt")
+    assert models["default"]["source"] == "yolov8n.yaml"
+
+
+def test_alternating_models_answer_with_their_own_classes(client: httpx.Client, disk_scene: Scene) -> None:
+    for model in ("alpha", "beta", "alpha", "beta", "default"):
+        response = _detect(client, disk_scene, f"/v1/detect?model={model}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == model and body["detections"]
+        for det in body["detections"]:
+            expected = str(det["class_id"]) if model == "default" else f"{model}{det['class_id']}"
+            assert det["class_name"] == expected
+    # One model per replica (detector_max_models=1): the last switch evicted the others.
+    described = serve.get_deployment_handle("Detector", app_name=APP_NAME).options(
+        multiplexed_model_id="beta").describe.remote().result()
+    assert described["loaded_models"] == ["beta"] and described["names"][3] == "beta3"
+    same = _detect(client, disk_scene, "/v1/models/alpha/detect", classes=["alpha7", 2]).json()
+    assert same["model"] == "alpha" and {d["class_name"] for d in same["detections"]} <= {"alpha7", "alpha2"}
+
+
+def test_unknown_and_invalid_models(client: httpx.Client, disk_scene: Scene) -> None:
+    assert _detect(client, disk_scene, "/v1/detect?model=nope").status_code == 404
+    assert _detect(client, disk_scene, "/v1/models/nope/detect").status_code == 404
+    assert _detect(client, disk_scene, "/v1/detect?model=..%2Fx").status_code == 422
+    job = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
+                      data={"options": json.dumps({"stages": ["segment"], "detect": {"model": "gamma"}})})
+    assert job.status_code == 202  # the id is checked when the stage runs
+    done = wait_for_job(client, job.json()["job_id"])
+    assert done["status"] == "failed" and "unknown model 'gamma'" in done["error"]
+
+
+def test_a_job_detects_with_the_model_it_names(client: httpx.Client, disk_scene: Scene) -> None:
+    response = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
+                           data={"options": json.dumps({"stages": ["segment"], "detect": {"model": "beta", "conf": 0.0001}})})
+    job = wait_for_job(client, response.json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    url = next(a["url"] for a in job["artifacts"] if a["name"] == "detections.json")
+    detections = client.get(url).json()
+    assert detections["model_id"] == "beta" and all(n.startswith("beta") for n in detections["class_names"])
