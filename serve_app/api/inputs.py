@@ -1,8 +1,10 @@
-"""Read a request's image (multipart upload, or JSON with image_url) and its options."""
+"""Read a request's image (multipart upload, or JSON with image_url / image_base64) and its options."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import TypeVar
@@ -33,6 +35,18 @@ def _validation_error(exc: ValidationError, prefix: str) -> ApiError:
     loc = ".".join(str(p) for p in first.get("loc", ()))
     param = f"{prefix}.{loc}" if loc else prefix
     return ApiError(422, f"{param}: {first.get('msg')}", "validation_error", param)
+
+
+def _decode_base64(text: str, limit: int) -> bytes:
+    if text.startswith("data:"):  # a data: URL from a browser
+        text = text.split(",", 1)[-1]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "image_base64 is not valid base64", param="image_base64") from None
+    if len(data) > limit:
+        raise ApiError(413, f"image exceeds {limit} bytes", "payload_too_large", "image_base64")
+    return data
 
 
 async def _read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
@@ -80,21 +94,31 @@ async def read_inputs(
         body = await request.body()
         if not body:
             raise ApiError(400, "request body is empty")
-        if len(body) > limit:
-            raise ApiError(413, f"JSON body exceeds {limit} bytes", "payload_too_large")
+        json_limit = limit * 4 // 3 + 65536  # room for a base64 image of `limit` bytes
+        if len(body) > json_limit:
+            raise ApiError(413, f"JSON body exceeds {json_limit} bytes", "payload_too_large")
         try:
             payload = json.loads(body)
         except ValueError:
             raise ApiError(400, "request body is not valid JSON") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("image_url"), str):
-            raise ApiError(422, "JSON body needs an 'image_url' string", "missing_input", "image_url")
-        unknown = set(payload) - {"image_url", "options"}
+        if not isinstance(payload, dict):
+            raise ApiError(422, "JSON body must be an object", "validation_error")
+        sources = [key for key in ("image_url", "image_base64") if key in payload]
+        if len(sources) != 1 or not isinstance(payload[sources[0]], str):
+            raise ApiError(
+                422, "JSON body needs exactly one of 'image_url' or 'image_base64' (a string)",
+                "missing_input", "image_url",
+            )
+        unknown = set(payload) - {"image_url", "image_base64", "options"}
         if unknown:
             raise ApiError(422, f"unknown fields: {sorted(unknown)}", "validation_error", sorted(unknown)[0])
         try:
             options = options_model.model_validate(payload.get("options") or {})
         except ValidationError as exc:
             raise _validation_error(exc, "options") from None
+        if sources[0] == "image_base64":
+            image = _decode_base64(payload["image_base64"], limit)
+            return RequestInputs(image, {}, options)
         url = payload["image_url"]
         if url.startswith("s3://"):
             image = await asyncio.to_thread(
@@ -130,9 +154,10 @@ def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict
                 JSON: {
                     "schema": {
                         "type": "object",
-                        "required": ["image_url"],
                         "properties": {
-                            "image_url": {"type": "string", "format": "uri"},
+                            "image_url": {"type": "string", "format": "uri",
+                                          "description": "http(s):// or s3:// (allowed buckets)"},
+                            "image_base64": {"type": "string", "description": "the image file, base64"},
                             "options": {"type": "object", "description": f"{options_schema} object"},
                         },
                     }

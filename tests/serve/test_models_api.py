@@ -59,3 +59,19 @@ def test_a_job_detects_with_the_model_it_names(client: httpx.Client, disk_scene:
     url = next(a["url"] for a in job["artifacts"] if a["name"] == "detections.json")
     detections = client.get(url).json()
     assert detections["model_id"] == "beta" and all(n.startswith("beta") for n in detections["class_names"])
+
+
+def test_base64_images(client: httpx.Client, disk_scene: Scene) -> None:
+    import base64
+
+    encoded = base64.b64encode(disk_scene.png()).decode()
+    for image in (encoded, "data:image/png;base64," + encoded):
+        response = client.post("/v1/detect?model=alpha", json={"image_base64": image, "options": {"conf": 0.0001}})
+        assert response.status_code == 200, response.text
+        assert response.json()["width"] == 320
+    bad = client.post("/v1/detect", json={"image_base64": "not base64!!"})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "image_base64"
+    both = client.post("/v1/detect", json={"image_base64": encoded, "image_url": "http://x"})
+    assert both.status_code == 422
+    job = client.post("/v1/jobs", json={"image_base64": encoded, "options": {"stages": ["segment"]}})
+    assert job.status_code == 202
