@@ -46,7 +46,11 @@ def placement(device: str) -> dict[str, object]:
 
 
 def resolve_checkpoint(
-    uri: str, cache_dir: Path, s3_endpoint_url: str | None = None, max_cache_bytes: int | None = None
+    uri: str,
+    cache_dir: Path,
+    s3_endpoint_url: str | None = None,
+    max_cache_bytes: int | None = None,
+    cache_tag: str = "",
 ) -> Path:
     """Turn a local path, ``s3://bucket/key`` or ``https://`` URI into a readable local file.
 
@@ -66,7 +70,9 @@ def resolve_checkpoint(
     if parsed.scheme not in ("s3", "https", "http"):
         raise ModelLoadError(f"unsupported checkpoint URI scheme {parsed.scheme!r} (use a path, s3:// or https://)")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:24]}{Path(parsed.path).suffix}"
+    # cache_tag (a reload generation) gives a reloaded model a fresh cache entry.
+    key = hashlib.sha256(f"{uri}#{cache_tag}".encode()).hexdigest()[:24]
+    target = cache_dir / f"{key}{Path(parsed.path).suffix}"
     checksum = target.with_name(target.name + ".sha256")
     with FileLock(str(target) + ".lock", timeout=600):
         if target.is_file() and checksum.is_file() and _sha256(target) == checksum.read_text().strip():

@@ -58,10 +58,20 @@ def is_random_init(source: str) -> bool:
     return source.endswith((".yaml", ".yml"))
 
 
+def split_routed_id(routed_id: str) -> tuple[str, int]:
+    """"chairs@3" → ("chairs", 3): the ingress appends the reload generation."""
+    model_id, _, generation = routed_id.partition("@")
+    return model_id, int(generation) if generation.isdigit() else 0
+
+
+def routed_id(model_id: str, generation: int) -> str:
+    return f"{model_id}@{generation}" if generation else model_id
+
+
 class YoloDetector:
     """One YOLO model. ``source`` (a registry entry) defaults to the configured detector."""
 
-    def __init__(self, config: DetectorConfig, source: str | None = None) -> None:
+    def __init__(self, config: DetectorConfig, source: str | None = None, cache_tag: str = "") -> None:
         prepare_ultralytics_env(config.config_dir)
         import torch
         from ultralytics import YOLO
@@ -72,7 +82,7 @@ class YoloDetector:
         try:
             if not is_random_init(self.source):
                 path = resolve_checkpoint(
-                    self.source, config.weights_dir, config.s3_endpoint_url, config.max_cache_bytes
+                    self.source, config.weights_dir, config.s3_endpoint_url, config.max_cache_bytes, cache_tag
                 )
                 if path.suffix != ".pt":
                     raise ModelLoadError(f"detector checkpoint must be a .pt file, got {path.name}")
@@ -107,13 +117,17 @@ class YoloDetector:
             **placement(self.device),
         }
 
-    def __del__(self) -> None:
-        # Serve's multiplexer drops evicted models; give their GPU memory back at once.
+    def close(self) -> None:
+        """Drop the weights (an evicted or superseded model); GPU memory goes back at once."""
+        self.model = None
         if getattr(self, "device", "cpu") == "cuda":
             import torch
 
-            self.model = None
             torch.cuda.empty_cache()
+
+    def __del__(self) -> None:
+        # Serve's multiplexer calls this when its LRU evicts the model.
+        self.close()
 
     def class_ids(self, classes: list[int | str] | None) -> list[int] | None:
         """Accept class ids or names; unknown ones are a client error."""
@@ -194,9 +208,17 @@ class DetectorDeployment:
         self.config = config
         self.registry = ModelRegistry(config.checkpoint or config.model, config.registry_file, config.models_dir)
 
-        async def load(model_id: str) -> YoloDetector:
+        self._latest: dict[str, tuple[int, YoloDetector]] = {}
+
+        async def load(routed_id: str) -> YoloDetector:
+            model_id, generation = split_routed_id(routed_id)
             entry = self.registry.resolve(model_id)
-            return await asyncio.to_thread(YoloDetector, config, entry.source)
+            model = await asyncio.to_thread(YoloDetector, config, entry.source, str(generation))
+            previous = self._latest.get(model_id)
+            if previous is not None and previous[0] < generation:
+                previous[1].close()  # reloaded: the old weights are not used again
+            self._latest[model_id] = (generation, model)
+            return model
 
         # Decorated here, not on the class, so the LRU size comes from the config.
         self._loader = load
@@ -208,8 +230,11 @@ class DetectorDeployment:
         return list(getattr(wrapper, "models", {}).keys()) if wrapper is not None else []
 
     async def _current(self) -> tuple[str, YoloDetector]:
-        model_id = serve.get_multiplexed_model_id() or DEFAULT_MODEL_ID
-        return model_id, await self._model(model_id)
+        routed_id = serve.get_multiplexed_model_id() or DEFAULT_MODEL_ID
+        model = await self._model(routed_id)
+        if model.model is None:  # closed by a reload that this route predates
+            raise ModelLoadError(f"model {routed_id} was reloaded; retry")
+        return split_routed_id(routed_id)[0], model
 
     async def info(self) -> dict[str, Any]:
         model_id, model = await self._current()

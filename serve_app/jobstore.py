@@ -87,6 +87,16 @@ artifacts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# Detector model generations: a reload bumps it; the ingress routes "<id>@<generation>", so
+# every replica loads the new file on its next call instead of serving the old one.
+model_generations = Table(
+    "model_generations",
+    metadata,
+    Column("model_id", String(64), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("reloaded_at", DateTime(timezone=True), nullable=False),
+)
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -277,6 +287,31 @@ class JobStore:
                 .order_by(jobs.c.finished_at.desc())
                 .limit(1)
             ).scalar()
+
+    def model_generation(self, model_id: str) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(model_generations.c.generation).where(model_generations.c.model_id == model_id)
+            ).scalar()
+        return int(value or 0)
+
+    def bump_model_generation(self, model_id: str) -> int:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(model_generations).where(model_generations.c.model_id == model_id)
+                .values(generation=model_generations.c.generation + 1, reloaded_at=now)
+            )
+            if updated.rowcount == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(model_generations.insert().values(model_id=model_id, generation=1, reloaded_at=now))
+                except IntegrityError:  # a concurrent first reload inserted it
+                    conn.execute(
+                        update(model_generations).where(model_generations.c.model_id == model_id)
+                        .values(generation=model_generations.c.generation + 1, reloaded_at=now)
+                    )
+        return self.model_generation(model_id)
 
     def count(self, status: str) -> int:
         with self.engine.connect() as conn:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from deployments.detector import routed_id
 from serve_app.artifacts import ArtifactStore
 from serve_app.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
@@ -125,7 +126,8 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     box = list(prompt.box) if prompt and prompt.box else None
     detect = options.detect_options
     if detect is not None and box is None and points is None:
-        detector = ctx.handles.detector.options(multiplexed_model_id=detect.model)
+        generation = await asyncio.to_thread(ctx.store.model_generation, detect.model)
+        detector = ctx.handles.detector.options(multiplexed_model_id=routed_id(detect.model, generation))
         found = await detector.detect.remote(
             image, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz, max_det=100, classes=detect.classes
         )

@@ -196,6 +196,11 @@ class ModelPublic(BaseModel):
     origin: Literal["settings", "registry_file", "models_dir"]
 
 
+class ModelReloaded(BaseModel):
+    model_id: str
+    generation: int
+
+
 class ModelList(BaseModel):
     models: list[ModelPublic]
 

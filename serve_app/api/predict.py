@@ -11,6 +11,7 @@ from pydantic import Field
 
 from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.imaging import decode_image, mask_summary
+from deployments.detector import routed_id
 from deployments.errors import InvalidInput
 from serve_app.errors import ApiError
 from serve_app.schemas import (
@@ -19,6 +20,7 @@ from serve_app.schemas import (
     ErrorBody,
     ModelList,
     ModelPublic,
+    ModelReloaded,
     Prompt,
     SegmentResponse,
 )
@@ -97,13 +99,25 @@ async def list_models(services: ServicesDep) -> ModelList:
     ])
 
 
+@router.post("/models/{model_id}/reload", response_model=ModelReloaded, responses={404: {"model": ErrorBody}},
+             summary="Load the model's file afresh on every replica (admin)")
+async def reload_model(model_id: str, services: ServicesDep) -> ModelReloaded:
+    """Bumps the model's generation: requests are routed as "<id>@<generation>", so each
+    replica loads the current file (checkpoint cache included) on its next call and closes
+    the old weights."""
+    checked = checked_model(services, model_id)
+    generation = await asyncio.to_thread(services.store.bump_model_generation, checked)
+    return ModelReloaded(model_id=checked, generation=generation)
+
+
 async def _detect(request: Request, services: Services, model_query: str | None) -> DetectResponse:
     inputs = await read_inputs(request, services.settings, DetectRequestOptions)
     options: DetectRequestOptions = inputs.options  # type: ignore[assignment]
     model_id = checked_model(services, model_query or options.model)
     image = await asyncio.to_thread(decode_image, inputs.image, services.settings.max_image_pixels)
     started = time.perf_counter()
-    detector = services.handles.detector.options(multiplexed_model_id=model_id)
+    generation = await asyncio.to_thread(services.store.model_generation, model_id)
+    detector = services.handles.detector.options(multiplexed_model_id=routed_id(model_id, generation))
     found = await detector.detect.remote(
         image.array, conf=options.conf, iou=options.iou, imgsz=options.imgsz,
         max_det=options.max_det, classes=options.classes,

@@ -75,3 +75,26 @@ def test_base64_images(client: httpx.Client, disk_scene: Scene) -> None:
     assert both.status_code == 422
     job = client.post("/v1/jobs", json={"image_base64": encoded, "options": {"stages": ["segment"]}})
     assert job.status_code == 202
+
+
+def test_reload_picks_up_a_replaced_file(client: httpx.Client, disk_scene: Scene, models_dir) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import save_yolo
+
+    def names(model: str) -> set[str]:
+        body = _detect(client, disk_scene, f"/v1/detect?model={model}").json()
+        return {d["class_name"].rstrip("0123456789") for d in body["detections"]}
+
+    assert names("alpha") == {"alpha"}
+    original = (models_dir / "alpha.pt").read_bytes()
+    save_yolo(models_dir / "alpha.pt", "gamma")  # a retrained run, same model id
+    try:
+        assert names("alpha") == {"alpha"}  # still the loaded weights: no silent swap
+        reloaded = client.post("/v1/models/alpha/reload")
+        assert reloaded.status_code == 200 and reloaded.json()["generation"] >= 1
+        assert names("alpha") == {"gamma"}
+        assert names("beta") == {"beta"}  # other models untouched
+        assert client.post("/v1/models/nope/reload").status_code == 404
+    finally:
+        (models_dir / "alpha.pt").write_bytes(original)
+        client.post("/v1/models/alpha/reload")
+    assert names("alpha") == {"alpha"}
