@@ -33,8 +33,12 @@ class MeshConverter:
         formats: list[str] | None = None,
         collision: bool = True,
         preview: bool = True,
+        prefix: str = "",
     ) -> dict[str, Any]:
-        """Returns ``files``: a list of {name, data, media_type}, and ``stats``."""
+        """Returns ``files``: a list of {name, data, media_type}, and ``stats``.
+
+        ``prefix`` namespaces every file name (``obj2_visual.obj``…) for multi-object jobs.
+        """
         from deployments.meshing.export import (
             MEDIA_TYPES,
             MESH_FORMATS,
@@ -53,20 +57,20 @@ class MeshConverter:
         visual = load_mesh(mesh, mesh_format)
         files: list[FileOut] = []
         for fmt in formats:
-            files += export_mesh(visual, fmt, "visual")
+            files += export_mesh(visual, fmt, f"{prefix}visual")
         stats: dict[str, Any] = {
             "visual": _mesh_stats(visual),
         }
         if collision:
             hull = collision_hull(visual)
             for fmt in ("obj", "stl"):
-                files += export_mesh(hull, fmt, "collision")
+                files += export_mesh(hull, fmt, f"{prefix}collision")
             stats["collision"] = {**_mesh_stats(hull), "parts": 1, "method": "convex_hull"}
         if preview:
             gif = turntable_gif(visual, self.config.preview_frames, self.config.preview_size_px)
-            files.append(FileOut("preview.gif", gif, MEDIA_TYPES["gif"]))
+            files.append(FileOut(f"{prefix}preview.gif", gif, MEDIA_TYPES["gif"]))
         stats["seconds"] = round(time.perf_counter() - started, 3)
-        files.append(FileOut("mesh_stats.json", json.dumps(stats, indent=2).encode(), MEDIA_TYPES["json"]))
+        files.append(FileOut(f"{prefix}mesh_stats.json", json.dumps(stats, indent=2).encode(), MEDIA_TYPES["json"]))
         return {
             "files": [{"name": f.name, "data": f.data, "media_type": f.media_type} for f in files],
             "stats": stats,
@@ -120,7 +124,8 @@ class ConverterDeployment:
         formats: list[str] | None = None,
         collision: bool = True,
         preview: bool = True,
+        prefix: str = "",
     ) -> dict[str, Any]:
         return await asyncio.to_thread(
-            self._converter.convert, mesh, mesh_format, formats, collision, preview
+            self._converter.convert, mesh, mesh_format, formats, collision, preview, prefix
         )

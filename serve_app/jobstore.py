@@ -456,6 +456,14 @@ class JobStore:
             conn.execute(update(stages).where(stages.c.job_id == job_id, stages.c.name == name).values(**values))
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
 
+    def set_stage_progress(self, job_id: str, name: str, percent: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(stages).where(stages.c.job_id == job_id, stages.c.name == name, stages.c.status == "running")
+                .values(progress=round(min(max(percent, 0.0), 99.9), 2))
+            )
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=utcnow()))
+
     def add_artifact(self, job_id: str, name: str, stage: str, media_type: str, size: int) -> None:
         now = utcnow()
         with self.engine.begin() as conn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,13 +85,25 @@ class StageContext:
         size = await asyncio.to_thread(self.files.put, self.job.id, name, data, media_type)
         await asyncio.to_thread(self.store.add_artifact, self.job.id, name, stage, media_type, size)
 
-    def artifact_name(self, role: str) -> str | None:
-        """The artifact for a role: a stage's output wins over the job's supplied input."""
+    def artifact_name(self, role: str, prefix: str = "") -> str | None:
+        """The artifact for a role (of one object): a stage's output wins over the job's input."""
         produced = {a.name for a in self.job.artifacts}
         for name in PRODUCED_BY_ROLE.get(role, ()):
-            if name in produced:
-                return name
-        return self.job.inputs.get(role)
+            if prefix + name in produced:
+                return prefix + name
+        return None if prefix else self.job.inputs.get(role)
+
+    def objects(self) -> list[str]:
+        """Artifact-name prefixes of the job's objects: ``[""]`` for one, ``obj<k>_`` for many."""
+        pattern = re.compile(r"^(obj\d+_)mask\.png$")
+        prefixes = sorted(
+            {m.group(1) for a in self.job.artifacts if (m := pattern.match(a.name))},
+            key=lambda p: int(p[3:-1]),
+        )
+        return prefixes or [""]
+
+    async def progress(self, stage: str, percent: float) -> None:
+        await asyncio.to_thread(self.store.set_stage_progress, self.job.id, stage, percent)
 
     async def read(self, name: str) -> bytes:
         return await asyncio.to_thread(self.files.get, self.job.id, name)
@@ -101,75 +114,116 @@ class StageContext:
             self._image = (await asyncio.to_thread(decode_image, data, self.max_pixels)).array
         return self._image
 
-    async def mask(self) -> np.ndarray:
-        name = self.artifact_name("mask")
+    async def mask(self, prefix: str = "") -> np.ndarray:
+        name = self.artifact_name("mask", prefix)
         if name is None:
             raise ApiError(422, "job has no mask", "missing_input", "mask")
         image = await self.image()
         data = await self.read(name)
         return await asyncio.to_thread(decode_mask, data, image.shape[1], image.shape[0], self.max_pixels)
 
-    async def mesh(self) -> tuple[bytes, str]:
-        name = self.artifact_name("mesh")
+    async def mesh(self, prefix: str = "") -> tuple[bytes, str]:
+        name = self.artifact_name("mesh", prefix)
         if name is None:
             raise ApiError(422, "job has no mesh", "missing_input", "mesh")
         return await self.read(name), name.rsplit(".", 1)[-1].lower()
 
 
+async def _detections(ctx: StageContext, image: np.ndarray) -> dict[str, Any]:
+    detect = ctx.options.detect_options
+    assert detect is not None
+    generation = await asyncio.to_thread(ctx.store.model_generation, detect.model)
+    detector = ctx.handles.detector.options(multiplexed_model_id=routed_id(detect.model, generation))
+    found = await detector.detect.remote(
+        image, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz, max_det=100, classes=detect.classes
+    )
+    await ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
+    return found
+
+
+async def _segment_one(ctx: StageContext, image: np.ndarray, prefix: str, **prompt: Any) -> dict[str, Any]:
+    result = await ctx.handles.segmenter.segment.remote(image, multimask=False, **prompt)
+    mask = np.asarray(result["masks"][0], dtype=bool)
+    if not mask.any():
+        raise ApiError(422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt")
+    await ctx.write("segment", f"{prefix}mask.png", mask_png(mask), "image/png")
+    await ctx.write("segment", f"{prefix}mask_rle.json", json.dumps(mask_rle(mask)).encode(), "application/json")
+    return {"score": round(float(result["scores"][0]), 5), "area": int(mask.sum()), "prompt": result["prompt"]}
+
+
 async def run_segment(ctx: StageContext) -> dict[str, Any]:
+    """One mask from the prompt (or the centre / the detector's top box), or — with
+    ``detect.max_objects`` > 1 — one mask per detection, named ``obj<k>_mask.png``."""
     options = ctx.options
     prompt = options.prompt
     image = await ctx.image()
-    detail: dict[str, Any] = {}
     points = [list(p) for p in prompt.points] if prompt and prompt.points else None
     labels = list(prompt.labels) if prompt and prompt.labels else None
     box = list(prompt.box) if prompt and prompt.box else None
     detect = options.detect_options
-    if detect is not None and box is None and points is None:
-        generation = await asyncio.to_thread(ctx.store.model_generation, detect.model)
-        detector = ctx.handles.detector.options(multiplexed_model_id=routed_id(detect.model, generation))
-        found = await detector.detect.remote(
-            image, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz, max_det=100, classes=detect.classes
-        )
-        await ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
-        detail["detections"] = len(found["boxes"])
-        if found["boxes"]:
-            box = found["boxes"][0]  # highest score first
-            detail["prompt_from"] = f"detector box ({found['class_names'][0]}, {found['scores'][0]:.3f})"
-        else:
-            detail["prompt_from"] = "image centre (the detector found nothing)"
-    result = await ctx.handles.segmenter.segment.remote(image, points=points, labels=labels, box=box, multimask=False)
-    mask = np.asarray(result["masks"][0], dtype=bool)
-    if not mask.any():
-        raise ApiError(422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt")
-    await ctx.write("segment", "mask.png", mask_png(mask), "image/png")
-    await ctx.write("segment", "mask_rle.json", json.dumps(mask_rle(mask)).encode(), "application/json")
-    detail.update(score=round(float(result["scores"][0]), 5), area=int(mask.sum()), prompt=result["prompt"])
-    return detail
+    if detect is None or box is not None or points is not None:
+        return await _segment_one(ctx, image, "", points=points, labels=labels, box=box)
+    found = await _detections(ctx, image)
+    if not found["boxes"]:
+        detail = await _segment_one(ctx, image, "")
+        return {**detail, "detections": 0, "prompt_from": "image centre (the detector found nothing)"}
+    if detect.max_objects == 1:
+        detail = await _segment_one(ctx, image, "", box=found["boxes"][0])  # highest score first
+        source = f"detector box ({found['class_names'][0]}, {found['scores'][0]:.3f})"
+        return {**detail, "detections": len(found["boxes"]), "prompt_from": source}
+    objects = []
+    count = min(detect.max_objects, len(found["boxes"]))
+    for index in range(count):
+        one = await _segment_one(ctx, image, object_prefix(index), box=found["boxes"][index])
+        objects.append({**one, "object": index, "class_name": found["class_names"][index],
+                        "detector_score": found["scores"][index]})
+        await ctx.progress("segment", 100.0 * (index + 1) / count)
+    return {"detections": len(found["boxes"]), "objects": objects, "prompt_from": "detector boxes"}
+
+
+def object_prefix(index: int) -> str:
+    return f"obj{index}_"
 
 
 async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
-    result = await ctx.handles.reconstructor.reconstruct.remote(await ctx.image(), await ctx.mask())
-    await ctx.write("reconstruct", "shape.ply", result["mesh"], "application/x-ply")
-    return result["stats"]
+    stats = {}
+    for done, prefix in enumerate(ctx.objects(), start=1):
+        result = await ctx.handles.reconstructor.reconstruct.remote(await ctx.image(), await ctx.mask(prefix))
+        await ctx.write("reconstruct", f"{prefix}shape.ply", result["mesh"], "application/x-ply")
+        stats[prefix or "object"] = result["stats"]
+        await ctx.progress("reconstruct", 100.0 * done / len(ctx.objects()))
+    return stats if len(stats) > 1 else stats["object"]
 
 
 async def run_paint(ctx: StageContext) -> dict[str, Any]:
-    mesh, fmt = await ctx.mesh()
-    result = await ctx.handles.reconstructor.paint.remote(mesh, await ctx.image(), await ctx.mask(), mesh_format=fmt)
-    await ctx.write("paint", "textured.glb", result["mesh"], "model/gltf-binary")
-    return result["stats"]
+    stats = {}
+    for done, prefix in enumerate(ctx.objects(), start=1):
+        mesh, fmt = await ctx.mesh(prefix)
+        result = await ctx.handles.reconstructor.paint.remote(
+            mesh, await ctx.image(), await ctx.mask(prefix), mesh_format=fmt
+        )
+        await ctx.write("paint", f"{prefix}textured.glb", result["mesh"], "model/gltf-binary")
+        stats[prefix or "object"] = result["stats"]
+        await ctx.progress("paint", 100.0 * done / len(ctx.objects()))
+    return stats if len(stats) > 1 else stats["object"]
 
 
 async def run_convert(ctx: StageContext) -> dict[str, Any]:
-    mesh, fmt = await ctx.mesh()
     options = ctx.options
-    result = await ctx.handles.converter.convert.remote(
-        mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision, preview=options.preview
-    )
-    for item in result["files"]:
-        await ctx.write("convert", item["name"], item["data"], item["media_type"])
-    return {"files": [f["name"] for f in result["files"]], "seconds": result["stats"]["seconds"]}
+    files: list[str] = []
+    seconds = 0.0
+    for done, prefix in enumerate(ctx.objects(), start=1):
+        mesh, fmt = await ctx.mesh(prefix)
+        result = await ctx.handles.converter.convert.remote(
+            mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision,
+            preview=options.preview, prefix=prefix,
+        )
+        for item in result["files"]:
+            await ctx.write("convert", item["name"], item["data"], item["media_type"])
+        files += [f["name"] for f in result["files"]]
+        seconds += result["stats"]["seconds"]
+        await ctx.progress("convert", 100.0 * done / len(ctx.objects()))
+    return {"files": files, "seconds": round(seconds, 3)}
 
 
 STAGE_RUNNERS = {

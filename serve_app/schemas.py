@@ -42,6 +42,11 @@ class DetectOptions(Strict):
     iou: float = Field(0.7, ge=0.0, le=1.0)
     imgsz: int = Field(640, ge=32, le=4096)
     classes: list[int | str] | None = Field(None, description="Class ids or names to keep.")
+    max_objects: int = Field(
+        1, ge=1, le=50,
+        description="Objects to process: 1 = the top box prompts SAM2; more = one mask and mesh "
+        "set per detection (artifacts named obj<k>_…).",
+    )
 
 
 class JobOptions(Strict):

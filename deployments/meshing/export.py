@@ -44,6 +44,11 @@ def load_mesh(data: bytes, file_type: str) -> trimesh.Trimesh:
 def export_mesh(mesh: trimesh.Trimesh, fmt: str, stem: str) -> list[FileOut]:
     """One mesh in one format; OBJ also yields its MTL and texture files."""
     if fmt == "obj":
+        material = getattr(mesh.visual, "material", None)
+        if material is not None:
+            # The texture file is named after the material: keep it per stem (per object).
+            mesh = mesh.copy()
+            mesh.visual.material.name = f"{stem}_texture"
         text, extras = trimesh.exchange.obj.export_obj(
             mesh, include_texture=True, return_texture=True, mtl_name=f"{stem}.mtl"
         )

@@ -189,3 +189,26 @@ def test_s3_input_and_presigned_artifacts(client, disk_scene: Scene, s3_endpoint
     assert followed.status_code == 200 and followed.content.startswith(b"\x89PNG")
     refused = client.post("/v1/jobs", json={"image_url": "s3://some-other-bucket/x.png"})
     assert refused.status_code == 422
+
+
+def test_detect_segment_3d_per_object(client) -> None:  # type: ignore[no-untyped-def]
+    """detect.max_objects: one mask and one full mesh set per detection, named obj<k>_…"""
+    scene = make_scene("disk")
+    options = {"detect": {"conf": 0.0001, "max_objects": 3}, "formats": ["glb", "stl"]}
+    job = wait_for_job(client, _submit(client, scene, options))
+    assert job["status"] == "succeeded", job["error"]
+    segment = job["stages"][0]
+    objects = segment["detail"]["objects"]
+    detections = json.loads(_download(client, job, "detections.json"))
+    assert len(objects) == min(3, len(detections["boxes"])) == 3
+    names = {a["name"] for a in job["artifacts"]}
+    for k, obj in enumerate(objects):
+        assert obj["prompt"]["box"] == [float(v) for v in detections["boxes"][k]]
+        assert obj["class_name"] == detections["class_names"][k]
+        assert {f"obj{k}_mask.png", f"obj{k}_mask_rle.json", f"obj{k}_shape.ply", f"obj{k}_textured.glb",
+                f"obj{k}_visual.glb", f"obj{k}_visual.stl", f"obj{k}_collision.stl", f"obj{k}_preview.gif",
+                f"obj{k}_mesh_stats.json"} <= names
+        mesh = trimesh.load(io.BytesIO(_download(client, job, f"obj{k}_visual.stl")), file_type="stl", force="mesh")
+        assert mesh.is_watertight
+    assert "mask.png" not in names and "visual.glb" not in names
+    assert all(stage["progress"] == 100 for stage in job["stages"])
