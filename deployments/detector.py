@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 import logging
 import os
 import shutil
@@ -28,6 +29,8 @@ class DetectorConfig(BaseModel):
     models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
     max_models: int = Field(2, ge=1, description="Models one replica keeps loaded (LRU).")
     max_cache_bytes: int | None = Field(None, description="Bound of the on-disk checkpoint cache.")
+    max_batch_size: int = Field(1, ge=1, le=256, description="@serve.batch size; 1 = no batching.")
+    batch_wait_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "half"] = Field(
@@ -156,30 +159,31 @@ class YoloDetector:
         max_det: int = 300,
         classes: list[int | str] | None = None,
     ) -> dict[str, Any]:
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            raise InvalidInput("image must be an HxWx3 RGB array", param="image")
-        if not 0.0 <= conf <= 1.0:
-            raise InvalidInput("conf must be in [0, 1]", param="conf")
-        if not 0.0 <= iou <= 1.0:
-            raise InvalidInput("iou must be in [0, 1]", param="iou")
-        if not 32 <= imgsz <= 4096:
-            raise InvalidInput("imgsz must be in [32, 4096]", param="imgsz")
-        if not 1 <= max_det <= 10000:
-            raise InvalidInput("max_det must be in [1, 10000]", param="max_det")
-        class_ids = self.class_ids(classes)
-        height, width = image.shape[:2]
+        return self.detect_many([image], DetectParams(conf, iou, imgsz, max_det, classes))[0]
+
+    def detect_many(self, images: list[np.ndarray], params: DetectParams) -> list[dict[str, Any]]:
+        """One forward pass over several images that share the same parameters."""
+        for image in images:
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+                raise InvalidInput("image must be an HxWx3 RGB array", param="image")
+        params.validate()
+        class_ids = self.class_ids(params.classes)
         with self._lock:
-            result = self.model.predict(
-                source=np.ascontiguousarray(image[:, :, ::-1]),  # ultralytics wants BGR
-                conf=conf,
-                iou=iou,
-                imgsz=imgsz,
-                max_det=max_det,
+            results = self.model.predict(
+                source=[np.ascontiguousarray(image[:, :, ::-1]) for image in images],  # BGR
+                conf=params.conf,
+                iou=params.iou,
+                imgsz=params.imgsz,
+                max_det=params.max_det,
                 classes=class_ids,
                 device=self.device,
                 quantize=16 if self.half else None,  # fp16 (8.4's replacement for half=True)
                 verbose=False,
-            )[0]
+            )
+        return [self._answer(result, image) for result, image in zip(results, images, strict=True)]
+
+    def _answer(self, result: Any, image: np.ndarray) -> dict[str, Any]:
+        height, width = image.shape[:2]
         boxes = result.boxes
         xyxy = boxes.xyxy.cpu().numpy().astype(float) if len(boxes) else np.zeros((0, 4))
         ids = boxes.cls.cpu().numpy().astype(int).tolist() if len(boxes) else []
@@ -192,6 +196,28 @@ class YoloDetector:
             "image_size": [int(width), int(height)],
             "speed_ms": {k: round(float(v), 2) for k, v in (result.speed or {}).items()},
         }
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int = 640
+    max_det: int = 300
+    classes: list[int | str] | None = None
+
+    def validate(self) -> None:
+        if not 0.0 <= self.conf <= 1.0:
+            raise InvalidInput("conf must be in [0, 1]", param="conf")
+        if not 0.0 <= self.iou <= 1.0:
+            raise InvalidInput("iou must be in [0, 1]", param="iou")
+        if not 32 <= self.imgsz <= 4096:
+            raise InvalidInput("imgsz must be in [32, 4096]", param="imgsz")
+        if not 1 <= self.max_det <= 10000:
+            raise InvalidInput("max_det must be in [1, 10000]", param="max_det")
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.conf, self.iou, self.imgsz, self.max_det, tuple(self.classes or ()))
 
 
 @serve.deployment(
@@ -224,6 +250,29 @@ class DetectorDeployment:
         self._loader = load
         self._model = serve.multiplexed(max_num_models_per_replica=config.max_models)(load)
 
+        async def detect_batch(items: list[tuple[np.ndarray, DetectParams]]) -> list[dict[str, Any]]:
+            # Serve splits batches by multiplexed model id, so one batch = one model.
+            model_id, model = await self._current()
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for index, (_, params) in enumerate(items):
+                groups.setdefault(params.key(), []).append(index)
+            answers: list[Any] = [None] * len(items)
+            for indices in groups.values():
+                params = items[indices[0]][1]
+                try:
+                    results = await asyncio.to_thread(model.detect_many, [items[i][0] for i in indices], params)
+                except InvalidInput as exc:
+                    results = [exc] * len(indices)  # this group's callers get the error
+                for i, result in zip(indices, results, strict=True):
+                    answers[i] = result if isinstance(result, Exception) else {**result, "model_id": model_id}
+            return answers
+
+        self._batched = None
+        if config.max_batch_size > 1:
+            self._batched = serve.batch(
+                max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.batch_wait_s
+            )(detect_batch)
+
     def loaded_models(self) -> list[str]:
         # Serve keeps its LRU on the decorated function (ray/serve/multiplex.py).
         wrapper = getattr(self._loader, "__serve_multiplex_wrapper", None)
@@ -255,6 +304,12 @@ class DetectorDeployment:
         max_det: int = 300,
         classes: list[int | str] | None = None,
     ) -> dict[str, Any]:
+        params = DetectParams(conf, iou, imgsz, max_det, classes)
+        if self._batched is not None:
+            answer = await self._batched((image, params))
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
         model_id, model = await self._current()
-        result = await asyncio.to_thread(model.detect, image, conf, iou, imgsz, max_det, classes)
+        (result,) = await asyncio.to_thread(model.detect_many, [image], params)
         return {**result, "model_id": model_id}

@@ -52,10 +52,19 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
             weights_dir=weights_dir, config_dir=(settings.data_dir / "ultralytics").resolve(),
             registry_file=settings.detector_registry_file, models_dir=settings.detector_models_dir,
             max_models=settings.detector_max_models,
+            max_batch_size=settings.detector_batch_size or default_batch_size(),
+            batch_wait_s=settings.detector_batch_wait_s,
             max_cache_bytes=int(settings.weights_cache_max_mb * 2**20) if settings.weights_cache_max_mb else None,
             s3_endpoint_url=settings.s3_endpoint_url,
         ),
     )
+
+
+def default_batch_size() -> int:
+    """Batch on GPU clusters (8), not on CPU ones (1): measured in bench/detector.py."""
+    import ray
+
+    return 8 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 1
 
 
 def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
 from serve_app.errors import ApiError
@@ -37,13 +37,13 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(413, f"{what} has too many pixels", "payload_too_large", what) from None
+    except Exception:  # UnidentifiedImageError, or whatever a plugin's opener raises on junk
         raise ApiError(
             415, f"{what} is not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})",
             "unsupported_media_type", what,
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, f"{what} has too many pixels", "payload_too_large", what) from None
     if image.format not in ACCEPTED_FORMATS:
         raise ApiError(415, f"{what} format {image.format} is not accepted", "unsupported_media_type", what)
     width, height = image.size

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     )
     detector_models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
     detector_max_models: int = Field(2, ge=1, description="YOLO models one replica keeps (LRU).")
+    detector_batch_size: int | None = Field(
+        None, ge=1, le=256,
+        description="@serve.batch size for detect; default 8 on a GPU cluster, 1 (off) on CPU, "
+        "where batching measured no gain (bench/detector.py).",
+    )
+    detector_batch_wait_s: float = Field(0.005, ge=0, description="Batch fill timeout.")
     weights_cache_max_mb: float | None = Field(
         None, gt=0, description="Bound of the on-disk checkpoint cache (LRU eviction)."
     )

@@ -98,3 +98,41 @@ def test_reload_picks_up_a_replaced_file(client: httpx.Client, disk_scene: Scene
         (models_dir / "alpha.pt").write_bytes(original)
         client.post("/v1/models/alpha/reload")
     assert names("alpha") == {"alpha"}
+
+
+def test_batched_detector_keeps_answers_apart(live_app, test_settings: dict) -> None:  # type: ignore[no-untyped-def]
+    """@serve.batch on: concurrent requests for two models and mixed parameters each get
+    their own answer; a bad request fails alone."""
+    from deployments.errors import InvalidInput
+    from serve_app.app import model_configs
+    from serve_app.settings import Settings
+    from tests.helpers import make_scene
+
+    config = model_configs(Settings(**test_settings))[3].model_copy(
+        update={"max_batch_size": 8, "batch_wait_s": 0.2, "max_models": 2}
+    )
+    deployment = __import__("deployments.detector", fromlist=["DetectorDeployment"]).DetectorDeployment.options(
+        name="BatchedDetector", ray_actor_options={"num_cpus": 0.25, "num_gpus": 0}, num_replicas=1,
+        autoscaling_config=None, max_ongoing_requests=32,
+    )
+    handle = serve.run(deployment.bind(config), name="batched", route_prefix=None)
+    try:
+        sizes = [(200 + 8 * i, 160 + 8 * i) for i in range(6)]
+        calls = []
+        for i, (w, h) in enumerate(sizes):
+            model = "alpha" if i % 2 == 0 else "beta"
+            calls.append((model, (w, h), handle.options(multiplexed_model_id=model).detect.remote(
+                make_scene("disk", h, w).image, conf=0.0001, max_det=3 + i % 2)))
+        bad = handle.options(multiplexed_model_id="alpha").detect.remote(make_scene().image, conf=7.0)
+        for model, (w, h), call in calls:
+            answer = call.result(timeout_s=120)
+            assert answer["model_id"] == model and answer["image_size"] == [w, h]
+            assert all(name.startswith(model) for name in answer["class_names"])
+        try:
+            bad.result(timeout_s=120)
+        except InvalidInput as exc:
+            assert "conf" in str(exc)
+        else:
+            raise AssertionError("conf=7 must fail")
+    finally:
+        serve.delete("batched")
