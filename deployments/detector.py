@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import time
 from dataclasses import dataclass
 import logging
 import os
@@ -59,6 +62,28 @@ def prepare_ultralytics_env(config_dir: Path) -> None:
 
 def is_random_init(source: str) -> bool:
     return source.endswith((".yaml", ".yml"))
+
+
+KV_NAMESPACE = "meshline"
+LOADED_MODELS_PREFIX = "detector-models/"
+LOADED_MODELS_REFRESH_S = 5.0
+LOADED_MODELS_STALE_S = 30.0  # a replica that stopped refreshing is gone
+
+
+def loaded_models_by_replica(app_name: str) -> dict[str, dict[str, Any]]:
+    """What each live Detector replica of ``app_name`` holds (read by the ingress)."""
+    from ray.experimental import internal_kv
+
+    prefix = f"{LOADED_MODELS_PREFIX}{app_name}/"
+    found = {}
+    for key in internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE):
+        raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        if raw is None:
+            continue
+        entry = json.loads(raw)
+        if time.time() - entry.get("at", 0) < LOADED_MODELS_STALE_S:
+            found[(key.decode() if isinstance(key, bytes) else key)[len(prefix):]] = entry
+    return found
 
 
 def split_routed_id(routed_id: str) -> tuple[str, int]:
@@ -187,7 +212,7 @@ class YoloDetector:
         boxes = result.boxes
         xyxy = boxes.xyxy.cpu().numpy().astype(float) if len(boxes) else np.zeros((0, 4))
         ids = boxes.cls.cpu().numpy().astype(int).tolist() if len(boxes) else []
-        return {
+        answer = {
             "boxes": xyxy.round(2).tolist(),
             "boxes_normalized": (xyxy / [width, height, width, height]).round(6).tolist(),
             "scores": (boxes.conf.cpu().numpy().astype(float).round(5).tolist() if len(boxes) else []),
@@ -196,6 +221,21 @@ class YoloDetector:
             "image_size": [int(width), int(height)],
             "speed_ms": {k: round(float(v), 2) for k, v in (result.speed or {}).items()},
         }
+        if getattr(result, "masks", None) is not None:
+            answer["masks_rle"] = [polygon_rle(polygon, width, height) for polygon in result.masks.xy]
+        return answer
+
+
+def polygon_rle(polygon: np.ndarray, width: int, height: int) -> dict[str, Any]:
+    """An instance mask (ultralytics' polygon in image pixels) as COCO RLE at image size."""
+    from PIL import Image, ImageDraw
+    from pycocotools import mask as mask_utils
+
+    canvas = Image.new("L", (width, height), 0)
+    if len(polygon) >= 3:
+        ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in polygon], fill=1)
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(canvas, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 @dataclass(frozen=True)
@@ -230,9 +270,12 @@ class DetectorDeployment:
     request with ``multiplexed_model_id`` to a replica that already holds that model; each
     replica keeps at most ``max_models`` loaded (LRU)."""
 
-    def __init__(self, config: DetectorConfig) -> None:
+    async def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.registry = ModelRegistry(config.checkpoint or config.model, config.registry_file, config.models_dir)
+        context = serve.get_replica_context()
+        self._kv_key = f"{LOADED_MODELS_PREFIX}{context.app_name}/{context.replica_id.unique_id}"
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_loaded())
 
         self._latest: dict[str, tuple[int, YoloDetector]] = {}
 
@@ -244,6 +287,7 @@ class DetectorDeployment:
             if previous is not None and previous[0] < generation:
                 previous[1].close()  # reloaded: the old weights are not used again
             self._latest[model_id] = (generation, model)
+            await asyncio.to_thread(self._publish_loaded, [routed_id])
             return model
 
         # Decorated here, not on the class, so the LRU size comes from the config.
@@ -272,6 +316,33 @@ class DetectorDeployment:
             self._batched = serve.batch(
                 max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.batch_wait_s
             )(detect_batch)
+
+    def _publish_loaded(self, extra: list[str] = ()) -> None:  # type: ignore[assignment]
+        """Tell the ingress (GET /v1/models) what this replica holds, via Ray's internal KV."""
+        from ray.experimental import internal_kv
+
+        loaded = list(dict.fromkeys([*self.loaded_models(), *extra]))
+        names = {}
+        for routed in loaded:
+            model_id = split_routed_id(routed)[0]
+            current = self._latest.get(model_id)
+            if current is not None and current[1].model is not None:
+                names[model_id] = {"task": current[1].model.task, "names": current[1].names}
+        value = json.dumps({"models": [split_routed_id(r)[0] for r in loaded], "info": names, "at": time.time()})
+        internal_kv._internal_kv_put(self._kv_key, value, overwrite=True, namespace=KV_NAMESPACE)
+
+    async def _refresh_loaded(self) -> None:
+        while True:  # also reflects LRU evictions, which happen inside Serve
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._publish_loaded)
+            await asyncio.sleep(LOADED_MODELS_REFRESH_S)
+
+    def __del__(self) -> None:
+        from ray.experimental import internal_kv
+
+        with contextlib.suppress(Exception):
+            self._refresher.cancel()
+            internal_kv._internal_kv_del(self._kv_key, namespace=KV_NAMESPACE)
 
     def loaded_models(self) -> list[str]:
         # Serve keeps its LRU on the decorated function (ray/serve/multiplex.py).

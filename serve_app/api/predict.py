@@ -11,7 +11,7 @@ from pydantic import Field
 
 from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.imaging import decode_image, mask_summary
-from deployments.detector import routed_id
+from deployments.detector import loaded_models_by_replica, routed_id
 from deployments.errors import InvalidInput
 from serve_app.errors import ApiError
 from serve_app.schemas import (
@@ -93,10 +93,16 @@ async def detect_with_model(model_id: str, request: Request, services: ServicesD
 @router.get("/models", response_model=ModelList, summary="Registered detector models")
 async def list_models(services: ServicesDep) -> ModelList:
     entries = await asyncio.to_thread(services.registry.entries)
-    return ModelList(models=[
-        ModelPublic(model_id=e.model_id, source=e.source, origin=e.origin)  # type: ignore[arg-type]
-        for e in entries.values()
-    ])
+    replicas = await asyncio.to_thread(loaded_models_by_replica, services.app_name)
+    listed = []
+    for entry in entries.values():
+        holders = sorted(r for r, held in replicas.items() if entry.model_id in held["models"])
+        info = next((held["info"][entry.model_id] for held in replicas.values() if entry.model_id in held["info"]), {})
+        listed.append(ModelPublic(
+            model_id=entry.model_id, source=entry.source, origin=entry.origin,  # type: ignore[arg-type]
+            task=info.get("task"), class_names=info.get("names"), loaded_on=holders,
+        ))
+    return ModelList(models=listed)
 
 
 @router.post("/models/{model_id}/reload", response_model=ModelReloaded, responses={404: {"model": ErrorBody}},
@@ -122,11 +128,12 @@ async def _detect(request: Request, services: Services, model_query: str | None)
         image.array, conf=options.conf, iou=options.iou, imgsz=options.imgsz,
         max_det=options.max_det, classes=options.classes,
     )
+    masks = found.get("masks_rle") or [None] * len(found["boxes"])
     detections = [
-        {"box": box, "box_normalized": norm, "score": score, "class_id": cid, "class_name": cname}
-        for box, norm, score, cid, cname in zip(
+        {"box": box, "box_normalized": norm, "score": score, "class_id": cid, "class_name": cname, "mask_rle": rle}
+        for box, norm, score, cid, cname, rle in zip(
             found["boxes"], found["boxes_normalized"], found["scores"], found["class_ids"], found["class_names"],
-            strict=True,
+            masks, strict=True,
         )
     ]
     return DetectResponse(

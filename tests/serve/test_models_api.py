@@ -38,6 +38,9 @@ def test_alternating_models_answer_with_their_own_classes(client: httpx.Client, 
     assert described["loaded_models"] == ["beta"] and described["names"][3] == "beta3"
     same = _detect(client, disk_scene, "/v1/models/alpha/detect", classes=["alpha7", 2]).json()
     assert same["model"] == "alpha" and {d["class_name"] for d in same["detections"]} <= {"alpha7", "alpha2"}
+    listed = {m["model_id"]: m for m in client.get("/v1/models").json()["models"]}
+    assert len(listed["alpha"]["loaded_on"]) == 1 and listed["beta"]["loaded_on"] == []  # LRU of one
+    assert listed["alpha"]["class_names"]["7"] == "alpha7" and listed["alpha"]["task"] == "detect"
 
 
 def test_unknown_and_invalid_models(client: httpx.Client, disk_scene: Scene) -> None:

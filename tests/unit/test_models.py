@@ -193,3 +193,21 @@ def test_checkpoint_cache_is_bounded_and_verified(tmp_path: Path) -> None:
     assert [p.name for p in removed] == ["m1.pt"]
     assert not (cache / "m1.pt.sha256").exists()
     assert {p.name for p in cache.glob("*.pt")} == {"m0.pt", "m2.pt"}
+
+
+def test_segmentation_models_return_instance_masks(tmp_path: Path) -> None:
+    from pycocotools import mask as mask_utils
+    from ultralytics import YOLO
+
+    path = tmp_path / "seg.pt"
+    model = YOLO("yolov8n-seg.yaml")
+    model.save(str(path))
+    detector = YoloDetector(DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg"))
+    assert detector.info()["task"] == "segment"
+    scene = make_scene("disk", 240, 320)
+    found = detector.detect(scene.image, conf=0.0, max_det=4)
+    assert found["boxes"], "a zero threshold must give the random model boxes"
+    assert len(found["masks_rle"]) == len(found["boxes"])
+    for rle in found["masks_rle"]:
+        decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        assert decoded.shape == (240, 320)
