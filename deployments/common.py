@@ -27,6 +27,14 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def use_half(precision: str, device: str) -> bool:
+    """"half" forces reduced precision (CUDA only); "auto" uses it on CUDA, fp32 on CPU."""
+    half = precision == "half" or (precision == "auto" and device == "cuda")
+    if half and device != "cuda":
+        raise ModelLoadError("half precision needs a CUDA device")
+    return half
+
+
 def placement(device: str) -> dict[str, object]:
     """Where this replica runs: its torch device and the GPUs Ray assigned to it."""
     import ray

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import pick_device, placement, resolve_checkpoint
+from deployments.common import pick_device, placement, resolve_checkpoint, use_half
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.registry import DEFAULT_MODEL_ID, ModelRegistry
 
@@ -130,9 +130,7 @@ class YoloDetector:
         self.model.to(self.device)
         self.model.fuse()
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
-        self.half = config.precision == "half" or (config.precision == "auto" and self.device == "cuda")
-        if self.half and self.device != "cuda":
-            raise ModelLoadError("half precision needs a CUDA device")
+        self.half = use_half(config.precision, self.device)
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
-from deployments.common import pick_device, placement, resolve_checkpoint
+from deployments.common import pick_device, placement, resolve_checkpoint, use_half
 from deployments.errors import InvalidInput, ModelLoadError
 
 logger = logging.getLogger("meshline.segmenter")
@@ -78,9 +78,7 @@ class Sam2Segmenter:
         # The predictor hard-codes feature sizes for 1024 px; derive them from the model.
         size = int(self.model.image_size)
         self.predictor._bb_feat_sizes = [(size // 4,) * 2, (size // 8,) * 2, (size // 16,) * 2]
-        self.half = config.precision == "half" or (config.precision == "auto" and self.device == "cuda")
-        if self.half and self.device != "cuda":
-            raise ModelLoadError("half precision needs a CUDA device")
+        self.half = use_half(config.precision, self.device)
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
