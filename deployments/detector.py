@@ -30,6 +30,7 @@ class DetectorConfig(BaseModel):
     checkpoint: str | None = Field(None, description="Local .pt path, s3:// or https:// URI.")
     registry_file: Path | None = Field(None, description="YAML/JSON registry of model ids.")
     models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
+    models_s3_prefix: str | None = Field(None, description="s3://bucket/prefix/ of <id>.pt files.")
     max_models: int = Field(2, ge=1, description="Models one replica keeps loaded (LRU).")
     max_cache_bytes: int | None = Field(None, description="Bound of the on-disk checkpoint cache.")
     max_batch_size: int = Field(1, ge=1, le=256, description="@serve.batch size; 1 = no batching.")
@@ -270,7 +271,10 @@ class DetectorDeployment:
 
     async def __init__(self, config: DetectorConfig) -> None:
         self.config = config
-        self.registry = ModelRegistry(config.checkpoint or config.model, config.registry_file, config.models_dir)
+        self.registry = ModelRegistry(
+            config.checkpoint or config.model, config.registry_file, config.models_dir,
+            config.models_s3_prefix, config.s3_endpoint_url,
+        )
         context = serve.get_replica_context()
         self._kv_key = f"{LOADED_MODELS_PREFIX}{context.app_name}/{context.replica_id.unique_id}"
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loaded())

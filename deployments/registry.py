@@ -8,7 +8,8 @@ Registry file (YAML or JSON)::
       coco: {source: /models/yolo11n.pt}
       remote: {source: https://models.example.com/yolo/best.pt}
 
-Every ``<id>.pt`` in the models directory is registered as ``<id>`` too. The id ``default``
+Every ``<id>.pt`` in the models directory, and under the ``s3://bucket/prefix/`` models prefix,
+is registered as ``<id>`` too (the S3 listing is cached for a few seconds). The id ``default``
 is the configured detector (a checkpoint, or the random-init config).
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +34,27 @@ DEFAULT_MODEL_ID = "default"
 class ModelEntry:
     model_id: str
     source: str  # local path, s3://bucket/key, https://…, or an ultralytics .yaml (random init)
-    origin: str  # "settings", "registry_file" or "models_dir"
+    origin: str  # "settings", "registry_file", "models_dir" or "s3_prefix"
 
 
 class ModelRegistry:
-    def __init__(self, default_source: str, registry_file: Path | None = None, models_dir: Path | None = None) -> None:
+    S3_LISTING_TTL_S = 10.0
+
+    def __init__(
+        self,
+        default_source: str,
+        registry_file: Path | None = None,
+        models_dir: Path | None = None,
+        s3_prefix: str | None = None,
+        s3_endpoint_url: str | None = None,
+    ) -> None:
         self.default_source = default_source
         self.registry_file = registry_file
         self.models_dir = models_dir
+        self.s3_prefix = s3_prefix
+        self.s3_endpoint_url = s3_endpoint_url
+        self._s3_cache: tuple[float, dict[str, str]] = (0.0, {})
+        self._s3_lock = threading.Lock()
 
     def entries(self) -> dict[str, ModelEntry]:
         found = {DEFAULT_MODEL_ID: ModelEntry(DEFAULT_MODEL_ID, self.default_source, "settings")}
@@ -46,9 +62,34 @@ class ModelRegistry:
             for path in sorted(self.models_dir.glob("*.pt")):
                 if MODEL_ID.fullmatch(path.stem) and path.stem != DEFAULT_MODEL_ID:
                     found[path.stem] = ModelEntry(path.stem, str(path.resolve()), "models_dir")
+        for model_id, source in self._s3_entries().items():
+            found[model_id] = ModelEntry(model_id, source, "s3_prefix")
         for model_id, source in self._file_entries().items():
             found[model_id] = ModelEntry(model_id, source, "registry_file")
         return found
+
+    def _s3_entries(self) -> dict[str, str]:
+        if not self.s3_prefix:
+            return {}
+        with self._s3_lock:
+            listed_at, cached = self._s3_cache
+            if time.monotonic() - listed_at < self.S3_LISTING_TTL_S:
+                return cached
+            import boto3
+
+            bucket, _, prefix = self.s3_prefix.removeprefix("s3://").partition("/")
+            client = boto3.client("s3", endpoint_url=self.s3_endpoint_url)
+            entries: dict[str, str] = {}
+            try:
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                    for item in page.get("Contents", []):
+                        stem = Path(item["Key"]).stem
+                        if item["Key"].endswith(".pt") and MODEL_ID.fullmatch(stem) and stem != DEFAULT_MODEL_ID:
+                            entries[stem] = f"s3://{bucket}/{item['Key']}"
+            except Exception as exc:  # botocore raises many types; all mean "cannot list"
+                raise ModelLoadError(f"cannot list models under {self.s3_prefix}: {exc}") from exc
+            self._s3_cache = (time.monotonic(), entries)
+            return entries
 
     def _file_entries(self) -> dict[str, str]:
         if self.registry_file is None or not self.registry_file.is_file():

@@ -51,6 +51,7 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
             precision=settings.model_precision,
             weights_dir=weights_dir, config_dir=(settings.data_dir / "ultralytics").resolve(),
             registry_file=settings.detector_registry_file, models_dir=settings.detector_models_dir,
+            models_s3_prefix=settings.detector_models_s3_prefix,
             max_models=settings.detector_max_models,
             max_batch_size=settings.detector_batch_size or default_batch_size(),
             batch_wait_s=settings.detector_batch_wait_s,

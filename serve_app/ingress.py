@@ -62,6 +62,8 @@ class Ingress:
             settings.detector_checkpoint or settings.detector_model,
             settings.detector_registry_file,
             settings.detector_models_dir,
+            settings.detector_models_s3_prefix,
+            settings.s3_endpoint_url,
         )
         self.services = Services(settings, store, files, handles, runner, models, context.app_name, registry)
         runner.start()

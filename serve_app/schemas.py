@@ -198,7 +198,7 @@ class Detection(BaseModel):
 class ModelPublic(BaseModel):
     model_id: str
     source: str
-    origin: Literal["settings", "registry_file", "models_dir"]
+    origin: Literal["settings", "registry_file", "models_dir", "s3_prefix"]
     task: str | None = Field(None, description="detect/segment, known once a replica loaded it.")
     class_names: dict[int, str] | None = Field(None, description="Known once a replica loaded it.")
     loaded_on: list[str] = Field(default_factory=list, description="Detector replicas holding it.")

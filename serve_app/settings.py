@@ -71,6 +71,9 @@ class Settings(BaseSettings):
         None, description="YAML/JSON registry: models: {id: {source: path|s3://|https://}}."
     )
     detector_models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
+    detector_models_s3_prefix: str | None = Field(
+        None, description="s3://bucket/prefix/: every <id>.pt under it is a model id."
+    )
     detector_max_models: int = Field(2, ge=1, description="YOLO models one replica keeps (LRU).")
     detector_batch_size: int | None = Field(
         None, ge=1, le=256,

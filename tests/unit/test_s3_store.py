@@ -60,3 +60,18 @@ def test_s3_inputs_only_from_allowed_buckets(s3_endpoint: str) -> None:
     with pytest.raises(ApiError) as err:
         fetch_s3(f"s3://{INPUT_BUCKET}/in/photo.png", 10, s3_endpoint, [INPUT_BUCKET])
     assert err.value.status == 413
+
+
+def test_registry_lists_models_under_an_s3_prefix(s3_endpoint: str) -> None:
+    import boto3
+
+    from deployments.registry import ModelRegistry
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key in ("registry/runs/chairs.pt", "registry/runs/tables.pt", "registry/runs/notes.txt", "elsewhere/x.pt"):
+        s3.put_object(Bucket=INPUT_BUCKET, Key=key, Body=b"x")
+    registry = ModelRegistry("yolov8n.yaml", s3_prefix=f"s3://{INPUT_BUCKET}/registry/", s3_endpoint_url=s3_endpoint)
+    entries = registry.entries()
+    assert set(entries) == {"default", "chairs", "tables"}
+    assert entries["chairs"].source == f"s3://{INPUT_BUCKET}/registry/runs/chairs.pt"
+    assert entries["chairs"].origin == "s3_prefix"
