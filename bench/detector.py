@@ -48,7 +48,7 @@ def main() -> None:
     from tests.conftest import save_yolo
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # never a running cluster
     gpu = torch.cuda.is_available()
     tmp = Path(tempfile.mkdtemp(prefix="meshline-bench-det-"))
     models = tmp / "models"

@@ -48,7 +48,7 @@ def start_app(device: str, data_dir: Path, small: bool, precision: str) -> tuple
 
     gpus = 0.25 if device == "gpu" else 0
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # never a running cluster
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings: dict[str, Any] = {

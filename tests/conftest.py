@@ -133,7 +133,8 @@ def ray_session() -> Iterator[None]:
 
     # Never attach to a developer's `make serve` cluster: start a private one.
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=4, include_dashboard=False, namespace="meshline-tests", log_to_driver=False)
+    # address="local": a new instance, never a running `make serve` cluster (ray.init() would attach).
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="meshline-tests", log_to_driver=False)
     try:
         yield
     finally:
