@@ -6,8 +6,11 @@ PYTHON     ?= $(shell command -v python3.11 || command -v python3)
 VENV       ?= .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.meshline-installed
-# Ray's default GCS port 6379 is Redis's: keep the head off it.
+# Ray's default GCS port 6379 is Redis's: keep the head off it. Its own temp dir lets
+# `make stop` end this head alone (`ray stop` would end every Ray instance on the machine,
+# a running `make test` included).
 RAY_PORT   ?= 6390
+RAY_TMP    ?= /tmp/ray-meshline
 SERVE_CONFIG ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo configs/serve.yaml || echo configs/serve.cpu.yaml)
 
 # Ray 2.60 turns on token auth for local clusters; the CLI only reads the token
@@ -49,7 +52,7 @@ $(STAMP): pyproject.toml
 
 ray-up: install
 	@if $(BIN)/ray status >/dev/null 2>&1; then echo ">> Ray head already running on $(RAY_ADDRESS)"; \
-	else $(BIN)/ray start --head --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --disable-usage-stats; fi
+	else $(BIN)/ray start --head --port=$(RAY_PORT) --temp-dir=$(RAY_TMP) --dashboard-host=127.0.0.1 --disable-usage-stats; fi
 
 serve: ray-up
 	@echo ">> serve run $(SERVE_CONFIG)  (data: $(MESHLINE_DATA_DIR)); Ctrl-C stops the app, 'make stop' stops Ray"
@@ -63,7 +66,10 @@ stop:
 	-@if pkill -INT -f "$(BIN)/[s]erve run configs/"; then sleep 5; \
 	  pkill -TERM -f "$(BIN)/[s]erve run configs/" || true; echo ">> stopped serve run"; fi
 	-@$(BIN)/serve shutdown -y >/dev/null 2>&1 && echo ">> meshline app shut down" || true
-	-@$(BIN)/ray stop >/dev/null 2>&1 && echo ">> Ray head stopped" || true
+	@# Only the processes of this head: their command lines name its temp dir. ("[/]" keeps
+	@# pkill from matching this recipe's own shell.)
+	-@pattern="$$(echo $(RAY_TMP) | sed 's/^./[&]/')/"; \
+	if pkill -TERM -f "$$pattern"; then sleep 3; pkill -KILL -f "$$pattern" || true; echo ">> Ray head stopped"; fi
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
