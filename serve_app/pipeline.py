@@ -94,7 +94,9 @@ class StageContext:
         return None if prefix else self.job.inputs.get(role)
 
     def objects(self) -> list[str]:
-        """Artifact-name prefixes of the job's objects: ``[""]`` for one, ``obj<k>_`` for many."""
+        """Artifact-name prefixes of the job's objects: ``[""]`` for one, ``obj<k>_`` for many.
+
+        Depends only on the job snapshot, so each stage computes it once."""
         pattern = re.compile(r"^(obj\d+_)mask\.png$")
         prefixes = sorted(
             {m.group(1) for a in self.job.artifacts if (m := pattern.match(a.name))},
@@ -187,24 +189,26 @@ def object_prefix(index: int) -> str:
 
 async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
     stats = {}
-    for done, prefix in enumerate(ctx.objects(), start=1):
+    objects = ctx.objects()
+    for done, prefix in enumerate(objects, start=1):
         result = await ctx.handles.reconstructor.reconstruct.remote(await ctx.image(), await ctx.mask(prefix))
         await ctx.write("reconstruct", f"{prefix}shape.ply", result["mesh"], "application/x-ply")
         stats[prefix or "object"] = result["stats"]
-        await ctx.progress("reconstruct", 100.0 * done / len(ctx.objects()))
+        await ctx.progress("reconstruct", 100.0 * done / len(objects))
     return stats if len(stats) > 1 else stats["object"]
 
 
 async def run_paint(ctx: StageContext) -> dict[str, Any]:
     stats = {}
-    for done, prefix in enumerate(ctx.objects(), start=1):
+    objects = ctx.objects()
+    for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
         result = await ctx.handles.reconstructor.paint.remote(
             mesh, await ctx.image(), await ctx.mask(prefix), mesh_format=fmt
         )
         await ctx.write("paint", f"{prefix}textured.glb", result["mesh"], "model/gltf-binary")
         stats[prefix or "object"] = result["stats"]
-        await ctx.progress("paint", 100.0 * done / len(ctx.objects()))
+        await ctx.progress("paint", 100.0 * done / len(objects))
     return stats if len(stats) > 1 else stats["object"]
 
 
@@ -212,7 +216,8 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
     options = ctx.options
     files: list[str] = []
     seconds = 0.0
-    for done, prefix in enumerate(ctx.objects(), start=1):
+    objects = ctx.objects()
+    for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
         result = await ctx.handles.converter.convert.remote(
             mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision,
@@ -222,7 +227,7 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
             await ctx.write("convert", item["name"], item["data"], item["media_type"])
         files += [f["name"] for f in result["files"]]
         seconds += result["stats"]["seconds"]
-        await ctx.progress("convert", 100.0 * done / len(ctx.objects()))
+        await ctx.progress("convert", 100.0 * done / len(objects))
     return {"files": files, "seconds": round(seconds, 3)}
 
 
