@@ -13,10 +13,18 @@ class InvalidInput(MeshlineError):
     """The request itself cannot be processed (bad prompt, empty mask, bad mesh)."""
 
     kind = "invalid_input"
+    status = 422
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class UnknownModel(InvalidInput):
+    """A model id no registry source knows (404, not 422: the request names a missing thing)."""
+
+    kind = "not_found"
+    status = 404
 
 
 class ModelLoadError(MeshlineError):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from deployments.errors import InvalidInput, ModelLoadError
+from deployments.errors import InvalidInput, ModelLoadError, UnknownModel
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_MODEL_ID = "default"
@@ -115,5 +115,5 @@ class ModelRegistry:
             raise InvalidInput(f"invalid model id {model_id!r}", param="model")
         entry = self.entries().get(model_id)
         if entry is None:
-            raise InvalidInput(f"unknown model {model_id!r}", param="model")
+            raise UnknownModel(f"unknown model {model_id!r}", param="model")
         return entry

@@ -44,7 +44,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(original, ApiError):
         return original
     if isinstance(original, InvalidInput):
-        return ApiError(422, str(original.args[0]) if original.args else "invalid input", original.kind, original.param)
+        message = str(original.args[0]) if original.args else "invalid input"
+        return ApiError(original.status, message, original.kind, original.param)
     return None
 
 

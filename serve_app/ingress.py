@@ -20,8 +20,8 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.registry import ModelRegistry
 from serve_app.api import create_api
-from serve_app.api.jobs import _job_or_404, create_job
-from serve_app.views import job_public
+from serve_app.api.jobs import create_job
+from serve_app.views import job_or_404, job_public
 from serve_app.artifacts import make_artifact_store
 from serve_app.jobstore import TERMINAL, JobStore
 from serve_app.pipeline import Handles
@@ -90,7 +90,7 @@ class Ingress:
         return await create_job(self.services, data, files, JobOptions.model_validate(options or {}))
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        record = await asyncio.to_thread(_job_or_404, self.services, job_id)
+        record = await asyncio.to_thread(job_or_404, self.services.store, job_id)
         return job_public(record, self.services.files).model_dump(mode="json")
 
     async def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:

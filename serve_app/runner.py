@@ -41,21 +41,30 @@ class JobRunner:
         self._webhooks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop_task = loop.create_task(self._claim_loop())
-        # Callbacks still owed for jobs that ended before a restart.
-        for job_id in self.store.pending_webhooks():
-            self.job_ended(job_id)
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
-    def job_ended(self, job_id: str) -> None:
+    async def _run(self) -> None:
+        # Callbacks still owed for jobs that ended before a restart.
+        try:
+            for job_id in await asyncio.to_thread(self.store.pending_webhooks):
+                await self.job_ended(job_id)
+        except Exception:
+            logger.exception("could not re-send pending webhooks; they stay pending")
+        await self._claim_loop()
+
+    async def job_ended(self, job_id: str) -> None:
         """Deliver the job's callback (if it has one) in the background."""
-        job = self.store.get(job_id)
+        job = await asyncio.to_thread(self.store.get, job_id)
         if job is None or not job.options.get("callback_url"):
             return
         payload = job_public(job, self.files).model_dump(mode="json", exclude={"webhook"})
         task = asyncio.get_running_loop().create_task(deliver(self.store, self.settings, job_id, payload))
         self._webhooks.add(task)
         task.add_done_callback(self._webhooks.discard)
+
+    async def _finish(self, job_id: str, status: str, error: str | None = None) -> None:
+        if await asyncio.to_thread(self.store.finish_job, job_id, status, error):
+            await self.job_ended(job_id)
 
     async def stop(self) -> None:
         """Graceful shutdown: stop claiming, interrupt running jobs and hand them back."""
@@ -128,7 +137,7 @@ class JobRunner:
         assert current is not None
         lease = asyncio.get_running_loop().create_task(self._keep_lease(job_id, current))
         try:
-            job = self.store.get(job_id)
+            job = await asyncio.to_thread(self.store.get, job_id)
             if job is None:
                 return
             for stage in job.stages:
@@ -136,19 +145,16 @@ class JobRunner:
                     continue  # finished before a restart: never run twice
                 error = await self._run_stage(job_id, stage.name)
                 if error is not None:
-                    if self.store.finish_job(job_id, "failed", error):
-                        self.job_ended(job_id)
+                    await self._finish(job_id, "failed", error)
                     return
-            if self.store.finish_job(job_id, "succeeded"):
-                self.job_ended(job_id)
+            await self._finish(job_id, "succeeded")
         except asyncio.CancelledError:
             # Cancelled by request (the store says so already) or replica shutdown (the
             # lease then expires and another runner resumes the job): nothing to record.
             raise
         except Exception:
             logger.exception("job %s crashed in the runner", job_id)
-            if self.store.finish_job(job_id, "failed", "internal error in the job runner"):
-                self.job_ended(job_id)
+            await self._finish(job_id, "failed", "internal error in the job runner")
         finally:
             lease.cancel()
 
@@ -156,9 +162,9 @@ class JobRunner:
         """Run one stage with retries; return an error message when the job must fail."""
         settings = self.settings
         while True:
-            job = self.store.get(job_id)  # fresh: earlier stages' artifacts included
+            job = await asyncio.to_thread(self.store.get, job_id)  # fresh: earlier stages' artifacts
             assert job is not None
-            attempt = self.store.start_stage(job_id, name)
+            attempt = await asyncio.to_thread(self.store.start_stage, job_id, name)
             started = time.perf_counter()
             ctx = StageContext(job, self.store, self.files, self.handles, settings.max_image_pixels)
             timeout_s = ctx.options.stage_timeout_s or settings.stage_timeout_s
@@ -173,12 +179,13 @@ class JobRunner:
                     message = f"timed out after {timeout_s:g} s"
                 else:
                     message = client_error.message if client_error else public_message(exc)
-                self.store.finish_stage(job_id, name, "failed", seconds, error=message)
+                await asyncio.to_thread(self.store.finish_stage, job_id, name, "failed", seconds, error=message)
                 if client_error is None:
                     logger.warning("job %s stage %s attempt %d failed", job_id, name, attempt, exc_info=exc)
                 if client_error is not None or attempt >= settings.stage_max_attempts:
                     return f"stage {name} failed: {message}"
                 await asyncio.sleep(settings.stage_retry_backoff_s * 2 ** (attempt - 1))
                 continue
-            self.store.finish_stage(job_id, name, "succeeded", time.perf_counter() - started, detail=detail)
+            seconds = time.perf_counter() - started
+            await asyncio.to_thread(self.store.finish_stage, job_id, name, "succeeded", seconds, detail=detail)
             return None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from serve_app.artifacts import ArtifactStore
-from serve_app.jobstore import JobRecord
+from serve_app.artifacts import ArtifactStore, check_job_id
+from serve_app.errors import ApiError
+from serve_app.jobstore import JobRecord, JobStore
 from serve_app.schemas import ArtifactPublic, JobOptions, JobPublic, StagePublic, WebhookPublic
 
 
@@ -26,3 +27,11 @@ def job_public(job: JobRecord, files: ArtifactStore | None = None) -> JobPublic:
         ],
         webhook=WebhookPublic.model_validate(job.webhook) if job.webhook else None,
     )
+
+
+def job_or_404(store: JobStore, job_id: str) -> JobRecord:
+    """The job, or a 404 (a malformed id is a 422 from ``check_job_id``). Blocking: run in a thread."""
+    job = store.get(check_job_id(job_id))
+    if job is None:
+        raise ApiError(404, f"job {job_id!r} not found", "not_found", "job_id")
+    return job

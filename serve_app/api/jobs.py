@@ -20,7 +20,7 @@ from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
 from serve_app.pipeline import MESH_INPUT_FORMATS, plan_stages
 from serve_app.fetch import check_url
 from serve_app.schemas import ErrorBody, JobAccepted, JobList, JobOptions, JobPublic
-from serve_app.views import job_public
+from serve_app.views import job_or_404, job_public
 from serve_app.services import Services, ServicesDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -146,7 +146,7 @@ async def submit_job(
     try:
         job_id = await create_job(services, inputs.image, inputs.files, inputs.options, idempotency_key)  # type: ignore[arg-type]
     except Replayed as replay:
-        job = await asyncio.to_thread(_job_or_404, services, replay.job_id)
+        job = await asyncio.to_thread(job_or_404, services.store, replay.job_id)
         body = JobAccepted(
             job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}",
             deduplicated_from=job.id if replay.deduplicated else None,
@@ -169,28 +169,21 @@ async def list_jobs(
     return JobList(jobs=[job_public(j, services.files) for j in records])
 
 
-def _job_or_404(services: Services, job_id: str) -> JobRecord:
-    job = services.store.get(check_job_id(job_id))
-    if job is None:
-        raise ApiError(404, f"job {job_id!r} not found", "not_found", "job_id")
-    return job
-
-
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, summary="Job status from the store")
 async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
-    return job_public(await asyncio.to_thread(_job_or_404, services, job_id), services.files)
+    return job_public(await asyncio.to_thread(job_or_404, services.store, job_id), services.files)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS, summary="Cancel a job")
 async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
     """Queued or running → cancelled; no further stage starts and the running one is
     interrupted (its replica call is cancelled). An ended job is a 409."""
-    job = await asyncio.to_thread(_job_or_404, services, job_id)
+    job = await asyncio.to_thread(job_or_404, services.store, job_id)
     if not await asyncio.to_thread(services.store.cancel, job.id):
         raise ApiError(409, f"job {job.id} already ended ({job.status})", "conflict", "job_id")
     services.runner.cancel_local(job.id)  # at once here; other replicas notice via their lease
-    services.runner.job_ended(job.id)
-    return job_public(await asyncio.to_thread(_job_or_404, services, job.id), services.files)
+    await services.runner.job_ended(job.id)
+    return job_public(await asyncio.to_thread(job_or_404, services.store, job.id), services.files)
 
 
 @router.get(
@@ -198,7 +191,7 @@ async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
     summary="Server-Sent Events: every state/progress change until the job ends",
 )
 async def job_events(job_id: str, services: ServicesDep) -> StreamingResponse:
-    first = await asyncio.to_thread(_job_or_404, services, job_id)
+    first = await asyncio.to_thread(job_or_404, services.store, job_id)
     return StreamingResponse(
         _event_stream(services, first.id),
         media_type="text/event-stream",
@@ -238,7 +231,7 @@ async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
 )
 async def get_artifact(job_id: str, name: str, services: ServicesDep) -> Response:
     check_name(name)
-    job = await asyncio.to_thread(_job_or_404, services, job_id)
+    job = await asyncio.to_thread(job_or_404, services.store, job_id)
     record = next((a for a in job.artifacts if a.name == name), None)
     if record is None:
         raise ApiError(404, f"job {job_id} has no artifact {name!r}", "not_found", "name")

@@ -13,7 +13,7 @@ from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.imaging import decode_image, mask_summary
 from deployments.detector import loaded_models_by_replica, routed_id
 from deployments.errors import InvalidInput
-from serve_app.errors import ApiError
+from serve_app.errors import ApiError, to_api_error
 from serve_app.schemas import (
     DetectOptions,
     DetectResponse,
@@ -44,8 +44,9 @@ def checked_model(services: Services, model_id: str) -> str:
     try:
         return services.registry.resolve(model_id).model_id
     except InvalidInput as exc:
-        status = 404 if "unknown" in str(exc) else 422
-        raise ApiError(status, str(exc), "not_found" if status == 404 else "invalid_request", "model") from None
+        error = to_api_error(exc)  # UnknownModel → 404, a malformed id → 422
+        assert error is not None
+        raise error from None
 
 
 @router.post(
