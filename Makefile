@@ -6,6 +6,11 @@ PYTHON     ?= $(shell command -v python3.11 || command -v python3)
 VENV       ?= .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.meshline-installed
+# Tools only the tests use: Debian chromium (admin page in a real browser), promtool (metrics
+# format) and the Khronos glTF validator from npm, kept in .tools/.
+TOOLS      := .tools
+TOOLS_STAMP := $(TOOLS)/.installed
+APT_GET    := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 # Ray's default GCS port 6379 is Redis's: keep the head off it. Its own temp dir lets
 # `make stop` end this head alone (`ray stop` would end every Ray instance on the machine,
 # a running `make test` included).
@@ -22,7 +27,7 @@ export YOLO_OFFLINE         := 1
 export YOLO_AUTOINSTALL     := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install serve ray-up stop status test bench clean
+.PHONY: help install test-tools serve ray-up stop status test bench clean
 
 help:
 	@echo "make serve   install (once) and run meshline locally on http://127.0.0.1:8000"
@@ -71,11 +76,22 @@ stop:
 	-@pattern="$$(echo $(RAY_TMP) | sed 's/^./[&]/')/"; \
 	if pkill -TERM -f "$$pattern"; then sleep 3; pkill -KILL -f "$$pattern" || true; echo ">> Ray head stopped"; fi
 
-test: install
+$(TOOLS_STAMP): Makefile
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then echo ">> installing Debian$$missing (test tools)"; \
+	  $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends $$missing; fi
+	mkdir -p $(TOOLS)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) gltf-validator@2.0.0-dev.3.10
+	touch $(TOOLS_STAMP)
+
+test-tools: $(TOOLS_STAMP)
+
+test: install test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench.pipeline --out bench/last.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .data
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .data
