@@ -1,11 +1,20 @@
-"""Segmenter: SAM2 image predictor — masks from point and box prompts."""
+"""Segmenter: SAM2 — masks from point and box prompts, and video mask propagation.
+
+One SAM2 model per replica serves both: the image predictor for single images, and the video
+predictor (same weights) for video sessions, which Serve's model multiplexing keeps on the
+replica that holds them (the session id is the multiplexed model id).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import tempfile
 import threading
+import time
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +24,7 @@ from ray import serve
 
 from deployments.common import pick_device, placement, resolve_checkpoint, use_half
 from deployments.errors import InvalidInput, ModelLoadError
+from deployments.video import FrameSource, PropagationRequest, VideoPrompt, VideoSession, release_idle
 
 logger = logging.getLogger("meshline.segmenter")
 
@@ -30,6 +40,14 @@ class SegmenterConfig(BaseModel):
     )
     weights_dir: Path = Field(Path(".data/weights"), description="Cache for s3:// checkpoints.")
     s3_endpoint_url: str | None = None
+    max_video_sessions: int = Field(2, ge=1, description="Video sessions one replica keeps (LRU).")
+    video_session_idle_s: float = Field(
+        300, gt=0, description="A session unused this long frees its state (rebuilt on next use)."
+    )
+    offload_video_state_to_cpu: bool = Field(
+        False, description="Keep SAM2's per-frame video state in CPU memory (less GPU memory, ~10% slower)."
+    )
+    scratch_dir: Path = Field(Path(tempfile.gettempdir()), description="Temporary frame copies (S3).")
 
 
 def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
@@ -37,7 +55,7 @@ def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
     import torch
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from sam2.build_sam import build_sam2
+    from sam2.build_sam import build_sam2_video_predictor
 
     # sam2 initialises Hydra on import; anything else that touched Hydra first breaks it.
     if not GlobalHydra.instance().is_initialized():
@@ -54,7 +72,8 @@ def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
         )
         torch.manual_seed(config.seed)
     try:
-        return build_sam2(
+        # The video predictor is a SAM2Base too: one set of weights serves images and videos.
+        return build_sam2_video_predictor(
             config.config_name,
             ckpt_path=ckpt_path,
             device=device,
@@ -90,6 +109,19 @@ class Sam2Segmenter:
             "precision": "bf16-autocast" if self.half else "fp32",
             **placement(self.device),
         }
+
+    def new_session(self, video_id: str) -> VideoSession:
+        """An empty session; it builds its state from the stored frames on first use."""
+        import torch
+
+        def autocast() -> Any:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+
+        return VideoSession(
+            video_id, self.model, self.config.scratch_dir,
+            offload_state_to_cpu=self.config.offload_video_state_to_cpu,
+            autocast=autocast if self.half else None,
+        )
 
     def segment(
         self,
@@ -182,13 +214,39 @@ def _validate_prompt(
     graceful_shutdown_timeout_s=60,
 )
 class SegmenterDeployment:
-    """Thin Ray Serve wrapper: one SAM2 model per replica, calls run off the event loop."""
+    """Thin Ray Serve wrapper: one SAM2 model per replica, calls run off the event loop.
 
-    def __init__(self, config: SegmenterConfig) -> None:
-        self._model = Sam2Segmenter(config)
+    Video sessions are multiplexed models: a call routed with ``multiplexed_model_id=<video
+    id>`` reaches the replica holding that video's session when one does; any other replica
+    rebuilds it from the frames and prompt history that come with every call.
+    """
+
+    async def __init__(self, config: SegmenterConfig) -> None:
+        # Built off the event loop so health checks keep answering during a slow load.
+        self._model = await asyncio.to_thread(Sam2Segmenter, config)
+        self._config = config
+        self._sessions: weakref.WeakSet[VideoSession] = weakref.WeakSet()
+
+        async def load(video_id: str) -> VideoSession:
+            session = self._model.new_session(video_id)
+            self._sessions.add(session)
+            return session
+
+        # Decorated here, not on the class, so the session bound comes from the config.
+        self._session = serve.multiplexed(max_num_models_per_replica=config.max_video_sessions)(load)
+        self._sweeper = asyncio.get_running_loop().create_task(self._release_idle_sessions())
+
+    async def _release_idle_sessions(self) -> None:
+        interval = min(30.0, self._config.video_session_idle_s / 2)
+        while True:
+            await asyncio.sleep(interval)
+            freed = await asyncio.to_thread(release_idle, list(self._sessions), self._config.video_session_idle_s)
+            if freed:
+                logger.info("freed %d idle video session(s)", freed)
 
     async def info(self) -> dict[str, Any]:
-        return self._model.info()
+        live = [s for s in self._sessions if s.state is not None]
+        return {**self._model.info(), "video_sessions": sorted(s.video_id for s in live)}
 
     async def segment(
         self,
@@ -199,3 +257,66 @@ class SegmenterDeployment:
         multimask: bool = False,
     ) -> dict[str, Any]:
         return await asyncio.to_thread(self._model.segment, image, points, labels, box, multimask)
+
+    async def _routed_session(self, video_id: str) -> VideoSession:
+        routed = serve.get_multiplexed_model_id()
+        if routed != video_id:
+            raise InvalidInput("video calls must be routed with multiplexed_model_id=<video id>", "video_id")
+        return await self._session(video_id)
+
+    async def video_prompt(
+        self, video_id: str, source: FrameSource, history: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply the prompt history (the last one is new); the new prompt's object mask (RLE)."""
+        session = await self._routed_session(video_id)
+        prompts = [VideoPrompt.from_dict(p) for p in history]
+        return await asyncio.to_thread(session.prompt, source, prompts)
+
+    async def video_propagate(
+        self,
+        video_id: str,
+        source: FrameSource,
+        history: list[dict[str, Any]],
+        start_frame: int,
+        reverse: bool,
+        max_frames: int | None = None,
+        seeds: list[dict[str, Any]] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream ``{frame_idx, masks: {obj_id: rle}, seconds}`` per frame (call with stream=True).
+
+        SAM2 runs in one worker thread (autocast state is per thread); frames cross to the
+        event loop through a queue. Cancelling the call stops tracking at the next frame.
+        """
+        session = await self._routed_session(video_id)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, dict[int, dict[str, Any]], float] | None] = asyncio.Queue()
+        stop = threading.Event()
+        last = time.perf_counter()
+
+        def emit(frame_idx: int, masks: dict[int, dict[str, Any]]) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            loop.call_soon_threadsafe(queue.put_nowait, (frame_idx, masks, now - last))
+            last = now
+
+        def run() -> int:
+            try:
+                return session.propagate(
+                    source, [VideoPrompt.from_dict(p) for p in history],
+                    PropagationRequest(start_frame, reverse, max_frames), emit, stop,
+                    [VideoPrompt.from_dict(p) for p in seeds or []],
+                )
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            while (item := await queue.get()) is not None:
+                frame_idx, masks, seconds = item
+                yield {"frame_idx": frame_idx, "masks": {str(k): v for k, v in masks.items()},
+                       "seconds": round(seconds, 4)}
+            await worker  # re-raises a failure in the worker thread
+        finally:
+            stop.set()
+            if not worker.done():
+                await asyncio.shield(asyncio.wait([worker]))

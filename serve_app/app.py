@@ -40,6 +40,10 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
             overrides=settings.sam2_overrides, seed=settings.seed, weights_dir=weights_dir,
             precision=settings.model_precision,
             s3_endpoint_url=settings.s3_endpoint_url,
+            max_video_sessions=settings.video_sessions_per_replica,
+            video_session_idle_s=settings.video_session_idle_s,
+            offload_video_state_to_cpu=settings.video_offload_state_to_cpu,
+            scratch_dir=(settings.data_dir / "scratch").resolve(),
         ),
         ReconstructorConfig(
             grid=settings.reconstruct_grid, depth_ratio=settings.reconstruct_depth_ratio,

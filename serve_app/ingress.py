@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.registry import ModelRegistry
 from serve_app.api import create_api
 from serve_app.api.jobs import create_job
+from serve_app.api.videos import expire_idle_videos
 from serve_app.views import job_or_404, job_public
 from serve_app.artifacts import make_artifact_store
 from serve_app.jobstore import TERMINAL, JobStore
@@ -67,12 +68,26 @@ class Ingress:
         )
         self.services = Services(settings, store, files, handles, runner, models, context.app_name, registry)
         runner.start()
+        self._janitor = asyncio.get_running_loop().create_task(self._expire_idle_videos())
         logger.info("ingress %s ready: db=%s artifacts=%s", owner, settings.resolved_db_url, files.describe())
+
+    async def _expire_idle_videos(self) -> None:
+        """Delete videos nobody used for ``video_ttl_s`` (their frames, prompts and masks)."""
+        interval = min(self.services.settings.retention_sweep_interval_s, self.services.settings.video_ttl_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                expired = await expire_idle_videos(self.services)
+                if expired:
+                    logger.info("expired %d idle video(s)", len(expired))
+            except Exception:
+                logger.exception("video expiry failed; will retry")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self.services)
 
     async def __del__(self) -> None:
+        self._janitor.cancel()
         await self.services.runner.stop()
 
     # Notebook API ----------------------------------------------------------------------

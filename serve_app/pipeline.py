@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from serve_app.artifacts import ArtifactStore
 from serve_app.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
 from serve_app.jobstore import JobRecord, JobStore
-from serve_app.schemas import STAGE_ORDER, JobOptions
+from serve_app.schemas import STAGE_ORDER, JobOptions, PropagateOptions
 
 # Named inputs each stage needs, and the named outputs it produces for later stages.
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -27,12 +28,14 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "reconstruct": ("image", "mask"),
     "paint": ("image", "mask", "mesh"),
     "convert": ("mesh",),
+    "propagate": ("video",),
 }
 STAGE_MAKES: dict[str, tuple[str, ...]] = {
     "segment": ("mask",),
     "reconstruct": ("mesh",),
     "paint": ("mesh",),
     "convert": (),
+    "propagate": (),
 }
 MESH_INPUT_FORMATS = ("ply", "glb", "obj", "stl")
 # Stage outputs that stand for a role, most refined first (paint's mesh supersedes shape's).
@@ -231,9 +234,97 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
     return {"files": files, "seconds": round(seconds, 3)}
 
 
+async def run_propagate(ctx: StageContext) -> dict[str, Any]:
+    """Track the video's prompted objects through its frames (one SAM2 pass per direction),
+    writing each frame's masks as they arrive. A retried or resumed job keeps the frames it
+    already wrote and continues each pass from its last written frame, seeded with its masks."""
+    from serve_app.videos import (
+        decode_frame_masks, encode_frame_masks, frame_source, masks_name, plan_passes, resume_point,
+        video_store_for,
+    )
+
+    video_id = ctx.job.inputs["video"]
+    options = ctx.options.video or PropagateOptions()
+    videos = video_store_for(ctx.store.engine)
+    record = await asyncio.to_thread(videos.get, video_id)
+    if record is None:
+        raise ApiError(422, f"video {video_id} was deleted", "missing_input", "video")
+    prompts = await asyncio.to_thread(videos.prompts, video_id)
+    passes = plan_passes(record, prompts, options)
+    done = await asyncio.to_thread(videos.frames_done_by, video_id, ctx.job.id)
+    total = len({f for one in passes for f in one.frames})
+    written = {f for one in passes for f in one.frames} & done
+    source = frame_source(ctx.files, video_id, record.frames)
+    limiter = asyncio.Semaphore(8)  # mask writes in flight; S3 PUTs are latency-bound
+    writes: set[asyncio.Task[None]] = set()
+    objects: set[int] = set()
+
+    async def write(frame_idx: int, masks: dict[str, dict[str, Any]]) -> None:
+        async with limiter:
+            data = await asyncio.to_thread(encode_frame_masks, masks)
+            await asyncio.to_thread(ctx.files.put, video_id, masks_name(frame_idx), data, "application/json")
+            ids = sorted(int(k) for k in masks)
+            await asyncio.to_thread(videos.record_mask, video_id, frame_idx, ctx.job.id, ids, len(data))
+            written.add(frame_idx)
+
+    started = time.perf_counter()
+    tracked = 0
+    resumed: list[int] = []
+    last_report = 0.0
+    for one in passes:
+        resume = resume_point(one, done)
+        if resume is not None and one.frames.index(resume) == 0:
+            resume = None  # only the shared start frame (the other pass wrote it): start fresh
+        start, max_frames, seeds = one.start, one.max_frames, []
+        if resume is not None:
+            remaining = len(one.frames) - one.frames.index(resume) - 1
+            if remaining == 0:
+                continue  # this pass finished before the interruption
+            stored = decode_frame_masks(await asyncio.to_thread(ctx.files.get, video_id, masks_name(resume)))
+            seeds = [{"seq": -1, "frame_idx": resume, "obj_id": int(k), "mask_rle": rle} for k, rle in stored.items()]
+            start, max_frames = resume, remaining
+            resumed.append(resume)
+        stream = ctx.handles.segmenter.options(multiplexed_model_id=video_id, stream=True).video_propagate.remote(
+            video_id, source, prompts, start, one.reverse, max_frames, seeds
+        )
+        try:
+            async for item in stream:
+                tracked += 1
+                objects.update(int(k) for k in item["masks"])
+                task = asyncio.get_running_loop().create_task(write(item["frame_idx"], item["masks"]))
+                writes.add(task)
+                task.add_done_callback(writes.discard)
+                if time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:
+                    last_report = time.perf_counter()
+                    await ctx.progress("propagate", 100.0 * len(written) / total)
+                for finished in [t for t in writes if t.done()]:
+                    finished.result()  # a failed write fails the stage now, not at the end
+        except BaseException:
+            stream.cancel()  # stop tracking in the replica (cancel, timeout, lost lease)
+            for task in writes:
+                task.cancel()
+            raise
+        await asyncio.gather(*writes)
+    seconds = time.perf_counter() - started
+    missing = {f for one in passes for f in one.frames} - written
+    if missing:
+        raise RuntimeError(f"{len(missing)} frames got no masks (first: {min(missing)})")
+    await ctx.progress("propagate", 100.0)
+    return {
+        "video_id": video_id, "frames": total, "tracked_this_attempt": tracked,
+        "objects": sorted(objects), "seconds": round(seconds, 3),
+        "fps": round(tracked / seconds, 2) if seconds > 0 else None,
+        "passes": [{"start": p.start, "direction": "backward" if p.reverse else "forward",
+                    "frames": len(p.frames)} for p in passes],
+        "resumed_from": resumed,
+    }
+
+
 STAGE_RUNNERS = {
     "segment": run_segment,
     "reconstruct": run_reconstruct,
     "paint": run_paint,
     "convert": run_convert,
+    "propagate": run_propagate,
 }
+PROGRESS_INTERVAL_S = 0.5  # store writes of a propagation's progress, at most this often

@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-StageName = Literal["segment", "reconstruct", "paint", "convert"]
+StageName = Literal["segment", "reconstruct", "paint", "convert", "propagate"]
+# The image pipeline; "propagate" is the one stage of a video propagation job.
 STAGE_ORDER: tuple[StageName, ...] = ("segment", "reconstruct", "paint", "convert")
+VIDEO_STAGES: tuple[StageName, ...] = ("propagate",)
 MeshFormat = Literal["obj", "stl", "glb", "ply"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
@@ -79,6 +81,9 @@ class JobOptions(Strict):
         description="POSTed the job's final status when it ends (HMAC-SHA256 signed when a "
         "webhook secret is configured), retried with backoff.",
     )
+    video: PropagateOptions | None = Field(
+        None, description="Set on video propagation jobs (POST /v1/videos/{id}/propagate)."
+    )
 
     @field_validator("stages")
     @classmethod
@@ -89,6 +94,10 @@ class JobOptions(Strict):
             raise ValueError("stages must not be empty")
         if len(set(stages)) != len(stages):
             raise ValueError("stages must not repeat")
+        if any(s in VIDEO_STAGES for s in stages):
+            if list(stages) != list(VIDEO_STAGES):
+                raise ValueError("propagate runs alone (video jobs come from POST /v1/videos/{id}/propagate)")
+            return stages
         ordered = sorted(stages, key=STAGE_ORDER.index)
         if ordered != list(stages):
             raise ValueError(f"stages must follow the pipeline order {list(STAGE_ORDER)}")
@@ -104,6 +113,20 @@ class JobOptions(Strict):
         if self.detect is True:
             return DetectOptions()
         return self.detect or None
+
+
+class PropagateOptions(Strict):
+    """Body of POST /v1/videos/{id}/propagate (kept in the job's options)."""
+
+    start_frame: int | None = Field(
+        None, ge=0, description="Frame to start from; default: the earliest prompted frame."
+    )
+    direction: Literal["forward", "backward", "both"] = Field("forward")
+    max_frames: int | None = Field(
+        None, ge=1, description="Frames to track past the start frame, per direction; default: all."
+    )
+    stage_timeout_s: float | None = Field(None, gt=0, le=86400, description="Default from settings.")
+    callback_url: str | None = Field(None, max_length=2048, description="As for image jobs.")
 
 
 class JobCreate(Strict):
@@ -244,3 +267,81 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# Videos ----------------------------------------------------------------------------------
+class VideoFromUrls(Strict):
+    """JSON body of POST /v1/videos: a video file by URL, or frames by URL (same fetch rules
+    as images)."""
+
+    video_url: str | None = Field(None, max_length=2048)
+    frame_urls: list[str] | None = Field(None, min_length=1, max_length=2000)
+    fps: float | None = Field(None, gt=0, le=1000, description="Frame rate of frame_urls.")
+    stride: int = Field(1, ge=1, le=1000, description="Keep every n-th frame of a video file.")
+    max_frames: int | None = Field(None, ge=1, description="Keep only the first n frames.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VideoFromUrls:
+        if (self.video_url is None) == (self.frame_urls is None):
+            raise ValueError("give exactly one of video_url or frame_urls")
+        return self
+
+
+class VideoUploadOptions(Strict):
+    """The multipart `options` field of POST /v1/videos."""
+
+    fps: float | None = Field(None, gt=0, le=1000, description="Frame rate of a zip of frames.")
+    stride: int = Field(1, ge=1, le=1000)
+    max_frames: int | None = Field(None, ge=1)
+
+
+class VideoPublic(BaseModel):
+    video_id: str
+    frames: int
+    fps: float | None
+    width: int
+    height: int
+    source: str
+    created_at: datetime
+    last_used_at: datetime
+    objects: list[int] = Field(default_factory=list, description="Object ids with prompts.")
+    prompts: int = 0
+    frames_with_masks: int = 0
+
+
+class VideoPromptIn(Strict):
+    frame_idx: int = Field(..., ge=0)
+    obj_id: int = Field(..., ge=0, le=2**31 - 1)
+    points: list[tuple[float, float]] | None = None
+    labels: list[Literal[0, 1]] | None = None
+    box: tuple[float, float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _prompt(self) -> VideoPromptIn:
+        if not self.points and self.box is None:
+            raise ValueError("give points (with labels) or a box")
+        Prompt(points=self.points, labels=self.labels, box=self.box)  # same checks as images
+        return self
+
+
+class VideoPromptResult(BaseModel):
+    video_id: str
+    frame_idx: int
+    obj_id: int
+    seq: int = Field(description="Position in the video's prompt history.")
+    area: int
+    bbox: list[int] = Field(description="[x, y, width, height] (COCO)")
+    rle: dict[str, Any] = Field(description="COCO RLE of the object's mask on that frame")
+    seconds: float
+
+
+class FrameMasks(BaseModel):
+    frame_idx: int
+    masks: dict[str, dict[str, Any]] = Field(description="{obj_id: COCO RLE}")
+
+
+class FrameMasksRange(BaseModel):
+    video_id: str
+    start: int
+    end: int
+    frames: list[FrameMasks]

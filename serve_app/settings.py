@@ -132,6 +132,29 @@ class Settings(BaseSettings):
     stage_max_attempts: int = Field(3, ge=1, description="Tries per stage on server-side errors.")
     stage_retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles after.")
 
+    # Videos ------------------------------------------------------------------------------
+    video_max_upload_mb: float = Field(200, gt=0, description="Largest video/zip upload or download.")
+    video_max_frames: int = Field(2000, ge=1, description="Most frames a video may have (after stride).")
+    video_max_frame_pixels: int = Field(
+        3840 * 2160, gt=0, description="Largest frame (width*height); bigger videos are a 413."
+    )
+    video_jpeg_quality: int = Field(95, ge=50, le=100, description="Quality of the stored JPEG frames.")
+    video_ttl_s: float = Field(
+        24 * 3600, gt=0, description="A video unused this long is deleted with its frames and masks."
+    )
+    video_sessions_per_replica: int = Field(
+        2, ge=1, description="SAM2 video sessions one Segmenter replica keeps (LRU; rebuilt on demand)."
+    )
+    video_session_idle_s: float = Field(
+        300, gt=0, description="A replica frees a session's memory after this long unused."
+    )
+    video_offload_state_to_cpu: bool = Field(
+        False, description="Keep SAM2's video state in CPU memory (saves GPU memory, a little slower)."
+    )
+    video_progress_interval_s: float = Field(
+        0.5, gt=0, description="How often a propagation job writes its progress to the store."
+    )
+
     @field_validator("sam2_overrides", "url_allow_private", "s3_input_buckets", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:

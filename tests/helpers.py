@@ -75,3 +75,56 @@ def convex_encloses(hull_vertices: np.ndarray, hull_faces: np.ndarray, points: n
     distances = np.einsum("pk,fk->pf", points, normals) - np.einsum("fk,fk->f", triangles[:, 0], normals)[None, :]
     scale = float(np.abs(hull_vertices).max()) or 1.0
     return bool((distances <= tol * scale).all())
+
+
+# Videos ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticVideo:
+    frames: list[np.ndarray]  # (H, W, 3) uint8
+    masks: list[np.ndarray]  # (H, W) bool: the disk on each frame
+    centres: list[tuple[float, float]]  # (x, y) of the disk on each frame
+
+
+def moving_disk_video(frames: int = 10, height: int = 120, width: int = 160, radius: float = 18) -> SyntheticVideo:
+    """An orange disk sliding left to right over a grey background: known mask per frame."""
+    yy, xx = np.mgrid[:height, :width]
+    images, masks, centres = [], [], []
+    for index in range(frames):
+        cx = radius + 4 + index * (width - 2 * radius - 8) / max(frames - 1, 1)
+        cy = height / 2
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
+        image = np.full((height, width, 3), 50, dtype=np.uint8)
+        image[mask] = (230, 130, 40)
+        images.append(image)
+        masks.append(mask)
+        centres.append((float(cx), float(cy)))
+    return SyntheticVideo(images, masks, centres)
+
+
+def encode_video(video: SyntheticVideo, container: str = "mp4", fps: int = 10) -> bytes:
+    """Encode with PyAV: mp4 (H.264) or webm (VP9)."""
+    import av
+
+    codec = {"mp4": "libx264", "webm": "libvpx-vp9"}[container]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as output:
+        stream = output.add_stream(codec, rate=fps)
+        stream.height, stream.width = video.frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for image in video.frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def zip_frames(video: SyntheticVideo) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index, image in enumerate(video.frames):
+            archive.writestr(f"clip/frame_{index}.png", encode_png(image))  # natural order: 2 before 10
+        archive.writestr("clip/readme.txt", "not a frame")
+    return buffer.getvalue()

@@ -30,7 +30,7 @@ class RequestInputs:
     options: BaseModel
 
 
-def _validation_error(exc: ValidationError, prefix: str) -> ApiError:
+def validation_error(exc: ValidationError, prefix: str) -> ApiError:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
     param = f"{prefix}.{loc}" if loc else prefix
@@ -49,7 +49,7 @@ def _decode_base64(text: str, limit: int) -> bytes:
     return data
 
 
-async def _read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ApiError(413, f"{field} exceeds {limit} bytes", "payload_too_large", field)
@@ -76,19 +76,19 @@ async def read_inputs(
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "multipart body needs an 'image' file field", "missing_input", "image")
-        image = await _read_upload(upload, "image", limit)
+        image = await read_upload(upload, "image", limit)
         files = {}
         for field in extra_files:
             item = form.get(field)
             if isinstance(item, UploadFile):
-                files[field] = (await _read_upload(item, field, limit), item.filename or field)
+                files[field] = (await read_upload(item, field, limit), item.filename or field)
         raw = form.get("options")
         if raw is not None and not isinstance(raw, str):
             raise ApiError(422, "options must be a JSON text field", "validation_error", "options")
         try:
             options = options_model.model_validate_json(raw or "{}")
         except ValidationError as exc:
-            raise _validation_error(exc, "options") from None
+            raise validation_error(exc, "options") from None
         return RequestInputs(image, files, options)
     if content_type == JSON:
         body = await request.body()
@@ -115,7 +115,7 @@ async def read_inputs(
         try:
             options = options_model.model_validate(payload.get("options") or {})
         except ValidationError as exc:
-            raise _validation_error(exc, "options") from None
+            raise validation_error(exc, "options") from None
         if sources[0] == "image_base64":
             image = _decode_base64(payload["image_base64"], limit)
             return RequestInputs(image, {}, options)

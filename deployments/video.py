@@ -1,0 +1,295 @@
+"""Video sessions: SAM2's video-predictor state for one video, rebuilt on demand.
+
+A session is the expensive, replica-local part of a video (decoded frames, image features,
+per-object memory). Everything needed to rebuild it — the stored JPEG frames and the ordered
+prompt history — lives outside the replica, so a lost or evicted session is rebuilt instead of
+failing: the caller passes the frame source and the full history with every call, and the
+session replays whatever it has not applied yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from deployments.errors import InvalidInput
+
+logger = logging.getLogger("meshline.video")
+
+FRAME_SUFFIX = ".jpg"
+
+
+def frame_name(index: int) -> str:
+    """Stored frame names are bare integers: SAM2's loader sorts a folder of JPEGs by int(stem)."""
+    return f"{index:06d}{FRAME_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Where a video's JPEG frames are stored: a local folder, or an S3 prefix."""
+
+    kind: Literal["dir", "s3"]
+    location: str  # folder path, or s3://bucket/prefix/ (ends with "/")
+    frames: int
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoPrompt:
+    """One stored prompt (points/labels or box), or a resume seed (a mask)."""
+
+    seq: int
+    frame_idx: int
+    obj_id: int
+    points: list[list[float]] | None = None
+    labels: list[int] | None = None
+    box: list[float] | None = None
+    mask_rle: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoPrompt:
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
+def materialize_frames(source: FrameSource, scratch: Path) -> tuple[Path, bool]:
+    """A local folder holding the frames as ``<int>.jpg``; True when it is a temporary copy."""
+    if source.kind == "dir":
+        folder = Path(source.location)
+        if not folder.is_dir():
+            raise InvalidInput(f"the frames of this video are gone ({folder})", param="video_id")
+        return folder, False
+    import boto3
+
+    bucket, _, prefix = source.location.removeprefix("s3://").partition("/")
+    scratch.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="meshline-frames-", dir=scratch))
+    client = boto3.client("s3", endpoint_url=source.endpoint_url)
+    try:
+        for index in range(source.frames):
+            client.download_file(bucket, f"{prefix}{frame_name(index)}", str(folder / frame_name(index)))
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, True
+
+
+@dataclass
+class PropagationRequest:
+    start_frame: int
+    reverse: bool
+    max_frames: int | None = None  # frames after the start frame; None = to the video's end
+
+
+@dataclass
+class VideoSession:
+    """SAM2 inference state for one video, with the prompt sequence numbers it has applied."""
+
+    video_id: str
+    predictor: Any  # sam2.sam2_video_predictor.SAM2VideoPredictor
+    scratch: Path
+    offload_state_to_cpu: bool = False
+    autocast: Callable[[], Any] | None = None  # a fresh autocast context per thread (bf16 on CUDA)
+    state: dict[str, Any] | None = None
+    applied: list[int] = field(default_factory=list)
+    last_used: float = field(default_factory=time.monotonic)
+    builds: int = 0
+    _dirty: bool = False  # holds inputs that are not in the history (resume seeds)
+    _frames_dir: Path | None = None
+    _temporary_frames: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _release_when_idle: bool = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _build(self, source: FrameSource) -> None:
+        folder, temporary = materialize_frames(source, self.scratch)
+        started = time.perf_counter()
+        self.state = self.predictor.init_state(
+            str(folder), offload_video_to_cpu=True, offload_state_to_cpu=self.offload_state_to_cpu
+        )
+        if temporary:  # SAM2 decoded every frame into memory: the copy is not needed again
+            shutil.rmtree(folder, ignore_errors=True)
+        self.applied, self._dirty, self.builds = [], False, self.builds + 1
+        logger.info("video %s: session built (%d frames) in %.2f s", self.video_id,
+                    self.state["num_frames"], time.perf_counter() - started)
+
+    def release(self) -> bool:
+        """Free the state (idle or evicted). A busy session is freed when its call ends."""
+        if not self._lock.acquire(blocking=False):
+            self._release_when_idle = True
+            return False
+        try:
+            self._free()
+        finally:
+            self._lock.release()
+        return True
+
+    def _free(self) -> None:
+        if self.state is not None:
+            self.state = None
+            self.applied = []
+            self._release_when_idle = False
+            if getattr(self.predictor, "device", None) is not None and self.predictor.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def __del__(self) -> None:
+        # Serve's multiplexer calls this when its LRU evicts the session.
+        self.release()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    # -- prompts ------------------------------------------------------------------------
+    def _sync(self, source: FrameSource, history: list[VideoPrompt]) -> None:
+        """Build if needed and apply the history this state has not seen (replay after a rebuild)."""
+        if self.state is None:
+            self._build(source)
+        assert self.state is not None
+        if self.state["num_frames"] != source.frames:
+            raise InvalidInput("the stored frames changed under this session", param="video_id")
+        seqs = [p.seq for p in history]
+        if self._dirty or seqs[: len(self.applied)] != self.applied:
+            self.predictor.reset_state(self.state)
+            self.applied, self._dirty = [], False
+        for prompt in history[len(self.applied):]:
+            self._apply(prompt)
+            self.applied.append(prompt.seq)
+
+    def _apply(self, prompt: VideoPrompt) -> dict[int, np.ndarray]:
+        assert self.state is not None
+        if prompt.mask_rle is not None:
+            frame_idx, obj_ids, logits = self.predictor.add_new_mask(
+                self.state, prompt.frame_idx, prompt.obj_id, decode_rle(prompt.mask_rle)
+            )
+        else:
+            frame_idx, obj_ids, logits = self.predictor.add_new_points_or_box(
+                self.state, prompt.frame_idx, prompt.obj_id,
+                points=None if prompt.points is None else np.asarray(prompt.points, dtype=np.float32),
+                labels=None if prompt.labels is None else np.asarray(prompt.labels, dtype=np.int32),
+                box=None if prompt.box is None else np.asarray(prompt.box, dtype=np.float32),
+            )
+        return _masks_by_object(obj_ids, logits)
+
+    def _guarded(self) -> _Guard:
+        return _Guard(self)
+
+    def prompt(self, source: FrameSource, history: list[VideoPrompt]) -> dict[str, Any]:
+        """Apply ``history`` (its last entry is the new prompt); that object's mask on its frame."""
+        if not history:
+            raise InvalidInput("no prompt given", param="prompt")
+        new = history[-1]
+        with self._guarded():
+            self._sync(source, history[:-1])
+            masks = self._apply(new)
+            self.applied.append(new.seq)
+        mask = masks[new.obj_id]
+        return {"frame_idx": new.frame_idx, "obj_id": new.obj_id, "rle": encode_rle(mask),
+                "area": int(mask.sum()), "builds": self.builds}
+
+    # -- propagation --------------------------------------------------------------------
+    def propagate(
+        self,
+        source: FrameSource,
+        history: list[VideoPrompt],
+        request: PropagationRequest,
+        emit: Callable[[int, dict[int, dict[str, Any]]], None],
+        stop: threading.Event,
+        seeds: list[VideoPrompt] | None = None,
+    ) -> int:
+        """Track every prompted object frame by frame, calling ``emit(frame_idx, {obj_id: rle})``.
+
+        ``seeds`` (masks on the start frame from an interrupted run) resume the pass there.
+        Checks ``stop`` between frames; returns the number of frames emitted.
+        """
+        if not history:
+            raise InvalidInput("add a prompt on some frame before propagating", param="prompts")
+        emitted = 0
+        with self._guarded():
+            self._sync(source, history)
+            for seed in seeds or []:
+                self._apply(seed)
+                self._dirty = True
+            frames = self.predictor.propagate_in_video(
+                self.state, start_frame_idx=request.start_frame,
+                max_frame_num_to_track=request.max_frames, reverse=request.reverse,
+            )
+            try:
+                for frame_idx, obj_ids, logits in frames:
+                    masks = _masks_by_object(obj_ids, logits)
+                    emit(int(frame_idx), {obj: encode_rle(m) for obj, m in masks.items()})
+                    emitted += 1
+                    if stop.is_set():
+                        break
+            finally:
+                frames.close()
+        return emitted
+
+
+class _Guard:
+    """Serialises calls on one session, marks it used, runs them under autocast/inference mode."""
+
+    def __init__(self, session: VideoSession) -> None:
+        self.session = session
+        self._contexts: list[Any] = []
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.session._lock.acquire()
+        self.session.last_used = time.monotonic()
+        self._contexts = [torch.inference_mode()]
+        if self.session.autocast is not None:
+            self._contexts.append(self.session.autocast())
+        for context in self._contexts:
+            context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for context in reversed(self._contexts):
+                context.__exit__(*exc)
+        finally:
+            self.session.last_used = time.monotonic()
+            if self.session._release_when_idle:
+                self.session._free()
+            self.session._lock.release()
+
+
+def _masks_by_object(obj_ids: list[int], logits: Any) -> dict[int, np.ndarray]:
+    """SAM2 returns mask logits (n_obj, 1, H, W) at the video's resolution; > 0 is the mask."""
+    array = (logits > 0.0).cpu().numpy()
+    return {int(obj): array[i, 0] for i, obj in enumerate(obj_ids)}
+
+
+def release_idle(sessions: list[VideoSession], idle_s: float) -> int:
+    """Free the state of sessions unused for ``idle_s``; they rebuild on their next call."""
+    now = time.monotonic()
+    freed = 0
+    for session in sessions:
+        if session.state is not None and not session.busy and now - session.last_used > idle_s:
+            freed += int(session.release())
+    return freed
+
+
+def iter_frame_names(count: int) -> Iterator[str]:
+    return (frame_name(i) for i in range(count))

@@ -1,0 +1,246 @@
+"""Video ingest, the video store, pass planning and SAM2 video sessions — without Ray."""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deployments.video import FrameSource, PropagationRequest, VideoPrompt, decode_rle, frame_name
+from serve_app.errors import ApiError
+from serve_app.schemas import PropagateOptions
+from serve_app.video_ingest import VideoLimits, decode_upload, frames_from_images
+from serve_app.videos import Pass, plan_passes, resume_point
+from serve_app.videostore import VideoRecord, VideoStore
+from tests.helpers import SMALL_SAM2_OVERRIDES, encode_png, encode_video, moving_disk_video, zip_frames
+from tests.unit.test_storage import store as job_store  # noqa: F401  (SQLite + PostgreSQL fixture)
+
+LIMITS = VideoLimits(max_frames=50, max_frame_pixels=200 * 200, max_bytes=20 * 2**20)
+
+
+# Ingest --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("container", ["mp4", "webm"])
+def test_decode_video_files(container: str) -> None:
+    video = moving_disk_video(frames=9)
+    decoded = decode_upload(encode_video(video, container, fps=12), LIMITS)
+    assert len(decoded.frames) == 9 and (decoded.width, decoded.height) == (160, 120)
+    assert decoded.fps == pytest.approx(12) and decoded.source == container
+    first = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(decoded.frames[0])))
+    # Lossy codecs: the disk is still where it was drawn.
+    assert first.shape == (120, 160, 3)
+    assert abs(int(first[video.masks[0]][:, 0].mean()) - 230) < 25
+
+
+def test_stride_and_max_frames() -> None:
+    data = encode_video(moving_disk_video(frames=10), "mp4", fps=10)
+    assert len(decode_upload(data, LIMITS, stride=3).frames) == 4  # frames 0, 3, 6, 9
+    assert decode_upload(data, LIMITS, stride=2).fps == pytest.approx(5)
+    assert len(decode_upload(data, LIMITS, max_frames=4).frames) == 4
+
+
+def test_zip_of_frames_in_natural_order() -> None:
+    video = moving_disk_video(frames=12)
+    decoded = decode_upload(zip_frames(video), LIMITS, fps=24)
+    assert decoded.source == "zip" and len(decoded.frames) == 12 and decoded.fps == 24
+    from PIL import Image
+
+    last = np.asarray(Image.open(io.BytesIO(decoded.frames[11])))
+    assert last[video.masks[11]][:, 0].mean() > 200  # frame_11, not frame_2 (lexical order)
+
+
+def test_frame_list() -> None:
+    video = moving_disk_video(frames=3)
+    decoded = frames_from_images([encode_png(f) for f in video.frames], LIMITS, fps=2)
+    assert (len(decoded.frames), decoded.width, decoded.height, decoded.source) == (3, 160, 120, "urls")
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"", 400),
+        (b"definitely not a video" * 50, 415),
+        (encode_png(np.zeros((20, 20, 3), np.uint8)), 415),  # ffmpeg opens images too: refused
+        (b"PK\x03\x04 broken zip", 415),
+    ],
+)
+def test_bad_uploads(data: bytes, status: int) -> None:
+    with pytest.raises(ApiError) as info:
+        decode_upload(data, LIMITS)
+    assert info.value.status == status
+
+
+def test_limits_are_enforced() -> None:
+    video = moving_disk_video(frames=10)
+    data = encode_video(video, "mp4")
+    with pytest.raises(ApiError) as info:
+        decode_upload(data, VideoLimits(max_frames=5, max_frame_pixels=10**6, max_bytes=10**7))
+    assert info.value.status == 413 and "more than 5 frames" in info.value.message
+    with pytest.raises(ApiError) as info:
+        decode_upload(data, VideoLimits(max_frames=50, max_frame_pixels=100 * 100, max_bytes=10**7))
+    assert info.value.status == 413 and "pixels" in info.value.message
+    with pytest.raises(ApiError) as info:
+        decode_upload(data, VideoLimits(max_frames=50, max_frame_pixels=10**6, max_bytes=100))
+    assert info.value.status == 413
+    mixed = io.BytesIO()
+    with zipfile.ZipFile(mixed, "w") as archive:
+        archive.writestr("0.png", encode_png(np.zeros((20, 20, 3), np.uint8)))
+        archive.writestr("1.png", encode_png(np.zeros((30, 20, 3), np.uint8)))
+    with pytest.raises(ApiError) as info:
+        decode_upload(mixed.getvalue(), LIMITS)
+    assert info.value.status == 422 and "one size" in info.value.message
+
+
+# Store and planning ----------------------------------------------------------------------------
+def test_video_store_roundtrip(job_store) -> None:  # noqa: F811
+    videos = VideoStore(job_store.engine)
+    vid = videos.new_id()
+    videos.create(vid, 10, 160, 120, 10.0, "mp4")
+    assert videos.get(vid).frames == 10 and videos.get("0" * 32) is None
+    first = videos.add_prompt(vid, 0, 1, [[10, 20]], [1], None)
+    second = videos.add_prompt(vid, 3, 2, None, None, [1, 2, 30, 40])
+    assert (first, second) == (1, 2)
+    assert [(p["seq"], p["obj_id"], p["box"]) for p in videos.prompts(vid)] == [(1, 1, None), (2, 2, [1, 2, 30, 40])]
+    videos.remove_prompt(vid, 2)
+    assert [p["seq"] for p in videos.prompts(vid)] == [1]
+    for frame in (0, 1, 2, 5):
+        videos.record_mask(vid, frame, "a" * 32, [1], 100)
+    videos.record_mask(vid, 5, "b" * 32, [1, 2], 120)  # a later job overwrites the frame
+    assert [m.frame_idx for m in videos.masks(vid, 1, 5)] == [1, 2]
+    assert videos.frames_done_by(vid, "a" * 32) == {0, 1, 2}
+    assert videos.masks(vid, 5, 6)[0].objects == [1, 2]
+    assert videos.delete(vid) and videos.get(vid) is None and videos.prompts(vid) == [] and videos.masks(vid) == []
+    assert not videos.delete(vid)
+
+
+def _record(frames: int = 10) -> VideoRecord:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return VideoRecord("v" * 32, None, frames, 160, 120, 10.0, "mp4", now, now)
+
+
+def test_plan_passes_mirrors_sam2() -> None:
+    prompts = [{"frame_idx": 4}, {"frame_idx": 6}]
+    record = _record(10)
+    forward = plan_passes(record, prompts, PropagateOptions())
+    assert [(p.start, p.reverse, p.frames) for p in forward] == [(4, False, [4, 5, 6, 7, 8, 9])]
+    both = plan_passes(record, prompts, PropagateOptions(direction="both", max_frames=2))
+    assert [(p.reverse, p.frames) for p in both] == [(False, [4, 5, 6]), (True, [4, 3, 2])]
+    with pytest.raises(ApiError) as info:
+        plan_passes(record, [], PropagateOptions())
+    assert info.value.status == 422
+    with pytest.raises(ApiError):
+        plan_passes(record, prompts, PropagateOptions(start_frame=10))
+    with pytest.raises(ApiError):
+        plan_passes(record, [{"frame_idx": 0}], PropagateOptions(direction="backward"))
+
+
+def test_resume_point_uses_the_unbroken_prefix() -> None:
+    one = Pass(2, False, None, [2, 3, 4, 5, 6])
+    assert resume_point(one, set()) is None
+    assert resume_point(one, {2, 3, 5}) == 3  # frame 5 was written out of order: not trusted
+    assert resume_point(one, {2, 3, 4, 5, 6}) == 6
+
+
+# SAM2 sessions ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segmenter() -> Any:
+    from deployments.segmenter import Sam2Segmenter, SegmenterConfig
+
+    return Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    from PIL import Image
+
+    video = moving_disk_video(frames=8)
+    folder = tmp_path_factory.mktemp("frames")
+    for index, image in enumerate(video.frames):
+        Image.fromarray(image).save(folder / frame_name(index), quality=95)
+    return folder, video
+
+
+def _history(video: Any) -> list[VideoPrompt]:
+    x, y = video.centres[0]
+    return [VideoPrompt(seq=1, frame_idx=0, obj_id=7, points=[[x, y]], labels=[1]),
+            VideoPrompt(seq=2, frame_idx=0, obj_id=9, box=[1.0, 1.0, 40.0, 40.0])]
+
+
+def _propagate(session: Any, source: FrameSource, history: list[VideoPrompt], request: PropagationRequest,
+               stop_after: int | None = None, seeds: list[VideoPrompt] | None = None) -> dict[int, dict[int, Any]]:
+    out: dict[int, dict[int, Any]] = {}
+    stop = threading.Event()
+
+    def emit(frame_idx: int, masks: dict[int, Any]) -> None:
+        out[frame_idx] = masks
+        if stop_after is not None and len(out) >= stop_after:
+            stop.set()
+
+    session.propagate(source, history, request, emit, stop, seeds)
+    return out
+
+
+def test_session_prompt_propagate_and_rebuild(segmenter: Any, frames_dir: tuple[Path, Any]) -> None:
+    folder, video = frames_dir
+    source = FrameSource("dir", str(folder), 8)
+    history = _history(video)
+    session = segmenter.new_session("v1")
+    first = session.prompt(source, history[:1])
+    assert first["obj_id"] == 7 and first["builds"] == 1
+    assert decode_rle(first["rle"]).shape == (120, 160)
+    result = session.prompt(source, history)
+    assert session.applied == [1, 2] and result["builds"] == 1  # no rebuild: the state was kept
+    tracked = _propagate(session, source, history, PropagationRequest(0, False))
+    assert sorted(tracked) == list(range(8))
+    assert all(set(masks) == {7, 9} for masks in tracked.values())
+    assert all(decode_rle(m[7]).shape == (120, 160) for m in tracked.values())
+
+    # Another replica (a fresh session) rebuilds from the stored frames + history: same masks.
+    rebuilt = segmenter.new_session("v1")
+    again = _propagate(rebuilt, source, history, PropagationRequest(0, False))
+    assert rebuilt.builds == 1 and rebuilt.applied == [1, 2]
+    assert all(again[f][7]["counts"] == tracked[f][7]["counts"] for f in range(8))
+
+    # Released (idle/evicted) state is rebuilt on the next call.
+    assert session.release() and session.state is None
+    assert sorted(_propagate(session, source, history, PropagationRequest(5, False))) == [5, 6, 7]
+    assert session.builds == 2
+
+    # A history that is not an extension of what was applied (a prompt removed): replayed.
+    session.prompt(source, [history[0], VideoPrompt(seq=3, frame_idx=2, obj_id=7, points=[[5.0, 5.0]], labels=[0])])
+    assert session.applied == [1, 3]
+
+
+def test_stop_and_resume_with_seeds(segmenter: Any, frames_dir: tuple[Path, Any]) -> None:
+    folder, video = frames_dir
+    source = FrameSource("dir", str(folder), 8)
+    history = _history(video)[:1]
+    session = segmenter.new_session("v2")
+    partial = _propagate(session, source, history, PropagationRequest(0, False), stop_after=3)
+    assert sorted(partial) == [0, 1, 2]  # stopped between frames
+    seeds = [VideoPrompt(seq=-1, frame_idx=2, obj_id=7, mask_rle=partial[2][7])]
+    rest = _propagate(session, source, history, PropagationRequest(2, False, max_frames=5), seeds=seeds)
+    assert sorted(rest) == [2, 3, 4, 5, 6, 7]
+    # The seeded frame reproduces the stored mask exactly (it is a conditioning input).
+    assert (decode_rle(rest[2][7]) == decode_rle(partial[2][7])).mean() > 0.99
+    # Seeds are not history: the next call resets and replays the history alone.
+    session.prompt(source, [*history, VideoPrompt(seq=2, frame_idx=4, obj_id=8, box=[2.0, 2.0, 30.0, 30.0])])
+    assert session.applied == [1, 2]
+
+
+def test_session_rejects_changed_frames(segmenter: Any, frames_dir: tuple[Path, Any]) -> None:
+    from deployments.errors import InvalidInput
+
+    folder, video = frames_dir
+    session = segmenter.new_session("v3")
+    session.prompt(FrameSource("dir", str(folder), 8), _history(video)[:1])
+    with pytest.raises(InvalidInput):
+        session.prompt(FrameSource("dir", str(folder), 9), _history(video))
+    with pytest.raises(InvalidInput):
+        segmenter.new_session("v4").prompt(FrameSource("dir", str(folder / "missing"), 8), _history(video))
