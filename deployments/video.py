@@ -99,7 +99,7 @@ class PropagationRequest:
     max_frames: int | None = None  # frames after the start frame; None = to the video's end
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: sessions are kept in weak sets
 class VideoSession:
     """SAM2 inference state for one video, with the prompt sequence numbers it has applied."""
 

@@ -151,9 +151,6 @@ class Settings(BaseSettings):
     video_offload_state_to_cpu: bool = Field(
         False, description="Keep SAM2's video state in CPU memory (saves GPU memory, a little slower)."
     )
-    video_progress_interval_s: float = Field(
-        0.5, gt=0, description="How often a propagation job writes its progress to the store."
-    )
 
     @field_validator("sam2_overrides", "url_allow_private", "s3_input_buckets", mode="before")
     @classmethod
