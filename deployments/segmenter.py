@@ -107,6 +107,7 @@ class Sam2Segmenter:
             "checkpoint": self.config.checkpoint,
             "image_size": int(self.model.image_size),
             "precision": "bf16-autocast" if self.half else "fp32",
+            "torch_threads": _torch_threads(),
             **placement(self.device),
         }
 
@@ -164,6 +165,12 @@ class Sam2Segmenter:
                 "box": None if box_arr is None else box_arr.tolist(),
             },
         }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _check_image(image: np.ndarray) -> tuple[int, int]:
@@ -282,7 +289,7 @@ class SegmenterDeployment:
         max_frames: int | None = None,
         seeds: list[dict[str, Any]] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Stream ``{frame_idx, masks: {obj_id: rle}, seconds}`` per frame (call with stream=True).
+        """Stream ``{frames: [{frame_idx, masks: {obj_id: rle}, seconds}, ...]}`` (call with stream=True).
 
         SAM2 runs in one worker thread (autocast state is per thread); frames cross to the
         event loop through a queue. Cancelling the call stops tracking at the next frame.
@@ -310,11 +317,21 @@ class SegmenterDeployment:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
         worker = asyncio.ensure_future(asyncio.to_thread(run))
+        finished = False
         try:
-            while (item := await queue.get()) is not None:
-                frame_idx, masks, seconds = item
-                yield {"frame_idx": frame_idx, "masks": {str(k): v for k, v in masks.items()},
-                       "seconds": round(seconds, 4)}
+            while not finished:
+                # Whatever frames are ready go out as one message: per-message overhead in the
+                # streaming path would otherwise cap the frame rate on a fast GPU.
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                finished = batch[-1] is None
+                frames = [
+                    {"frame_idx": idx, "masks": {str(k): v for k, v in masks.items()}, "seconds": round(sec, 4)}
+                    for idx, masks, sec in (item for item in batch if item is not None)
+                ]
+                if frames:
+                    yield {"frames": frames}
             await worker  # re-raises a failure in the worker thread
         finally:
             stop.set()

@@ -255,17 +255,21 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
     total = len({f for one in passes for f in one.frames})
     written = {f for one in passes for f in one.frames} & done
     source = frame_source(ctx.files, video_id, record.frames)
-    limiter = asyncio.Semaphore(8)  # mask writes in flight; S3 PUTs are latency-bound
+    limiter = asyncio.Semaphore(4)  # batches being written at once (each writes its files in parallel)
     writes: set[asyncio.Task[None]] = set()
     objects: set[int] = set()
 
-    async def write(frame_idx: int, masks: dict[str, dict[str, Any]]) -> None:
+    def put(frame: dict[str, Any]) -> tuple[int, list[int], int]:
+        data = encode_frame_masks(frame["masks"])
+        ctx.files.put(video_id, masks_name(frame["frame_idx"]), data, "application/json")
+        return frame["frame_idx"], sorted(int(k) for k in frame["masks"]), len(data)
+
+    async def write(frames: list[dict[str, Any]]) -> None:
+        """Files first (in parallel), then one DB transaction recording them."""
         async with limiter:
-            data = await asyncio.to_thread(encode_frame_masks, masks)
-            await asyncio.to_thread(ctx.files.put, video_id, masks_name(frame_idx), data, "application/json")
-            ids = sorted(int(k) for k in masks)
-            await asyncio.to_thread(videos.record_mask, video_id, frame_idx, ctx.job.id, ids, len(data))
-            written.add(frame_idx)
+            records = await asyncio.gather(*(asyncio.to_thread(put, f) for f in frames))
+            await asyncio.to_thread(videos.record_masks, video_id, ctx.job.id, list(records))
+            written.update(r[0] for r in records)
 
     started = time.perf_counter()
     tracked = 0
@@ -288,10 +292,10 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
             video_id, source, prompts, start, one.reverse, max_frames, seeds
         )
         try:
-            async for item in stream:
-                tracked += 1
-                objects.update(int(k) for k in item["masks"])
-                task = asyncio.get_running_loop().create_task(write(item["frame_idx"], item["masks"]))
+            async for batch in stream:
+                tracked += len(batch["frames"])
+                objects.update(int(k) for frame in batch["frames"] for k in frame["masks"])
+                task = asyncio.get_running_loop().create_task(write(batch["frames"]))
                 writes.add(task)
                 task.add_done_callback(writes.discard)
                 if time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:

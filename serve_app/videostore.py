@@ -174,13 +174,18 @@ class VideoStore:
 
     # Masks -------------------------------------------------------------------------------
     def record_mask(self, video_id: str, frame_idx: int, job_id: str, objects: list[int], size: int) -> None:
+        self.record_masks(video_id, job_id, [(frame_idx, objects, size)])
+
+    def record_masks(self, video_id: str, job_id: str, frames: list[tuple[int, list[int], int]]) -> None:
+        """Record written mask files, (frame_idx, object ids, bytes) each, in one transaction."""
+        now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(delete(video_masks).where(
-                (video_masks.c.video_id == video_id) & (video_masks.c.frame_idx == frame_idx)))
-            conn.execute(insert(video_masks).values(
-                video_id=video_id, frame_idx=frame_idx, job_id=job_id, objects=objects, bytes=size,
-                created_at=utcnow(),
-            ))
+                (video_masks.c.video_id == video_id) & video_masks.c.frame_idx.in_([f[0] for f in frames])))
+            conn.execute(insert(video_masks), [
+                {"video_id": video_id, "frame_idx": idx, "job_id": job_id, "objects": objects, "bytes": size,
+                 "created_at": now} for idx, objects, size in frames
+            ])
 
     def masks(self, video_id: str, start: int = 0, end: int | None = None) -> list[MaskRecord]:
         """Frames in [start, end) that have masks, in order."""
