@@ -456,11 +456,15 @@ class JobStore:
             conn.execute(update(stages).where(stages.c.job_id == job_id, stages.c.name == name).values(**values))
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
 
-    def set_stage_progress(self, job_id: str, name: str, percent: float) -> None:
+    def set_stage_progress(self, job_id: str, name: str, percent: float, detail: dict[str, Any] | None = None) -> None:
+        """``detail`` (optional) replaces the running stage's detail, e.g. frames done and fps."""
+        values: dict[str, Any] = {"progress": round(min(max(percent, 0.0), 99.9), 2)}
+        if detail is not None:
+            values["detail"] = detail
         with self.engine.begin() as conn:
             conn.execute(
                 update(stages).where(stages.c.job_id == job_id, stages.c.name == name, stages.c.status == "running")
-                .values(progress=round(min(max(percent, 0.0), 99.9), 2))
+                .values(**values)
             )
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=utcnow()))
 

@@ -107,8 +107,8 @@ class StageContext:
         )
         return prefixes or [""]
 
-    async def progress(self, stage: str, percent: float) -> None:
-        await asyncio.to_thread(self.store.set_stage_progress, self.job.id, stage, percent)
+    async def progress(self, stage: str, percent: float, detail: dict[str, Any] | None = None) -> None:
+        await asyncio.to_thread(self.store.set_stage_progress, self.job.id, stage, percent, detail)
 
     async def read(self, name: str) -> bytes:
         return await asyncio.to_thread(self.files.get, self.job.id, name)
@@ -300,7 +300,11 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
                 task.add_done_callback(writes.discard)
                 if time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:
                     last_report = time.perf_counter()
-                    await ctx.progress("propagate", 100.0 * len(written) / total)
+                    elapsed = last_report - started
+                    await ctx.progress("propagate", 100.0 * len(written) / total, {
+                        "frames_done": len(written), "frames": total,
+                        "fps": round(tracked / elapsed, 2) if elapsed > 0 else None,
+                    })
                 for finished in [t for t in writes if t.done()]:
                     finished.result()  # a failed write fails the stage now, not at the end
         except BaseException:

@@ -68,9 +68,12 @@ def test_upload_prompt_propagate_fetch_export_delete(client: httpx.Client) -> No
 
     job_id = client.post(f"/v1/videos/{video_id}/propagate", json={"direction": "forward"}).json()["job_id"]
     seen: list[float] = []
+    live: list[dict] = []
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         seen.append(job["progress"])
+        if job["status"] == "running" and job["stages"][0]["detail"]:
+            live.append(job["stages"][0]["detail"])
         if job["status"] in ("succeeded", "failed", "cancelled"):
             break
         time.sleep(0.05)
@@ -78,6 +81,8 @@ def test_upload_prompt_propagate_fetch_export_delete(client: httpx.Client) -> No
     assert seen == sorted(seen) and seen[-1] == 100.0  # monotonic, reaches 100
     detail = job["stages"][0]["detail"]
     assert detail["frames"] == 10 and detail["objects"] == [1] and detail["fps"] > 0
+    for running in live:  # while it ran: frames done of the total, and the frame rate so far
+        assert running["frames"] == 10 and 0 <= running["frames_done"] <= 10 and running["fps"] > 0
 
     for index in range(10):
         raw = client.get(f"/v1/videos/{video_id}/frames/{index}/masks", headers={"Accept-Encoding": "gzip"})

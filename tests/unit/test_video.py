@@ -244,3 +244,14 @@ def test_session_rejects_changed_frames(segmenter: Any, frames_dir: tuple[Path, 
         session.prompt(FrameSource("dir", str(folder), 9), _history(video))
     with pytest.raises(InvalidInput):
         segmenter.new_session("v4").prompt(FrameSource("dir", str(folder / "missing"), 8), _history(video))
+
+
+def test_running_stage_reports_frames_and_fps(job_store) -> None:  # noqa: F811
+    job_id = job_store.create({"stages": ["propagate"]}, {"video": "v" * 32}, ["propagate"])
+    assert job_store.claim_next("me", 30) == job_id
+    job_store.start_stage(job_id, "propagate")
+    job_store.set_stage_progress(job_id, "propagate", 40.0, {"frames_done": 4, "frames": 10, "fps": 7.5})
+    stage = job_store.get(job_id).stage("propagate")
+    assert stage.progress == 40.0 and stage.detail == {"frames_done": 4, "frames": 10, "fps": 7.5}
+    job_store.set_stage_progress(job_id, "propagate", 50.0)  # no detail: the last one stays
+    assert job_store.get(job_id).stage("propagate").detail["frames_done"] == 4
