@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
 
+from deployments import telemetry
 from deployments.common import pick_device, placement, resolve_checkpoint, use_half
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.registry import DEFAULT_MODEL_ID, ModelRegistry
@@ -281,10 +282,18 @@ class DetectorDeployment:
 
         self._latest: dict[str, tuple[int, YoloDetector]] = {}
 
+        self._held: set[str] = set()
+
         async def load(routed_id: str) -> YoloDetector:
             model_id, generation = split_routed_id(routed_id)
+            # Serve's LRU evicts before it calls us: whatever we held that is gone was evicted.
+            held_now = set(self.loaded_models())
+            telemetry.count_eviction("Detector", len(self._held - held_now))
             entry = self.registry.resolve(model_id)
+            started = time.perf_counter()
             model = await asyncio.to_thread(YoloDetector, config, entry.source, str(generation))
+            telemetry.observe_model_load("Detector", model_id, time.perf_counter() - started)
+            self._held = held_now | {routed_id}
             previous = self._latest.get(model_id)
             if previous is not None and previous[0] < generation:
                 previous[1].close()  # reloaded: the old weights are not used again

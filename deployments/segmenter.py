@@ -230,7 +230,11 @@ class SegmenterDeployment:
 
     async def __init__(self, config: SegmenterConfig) -> None:
         # Built off the event loop so health checks keep answering during a slow load.
+        from deployments.telemetry import observe_model_load
+
+        started = time.perf_counter()
         self._model = await asyncio.to_thread(Sam2Segmenter, config)
+        observe_model_load("Segmenter", config.config_name, time.perf_counter() - started)
         self._config = config
         self._sessions: weakref.WeakSet[VideoSession] = weakref.WeakSet()
 

@@ -8,8 +8,10 @@ import logging
 import time
 from datetime import timedelta
 
+from deployments import telemetry
+from deployments.errors import MeshlineError
 from serve_app.artifacts import ArtifactStore
-from serve_app.errors import public_message, to_api_error
+from serve_app.errors import ApiError, public_message, to_api_error, unwrap
 from serve_app.jobstore import JobStore, utcnow
 from serve_app.pipeline import STAGE_RUNNERS, Handles, StageContext
 from serve_app.settings import Settings
@@ -174,6 +176,8 @@ class JobRunner:
                 raise
             except Exception as exc:
                 seconds = time.perf_counter() - started
+                telemetry.observe_stage(name, telemetry.stage_deployment(name), seconds)
+                telemetry.count_failure(name, error_kind(exc))
                 client_error = to_api_error(exc)
                 if isinstance(exc, TimeoutError):
                     message = f"timed out after {timeout_s:g} s"
@@ -184,8 +188,24 @@ class JobRunner:
                     logger.warning("job %s stage %s attempt %d failed", job_id, name, attempt, exc_info=exc)
                 if client_error is not None or attempt >= settings.stage_max_attempts:
                     return f"stage {name} failed: {message}"
+                telemetry.count_retry(name)
                 await asyncio.sleep(settings.stage_retry_backoff_s * 2 ** (attempt - 1))
                 continue
             seconds = time.perf_counter() - started
+            telemetry.observe_stage(name, telemetry.stage_deployment(name), seconds)
             await asyncio.to_thread(self.store.finish_stage, job_id, name, "succeeded", seconds, detail=detail)
             return None
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, bounded label for a failed stage attempt (a metric tag: never free text)."""
+    original = unwrap(exc)
+    if isinstance(exc, TimeoutError) or isinstance(original, TimeoutError):
+        return "timeout"
+    if isinstance(original, ApiError):
+        return original.type
+    if isinstance(original, MeshlineError):
+        return original.kind
+    if original.__class__.__module__.startswith("ray."):
+        return "ray_error"  # a replica died, an actor was unavailable...
+    return "internal_error"
