@@ -4,7 +4,9 @@ Starts its own Ray + Serve with the default models (SAM2.1 hiera-tiny at 1024 px
 runs jobs on a real photo (ultralytics' bus.jpg) and reports, measured in one run:
 
 * per-stage seconds as the job store records them (handle hop + model + artifact writes);
-* job wall time (submit → succeeded, seen by a polling client) ÷ sum of stage seconds;
+* job wall time (submit → succeeded, seen by a polling client) ÷ sum of stage seconds, and
+  (store clock) ÷ the model compute time the replicas measured;
+* one handle hop vs the same call in-process; first result from zero replicas ÷ model load;
 * direct handle latency of segment/detect (p50), and where each replica runs.
 
     python -m bench.pipeline --device auto --jobs 3 --out bench/last.json
@@ -18,6 +20,7 @@ import os
 import socket
 import statistics
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,60 @@ def start_app(device: str, data_dir: Path, small: bool, precision: str) -> tuple
     return f"http://127.0.0.1:{port}", serve
 
 
+def model_seconds(stage: dict[str, Any]) -> float:
+    """Compute time the replica measured for a stage (segment reports it as model_seconds)."""
+    detail = stage["detail"]
+    if "model_seconds" in detail:
+        return float(detail["model_seconds"])
+    return float(detail["seconds"])
+
+
+def handle_hop(serve: Any, calls: int = 300) -> dict[str, float]:
+    """One DeploymentHandle round trip vs the same call in-process: Converter.info, a cheap
+    real method, so the difference is the hop (routing, serialisation, the replica's loop)."""
+    from deployments.converter import ConverterConfig, MeshConverter
+
+    handle = serve.get_deployment_handle("Converter", app_name="meshline")
+    local = MeshConverter(ConverterConfig())
+    for _ in range(20):
+        handle.info.remote().result()
+    remote_s, local_s = [], []
+    for _ in range(calls):
+        started = time.perf_counter()
+        handle.info.remote().result()
+        remote_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        local.info()
+        local_s.append(time.perf_counter() - started)
+    return {"handle_p50_ms": round(statistics.median(remote_s) * 1000, 3),
+            "in_process_p50_ms": round(statistics.median(local_s) * 1000, 3),
+            "hop_p50_ms": round((statistics.median(remote_s) - statistics.median(local_s)) * 1000, 3)}
+
+
+def cold_start(serve: Any, small: bool, device: str) -> dict[str, float]:
+    """A Segmenter deployed at zero replicas: first result (replica start + model load + one
+    call) ÷ the model load time the replica measured."""
+    from deployments.segmenter import SegmenterConfig, SegmenterDeployment
+
+    overrides: list[str] = []
+    if small:
+        from tests.helpers import SMALL_SAM2_OVERRIDES
+
+        overrides = SMALL_SAM2_OVERRIDES
+    cold = SegmenterDeployment.options(
+        name="ColdSegmenter", ray_actor_options={"num_cpus": 0.25, "num_gpus": 0.25 if device == "gpu" else 0},
+        autoscaling_config={"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1},
+    ).bind(SegmenterConfig(overrides=overrides))
+    handle = serve.run(cold, name="coldstart", route_prefix=None)
+    image = np.zeros((256, 256, 3), dtype=np.uint8)
+    started = time.perf_counter()
+    handle.segment.remote(image).result()
+    first = time.perf_counter() - started
+    load = handle.info.remote().result()["load_seconds"]
+    serve.delete("coldstart")
+    return {"first_result_s": round(first, 3), "model_load_s": load, "ratio": round(first / load, 2)}
+
+
 def p50(values: list[float]) -> float:
     return round(statistics.median(values), 4)
 
@@ -101,7 +158,8 @@ def run(
     report["detect_call_p50_s"] = p50(det_times)
 
     stage_seconds: dict[str, list[float]] = {}
-    ratios = []
+    ratios, model_ratios = [], []
+    overhead: dict[str, list[float]] = {}
     with httpx.Client(base_url=base_url, timeout=120) as http:
         for _ in range(jobs):
             started = time.perf_counter()
@@ -121,9 +179,17 @@ def run(
                 raise RuntimeError(f"job failed: {job['error']}")
             for stage in job["stages"]:
                 stage_seconds.setdefault(stage["name"], []).append(stage["seconds"])
+                overhead.setdefault(stage["name"], []).append(stage["seconds"] - model_seconds(stage))
             ratios.append(wall / sum(s["seconds"] for s in job["stages"]))
+            # The store's clock (queued → succeeded) over the compute the replicas measured.
+            store_wall = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"]))
+            model_ratios.append(store_wall.total_seconds() / sum(model_seconds(s) for s in job["stages"]))
     report["stage_seconds_p50"] = {name: p50(values) for name, values in stage_seconds.items()}
     report["job_wall_over_stage_sum_p50"] = p50(ratios)
+    report["job_wall_over_model_time_p50"] = p50(model_ratios)
+    report["stage_minus_model_seconds_p50"] = {name: p50(values) for name, values in overhead.items()}
+    report["handle_hop"] = handle_hop(serve)
+    report["cold_start"] = cold_start(serve, small, device)
     serve.shutdown()
     if out:
         out.write_text(json.dumps(report, indent=2))

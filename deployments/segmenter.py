@@ -92,7 +92,9 @@ class Sam2Segmenter:
 
         self.config = config
         self.device = pick_device(config.device)
+        started = time.perf_counter()
         self.model = _build_sam2_model(config, self.device)
+        self.load_seconds = time.perf_counter() - started
         self.predictor = SAM2ImagePredictor(self.model)
         # The predictor hard-codes feature sizes for 1024 px; derive them from the model.
         size = int(self.model.image_size)
@@ -108,6 +110,7 @@ class Sam2Segmenter:
             "image_size": int(self.model.image_size),
             "precision": "bf16-autocast" if self.half else "fp32",
             "torch_threads": _torch_threads(),
+            "load_seconds": round(self.load_seconds, 3),
             **placement(self.device),
         }
 
@@ -145,6 +148,7 @@ class Sam2Segmenter:
             point_labels = np.array([1], dtype=np.int32)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.half else contextlib.nullcontext()
         with self._lock, torch.inference_mode(), autocast:
+            started = time.perf_counter()
             self.predictor.set_image(image)
             masks, scores, _ = self.predictor.predict(
                 point_coords=point_coords,
@@ -153,12 +157,14 @@ class Sam2Segmenter:
                 multimask_output=multimask,
             )
             self.predictor.reset_predictor()
+            seconds = time.perf_counter() - started
         masks = np.asarray(masks) > 0
         scores = np.asarray(scores, dtype=np.float32)
         order = np.argsort(-scores)
         return {
             "masks": masks[order],
             "scores": scores[order].tolist(),
+            "seconds": round(seconds, 4),  # model time inside the replica (benchmarks use it)
             "prompt": {
                 "points": None if point_coords is None else point_coords.tolist(),
                 "labels": None if point_labels is None else point_labels.tolist(),

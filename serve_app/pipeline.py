@@ -151,9 +151,13 @@ async def _segment_one(ctx: StageContext, image: np.ndarray, prefix: str, **prom
     mask = np.asarray(result["masks"][0], dtype=bool)
     if not mask.any():
         raise ApiError(422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt")
-    await ctx.write("segment", f"{prefix}mask.png", mask_png(mask), "image/png")
-    await ctx.write("segment", f"{prefix}mask_rle.json", json.dumps(mask_rle(mask)).encode(), "application/json")
-    return {"score": round(float(result["scores"][0]), 5), "area": int(mask.sum()), "prompt": result["prompt"]}
+    png, rle = await asyncio.gather(asyncio.to_thread(mask_png, mask), asyncio.to_thread(mask_rle, mask))
+    await asyncio.gather(
+        ctx.write("segment", f"{prefix}mask.png", png, "image/png"),
+        ctx.write("segment", f"{prefix}mask_rle.json", json.dumps(rle).encode(), "application/json"),
+    )
+    return {"score": round(float(result["scores"][0]), 5), "area": int(mask.sum()), "prompt": result["prompt"],
+            "model_seconds": result["seconds"]}
 
 
 async def run_segment(ctx: StageContext) -> dict[str, Any]:
@@ -226,8 +230,7 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
             mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision,
             preview=options.preview, prefix=prefix,
         )
-        for item in result["files"]:
-            await ctx.write("convert", item["name"], item["data"], item["media_type"])
+        await asyncio.gather(*(ctx.write("convert", f["name"], f["data"], f["media_type"]) for f in result["files"]))
         files += [f["name"] for f in result["files"]]
         seconds += result["stats"]["seconds"]
         await ctx.progress("convert", 100.0 * done / len(objects))
