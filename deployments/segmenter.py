@@ -328,6 +328,7 @@ class SegmenterDeployment:
 
         worker = asyncio.ensure_future(asyncio.to_thread(run))
         finished = False
+        began, count = time.perf_counter(), 0
         try:
             while not finished:
                 # Whatever frames are ready go out as one message: per-message overhead in the
@@ -341,8 +342,13 @@ class SegmenterDeployment:
                     for idx, masks, sec in (item for item in batch if item is not None)
                 ]
                 if frames:
+                    count += len(frames)
                     yield {"frames": frames}
             await worker  # re-raises a failure in the worker thread
+            if count:
+                from deployments.telemetry import set_video_fps
+
+                set_video_fps(count / (time.perf_counter() - began))
         finally:
             stop.set()
             if not worker.done():
