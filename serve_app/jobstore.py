@@ -56,6 +56,8 @@ jobs = Table(
     Column("idempotency_key", String(255)),
     Column("request_hash", String(64), index=True),
     Column("webhook", JSON),  # delivery state of options.callback_url
+    # The API key scope that submitted the job (None: open access); see serve_app/auth.py.
+    Column("owner", String(64), index=True),
     # An index (not a column constraint) so upgrade_schema can add it to older databases.
     Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
 )
@@ -155,6 +157,7 @@ class JobRecord:
     finished_at: datetime | None
     runs: int
     webhook: dict[str, Any] | None = None
+    owner: str | None = None
     stages: list[StageRecord] = field(default_factory=list)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
 
@@ -224,6 +227,7 @@ class JobStore:
         job_id: str | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Queue a job; ``input_artifacts`` are (name, media_type, bytes) already stored.
 
@@ -237,7 +241,7 @@ class JobStore:
                     jobs.insert().values(
                         id=job_id, status="queued", options=options, inputs=inputs,
                         created_at=now, updated_at=now, runs=0,
-                        idempotency_key=idempotency_key, request_hash=request_hash,
+                        idempotency_key=idempotency_key, request_hash=request_hash, owner=owner,
                         webhook={"state": "pending", "attempts": 0} if options.get("callback_url") else None,
                     )
                 )
@@ -278,12 +282,13 @@ class JobStore:
             ).all()
         return [r[0] for r in rows if (_json(r[1]) or {}).get("state") == "pending"][:limit]
 
-    def find_succeeded_by_hash(self, request_hash: str) -> str | None:
-        """The newest succeeded job made from exactly these inputs and options (dedup)."""
+    def find_succeeded_by_hash(self, request_hash: str, owner: str | None = None) -> str | None:
+        """The newest succeeded job of ``owner`` made from exactly these inputs and options
+        (dedup never hands one key another key's job)."""
         with self.engine.connect() as conn:
             return conn.execute(
                 select(jobs.c.id)
-                .where(jobs.c.request_hash == request_hash, jobs.c.status == "succeeded")
+                .where(jobs.c.request_hash == request_hash, jobs.c.status == "succeeded", _owned_by(owner))
                 .order_by(jobs.c.finished_at.desc())
                 .limit(1)
             ).scalar()
@@ -317,6 +322,34 @@ class JobStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(jobs).where(jobs.c.status == status)).scalar_one())
 
+    def count_by_status_and_stage(self) -> dict[tuple[str, str], int]:
+        """Jobs per (status, current stage), for the metrics gauges. A job's current stage is
+        its first stage that has not succeeded (the failed one for a failed job); "done"
+        when all succeeded, "none" for a job without stages."""
+        first_open = (
+            select(stages.c.job_id, func.min(stages.c.position).label("position"))
+            .where(stages.c.status != "succeeded")
+            .group_by(stages.c.job_id)
+            .subquery()
+        )
+        current = stages.alias("current")
+        has_stages = select(stages.c.job_id).where(stages.c.job_id == jobs.c.id).exists()
+        query = (
+            select(jobs.c.status, current.c.name, has_stages, func.count())
+            .select_from(
+                jobs.outerjoin(first_open, first_open.c.job_id == jobs.c.id).outerjoin(
+                    current, (current.c.job_id == first_open.c.job_id) & (current.c.position == first_open.c.position)
+                )
+            )
+            .group_by(jobs.c.status, current.c.name, has_stages)
+        )
+        counts: dict[tuple[str, str], int] = {}
+        with self.engine.connect() as conn:
+            for status, stage, staged, number in conn.execute(query).all():
+                key = (status, stage or ("done" if staged else "none"))
+                counts[key] = counts.get(key, 0) + int(number)
+        return counts
+
     def find_by_idempotency_key(self, key: str) -> tuple[str, str | None] | None:
         """(job id, request hash) of the job created with this key, if any."""
         with self.engine.connect() as conn:
@@ -332,10 +365,15 @@ class JobStore:
                 return None
             return self._load(conn, row)
 
-    def list(self, status: str | None = None, limit: int = 50) -> list[JobRecord]:
+    def list(
+        self, status: str | None = None, limit: int = 50, owner: str | None = None, any_owner: bool = True
+    ) -> list[JobRecord]:
+        """Newest first; ``any_owner=False`` keeps only ``owner``'s jobs (a scoped API key)."""
         query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
         if status:
             query = query.where(jobs.c.status == status)
+        if not any_owner:
+            query = query.where(_owned_by(owner))
         with self.engine.connect() as conn:
             return [self._load(conn, row) for row in conn.execute(query).mappings().all()]
 
@@ -350,7 +388,7 @@ class JobStore:
             id=row["id"], status=row["status"], options=_json(row["options"]), inputs=_json(row["inputs"]),
             error=row["error"], created_at=_aware(row["created_at"]), updated_at=_aware(row["updated_at"]),
             started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]), runs=row["runs"],
-            webhook=_json(row["webhook"]),
+            webhook=_json(row["webhook"]), owner=row["owner"],
             stages=[
                 StageRecord(
                     name=s["name"], position=s["position"], status=s["status"], progress=s["progress"],
@@ -528,6 +566,10 @@ class JobStore:
                     .values(status="cancelled")
                 )
             return True
+
+
+def _owned_by(owner: str | None) -> Any:
+    return jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner
 
 
 def _json(value: Any) -> Any:

@@ -256,6 +256,9 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     app_status: str
     deployments: dict[str, DeploymentHealth]
+    auth: Literal["open", "keys"] = Field(
+        "open", description="open: no API keys configured (every route open); keys: Bearer keys required."
+    )
 
 
 class ErrorDetail(BaseModel):

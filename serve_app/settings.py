@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serve_app.auth import ApiKeyEntry
+
 DEFAULT_STAGES = ("segment", "reconstruct", "paint", "convert")
 
 
@@ -152,7 +154,20 @@ class Settings(BaseSettings):
         False, description="Keep SAM2's video state in CPU memory (saves GPU memory, a little slower)."
     )
 
-    @field_validator("sam2_overrides", "url_allow_private", "s3_input_buckets", mode="before")
+    # Security ----------------------------------------------------------------------------
+    api_keys: list[ApiKeyEntry] = Field(
+        default_factory=list,
+        description="Hashed API keys ([{id, sha256, admin, scope}], JSON in the env var); "
+        "none here and no api_keys_file = open access.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="YAML/JSON {key_id: {sha256, admin, scope}}; re-read when it changes."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (none: no CORS headers at all)."
+    )
+
+    @field_validator("sam2_overrides", "url_allow_private", "s3_input_buckets", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Env vars arrive as strings: accept a JSON list or a comma-separated list.
@@ -162,7 +177,10 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("data_dir", "artifact_dir", "weights_cache_dir", "detector_registry_file", "detector_models_dir")
+    @field_validator(
+        "data_dir", "artifact_dir", "weights_cache_dir", "detector_registry_file", "detector_models_dir",
+        "api_keys_file",
+    )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Replicas run in other processes (and other working directories): pin paths now.

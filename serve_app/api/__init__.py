@@ -1,47 +1,119 @@
-"""The FastAPI app: routers that only translate HTTP, one error shape."""
+"""The FastAPI app: routers that only translate HTTP, one error shape.
+
+Cross-cutting concerns are app-wide ASGI middlewares, so every router (those added later
+too) gets them: request ids and metrics, CORS, API keys, body size limits.
+"""
 
 from __future__ import annotations
 
-import uuid
+import asyncio
+import ipaddress
+import logging
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
 
-from serve_app.api import health, jobs, predict, videos
+from serve_app.api import admin, health, jobs, predict, videos
+from serve_app.api.middleware import ApiKeyAuth, BodyLimit, RequestContext
+from serve_app.auth import KeyRing
 from serve_app.errors import install_error_handlers
+from serve_app.metrics import ApiMetrics
 from serve_app.services import Services
+from serve_app.settings import Settings
+
+logger = logging.getLogger("meshline.api")
 
 DESCRIPTION = (
     "Photos to detections, masks and simulation-ready 3D meshes. Long work runs as durable "
     "jobs: `POST /v1/jobs` answers 202 with a job id; poll `GET /v1/jobs/{id}`."
 )
+# Room for the multipart framing and the options field around the files.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+def body_limits(settings: Settings) -> tuple[int, int]:
+    """(any route, POST /v1/videos): jobs carry up to three files (image, mask, mesh)."""
+    files = int(settings.max_upload_mb * 2**20) * 3 + FORM_OVERHEAD_BYTES
+    video = int(settings.video_max_upload_mb * 2**20) + FORM_OVERHEAD_BYTES
+    return files, video
 
 
 def create_api(services: Services) -> FastAPI:
+    settings = services.settings
     app = FastAPI(title="meshline", version="1", description=DESCRIPTION)
     app.state.services = services
     install_error_handlers(app)
-    body_limit = int(services.settings.max_upload_mb * 1024 * 1024) * 3 + 64 * 1024
-    video_body_limit = int(services.settings.video_max_upload_mb * 1024 * 1024) + 64 * 1024
+    metrics = ApiMetrics(services.store)
+    app.state.metrics = metrics
+    keys = KeyRing(settings.api_keys, settings.api_keys_file)
+    if not keys.enabled:
+        _warn_open_access()
 
-    @app.middleware("http")
-    async def request_id_and_size(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = rid
-        length = request.headers.get("content-length")
-        limit = video_body_limit if request.url.path == "/v1/videos" else body_limit
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse(
-                status_code=413,
-                content={"error": {"message": f"request body exceeds {limit} bytes",
-                                   "type": "payload_too_large", "param": None, "request_id": rid}},
-            )
-        response = await call_next(request)
-        response.headers["x-request-id"] = rid
-        return response
+    files_limit, video_limit = body_limits(settings)
+
+    def limit_for(method: str, path: str) -> int:
+        return video_limit if method == "POST" and path == "/v1/videos" else files_limit
+
+    # Added innermost first: RequestContext(CORS(ApiKeyAuth(BodyLimit(routes)))). CORS sits
+    # outside auth so preflights (which carry no Authorization) are answered and 401s are
+    # readable by the calling page; auth sits outside the limit so strangers' bodies are not read.
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(ApiKeyAuth, keys=keys)
+    if settings.cors_origins:  # closed by default: no CORS headers at all
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Location", "Retry-After", "Idempotent-Replayed"],
+            max_age=600,
+        )
+    app.add_middleware(RequestContext, api=app, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        # The store query blocks: off the event loop.
+        return Response(await asyncio.to_thread(metrics.render), media_type=metrics.content_type)
 
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(predict.router)
     app.include_router(videos.router)
+    app.include_router(admin.router)
     return app
+
+
+def _warn_open_access() -> None:
+    host = _serve_http_host()
+    if host is None or _is_loopback(host):
+        logger.warning("no API keys configured: open access; bound to %s", host or "127.0.0.1")
+    else:
+        logger.error(
+            "no API keys configured: open access, and HTTP is bound to %s (not loopback): anyone who "
+            "reaches it can use meshline. Set MESHLINE_API_KEYS_FILE (see README).", host,
+        )
+
+
+def _serve_http_host() -> str | None:
+    """The Serve proxy's HTTP host, when this runs inside a Ray cluster (None otherwise)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return str(client.http_config.host) if client is not None else None
+    except Exception:  # only a log line depends on it
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+

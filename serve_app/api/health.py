@@ -30,5 +30,7 @@ async def healthz(services: ServicesDep) -> JSONResponse:
             replicas = {str(getattr(k, "value", k)): int(v) for k, v in deployment.replica_states.items()}
         deployments[name] = DeploymentHealth(status=state, replicas=replicas, weights=info["weights"], model=info.get("model"))
     healthy = all(d.status in HEALTHY for d in deployments.values())
-    body = Health(status="ok" if healthy else "degraded", app_status=app_status, deployments=deployments)
+    keyed = bool(services.settings.api_keys or services.settings.api_keys_file)
+    body = Health(status="ok" if healthy else "degraded", app_status=app_status, deployments=deployments,
+                  auth="keys" if keyed else "open")
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

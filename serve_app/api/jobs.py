@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.artifacts import LocalArtifactStore, check_job_id, check_name
+from serve_app.auth import Principal, can_access, current_principal
 from serve_app.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask
 from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
@@ -47,6 +48,20 @@ def request_hash(image: bytes, files: dict[str, tuple[bytes, str]], options: Job
     return digest.hexdigest()
 
 
+def scoped_idempotency_key(key: str, owner: str | None) -> str:
+    """Idempotency-Keys are per owner: another key's identical header never replays (or
+    reveals) this one's job. Hashed so owner + key fit the 255-character column."""
+    return key if owner is None else f"{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def job_for(services: Services, principal: Principal, job_id: str) -> JobRecord:
+    """The job if this caller may see it; another owner's job is a 404 like a missing one."""
+    job = job_or_404(services.store, job_id)
+    if not can_access(principal, job.owner):
+        raise ApiError(404, f"job {job_id!r} not found", "not_found", "job_id")
+    return job
+
+
 class Replayed(Exception):
     """The Idempotency-Key already made this job (or `dedup` found a finished twin)."""
 
@@ -75,15 +90,18 @@ async def create_job(
     files: dict[str, tuple[bytes, str]],
     options: JobOptions,
     idempotency_key: str | None = None,
+    owner: str | None = None,
 ) -> str:
     """Validate everything, store the inputs, then queue the job (inputs first: never a
-    queued job without its files). Raises ``Replayed`` for a repeated Idempotency-Key."""
+    queued job without its files). Raises ``Replayed`` for a repeated Idempotency-Key.
+    ``owner``: the submitting key's scope (serve_app/auth.py), None with open access."""
     settings = services.settings
     digest = request_hash(image, files, options)
     if idempotency_key is not None:
+        idempotency_key = scoped_idempotency_key(idempotency_key, owner)
         _check_idempotency(services, idempotency_key, digest)
     if options.dedup:
-        twin = await asyncio.to_thread(services.store.find_succeeded_by_hash, digest)
+        twin = await asyncio.to_thread(services.store.find_succeeded_by_hash, digest, owner)
         if twin is not None:
             raise Replayed(twin, deduplicated=True)
     if await asyncio.to_thread(services.store.count, "queued") >= settings.max_queued_jobs:
@@ -118,6 +136,7 @@ async def create_job(
             job_id,
             idempotency_key,
             digest,
+            owner,
         )
     except IdempotencyConflict:
         # A concurrent request with the same key won the insert: drop our copy of the inputs.
@@ -143,8 +162,9 @@ async def submit_job(
     ] = None,
 ) -> JSONResponse:
     inputs = await read_inputs(request, services.settings, JobOptions, extra_files=("mask", "mesh"))
+    owner = current_principal(request).owner
     try:
-        job_id = await create_job(services, inputs.image, inputs.files, inputs.options, idempotency_key)  # type: ignore[arg-type]
+        job_id = await create_job(services, inputs.image, inputs.files, inputs.options, idempotency_key, owner)  # type: ignore[arg-type]
     except Replayed as replay:
         job = await asyncio.to_thread(job_or_404, services.store, replay.job_id)
         body = JobAccepted(
@@ -159,26 +179,31 @@ async def submit_job(
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
 
 
-@router.get("", response_model=JobList, summary="Recent jobs, newest first")
+@router.get("", response_model=JobList, summary="Recent jobs, newest first (a scoped key: its own)")
 async def list_jobs(
+    request: Request,
     services: ServicesDep,
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobList:
-    records = await asyncio.to_thread(services.store.list, status, limit)
+    principal = current_principal(request)
+    records = await asyncio.to_thread(
+        services.store.list, status, limit, principal.owner, principal.sees_everything
+    )
     return JobList(jobs=[job_public(j, services.files) for j in records])
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, summary="Job status from the store")
-async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
-    return job_public(await asyncio.to_thread(job_or_404, services.store, job_id), services.files)
+async def get_job(job_id: str, request: Request, services: ServicesDep) -> JobPublic:
+    job = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
+    return job_public(job, services.files)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS, summary="Cancel a job")
-async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
+async def cancel_job(job_id: str, request: Request, services: ServicesDep) -> JobPublic:
     """Queued or running → cancelled; no further stage starts and the running one is
     interrupted (its replica call is cancelled). An ended job is a 409."""
-    job = await asyncio.to_thread(job_or_404, services.store, job_id)
+    job = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
     if not await asyncio.to_thread(services.store.cancel, job.id):
         raise ApiError(409, f"job {job.id} already ended ({job.status})", "conflict", "job_id")
     services.runner.cancel_local(job.id)  # at once here; other replicas notice via their lease
@@ -190,8 +215,8 @@ async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
     "/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
     summary="Server-Sent Events: every state/progress change until the job ends",
 )
-async def job_events(job_id: str, services: ServicesDep) -> StreamingResponse:
-    first = await asyncio.to_thread(job_or_404, services.store, job_id)
+async def job_events(job_id: str, request: Request, services: ServicesDep) -> StreamingResponse:
+    first = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
     return StreamingResponse(
         _event_stream(services, first.id),
         media_type="text/event-stream",
@@ -229,9 +254,9 @@ async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
     "/{job_id}/artifacts/{name}", responses={**ERRORS, 307: {"description": "Redirect to storage"}},
     summary="Download one artifact",
 )
-async def get_artifact(job_id: str, name: str, services: ServicesDep) -> Response:
+async def get_artifact(job_id: str, name: str, request: Request, services: ServicesDep) -> Response:
     check_name(name)
-    job = await asyncio.to_thread(job_or_404, services.store, job_id)
+    job = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
     record = next((a for a in job.artifacts if a.name == name), None)
     if record is None:
         raise ApiError(404, f"job {job_id} has no artifact {name!r}", "not_found", "name")
