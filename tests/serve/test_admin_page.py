@@ -1,0 +1,64 @@
+"""The admin page in a real headless Chromium (Debian's, through playwright; no download)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveApp
+from tests.helpers import Scene, make_scene
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "admin.png"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_admin_page_follows_a_job_to_100_percent(live_app: LiveApp, client: httpx.Client, browser, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_app.base_url}/admin")
+    job_id = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
+                         data={"options": json.dumps({"stages": ["segment", "reconstruct"]})}).json()["job_id"]
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    row.wait_for(timeout=30_000)  # listed live, through the SSE stream
+    page.locator(f'tr[data-job-id="{job_id}"][data-status="succeeded"]').wait_for(timeout=180_000)
+    assert row.locator(".pct").inner_text() == "100 %"
+    assert row.locator(".stage").all_inner_texts() == ["segment 100 %", "reconstruct 100 %"]
+    # Serve's status, and the models table from GET /v1/models, are on the page too.
+    page.locator('tr[data-deployment="Segmenter"]').wait_for(timeout=30_000)
+    assert "auth: open" in page.locator("#auth-mode").inner_text()
+    page.locator('tr[data-model-id="alpha"]').wait_for(timeout=30_000)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    print(f"admin page screenshot: {SCREENSHOT}")
+    assert not errors, errors
+    page.close()
+
+
+def test_admin_page_cancels_a_job(live_app: LiveApp, client: httpx.Client, browser) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(f"{live_app.base_url}/admin")
+    big = make_scene("disk", 900, 1200)  # slow enough to still be running when clicked
+    job_id = client.post("/v1/jobs", files={"image": ("b.png", big.png())}).json()["job_id"]
+    button = page.locator(f'tr[data-job-id="{job_id}"] button', has_text="Cancel")
+    button.wait_for(timeout=30_000)
+    button.click()
+    page.locator(f'tr[data-job-id="{job_id}"][data-status="cancelled"]').wait_for(timeout=30_000)
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    page.close()
