@@ -62,3 +62,70 @@ def test_admin_page_cancels_a_job(live_app: LiveApp, client: httpx.Client, brows
     page.locator(f'tr[data-job-id="{job_id}"][data-status="cancelled"]').wait_for(timeout=30_000)
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
     page.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_api(live_app: LiveApp) -> Iterator[str]:
+    """The same API with keys, on the live app's store (its ingress runs the jobs: replicas
+    share work through the store), served by uvicorn in this process."""
+    import threading
+
+    import uvicorn
+
+    from deployments.registry import ModelRegistry
+    from serve_app.api import create_api
+    from serve_app.artifacts import make_artifact_store
+    from serve_app.auth import hash_key
+    from serve_app.jobstore import JobStore
+    from serve_app.pipeline import Handles
+    from serve_app.runner import JobRunner
+    from serve_app.services import Services
+    from serve_app.settings import Settings
+    from tests.conftest import APP_NAME, free_port
+
+    keys = [{"id": "root", "sha256": hash_key(ADMIN_KEY), "admin": True},
+            {"id": "user", "sha256": hash_key(USER_KEY)}]
+    settings = Settings(**{**live_app.settings, "api_keys": keys})
+    store = JobStore(settings.resolved_db_url)
+    files = make_artifact_store(settings.artifact_uri, settings.resolved_artifact_dir, settings.s3_endpoint_url,
+                                settings.s3_presign_ttl_s)
+    handles = Handles(None, None, None, None)
+    runner = JobRunner(store, files, handles, settings, owner="keyed-test")  # never started
+    registry = ModelRegistry(settings.detector_model, None, settings.detector_models_dir)
+    services = Services(settings, store, files, handles, runner, {}, APP_NAME, registry)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+ADMIN_KEY, USER_KEY = "admin-test-key", "user-test-key"
+
+
+def test_admin_page_with_keys_streams_with_a_bearer_header(keyed_api: str, browser, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=keyed_api, timeout=60) as http:
+        job_id = http.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
+                           data={"options": json.dumps({"stages": ["segment"]})},
+                           headers={"Authorization": f"Bearer {USER_KEY}"}).json()["job_id"]
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{keyed_api}/admin")
+    page.locator("#conn.error").wait_for(timeout=30_000)  # no key yet: the API says 401
+    assert "missing API key" in page.locator("#conn").inner_text()
+    page.fill("#key", USER_KEY)
+    page.click("#connect")
+    page.wait_for_function("document.querySelector('#conn').textContent.includes('not an admin key')", timeout=30_000)
+    page.fill("#key", ADMIN_KEY)
+    page.click("#connect")
+    row = page.locator(f'tr[data-job-id="{job_id}"][data-status="succeeded"]')
+    row.wait_for(timeout=180_000)
+    assert row.locator(".pct").inner_text() == "100 %"
+    assert row.locator("td").nth(1).inner_text() == "user"  # the owner the key's job recorded
+    assert not any(ADMIN_KEY in url or USER_KEY in url for url in requests)  # keys never go into URLs
+    page.close()
