@@ -34,7 +34,7 @@ help:
 	@echo "make test    install (once) and run the test suite"
 	@echo "make status  serve status of the local app"
 	@echo "make stop    shut the local app and Ray head down"
-	@echo "make bench   run the benchmarks in bench/"
+	@echo "make bench   run every benchmark; one table of ratios in bench/RESULTS.md"
 
 install: $(STAMP)
 
@@ -90,8 +90,9 @@ test-tools: $(TOOLS_STAMP)
 test: install test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every benchmark, one table of ratios → bench/RESULTS.md (GPU when there is one). BENCH_ARGS=--quick: small models.
 bench: install
-	$(BIN)/python -m bench.pipeline --out bench/last.json
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .data
