@@ -83,15 +83,22 @@ def handle_hop(serve: Any, calls: int = 300) -> dict[str, float]:
     local = MeshConverter(ConverterConfig())
     for _ in range(20):
         handle.info.remote().result()
-    remote_s, local_s = [], []
+    grpc = handle.options(_by_reference=False)  # Serve's direct gRPC transport (no object store)
+    for _ in range(20):
+        grpc.info.remote().result()
+    remote_s, local_s, grpc_s = [], [], []
     for _ in range(calls):
         started = time.perf_counter()
         handle.info.remote().result()
         remote_s.append(time.perf_counter() - started)
         started = time.perf_counter()
+        grpc.info.remote().result()
+        grpc_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
         local.info()
         local_s.append(time.perf_counter() - started)
     return {"handle_p50_ms": round(statistics.median(remote_s) * 1000, 3),
+            "grpc_handle_p50_ms": round(statistics.median(grpc_s) * 1000, 3),
             "in_process_p50_ms": round(statistics.median(local_s) * 1000, 3),
             "hop_p50_ms": round((statistics.median(remote_s) - statistics.median(local_s)) * 1000, 3)}
 

@@ -61,7 +61,8 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
         ("pipeline wall ÷ Σ stage seconds", f"{pipeline['job_wall_over_stage_sum_p50']:.3f}", "",
          "client-seen wall ÷ stage seconds (handle hop + model + artifact writes)"),
         ("handle hop − same call in-process (p50)", f"{hop['hop_p50_ms']:.2f} ms", "≤ 2 ms",
-         f"Converter.info: handle {hop['handle_p50_ms']} ms vs in-process {hop['in_process_p50_ms']} ms"),
+         f"Converter.info: handle {hop['handle_p50_ms']} ms vs in-process {hop['in_process_p50_ms']} ms; "
+         f"Serve's gRPC transport (`_by_reference=False`) {hop['grpc_handle_p50_ms']} ms"),
         ("first result from zero replicas ÷ model load", f"{cold['ratio']:.2f}", "",
          f"SAM2 segment from 0 replicas {cold['first_result_s']} s; replica-timed load {cold['model_load_s']} s"),
         ("POST /v1/jobs p99 at 50 clients", f"{jobs['post_jobs']['p99_ms']:.0f} ms", "",
