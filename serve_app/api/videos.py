@@ -14,7 +14,7 @@ import zipfile
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from deployments.video import decode_rle, frame_name
 from serve_app.api.inputs import read_upload, validation_error
+from serve_app.auth import Principal, can_access, current_principal
 from serve_app.errors import ApiError
 from serve_app.fetch import check_url, fetch_s3, fetch_url
 from serve_app.schemas import (
@@ -66,13 +67,21 @@ def _limits(services: Services) -> VideoLimits:
                        s.video_jpeg_quality)
 
 
-def _video_or_404(services: Services, video_id: str) -> VideoRecord:
+def _video_or_404(services: Services, video_id: str, principal: Principal) -> VideoRecord:
+    """The video if this caller may use it; another key's video is a 404 like a missing one."""
     if not VIDEO_ID.fullmatch(video_id):
         raise ApiError(422, "video id must be 32 lower-case hex characters", param="video_id")
     record = _videos(services).get(video_id)
-    if record is None:
+    if record is None or not can_access(principal, record.owner):
         raise ApiError(404, f"video {video_id!r} not found", "not_found", "video_id")
     return record
+
+
+def _principal(request: Request) -> Principal:
+    return current_principal(request)
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
 
 
 def _public(services: Services, record: VideoRecord) -> VideoPublic:
@@ -132,26 +141,27 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
 
 @router.post("", status_code=201, response_model=VideoPublic, responses=ERRORS,
              summary="Upload a video (mp4/webm/mov/mkv, a zip of frames, or frame URLs)")
-async def create_video(request: Request, services: ServicesDep) -> VideoPublic:
+async def create_video(request: Request, services: ServicesDep, principal: PrincipalDep) -> VideoPublic:
     decoded = await _decode_request(request, services)
     video_id = uuid.uuid4().hex
     await asyncio.to_thread(store_frames, services.files, video_id, decoded.frames)
     store = _videos(services)
     await asyncio.to_thread(store.create, video_id, len(decoded.frames), decoded.width, decoded.height,
-                            decoded.fps, decoded.source)
-    return await asyncio.to_thread(_public, services, await asyncio.to_thread(_video_or_404, services, video_id))
+                            decoded.fps, decoded.source, principal.owner)
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
+    return await asyncio.to_thread(_public, services, record)
 
 
 @router.get("/{video_id}", response_model=VideoPublic, responses=ERRORS, summary="A video's metadata")
-async def get_video(video_id: str, services: ServicesDep) -> VideoPublic:
-    record = await asyncio.to_thread(_video_or_404, services, video_id)
+async def get_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> VideoPublic:
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     return await asyncio.to_thread(_public, services, record)
 
 
 @router.get("/{video_id}/frames/{frame_idx}", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
             summary="One stored frame (JPEG)")
-async def get_frame(video_id: str, frame_idx: int, services: ServicesDep) -> Response:
-    record = await asyncio.to_thread(_video_or_404, services, video_id)
+async def get_frame(video_id: str, frame_idx: int, services: ServicesDep, principal: PrincipalDep) -> Response:
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     check_frame(record, frame_idx)
     data = await asyncio.to_thread(services.files.get, video_id, frame_name(frame_idx))
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
@@ -169,8 +179,10 @@ def _check_prompt_geometry(record: VideoRecord, prompt: VideoPromptIn) -> None:
 
 @router.post("/{video_id}/prompts", response_model=VideoPromptResult, responses=ERRORS,
              summary="Add points or a box for one object on one frame; that frame's mask for it")
-async def add_prompt(video_id: str, prompt: VideoPromptIn, services: ServicesDep) -> VideoPromptResult:
-    record = await asyncio.to_thread(_video_or_404, services, video_id)
+async def add_prompt(
+    video_id: str, prompt: VideoPromptIn, services: ServicesDep, principal: PrincipalDep
+) -> VideoPromptResult:
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     check_frame(record, prompt.frame_idx)
     _check_prompt_geometry(record, prompt)
     store = _videos(services)
@@ -197,17 +209,19 @@ async def add_prompt(video_id: str, prompt: VideoPromptIn, services: ServicesDep
 
 
 @router.get("/{video_id}/prompts", responses=ERRORS, summary="The video's prompt history, in order")
-async def list_prompts(video_id: str, services: ServicesDep) -> dict[str, Any]:
-    await asyncio.to_thread(_video_or_404, services, video_id)
+async def list_prompts(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    await asyncio.to_thread(_video_or_404, services, video_id, principal)
     return {"video_id": video_id, "prompts": await asyncio.to_thread(_videos(services).prompts, video_id)}
 
 
 @router.post("/{video_id}/propagate", status_code=202, response_model=JobAccepted, responses=ERRORS,
              summary="Track the prompted objects through the video, as a durable job")
-async def propagate(video_id: str, services: ServicesDep, options: PropagateOptions | None = None) -> JobAccepted:
+async def propagate(
+    video_id: str, services: ServicesDep, principal: PrincipalDep, options: PropagateOptions | None = None
+) -> JobAccepted:
     options = options or PropagateOptions()
     settings = services.settings
-    record = await asyncio.to_thread(_video_or_404, services, video_id)
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     prompts = await asyncio.to_thread(_videos(services).prompts, video_id)
     plan_passes(record, prompts, options)  # 422 now rather than a failed job later
     if options.callback_url:
@@ -219,7 +233,7 @@ async def propagate(video_id: str, services: ServicesDep, options: PropagateOpti
                              callback_url=options.callback_url, preview=False, collision=False)
     job_id = await asyncio.to_thread(
         services.store.create, job_options.model_dump(mode="json", exclude_none=True), {"video": video_id},
-        ["propagate"],
+        ["propagate"], owner=principal.owner,
     )
     await asyncio.to_thread(_videos(services).touch, video_id)
     services.runner.notify()
@@ -241,10 +255,10 @@ def _json(request: Request, payload: Any, max_age: int = 0) -> Response:
 @router.get("/{video_id}/frames/{frame_idx}/masks", responses=ERRORS,
             summary="One frame's masks, {obj_id: COCO RLE} (gzip when accepted)")
 async def frame_masks(
-    video_id: str, frame_idx: int, request: Request, services: ServicesDep,
+    video_id: str, frame_idx: int, request: Request, services: ServicesDep, principal: PrincipalDep,
     obj_id: Annotated[int | None, Query(ge=0, description="Only this object's mask.")] = None,
 ) -> Response:
-    record = await asyncio.to_thread(_video_or_404, services, video_id)
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     check_frame(record, frame_idx)
     store = _videos(services)
     if obj_id is not None and obj_id not in {p["obj_id"] for p in await asyncio.to_thread(store.prompts, video_id)}:
@@ -265,10 +279,10 @@ async def frame_masks(
 @router.get("/{video_id}/masks", response_model=FrameMasksRange, responses=ERRORS,
             summary=f"Masks of frames [start, end) (at most {MAX_MASK_RANGE}), for prefetching")
 async def masks_range(
-    video_id: str, request: Request, services: ServicesDep,
+    video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep,
     start: Annotated[int, Query(ge=0)] = 0, end: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
-    record = await asyncio.to_thread(_video_or_404, services, video_id)
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     end = min(record.frames, end if end is not None else start + MAX_MASK_RANGE)
     if start >= record.frames or end <= start:
         raise ApiError(422, f"need 0 <= start < end <= {record.frames}", param="start")
@@ -328,9 +342,9 @@ def _export_png_zip(record: VideoRecord, frames: list[tuple[int, dict[str, dict[
 
 @router.get("/{video_id}/export", responses={200: {"content": {"application/json": {}, "application/zip": {}}}, **ERRORS},
             summary="All masks: COCO JSON (RLE, track_id = obj_id) or a zip of palette PNGs")
-async def export(video_id: str, services: ServicesDep,
+async def export(video_id: str, services: ServicesDep, principal: PrincipalDep,
                  format: Annotated[Literal["coco", "png-zip"], Query()] = "coco") -> Response:
-    record = await asyncio.to_thread(_video_or_404, services, video_id)
+    record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     store = _videos(services)
     present = await asyncio.to_thread(store.masks, video_id)
     objects = sorted({p["obj_id"] for p in await asyncio.to_thread(store.prompts, video_id)})
@@ -359,8 +373,8 @@ async def delete_video_everywhere(services: Services, video_id: str) -> bool:
 
 @router.delete("/{video_id}", status_code=204, responses=ERRORS,
                summary="Delete a video: its frames, prompts, masks; cancels its running jobs")
-async def delete_video(video_id: str, services: ServicesDep) -> Response:
-    await asyncio.to_thread(_video_or_404, services, video_id)
+async def delete_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+    await asyncio.to_thread(_video_or_404, services, video_id, principal)
     await delete_video_everywhere(services, video_id)
     return Response(status_code=204)
 

@@ -255,3 +255,54 @@ def test_running_stage_reports_frames_and_fps(job_store) -> None:  # noqa: F811
     assert stage.progress == 40.0 and stage.detail == {"frames_done": 4, "frames": 10, "fps": 7.5}
     job_store.set_stage_progress(job_id, "propagate", 50.0)  # no detail: the last one stays
     assert job_store.get(job_id).stage("propagate").detail["frames_done"] == 4
+
+
+def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
+    """Another key's video is a 404 on every route (as if missing); an admin key sees it; the
+    propagation job it starts belongs to the uploading key."""
+    import asyncio
+
+    import httpx
+
+    from serve_app.api import create_api
+    from serve_app.videos import video_store_for
+    from tests.unit.test_api_local import _services
+    from tests.unit.test_auth import ALICE, BOB, ROOT, _bearer, _keys
+
+    services = _services(tmp_path, api_keys=_keys())
+    app = create_api(services)
+    video = moving_disk_video(frames=4)
+
+    async def calls() -> dict[str, Any]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as c:
+            out: dict[str, Any] = {}
+            out["anonymous"] = await c.post("/v1/videos", files={"video": ("v.mp4", encode_video(video))})
+            created = await c.post("/v1/videos", files={"video": ("v.mp4", encode_video(video))}, headers=_bearer(ALICE))
+            vid = created.json()["video_id"]
+            video_store_for(services.store.engine).add_prompt(vid, 0, 1, [[20.0, 60.0]], [1], None)
+            for route in (f"/v1/videos/{vid}", f"/v1/videos/{vid}/prompts", f"/v1/videos/{vid}/frames/0",
+                          f"/v1/videos/{vid}/export"):
+                out[f"bob {route}"] = (await c.get(route, headers=_bearer(BOB))).status_code
+                out[f"root {route}"] = (await c.get(route, headers=_bearer(ROOT))).status_code
+                out[f"alice {route}"] = (await c.get(route, headers=_bearer(ALICE))).status_code
+            out["bob prompt"] = (await c.post(f"/v1/videos/{vid}/prompts", headers=_bearer(BOB),
+                                              json={"frame_idx": 0, "obj_id": 1, "points": [[5, 5]]})).status_code
+            out["bob propagate"] = (await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=_bearer(BOB))).status_code
+            job = await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=_bearer(ALICE))
+            out["alice propagate"] = job.status_code
+            out["bob job"] = (await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(BOB))).status_code
+            out["alice job"] = (await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))).status_code
+            out["bob delete"] = (await c.delete(f"/v1/videos/{vid}", headers=_bearer(BOB))).status_code
+            out["alice delete"] = (await c.delete(f"/v1/videos/{vid}", headers=_bearer(ALICE))).status_code
+            out["cancelled"] = (await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))).json()["status"]
+            return out
+
+    out = asyncio.run(calls())
+    assert out.pop("anonymous").status_code == 401
+    for name, status in out.items():
+        if name.startswith(("bob ",)):
+            assert status == 404, (name, status)
+        elif name.startswith(("root ", "alice ")) and name not in ("alice propagate", "alice delete", "alice job"):
+            assert status == 200, (name, status)
+    assert (out["alice propagate"], out["alice job"], out["alice delete"]) == (202, 200, 204)
+    assert out["cancelled"] == "cancelled"  # deleting the video cancelled its queued job
