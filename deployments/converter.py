@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+import numpy as np
+
 from pydantic import BaseModel, Field
 from ray import serve
 
@@ -17,6 +19,19 @@ from deployments.errors import InvalidInput
 class ConverterConfig(BaseModel):
     preview_frames: int = Field(12, ge=2, le=72)
     preview_size_px: int = Field(256, ge=64, le=1024)
+    seed: int = Field(0, description="CoACD seed: the same mesh gives the same parts.")
+
+
+USD_FORMATS = ("usdz",)
+
+
+def export_usd(mesh: Any, fmt: str, stem: str, up_axis: str) -> list[Any]:
+    """USDZ through Pixar's usd-core: the mesh in metres with the stage's up axis set."""
+    from deployments.meshing.usd import usdz_bytes
+
+    from deployments.meshing.export import FileOut
+
+    return [FileOut(f"{stem}.usdz", usdz_bytes(mesh, up_axis), "model/vnd.usdz+zip")]
 
 
 class MeshConverter:
@@ -34,41 +49,86 @@ class MeshConverter:
         collision: bool = True,
         preview: bool = True,
         prefix: str = "",
+        sim: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Returns ``files``: a list of {name, data, media_type}, and ``stats``.
 
         ``prefix`` namespaces every file name (``obj2_visual.obj``…) for multi-object jobs.
+        ``sim`` (SimOptions fields) sets real size, up axis, origin, density and the collision
+        decomposition; with it come ``object.json`` (physical properties), ``object.urdf`` and
+        ``object.xml`` (MJCF), which reference the visual OBJ and the collision part STLs.
         """
-        from deployments.meshing.export import (
-            MEDIA_TYPES,
-            MESH_FORMATS,
-            FileOut,
-            collision_hull,
-            export_mesh,
-            load_mesh,
+        from deployments.meshing.export import MEDIA_TYPES, MESH_FORMATS, FileOut, export_mesh, load_mesh
+        from deployments.meshing.preview import thumbnail_png, turntable_gif
+        from deployments.meshing.sim import (
+            SimOptions, bounded_hull, convex_parts, decimate, mjcf, physical_properties, repair, to_sim_frame, urdf,
         )
-        from deployments.meshing.preview import turntable_gif
 
         started = time.perf_counter()
         formats = list(formats or MESH_FORMATS)
-        unknown = sorted(set(formats) - set(MESH_FORMATS))
+        unknown = sorted(set(formats) - set(MESH_FORMATS) - set(USD_FORMATS))
         if unknown:
-            raise InvalidInput(f"unknown formats {unknown}; choose from {list(MESH_FORMATS)}", "formats")
-        visual = load_mesh(mesh, mesh_format)
+            raise InvalidInput(f"unknown formats {unknown}; choose from {[*MESH_FORMATS, *USD_FORMATS]}", "formats")
+        try:  # without sim options: the mesh as given, one convex hull
+            options = SimOptions(**sim) if sim is not None else SimOptions(decomposition=False)
+        except TypeError as exc:
+            raise InvalidInput(f"bad sim options: {exc}", "sim") from None
+        source = load_mesh(mesh, mesh_format)
+        camera_frame = decimate(repair(source), options.target_faces)
+        visual = to_sim_frame(camera_frame, options) if sim is not None else camera_frame
         files: list[FileOut] = []
+        if sim is not None and "obj" not in formats:
+            formats.append("obj")  # URDF and MJCF reference the visual OBJ
         for fmt in formats:
-            files += export_mesh(visual, fmt, f"{prefix}visual")
-        stats: dict[str, Any] = {
-            "visual": _mesh_stats(visual),
-        }
+            files += export_usd(visual, fmt, f"{prefix}visual", options.up_axis) if fmt in USD_FORMATS \
+                else export_mesh(visual, fmt, f"{prefix}visual")
+        stats: dict[str, Any] = {"visual": _mesh_stats(visual)}
+        if sim is not None:
+            stats |= {"units": "m", "up_axis": options.up_axis, "origin": options.origin}
+        parts: list[Any] = []
         if collision:
-            hull = collision_hull(visual)
+            parts = convex_parts(visual, options, seed=self.config.seed)
+            import trimesh
+
+            hull = parts[0] if len(parts) == 1 else bounded_hull(np.vstack([p.vertices for p in parts]))
             for fmt in ("obj", "stl"):
                 files += export_mesh(hull, fmt, f"{prefix}collision")
-            stats["collision"] = {**_mesh_stats(hull), "parts": 1, "method": "convex_hull"}
+            if options.decomposition:
+                scene = trimesh.Scene({f"part_{k:02d}": p for k, p in enumerate(parts)})
+                files.append(FileOut(f"{prefix}collision_parts.glb", scene.export(file_type="glb"), MEDIA_TYPES["glb"]))
+                obj_text = trimesh.exchange.obj.export_obj(scene, include_normals=True)
+                files.append(FileOut(f"{prefix}collision_parts.obj", obj_text.encode(), MEDIA_TYPES["obj"]))
+            part_files = [f"{prefix}collision_part{k:02d}.stl" for k in range(len(parts))]
+            for name, part in zip(part_files, parts):
+                files.append(FileOut(name, part.export(file_type="stl"), MEDIA_TYPES["stl"]))
+            stats["collision"] = {
+                "parts": len(parts), "method": "coacd" if options.decomposition else "convex_hull",
+                "hull": _mesh_stats(hull), "part_faces": [int(len(p.faces)) for p in parts],
+            }
+        if sim is not None:
+            props = physical_properties(visual, options.density_kg_m3)
+            part_names = [f"{prefix}collision_part{k:02d}.stl" for k in range(len(parts))]
+            name = f"{prefix}object".rstrip("_") or "object"
+            sidecar = {
+                "units": "m", "up_axis": options.up_axis, "origin": options.origin,
+                "size_m": options.size_m, "size_axis": options.size_axis,
+                "density_kg_m3": options.density_kg_m3, **vars(props),
+                "faces": {"visual": int(len(visual.faces)), "collision": [int(len(p.faces)) for p in parts]},
+                "parts": len(parts), "files": {"visual": f"{prefix}visual.obj", "collision": part_names},
+            }
+            sidecar.pop("extra", None)
+            files.append(FileOut(f"{prefix}object.json", json.dumps(sidecar, indent=2).encode(), MEDIA_TYPES["json"]))
+            files.append(FileOut(f"{prefix}object.urdf", urdf(name, f"{prefix}visual.obj", part_names, props,
+                                                               options.up_axis).encode(), "application/xml"))
+            files.append(FileOut(f"{prefix}object.xml", mjcf(name, f"{prefix}visual.obj", part_names, props,
+                                                              options.up_axis).encode(), "application/xml"))
+            stats["physical"] = {"mass_kg": props.mass_kg, "volume_m3": props.volume_m3}
         if preview:
-            gif = turntable_gif(visual, self.config.preview_frames, self.config.preview_size_px)
+            # Previews show the camera view (front towards the viewer) whatever the file axes.
+            gif = turntable_gif(camera_frame, self.config.preview_frames, self.config.preview_size_px)
             files.append(FileOut(f"{prefix}preview.gif", gif, MEDIA_TYPES["gif"]))
+            files.append(FileOut(f"{prefix}thumbnail.png", thumbnail_png(camera_frame, self.config.preview_size_px),
+                                 MEDIA_TYPES["png"]))
         stats["seconds"] = round(time.perf_counter() - started, 3)
         files.append(FileOut(f"{prefix}mesh_stats.json", json.dumps(stats, indent=2).encode(), MEDIA_TYPES["json"]))
         return {
@@ -125,7 +185,8 @@ class ConverterDeployment:
         collision: bool = True,
         preview: bool = True,
         prefix: str = "",
+        sim: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return await asyncio.to_thread(
-            self._converter.convert, mesh, mesh_format, formats, collision, preview, prefix
+            self._converter.convert, mesh, mesh_format, formats, collision, preview, prefix, sim
         )

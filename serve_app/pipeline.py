@@ -229,6 +229,7 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
         result = await ctx.handles.converter.convert.remote(
             mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision,
             preview=options.preview, prefix=prefix,
+            sim=options.sim.model_dump() if options.sim is not None else None,
         )
         await asyncio.gather(*(ctx.write("convert", f["name"], f["data"], f["media_type"]) for f in result["files"]))
         files += [f["name"] for f in result["files"]]

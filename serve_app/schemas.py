@@ -11,7 +11,7 @@ StageName = Literal["segment", "reconstruct", "paint", "convert", "propagate"]
 # The image pipeline; "propagate" is the one stage of a video propagation job.
 STAGE_ORDER: tuple[StageName, ...] = ("segment", "reconstruct", "paint", "convert")
 VIDEO_STAGES: tuple[StageName, ...] = ("propagate",)
-MeshFormat = Literal["obj", "stl", "glb", "ply"]
+MeshFormat = Literal["obj", "stl", "glb", "ply", "usdz"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
@@ -51,6 +51,20 @@ class DetectOptions(Strict):
     )
 
 
+class SimOptionsIn(Strict):
+    """Simulation-ready output: real size, axes, origin, physics and collision parts."""
+
+    size_m: float = Field(0.2, gt=0, le=1000, description="Real size in metres (see size_axis).")
+    size_axis: Literal["longest", "height"] = Field("longest", description="What size_m measures.")
+    up_axis: Literal["z", "y"] = Field("z", description="z: ROS/MuJoCo/Isaac; y: glTF/game engines.")
+    origin: Literal["base", "com"] = Field("base", description="Base centre (rests on z=0) or centre of mass.")
+    density_kg_m3: float = Field(500.0, gt=0, le=30000, description="For mass and inertia.")
+    decomposition: bool = Field(True, description="CoACD convex parts (false: the single convex hull).")
+    max_parts: int = Field(16, ge=1, le=64, description="Most convex parts.")
+    concavity: float = Field(0.05, ge=0.01, le=1.0, description="CoACD threshold: lower = tighter, more parts.")
+    target_faces: int | None = Field(None, ge=100, le=1_000_000, description="Decimate the visual mesh to this.")
+
+
 class JobOptions(Strict):
     stages: list[StageName] | None = Field(
         None,
@@ -65,7 +79,11 @@ class JobOptions(Strict):
         default_factory=lambda: ["obj", "stl", "glb", "ply"], min_length=1
     )
     collision: bool = Field(True, description="Write a convex collision mesh.")
-    preview: bool = Field(True, description="Render a turntable GIF.")
+    preview: bool = Field(True, description="Render a turntable GIF and a PNG thumbnail.")
+    sim: SimOptionsIn | None = Field(
+        default_factory=SimOptionsIn,
+        description="Metres, axes, origin, physics sidecar, convex parts, URDF + MJCF; null: raw mesh only.",
+    )
     dedup: bool = Field(
         False,
         description="Reuse a finished job with identical inputs and options instead of running "

@@ -78,15 +78,19 @@ def inflate(obj: ObjectMask, params: InflateParams) -> tuple[trimesh.Trimesh, di
     verts, faces, _, _ = measure.marching_cubes(volume, level=0.0)
     # volume axes are (row, col, z): row grows downwards in the image, so y = -row.
     xyz = np.column_stack([verts[:, 1], -verts[:, 0], verts[:, 2] - (nz + 1)])
-    mesh = trimesh.Trimesh(xyz, faces, process=True)
-    mesh = _clean(mesh, params)
-    extents = mesh.bounds[1] - mesh.bounds[0]
-    mesh.apply_translation(-(mesh.bounds[0] + mesh.bounds[1]) / 2.0)
-    mesh.apply_scale(1.0 / float(max(extents[0], extents[1])))
+    base = _clean(trimesh.Trimesh(xyz, faces, process=True))
+    # Smoothing and decimation can fold a concave corner through itself; a simulator then
+    # sees a broken solid. Try gentler variants until the final float32 surface (what PLY
+    # and GLB files store) has no self-intersection.
+    iterations = params.smooth_iterations
+    for smoothing in dict.fromkeys((iterations, iterations // 2, 0, iterations * 2)):
+        mesh = _normalised(_smooth_and_reduce(base.copy(), smoothing, params.max_faces))
+        if not self_intersecting(mesh):
+            break
     return mesh, {"pixels_per_unit": float(max(obj.width, obj.height)), "grid_cell_px": pixels_per_cell}
 
 
-def _clean(mesh: trimesh.Trimesh, params: InflateParams) -> trimesh.Trimesh:
+def _clean(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     mesh.update_faces(mesh.nondegenerate_faces())
     mesh.remove_unreferenced_vertices()
     mesh.merge_vertices()
@@ -95,9 +99,23 @@ def _clean(mesh: trimesh.Trimesh, params: InflateParams) -> trimesh.Trimesh:
         parts = mesh.split(only_watertight=False)
         mesh = max(parts, key=lambda part: abs(part.volume))
     trimesh.repair.fix_normals(mesh)
-    trimesh.smoothing.filter_taubin(mesh, iterations=params.smooth_iterations)
-    if len(mesh.faces) > params.max_faces:
-        reduced = mesh.simplify_quadric_decimation(face_count=params.max_faces)
+    return mesh
+
+
+def _normalised(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Centred at 0 with the longest side of the front view (x, y) equal to 1."""
+    extents = mesh.bounds[1] - mesh.bounds[0]
+    mesh.apply_translation(-(mesh.bounds[0] + mesh.bounds[1]) / 2.0)
+    mesh.apply_scale(1.0 / float(max(extents[0], extents[1])))
+    mesh.vertices = np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)  # as files store it
+    return mesh
+
+
+def _smooth_and_reduce(mesh: trimesh.Trimesh, iterations: int, max_faces: int) -> trimesh.Trimesh:
+    if iterations:
+        trimesh.smoothing.filter_taubin(mesh, iterations=iterations)
+    if len(mesh.faces) > max_faces:
+        reduced = mesh.simplify_quadric_decimation(face_count=max_faces)
         reduced.merge_vertices()
         reduced.update_faces(reduced.nondegenerate_faces())
         reduced.remove_unreferenced_vertices()
@@ -105,3 +123,14 @@ def _clean(mesh: trimesh.Trimesh, params: InflateParams) -> trimesh.Trimesh:
             trimesh.repair.fix_normals(reduced)
             mesh = reduced
     return mesh
+
+
+def self_intersecting(mesh: trimesh.Trimesh) -> bool:
+    """open3d's exact triangle-triangle test on float32 vertices (as files store them)."""
+    import open3d as o3d
+
+    o3d_mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)),
+        o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
+    )
+    return bool(o3d_mesh.is_self_intersecting())

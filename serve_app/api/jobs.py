@@ -129,7 +129,8 @@ async def create_job(
     try:
         await asyncio.to_thread(
             services.store.create,
-            options.model_dump(mode="json", exclude_none=True),
+            # exclude_unset, not exclude_none: an explicit null (e.g. "sim": null) must survive.
+            options.model_dump(mode="json", exclude_unset=True),
             {role: entry[0] for role, entry in uploads.items()},
             stage_names,
             stored,

@@ -56,7 +56,13 @@ def _check_meshes(http, job: dict) -> trimesh.Trimesh:  # type: ignore[no-untype
     gif = Image.open(io.BytesIO(_download(http, job, "preview.gif")))
     assert gif.n_frames > 1
     stats = json.loads(_download(http, job, "mesh_stats.json"))
-    assert stats["visual"]["watertight"] and stats["collision"]["parts"] == 1
+    assert stats["visual"]["watertight"] and 1 <= stats["collision"]["parts"] <= 16
+    sidecar = json.loads(_download(http, job, "object.json"))
+    assert sidecar["units"] == "m" and sidecar["up_axis"] == "z" and sidecar["mass_kg"] > 0
+    assert abs(max(sidecar["extents"]) - 0.2) < 0.002  # the default real size, 0.2 m
+    for part in sidecar["files"]["collision"]:
+        assert trimesh.load(io.BytesIO(_download(http, job, part)), file_type="stl", force="mesh").is_convex
+    assert b"<mujoco" in _download(http, job, "object.xml") and b"<robot" in _download(http, job, "object.urdf")
     assert stats["visual"]["edge_manifold"] and not stats["visual"]["self_intersecting"]
     return glb
 
@@ -108,7 +114,8 @@ def test_detector_box_prompts_the_segmenter(client) -> None:  # type: ignore[no-
 
 
 def test_formats_and_preview_options(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
-    job_id = _submit(client, disk_scene, {"formats": ["stl"], "preview": False, "collision": False}, with_mask=True)
+    options = {"formats": ["stl"], "preview": False, "collision": False, "sim": None}  # raw mesh only
+    job_id = _submit(client, disk_scene, options, with_mask=True)
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job["error"]
     produced = {a["name"] for a in job["artifacts"] if a["stage"] == "convert"}

@@ -98,10 +98,9 @@ def test_reconstruct_paint_convert_roundtrip() -> None:
         assert len(loaded.faces) == len(mesh.faces), name
     stl = trimesh.load(io.BytesIO(files["visual.stl"]["data"]), file_type="stl", force="mesh")
     assert stl.is_watertight
-    for part in ("visual", "collision"):
-        topology = result["stats"][part]
-        assert topology["edge_manifold"] and topology["vertex_manifold"], part
-        assert not topology["self_intersecting"], part
+    for topology in (result["stats"]["visual"], result["stats"]["collision"]["hull"]):
+        assert topology["edge_manifold"] and topology["vertex_manifold"], topology
+        assert not topology["self_intersecting"], topology
     hull = trimesh.load(io.BytesIO(files["collision.stl"]["data"]), file_type="stl", force="mesh")
     assert hull.is_watertight and hull.is_convex
     assert convex_encloses(hull.vertices, hull.faces, stl.vertices)

@@ -1,0 +1,227 @@
+"""Simulation-ready meshes: metres, axis convention, origin, convex decomposition, physical
+properties, and URDF/MJCF snippets that reference the files.
+
+Reconstructed meshes come in the camera frame (x right, y up, +z towards the camera) with the
+longest side 1. ``to_sim_frame`` puts them in metres at a requested real size, in the
+requested up-axis convention (Z-up for ROS/MuJoCo: the camera-facing side then faces -Y;
+Y-up for glTF), with the origin at the base centre or the centre of mass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import trimesh
+
+from deployments.errors import InvalidInput
+
+UpAxis = Literal["z", "y"]
+COACD_MAX_FACES = 10_000
+HULL_MAX_VERTICES = 250
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    size_m: float = 0.2  # real size of the object
+    size_axis: Literal["longest", "height"] = "longest"
+    up_axis: UpAxis = "z"
+    origin: Literal["base", "com"] = "base"
+    density_kg_m3: float = 500.0
+    decomposition: bool = True  # CoACD parts (else the single convex hull)
+    max_parts: int = 16
+    concavity: float = 0.05  # CoACD threshold: smaller → more, tighter parts
+    target_faces: int | None = None  # decimate the visual mesh to at most this many faces
+
+
+def to_sim_frame(mesh: trimesh.Trimesh, options: SimOptions) -> trimesh.Trimesh:
+    """A copy in metres, in the up-axis convention, with the requested origin."""
+    out = mesh.copy()
+    if options.up_axis == "z":  # camera frame y-up → z-up: rotate +90° about X
+        out.apply_transform(trimesh.transformations.rotation_matrix(math.pi / 2, [1, 0, 0]))
+    up = 2 if options.up_axis == "z" else 1
+    extents = out.extents
+    current = float(extents.max() if options.size_axis == "longest" else extents[up])
+    if current <= 0:
+        raise InvalidInput("mesh has no extent along the sizing axis", param="size_axis")
+    out.apply_scale(options.size_m / current)
+    if options.origin == "com" and out.is_watertight and out.volume > 0:
+        anchor = out.center_mass
+    else:
+        lo, hi = out.bounds
+        anchor = (lo + hi) / 2.0
+        anchor[up] = lo[up]  # base centre: resting on the ground plane at the origin
+    out.apply_translation(-anchor)
+    return out
+
+
+def decimate(mesh: trimesh.Trimesh, target_faces: int | None) -> trimesh.Trimesh:
+    """At most ``target_faces`` faces, keeping the mesh closed (else the input is kept)."""
+    if target_faces is None or len(mesh.faces) <= target_faces:
+        return mesh
+    reduced = mesh.simplify_quadric_decimation(face_count=target_faces)
+    reduced.merge_vertices()
+    reduced.update_faces(reduced.nondegenerate_faces())
+    reduced.remove_unreferenced_vertices()
+    if not (reduced.is_watertight and reduced.is_winding_consistent):
+        return mesh
+    trimesh.repair.fix_normals(reduced)
+    return reduced
+
+
+def repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Close small holes and make normals consistent and outward (a supplied mesh may lack both)."""
+    out = mesh.copy()
+    out.merge_vertices()
+    out.update_faces(out.nondegenerate_faces())
+    out.update_faces(out.unique_faces())
+    out.remove_unreferenced_vertices()
+    if not out.is_watertight:
+        trimesh.repair.fill_holes(out)
+    trimesh.repair.fix_normals(out)
+    return out
+
+
+def convex_parts(mesh: trimesh.Trimesh, options: SimOptions, seed: int = 0) -> list[trimesh.Trimesh]:
+    """Convex parts whose union covers the mesh: CoACD, then each part's hull is grown to take
+    in the surface samples no part contains (assigned to the nearest part), so a physics engine
+    never lets anything pass through the visual surface."""
+    if not options.decomposition:
+        return [bounded_hull(mesh.vertices)]
+    import coacd
+
+    coacd.set_log_level("error")
+    # CoACD's cost grows with the input; the coverage pass below uses the full mesh anyway.
+    coarse = decimate(mesh, COACD_MAX_FACES)
+    raw = coacd.run_coacd(
+        coacd.Mesh(np.asarray(coarse.vertices, dtype=np.float64), np.asarray(coarse.faces, dtype=np.int64)),
+        threshold=options.concavity, max_convex_hull=options.max_parts, seed=seed,
+    )
+    clouds = [np.asarray(v, dtype=np.float64) for v, _f in raw if len(v) >= 4]
+    if not clouds:
+        return [bounded_hull(mesh.vertices)]
+    samples = np.vstack([mesh.vertices, trimesh.sample.sample_surface_even(mesh, 4000, seed=seed)[0]])
+    for _ in range(3):
+        hulls = [bounded_hull(c) for c in clouds]
+        outside = ~np.any([_inside_convex(h, samples) for h in hulls], axis=0)
+        if not outside.any():
+            break
+        centres = np.array([h.centroid for h in hulls])
+        nearest = np.argmin(((samples[outside, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        for index in np.unique(nearest):
+            clouds[index] = np.vstack([clouds[index], samples[outside][nearest == index]])
+    return [bounded_hull(c) for c in clouds]
+
+
+def bounded_hull(points: np.ndarray) -> trimesh.Trimesh:
+    """The convex hull of ``points`` with at most HULL_MAX_VERTICES vertices (physics engines
+    cap hull size: PhysX 255), grown just enough to still contain every point."""
+    from deployments.meshing.export import collision_hull
+
+    return collision_hull(trimesh.PointCloud(points), max_vertices=HULL_MAX_VERTICES)
+
+
+def _inside_convex(hull: trimesh.Trimesh, points: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Points on the inner side of every face plane of a convex hull (in blocks: bounded memory)."""
+    normals = hull.face_normals
+    offsets = np.einsum("ij,ij->i", normals, hull.triangles[:, 0])
+    scale = max(float(np.abs(hull.vertices).max()), 1e-12)
+    inside = np.empty(len(points), dtype=bool)
+    for start in range(0, len(points), 8192):
+        block = points[start : start + 8192]
+        inside[start : start + 8192] = np.all(block @ normals.T - offsets[None, :] <= tol * scale, axis=1)
+    return inside
+
+
+def inside_union(parts: list[trimesh.Trimesh], points: np.ndarray, tol: float) -> np.ndarray:
+    return np.any([_inside_convex(p, points, tol) for p in parts], axis=0)
+
+
+@dataclass
+class PhysicalProperties:
+    mass_kg: float
+    volume_m3: float
+    area_m2: float
+    center_of_mass: list[float]
+    inertia_kg_m2: list[list[float]]  # about the centre of mass, axes of the mesh frame
+    bounds: list[list[float]]
+    extents: list[float]
+    watertight: bool
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def physical_properties(mesh: trimesh.Trimesh, density: float) -> PhysicalProperties:
+    """Mass properties of the closed visual mesh at ``density`` (hull's when it is not closed)."""
+    solid = mesh if mesh.is_watertight and mesh.volume > 0 else mesh.convex_hull
+    props = trimesh.triangles.mass_properties(solid.triangles, density=density)
+    return PhysicalProperties(
+        mass_kg=float(props.mass), volume_m3=float(props.volume), area_m2=float(mesh.area),
+        center_of_mass=[float(v) for v in props.center_mass],
+        inertia_kg_m2=[[float(v) for v in row] for row in props.inertia],
+        bounds=[[float(v) for v in row] for row in mesh.bounds], extents=[float(v) for v in mesh.extents],
+        watertight=bool(mesh.is_watertight),
+    )
+
+
+def _fmt(values: list[float] | np.ndarray) -> str:
+    return " ".join(f"{float(v):.9g}" for v in values)
+
+
+def mjcf(name: str, visual_file: str, part_files: list[str], props: PhysicalProperties, up_axis: UpAxis) -> str:
+    """A MuJoCo model of the object as a free body: one collision geom per convex part (MuJoCo
+    collides every mesh as its convex hull), the visual mesh in a non-colliding group."""
+    inertia = np.array(props.inertia_kg_m2)
+    full = [inertia[0, 0], inertia[1, 1], inertia[2, 2], inertia[0, 1], inertia[0, 2], inertia[1, 2]]
+    quat = "" if up_axis == "z" else ' quat="0.70710678 0.70710678 0 0"'  # y-up files in a z-up world
+    meshes = [f'    <mesh name="visual" file={quoteattr(visual_file)}/>'] + [
+        f'    <mesh name="collision_{i}" file={quoteattr(f)}/>' for i, f in enumerate(part_files)
+    ]
+    geoms = ['      <geom type="mesh" mesh="visual" contype="0" conaffinity="0" group="1" density="0"/>'] + [
+        f'      <geom type="mesh" mesh="collision_{i}" group="3" density="0"/>' for i in range(len(part_files))
+    ]
+    return "\n".join([
+        f"<mujoco model={quoteattr(name)}>",
+        '  <compiler angle="radian" meshdir="."/>',
+        "  <asset>", *meshes, "  </asset>",
+        "  <worldbody>",
+        f"    <body name={quoteattr(name)} pos=\"0 0 0\"{quat}>",
+        "      <freejoint/>",
+        f'      <inertial pos="{_fmt(props.center_of_mass)}" mass="{props.mass_kg:.9g}" fullinertia="{_fmt(full)}"/>',
+        *geoms,
+        "    </body>",
+        "  </worldbody>",
+        "</mujoco>",
+        "",
+    ])
+
+
+def urdf(name: str, visual_file: str, part_files: list[str], props: PhysicalProperties, up_axis: UpAxis) -> str:
+    """A one-link URDF: the visual mesh, one collision element per convex part, inertial."""
+    i = props.inertia_kg_m2
+    rpy = "0 0 0" if up_axis == "z" else f"{math.pi / 2:.9g} 0 0"
+    x, y, z = props.center_of_mass
+    com = [x, y, z] if up_axis == "z" else [x, -z, y]  # rpy rotates the inertia axes, not xyz
+    collisions = [
+        f'    <collision name="part_{k}"><origin xyz="0 0 0" rpy="{rpy}"/>'
+        f"<geometry><mesh filename={quoteattr(f)}/></geometry></collision>"
+        for k, f in enumerate(part_files)
+    ]
+    return "\n".join([
+        '<?xml version="1.0"?>',
+        f"<robot name={quoteattr(name)}>",
+        f"  <link name={quoteattr(name)}>",
+        "    <inertial>",
+        f'      <origin xyz="{_fmt(com)}" rpy="{rpy}"/>',
+        f'      <mass value="{props.mass_kg:.9g}"/>',
+        f'      <inertia ixx="{i[0][0]:.9g}" ixy="{i[0][1]:.9g}" ixz="{i[0][2]:.9g}" iyy="{i[1][1]:.9g}" '
+        f'iyz="{i[1][2]:.9g}" izz="{i[2][2]:.9g}"/>',
+        "    </inertial>",
+        f'    <visual><origin xyz="0 0 0" rpy="{rpy}"/><geometry><mesh filename={quoteattr(visual_file)}/></geometry></visual>',
+        *collisions,
+        "  </link>",
+        "</robot>",
+        "",
+    ])
