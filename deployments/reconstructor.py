@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -16,7 +17,10 @@ from deployments.errors import InvalidInput
 
 
 class ReconstructorConfig(BaseModel):
-    backend: Literal["inflate"] = Field("inflate", description="Shape backend (CPU built-in).")
+    backend: Literal["inflate", "hunyuan3d", "trellis", "sam3d"] = Field(
+        "inflate", description="inflate: the built-in CPU backend; others: deployments/backends.py."
+    )
+    weights: Path | None = Field(None, description="Local weights of an external backend.")
     grid: int = Field(96, ge=32, le=512, description="Grid cells along the longest side.")
     depth_ratio: float = Field(0.5, gt=0, le=2, description="Depth as a fraction of width.")
     max_faces: int = Field(20000, ge=500, description="Face budget.")
@@ -37,9 +41,18 @@ class SilhouetteReconstructor:
         self.params = InflateParams(
             grid=config.grid, depth_ratio=config.depth_ratio, max_faces=config.max_faces
         )
+        self.device = "cpu"
+        self.external = None
+        if config.backend != "inflate":  # fails here, at deploy time, when package/weights are missing
+            from deployments.backends import load_backend
+            from deployments.common import pick_device
+
+            self.device = pick_device()
+            self.external = load_backend(config.backend, config.weights, self.device)
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.config.backend, "weights": "none (geometric)", **placement("cpu")}
+        weights = str(self.config.weights) if self.external is not None else "none (geometric)"
+        return {"backend": self.config.backend, "weights": weights, **placement(self.device)}
 
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         """Returns ``mesh`` (binary PLY bytes) and ``stats``."""
@@ -49,7 +62,10 @@ class SilhouetteReconstructor:
         _check_image(image)
         started = time.perf_counter()
         obj = object_mask(mask, image.shape)
-        mesh, frame = inflate(obj, self.params)
+        if self.external is not None:
+            mesh, frame = self.external.reconstruct(image, obj.mask), {}
+        else:
+            mesh, frame = inflate(obj, self.params)
         return {
             "mesh": mesh.export(file_type="ply"),
             "format": "ply",
@@ -75,14 +91,18 @@ class SilhouetteReconstructor:
         _check_image(image)
         started = time.perf_counter()
         obj = object_mask(mask, image.shape)
-        painted = paint(load_mesh(mesh, mesh_format), image, obj)
-        texture = painted.visual.material.baseColorTexture
+        shape = load_mesh(mesh, mesh_format)
+        painted = self.external.paint(shape, image, obj.mask) if self.external is not None else None
+        if painted is None:  # the built-in projection paint (also for backends without a painter)
+            painted = paint(shape, image, obj)
+        texture = getattr(painted.visual.material, "baseColorTexture", None) or getattr(
+            painted.visual.material, "image", None)
         buffer = io.BytesIO(painted.export(file_type="glb"))
         return {
             "mesh": buffer.getvalue(),
             "format": "glb",
             "stats": {
-                "texture_size": [int(texture.width), int(texture.height)],
+                "texture_size": [int(texture.width), int(texture.height)] if texture is not None else None,
                 "seconds": round(time.perf_counter() - started, 3),
             },
         }

@@ -46,6 +46,7 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
             scratch_dir=(settings.data_dir / "scratch").resolve(),
         ),
         ReconstructorConfig(
+            backend=settings.reconstruct_backend, weights=settings.reconstruct_weights,
             grid=settings.reconstruct_grid, depth_ratio=settings.reconstruct_depth_ratio,
             max_faces=settings.max_faces,
         ),
@@ -87,7 +88,8 @@ def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
     models = {
         "Segmenter": {"weights": "checkpoint" if settings.sam2_checkpoint else "random",
                       "model": settings.sam2_checkpoint or settings.sam2_config},
-        "Reconstructor": {"weights": "none", "model": "silhouette-inflation"},
+        "Reconstructor": {"weights": "none" if settings.reconstruct_backend == "inflate" else "checkpoint",
+                          "model": settings.reconstruct_backend},
         "Converter": {"weights": "none", "model": "trimesh"},
         "Detector": {"weights": "checkpoint" if settings.detector_checkpoint else "random",
                      "model": settings.detector_checkpoint or settings.detector_model},

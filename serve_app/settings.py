@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     reconstruct_grid: int = Field(
         96, ge=32, le=512, description="Voxel grid resolution (longest side) for the CPU backend."
     )
+    reconstruct_backend: Literal["inflate", "hunyuan3d", "trellis", "sam3d"] = Field(
+        "inflate", description="Shape backend: the built-in CPU one, or an image-to-3D model "
+        "(needs its package in the Reconstructor's runtime_env: configs/backends/)."
+    )
+    reconstruct_weights: Path | None = Field(None, description="Local weights of that backend.")
     reconstruct_depth_ratio: float = Field(
         0.5, gt=0, le=2, description="Object depth as a fraction of its width (shape prior)."
     )
@@ -179,7 +184,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "data_dir", "artifact_dir", "weights_cache_dir", "detector_registry_file", "detector_models_dir",
-        "api_keys_file",
+        "api_keys_file", "reconstruct_weights",
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
