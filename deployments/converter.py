@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from pydantic import BaseModel, Field
 from ray import serve
 
@@ -58,10 +57,12 @@ class MeshConverter:
         decomposition; with it come ``object.json`` (physical properties), ``object.urdf`` and
         ``object.xml`` (MJCF), which reference the visual OBJ and the collision part STLs.
         """
+        import trimesh
+
         from deployments.meshing.export import MEDIA_TYPES, MESH_FORMATS, FileOut, export_mesh, load_mesh
         from deployments.meshing.preview import thumbnail_png, turntable_gif
         from deployments.meshing.sim import (
-            SimOptions, bounded_hull, convex_parts, decimate, mjcf, physical_properties, repair, to_sim_frame, urdf,
+            SimOptions, bounded_hull, convex_parts, decimate, mjcf, physical_properties, repair, sim_transform, urdf,
         )
 
         started = time.perf_counter()
@@ -74,22 +75,30 @@ class MeshConverter:
         except TypeError as exc:
             raise InvalidInput(f"bad sim options: {exc}", "sim") from None
         source = load_mesh(mesh, mesh_format)
+        # Geometry (welded, closed, maybe decimated) drives STL, collision and physics; the
+        # textured mesh (split along UV seams) is what OBJ/GLB/PLY carry, in the same frame.
         camera_frame = decimate(repair(source), options.target_faces)
-        visual = to_sim_frame(camera_frame, options) if sim is not None else camera_frame
+        transform = sim_transform(camera_frame, options) if sim is not None else np.eye(4)
+        visual = camera_frame.copy()
+        visual.apply_transform(transform)
+        textured = visual
+        if isinstance(source.visual, trimesh.visual.TextureVisuals) and len(camera_frame.faces) == len(source.faces):
+            textured = source.copy()
+            textured.apply_transform(transform)
         files: list[FileOut] = []
         if sim is not None and "obj" not in formats:
             formats.append("obj")  # URDF and MJCF reference the visual OBJ
         for fmt in formats:
-            files += export_usd(visual, fmt, f"{prefix}visual", options.up_axis) if fmt in USD_FORMATS \
-                else export_mesh(visual, fmt, f"{prefix}visual")
+            if fmt in USD_FORMATS:
+                files += export_usd(visual, fmt, f"{prefix}visual", options.up_axis)
+            else:
+                files += export_mesh(visual if fmt == "stl" else textured, fmt, f"{prefix}visual")
         stats: dict[str, Any] = {"visual": _mesh_stats(visual)}
         if sim is not None:
             stats |= {"units": "m", "up_axis": options.up_axis, "origin": options.origin}
         parts: list[Any] = []
         if collision:
             parts = convex_parts(visual, options, seed=self.config.seed)
-            import trimesh
-
             hull = parts[0] if len(parts) == 1 else bounded_hull(np.vstack([p.vertices for p in parts]))
             for fmt in ("obj", "stl"):
                 files += export_mesh(hull, fmt, f"{prefix}collision")

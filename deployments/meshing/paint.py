@@ -36,25 +36,67 @@ def object_texture(image: np.ndarray, obj: ObjectMask) -> Image.Image:
     return texture
 
 
-def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask) -> trimesh.Trimesh:
-    """Return a copy of ``mesh`` with UVs and a baseColor texture from ``image``."""
+def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px: int = 1024) -> trimesh.Trimesh:
+    """Return a UV-unwrapped copy of ``mesh`` (xatlas) with a baked baseColor texture.
+
+    Every texel gets the photo's colour where its surface point projects into the object's
+    bounding box (front: what the camera saw; back and sides: the mirrored projection, the
+    sensible fill for a single view). Empty atlas texels take the nearest baked colour so
+    mip-mapping never pulls in black seams.
+    """
+    import xatlas
+
     if len(mesh.faces) == 0:
         raise InvalidInput("mesh has no faces", param="mesh")
-    lo, hi = mesh.bounds[0], mesh.bounds[1]
-    span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
-    uv = (mesh.vertices[:, :2] - lo[:2]) / span[:2]  # v grows upwards, as trimesh expects
-    texture = object_texture(image, obj)
+    vmapping, indices, uvs = xatlas.parametrize(
+        np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32)
+    )
+    vertices = np.asarray(mesh.vertices)[vmapping]
+    photo = np.asarray(object_texture(image, obj), dtype=np.uint8)
+    texture = _bake(vertices, indices.astype(np.int64), uvs.astype(np.float64), photo, mesh.bounds, texture_px)
     material = trimesh.visual.material.PBRMaterial(
-        name="visual_texture",
-        baseColorTexture=texture,
-        metallicFactor=0.0,
-        roughnessFactor=0.9,
+        name="visual_texture", baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=0.9,
         doubleSided=False,
     )
-    painted = trimesh.Trimesh(
-        vertices=mesh.vertices.copy(),
-        faces=mesh.faces.copy(),
-        process=False,
-        visual=trimesh.visual.TextureVisuals(uv=uv, material=material),
+    return trimesh.Trimesh(
+        vertices=vertices, faces=indices, process=False,
+        visual=trimesh.visual.TextureVisuals(uv=uvs, material=material),
     )
-    return painted
+
+
+def _bake(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, photo: np.ndarray, bounds: np.ndarray,
+          size: int) -> Image.Image:
+    from PIL import ImageDraw
+
+    # Which face covers each texel: rasterise the UV triangles, face index + 1 as the value.
+    ids = Image.new("I", (size, size), 0)
+    draw = ImageDraw.Draw(ids)
+    pixel_uv = np.column_stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size])  # v grows upwards
+    for index, (a, b, c) in enumerate(faces):
+        draw.polygon([tuple(pixel_uv[a]), tuple(pixel_uv[b]), tuple(pixel_uv[c])], fill=index + 1)
+    face_of = np.asarray(ids, dtype=np.int64) - 1
+    rows, cols = np.nonzero(face_of >= 0)
+    face = face_of[rows, cols]
+    # Barycentric coordinates of each texel centre in its UV triangle → its 3D point.
+    p = np.column_stack([cols + 0.5, rows + 0.5])
+    a, b, c = pixel_uv[faces[face, 0]], pixel_uv[faces[face, 1]], pixel_uv[faces[face, 2]]
+    v0, v1, v2 = b - a, c - a, p - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+    w1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    w2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    w0 = 1.0 - w1 - w2
+    weights = np.clip(np.column_stack([w0, w1, w2]), 0.0, 1.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    points = np.einsum("nk,nkd->nd", weights, vertices[faces[face]])
+    # Orthographic projection along the view axis onto the object's crop of the photo.
+    lo, hi = bounds[0], bounds[1]
+    span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
+    height, width = photo.shape[:2]
+    px = np.clip(((points[:, 0] - lo[0]) / span[0] * width).astype(int), 0, width - 1)
+    py = np.clip(((hi[1] - points[:, 1]) / span[1] * height).astype(int), 0, height - 1)
+    baked = np.zeros((size, size, 3), dtype=np.uint8)
+    baked[rows, cols] = photo[py, px]
+    # Gutters: the nearest baked texel's colour.
+    _, (near_r, near_c) = ndimage.distance_transform_edt(face_of < 0, return_indices=True)
+    return Image.fromarray(baked[near_r, near_c])

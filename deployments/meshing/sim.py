@@ -37,25 +37,40 @@ class SimOptions:
     target_faces: int | None = None  # decimate the visual mesh to at most this many faces
 
 
-def to_sim_frame(mesh: trimesh.Trimesh, options: SimOptions) -> trimesh.Trimesh:
-    """A copy in metres, in the up-axis convention, with the requested origin."""
-    out = mesh.copy()
+def sim_transform(mesh: trimesh.Trimesh, options: SimOptions) -> np.ndarray:
+    """The 4x4 transform to metres, the up-axis convention and the requested origin."""
+    matrix = np.eye(4)
     if options.up_axis == "z":  # camera frame y-up → z-up: rotate +90° about X
-        out.apply_transform(trimesh.transformations.rotation_matrix(math.pi / 2, [1, 0, 0]))
+        matrix = trimesh.transformations.rotation_matrix(math.pi / 2, [1, 0, 0])
+    out = mesh.copy()
+    out.apply_transform(matrix)
     up = 2 if options.up_axis == "z" else 1
     extents = out.extents
     current = float(extents.max() if options.size_axis == "longest" else extents[up])
     if current <= 0:
         raise InvalidInput("mesh has no extent along the sizing axis", param="size_axis")
-    out.apply_scale(options.size_m / current)
+    scale = options.size_m / current
+    out.apply_scale(scale)
     if options.origin == "com" and out.is_watertight and out.volume > 0:
         anchor = out.center_mass
     else:
         lo, hi = out.bounds
         anchor = (lo + hi) / 2.0
         anchor[up] = lo[up]  # base centre: resting on the ground plane at the origin
-    out.apply_translation(-anchor)
+    return trimesh.transformations.translation_matrix(-anchor) @ np.diag([scale, scale, scale, 1.0]) @ matrix
+
+
+def to_sim_frame(mesh: trimesh.Trimesh, options: SimOptions) -> trimesh.Trimesh:
+    """A copy in metres, in the up-axis convention, with the requested origin."""
+    out = mesh.copy()
+    out.apply_transform(sim_transform(mesh, options))
     return out
+
+
+def weld(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Geometry only, vertices merged by position: a UV-unwrapped mesh is split along its
+    texture seams, which a simulator (and any closedness check) must not see."""
+    return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=True)
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int | None) -> trimesh.Trimesh:
@@ -74,8 +89,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int | None) -> trimesh.Trimesh
 
 def repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """Close small holes and make normals consistent and outward (a supplied mesh may lack both)."""
-    out = mesh.copy()
-    out.merge_vertices()
+    out = weld(mesh)
     out.update_faces(out.nondegenerate_faces())
     out.update_faces(out.unique_faces())
     out.remove_unreferenced_vertices()
