@@ -77,11 +77,13 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def markdown(info: dict[str, Any], device: str, table: list[tuple[str, str, str, str]], seconds: float) -> str:
+def markdown(info: dict[str, Any], device: str, table: list[tuple[str, str, str, str]], seconds: float,
+             quick: bool) -> str:
+    mode = " with `--quick` (the small SAM2 test config everywhere)" if quick else ""
     lines = [
         "# meshline benchmark results",
         "",
-        f"Written by `make bench` (bench/suite.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {seconds:.0f} s.",
+        f"Written by `make bench`{mode} (bench/suite.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {seconds:.0f} s.",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
         + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU") + f"; models on **{device}**; "
         f"Python {info['python']}, torch {info['torch']}.",
@@ -119,7 +121,7 @@ def main() -> None:
     width = max(len(r[0]) for r in table)
     for measure, value, target, _how in table:
         print(f"{measure:<{width}}  {value:>10}  {target}")
-    args.out.write_text(markdown(info, device, table, seconds))
+    args.out.write_text(markdown(info, device, table, seconds, args.quick))
     raw = ROOT / "bench" / "results" / f"suite_{device}.json"
     raw.write_text(json.dumps({"machine": info, "device": device, **results}, indent=2) + "\n")
     print(f"\nwrote {args.out} and {raw}")
