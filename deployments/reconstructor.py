@@ -22,7 +22,13 @@ class ReconstructorConfig(BaseModel):
     )
     weights: Path | None = Field(None, description="Local weights of an external backend.")
     grid: int = Field(96, ge=32, le=512, description="Grid cells along the longest side.")
-    depth_ratio: float = Field(0.5, gt=0, le=2, description="Depth as a fraction of width.")
+    depth_ratio: float = Field(
+        0.5, gt=0, le=2, description="Thickness prior: depth at the thickest point as a fraction of the "
+        "widest inscribed disk (1: a disk becomes a sphere).",
+    )
+    profile_power: float = Field(
+        2.0, ge=1.0, le=8.0, description="Side-view profile: 2 elliptic (round rim); larger is flatter-faced.",
+    )
     max_faces: int = Field(20000, ge=500, description="Face budget.")
 
 
@@ -39,7 +45,8 @@ class SilhouetteReconstructor:
 
         self.config = config
         self.params = InflateParams(
-            grid=config.grid, depth_ratio=config.depth_ratio, max_faces=config.max_faces
+            grid=config.grid, depth_ratio=config.depth_ratio, max_faces=config.max_faces,
+            profile_power=config.profile_power,
         )
         self.device = "cpu"
         self.external = None

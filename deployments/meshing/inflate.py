@@ -1,9 +1,15 @@
 """Silhouette inflation: a closed, smooth mesh whose front view is the object's mask.
 
-The height of the surface above the image plane at a pixel is ``k * sqrt(d * dmax)``, with
-``d`` the distance to the mask border, ``dmax`` its maximum and ``k`` the depth ratio; the
-back is the mirror image. The signed field ``h(x, y) - |z|`` (negative outside the mask)
-is continuous, so marching cubes gives a smooth, watertight surface with no voxel steps.
+With ``d`` the distance to the mask border, ``dmax`` its maximum and ``u = d / dmax``, the
+surface's height above the image plane is ``k * dmax * (1 - (1 - u)^p)^(1/p)`` (``k``: depth
+ratio, ``p``: profile power) and the back is its mirror image. ``p = 2`` makes a disk an
+ellipsoid (a sphere at ``k = 1``): round in side view, with a vertical tangent at the rim —
+the older ``sqrt(d * dmax)`` profile met the rim as a parabola and looked pointed side-on.
+Larger ``p`` gives flatter faces and a tighter rounded rim (box-like objects).
+
+Marching cubes runs on the polynomial implicit ``1 - (1 - u)^p - (|z| / (k * dmax))^p``
+(negative outside), which is smooth everywhere — a square-root height has an infinite slope
+at the rim that linear interpolation gets wrong — so there are no voxel steps or rim spikes.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ MAX_FIELD_PX = 1024
 @dataclass(frozen=True)
 class InflateParams:
     grid: int = 96
-    depth_ratio: float = 0.5
+    depth_ratio: float = 0.5  # thickness at the thickest point / (2 * inscribed radius)
     max_faces: int = 20000
     smooth_iterations: int = 10
+    profile_power: float = 2.0  # 2: elliptic (round) side view; larger: flatter faces
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -40,11 +47,9 @@ def _resample(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return ndimage.zoom(field, zoom, order=1, mode="nearest")
 
 
-def height_field(obj: ObjectMask, params: InflateParams) -> tuple[np.ndarray, float]:
-    """Signed height (grid units) on a padded grid covering the mask's bounding box.
-
-    Returns the field and the number of input pixels per grid cell.
-    """
+def border_distance(obj: ObjectMask, params: InflateParams) -> tuple[np.ndarray, float]:
+    """Signed distance to the mask border (grid units, positive inside) on a padded grid
+    covering the mask's bounding box, and the number of input pixels per grid cell."""
     crop = obj.crop()
     pad_px = max(2, int(0.05 * max(crop.shape)))
     crop = np.pad(crop, pad_px)
@@ -60,20 +65,27 @@ def height_field(obj: ObjectMask, params: InflateParams) -> tuple[np.ndarray, fl
         max(4, round(crop.shape[0] / scale_down / pixels_per_cell)),
         max(4, round(crop.shape[1] / scale_down / pixels_per_cell)),
     )
-    sdf = _resample(sdf, grid_shape) / pixels_per_cell  # grid units
-    inside = np.clip(sdf, 0.0, None)
-    dmax = float(inside.max())
-    height = np.where(sdf > 0, params.depth_ratio * np.sqrt(inside * max(dmax, 1e-6)), sdf)
-    return height, pixels_per_cell
+    return _resample(sdf, grid_shape) / pixels_per_cell, pixels_per_cell
+
+
+def occupancy(sdf: np.ndarray, z: np.ndarray, params: InflateParams) -> np.ndarray:
+    """The implicit field on (row, col, z): positive inside the solid, about one unit per grid
+    cell near the rim (so marching cubes' linear interpolation is accurate there)."""
+    dmax = max(float(sdf.max()), 1e-6)
+    p = params.profile_power
+    u = sdf / dmax  # 1 at the thickest point, 0 on the border, negative outside
+    depth = np.abs(z) / (params.depth_ratio * dmax)
+    field = 1.0 - (1.0 - u[:, :, None]) ** p - depth[None, None, :] ** p
+    return field * (dmax / p)  # d(field)/d(distance) = 1 at the rim
 
 
 def inflate(obj: ObjectMask, params: InflateParams) -> tuple[trimesh.Trimesh, dict[str, float]]:
     """Reconstruct a watertight mesh, scaled so its longest side is 1 and centred at 0."""
-    height, pixels_per_cell = height_field(obj, params)
-    zmax = float(height.max())
+    sdf, pixels_per_cell = border_distance(obj, params)
+    zmax = params.depth_ratio * float(sdf.max())
     nz = int(np.ceil(zmax)) + 2
-    z = np.arange(-nz, nz + 1, dtype=np.float32)
-    volume = height[:, :, None] - np.abs(z)[None, None, :]
+    z = np.arange(-nz, nz + 1, dtype=np.float64)
+    volume = occupancy(sdf, z, params)
     volume = np.pad(volume, 1, constant_values=-1.0)  # guarantees a closed surface
     verts, faces, _, _ = measure.marching_cubes(volume, level=0.0)
     # volume axes are (row, col, z): row grows downwards in the image, so y = -row.

@@ -54,6 +54,19 @@ def test_depth_ratio_controls_thickness() -> None:
     assert thick.extents[2] / thin.extents[2] == pytest.approx(4.0, rel=0.2)
 
 
+@pytest.mark.parametrize(("depth_ratio", "power"), [(1.0, 2.0), (0.5, 2.0), (0.5, 4.0)])
+def test_disk_inflates_to_a_round_solid_of_revolution(depth_ratio: float, power: float) -> None:
+    """A disk becomes |r/R|^p + |z/(kR)|^p = 1 (a sphere at k=1, p=2): round in side view,
+    no pointed rim (the older sqrt(d*dmax) profile gave a lens, ~25 % off this surface)."""
+    obj = object_mask(shape_mask("disk"), None)
+    mesh, _ = inflate(obj, InflateParams(grid=64, depth_ratio=depth_ratio, profile_power=power, max_faces=6000))
+    radial = np.hypot(mesh.vertices[:, 0], mesh.vertices[:, 1]) / 0.5
+    depth = np.abs(mesh.vertices[:, 2]) / (0.5 * depth_ratio)
+    error = np.abs((radial**power + depth**power) ** (1 / power) - 1)
+    assert error.max() < 0.03 and error.mean() < 0.01, (error.max(), error.mean())
+    assert mesh.extents[2] == pytest.approx(depth_ratio, rel=0.02)
+
+
 def test_mask_validation() -> None:
     with pytest.raises(InvalidInput, match="empty"):
         object_mask(np.zeros((10, 10), bool), None)
