@@ -30,6 +30,7 @@ class ReconstructorConfig(BaseModel):
         2.0, ge=1.0, le=8.0, description="Side-view profile: 2 elliptic (round rim); larger is flatter-faced.",
     )
     max_faces: int = Field(20000, ge=500, description="Face budget.")
+    texture_px: int = Field(1024, ge=64, le=4096, description="Edge of the baked texture atlas (paint).")
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -101,10 +102,10 @@ class SilhouetteReconstructor:
         shape = load_mesh(mesh, mesh_format)
         painted = self.external.paint(shape, image, obj.mask) if self.external is not None else None
         if painted is None:  # the built-in projection paint (also for backends without a painter)
-            painted = paint(shape, image, obj)
+            painted = paint(shape, image, obj, self.config.texture_px)
         texture = getattr(painted.visual.material, "baseColorTexture", None) or getattr(
             painted.visual.material, "image", None)
-        buffer = io.BytesIO(painted.export(file_type="glb"))
+        buffer = io.BytesIO(painted.export(file_type="glb", include_normals=True))
         return {
             "mesh": buffer.getvalue(),
             "format": "glb",

@@ -1,22 +1,36 @@
-"""Paint: project the photo onto the mesh along the view axis and bake a texture.
+"""Paint: UV-unwrap the mesh (xatlas) and bake a texture from the photo.
 
-The mesh's front (+Z) view is aligned with the object's bounding box in the photo, so
-UV = normalised (x, y). The back and the sides get the mirrored projection, the sensible
-fill for a single view. Background pixels inside the crop are replaced by the nearest
-object pixel so no background colour bleeds in at the silhouette.
+The mesh's front (+Z) view is aligned with the object's bounding box in the photo, so a
+surface point (x, y, z) sees the photo at its normalised (x, y). Each texel of the atlas is
+traced back to its surface point and coloured:
+
+- visible from the camera (facing +Z and not behind other surface, per a front depth
+  buffer): the photo, sampled bilinearly;
+- hidden (the back, and anything occluded): the same projection of a blurred photo. The
+  colour regions carry over (a red top stays red behind, with no seam at the silhouette),
+  but fine detail — text, logos, edges — is not copied mirror-wise onto a side nobody saw.
+
+Background pixels inside the crop are replaced by the nearest object pixel first, so no
+background colour bleeds in at the silhouette, and empty atlas texels (gutters) take the
+nearest baked colour so mip-mapping never pulls in black seams.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import trimesh
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from deployments.errors import InvalidInput
 from deployments.meshing.masks import ObjectMask
 
 MAX_TEXTURE_PX = 1024
+HIDDEN_BLUR = 0.03  # blur sigma for the hidden side, as a fraction of the crop's longest side
+DEPTH_BUFFER_PX = 512
+FACING = 0.15  # |normal_z| over which a face counts fully as seen (grazing faces blend)
 
 
 def object_texture(image: np.ndarray, obj: ObjectMask) -> Image.Image:
@@ -37,13 +51,7 @@ def object_texture(image: np.ndarray, obj: ObjectMask) -> Image.Image:
 
 
 def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px: int = 1024) -> trimesh.Trimesh:
-    """Return a UV-unwrapped copy of ``mesh`` (xatlas) with a baked baseColor texture.
-
-    Every texel gets the photo's colour where its surface point projects into the object's
-    bounding box (front: what the camera saw; back and sides: the mirrored projection, the
-    sensible fill for a single view). Empty atlas texels take the nearest baked colour so
-    mip-mapping never pulls in black seams.
-    """
+    """Return a UV-unwrapped copy of ``mesh`` (xatlas) with a baked baseColor texture."""
     import xatlas
 
     if len(mesh.faces) == 0:
@@ -51,52 +59,119 @@ def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px:
     vmapping, indices, uvs = xatlas.parametrize(
         np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32)
     )
-    vertices = np.asarray(mesh.vertices)[vmapping]
-    photo = np.asarray(object_texture(image, obj), dtype=np.uint8)
-    texture = _bake(vertices, indices.astype(np.int64), uvs.astype(np.float64), photo, mesh.bounds, texture_px)
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)[vmapping]
+    faces = indices.astype(np.int64)
+    photo = np.asarray(object_texture(image, obj), dtype=np.float32)
+    texels = atlas_texels(faces, uvs.astype(np.float64), texture_px)
+    points = texels.points(vertices, faces)
+    seen = visibility(vertices, faces, texels.face, points)
+    sharp = project(photo, points, mesh.bounds)
+    sigma = HIDDEN_BLUR * max(photo.shape[:2])
+    blurred = project(ndimage.gaussian_filter(photo, (sigma, sigma, 0)), points, mesh.bounds)
+    colours = seen[:, None] * sharp + (1.0 - seen[:, None]) * blurred
+    texture = texels.image(colours, texture_px)
     material = trimesh.visual.material.PBRMaterial(
         name="visual_texture", baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=0.9,
         doubleSided=False,
     )
     return trimesh.Trimesh(
-        vertices=vertices, faces=indices, process=False,
+        vertices=vertices, faces=faces, process=False,
         visual=trimesh.visual.TextureVisuals(uv=uvs, material=material),
     )
 
 
-def _bake(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, photo: np.ndarray, bounds: np.ndarray,
-          size: int) -> Image.Image:
-    from PIL import ImageDraw
+@dataclass(frozen=True)
+class Texels:
+    """The atlas texels a triangle covers, with their triangle and barycentric weights."""
 
-    # Which face covers each texel: rasterise the UV triangles, face index + 1 as the value.
-    ids = Image.new("I", (size, size), 0)
+    rows: np.ndarray
+    cols: np.ndarray
+    face: np.ndarray
+    weights: np.ndarray  # (n, 3)
+    empty: np.ndarray  # (size, size) bool: gutters
+
+    def points(self, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        return np.einsum("nk,nkd->nd", self.weights, vertices[faces[self.face]])
+
+    def image(self, colours: np.ndarray, size: int) -> Image.Image:
+        baked = np.zeros((size, size, 3), dtype=np.uint8)
+        baked[self.rows, self.cols] = np.clip(np.rint(colours), 0, 255).astype(np.uint8)
+        _, (near_r, near_c) = ndimage.distance_transform_edt(self.empty, return_indices=True)
+        return Image.fromarray(baked[near_r, near_c])
+
+
+def rasterise(corners: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Index (+1) of the triangle covering each pixel, later triangles on top; 0 where none.
+    ``corners`` is (n, 3, 2) in pixel coordinates (x right, y down)."""
+    ids = Image.new("I", size, 0)
     draw = ImageDraw.Draw(ids)
-    pixel_uv = np.column_stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size])  # v grows upwards
-    for index, (a, b, c) in enumerate(faces):
-        draw.polygon([tuple(pixel_uv[a]), tuple(pixel_uv[b]), tuple(pixel_uv[c])], fill=index + 1)
-    face_of = np.asarray(ids, dtype=np.int64) - 1
-    rows, cols = np.nonzero(face_of >= 0)
-    face = face_of[rows, cols]
-    # Barycentric coordinates of each texel centre in its UV triangle → its 3D point.
-    p = np.column_stack([cols + 0.5, rows + 0.5])
-    a, b, c = pixel_uv[faces[face, 0]], pixel_uv[faces[face, 1]], pixel_uv[faces[face, 2]]
+    for index, triangle in enumerate(corners):
+        draw.polygon([tuple(p) for p in triangle], fill=index + 1)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Clipped, normalised barycentric weights of 2-D points in their triangles."""
     v0, v1, v2 = b - a, c - a, p - a
     den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
     den = np.where(np.abs(den) < 1e-12, 1e-12, den)
     w1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
     w2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    w0 = 1.0 - w1 - w2
-    weights = np.clip(np.column_stack([w0, w1, w2]), 0.0, 1.0)
-    weights /= weights.sum(axis=1, keepdims=True)
-    points = np.einsum("nk,nkd->nd", weights, vertices[faces[face]])
-    # Orthographic projection along the view axis onto the object's crop of the photo.
+    weights = np.clip(np.column_stack([1.0 - w1 - w2, w1, w2]), 0.0, 1.0)
+    return weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+
+
+def atlas_texels(faces: np.ndarray, uvs: np.ndarray, size: int) -> Texels:
+    pixel_uv = np.column_stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size])  # v grows upwards
+    face_of = rasterise(pixel_uv[faces], (size, size)) - 1
+    rows, cols = np.nonzero(face_of >= 0)
+    face = face_of[rows, cols]
+    centres = np.column_stack([cols + 0.5, rows + 0.5])
+    corners = pixel_uv[faces[face]]
+    weights = barycentric(centres, corners[:, 0], corners[:, 1], corners[:, 2])
+    return Texels(rows, cols, face, weights, face_of < 0)
+
+
+def visibility(vertices: np.ndarray, faces: np.ndarray, face: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """How much the camera (orthographic, looking down -Z) sees each point, in [0, 1]: faces
+    turned away are 0, grazing faces ramp up, and points behind the front depth buffer are 0."""
+    normals = trimesh.triangles.normals(vertices[faces])[0]
+    facing = np.clip(normals[face, 2] / FACING, 0.0, 1.0)
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    span = float(max(hi[0] - lo[0], hi[1] - lo[1])) or 1.0
+    scale = (DEPTH_BUFFER_PX - 1) / span
+
+    def to_px(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack([(xy[:, 0] - lo[0]) * scale, (hi[1] - xy[:, 1]) * scale])
+
+    shape = (int(np.ceil((hi[1] - lo[1]) * scale)) + 1, int(np.ceil((hi[0] - lo[0]) * scale)) + 1)
+    # Painter's order (far to near) leaves the nearest triangle's index in each pixel.
+    order = np.argsort(vertices[faces][:, :, 2].max(axis=1))
+    triangles = vertices[faces[order]]
+    nearest = rasterise(to_px(triangles.reshape(-1, 3)).reshape(-1, 3, 2), (shape[1], shape[0])) - 1
+    rows, cols = np.nonzero(nearest >= 0)
+    hit = triangles[nearest[rows, cols]]
+    centres = np.column_stack([cols + 0.5, rows + 0.5])
+    w = barycentric(centres, *(to_px(hit[:, k, :2]) for k in range(3)))
+    depth = np.full(shape, -np.inf)
+    depth[rows, cols] = np.einsum("nk,nk->n", w, hit[:, :, 2])
+    # A steep surface spans several depths within a pixel: compare with the nearest-to-us
+    # neighbour's depth minus a pixel's worth of slack, not with one sample.
+    floor = ndimage.minimum_filter(np.where(np.isfinite(depth), depth, np.inf), size=3)
+    pixel = to_px(points[:, :2])
+    r = np.clip(pixel[:, 1].astype(int), 0, shape[0] - 1)
+    c = np.clip(pixel[:, 0].astype(int), 0, shape[1] - 1)
+    unoccluded = points[:, 2] >= floor[r, c] - 2.0 / scale
+    return facing * unoccluded
+
+
+def project(photo: np.ndarray, points: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Bilinear photo colour at each point's orthographic (x, y) in the mesh's front view."""
     lo, hi = bounds[0], bounds[1]
     span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
     height, width = photo.shape[:2]
-    px = np.clip(((points[:, 0] - lo[0]) / span[0] * width).astype(int), 0, width - 1)
-    py = np.clip(((hi[1] - points[:, 1]) / span[1] * height).astype(int), 0, height - 1)
-    baked = np.zeros((size, size, 3), dtype=np.uint8)
-    baked[rows, cols] = photo[py, px]
-    # Gutters: the nearest baked texel's colour.
-    _, (near_r, near_c) = ndimage.distance_transform_edt(face_of < 0, return_indices=True)
-    return Image.fromarray(baked[near_r, near_c])
+    x = (points[:, 0] - lo[0]) / span[0] * width - 0.5  # pixel centres at integer + 0.5
+    y = (hi[1] - points[:, 1]) / span[1] * height - 0.5
+    return np.column_stack([
+        ndimage.map_coordinates(photo[:, :, k], [y, x], order=1, mode="nearest") for k in range(3)
+    ])
