@@ -21,16 +21,7 @@ class ConverterConfig(BaseModel):
     seed: int = Field(0, description="CoACD seed: the same mesh gives the same parts.")
 
 
-USD_FORMATS = ("usdz",)
-
-
-def export_usd(mesh: Any, fmt: str, stem: str, up_axis: str) -> list[Any]:
-    """USDZ through Pixar's usd-core: the mesh in metres with the stage's up axis set."""
-    from deployments.meshing.usd import usdz_bytes
-
-    from deployments.meshing.export import FileOut
-
-    return [FileOut(f"{stem}.usdz", usdz_bytes(mesh, up_axis), "model/vnd.usdz+zip")]
+USD_FORMATS = ("usd", "usdz")
 
 
 class MeshConverter:
@@ -57,16 +48,11 @@ class MeshConverter:
         decomposition; with it come ``object.json`` (physical properties), ``object.urdf`` and
         ``object.xml`` (MJCF), which reference the visual OBJ and the collision part STLs.
         """
-        import trimesh
-
-        from deployments.meshing.export import MEDIA_TYPES, MESH_FORMATS, FileOut, export_mesh, load_mesh
-        from deployments.meshing.preview import thumbnail_png, turntable_gif
-        from deployments.meshing.sim import (
-            SimOptions, bounded_hull, convex_parts, decimate, mjcf, physical_properties, repair, sim_transform, urdf,
-        )
+        from deployments.meshing.export import MESH_FORMATS, load_mesh
+        from deployments.meshing.sim import SimOptions, decimate, repair, sim_transform, textured_like
 
         started = time.perf_counter()
-        formats = list(formats or MESH_FORMATS)
+        formats = list(dict.fromkeys(formats or MESH_FORMATS))
         unknown = sorted(set(formats) - set(MESH_FORMATS) - set(USD_FORMATS))
         if unknown:
             raise InvalidInput(f"unknown formats {unknown}; choose from {[*MESH_FORMATS, *USD_FORMATS]}", "formats")
@@ -76,74 +62,124 @@ class MeshConverter:
             raise InvalidInput(f"bad sim options: {exc}", "sim") from None
         source = load_mesh(mesh, mesh_format)
         # Geometry (welded, closed, maybe decimated) drives STL, collision and physics; the
-        # textured mesh (split along UV seams) is what OBJ/GLB/PLY carry, in the same frame.
+        # textured mesh (split along UV seams, or coloured per vertex once decimated) is what
+        # OBJ/GLB/PLY/USD carry, in the same frame.
         camera_frame = decimate(repair(source), options.target_faces)
+        textured_camera = textured_like(camera_frame, source)
         transform = sim_transform(camera_frame, options) if sim is not None else np.eye(4)
-        visual = camera_frame.copy()
+        visual, textured = camera_frame.copy(), textured_camera.copy()
         visual.apply_transform(transform)
-        textured = visual
-        if isinstance(source.visual, trimesh.visual.TextureVisuals) and len(camera_frame.faces) == len(source.faces):
-            textured = source.copy()
-            textured.apply_transform(transform)
-        files: list[FileOut] = []
+        textured.apply_transform(transform)
         if sim is not None and "obj" not in formats:
             formats.append("obj")  # URDF and MJCF reference the visual OBJ
-        for fmt in formats:
-            if fmt in USD_FORMATS:
-                files += export_usd(visual, fmt, f"{prefix}visual", options.up_axis)
-            else:
-                files += export_mesh(visual if fmt == "stl" else textured, fmt, f"{prefix}visual")
         stats: dict[str, Any] = {"visual": _mesh_stats(visual)}
         if sim is not None:
             stats |= {"units": "m", "up_axis": options.up_axis, "origin": options.origin}
-        parts: list[Any] = []
+        files, parts = [], []
         if collision:
-            parts = convex_parts(visual, options, seed=self.config.seed)
-            hull = parts[0] if len(parts) == 1 else bounded_hull(np.vstack([p.vertices for p in parts]))
-            for fmt in ("obj", "stl"):
-                files += export_mesh(hull, fmt, f"{prefix}collision")
-            if options.decomposition:
-                scene = trimesh.Scene({f"part_{k:02d}": p for k, p in enumerate(parts)})
-                files.append(FileOut(f"{prefix}collision_parts.glb", scene.export(file_type="glb"), MEDIA_TYPES["glb"]))
-                obj_text = trimesh.exchange.obj.export_obj(scene, include_normals=True)
-                files.append(FileOut(f"{prefix}collision_parts.obj", obj_text.encode(), MEDIA_TYPES["obj"]))
-            part_files = [f"{prefix}collision_part{k:02d}.stl" for k in range(len(parts))]
-            for name, part in zip(part_files, parts):
-                files.append(FileOut(name, part.export(file_type="stl"), MEDIA_TYPES["stl"]))
-            stats["collision"] = {
-                "parts": len(parts), "method": "coacd" if options.decomposition else "convex_hull",
-                "hull": _mesh_stats(hull), "part_faces": [int(len(p.faces)) for p in parts],
-            }
+            parts, collision_files, stats["collision"] = self._collision(visual, options, prefix)
+            files += collision_files
+        props = None
         if sim is not None:
-            props = physical_properties(visual, options.density_kg_m3)
-            part_names = [f"{prefix}collision_part{k:02d}.stl" for k in range(len(parts))]
-            name = f"{prefix}object".rstrip("_") or "object"
-            sidecar = {
-                "units": "m", "up_axis": options.up_axis, "origin": options.origin,
-                "size_m": options.size_m, "size_axis": options.size_axis,
-                "density_kg_m3": options.density_kg_m3, **vars(props),
-                "faces": {"visual": int(len(visual.faces)), "collision": [int(len(p.faces)) for p in parts]},
-                "parts": len(parts), "files": {"visual": f"{prefix}visual.obj", "collision": part_names},
-            }
-            sidecar.pop("extra", None)
-            files.append(FileOut(f"{prefix}object.json", json.dumps(sidecar, indent=2).encode(), MEDIA_TYPES["json"]))
-            files.append(FileOut(f"{prefix}object.urdf", urdf(name, f"{prefix}visual.obj", part_names, props,
-                                                               options.up_axis).encode(), "application/xml"))
-            files.append(FileOut(f"{prefix}object.xml", mjcf(name, f"{prefix}visual.obj", part_names, props,
-                                                              options.up_axis).encode(), "application/xml"))
+            sim_files, props = _sim_files(visual, parts, options, prefix)
+            files += sim_files
             stats["physical"] = {"mass_kg": props.mass_kg, "volume_m3": props.volume_m3}
+        files = _visual_files(visual, textured, formats, prefix, options.up_axis, parts, props) + files
         if preview:
-            # Previews show the camera view (front towards the viewer) whatever the file axes.
-            gif = turntable_gif(camera_frame, self.config.preview_frames, self.config.preview_size_px)
-            files.append(FileOut(f"{prefix}preview.gif", gif, MEDIA_TYPES["gif"]))
-            files.append(FileOut(f"{prefix}thumbnail.png", thumbnail_png(camera_frame, self.config.preview_size_px),
-                                 MEDIA_TYPES["png"]))
+            files += self._previews(textured_camera, prefix)
         stats["seconds"] = round(time.perf_counter() - started, 3)
-        files.append(FileOut(f"{prefix}mesh_stats.json", json.dumps(stats, indent=2).encode(), MEDIA_TYPES["json"]))
+        files.append(_json_file(f"{prefix}mesh_stats.json", stats))
         return {
             "files": [{"name": f.name, "data": f.data, "media_type": f.media_type} for f in files],
             "stats": stats,
         }
+
+    def _collision(self, visual: Any, options: Any, prefix: str) -> tuple[list[Any], list[Any], dict[str, Any]]:
+        """Convex parts (or the one hull), their union's hull, and the files: one STL per part
+        (what URDF/MJCF reference) plus the part set as one GLB and one OBJ."""
+        import trimesh
+
+        from deployments.meshing.export import MEDIA_TYPES, FileOut, export_mesh
+        from deployments.meshing.sim import bounded_hull, convex_parts
+
+        parts = convex_parts(visual, options, seed=self.config.seed)
+        hull = parts[0] if len(parts) == 1 else bounded_hull(np.vstack([p.vertices for p in parts]))
+        files = export_mesh(hull, "obj", f"{prefix}collision") + export_mesh(hull, "stl", f"{prefix}collision")
+        if options.decomposition:
+            scene = trimesh.Scene({f"part_{k:02d}": p for k, p in enumerate(parts)})
+            files.append(FileOut(f"{prefix}collision_parts.glb", scene.export(file_type="glb"), MEDIA_TYPES["glb"]))
+            obj_text = trimesh.exchange.obj.export_obj(scene, include_normals=True)
+            files.append(FileOut(f"{prefix}collision_parts.obj", obj_text.encode(), MEDIA_TYPES["obj"]))
+        for name, part in zip(part_names(prefix, len(parts)), parts):
+            files.append(FileOut(name, part.export(file_type="stl"), MEDIA_TYPES["stl"]))
+        stats = {
+            "parts": len(parts), "method": "coacd" if options.decomposition else "convex_hull",
+            "hull": _mesh_stats(hull), "part_faces": [int(len(p.faces)) for p in parts],
+        }
+        return parts, files, stats
+
+    def _previews(self, mesh: Any, prefix: str) -> list[Any]:
+        """Turntable GIF and PNG thumbnail of the (textured) camera view, whatever the file axes."""
+        from deployments.meshing.export import MEDIA_TYPES, FileOut
+        from deployments.meshing.preview import thumbnail_png, turntable_gif
+
+        frames, size = self.config.preview_frames, self.config.preview_size_px
+        return [
+            FileOut(f"{prefix}preview.gif", turntable_gif(mesh, frames, size), MEDIA_TYPES["gif"]),
+            FileOut(f"{prefix}thumbnail.png", thumbnail_png(mesh, size), MEDIA_TYPES["png"]),
+        ]
+
+
+def part_names(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}collision_part{k:02d}.stl" for k in range(count)]
+
+
+def _json_file(name: str, payload: dict[str, Any]) -> Any:
+    from deployments.meshing.export import MEDIA_TYPES, FileOut
+
+    return FileOut(name, json.dumps(payload, indent=2).encode(), MEDIA_TYPES["json"])
+
+
+def _visual_files(visual: Any, textured: Any, formats: list[str], prefix: str, up_axis: str, parts: list[Any],
+                  props: Any) -> list[Any]:
+    from deployments.meshing.export import FileOut, export_mesh
+
+    files: list[FileOut] = []
+    for fmt in formats:
+        if fmt in USD_FORMATS:
+            from deployments.meshing.usd import export_usd
+
+            files += export_usd(textured, fmt, f"{prefix}visual", up_axis, parts, props)
+        else:  # STL has no texture; the rest carry the textured mesh
+            files += export_mesh(visual if fmt == "stl" else textured, fmt, f"{prefix}visual")
+    unique = {f.name: f for f in files}  # OBJ and USD may both bring the same texture PNG
+    return list(unique.values())
+
+
+def _sim_files(visual: Any, parts: list[Any], options: Any, prefix: str) -> tuple[list[Any], Any]:
+    """object.json (physical properties), object.urdf and object.xml (MJCF)."""
+    from deployments.meshing.export import FileOut
+    from deployments.meshing.sim import mjcf, physical_properties, urdf
+
+    props = physical_properties(visual, options.density_kg_m3)
+    names = part_names(prefix, len(parts))
+    name = f"{prefix}object".rstrip("_") or "object"
+    sidecar = {
+        "units": "m", "up_axis": options.up_axis, "origin": options.origin,
+        "size_m": options.size_m, "size_axis": options.size_axis,
+        "density_kg_m3": options.density_kg_m3, **vars(props),
+        "faces": {"visual": int(len(visual.faces)), "collision": [int(len(p.faces)) for p in parts]},
+        "parts": len(parts), "files": {"visual": f"{prefix}visual.obj", "collision": names},
+    }
+    sidecar.pop("extra", None)
+    visual_file = f"{prefix}visual.obj"
+    return [
+        _json_file(f"{prefix}object.json", sidecar),
+        FileOut(f"{prefix}object.urdf", urdf(name, visual_file, names, props, options.up_axis).encode(),
+                "application/xml"),
+        FileOut(f"{prefix}object.xml", mjcf(name, visual_file, names, props, options.up_axis).encode(),
+                "application/xml"),
+    ], props
 
 
 def _mesh_stats(mesh: Any) -> dict[str, Any]:

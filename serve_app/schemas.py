@@ -11,7 +11,7 @@ StageName = Literal["segment", "reconstruct", "paint", "convert", "propagate"]
 # The image pipeline; "propagate" is the one stage of a video propagation job.
 STAGE_ORDER: tuple[StageName, ...] = ("segment", "reconstruct", "paint", "convert")
 VIDEO_STAGES: tuple[StageName, ...] = ("propagate",)
-MeshFormat = Literal["obj", "stl", "glb", "ply", "usdz"]
+MeshFormat = Literal["obj", "stl", "glb", "ply", "usd", "usdz"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 

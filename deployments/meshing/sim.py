@@ -73,6 +73,23 @@ def weld(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=True)
 
 
+def textured_like(geometry: trimesh.Trimesh, source: trimesh.Trimesh) -> trimesh.Trimesh:
+    """What OBJ/GLB/PLY/USD carry: the textured source when ``geometry`` kept its faces (only
+    the UV seams were welded), else ``geometry`` coloured per vertex from the source's texture
+    at the closest surface point (decimation invalidates the UV atlas, not the colours)."""
+    if not isinstance(source.visual, trimesh.visual.TextureVisuals):
+        return geometry
+    if len(geometry.faces) == len(source.faces):
+        return source
+    colours = source.visual.to_color().vertex_colors.astype(np.float64)
+    closest, _distance, triangle = trimesh.proximity.closest_point(source, geometry.vertices)
+    weights = trimesh.triangles.points_to_barycentric(source.triangles[triangle], closest)
+    sampled = np.einsum("nk,nkc->nc", np.clip(weights, 0.0, 1.0), colours[source.faces[triangle]])
+    out = geometry.copy()
+    out.visual = trimesh.visual.ColorVisuals(out, vertex_colors=np.clip(np.rint(sampled), 0, 255).astype(np.uint8))
+    return out
+
+
 def decimate(mesh: trimesh.Trimesh, target_faces: int | None) -> trimesh.Trimesh:
     """At most ``target_faces`` faces, keeping the mesh closed (else the input is kept)."""
     if target_faces is None or len(mesh.faces) <= target_faces:
