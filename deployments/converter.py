@@ -217,7 +217,12 @@ def _topology(mesh: Any) -> dict[str, bool]:
 )
 class ConverterDeployment:
     def __init__(self, config: ConverterConfig) -> None:
+        self._bound = config
         self._converter = MeshConverter(config)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's ``user_config``: ConverterConfig fields over the bound ones."""
+        self._converter = MeshConverter(ConverterConfig.model_validate({**self._bound.model_dump(), **user_config}))
 
     async def info(self) -> dict[str, Any]:
         return self._converter.info()

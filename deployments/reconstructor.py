@@ -124,7 +124,16 @@ class SilhouetteReconstructor:
 )
 class ReconstructorDeployment:
     def __init__(self, config: ReconstructorConfig) -> None:
+        self._bound = config
         self._backend = SilhouetteReconstructor(config)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's ``user_config``: ReconstructorConfig fields over the bound ones (e.g.
+        ``{backend: trellis, weights: /models/TRELLIS-image-large}`` or ``{profile_power: 3}``).
+        A backend that cannot load fails here, so the deploy reports it."""
+        config = ReconstructorConfig.model_validate({**self._bound.model_dump(), **user_config})
+        if config != self._backend.config:
+            self._backend = SilhouetteReconstructor(config)
 
     async def info(self) -> dict[str, Any]:
         return self._backend.info()

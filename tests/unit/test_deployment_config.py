@@ -1,0 +1,35 @@
+"""Reconstructor and Converter take Serve's user_config over their bound configs; a backend
+that cannot load fails in reconfigure, i.e. at deploy time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from deployments.converter import ConverterConfig, ConverterDeployment
+from deployments.errors import ModelLoadError
+from deployments.reconstructor import ReconstructorConfig, ReconstructorDeployment
+
+
+def test_reconstructor_user_config_overrides_the_bound_config(tmp_path: Path) -> None:
+    replica = ReconstructorDeployment.func_or_class(ReconstructorConfig(grid=64))
+    builtin = replica._backend
+    replica.reconfigure({})
+    assert replica._backend is builtin  # nothing changed: nothing rebuilt
+    replica.reconfigure({"profile_power": 3.0, "depth_ratio": 0.8})
+    assert replica._backend.params.profile_power == 3.0 and replica._backend.params.depth_ratio == 0.8
+    assert replica._backend.params.grid == 64  # the bound value survives
+    with pytest.raises(ModelLoadError, match="trellis"):
+        replica.reconfigure({"backend": "trellis", "weights": str(tmp_path)})
+    with pytest.raises(ValidationError):
+        replica.reconfigure({"backend": "nerf"})
+
+
+def test_converter_user_config_overrides_the_bound_config() -> None:
+    replica = ConverterDeployment.func_or_class(ConverterConfig(preview_frames=4))
+    replica.reconfigure({"preview_size_px": 128})
+    assert replica._converter.config.preview_frames == 4 and replica._converter.config.preview_size_px == 128
+    with pytest.raises(ValidationError):
+        replica.reconfigure({"preview_frames": 1000})
