@@ -89,10 +89,11 @@ class SilhouetteReconstructor:
         }
 
     def paint(
-        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply"
+        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply", prefix: str = ""
     ) -> dict[str, Any]:
-        """Returns ``mesh`` (textured GLB bytes) and ``stats``."""
-        from deployments.meshing.export import load_mesh
+        """Returns ``mesh`` (textured GLB bytes), ``files`` (``{prefix}textured.obj`` with its MTL
+        and PNG, whose names the OBJ and MTL reference) and ``stats``."""
+        from deployments.meshing.export import export_mesh, load_mesh
         from deployments.meshing.masks import object_mask
         from deployments.meshing.paint import paint
 
@@ -106,9 +107,11 @@ class SilhouetteReconstructor:
         texture = getattr(painted.visual.material, "baseColorTexture", None) or getattr(
             painted.visual.material, "image", None)
         buffer = io.BytesIO(painted.export(file_type="glb", include_normals=True))
+        files = export_mesh(painted, "obj", f"{prefix}textured")
         return {
             "mesh": buffer.getvalue(),
             "format": "glb",
+            "files": [{"name": f.name, "data": f.data, "media_type": f.media_type} for f in files],
             "stats": {
                 "texture_size": [int(texture.width), int(texture.height)] if texture is not None else None,
                 "seconds": round(time.perf_counter() - started, 3),
@@ -142,6 +145,6 @@ class ReconstructorDeployment:
         return await asyncio.to_thread(self._backend.reconstruct, image, mask)
 
     async def paint(
-        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply"
+        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply", prefix: str = ""
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(self._backend.paint, mesh, image, mask, mesh_format)
+        return await asyncio.to_thread(self._backend.paint, mesh, image, mask, mesh_format, prefix)

@@ -211,9 +211,12 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
     for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
         result = await ctx.handles.reconstructor.paint.remote(
-            mesh, await ctx.image(), await ctx.mask(prefix), mesh_format=fmt
+            mesh, await ctx.image(), await ctx.mask(prefix), mesh_format=fmt, prefix=prefix
         )
-        await ctx.write("paint", f"{prefix}textured.glb", result["mesh"], "model/gltf-binary")
+        await asyncio.gather(
+            ctx.write("paint", f"{prefix}textured.glb", result["mesh"], "model/gltf-binary"),
+            *(ctx.write("paint", f["name"], f["data"], f["media_type"]) for f in result.get("files", [])),
+        )
         stats[prefix or "object"] = result["stats"]
         await ctx.progress("paint", 100.0 * done / len(objects))
     return stats if len(stats) > 1 else stats["object"]

@@ -71,7 +71,9 @@ def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px:
     colours = seen[:, None] * sharp + (1.0 - seen[:, None]) * blurred
     texture = texels.image(colours, texture_px)
     material = trimesh.visual.material.PBRMaterial(
-        name="visual_texture", baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=0.9,
+        # baseColorFactor white: OBJ viewers multiply map_Kd by Kd (trimesh would write 0.4).
+        name="visual_texture", baseColorTexture=texture, baseColorFactor=[255, 255, 255, 255],
+        metallicFactor=0.0, roughnessFactor=0.9,
         doubleSided=False,
     )
     return trimesh.Trimesh(
