@@ -14,7 +14,8 @@ at the rim that linear interpolation gets wrong — so there are no voxel steps 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import trimesh
@@ -23,9 +24,11 @@ from scipy import ndimage
 from skimage import measure
 
 from deployments.meshing.masks import ObjectMask
+from deployments.meshing.simplify import reduce_closed
 
 # Distance fields are computed on a crop at most this large (then resampled to the grid).
 MAX_FIELD_PX = 1024
+MIN_GRID = 24
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ def inflate(obj: ObjectMask, params: InflateParams) -> tuple[trimesh.Trimesh, di
         mesh = _normalised(_smooth_and_reduce(base.copy(), smoothing, params.max_faces))
         if not self_intersecting(mesh):
             break
+    if len(mesh.faces) > params.max_faces and params.grid > MIN_GRID:
+        # No decimation kept it closed: rebuild coarser (faces grow with grid²) to hold the budget.
+        shrink = 0.9 * math.sqrt(params.max_faces / len(mesh.faces))
+        return inflate(obj, replace(params, grid=max(MIN_GRID, int(params.grid * shrink))))
     return mesh, {"pixels_per_unit": float(max(obj.width, obj.height)), "grid_cell_px": pixels_per_cell}
 
 
@@ -127,13 +134,7 @@ def _smooth_and_reduce(mesh: trimesh.Trimesh, iterations: int, max_faces: int) -
     if iterations:
         trimesh.smoothing.filter_taubin(mesh, iterations=iterations)
     if len(mesh.faces) > max_faces:
-        reduced = mesh.simplify_quadric_decimation(face_count=max_faces)
-        reduced.merge_vertices()
-        reduced.update_faces(reduced.nondegenerate_faces())
-        reduced.remove_unreferenced_vertices()
-        if reduced.is_watertight and reduced.is_winding_consistent:
-            trimesh.repair.fix_normals(reduced)
-            mesh = reduced
+        mesh = reduce_closed(mesh, max_faces) or mesh
     return mesh
 
 

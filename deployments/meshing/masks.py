@@ -10,6 +10,10 @@ from scipy import ndimage
 from deployments.errors import InvalidInput
 
 MIN_OBJECT_PIXELS = 16
+# Holes under this fraction of the object's area are segmentation specks, not openings (a
+# ring's hole is ~25 %). Left in, each one is a tunnel through the mesh: dozens of them made
+# convex decomposition 2-3x slower and the solid meaningless.
+SPECK_HOLE_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class ObjectMask:
 
 
 def object_mask(mask: np.ndarray, image_shape: tuple[int, ...] | None = None) -> ObjectMask:
-    """Validate a mask and keep its largest connected component (holes are kept)."""
+    """Validate a mask and keep its largest connected component, with its speck-sized holes
+    filled (real openings are kept)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
         mask = mask[..., 0]
@@ -57,6 +62,17 @@ def object_mask(mask: np.ndarray, image_shape: tuple[int, ...] | None = None) ->
         raise InvalidInput(
             f"mask object is smaller than {MIN_OBJECT_PIXELS} pixels", param="mask"
         )
+    largest = _fill_specks(largest)
     rows = np.flatnonzero(largest.any(axis=1))
     cols = np.flatnonzero(largest.any(axis=0))
     return ObjectMask(largest, int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def _fill_specks(mask: np.ndarray) -> np.ndarray:
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    labels, count = ndimage.label(holes)
+    if count == 0:
+        return mask
+    sizes = ndimage.sum_labels(holes, labels, index=np.arange(1, count + 1))
+    specks = 1 + np.flatnonzero(sizes < SPECK_HOLE_FRACTION * mask.sum())
+    return mask | np.isin(labels, specks)
