@@ -150,6 +150,7 @@ def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
         "shape": kind,
         "watertight": bool(stats["visual"]["watertight"]),
         "edge_manifold": bool(stats["visual"]["edge_manifold"]),
+        "vertex_manifold": bool(stats["visual"]["vertex_manifold"]),
         "self_intersecting": bool(stats["visual"]["self_intersecting"]),
         "faces": int(stats["visual"]["faces"]),
         "silhouette_iou": round(iou, 4),
@@ -166,13 +167,28 @@ def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
     }
 
 
+def table(results: list[dict[str, Any]]) -> str:
+    """The per-shape figures as a Markdown table."""
+    lines = [
+        "| shape | IoU | faces | parts | covered | glTF errors | rest COM z (m) | reconstruct / paint / convert (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        s = r["seconds"]
+        lines.append(
+            f"| {r['shape']} | {r['silhouette_iou']:.4f} | {r['faces']} | {r['collision_parts']} | "
+            f"{r['surface_covered']:.3f} | {r['gltf_textured']['errors'] + r['gltf_visual']['errors']} | "
+            f"{r['mujoco']['rest_com_z_m']:.4f} | {s['reconstruct']:.2f} / {s['paint']:.2f} / {s['convert']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = [evaluate(kind) for kind in SHAPES]
-    for row in results:
-        print(json.dumps(row))
+    print(table(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

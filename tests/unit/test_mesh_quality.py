@@ -14,7 +14,7 @@ def result(request: pytest.FixtureRequest) -> dict:
 
 
 def test_closed_manifold_and_faithful_to_the_mask(result: dict) -> None:
-    assert result["watertight"] and result["edge_manifold"], result
+    assert result["watertight"] and result["edge_manifold"] and result["vertex_manifold"], result
     assert not result["self_intersecting"], result
     assert result["silhouette_iou"] >= 0.9, result
     assert result["faces"] <= 6000
