@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -289,7 +289,3 @@ def release_idle(sessions: list[VideoSession], idle_s: float) -> int:
         if session.state is not None and not session.busy and now - session.last_used > idle_s:
             freed += int(session.release())
     return freed
-
-
-def iter_frame_names(count: int) -> Iterator[str]:
-    return (frame_name(i) for i in range(count))
