@@ -34,7 +34,9 @@ def throughput(handle: Any, image: np.ndarray, total: int, in_flight: int) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--switches", type=int, default=6)
     parser.add_argument("--out", type=Path)
@@ -48,7 +50,9 @@ def main() -> None:
     from tests.conftest import save_yolo
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # never a running cluster
+    ray.init(
+        address="local", include_dashboard=False, log_to_driver=False
+    )  # never a running cluster
     gpu = torch.cuda.is_available()
     tmp = Path(tempfile.mkdtemp(prefix="meshline-bench-det-"))
     models = tmp / "models"
@@ -56,24 +60,39 @@ def main() -> None:
     for name in ("alpha", "beta"):
         save_yolo(models / f"{name}.pt", name)
     base = DetectorConfig(models_dir=models, weights_dir=tmp / "w", config_dir=tmp / "cfg")
-    options = {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.25 if gpu else 0},
-               "num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 32}
-    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
-        Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg").convert("RGB"))
+    options = {
+        "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.25 if gpu else 0},
+        "num_replicas": 1,
+        "autoscaling_config": None,
+        "max_ongoing_requests": 32,
+    }
+    image = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"])
+        .open(Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg")
+        .convert("RGB")
+    )
     report: dict[str, Any] = {"device": "gpu" if gpu else "cpu", "image": "bus.jpg"}
 
     for batch in (1, 8):
         config = base.model_copy(update={"max_batch_size": batch, "batch_wait_s": 0.01})
-        handle = serve.run(DetectorDeployment.options(name=f"Det{batch}", **options).bind(config),
-                           name=f"det{batch}", route_prefix=None)
+        handle = serve.run(
+            DetectorDeployment.options(name=f"Det{batch}", **options).bind(config),
+            name=f"det{batch}",
+            route_prefix=None,
+        )
         throughput(handle, image, 8, 8)  # warm-up
         report[f"images_per_s_batch_{batch}"] = round(throughput(handle, image, args.images, 16), 2)
         serve.delete(f"det{batch}")
-    report["batching_gain"] = round(report["images_per_s_batch_8"] / report["images_per_s_batch_1"], 3)
+    report["batching_gain"] = round(
+        report["images_per_s_batch_8"] / report["images_per_s_batch_1"], 3
+    )
 
     config = base.model_copy(update={"max_models": 1})
-    handle = serve.run(DetectorDeployment.options(name="DetSwitch", **options).bind(config),
-                       name="switch", route_prefix=None)
+    handle = serve.run(
+        DetectorDeployment.options(name="DetSwitch", **options).bind(config),
+        name="switch",
+        route_prefix=None,
+    )
     hits, misses = [], []
     for index in range(args.switches):
         model = ("alpha", "beta")[index % 2]

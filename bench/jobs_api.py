@@ -65,7 +65,8 @@ async def post_latencies(base_url: str, image: bytes, clients: int, per_client: 
             for _ in range(per_client):
                 started = time.perf_counter()
                 response = await http.post(
-                    "/v1/jobs", files={"image": ("s.png", image)},
+                    "/v1/jobs",
+                    files={"image": ("s.png", image)},
                     data={"options": json.dumps({"stages": ["segment"]})},
                 )
                 latencies.append(time.perf_counter() - started)
@@ -81,7 +82,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=10, help="per client")
     parser.add_argument("--store-jobs", type=int, default=200)
@@ -90,7 +93,9 @@ def main() -> None:
     report: dict[str, Any] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
-        report["store_transitions_per_s_sqlite"] = store_transitions_per_s(f"sqlite:///{tmp}/bench.db", args.store_jobs)
+        report["store_transitions_per_s_sqlite"] = store_transitions_per_s(
+            f"sqlite:///{tmp}/bench.db", args.store_jobs
+        )
     url, schema = postgres_schema_url()
     try:
         report["store_transitions_per_s_postgresql"] = store_transitions_per_s(url, args.store_jobs)
@@ -107,7 +112,8 @@ def main() -> None:
         latencies = asyncio.run(post_latencies(base_url, image, args.clients, args.requests))
         serve.shutdown()
     report["post_jobs"] = {
-        "clients": args.clients, "requests": len(latencies),
+        "clients": args.clients,
+        "requests": len(latencies),
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
     }

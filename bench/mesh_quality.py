@@ -79,16 +79,22 @@ def validate_gltf(data: bytes) -> dict[str, int]:
         "process.stdin.on('end',()=>v.validateBytes(new Uint8Array(Buffer.concat(c))).then(r=>"
         "console.log(JSON.stringify({errors:r.issues.numErrors,warnings:r.issues.numWarnings}))))"
     )
-    done = subprocess.run(["node", "-e", script, str(VALIDATOR)], input=data, capture_output=True, check=True)
+    done = subprocess.run(
+        ["node", "-e", script, str(VALIDATOR)], input=data, capture_output=True, check=True
+    )
     return json.loads(done.stdout)
 
 
-def drop_in_mujoco(folder: Path, mjcf_name: str, height_m: float, seconds: float = 8.0) -> dict[str, float]:
+def drop_in_mujoco(
+    folder: Path, mjcf_name: str, height_m: float, seconds: float = 8.0
+) -> dict[str, float]:
     """Add a floor, lift the body, let it fall; report where and how still it ends up."""
     import mujoco
 
     xml = (folder / mjcf_name).read_text()
-    xml = xml.replace("<worldbody>", '<worldbody>\n    <geom name="floor" type="plane" size="5 5 0.1"/>', 1)
+    xml = xml.replace(
+        "<worldbody>", '<worldbody>\n    <geom name="floor" type="plane" size="5 5 0.1"/>', 1
+    )
     xml = xml.replace('pos="0 0 0"', f'pos="0 0 {height_m}"', 1)
     scene_file = folder / "drop_scene.xml"
     scene_file.write_text(xml)
@@ -102,9 +108,14 @@ def drop_in_mujoco(folder: Path, mjcf_name: str, height_m: float, seconds: float
         if step >= steps - int(0.5 / model.opt.timestep):
             heights.append(float(data.xipos[body][2]))
     # At rest on the plane: the centre of mass no longer moves up or down (a sphere may roll).
-    return {"rest_com_z_m": float(data.xipos[body][2]), "rest_z_range_last_half_s_m": max(heights) - min(heights),
-            "rest_speed": float(np.abs(data.qvel).max()),
-            "lowest_contact_z_m": float(min((data.contact[i].pos[2] for i in range(data.ncon)), default=np.nan))}
+    return {
+        "rest_com_z_m": float(data.xipos[body][2]),
+        "rest_z_range_last_half_s_m": max(heights) - min(heights),
+        "rest_speed": float(np.abs(data.qvel).max()),
+        "lowest_contact_z_m": float(
+            min((data.contact[i].pos[2] for i in range(data.ncon)), default=np.nan)
+        ),
+    }
 
 
 def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
@@ -126,17 +137,25 @@ def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
     t_paint = time.perf_counter() - started
     converter = MeshConverter(ConverterConfig(preview_frames=4, preview_size_px=96))
     started = time.perf_counter()
-    out = converter.convert(painted["mesh"], "glb", formats=["obj", "glb", "stl"],
-                            sim={"size_m": size_m, "up_axis": "z", "origin": "base"})
+    out = converter.convert(
+        painted["mesh"],
+        "glb",
+        formats=["obj", "glb", "stl"],
+        sim={"size_m": size_m, "up_axis": "z", "origin": "base"},
+    )
     t_convert = time.perf_counter() - started
     files = {f["name"]: f["data"] for f in out["files"]}
     stats = out["stats"]
     sidecar = json.loads(files["object.json"])
     predicted = front_silhouette(np.asarray(mesh.vertices), np.asarray(mesh.faces), mask)
     iou = float((predicted & mask).sum() / (predicted | mask).sum())
-    visual = trimesh.load(trimesh.util.wrap_as_stream(files["visual.stl"]), file_type="stl", force="mesh")
-    parts = [trimesh.load(trimesh.util.wrap_as_stream(files[name]), file_type="stl", force="mesh")
-             for name in sidecar["files"]["collision"]]
+    visual = trimesh.load(
+        trimesh.util.wrap_as_stream(files["visual.stl"]), file_type="stl", force="mesh"
+    )
+    parts = [
+        trimesh.load(trimesh.util.wrap_as_stream(files[name]), file_type="stl", force="mesh")
+        for name in sidecar["files"]["collision"]
+    ]
     samples = trimesh.sample.sample_surface(visual, 3000, seed=7)[0]
     covered = float(inside_union(parts, samples, tol=1e-3).mean())
     convex = all(p.is_convex for p in parts)
@@ -163,7 +182,11 @@ def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
         "gltf_visual": validate_gltf(files["visual.glb"]),
         "mujoco": {k: round(v, 5) for k, v in drop.items()},
         "urdf_links": urdf_links,
-        "seconds": {"reconstruct": round(t_shape, 3), "paint": round(t_paint, 3), "convert": round(t_convert, 3)},
+        "seconds": {
+            "reconstruct": round(t_shape, 3),
+            "paint": round(t_paint, 3),
+            "convert": round(t_convert, 3),
+        },
     }
 
 

@@ -51,18 +51,29 @@ def start_app(device: str, data_dir: Path, small: bool, precision: str) -> tuple
 
     gpus = 0.25 if device == "gpu" else 0
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # never a running cluster
+    ray.init(
+        address="local", include_dashboard=False, log_to_driver=False
+    )  # never a running cluster
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings: dict[str, Any] = {
-        "data_dir": str(data_dir), "job_poll_interval_s": 0.1, "model_precision": precision,
+        "data_dir": str(data_dir),
+        "job_poll_interval_s": 0.1,
+        "model_precision": precision,
     }
     if small:
         from tests.helpers import SMALL_SAM2_OVERRIDES
 
         settings["sam2_overrides"] = SMALL_SAM2_OVERRIDES
-    options = {name: {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}} for name in MODEL_DEPLOYMENTS}
-    serve.run(build_app({"settings": settings, "deployment_options": options}), name="meshline", route_prefix="/")
+    options = {
+        name: {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}}
+        for name in MODEL_DEPLOYMENTS
+    }
+    serve.run(
+        build_app({"settings": settings, "deployment_options": options}),
+        name="meshline",
+        route_prefix="/",
+    )
     return f"http://127.0.0.1:{port}", serve
 
 
@@ -97,10 +108,12 @@ def handle_hop(serve: Any, calls: int = 300) -> dict[str, float]:
         started = time.perf_counter()
         local.info()
         local_s.append(time.perf_counter() - started)
-    return {"handle_p50_ms": round(statistics.median(remote_s) * 1000, 3),
-            "grpc_handle_p50_ms": round(statistics.median(grpc_s) * 1000, 3),
-            "in_process_p50_ms": round(statistics.median(local_s) * 1000, 3),
-            "hop_p50_ms": round((statistics.median(remote_s) - statistics.median(local_s)) * 1000, 3)}
+    return {
+        "handle_p50_ms": round(statistics.median(remote_s) * 1000, 3),
+        "grpc_handle_p50_ms": round(statistics.median(grpc_s) * 1000, 3),
+        "in_process_p50_ms": round(statistics.median(local_s) * 1000, 3),
+        "hop_p50_ms": round((statistics.median(remote_s) - statistics.median(local_s)) * 1000, 3),
+    }
 
 
 def cold_start(serve: Any, small: bool, device: str) -> dict[str, float]:
@@ -114,7 +127,8 @@ def cold_start(serve: Any, small: bool, device: str) -> dict[str, float]:
 
         overrides = SMALL_SAM2_OVERRIDES
     cold = SegmenterDeployment.options(
-        name="ColdSegmenter", ray_actor_options={"num_cpus": 0.25, "num_gpus": 0.25 if device == "gpu" else 0},
+        name="ColdSegmenter",
+        ray_actor_options={"num_cpus": 0.25, "num_gpus": 0.25 if device == "gpu" else 0},
         autoscaling_config={"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1},
     ).bind(SegmenterConfig(overrides=overrides))
     handle = serve.run(cold, name="coldstart", route_prefix=None)
@@ -124,7 +138,11 @@ def cold_start(serve: Any, small: bool, device: str) -> dict[str, float]:
     first = time.perf_counter() - started
     load = handle.info.remote().result()["load_seconds"]
     serve.delete("coldstart")
-    return {"first_result_s": round(first, 3), "model_load_s": load, "ratio": round(first / load, 2)}
+    return {
+        "first_result_s": round(first, 3),
+        "model_load_s": load,
+        "ratio": round(first / load, 2),
+    }
 
 
 def p50(values: list[float]) -> float:
@@ -132,7 +150,12 @@ def p50(values: list[float]) -> float:
 
 
 def run(
-    device: str, jobs: int, small: bool, out: Path | None, stages: list[str] | None = None, precision: str = "auto"
+    device: str,
+    jobs: int,
+    small: bool,
+    out: Path | None,
+    stages: list[str] | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     import tempfile
 
@@ -141,7 +164,10 @@ def run(
     image_bytes = bus_photo().read_bytes()
     image = np.asarray(Image.open(bus_photo()).convert("RGB"))
     report: dict[str, Any] = {
-        "device": device, "precision": precision, "image": "bus.jpg", "size": list(image.shape[1::-1])
+        "device": device,
+        "precision": precision,
+        "image": "bus.jpg",
+        "size": list(image.shape[1::-1]),
     }
 
     report["placement"] = {
@@ -171,7 +197,8 @@ def run(
         for _ in range(jobs):
             started = time.perf_counter()
             response = http.post(
-                "/v1/jobs", files={"image": ("bus.jpg", image_bytes, "image/jpeg")},
+                "/v1/jobs",
+                files={"image": ("bus.jpg", image_bytes, "image/jpeg")},
                 data={"options": json.dumps({"detect": {"conf": 0.01}, "stages": stages})},
             )
             response.raise_for_status()
@@ -186,15 +213,23 @@ def run(
                 raise RuntimeError(f"job failed: {job['error']}")
             for stage in job["stages"]:
                 stage_seconds.setdefault(stage["name"], []).append(stage["seconds"])
-                overhead.setdefault(stage["name"], []).append(stage["seconds"] - model_seconds(stage))
+                overhead.setdefault(stage["name"], []).append(
+                    stage["seconds"] - model_seconds(stage)
+                )
             ratios.append(wall / sum(s["seconds"] for s in job["stages"]))
             # The store's clock (queued → succeeded) over the compute the replicas measured.
-            store_wall = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"]))
-            model_ratios.append(store_wall.total_seconds() / sum(model_seconds(s) for s in job["stages"]))
+            store_wall = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(
+                job["created_at"]
+            )
+            model_ratios.append(
+                store_wall.total_seconds() / sum(model_seconds(s) for s in job["stages"])
+            )
     report["stage_seconds_p50"] = {name: p50(values) for name, values in stage_seconds.items()}
     report["job_wall_over_stage_sum_p50"] = p50(ratios)
     report["job_wall_over_model_time_p50"] = p50(model_ratios)
-    report["stage_minus_model_seconds_p50"] = {name: p50(values) for name, values in overhead.items()}
+    report["stage_minus_model_seconds_p50"] = {
+        name: p50(values) for name, values in overhead.items()
+    }
     report["handle_hop"] = handle_hop(serve)
     report["cold_start"] = cold_start(serve, small, device)
     serve.shutdown()
@@ -204,7 +239,9 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto")
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="the 10M-parameter SAM2 test config")

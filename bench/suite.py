@@ -28,12 +28,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_gb, 1), "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gb, 1),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def run_bench(module: str, args: list[str]) -> dict[str, Any]:
@@ -43,8 +55,13 @@ def run_bench(module: str, args: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)  # each benchmark starts its own Ray instance
-    subprocess.run([sys.executable, "-m", f"bench.{module}", *args, "--out", str(out)], cwd=ROOT, env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     report = json.loads(out.read_text())
     report["_seconds"] = round(time.perf_counter() - started, 1)
     out.unlink()
@@ -53,39 +70,79 @@ def run_bench(module: str, args: list[str]) -> dict[str, Any]:
 
 def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """(measure, value, target, how) per line of the table."""
-    pipeline, jobs, detector, video = (results[k] for k in ("pipeline", "jobs_api", "detector", "video"))
+    pipeline, jobs, detector, video = (
+        results[k] for k in ("pipeline", "jobs_api", "detector", "video")
+    )
     hop, cold = pipeline["handle_hop"], pipeline["cold_start"]
     return [
-        ("pipeline wall ÷ model time in replicas", f"{pipeline['job_wall_over_model_time_p50']:.3f}", "≤ 1.05",
-         f"{pipeline['jobs']} jobs on bus.jpg; store clock queued→succeeded ÷ Σ replica-timed compute"),
-        ("pipeline wall ÷ Σ stage seconds", f"{pipeline['job_wall_over_stage_sum_p50']:.3f}", "",
-         "client-seen wall ÷ stage seconds (handle hop + model + artifact writes)"),
-        ("handle hop − same call in-process (p50)", f"{hop['hop_p50_ms']:.2f} ms", "≤ 2 ms",
-         f"Converter.info: handle {hop['handle_p50_ms']} ms vs in-process {hop['in_process_p50_ms']} ms; "
-         f"Serve's gRPC transport (`_by_reference=False`) {hop['grpc_handle_p50_ms']} ms"),
-        ("first result from zero replicas ÷ model load", f"{cold['ratio']:.2f}", "",
-         f"SAM2 segment from 0 replicas {cold['first_result_s']} s; replica-timed load {cold['model_load_s']} s"),
-        ("POST /v1/jobs p99 at 50 clients", f"{jobs['post_jobs']['p99_ms']:.0f} ms", "",
-         f"p50 {jobs['post_jobs']['p50_ms']:.0f} ms over {jobs['post_jobs']['requests']} requests"),
-        ("detection batching gain (8 vs 1)", f"{detector['batching_gain']:.3f}", "",
-         f"{detector['images_per_s_batch_8']} vs {detector['images_per_s_batch_1']} img/s at 16 in flight"),
-        ("model switch cost (multiplexed miss − hit)", f"{detector['switch_cost_ms']:.0f} ms", "",
-         f"hit {detector['switch_hit_ms_p50']} ms, miss {detector['switch_miss_ms_p50']} ms"),
-        ("video propagation: meshline ÷ direct SAM2", f"{video['ratio']:.3f}", "≥ 0.95",
-         f"{video['meshline_fps']} vs {video['direct_fps']} fps, {video['frames']} frames, {video['model']} "
-         f"@{video['image_size']} px"),
+        (
+            "pipeline wall ÷ model time in replicas",
+            f"{pipeline['job_wall_over_model_time_p50']:.3f}",
+            "≤ 1.05",
+            f"{pipeline['jobs']} jobs on bus.jpg; store clock queued→succeeded ÷ Σ replica-timed compute",
+        ),
+        (
+            "pipeline wall ÷ Σ stage seconds",
+            f"{pipeline['job_wall_over_stage_sum_p50']:.3f}",
+            "",
+            "client-seen wall ÷ stage seconds (handle hop + model + artifact writes)",
+        ),
+        (
+            "handle hop − same call in-process (p50)",
+            f"{hop['hop_p50_ms']:.2f} ms",
+            "≤ 2 ms",
+            f"Converter.info: handle {hop['handle_p50_ms']} ms vs in-process {hop['in_process_p50_ms']} ms; "
+            f"Serve's gRPC transport (`_by_reference=False`) {hop['grpc_handle_p50_ms']} ms",
+        ),
+        (
+            "first result from zero replicas ÷ model load",
+            f"{cold['ratio']:.2f}",
+            "",
+            f"SAM2 segment from 0 replicas {cold['first_result_s']} s; replica-timed load {cold['model_load_s']} s",
+        ),
+        (
+            "POST /v1/jobs p99 at 50 clients",
+            f"{jobs['post_jobs']['p99_ms']:.0f} ms",
+            "",
+            f"p50 {jobs['post_jobs']['p50_ms']:.0f} ms over {jobs['post_jobs']['requests']} requests",
+        ),
+        (
+            "detection batching gain (8 vs 1)",
+            f"{detector['batching_gain']:.3f}",
+            "",
+            f"{detector['images_per_s_batch_8']} vs {detector['images_per_s_batch_1']} img/s at 16 in flight",
+        ),
+        (
+            "model switch cost (multiplexed miss − hit)",
+            f"{detector['switch_cost_ms']:.0f} ms",
+            "",
+            f"hit {detector['switch_hit_ms_p50']} ms, miss {detector['switch_miss_ms_p50']} ms",
+        ),
+        (
+            "video propagation: meshline ÷ direct SAM2",
+            f"{video['ratio']:.3f}",
+            "≥ 0.95",
+            f"{video['meshline_fps']} vs {video['direct_fps']} fps, {video['frames']} frames, {video['model']} "
+            f"@{video['image_size']} px",
+        ),
     ]
 
 
-def markdown(info: dict[str, Any], device: str, table: list[tuple[str, str, str, str]], seconds: float,
-             quick: bool) -> str:
+def markdown(
+    info: dict[str, Any],
+    device: str,
+    table: list[tuple[str, str, str, str]],
+    seconds: float,
+    quick: bool,
+) -> str:
     mode = " with `--quick` (the small SAM2 test config everywhere)" if quick else ""
     lines = [
         "# meshline benchmark results",
         "",
         f"Written by `make bench`{mode} (bench/suite.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {seconds:.0f} s.",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
-        + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU") + f"; models on **{device}**; "
+        + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU")
+        + f"; models on **{device}**; "
         f"Python {info['python']}, torch {info['torch']}.",
         "Every ratio's two sides were measured in the same run; raw reports in bench/results/suite_*.json.",
         "",
@@ -108,11 +165,27 @@ def main() -> None:
     small = ["--small"] if args.quick else []
     started = time.perf_counter()
     results = {
-        "pipeline": run_bench("pipeline", ["--device", device, "--jobs", "2" if args.quick else "3", *small]),
-        "jobs_api": run_bench("jobs_api", ["--clients", "50", "--requests", "4" if args.quick else "10"]),
+        "pipeline": run_bench(
+            "pipeline", ["--device", device, "--jobs", "2" if args.quick else "3", *small]
+        ),
+        "jobs_api": run_bench(
+            "jobs_api", ["--clients", "50", "--requests", "4" if args.quick else "10"]
+        ),
         "detector": run_bench("detector", ["--images", "32" if args.quick else "64"]),
-        "video": run_bench("video", ["--device", device, "--runs", "3",
-                                     *(["--small", "--frames", "40"] if device == "cpu" or args.quick else ["--frames", "200"])]),
+        "video": run_bench(
+            "video",
+            [
+                "--device",
+                device,
+                "--runs",
+                "3",
+                *(
+                    ["--small", "--frames", "40"]
+                    if device == "cpu" or args.quick
+                    else ["--frames", "200"]
+                ),
+            ],
+        ),
     }
     results["pipeline"]["jobs"] = 2 if args.quick else 3
     table = rows(results)

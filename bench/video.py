@@ -68,9 +68,15 @@ def start(device: str, data_dir: Path, small: bool) -> tuple[str, dict[str, Any]
         settings["sam2_overrides"] = SMALL_SAM2_OVERRIDES
     segmenter = {"num_cpus": 1, "num_gpus": 0.25 if device == "gpu" else 0}
     options = {"Segmenter": {"ray_actor_options": segmenter}}
-    options |= {name: {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0}}
-                for name in ("Reconstructor", "Converter", "Detector")}
-    serve.run(build_app({"settings": settings, "deployment_options": options}), name="meshline", route_prefix="/")
+    options |= {
+        name: {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0}}
+        for name in ("Reconstructor", "Converter", "Detector")
+    }
+    serve.run(
+        build_app({"settings": settings, "deployment_options": options}),
+        name="meshline",
+        route_prefix="/",
+    )
     return f"http://127.0.0.1:{port}", settings
 
 
@@ -82,7 +88,9 @@ def meshline_run(http: httpx.Client, video_id: str, frames: int) -> dict[str, fl
             break
         time.sleep(0.25)  # slow polling: a busy client would steal CPU from the replica it measures
     # The store's own clock: queued → succeeded, so polling granularity does not count.
-    wall = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])).total_seconds()
+    wall = (
+        datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])
+    ).total_seconds()
     if job["status"] != "succeeded":
         raise RuntimeError(job["error"])
     return {"fps": frames / wall, "stage_fps": job["stages"][0]["detail"]["fps"], "wall_s": wall}
@@ -101,7 +109,9 @@ def direct_run(predictor: Any, state: dict[str, Any]) -> dict[str, float]:
     return {"fps": count / wall, "wall_s": wall}
 
 
-def run(frames: int, runs: int, small: bool, device: str, width: int = 640, height: int = 360) -> dict[str, Any]:
+def run(
+    frames: int, runs: int, small: bool, device: str, width: int = 640, height: int = 360
+) -> dict[str, Any]:
     import contextlib
 
     import torch
@@ -122,14 +132,21 @@ def run(frames: int, runs: int, small: bool, device: str, width: int = 640, heig
     # The direct side: the same config, frames and prompt in this process, on the same device.
     if device == "cpu":
         torch.set_num_threads(1)  # Ray gives the 1-CPU replica OMP_NUM_THREADS=1
-    model = Sam2Segmenter(SegmenterConfig(overrides=settings.get("sam2_overrides", []),
-                                          device="cuda" if device == "gpu" else "cpu"))
+    model = Sam2Segmenter(
+        SegmenterConfig(
+            overrides=settings.get("sam2_overrides", []),
+            device="cuda" if device == "gpu" else "cpu",
+        )
+    )
     frames_dir = data_dir / "artifacts" / video_id
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.half else contextlib.nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if model.half else contextlib.nullcontext()
+    )
     with autocast:
         state = model.model.init_state(str(frames_dir), offload_video_to_cpu=True)
-        model.model.add_new_points_or_box(state, 0, 1, points=np.array([[x, y]], np.float32),
-                                          labels=np.array([1], np.int32))
+        model.model.add_new_points_or_box(
+            state, 0, 1, points=np.array([[x, y]], np.float32), labels=np.array([1], np.int32)
+        )
         meshline_runs, direct_runs = [], []
         meshline_run(http, video_id, frames)  # warm-up: session, routing, job path
         direct_run(model.model, state)
@@ -142,12 +159,20 @@ def run(frames: int, runs: int, small: bool, device: str, width: int = 640, heig
     through = statistics.median(r["fps"] for r in meshline_runs)
     direct = statistics.median(r["fps"] for r in direct_runs)
     return {
-        "bench": "video_propagation", "device": device, "model": "sam2.1 hiera-t" + (" (small test config)" if small else ""),
-        "image_size": int(model.model.image_size), "frames": frames, "frame_size": [width, height], "runs": runs,
-        "meshline_fps": round(through, 2), "meshline_stage_fps": round(statistics.median(r["stage_fps"] for r in meshline_runs), 2),
-        "direct_fps": round(direct, 2), "ratio": round(through / direct, 3),
+        "bench": "video_propagation",
+        "device": device,
+        "model": "sam2.1 hiera-t" + (" (small test config)" if small else ""),
+        "image_size": int(model.model.image_size),
+        "frames": frames,
+        "frame_size": [width, height],
+        "runs": runs,
+        "meshline_fps": round(through, 2),
+        "meshline_stage_fps": round(statistics.median(r["stage_fps"] for r in meshline_runs), 2),
+        "direct_fps": round(direct, 2),
+        "ratio": round(through / direct, 3),
         "precision": "bf16-autocast" if model.half else "fp32",
-        "replica_torch_threads": replica["torch_threads"], "direct_torch_threads": torch.get_num_threads(),
+        "replica_torch_threads": replica["torch_threads"],
+        "direct_torch_threads": torch.get_num_threads(),
         "meshline_runs_fps": [round(r["fps"], 2) for r in meshline_runs],
         "direct_runs_fps": [round(r["fps"], 2) for r in direct_runs],
     }
@@ -157,7 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--small", action="store_true", help="the 10M-parameter test config (CPU-friendly)")
+    parser.add_argument(
+        "--small", action="store_true", help="the 10M-parameter test config (CPU-friendly)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

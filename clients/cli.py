@@ -29,15 +29,22 @@ def _follow(client: MeshlineClient, job_id: str, timeout_s: float | None) -> dic
     """Show one progress bar per stage until the job ends."""
     bars: dict[str, TaskID] = {}
     with Progress(
-        TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.fields[state]:<10}"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.fields[state]:<10}"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
 
         def update(status: dict[str, Any]) -> None:
             for stage in status["stages"]:
                 if stage["name"] not in bars:
-                    bars[stage["name"]] = progress.add_task(stage["name"], total=100, state="pending")
-                progress.update(bars[stage["name"]], completed=stage["progress"], state=stage["status"])
+                    bars[stage["name"]] = progress.add_task(
+                        stage["name"], total=100, state="pending"
+                    )
+                progress.update(
+                    bars[stage["name"]], completed=stage["progress"], state=stage["status"]
+                )
 
         return client.wait(job_id, timeout_s=timeout_s, on_update=update)
 
@@ -46,12 +53,22 @@ def _follow(client: MeshlineClient, job_id: str, timeout_s: float | None) -> dic
 def submit(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Image file.")],
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Download artifacts here (implies --wait).")] = None,
-    mask: Annotated[Path | None, typer.Option("--mask", exists=True, help="Mask PNG (skips segment).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Download artifacts here (implies --wait).")
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", exists=True, help="Mask PNG (skips segment).")
+    ] = None,
     options: Annotated[str | None, typer.Option("--options", help="Job options as JSON.")] = None,
-    stages: Annotated[str | None, typer.Option("--stages", help="Comma list, e.g. segment,reconstruct.")] = None,
-    detect: Annotated[bool, typer.Option("--detect", help="Prompt SAM2 with the detector's top box.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait at most.")] = None,
+    stages: Annotated[
+        str | None, typer.Option("--stages", help="Comma list, e.g. segment,reconstruct.")
+    ] = None,
+    detect: Annotated[
+        bool, typer.Option("--detect", help="Prompt SAM2 with the detector's top box.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait at most.")
+    ] = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
 ) -> None:
@@ -137,7 +154,9 @@ def _print_status(job: dict[str, Any]) -> None:
         table.add_column(column)
     for stage in job["stages"]:
         seconds = "" if stage["seconds"] is None else f"{stage['seconds']:.2f}"
-        table.add_row(stage["name"], stage["status"], str(stage["attempts"]), seconds, stage["error"] or "")
+        table.add_row(
+            stage["name"], stage["status"], str(stage["attempts"]), seconds, stage["error"] or ""
+        )
     console.print(table)
     if job.get("error"):
         console.print(f"[red]{job['error']}[/red]")

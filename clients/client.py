@@ -17,7 +17,9 @@ class MeshlineError(RuntimeError):
     """An error answer from the service, with its status code and error body."""
 
     def __init__(self, status: int, body: dict[str, Any] | str) -> None:
-        message = body.get("error", {}).get("message", str(body)) if isinstance(body, dict) else body
+        message = (
+            body.get("error", {}).get("message", str(body)) if isinstance(body, dict) else body
+        )
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
@@ -48,7 +50,9 @@ class MeshlineClient:
         return response
 
     @staticmethod
-    def _image_part(image: str | Path | bytes, field: str = "image") -> tuple[str, tuple[str, bytes]]:
+    def _image_part(
+        image: str | Path | bytes, field: str = "image"
+    ) -> tuple[str, tuple[str, bytes]]:
         if isinstance(image, bytes):
             return field, (f"{field}.bin", image)
         path = Path(image)
@@ -86,7 +90,10 @@ class MeshlineClient:
             if mesh is not None:
                 files.append(("mesh", (Path(mesh).name, Path(mesh).read_bytes())))
             response = self._http.post(
-                "/v1/jobs", files=files, data={"options": json.dumps(options or {})}, headers=headers
+                "/v1/jobs",
+                files=files,
+                data={"options": json.dumps(options or {})},
+                headers=headers,
             )
         return self._check(response).json()["job_id"]
 
@@ -99,7 +106,9 @@ class MeshlineClient:
             params["status"] = status
         return self._check(self._http.get("/v1/jobs", params=params)).json()["jobs"]
 
-    def watch(self, job_id: str, poll_s: float = 0.5, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, job_id: str, poll_s: float = 0.5, timeout_s: float | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Yield the job's status at every change until it ends: Server-Sent Events from
         /v1/jobs/{id}/events, falling back to polling when the stream is unavailable."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -115,7 +124,9 @@ class MeshlineClient:
         yield from self._poll(job_id, poll_s, deadline, timeout_s)
 
     def _sse(self, job_id: str, deadline: float | None) -> Iterator[dict[str, Any]]:
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=60.0)) as response:
+        with self._http.stream(
+            "GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=60.0)
+        ) as response:
             self._check(response)
             event, data = "message", []
             for line in response.iter_lines():
@@ -134,11 +145,17 @@ class MeshlineClient:
                         return
                     event, data = "message", []
 
-    def _poll(self, job_id: str, poll_s: float, deadline: float | None, timeout_s: float | None) -> Iterator[dict[str, Any]]:
+    def _poll(
+        self, job_id: str, poll_s: float, deadline: float | None, timeout_s: float | None
+    ) -> Iterator[dict[str, Any]]:
         last = None
         while True:
             status = self.job(job_id)
-            key = (status["status"], status["progress"], tuple(s["status"] for s in status["stages"]))
+            key = (
+                status["status"],
+                status["progress"],
+                tuple(s["status"] for s in status["stages"]),
+            )
             if key != last:
                 last = key
                 yield status
@@ -151,14 +168,21 @@ class MeshlineClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._check(self._http.post(f"/v1/jobs/{job_id}/cancel")).json()
 
-    def wait(self, job_id: str, timeout_s: float | None = None, on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         status: dict[str, Any] = {}
         for status in self.watch(job_id, timeout_s=timeout_s):
             if on_update:
                 on_update(status)
         return status
 
-    def download(self, job_id: str, out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+    def download(
+        self, job_id: str, out_dir: str | Path, names: list[str] | None = None
+    ) -> list[Path]:
         """Save the job's artifacts (all, or the given names) under out_dir."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -177,9 +201,13 @@ class MeshlineClient:
         return saved
 
     def segment(self, image: str | Path | bytes, **options: Any) -> dict[str, Any]:
-        response = self._http.post("/v1/segment", files=[self._image_part(image)], data={"options": json.dumps(options)})
+        response = self._http.post(
+            "/v1/segment", files=[self._image_part(image)], data={"options": json.dumps(options)}
+        )
         return self._check(response).json()
 
     def detect(self, image: str | Path | bytes, **options: Any) -> dict[str, Any]:
-        response = self._http.post("/v1/detect", files=[self._image_part(image)], data={"options": json.dumps(options)})
+        response = self._http.post(
+            "/v1/detect", files=[self._image_part(image)], data={"options": json.dumps(options)}
+        )
         return self._check(response).json()

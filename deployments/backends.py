@@ -30,26 +30,42 @@ class BackendSpec:
 
 
 SPECS = {
-    "hunyuan3d": BackendSpec("hunyuan3d", "hy3dgen", "Hunyuan3D-2 (github.com/Tencent/Hunyuan3D-2, pip install .)",
-                             "a local copy of tencent/Hunyuan3D-2 (hunyuan3d-dit-v2-0, hunyuan3d-paint-v2-0)"),
-    "trellis": BackendSpec("trellis", "trellis", "TRELLIS (github.com/microsoft/TRELLIS and its CUDA extensions)",
-                           "a local copy of JeffreyXiang/TRELLIS-image-large"),
-    "sam3d": BackendSpec("sam3d", "sam3d_objects", "SAM 3D Objects (github.com/facebookresearch/sam-3d-objects)",
-                         "a local checkpoints/<tag>/ folder holding pipeline.yaml"),
+    "hunyuan3d": BackendSpec(
+        "hunyuan3d",
+        "hy3dgen",
+        "Hunyuan3D-2 (github.com/Tencent/Hunyuan3D-2, pip install .)",
+        "a local copy of tencent/Hunyuan3D-2 (hunyuan3d-dit-v2-0, hunyuan3d-paint-v2-0)",
+    ),
+    "trellis": BackendSpec(
+        "trellis",
+        "trellis",
+        "TRELLIS (github.com/microsoft/TRELLIS and its CUDA extensions)",
+        "a local copy of JeffreyXiang/TRELLIS-image-large",
+    ),
+    "sam3d": BackendSpec(
+        "sam3d",
+        "sam3d_objects",
+        "SAM 3D Objects (github.com/facebookresearch/sam-3d-objects)",
+        "a local checkpoints/<tag>/ folder holding pipeline.yaml",
+    ),
 }
 
 
 class ShapeBackend(Protocol):
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh: ...
 
-    def paint(self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh | None: ...
+    def paint(
+        self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
+    ) -> trimesh.Trimesh | None: ...
 
 
 def check_available(name: str, weights: Path | None) -> BackendSpec:
     """The deploy-time check: a clear ModelLoadError naming what is missing."""
     spec = SPECS.get(name)
     if spec is None:
-        raise ModelLoadError(f"unknown reconstruction backend {name!r}; choose inflate or {sorted(SPECS)}")
+        raise ModelLoadError(
+            f"unknown reconstruction backend {name!r}; choose inflate or {sorted(SPECS)}"
+        )
     return check_spec(spec, weights)
 
 
@@ -80,8 +96,12 @@ def rgba_crop(image: np.ndarray, mask: np.ndarray) -> Image.Image:
     top, left = cy - side // 2, cx - side // 2
     src_y0, src_x0 = max(top, 0), max(left, 0)
     src_y1, src_x1 = min(top + side, image.shape[0]), min(left + side, image.shape[1])
-    rgba[src_y0 - top : src_y1 - top, src_x0 - left : src_x1 - left, :3] = image[src_y0:src_y1, src_x0:src_x1]
-    rgba[src_y0 - top : src_y1 - top, src_x0 - left : src_x1 - left, 3] = mask[src_y0:src_y1, src_x0:src_x1] * 255
+    rgba[src_y0 - top : src_y1 - top, src_x0 - left : src_x1 - left, :3] = image[
+        src_y0:src_y1, src_x0:src_x1
+    ]
+    rgba[src_y0 - top : src_y1 - top, src_x0 - left : src_x1 - left, 3] = (
+        mask[src_y0:src_y1, src_x0:src_x1] * 255
+    )
     return Image.fromarray(rgba, mode="RGBA")
 
 
@@ -91,7 +111,11 @@ def as_closed_mesh(result: Any) -> trimesh.Trimesh:
     if isinstance(result, (bytes, bytearray)):
         result = trimesh.load(trimesh.util.wrap_as_stream(bytes(result)), file_type="glb")
     if isinstance(result, trimesh.Scene):
-        result = result.to_geometry() if hasattr(result, "to_geometry") else result.dump(concatenate=True)
+        result = (
+            result.to_geometry()
+            if hasattr(result, "to_geometry")
+            else result.dump(concatenate=True)
+        )
     if not isinstance(result, trimesh.Trimesh) or len(result.faces) == 0:
         raise ModelLoadError(f"backend returned {type(result).__name__}, not a triangle mesh")
     mesh = result.copy()
@@ -120,7 +144,9 @@ class Hunyuan3DBackend:
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh:
         return as_closed_mesh(self.shape(image=rgba_crop(image, mask))[0])
 
-    def paint(self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh | None:
+    def paint(
+        self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
+    ) -> trimesh.Trimesh | None:
         return self.texture(mesh, image=rgba_crop(image, mask))
 
 
@@ -139,12 +165,15 @@ class TrellisBackend:
         from trellis.utils import postprocessing_utils  # type: ignore[import-not-found]
 
         outputs = self.pipeline.run(rgba_crop(image, mask), seed=0)
-        textured = postprocessing_utils.to_glb(outputs["gaussian"][0], outputs["mesh"][0], simplify=0.95,
-                                               texture_size=1024)
+        textured = postprocessing_utils.to_glb(
+            outputs["gaussian"][0], outputs["mesh"][0], simplify=0.95, texture_size=1024
+        )
         self._last = textured
         return as_closed_mesh(textured)
 
-    def paint(self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh | None:
+    def paint(
+        self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
+    ) -> trimesh.Trimesh | None:
         return None  # TRELLIS textures in reconstruct; the built-in projection paints its mesh
 
 
@@ -162,7 +191,9 @@ class Sam3dObjectsBackend:
             return as_closed_mesh(output["glb"])
         return as_closed_mesh(poisson_from_points(np.asarray(output["gs"].get_xyz.detach().cpu())))
 
-    def paint(self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh | None:
+    def paint(
+        self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
+    ) -> trimesh.Trimesh | None:
         return None
 
 

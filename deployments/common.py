@@ -28,7 +28,7 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def use_half(precision: str, device: str) -> bool:
-    """"half" forces reduced precision (CUDA only); "auto" uses it on CUDA, fp32 on CPU."""
+    """ "half" forces reduced precision (CUDA only); "auto" uses it on CUDA, fp32 on CPU."""
     half = precision == "half" or (precision == "auto" and device == "cuda")
     if half and device != "cuda":
         raise ModelLoadError("half precision needs a CUDA device")
@@ -44,7 +44,12 @@ def placement(device: str) -> dict[str, object]:
     if ray.is_initialized():
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         node_id = ray.get_runtime_context().get_node_id()
-    info: dict[str, object] = {"device": device, "gpu_ids": gpu_ids, "pid": os.getpid(), "node_id": node_id}
+    info: dict[str, object] = {
+        "device": device,
+        "gpu_ids": gpu_ids,
+        "pid": os.getpid(),
+        "node_id": node_id,
+    }
     if device == "cuda":
         import torch
 
@@ -76,14 +81,20 @@ def resolve_checkpoint(
             raise ModelLoadError(f"checkpoint not found: {path}")
         return path
     if parsed.scheme not in ("s3", "https", "http"):
-        raise ModelLoadError(f"unsupported checkpoint URI scheme {parsed.scheme!r} (use a path, s3:// or https://)")
+        raise ModelLoadError(
+            f"unsupported checkpoint URI scheme {parsed.scheme!r} (use a path, s3:// or https://)"
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     # cache_tag (a reload generation) gives a reloaded model a fresh cache entry.
     key = hashlib.sha256(f"{uri}#{cache_tag}".encode()).hexdigest()[:24]
     target = cache_dir / f"{key}{Path(parsed.path).suffix}"
     checksum = target.with_name(target.name + ".sha256")
     with FileLock(str(target) + ".lock", timeout=600):
-        if target.is_file() and checksum.is_file() and _sha256(target) == checksum.read_text().strip():
+        if (
+            target.is_file()
+            and checksum.is_file()
+            and _sha256(target) == checksum.read_text().strip()
+        ):
             os.utime(target)  # recently used: evicted last
             return target
         fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
@@ -106,7 +117,9 @@ def _download(parsed: object, uri: str, destination: Path, s3_endpoint_url: str 
         import boto3
 
         boto3.client("s3", endpoint_url=s3_endpoint_url).download_file(
-            parsed.netloc, parsed.path.lstrip("/"), str(destination)  # type: ignore[attr-defined]
+            parsed.netloc,
+            parsed.path.lstrip("/"),
+            str(destination),  # type: ignore[attr-defined]
         )
         return
     import httpx
@@ -128,7 +141,11 @@ def _sha256(path: Path) -> str:
 
 def evict_lru(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
     """Delete least recently used cached checkpoints until the cache fits in ``max_bytes``."""
-    files = [p for p in cache_dir.iterdir() if p.is_file() and p.suffix not in (".lock", ".part", ".sha256")]
+    files = [
+        p
+        for p in cache_dir.iterdir()
+        if p.is_file() and p.suffix not in (".lock", ".part", ".sha256")
+    ]
     files.sort(key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in files)
     removed = []

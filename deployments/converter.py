@@ -49,13 +49,21 @@ class MeshConverter:
         ``object.xml`` (MJCF), which reference the visual OBJ and the collision part STLs.
         """
         from deployments.meshing.export import MESH_FORMATS, load_mesh
-        from deployments.meshing.sim import SimOptions, decimate, repair, sim_transform, textured_like
+        from deployments.meshing.sim import (
+            SimOptions,
+            decimate,
+            repair,
+            sim_transform,
+            textured_like,
+        )
 
         started = time.perf_counter()
         formats = list(dict.fromkeys(formats or MESH_FORMATS))
         unknown = sorted(set(formats) - set(MESH_FORMATS) - set(USD_FORMATS))
         if unknown:
-            raise InvalidInput(f"unknown formats {unknown}; choose from {[*MESH_FORMATS, *USD_FORMATS]}", "formats")
+            raise InvalidInput(
+                f"unknown formats {unknown}; choose from {[*MESH_FORMATS, *USD_FORMATS]}", "formats"
+            )
         try:  # without sim options: the mesh as given, one convex hull
             options = SimOptions(**sim) if sim is not None else SimOptions(decomposition=False)
         except TypeError as exc:
@@ -84,7 +92,9 @@ class MeshConverter:
             sim_files, props = _sim_files(visual, parts, options, prefix)
             files += sim_files
             stats["physical"] = {"mass_kg": props.mass_kg, "volume_m3": props.volume_m3}
-        files = _visual_files(visual, textured, formats, prefix, options.up_axis, parts, props) + files
+        files = (
+            _visual_files(visual, textured, formats, prefix, options.up_axis, parts, props) + files
+        )
         if preview:
             files += self._previews(textured_camera, prefix)
         stats["seconds"] = round(time.perf_counter() - started, 3)
@@ -94,7 +104,9 @@ class MeshConverter:
             "stats": stats,
         }
 
-    def _collision(self, visual: Any, options: Any, prefix: str) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    def _collision(
+        self, visual: Any, options: Any, prefix: str
+    ) -> tuple[list[Any], list[Any], dict[str, Any]]:
         """Convex parts (or the one hull), their union's hull, and the files: one STL per part
         (what URDF/MJCF reference) plus the part set as one GLB and one OBJ."""
         import trimesh
@@ -104,17 +116,29 @@ class MeshConverter:
 
         parts = convex_parts(visual, options, seed=self.config.seed)
         hull = parts[0] if len(parts) == 1 else bounded_hull(np.vstack([p.vertices for p in parts]))
-        files = export_mesh(hull, "obj", f"{prefix}collision") + export_mesh(hull, "stl", f"{prefix}collision")
+        files = export_mesh(hull, "obj", f"{prefix}collision") + export_mesh(
+            hull, "stl", f"{prefix}collision"
+        )
         if options.decomposition:
             scene = trimesh.Scene({f"part_{k:02d}": p for k, p in enumerate(parts)})
-            files.append(FileOut(f"{prefix}collision_parts.glb", scene.export(file_type="glb"), MEDIA_TYPES["glb"]))
+            files.append(
+                FileOut(
+                    f"{prefix}collision_parts.glb",
+                    scene.export(file_type="glb"),
+                    MEDIA_TYPES["glb"],
+                )
+            )
             obj_text = trimesh.exchange.obj.export_obj(scene, include_normals=True)
-            files.append(FileOut(f"{prefix}collision_parts.obj", obj_text.encode(), MEDIA_TYPES["obj"]))
+            files.append(
+                FileOut(f"{prefix}collision_parts.obj", obj_text.encode(), MEDIA_TYPES["obj"])
+            )
         for name, part in zip(part_names(prefix, len(parts)), parts):
             files.append(FileOut(name, part.export(file_type="stl"), MEDIA_TYPES["stl"]))
         stats = {
-            "parts": len(parts), "method": "coacd" if options.decomposition else "convex_hull",
-            "hull": _mesh_stats(hull), "part_faces": [int(len(p.faces)) for p in parts],
+            "parts": len(parts),
+            "method": "coacd" if options.decomposition else "convex_hull",
+            "hull": _mesh_stats(hull),
+            "part_faces": [len(p.faces) for p in parts],
         }
         return parts, files, stats
 
@@ -140,8 +164,15 @@ def _json_file(name: str, payload: dict[str, Any]) -> Any:
     return FileOut(name, json.dumps(payload, indent=2).encode(), MEDIA_TYPES["json"])
 
 
-def _visual_files(visual: Any, textured: Any, formats: list[str], prefix: str, up_axis: str, parts: list[Any],
-                  props: Any) -> list[Any]:
+def _visual_files(
+    visual: Any,
+    textured: Any,
+    formats: list[str],
+    prefix: str,
+    up_axis: str,
+    parts: list[Any],
+    props: Any,
+) -> list[Any]:
     from deployments.meshing.export import FileOut, export_mesh
 
     files: list[FileOut] = []
@@ -165,27 +196,41 @@ def _sim_files(visual: Any, parts: list[Any], options: Any, prefix: str) -> tupl
     names = part_names(prefix, len(parts))
     name = f"{prefix}object".rstrip("_") or "object"
     sidecar = {
-        "units": "m", "up_axis": options.up_axis, "origin": options.origin,
-        "size_m": options.size_m, "size_axis": options.size_axis,
-        "density_kg_m3": options.density_kg_m3, **vars(props),
-        "faces": {"visual": int(len(visual.faces)), "collision": [int(len(p.faces)) for p in parts]},
-        "parts": len(parts), "files": {"visual": f"{prefix}visual.obj", "collision": names},
+        "units": "m",
+        "up_axis": options.up_axis,
+        "origin": options.origin,
+        "size_m": options.size_m,
+        "size_axis": options.size_axis,
+        "density_kg_m3": options.density_kg_m3,
+        **vars(props),
+        "faces": {
+            "visual": len(visual.faces),
+            "collision": [len(p.faces) for p in parts],
+        },
+        "parts": len(parts),
+        "files": {"visual": f"{prefix}visual.obj", "collision": names},
     }
     sidecar.pop("extra", None)
     visual_file = f"{prefix}visual.obj"
     return [
         _json_file(f"{prefix}object.json", sidecar),
-        FileOut(f"{prefix}object.urdf", urdf(name, visual_file, names, props, options.up_axis).encode(),
-                "application/xml"),
-        FileOut(f"{prefix}object.xml", mjcf(name, visual_file, names, props, options.up_axis).encode(),
-                "application/xml"),
+        FileOut(
+            f"{prefix}object.urdf",
+            urdf(name, visual_file, names, props, options.up_axis).encode(),
+            "application/xml",
+        ),
+        FileOut(
+            f"{prefix}object.xml",
+            mjcf(name, visual_file, names, props, options.up_axis).encode(),
+            "application/xml",
+        ),
     ], props
 
 
 def _mesh_stats(mesh: Any) -> dict[str, Any]:
     return {
-        "faces": int(len(mesh.faces)),
-        "vertices": int(len(mesh.vertices)),
+        "faces": len(mesh.faces),
+        "vertices": len(mesh.vertices),
         "watertight": bool(mesh.is_watertight),
         **_topology(mesh),
         "volume": round(float(mesh.volume), 8) if mesh.is_watertight else None,
@@ -222,7 +267,9 @@ class ConverterDeployment:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's ``user_config``: ConverterConfig fields over the bound ones."""
-        self._converter = MeshConverter(ConverterConfig.model_validate({**self._bound.model_dump(), **user_config}))
+        self._converter = MeshConverter(
+            ConverterConfig.model_validate({**self._bound.model_dump(), **user_config})
+        )
 
     async def info(self) -> dict[str, Any]:
         return self._converter.info()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from dataclasses import dataclass
 import logging
 import os
 import shutil
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,12 +84,12 @@ def loaded_models_by_replica(app_name: str) -> dict[str, dict[str, Any]]:
             continue
         entry = json.loads(raw)
         if time.time() - entry.get("at", 0) < LOADED_MODELS_STALE_S:
-            found[(key.decode() if isinstance(key, bytes) else key)[len(prefix):]] = entry
+            found[(key.decode() if isinstance(key, bytes) else key)[len(prefix) :]] = entry
     return found
 
 
 def split_routed_id(routed_id: str) -> tuple[str, int]:
-    """"chairs@3" → ("chairs", 3): the ingress appends the reload generation."""
+    """ "chairs@3" → ("chairs", 3): the ingress appends the reload generation."""
     model_id, _, generation = routed_id.partition("@")
     return model_id, int(generation) if generation.isdigit() else 0
 
@@ -101,7 +101,9 @@ def routed_id(model_id: str, generation: int) -> str:
 class YoloDetector:
     """One YOLO model. ``source`` (a registry entry) defaults to the configured detector."""
 
-    def __init__(self, config: DetectorConfig, source: str | None = None, cache_tag: str = "") -> None:
+    def __init__(
+        self, config: DetectorConfig, source: str | None = None, cache_tag: str = ""
+    ) -> None:
         prepare_ultralytics_env(config.config_dir)
         import torch
         from ultralytics import YOLO
@@ -112,7 +114,11 @@ class YoloDetector:
         try:
             if not is_random_init(self.source):
                 path = resolve_checkpoint(
-                    self.source, config.weights_dir, config.s3_endpoint_url, config.max_cache_bytes, cache_tag
+                    self.source,
+                    config.weights_dir,
+                    config.s3_endpoint_url,
+                    config.max_cache_bytes,
+                    cache_tag,
                 )
                 if path.suffix != ".pt":
                     raise ModelLoadError(f"detector checkpoint must be a .pt file, got {path.name}")
@@ -215,14 +221,18 @@ class YoloDetector:
         answer = {
             "boxes": xyxy.round(2).tolist(),
             "boxes_normalized": (xyxy / [width, height, width, height]).round(6).tolist(),
-            "scores": (boxes.conf.cpu().numpy().astype(float).round(5).tolist() if len(boxes) else []),
+            "scores": (
+                boxes.conf.cpu().numpy().astype(float).round(5).tolist() if len(boxes) else []
+            ),
             "class_ids": ids,
             "class_names": [self.names[i] for i in ids],
             "image_size": [int(width), int(height)],
             "speed_ms": {k: round(float(v), 2) for k, v in (result.speed or {}).items()},
         }
         if getattr(result, "masks", None) is not None:
-            answer["masks_rle"] = [polygon_rle(polygon, width, height) for polygon in result.masks.xy]
+            answer["masks_rle"] = [
+                polygon_rle(polygon, width, height) for polygon in result.masks.xy
+            ]
         return answer
 
 
@@ -273,8 +283,11 @@ class DetectorDeployment:
     async def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.registry = ModelRegistry(
-            config.checkpoint or config.model, config.registry_file, config.models_dir,
-            config.models_s3_prefix, config.s3_endpoint_url,
+            config.checkpoint or config.model,
+            config.registry_file,
+            config.models_dir,
+            config.models_s3_prefix,
+            config.s3_endpoint_url,
         )
         context = serve.get_replica_context()
         self._kv_key = f"{LOADED_MODELS_PREFIX}{context.app_name}/{context.replica_id.unique_id}"
@@ -305,7 +318,9 @@ class DetectorDeployment:
         self._loader = load
         self._model = serve.multiplexed(max_num_models_per_replica=config.max_models)(load)
 
-        async def detect_batch(items: list[tuple[np.ndarray, DetectParams]]) -> list[dict[str, Any]]:
+        async def detect_batch(
+            items: list[tuple[np.ndarray, DetectParams]],
+        ) -> list[dict[str, Any]]:
             # Serve splits batches by multiplexed model id, so one batch = one model.
             model_id, model = await self._current()
             groups: dict[tuple[Any, ...], list[int]] = {}
@@ -315,11 +330,17 @@ class DetectorDeployment:
             for indices in groups.values():
                 params = items[indices[0]][1]
                 try:
-                    results = await asyncio.to_thread(model.detect_many, [items[i][0] for i in indices], params)
+                    results = await asyncio.to_thread(
+                        model.detect_many, [items[i][0] for i in indices], params
+                    )
                 except InvalidInput as exc:
                     results = [exc] * len(indices)  # this group's callers get the error
                 for i, result in zip(indices, results, strict=True):
-                    answers[i] = result if isinstance(result, Exception) else {**result, "model_id": model_id}
+                    answers[i] = (
+                        result
+                        if isinstance(result, Exception)
+                        else {**result, "model_id": model_id}
+                    )
             return answers
 
         self._batched = None
@@ -339,7 +360,9 @@ class DetectorDeployment:
             current = self._latest.get(model_id)
             if current is not None and current[1].model is not None:
                 names[model_id] = {"task": current[1].model.task, "names": current[1].names}
-        value = json.dumps({"models": [split_routed_id(r)[0] for r in loaded], "info": names, "at": time.time()})
+        value = json.dumps(
+            {"models": [split_routed_id(r)[0] for r in loaded], "info": names, "at": time.time()}
+        )
         internal_kv._internal_kv_put(self._kv_key, value, overwrite=True, namespace=KV_NAMESPACE)
 
     async def _refresh_loaded(self) -> None:
@@ -374,8 +397,12 @@ class DetectorDeployment:
     async def describe(self) -> dict[str, Any]:
         """The routed model's id, task and class names (loads it if needed)."""
         model_id, model = await self._current()
-        return {"model_id": model_id, "task": model.model.task, "names": model.names,
-                "loaded_models": self.loaded_models()}
+        return {
+            "model_id": model_id,
+            "task": model.model.task,
+            "names": model.names,
+            "loaded_models": self.loaded_models(),
+        }
 
     async def detect(
         self,

@@ -23,14 +23,22 @@ class ReconstructorConfig(BaseModel):
     weights: Path | None = Field(None, description="Local weights of an external backend.")
     grid: int = Field(96, ge=32, le=512, description="Grid cells along the longest side.")
     depth_ratio: float = Field(
-        0.5, gt=0, le=2, description="Thickness prior: depth at the thickest point as a fraction of the "
+        0.5,
+        gt=0,
+        le=2,
+        description="Thickness prior: depth at the thickest point as a fraction of the "
         "widest inscribed disk (1: a disk becomes a sphere).",
     )
     profile_power: float = Field(
-        2.0, ge=1.0, le=8.0, description="Side-view profile: 2 elliptic (round rim); larger is flatter-faced.",
+        2.0,
+        ge=1.0,
+        le=8.0,
+        description="Side-view profile: 2 elliptic (round rim); larger is flatter-faced.",
     )
     max_faces: int = Field(20000, ge=500, description="Face budget.")
-    texture_px: int = Field(1024, ge=64, le=4096, description="Edge of the baked texture atlas (paint).")
+    texture_px: int = Field(
+        1024, ge=64, le=4096, description="Edge of the baked texture atlas (paint)."
+    )
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -46,12 +54,16 @@ class SilhouetteReconstructor:
 
         self.config = config
         self.params = InflateParams(
-            grid=config.grid, depth_ratio=config.depth_ratio, max_faces=config.max_faces,
+            grid=config.grid,
+            depth_ratio=config.depth_ratio,
+            max_faces=config.max_faces,
             profile_power=config.profile_power,
         )
         self.device = "cpu"
         self.external = None
-        if config.backend != "inflate":  # fails here, at deploy time, when package/weights are missing
+        if (
+            config.backend != "inflate"
+        ):  # fails here, at deploy time, when package/weights are missing
             from deployments.backends import load_backend
             from deployments.common import pick_device
 
@@ -78,8 +90,8 @@ class SilhouetteReconstructor:
             "mesh": mesh.export(file_type="ply"),
             "format": "ply",
             "stats": {
-                "faces": int(len(mesh.faces)),
-                "vertices": int(len(mesh.vertices)),
+                "faces": len(mesh.faces),
+                "vertices": len(mesh.vertices),
                 "watertight": bool(mesh.is_watertight),
                 "extents": [round(float(v), 6) for v in mesh.extents],
                 "mask_bbox_xyxy": [obj.x0, obj.y0, obj.x1, obj.y1],
@@ -89,7 +101,12 @@ class SilhouetteReconstructor:
         }
 
     def paint(
-        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply", prefix: str = ""
+        self,
+        mesh: bytes,
+        image: np.ndarray,
+        mask: np.ndarray,
+        mesh_format: str = "ply",
+        prefix: str = "",
     ) -> dict[str, Any]:
         """Returns ``mesh`` (textured GLB bytes), ``files`` (``{prefix}textured.obj`` with its MTL
         and PNG, whose names the OBJ and MTL reference) and ``stats``."""
@@ -105,7 +122,8 @@ class SilhouetteReconstructor:
         if painted is None:  # the built-in projection paint (also for backends without a painter)
             painted = paint(shape, image, obj, self.config.texture_px)
         texture = getattr(painted.visual.material, "baseColorTexture", None) or getattr(
-            painted.visual.material, "image", None)
+            painted.visual.material, "image", None
+        )
         buffer = io.BytesIO(painted.export(file_type="glb", include_normals=True))
         files = export_mesh(painted, "obj", f"{prefix}textured")
         return {
@@ -113,7 +131,9 @@ class SilhouetteReconstructor:
             "format": "glb",
             "files": [{"name": f.name, "data": f.data, "media_type": f.media_type} for f in files],
             "stats": {
-                "texture_size": [int(texture.width), int(texture.height)] if texture is not None else None,
+                "texture_size": [int(texture.width), int(texture.height)]
+                if texture is not None
+                else None,
                 "seconds": round(time.perf_counter() - started, 3),
             },
         }
@@ -145,6 +165,11 @@ class ReconstructorDeployment:
         return await asyncio.to_thread(self._backend.reconstruct, image, mask)
 
     async def paint(
-        self, mesh: bytes, image: np.ndarray, mask: np.ndarray, mesh_format: str = "ply", prefix: str = ""
+        self,
+        mesh: bytes,
+        image: np.ndarray,
+        mask: np.ndarray,
+        mesh_format: str = "ply",
+        prefix: str = "",
     ) -> dict[str, Any]:
         return await asyncio.to_thread(self._backend.paint, mesh, image, mask, mesh_format, prefix)

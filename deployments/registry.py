@@ -81,10 +81,16 @@ class ModelRegistry:
             client = boto3.client("s3", endpoint_url=self.s3_endpoint_url)
             entries: dict[str, str] = {}
             try:
-                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for page in client.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix
+                ):
                     for item in page.get("Contents", []):
                         stem = Path(item["Key"]).stem
-                        if item["Key"].endswith(".pt") and MODEL_ID.fullmatch(stem) and stem != DEFAULT_MODEL_ID:
+                        if (
+                            item["Key"].endswith(".pt")
+                            and MODEL_ID.fullmatch(stem)
+                            and stem != DEFAULT_MODEL_ID
+                        ):
                             entries[stem] = f"s3://{bucket}/{item['Key']}"
             except Exception as exc:  # botocore raises many types; all mean "cannot list"
                 raise ModelLoadError(f"cannot list models under {self.s3_prefix}: {exc}") from exc
@@ -96,9 +102,13 @@ class ModelRegistry:
             return {}
         text = self.registry_file.read_text()
         try:
-            data = json.loads(text) if self.registry_file.suffix == ".json" else yaml.safe_load(text)
+            data = (
+                json.loads(text) if self.registry_file.suffix == ".json" else yaml.safe_load(text)
+            )
         except (ValueError, yaml.YAMLError) as exc:
-            raise ModelLoadError(f"model registry {self.registry_file} is not valid: {exc}") from exc
+            raise ModelLoadError(
+                f"model registry {self.registry_file} is not valid: {exc}"
+            ) from exc
         models = (data or {}).get("models", {})
         if not isinstance(models, dict):
             raise ModelLoadError(f"model registry {self.registry_file}: 'models' must be a mapping")

@@ -24,14 +24,22 @@ from ray import serve
 
 from deployments.common import pick_device, placement, resolve_checkpoint, use_half
 from deployments.errors import InvalidInput, ModelLoadError
-from deployments.video import FrameSource, PropagationRequest, VideoPrompt, VideoSession, release_idle
+from deployments.video import (
+    FrameSource,
+    PropagationRequest,
+    VideoPrompt,
+    VideoSession,
+    release_idle,
+)
 
 logger = logging.getLogger("meshline.segmenter")
 
 
 class SegmenterConfig(BaseModel):
     config_name: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 Hydra config.")
-    checkpoint: str | None = Field(None, description="Local path or s3:// URI; random init if None.")
+    checkpoint: str | None = Field(
+        None, description="Local path or s3:// URI; random init if None."
+    )
     overrides: list[str] = Field(default_factory=list, description="Extra Hydra overrides.")
     seed: int = Field(0, description="Seed for random init.")
     device: str = Field("auto", description="auto | cpu | cuda")
@@ -45,9 +53,12 @@ class SegmenterConfig(BaseModel):
         300, gt=0, description="A session unused this long frees its state (rebuilt on next use)."
     )
     offload_video_state_to_cpu: bool = Field(
-        False, description="Keep SAM2's per-frame video state in CPU memory (less GPU memory, ~10% slower)."
+        False,
+        description="Keep SAM2's per-frame video state in CPU memory (less GPU memory, ~10% slower).",
     )
-    scratch_dir: Path = Field(Path(tempfile.gettempdir()), description="Temporary frame copies (S3).")
+    scratch_dir: Path = Field(
+        Path(tempfile.gettempdir()), description="Temporary frame copies (S3)."
+    )
 
 
 def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
@@ -63,7 +74,9 @@ def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
 
     ckpt_path: str | None = None
     if config.checkpoint:
-        ckpt_path = str(resolve_checkpoint(config.checkpoint, config.weights_dir, config.s3_endpoint_url))
+        ckpt_path = str(
+            resolve_checkpoint(config.checkpoint, config.weights_dir, config.s3_endpoint_url)
+        )
     else:
         logger.warning(
             "Segmenter: no SAM2 checkpoint configured (MESHLINE_SAM2_CHECKPOINT); "
@@ -122,7 +135,9 @@ class Sam2Segmenter:
             return torch.autocast("cuda", dtype=torch.bfloat16)
 
         return VideoSession(
-            video_id, self.model, self.config.scratch_dir,
+            video_id,
+            self.model,
+            self.config.scratch_dir,
             offload_state_to_cpu=self.config.offload_video_state_to_cpu,
             autocast=autocast if self.half else None,
         )
@@ -146,7 +161,9 @@ class Sam2Segmenter:
         if point_coords is None and box_arr is None:
             point_coords = np.array([[width / 2.0, height / 2.0]], dtype=np.float32)
             point_labels = np.array([1], dtype=np.int32)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.half else contextlib.nullcontext()
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.half else contextlib.nullcontext()
+        )
         with self._lock, torch.inference_mode(), autocast:
             started = time.perf_counter()
             self.predictor.set_image(image)
@@ -216,7 +233,9 @@ def _validate_prompt(
             raise InvalidInput("box must be [x0, y0, x1, y1]", param="box")
         x0, y0, x1, y1 = box_arr.tolist()
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise InvalidInput(f"box must satisfy 0<=x0<x1<={width}, 0<=y0<y1<={height}", param="box")
+            raise InvalidInput(
+                f"box must satisfy 0<=x0<x1<={width}, 0<=y0<y1<={height}", param="box"
+            )
     return point_coords, point_labels, box_arr
 
 
@@ -250,14 +269,18 @@ class SegmenterDeployment:
             return session
 
         # Decorated here, not on the class, so the session bound comes from the config.
-        self._session = serve.multiplexed(max_num_models_per_replica=config.max_video_sessions)(load)
+        self._session = serve.multiplexed(max_num_models_per_replica=config.max_video_sessions)(
+            load
+        )
         self._sweeper = asyncio.get_running_loop().create_task(self._release_idle_sessions())
 
     async def _release_idle_sessions(self) -> None:
         interval = min(30.0, self._config.video_session_idle_s / 2)
         while True:
             await asyncio.sleep(interval)
-            freed = await asyncio.to_thread(release_idle, list(self._sessions), self._config.video_session_idle_s)
+            freed = await asyncio.to_thread(
+                release_idle, list(self._sessions), self._config.video_session_idle_s
+            )
             if freed:
                 logger.info("freed %d idle video session(s)", freed)
 
@@ -278,7 +301,9 @@ class SegmenterDeployment:
     async def _routed_session(self, video_id: str) -> VideoSession:
         routed = serve.get_multiplexed_model_id()
         if routed != video_id:
-            raise InvalidInput("video calls must be routed with multiplexed_model_id=<video id>", "video_id")
+            raise InvalidInput(
+                "video calls must be routed with multiplexed_model_id=<video id>", "video_id"
+            )
         return await self._session(video_id)
 
     async def video_prompt(
@@ -319,8 +344,11 @@ class SegmenterDeployment:
         def run() -> int:
             try:
                 return session.propagate(
-                    source, [VideoPrompt.from_dict(p) for p in history],
-                    PropagationRequest(start_frame, reverse, max_frames), emit, stop,
+                    source,
+                    [VideoPrompt.from_dict(p) for p in history],
+                    PropagationRequest(start_frame, reverse, max_frames),
+                    emit,
+                    stop,
                     [VideoPrompt.from_dict(p) for p in seeds or []],
                 )
             finally:
@@ -338,7 +366,11 @@ class SegmenterDeployment:
                     batch.append(queue.get_nowait())
                 finished = batch[-1] is None
                 frames = [
-                    {"frame_idx": idx, "masks": {str(k): v for k, v in masks.items()}, "seconds": round(sec, 4)}
+                    {
+                        "frame_idx": idx,
+                        "masks": {str(k): v for k, v in masks.items()},
+                        "seconds": round(sec, 4),
+                    }
                     for idx, masks, sec in (item for item in batch if item is not None)
                 ]
                 if frames:

@@ -52,31 +52,40 @@ def _metrics() -> dict[str, Any]:
 
     return {
         "stage_seconds": ray_metrics.Histogram(
-            "meshline_stage_seconds", description="Wall time of one job stage attempt.",
-            boundaries=STAGE_SECONDS_BUCKETS, tag_keys=("stage", "deployment"),
+            "meshline_stage_seconds",
+            description="Wall time of one job stage attempt.",
+            boundaries=STAGE_SECONDS_BUCKETS,
+            tag_keys=("stage", "deployment"),
         ),
         "stage_failures": serve_metrics.Counter(
-            "meshline_stage_failures_total", description="Failed job stage attempts by error kind.",
+            "meshline_stage_failures_total",
+            description="Failed job stage attempts by error kind.",
             tag_keys=("stage", "error_kind"),
         ),
         "stage_retries": serve_metrics.Counter(
-            "meshline_stage_retries_total", description="Job stage attempts that will be retried.",
+            "meshline_stage_retries_total",
+            description="Job stage attempts that will be retried.",
             tag_keys=("stage",),
         ),
         "model_load_seconds": serve_metrics.Histogram(
-            "meshline_model_load_seconds", description="Time to load a model into a replica.",
-            boundaries=MODEL_LOAD_SECONDS_BUCKETS, tag_keys=_replica_tags("model"),
+            "meshline_model_load_seconds",
+            description="Time to load a model into a replica.",
+            boundaries=MODEL_LOAD_SECONDS_BUCKETS,
+            tag_keys=_replica_tags("model"),
         ),
         "model_loads": serve_metrics.Counter(
-            "meshline_model_loads_total", description="Models loaded (multiplexed loads included).",
+            "meshline_model_loads_total",
+            description="Models loaded (multiplexed loads included).",
             tag_keys=_replica_tags(),
         ),
         "model_evictions": serve_metrics.Counter(
-            "meshline_model_evictions_total", description="Models evicted from a replica's LRU.",
+            "meshline_model_evictions_total",
+            description="Models evicted from a replica's LRU.",
             tag_keys=_replica_tags(),
         ),
         "video_fps": serve_metrics.Gauge(
-            "meshline_video_fps", description="Frames per second of the latest video propagation.",
+            "meshline_video_fps",
+            description="Frames per second of the latest video propagation.",
             tag_keys=_replica_tags(),
         ),
     }
@@ -94,7 +103,9 @@ def stage_deployment(stage: str) -> str:
 def observe_stage(stage: str, deployment: str, seconds: float) -> None:
     """One stage attempt took ``seconds`` (succeeded or not) on ``deployment`` (see
     ``stage_deployment``)."""
-    _metrics()["stage_seconds"].observe(max(float(seconds), 0.0), tags={"stage": stage, "deployment": deployment})
+    _metrics()["stage_seconds"].observe(
+        max(float(seconds), 0.0), tags={"stage": stage, "deployment": deployment}
+    )
 
 
 def count_failure(stage: str, error_kind: str) -> None:

@@ -63,11 +63,16 @@ class VideoPrompt:
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(
+        bool
+    )
 
 
 def materialize_frames(source: FrameSource, scratch: Path) -> tuple[Path, bool]:
@@ -85,7 +90,9 @@ def materialize_frames(source: FrameSource, scratch: Path) -> tuple[Path, bool]:
     client = boto3.client("s3", endpoint_url=source.endpoint_url)
     try:
         for index in range(source.frames):
-            client.download_file(bucket, f"{prefix}{frame_name(index)}", str(folder / frame_name(index)))
+            client.download_file(
+                bucket, f"{prefix}{frame_name(index)}", str(folder / frame_name(index))
+            )
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -128,8 +135,12 @@ class VideoSession:
         if temporary:  # SAM2 decoded every frame into memory: the copy is not needed again
             shutil.rmtree(folder, ignore_errors=True)
         self.applied, self._dirty, self.builds = [], False, self.builds + 1
-        logger.info("video %s: session built (%d frames) in %.2f s", self.video_id,
-                    self.state["num_frames"], time.perf_counter() - started)
+        logger.info(
+            "video %s: session built (%d frames) in %.2f s",
+            self.video_id,
+            self.state["num_frames"],
+            time.perf_counter() - started,
+        )
 
     def release(self) -> bool:
         """Free the state (idle or evicted). A busy session is freed when its call ends."""
@@ -147,7 +158,10 @@ class VideoSession:
             self.state = None
             self.applied = []
             self._release_when_idle = False
-            if getattr(self.predictor, "device", None) is not None and self.predictor.device.type == "cuda":
+            if (
+                getattr(self.predictor, "device", None) is not None
+                and self.predictor.device.type == "cuda"
+            ):
                 import torch
 
                 torch.cuda.empty_cache()
@@ -172,7 +186,7 @@ class VideoSession:
         if self._dirty or seqs[: len(self.applied)] != self.applied:
             self.predictor.reset_state(self.state)
             self.applied, self._dirty = [], False
-        for prompt in history[len(self.applied):]:
+        for prompt in history[len(self.applied) :]:
             self._apply(prompt)
             self.applied.append(prompt.seq)
 
@@ -184,8 +198,12 @@ class VideoSession:
             )
         else:
             frame_idx, obj_ids, logits = self.predictor.add_new_points_or_box(
-                self.state, prompt.frame_idx, prompt.obj_id,
-                points=None if prompt.points is None else np.asarray(prompt.points, dtype=np.float32),
+                self.state,
+                prompt.frame_idx,
+                prompt.obj_id,
+                points=None
+                if prompt.points is None
+                else np.asarray(prompt.points, dtype=np.float32),
                 labels=None if prompt.labels is None else np.asarray(prompt.labels, dtype=np.int32),
                 box=None if prompt.box is None else np.asarray(prompt.box, dtype=np.float32),
             )
@@ -204,8 +222,13 @@ class VideoSession:
             masks = self._apply(new)
             self.applied.append(new.seq)
         mask = masks[new.obj_id]
-        return {"frame_idx": new.frame_idx, "obj_id": new.obj_id, "rle": encode_rle(mask),
-                "area": int(mask.sum()), "builds": self.builds}
+        return {
+            "frame_idx": new.frame_idx,
+            "obj_id": new.obj_id,
+            "rle": encode_rle(mask),
+            "area": int(mask.sum()),
+            "builds": self.builds,
+        }
 
     # -- propagation --------------------------------------------------------------------
     def propagate(
@@ -231,8 +254,10 @@ class VideoSession:
                 self._apply(seed)
                 self._dirty = True
             frames = self.predictor.propagate_in_video(
-                self.state, start_frame_idx=request.start_frame,
-                max_frame_num_to_track=request.max_frames, reverse=request.reverse,
+                self.state,
+                start_frame_idx=request.start_frame,
+                max_frame_num_to_track=request.max_frames,
+                reverse=request.reverse,
             )
             try:
                 for frame_idx, obj_ids, logits in frames:

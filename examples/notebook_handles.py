@@ -37,10 +37,14 @@ def main(app_name: str = "meshline") -> dict:
 
     reconstructor = serve.get_deployment_handle("Reconstructor", app_name=app_name)
     shape = reconstructor.reconstruct.remote(image, mask).result()
-    print("reconstruct:", shape["stats"]["faces"], "faces, watertight:", shape["stats"]["watertight"])
+    print(
+        "reconstruct:", shape["stats"]["faces"], "faces, watertight:", shape["stats"]["watertight"]
+    )
 
     converter = serve.get_deployment_handle("Converter", app_name=app_name)
-    files = converter.convert.remote(shape["mesh"], mesh_format="ply", formats=["stl"], preview=False).result()
+    files = converter.convert.remote(
+        shape["mesh"], mesh_format="ply", formats=["stl"], preview=False
+    ).result()
     print("convert:", [f["name"] for f in files["files"]])
 
     # The whole pipeline as a durable job, through the ingress.
@@ -50,7 +54,14 @@ def main(app_name: str = "meshline") -> dict:
     print("job", job_id, job["status"], [(s["name"], s["seconds"]) for s in job["stages"]])
     glb = ingress.artifact.remote(job_id, "visual.glb").result()
     print("visual.glb:", len(glb), "bytes")
-    return {"masks": masks, "detections": found, "shape": shape, "files": files, "job": job, "glb": glb}
+    return {
+        "masks": masks,
+        "detections": found,
+        "shape": shape,
+        "files": files,
+        "job": job,
+        "glb": glb,
+    }
 
 
 if __name__ == "__main__":

@@ -32,12 +32,17 @@ class MeshlineArgs(BaseModel):
     )
 
 
-def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorConfig, ConverterConfig, DetectorConfig]:
+def model_configs(
+    settings: Settings,
+) -> tuple[SegmenterConfig, ReconstructorConfig, ConverterConfig, DetectorConfig]:
     weights_dir = settings.resolved_weights_dir
     return (
         SegmenterConfig(
-            config_name=settings.sam2_config, checkpoint=settings.sam2_checkpoint,
-            overrides=settings.sam2_overrides, seed=settings.seed, weights_dir=weights_dir,
+            config_name=settings.sam2_config,
+            checkpoint=settings.sam2_checkpoint,
+            overrides=settings.sam2_overrides,
+            seed=settings.seed,
+            weights_dir=weights_dir,
             precision=settings.model_precision,
             s3_endpoint_url=settings.s3_endpoint_url,
             max_video_sessions=settings.video_sessions_per_replica,
@@ -46,21 +51,31 @@ def model_configs(settings: Settings) -> tuple[SegmenterConfig, ReconstructorCon
             scratch_dir=(settings.data_dir / "scratch").resolve(),
         ),
         ReconstructorConfig(
-            backend=settings.reconstruct_backend, weights=settings.reconstruct_weights,
-            grid=settings.reconstruct_grid, depth_ratio=settings.reconstruct_depth_ratio,
+            backend=settings.reconstruct_backend,
+            weights=settings.reconstruct_weights,
+            grid=settings.reconstruct_grid,
+            depth_ratio=settings.reconstruct_depth_ratio,
             max_faces=settings.max_faces,
         ),
-        ConverterConfig(preview_frames=settings.preview_frames, preview_size_px=settings.preview_size_px),
+        ConverterConfig(
+            preview_frames=settings.preview_frames, preview_size_px=settings.preview_size_px
+        ),
         DetectorConfig(
-            model=settings.detector_model, checkpoint=settings.detector_checkpoint, seed=settings.seed,
+            model=settings.detector_model,
+            checkpoint=settings.detector_checkpoint,
+            seed=settings.seed,
             precision=settings.model_precision,
-            weights_dir=weights_dir, config_dir=(settings.data_dir / "ultralytics").resolve(),
-            registry_file=settings.detector_registry_file, models_dir=settings.detector_models_dir,
+            weights_dir=weights_dir,
+            config_dir=(settings.data_dir / "ultralytics").resolve(),
+            registry_file=settings.detector_registry_file,
+            models_dir=settings.detector_models_dir,
             models_s3_prefix=settings.detector_models_s3_prefix,
             max_models=settings.detector_max_models,
             max_batch_size=settings.detector_batch_size or default_batch_size(),
             batch_wait_s=settings.detector_batch_wait_s,
-            max_cache_bytes=int(settings.weights_cache_max_mb * 2**20) if settings.weights_cache_max_mb else None,
+            max_cache_bytes=int(settings.weights_cache_max_mb * 2**20)
+            if settings.weights_cache_max_mb
+            else None,
             s3_endpoint_url=settings.s3_endpoint_url,
         ),
     )
@@ -86,13 +101,19 @@ def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
         return deployment.options(**options) if options else deployment
 
     models = {
-        "Segmenter": {"weights": "checkpoint" if settings.sam2_checkpoint else "random",
-                      "model": settings.sam2_checkpoint or settings.sam2_config},
-        "Reconstructor": {"weights": "none" if settings.reconstruct_backend == "inflate" else "checkpoint",
-                          "model": settings.reconstruct_backend},
+        "Segmenter": {
+            "weights": "checkpoint" if settings.sam2_checkpoint else "random",
+            "model": settings.sam2_checkpoint or settings.sam2_config,
+        },
+        "Reconstructor": {
+            "weights": "none" if settings.reconstruct_backend == "inflate" else "checkpoint",
+            "model": settings.reconstruct_backend,
+        },
         "Converter": {"weights": "none", "model": "trimesh"},
-        "Detector": {"weights": "checkpoint" if settings.detector_checkpoint else "random",
-                     "model": settings.detector_checkpoint or settings.detector_model},
+        "Detector": {
+            "weights": "checkpoint" if settings.detector_checkpoint else "random",
+            "model": settings.detector_checkpoint or settings.detector_model,
+        },
     }
     return with_options(Ingress).bind(
         segmenter=with_options(SegmenterDeployment).bind(segmenter_cfg),

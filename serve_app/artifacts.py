@@ -31,7 +31,9 @@ def check_job_id(job_id: str) -> str:
 class ArtifactStore(Protocol):
     """Where job inputs and stage outputs live (local directory or S3)."""
 
-    def put(self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream") -> int: ...
+    def put(
+        self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream"
+    ) -> int: ...
     def get(self, job_id: str, name: str) -> bytes: ...
     def exists(self, job_id: str, name: str) -> bool: ...
     def delete_job(self, job_id: str) -> None: ...
@@ -62,7 +64,9 @@ class LocalArtifactStore:
     def download_url(self, job_id: str, name: str) -> str | None:
         return None
 
-    def put(self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream") -> int:
+    def put(
+        self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream"
+    ) -> int:
         target = self.path(job_id, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -93,7 +97,9 @@ class LocalArtifactStore:
 class S3ArtifactStore:
     """Objects under ``s3://bucket/prefix/<job_id>/<name>``; downloads are presigned GETs."""
 
-    def __init__(self, uri: str, endpoint_url: str | None = None, presign_ttl_s: int = 3600) -> None:
+    def __init__(
+        self, uri: str, endpoint_url: str | None = None, presign_ttl_s: int = 3600
+    ) -> None:
         import boto3
         from botocore.config import Config
 
@@ -104,8 +110,11 @@ class S3ArtifactStore:
         self.prefix = parsed.path.strip("/")
         self.presign_ttl_s = presign_ttl_s
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint_url,
-            config=Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"}),
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"}
+            ),
         )
 
     def describe(self) -> str:
@@ -115,9 +124,13 @@ class S3ArtifactStore:
         parts = [self.prefix] if self.prefix else []
         return "/".join([*parts, check_job_id(job_id), check_name(name)])
 
-    def put(self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream") -> int:
+    def put(
+        self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream"
+    ) -> int:
         # A PUT is atomic in S3: readers see the old object or the whole new one.
-        self.client.put_object(Bucket=self.bucket, Key=self.key(job_id, name), Body=data, ContentType=media_type)
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.key(job_id, name), Body=data, ContentType=media_type
+        )
         return len(data)
 
     def get(self, job_id: str, name: str) -> bytes:
@@ -142,22 +155,29 @@ class S3ArtifactStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                )
 
     def download_url(self, job_id: str, name: str) -> str | None:
         return self.client.generate_presigned_url(
             "get_object",
             Params={
-                "Bucket": self.bucket, "Key": self.key(job_id, name),
+                "Bucket": self.bucket,
+                "Key": self.key(job_id, name),
                 "ResponseContentDisposition": f"attachment; filename*=UTF-8''{quote(name)}",
             },
             ExpiresIn=self.presign_ttl_s,
         )
 
 
-def make_artifact_store(uri: str | None, local_dir: Path, endpoint_url: str | None, presign_ttl_s: int) -> ArtifactStore:
+def make_artifact_store(
+    uri: str | None, local_dir: Path, endpoint_url: str | None, presign_ttl_s: int
+) -> ArtifactStore:
     if uri and uri.startswith("s3://"):
         return S3ArtifactStore(uri, endpoint_url, presign_ttl_s)
     if uri:
-        raise ValueError(f"unsupported artifact store URI {uri!r} (use s3://bucket/prefix or unset)")
+        raise ValueError(
+            f"unsupported artifact store URI {uri!r} (use s3://bucket/prefix or unset)"
+        )
     return LocalArtifactStore(local_dir)

@@ -38,7 +38,8 @@ class ApiKeyEntry(BaseModel):
     sha256: str = Field(description="Hex SHA-256 of the key; the key itself is never stored.")
     admin: bool = Field(False, description="Admin keys reload models, cancel any job, use /admin.")
     scope: str | None = Field(
-        None, description="Owner name for the key's jobs; keys sharing a scope share jobs (default: id)."
+        None,
+        description="Owner name for the key's jobs; keys sharing a scope share jobs (default: id).",
     )
 
     @field_validator("id", "scope")
@@ -133,7 +134,9 @@ class KeyRing:
     def _check_unique(entries: list[ApiKeyEntry]) -> None:
         ids = [e.id for e in entries]
         if len(ids) != len(set(ids)):
-            raise ValueError(f"duplicate API key ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+            raise ValueError(
+                f"duplicate API key ids: {sorted({i for i in ids if ids.count(i) > 1})}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -175,8 +178,10 @@ PUBLIC_ROUTES = (("GET", re.compile(r"^/healthz$")), ("GET", re.compile(r"^/admi
 
 
 def _matches(rules: tuple[tuple[str, re.Pattern[str]], ...], method: str, path: str) -> bool:
-    return any((m == "*" or m == method or (m == "GET" and method == "HEAD")) and p.fullmatch(path)
-               for m, p in rules)
+    return any(
+        (m == "*" or m == method or (m == "GET" and method == "HEAD")) and p.fullmatch(path)
+        for m, p in rules
+    )
 
 
 def is_public(method: str, path: str) -> bool:
@@ -188,7 +193,9 @@ def needs_admin(method: str, path: str) -> bool:
 
 
 def _main(argv: list[str]) -> int:
-    usage = "usage: python -m serve_app.auth new KEY_ID [--admin] [--scope S] | hash  (key on stdin)"
+    usage = (
+        "usage: python -m serve_app.auth new KEY_ID [--admin] [--scope S] | hash  (key on stdin)"
+    )
     if argv[:1] == ["hash"]:
         key = sys.stdin.read().strip()
         if not key:

@@ -58,11 +58,20 @@ def public_message(exc: BaseException) -> str:
 
 
 def request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or getattr(request.state, "request_id", None) or uuid.uuid4().hex
+    return (
+        request.headers.get("x-request-id")
+        or getattr(request.state, "request_id", None)
+        or uuid.uuid4().hex
+    )
 
 
 def _body(
-    status: int, message: str, type_: str, param: str | None, rid: str, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None,
+    rid: str,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
@@ -80,7 +89,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else first.get("msg", "invalid request")
+        message = (
+            f"{loc}: {first.get('msg', 'invalid request')}"
+            if loc
+            else first.get("msg", "invalid request")
+        )
         return _body(422, message, "validation_error", loc or None, request_id(request))
 
     @app.exception_handler(StarletteHTTPException)

@@ -74,7 +74,9 @@ async def pinned_request(
     pinned = await check_url(url, allow, param)
     extensions = {"sni_hostname": pinned.sni_hostname} if pinned.sni_hostname else {}
     headers = {**kwargs.pop("headers", {}), "Host": pinned.host_header}
-    request = client.build_request(method, pinned.url, headers=headers, extensions=extensions, **kwargs)
+    request = client.build_request(
+        method, pinned.url, headers=headers, extensions=extensions, **kwargs
+    )
     return await client.send(request, stream=True)
 
 
@@ -89,26 +91,42 @@ async def fetch_url(url: str, max_bytes: int, timeout_s: float, allow: list[str]
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
-                        raise ApiError(422, f"image_url answered HTTP {response.status_code}", param="image_url")
+                        raise ApiError(
+                            422,
+                            f"image_url answered HTTP {response.status_code}",
+                            param="image_url",
+                        )
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > max_bytes:
-                        raise ApiError(413, f"image_url body exceeds {max_bytes} bytes", "payload_too_large", "image_url")
+                        raise ApiError(
+                            413,
+                            f"image_url body exceeds {max_bytes} bytes",
+                            "payload_too_large",
+                            "image_url",
+                        )
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk
                         if len(body) > max_bytes:
                             raise ApiError(
-                                413, f"image_url body exceeds {max_bytes} bytes", "payload_too_large", "image_url"
+                                413,
+                                f"image_url body exceeds {max_bytes} bytes",
+                                "payload_too_large",
+                                "image_url",
                             )
                     return bytes(body)
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
-                raise ApiError(422, f"could not fetch image_url ({exc.__class__.__name__})", param="image_url") from None
+                raise ApiError(
+                    422, f"could not fetch image_url ({exc.__class__.__name__})", param="image_url"
+                ) from None
     raise ApiError(422, "image_url redirected too many times", param="image_url")
 
 
-def fetch_s3(uri: str, max_bytes: int, endpoint_url: str | None, allowed_buckets: list[str]) -> bytes:
+def fetch_s3(
+    uri: str, max_bytes: int, endpoint_url: str | None, allowed_buckets: list[str]
+) -> bytes:
     """Read s3://bucket/key with the service's credentials — only from allow-listed buckets,
     or a client could read anything the service may read."""
     import boto3
@@ -119,7 +137,9 @@ def fetch_s3(uri: str, max_bytes: int, endpoint_url: str | None, allowed_buckets
     if not bucket or not key:
         raise ApiError(422, "s3 URIs look like s3://bucket/key", param="image_url")
     if bucket not in allowed_buckets:
-        raise ApiError(422, f"bucket {bucket!r} is not an allowed input bucket", "forbidden_url", "image_url")
+        raise ApiError(
+            422, f"bucket {bucket!r} is not an allowed input bucket", "forbidden_url", "image_url"
+        )
     client = boto3.client("s3", endpoint_url=endpoint_url)
     try:
         response = client.get_object(Bucket=bucket, Key=key)

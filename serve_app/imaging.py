@@ -41,22 +41,31 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
         raise ApiError(413, f"{what} has too many pixels", "payload_too_large", what) from None
     except Exception:  # UnidentifiedImageError, or whatever a plugin's opener raises on junk
         raise ApiError(
-            415, f"{what} is not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})",
-            "unsupported_media_type", what,
+            415,
+            f"{what} is not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})",
+            "unsupported_media_type",
+            what,
         ) from None
     if image.format not in ACCEPTED_FORMATS:
-        raise ApiError(415, f"{what} format {image.format} is not accepted", "unsupported_media_type", what)
+        raise ApiError(
+            415, f"{what} format {image.format} is not accepted", "unsupported_media_type", what
+        )
     width, height = image.size
     if width < 1 or height < 1:
         raise ApiError(422, f"{what} has no pixels", param=what)
     if width * height > max_pixels:
         raise ApiError(
-            413, f"{what} is {width}x{height}; the limit is {max_pixels} pixels", "payload_too_large", what
+            413,
+            f"{what} is {width}x{height}; the limit is {max_pixels} pixels",
+            "payload_too_large",
+            what,
         )
     try:
         image.load()  # the header can lie: decoding the pixels is the real check
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(422, f"{what} is truncated or corrupt ({exc.__class__.__name__})", param=what) from None
+        raise ApiError(
+            422, f"{what} is truncated or corrupt ({exc.__class__.__name__})", param=what
+        ) from None
     return image
 
 
@@ -72,7 +81,9 @@ def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.nda
     image = _open(data, "mask", max_pixels)
     if image.size != (width, height):
         raise ApiError(
-            422, f"mask is {image.size[0]}x{image.size[1]} but the image is {width}x{height}", param="mask"
+            422,
+            f"mask is {image.size[0]}x{image.size[1]} but the image is {width}x{height}",
+            param="mask",
         )
     gray = np.asarray(image.convert("L"))
     mask = gray > 127

@@ -22,7 +22,6 @@ from deployments.registry import ModelRegistry
 from serve_app.api import create_api
 from serve_app.api.jobs import create_job
 from serve_app.api.videos import expire_idle_videos
-from serve_app.views import job_or_404, job_public
 from serve_app.artifacts import make_artifact_store
 from serve_app.jobstore import TERMINAL, JobStore
 from serve_app.pipeline import Handles
@@ -30,6 +29,7 @@ from serve_app.runner import JobRunner
 from serve_app.schemas import JobOptions
 from serve_app.services import Services
 from serve_app.settings import Settings
+from serve_app.views import job_or_404, job_public
 
 logger = logging.getLogger("meshline.ingress")
 
@@ -55,7 +55,10 @@ class Ingress:
         owner = f"{context.replica_tag if hasattr(context, 'replica_tag') else 'ingress'}-{uuid.uuid4().hex[:8]}"
         store = JobStore(settings.resolved_db_url)
         files = make_artifact_store(
-            settings.artifact_uri, settings.resolved_artifact_dir, settings.s3_endpoint_url, settings.s3_presign_ttl_s
+            settings.artifact_uri,
+            settings.resolved_artifact_dir,
+            settings.s3_endpoint_url,
+            settings.s3_presign_ttl_s,
         )
         handles = Handles(segmenter, reconstructor, converter, detector)
         runner = JobRunner(store, files, handles, settings, owner)
@@ -66,14 +69,24 @@ class Ingress:
             settings.detector_models_s3_prefix,
             settings.s3_endpoint_url,
         )
-        self.services = Services(settings, store, files, handles, runner, models, context.app_name, registry)
+        self.services = Services(
+            settings, store, files, handles, runner, models, context.app_name, registry
+        )
         runner.start()
         self._janitor = asyncio.get_running_loop().create_task(self._expire_idle_videos())
-        logger.info("ingress %s ready: db=%s artifacts=%s", owner, settings.resolved_db_url, files.describe())
+        logger.info(
+            "ingress %s ready: db=%s artifacts=%s",
+            owner,
+            settings.resolved_db_url,
+            files.describe(),
+        )
 
     async def _expire_idle_videos(self) -> None:
         """Delete videos nobody used for ``video_ttl_s`` (their frames, prompts and masks)."""
-        interval = min(self.services.settings.retention_sweep_interval_s, self.services.settings.video_ttl_s / 4)
+        interval = min(
+            self.services.settings.retention_sweep_interval_s,
+            self.services.settings.video_ttl_s / 4,
+        )
         while True:
             await asyncio.sleep(interval)
             try:
@@ -102,13 +115,17 @@ class Ingress:
         if mask is not None:
             files["mask"] = (_png(mask) if isinstance(mask, np.ndarray) else mask, "mask.png")
         data = _png(image) if isinstance(image, np.ndarray) else image
-        return await create_job(self.services, data, files, JobOptions.model_validate(options or {}))
+        return await create_job(
+            self.services, data, files, JobOptions.model_validate(options or {})
+        )
 
     async def job(self, job_id: str) -> dict[str, Any]:
         record = await asyncio.to_thread(job_or_404, self.services.store, job_id)
         return job_public(record, self.services.files).model_dump(mode="json")
 
-    async def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:
+    async def wait(
+        self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5
+    ) -> dict[str, Any]:
         """Block until the job ends (or the timeout passes) and return its status."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:

@@ -203,9 +203,13 @@ def upgrade_schema(engine: Engine) -> None:
             for column in table.columns:
                 if column.name not in present:
                     if not column.nullable:
-                        raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} in place")
+                        raise RuntimeError(
+                            f"cannot add NOT NULL column {table.name}.{column.name} in place"
+                        )
                     column_type = column.type.compile(dialect=engine.dialect)
-                    conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}')
+                    conn.exec_driver_sql(
+                        f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'
+                    )
         for table in metadata.sorted_tables:
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
@@ -239,10 +243,19 @@ class JobStore:
             with self.engine.begin() as conn:
                 conn.execute(
                     jobs.insert().values(
-                        id=job_id, status="queued", options=options, inputs=inputs,
-                        created_at=now, updated_at=now, runs=0,
-                        idempotency_key=idempotency_key, request_hash=request_hash, owner=owner,
-                        webhook={"state": "pending", "attempts": 0} if options.get("callback_url") else None,
+                        id=job_id,
+                        status="queued",
+                        options=options,
+                        inputs=inputs,
+                        created_at=now,
+                        updated_at=now,
+                        runs=0,
+                        idempotency_key=idempotency_key,
+                        request_hash=request_hash,
+                        owner=owner,
+                        webhook={"state": "pending", "attempts": 0}
+                        if options.get("callback_url")
+                        else None,
                     )
                 )
                 self._insert_children(conn, job_id, stage_names, input_artifacts, now)
@@ -259,15 +272,29 @@ class JobStore:
         conn.execute(
             stages.insert(),
             [
-                {"job_id": job_id, "name": name, "position": i, "status": "pending",
-                 "progress": 0.0, "attempts": 0, "detail": {}}
+                {
+                    "job_id": job_id,
+                    "name": name,
+                    "position": i,
+                    "status": "pending",
+                    "progress": 0.0,
+                    "attempts": 0,
+                    "detail": {},
+                }
                 for i, name in enumerate(stage_names)
             ],
         )
         for name, media_type, size in input_artifacts:
-            conn.execute(artifacts.insert().values(
-                job_id=job_id, name=name, stage="input", media_type=media_type, bytes=size, created_at=now
-            ))
+            conn.execute(
+                artifacts.insert().values(
+                    job_id=job_id,
+                    name=name,
+                    stage="input",
+                    media_type=media_type,
+                    bytes=size,
+                    created_at=now,
+                )
+            )
 
     def set_webhook(self, job_id: str, state: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
@@ -277,8 +304,10 @@ class JobStore:
         """Ended jobs whose callback is not delivered yet (e.g. after an ingress restart)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(jobs.c.id, jobs.c.webhook).where(jobs.c.status.in_(TERMINAL), jobs.c.webhook.is_not(None))
-                .order_by(jobs.c.finished_at).limit(limit * 10)
+                select(jobs.c.id, jobs.c.webhook)
+                .where(jobs.c.status.in_(TERMINAL), jobs.c.webhook.is_not(None))
+                .order_by(jobs.c.finished_at)
+                .limit(limit * 10)
             ).all()
         return [r[0] for r in rows if (_json(r[1]) or {}).get("state") == "pending"][:limit]
 
@@ -288,7 +317,11 @@ class JobStore:
         with self.engine.connect() as conn:
             return conn.execute(
                 select(jobs.c.id)
-                .where(jobs.c.request_hash == request_hash, jobs.c.status == "succeeded", _owned_by(owner))
+                .where(
+                    jobs.c.request_hash == request_hash,
+                    jobs.c.status == "succeeded",
+                    _owned_by(owner),
+                )
                 .order_by(jobs.c.finished_at.desc())
                 .limit(1)
             ).scalar()
@@ -296,7 +329,9 @@ class JobStore:
     def model_generation(self, model_id: str) -> int:
         with self.engine.connect() as conn:
             value = conn.execute(
-                select(model_generations.c.generation).where(model_generations.c.model_id == model_id)
+                select(model_generations.c.generation).where(
+                    model_generations.c.model_id == model_id
+                )
             ).scalar()
         return int(value or 0)
 
@@ -304,23 +339,33 @@ class JobStore:
         now = utcnow()
         with self.engine.begin() as conn:
             updated = conn.execute(
-                update(model_generations).where(model_generations.c.model_id == model_id)
+                update(model_generations)
+                .where(model_generations.c.model_id == model_id)
                 .values(generation=model_generations.c.generation + 1, reloaded_at=now)
             )
             if updated.rowcount == 0:
                 try:
                     with conn.begin_nested():
-                        conn.execute(model_generations.insert().values(model_id=model_id, generation=1, reloaded_at=now))
+                        conn.execute(
+                            model_generations.insert().values(
+                                model_id=model_id, generation=1, reloaded_at=now
+                            )
+                        )
                 except IntegrityError:  # a concurrent first reload inserted it
                     conn.execute(
-                        update(model_generations).where(model_generations.c.model_id == model_id)
+                        update(model_generations)
+                        .where(model_generations.c.model_id == model_id)
                         .values(generation=model_generations.c.generation + 1, reloaded_at=now)
                     )
         return self.model_generation(model_id)
 
     def count(self, status: str) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(jobs).where(jobs.c.status == status)).scalar_one())
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(jobs).where(jobs.c.status == status)
+                ).scalar_one()
+            )
 
     def count_by_status_and_stage(self) -> dict[tuple[str, str], int]:
         """Jobs per (status, current stage), for the metrics gauges. A job's current stage is
@@ -338,7 +383,9 @@ class JobStore:
             select(jobs.c.status, current.c.name, has_stages, func.count())
             .select_from(
                 jobs.outerjoin(first_open, first_open.c.job_id == jobs.c.id).outerjoin(
-                    current, (current.c.job_id == first_open.c.job_id) & (current.c.position == first_open.c.position)
+                    current,
+                    (current.c.job_id == first_open.c.job_id)
+                    & (current.c.position == first_open.c.position),
                 )
             )
             .group_by(jobs.c.status, current.c.name, has_stages)
@@ -366,7 +413,11 @@ class JobStore:
             return self._load(conn, row)
 
     def list(
-        self, status: str | None = None, limit: int = 50, owner: str | None = None, any_owner: bool = True
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        owner: str | None = None,
+        any_owner: bool = True,
     ) -> list[JobRecord]:
         """Newest first; ``any_owner=False`` keeps only ``owner``'s jobs (a scoped API key)."""
         query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
@@ -378,28 +429,54 @@ class JobStore:
             return [self._load(conn, row) for row in conn.execute(query).mappings().all()]
 
     def _load(self, conn: Any, row: Any) -> JobRecord:
-        stage_rows = conn.execute(
-            select(stages).where(stages.c.job_id == row["id"]).order_by(stages.c.position)
-        ).mappings().all()
-        artifact_rows = conn.execute(
-            select(artifacts).where(artifacts.c.job_id == row["id"]).order_by(artifacts.c.created_at, artifacts.c.name)
-        ).mappings().all()
+        stage_rows = (
+            conn.execute(
+                select(stages).where(stages.c.job_id == row["id"]).order_by(stages.c.position)
+            )
+            .mappings()
+            .all()
+        )
+        artifact_rows = (
+            conn.execute(
+                select(artifacts)
+                .where(artifacts.c.job_id == row["id"])
+                .order_by(artifacts.c.created_at, artifacts.c.name)
+            )
+            .mappings()
+            .all()
+        )
         return JobRecord(
-            id=row["id"], status=row["status"], options=_json(row["options"]), inputs=_json(row["inputs"]),
-            error=row["error"], created_at=_aware(row["created_at"]), updated_at=_aware(row["updated_at"]),
-            started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]), runs=row["runs"],
-            webhook=_json(row["webhook"]), owner=row["owner"],
+            id=row["id"],
+            status=row["status"],
+            options=_json(row["options"]),
+            inputs=_json(row["inputs"]),
+            error=row["error"],
+            created_at=_aware(row["created_at"]),
+            updated_at=_aware(row["updated_at"]),
+            started_at=_aware(row["started_at"]),
+            finished_at=_aware(row["finished_at"]),
+            runs=row["runs"],
+            webhook=_json(row["webhook"]),
+            owner=row["owner"],
             stages=[
                 StageRecord(
-                    name=s["name"], position=s["position"], status=s["status"], progress=s["progress"],
-                    attempts=s["attempts"], started_at=_aware(s["started_at"]),
-                    finished_at=_aware(s["finished_at"]), seconds=s["seconds"], error=s["error"],
+                    name=s["name"],
+                    position=s["position"],
+                    status=s["status"],
+                    progress=s["progress"],
+                    attempts=s["attempts"],
+                    started_at=_aware(s["started_at"]),
+                    finished_at=_aware(s["finished_at"]),
+                    seconds=s["seconds"],
+                    error=s["error"],
                     detail=_json(s["detail"]),
                 )
                 for s in stage_rows
             ],
             artifacts=[
-                ArtifactRecord(a["name"], a["stage"], a["media_type"], a["bytes"], _aware(a["created_at"]))
+                ArtifactRecord(
+                    a["name"], a["stage"], a["media_type"], a["bytes"], _aware(a["created_at"])
+                )
                 for a in artifact_rows
             ],
         )
@@ -428,14 +505,18 @@ class JobStore:
                     .where(jobs.c.id == job_id)
                     .where(claimable)
                     .values(
-                        status="running", lease_owner=owner,
+                        status="running",
+                        lease_owner=owner,
                         lease_expires_at=now + timedelta(seconds=lease_s),
-                        updated_at=now, runs=jobs.c.runs + 1,
+                        updated_at=now,
+                        runs=jobs.c.runs + 1,
                     )
                 )
                 if result.rowcount == 1:
                     conn.execute(
-                        update(jobs).where(jobs.c.id == job_id, jobs.c.started_at.is_(None)).values(started_at=now)
+                        update(jobs)
+                        .where(jobs.c.id == job_id, jobs.c.started_at.is_(None))
+                        .values(started_at=now)
                     )
                     return job_id
         return None
@@ -475,33 +556,65 @@ class JobStore:
             conn.execute(
                 update(stages)
                 .where(stages.c.job_id == job_id, stages.c.name == name)
-                .values(status="running", progress=0.0, attempts=stages.c.attempts + 1,
-                        started_at=now, finished_at=None, error=None)
+                .values(
+                    status="running",
+                    progress=0.0,
+                    attempts=stages.c.attempts + 1,
+                    started_at=now,
+                    finished_at=None,
+                    error=None,
+                )
             )
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
-            return int(conn.execute(
-                select(stages.c.attempts).where(stages.c.job_id == job_id, stages.c.name == name)
-            ).scalar_one())
+            return int(
+                conn.execute(
+                    select(stages.c.attempts).where(
+                        stages.c.job_id == job_id, stages.c.name == name
+                    )
+                ).scalar_one()
+            )
 
-    def finish_stage(self, job_id: str, name: str, status: str, seconds: float, detail: dict[str, Any] | None = None, error: str | None = None) -> None:
+    def finish_stage(
+        self,
+        job_id: str,
+        name: str,
+        status: str,
+        seconds: float,
+        detail: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
         now = utcnow()
-        values: dict[str, Any] = {"status": status, "finished_at": now, "seconds": round(seconds, 3), "error": error}
+        values: dict[str, Any] = {
+            "status": status,
+            "finished_at": now,
+            "seconds": round(seconds, 3),
+            "error": error,
+        }
         if status == "succeeded":
             values["progress"] = 100.0
         if detail is not None:
             values["detail"] = detail
         with self.engine.begin() as conn:
-            conn.execute(update(stages).where(stages.c.job_id == job_id, stages.c.name == name).values(**values))
+            conn.execute(
+                update(stages)
+                .where(stages.c.job_id == job_id, stages.c.name == name)
+                .values(**values)
+            )
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
 
-    def set_stage_progress(self, job_id: str, name: str, percent: float, detail: dict[str, Any] | None = None) -> None:
+    def set_stage_progress(
+        self, job_id: str, name: str, percent: float, detail: dict[str, Any] | None = None
+    ) -> None:
         """``detail`` (optional) replaces the running stage's detail, e.g. frames done and fps."""
         values: dict[str, Any] = {"progress": round(min(max(percent, 0.0), 99.9), 2)}
         if detail is not None:
             values["detail"] = detail
         with self.engine.begin() as conn:
             conn.execute(
-                update(stages).where(stages.c.job_id == job_id, stages.c.name == name, stages.c.status == "running")
+                update(stages)
+                .where(
+                    stages.c.job_id == job_id, stages.c.name == name, stages.c.status == "running"
+                )
                 .values(**values)
             )
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=utcnow()))
@@ -509,10 +622,19 @@ class JobStore:
     def add_artifact(self, job_id: str, name: str, stage: str, media_type: str, size: int) -> None:
         now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(artifacts.delete().where(artifacts.c.job_id == job_id, artifacts.c.name == name))
-            conn.execute(artifacts.insert().values(
-                job_id=job_id, name=name, stage=stage, media_type=media_type, bytes=size, created_at=now
-            ))
+            conn.execute(
+                artifacts.delete().where(artifacts.c.job_id == job_id, artifacts.c.name == name)
+            )
+            conn.execute(
+                artifacts.insert().values(
+                    job_id=job_id,
+                    name=name,
+                    stage=stage,
+                    media_type=media_type,
+                    bytes=size,
+                    created_at=now,
+                )
+            )
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it had already ended."""
@@ -521,8 +643,14 @@ class JobStore:
             result = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")))
-                .values(status="cancelled", finished_at=now, updated_at=now, lease_owner=None,
-                        lease_expires_at=None, error="cancelled by request")
+                .values(
+                    status="cancelled",
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error="cancelled by request",
+                )
             )
             if result.rowcount != 1:
                 return False
@@ -536,11 +664,15 @@ class JobStore:
     def delete_finished_before(self, cutoff: datetime, limit: int = 500) -> list[str]:
         """Delete ended jobs that finished before ``cutoff``; returns their ids."""
         with self.engine.begin() as conn:
-            ids = conn.execute(
-                select(jobs.c.id)
-                .where(jobs.c.status.in_(TERMINAL), jobs.c.finished_at < cutoff)
-                .limit(limit)
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    select(jobs.c.id)
+                    .where(jobs.c.status.in_(TERMINAL), jobs.c.finished_at < cutoff)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
             if ids:
                 conn.execute(artifacts.delete().where(artifacts.c.job_id.in_(ids)))
                 conn.execute(stages.delete().where(stages.c.job_id.in_(ids)))
@@ -552,9 +684,15 @@ class JobStore:
         now = utcnow()
         with self.engine.begin() as conn:
             ended = conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.status.notin_(TERMINAL)).values(
-                    status=status, error=error, finished_at=now, updated_at=now,
-                    lease_owner=None, lease_expires_at=None,
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.notin_(TERMINAL))
+                .values(
+                    status=status,
+                    error=error,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
                 )
             )
             if ended.rowcount != 1:

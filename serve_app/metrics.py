@@ -36,11 +36,17 @@ class JobStoreCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily("meshline_jobstore_up", "1 when the job store answered this scrape.")
         jobs = GaugeMetricFamily(
-            "meshline_jobs", "Jobs in the store by status and current stage (the first stage not "
-            "yet succeeded; done when all did).", labels=["status", "stage"],
+            "meshline_jobs",
+            "Jobs in the store by status and current stage (the first stage not "
+            "yet succeeded; done when all did).",
+            labels=["status", "stage"],
         )
-        depth = GaugeMetricFamily("meshline_job_queue_depth", "Jobs waiting to be claimed (status queued).")
-        seconds = GaugeMetricFamily("meshline_jobstore_scrape_seconds", "Time the store query took.")
+        depth = GaugeMetricFamily(
+            "meshline_job_queue_depth", "Jobs waiting to be claimed (status queued)."
+        )
+        seconds = GaugeMetricFamily(
+            "meshline_jobstore_scrape_seconds", "Time the store query took."
+        )
         started = time.perf_counter()
         try:
             counts = self.store.count_by_status_and_stage()
@@ -69,8 +75,10 @@ class ApiMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(JobStoreCollector(store))
         self.http_requests = Counter(
-            "meshline_http_requests", "HTTP requests answered by this ingress replica.",
-            labelnames=("route", "method", "code"), registry=self.registry,
+            "meshline_http_requests",
+            "HTTP requests answered by this ingress replica.",
+            labelnames=("route", "method", "code"),
+            registry=self.registry,
         )
 
     def count_request(self, route: str, method: str, code: int) -> None:
@@ -78,4 +86,3 @@ class ApiMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-

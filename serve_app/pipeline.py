@@ -56,8 +56,11 @@ def plan_stages(options: JobOptions, supplied: set[str]) -> list[str]:
         missing = [need for need in STAGE_NEEDS[name] if need not in available]
         if missing:
             raise ApiError(
-                422, f"stage {name!r} needs {', '.join(missing)}, which the job neither supplies "
-                "nor produces in an earlier stage", "missing_input", missing[0],
+                422,
+                f"stage {name!r} needs {', '.join(missing)}, which the job neither supplies "
+                "nor produces in an earlier stage",
+                "missing_input",
+                missing[0],
             )
         available.update(STAGE_MAKES[name])
     return names
@@ -74,7 +77,14 @@ class Handles:
 class StageContext:
     """What a stage sees: the job, the stores, the handles, and the job's files by role."""
 
-    def __init__(self, job: JobRecord, store: JobStore, files: ArtifactStore, handles: Handles, max_pixels: int):
+    def __init__(
+        self,
+        job: JobRecord,
+        store: JobStore,
+        files: ArtifactStore,
+        handles: Handles,
+        max_pixels: int,
+    ):
         self.job = job
         self.store = store
         self.files = files
@@ -107,7 +117,9 @@ class StageContext:
         )
         return prefixes or [""]
 
-    async def progress(self, stage: str, percent: float, detail: dict[str, Any] | None = None) -> None:
+    async def progress(
+        self, stage: str, percent: float, detail: dict[str, Any] | None = None
+    ) -> None:
         await asyncio.to_thread(self.store.set_stage_progress, self.job.id, stage, percent, detail)
 
     async def read(self, name: str) -> bytes:
@@ -125,7 +137,9 @@ class StageContext:
             raise ApiError(422, "job has no mask", "missing_input", "mask")
         image = await self.image()
         data = await self.read(name)
-        return await asyncio.to_thread(decode_mask, data, image.shape[1], image.shape[0], self.max_pixels)
+        return await asyncio.to_thread(
+            decode_mask, data, image.shape[1], image.shape[0], self.max_pixels
+        )
 
     async def mesh(self, prefix: str = "") -> tuple[bytes, str]:
         name = self.artifact_name("mesh", prefix)
@@ -138,26 +152,45 @@ async def _detections(ctx: StageContext, image: np.ndarray) -> dict[str, Any]:
     detect = ctx.options.detect_options
     assert detect is not None
     generation = await asyncio.to_thread(ctx.store.model_generation, detect.model)
-    detector = ctx.handles.detector.options(multiplexed_model_id=routed_id(detect.model, generation))
+    detector = ctx.handles.detector.options(
+        multiplexed_model_id=routed_id(detect.model, generation)
+    )
     found = await detector.detect.remote(
-        image, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz, max_det=100, classes=detect.classes
+        image,
+        conf=detect.conf,
+        iou=detect.iou,
+        imgsz=detect.imgsz,
+        max_det=100,
+        classes=detect.classes,
     )
     await ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
     return found
 
 
-async def _segment_one(ctx: StageContext, image: np.ndarray, prefix: str, **prompt: Any) -> dict[str, Any]:
+async def _segment_one(
+    ctx: StageContext, image: np.ndarray, prefix: str, **prompt: Any
+) -> dict[str, Any]:
     result = await ctx.handles.segmenter.segment.remote(image, multimask=False, **prompt)
     mask = np.asarray(result["masks"][0], dtype=bool)
     if not mask.any():
-        raise ApiError(422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt")
-    png, rle = await asyncio.gather(asyncio.to_thread(mask_png, mask), asyncio.to_thread(mask_rle, mask))
+        raise ApiError(
+            422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt"
+        )
+    png, rle = await asyncio.gather(
+        asyncio.to_thread(mask_png, mask), asyncio.to_thread(mask_rle, mask)
+    )
     await asyncio.gather(
         ctx.write("segment", f"{prefix}mask.png", png, "image/png"),
-        ctx.write("segment", f"{prefix}mask_rle.json", json.dumps(rle).encode(), "application/json"),
+        ctx.write(
+            "segment", f"{prefix}mask_rle.json", json.dumps(rle).encode(), "application/json"
+        ),
     )
-    return {"score": round(float(result["scores"][0]), 5), "area": int(mask.sum()), "prompt": result["prompt"],
-            "model_seconds": result["seconds"]}
+    return {
+        "score": round(float(result["scores"][0]), 5),
+        "area": int(mask.sum()),
+        "prompt": result["prompt"],
+        "model_seconds": result["seconds"],
+    }
 
 
 async def run_segment(ctx: StageContext) -> dict[str, Any]:
@@ -175,7 +208,11 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     found = await _detections(ctx, image)
     if not found["boxes"]:
         detail = await _segment_one(ctx, image, "")
-        return {**detail, "detections": 0, "prompt_from": "image centre (the detector found nothing)"}
+        return {
+            **detail,
+            "detections": 0,
+            "prompt_from": "image centre (the detector found nothing)",
+        }
     if detect.max_objects == 1:
         detail = await _segment_one(ctx, image, "", box=found["boxes"][0])  # highest score first
         source = f"detector box ({found['class_names'][0]}, {found['scores'][0]:.3f})"
@@ -184,8 +221,14 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     count = min(detect.max_objects, len(found["boxes"]))
     for index in range(count):
         one = await _segment_one(ctx, image, object_prefix(index), box=found["boxes"][index])
-        objects.append({**one, "object": index, "class_name": found["class_names"][index],
-                        "detector_score": found["scores"][index]})
+        objects.append(
+            {
+                **one,
+                "object": index,
+                "class_name": found["class_names"][index],
+                "detector_score": found["scores"][index],
+            }
+        )
         await ctx.progress("segment", 100.0 * (index + 1) / count)
     return {"detections": len(found["boxes"]), "objects": objects, "prompt_from": "detector boxes"}
 
@@ -198,7 +241,9 @@ async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
     stats = {}
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
-        result = await ctx.handles.reconstructor.reconstruct.remote(await ctx.image(), await ctx.mask(prefix))
+        result = await ctx.handles.reconstructor.reconstruct.remote(
+            await ctx.image(), await ctx.mask(prefix)
+        )
         await ctx.write("reconstruct", f"{prefix}shape.ply", result["mesh"], "application/x-ply")
         stats[prefix or "object"] = result["stats"]
         await ctx.progress("reconstruct", 100.0 * done / len(objects))
@@ -215,7 +260,10 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
         )
         await asyncio.gather(
             ctx.write("paint", f"{prefix}textured.glb", result["mesh"], "model/gltf-binary"),
-            *(ctx.write("paint", f["name"], f["data"], f["media_type"]) for f in result.get("files", [])),
+            *(
+                ctx.write("paint", f["name"], f["data"], f["media_type"])
+                for f in result.get("files", [])
+            ),
         )
         stats[prefix or "object"] = result["stats"]
         await ctx.progress("paint", 100.0 * done / len(objects))
@@ -230,11 +278,17 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
     for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
         result = await ctx.handles.converter.convert.remote(
-            mesh, mesh_format=fmt, formats=list(options.formats), collision=options.collision,
-            preview=options.preview, prefix=prefix,
+            mesh,
+            mesh_format=fmt,
+            formats=list(options.formats),
+            collision=options.collision,
+            preview=options.preview,
+            prefix=prefix,
             sim=options.sim.model_dump() if options.sim is not None else None,
         )
-        await asyncio.gather(*(ctx.write("convert", f["name"], f["data"], f["media_type"]) for f in result["files"]))
+        await asyncio.gather(
+            *(ctx.write("convert", f["name"], f["data"], f["media_type"]) for f in result["files"])
+        )
         files += [f["name"] for f in result["files"]]
         seconds += result["stats"]["seconds"]
         await ctx.progress("convert", 100.0 * done / len(objects))
@@ -246,7 +300,12 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
     writing each frame's masks as they arrive. A retried or resumed job keeps the frames it
     already wrote and continues each pass from its last written frame, seeded with its masks."""
     from serve_app.videos import (
-        decode_frame_masks, encode_frame_masks, frame_source, masks_name, plan_passes, resume_point,
+        decode_frame_masks,
+        encode_frame_masks,
+        frame_source,
+        masks_name,
+        plan_passes,
+        resume_point,
         video_store_for,
     )
 
@@ -262,7 +321,9 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
     total = len({f for one in passes for f in one.frames})
     written = {f for one in passes for f in one.frames} & done
     source = frame_source(ctx.files, video_id, record.frames)
-    limiter = asyncio.Semaphore(4)  # batches being written at once (each writes its files in parallel)
+    limiter = asyncio.Semaphore(
+        4
+    )  # batches being written at once (each writes its files in parallel)
     writes: set[asyncio.Task[None]] = set()
     objects: set[int] = set()
 
@@ -291,13 +352,18 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
             remaining = len(one.frames) - one.frames.index(resume) - 1
             if remaining == 0:
                 continue  # this pass finished before the interruption
-            stored = decode_frame_masks(await asyncio.to_thread(ctx.files.get, video_id, masks_name(resume)))
-            seeds = [{"seq": -1, "frame_idx": resume, "obj_id": int(k), "mask_rle": rle} for k, rle in stored.items()]
+            stored = decode_frame_masks(
+                await asyncio.to_thread(ctx.files.get, video_id, masks_name(resume))
+            )
+            seeds = [
+                {"seq": -1, "frame_idx": resume, "obj_id": int(k), "mask_rle": rle}
+                for k, rle in stored.items()
+            ]
             start, max_frames = resume, remaining
             resumed.append(resume)
-        stream = ctx.handles.segmenter.options(multiplexed_model_id=video_id, stream=True).video_propagate.remote(
-            video_id, source, prompts, start, one.reverse, max_frames, seeds
-        )
+        stream = ctx.handles.segmenter.options(
+            multiplexed_model_id=video_id, stream=True
+        ).video_propagate.remote(video_id, source, prompts, start, one.reverse, max_frames, seeds)
         try:
             async for batch in stream:
                 tracked += len(batch["frames"])
@@ -308,10 +374,15 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
                 if time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:
                     last_report = time.perf_counter()
                     elapsed = last_report - started
-                    await ctx.progress("propagate", 100.0 * len(written) / total, {
-                        "frames_done": len(written), "frames": total,
-                        "fps": round(tracked / elapsed, 2) if elapsed > 0 else None,
-                    })
+                    await ctx.progress(
+                        "propagate",
+                        100.0 * len(written) / total,
+                        {
+                            "frames_done": len(written),
+                            "frames": total,
+                            "fps": round(tracked / elapsed, 2) if elapsed > 0 else None,
+                        },
+                    )
                 for finished in [t for t in writes if t.done()]:
                     finished.result()  # a failed write fails the stage now, not at the end
         except BaseException:
@@ -326,11 +397,20 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
         raise RuntimeError(f"{len(missing)} frames got no masks (first: {min(missing)})")
     await ctx.progress("propagate", 100.0)
     return {
-        "video_id": video_id, "frames": total, "tracked_this_attempt": tracked,
-        "objects": sorted(objects), "seconds": round(seconds, 3),
+        "video_id": video_id,
+        "frames": total,
+        "tracked_this_attempt": tracked,
+        "objects": sorted(objects),
+        "seconds": round(seconds, 3),
         "fps": round(tracked / seconds, 2) if seconds > 0 else None,
-        "passes": [{"start": p.start, "direction": "backward" if p.reverse else "forward",
-                    "frames": len(p.frames)} for p in passes],
+        "passes": [
+            {
+                "start": p.start,
+                "direction": "backward" if p.reverse else "forward",
+                "frames": len(p.frames),
+            }
+            for p in passes
+        ],
         "resumed_from": resumed,
     }
 

@@ -30,7 +30,14 @@ def sweep_expired(store: JobStore, files: ArtifactStore, ttl_s: float) -> list[s
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, files: ArtifactStore, handles: Handles, settings: Settings, owner: str) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        files: ArtifactStore,
+        handles: Handles,
+        settings: Settings,
+        owner: str,
+    ) -> None:
         self.store = store
         self.files = files
         self.handles = handles
@@ -60,7 +67,9 @@ class JobRunner:
         if job is None or not job.options.get("callback_url"):
             return
         payload = job_public(job, self.files).model_dump(mode="json", exclude={"webhook"})
-        task = asyncio.get_running_loop().create_task(deliver(self.store, self.settings, job_id, payload))
+        task = asyncio.get_running_loop().create_task(
+            deliver(self.store, self.settings, job_id, payload)
+        )
         self._webhooks.add(task)
         task.add_done_callback(self._webhooks.discard)
 
@@ -71,7 +80,9 @@ class JobRunner:
     async def stop(self) -> None:
         """Graceful shutdown: stop claiming, interrupt running jobs and hand them back."""
         running = list(self._active)
-        tasks = [t for t in (self._loop_task, *self._active.values(), *self._webhooks) if t is not None]
+        tasks = [
+            t for t in (self._loop_task, *self._active.values(), *self._webhooks) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -91,7 +102,9 @@ class JobRunner:
         while True:
             try:
                 while len(self._active) < self.settings.job_concurrency:
-                    job_id = await asyncio.to_thread(self.store.claim_next, self.owner, self.settings.job_lease_s)
+                    job_id = await asyncio.to_thread(
+                        self.store.claim_next, self.owner, self.settings.job_lease_s
+                    )
                     if job_id is None:
                         break
                     task = asyncio.get_running_loop().create_task(self._run_job(job_id))
@@ -110,9 +123,15 @@ class JobRunner:
             return
         self._last_sweep = now
         try:
-            removed = await asyncio.to_thread(sweep_expired, self.store, self.files, self.settings.job_ttl_s)
+            removed = await asyncio.to_thread(
+                sweep_expired, self.store, self.files, self.settings.job_ttl_s
+            )
             if removed:
-                logger.info("retention: deleted %d finished jobs older than %g s", len(removed), self.settings.job_ttl_s)
+                logger.info(
+                    "retention: deleted %d finished jobs older than %g s",
+                    len(removed),
+                    self.settings.job_ttl_s,
+                )
         except Exception:
             logger.exception("retention sweep failed; will retry")
 
@@ -129,7 +148,9 @@ class JobRunner:
         interval = min(self.settings.job_lease_s / 3, self.settings.cancel_check_interval_s)
         while True:
             await asyncio.sleep(interval)
-            if not await asyncio.to_thread(self.store.renew_lease, job_id, self.owner, self.settings.job_lease_s):
+            if not await asyncio.to_thread(
+                self.store.renew_lease, job_id, self.owner, self.settings.job_lease_s
+            ):
                 logger.info("job %s was cancelled or taken over: stopping it here", job_id)
                 job_task.cancel()
                 return
@@ -164,7 +185,9 @@ class JobRunner:
         """Run one stage with retries; return an error message when the job must fail."""
         settings = self.settings
         while True:
-            job = await asyncio.to_thread(self.store.get, job_id)  # fresh: earlier stages' artifacts
+            job = await asyncio.to_thread(
+                self.store.get, job_id
+            )  # fresh: earlier stages' artifacts
             assert job is not None
             attempt = await asyncio.to_thread(self.store.start_stage, job_id, name)
             started = time.perf_counter()
@@ -183,9 +206,13 @@ class JobRunner:
                     message = f"timed out after {timeout_s:g} s"
                 else:
                     message = client_error.message if client_error else public_message(exc)
-                await asyncio.to_thread(self.store.finish_stage, job_id, name, "failed", seconds, error=message)
+                await asyncio.to_thread(
+                    self.store.finish_stage, job_id, name, "failed", seconds, error=message
+                )
                 if client_error is None:
-                    logger.warning("job %s stage %s attempt %d failed", job_id, name, attempt, exc_info=exc)
+                    logger.warning(
+                        "job %s stage %s attempt %d failed", job_id, name, attempt, exc_info=exc
+                    )
                 if client_error is not None or attempt >= settings.stage_max_attempts:
                     return f"stage {name} failed: {message}"
                 telemetry.count_retry(name)
@@ -193,7 +220,9 @@ class JobRunner:
                 continue
             seconds = time.perf_counter() - started
             telemetry.observe_stage(name, telemetry.stage_deployment(name), seconds)
-            await asyncio.to_thread(self.store.finish_stage, job_id, name, "succeeded", seconds, detail=detail)
+            await asyncio.to_thread(
+                self.store.finish_stage, job_id, name, "succeeded", seconds, detail=detail
+            )
             return None
 
 

@@ -27,7 +27,9 @@ class Prompt(Strict):
 
     @model_validator(mode="after")
     def _labels_match_points(self) -> Prompt:
-        if self.labels is not None and (self.points is None or len(self.labels) != len(self.points)):
+        if self.labels is not None and (
+            self.points is None or len(self.labels) != len(self.points)
+        ):
             raise ValueError("labels needs exactly one entry per point")
         if self.box is not None and not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
             raise ValueError("box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
@@ -45,7 +47,9 @@ class DetectOptions(Strict):
     imgsz: int = Field(640, ge=32, le=4096)
     classes: list[int | str] | None = Field(None, description="Class ids or names to keep.")
     max_objects: int = Field(
-        1, ge=1, le=50,
+        1,
+        ge=1,
+        le=50,
         description="Objects to process: 1 = the top box prompts SAM2; more = one mask and mesh "
         "set per detection (artifacts named obj<k>_…).",
     )
@@ -56,13 +60,23 @@ class SimOptionsIn(Strict):
 
     size_m: float = Field(0.2, gt=0, le=1000, description="Real size in metres (see size_axis).")
     size_axis: Literal["longest", "height"] = Field("longest", description="What size_m measures.")
-    up_axis: Literal["z", "y"] = Field("z", description="z: ROS/MuJoCo/Isaac; y: glTF/game engines.")
-    origin: Literal["base", "com"] = Field("base", description="Base centre (rests on z=0) or centre of mass.")
+    up_axis: Literal["z", "y"] = Field(
+        "z", description="z: ROS/MuJoCo/Isaac; y: glTF/game engines."
+    )
+    origin: Literal["base", "com"] = Field(
+        "base", description="Base centre (rests on z=0) or centre of mass."
+    )
     density_kg_m3: float = Field(500.0, gt=0, le=30000, description="For mass and inertia.")
-    decomposition: bool = Field(True, description="CoACD convex parts (false: the single convex hull).")
+    decomposition: bool = Field(
+        True, description="CoACD convex parts (false: the single convex hull)."
+    )
     max_parts: int = Field(16, ge=1, le=64, description="Most convex parts.")
-    concavity: float = Field(0.05, ge=0.01, le=1.0, description="CoACD threshold: lower = tighter, more parts.")
-    target_faces: int | None = Field(None, ge=100, le=1_000_000, description="Decimate the visual mesh to this.")
+    concavity: float = Field(
+        0.05, ge=0.01, le=1.0, description="CoACD threshold: lower = tighter, more parts."
+    )
+    target_faces: int | None = Field(
+        None, ge=100, le=1_000_000, description="Decimate the visual mesh to this."
+    )
 
 
 class JobOptions(Strict):
@@ -90,7 +104,9 @@ class JobOptions(Strict):
         "again (the answer names it in `deduplicated_from`).",
     )
     stage_timeout_s: float | None = Field(
-        None, gt=0, le=86400,
+        None,
+        gt=0,
+        le=86400,
         description="Per-stage timeout for this job (cold starts included); default from settings.",
     )
     callback_url: str | None = Field(
@@ -114,7 +130,9 @@ class JobOptions(Strict):
             raise ValueError("stages must not repeat")
         if any(s in VIDEO_STAGES for s in stages):
             if list(stages) != list(VIDEO_STAGES):
-                raise ValueError("propagate runs alone (video jobs come from POST /v1/videos/{id}/propagate)")
+                raise ValueError(
+                    "propagate runs alone (video jobs come from POST /v1/videos/{id}/propagate)"
+                )
             return stages
         ordered = sorted(stages, key=STAGE_ORDER.index)
         if ordered != list(stages):
@@ -143,7 +161,9 @@ class PropagateOptions(Strict):
     max_frames: int | None = Field(
         None, ge=1, description="Frames to track past the start frame, per direction; default: all."
     )
-    stage_timeout_s: float | None = Field(None, gt=0, le=86400, description="Default from settings.")
+    stage_timeout_s: float | None = Field(
+        None, gt=0, le=86400, description="Default from settings."
+    )
     callback_url: str | None = Field(None, max_length=2048, description="As for image jobs.")
 
 
@@ -275,7 +295,8 @@ class Health(BaseModel):
     app_status: str
     deployments: dict[str, DeploymentHealth]
     auth: Literal["open", "keys"] = Field(
-        "open", description="open: no API keys configured (every route open); keys: Bearer keys required."
+        "open",
+        description="open: no API keys configured (every route open); keys: Bearer keys required.",
     )
 
 

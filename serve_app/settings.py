@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from pydantic import Field, SecretStr, field_validator
 from typing import Annotated, Literal
 
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve_app.auth import ApiKeyEntry
@@ -39,7 +38,8 @@ class Settings(BaseSettings):
     )
     s3_presign_ttl_s: int = Field(3600, ge=60, description="Lifetime of presigned download URLs.")
     s3_input_buckets: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Buckets image_url may read as s3://bucket/key (none by default)."
+        default_factory=list,
+        description="Buckets image_url may read as s3://bucket/key (none by default).",
     )
     weights_cache_dir: Path | None = Field(
         None, description="Where s3:// checkpoints are downloaded; default: data_dir/weights."
@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     )
     detector_max_models: int = Field(2, ge=1, description="YOLO models one replica keeps (LRU).")
     detector_batch_size: int | None = Field(
-        None, ge=1, le=256,
+        None,
+        ge=1,
+        le=256,
         description="@serve.batch size for detect; default 8 on a GPU cluster, 1 (off) on CPU, "
         "where batching measured no gain (bench/detector.py).",
     )
@@ -91,8 +93,9 @@ class Settings(BaseSettings):
         96, ge=32, le=512, description="Voxel grid resolution (longest side) for the CPU backend."
     )
     reconstruct_backend: Literal["inflate", "hunyuan3d", "trellis", "sam3d"] = Field(
-        "inflate", description="Shape backend: the built-in CPU one, or an image-to-3D model "
-        "(needs its package in the Reconstructor's runtime_env: configs/backends/)."
+        "inflate",
+        description="Shape backend: the built-in CPU one, or an image-to-3D model "
+        "(needs its package in the Reconstructor's runtime_env: configs/backends/).",
     )
     reconstruct_weights: Path | None = Field(None, description="Local weights of that backend.")
     reconstruct_depth_ratio: float = Field(
@@ -118,7 +121,9 @@ class Settings(BaseSettings):
     job_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner polls.")
     events_poll_interval_s: float = Field(0.5, gt=0, description="SSE store polling interval.")
     job_lease_s: float = Field(60, gt=1, description="A claimed job is re-queued after this.")
-    stage_timeout_s: float = Field(900, gt=0, description="Per-stage timeout (includes cold start).")
+    stage_timeout_s: float = Field(
+        900, gt=0, description="Per-stage timeout (includes cold start)."
+    )
     cancel_check_interval_s: float = Field(
         1.0, gt=0, description="How often a running job checks whether it was cancelled."
     )
@@ -127,7 +132,8 @@ class Settings(BaseSettings):
     )
     retention_sweep_interval_s: float = Field(600, gt=0, description="How often expiry runs.")
     webhook_secret: SecretStr | None = Field(
-        None, description="HMAC-SHA256 key for X-Meshline-Signature on callbacks (unsigned if unset)."
+        None,
+        description="HMAC-SHA256 key for X-Meshline-Signature on callbacks (unsigned if unset).",
     )
     webhook_max_attempts: int = Field(5, ge=1, description="Callback delivery attempts.")
     webhook_backoff_s: float = Field(2.0, ge=0, description="First callback retry delay; doubles.")
@@ -135,28 +141,41 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(
         1000, ge=1, description="Backpressure: submits beyond this many queued jobs get a 429."
     )
-    queue_full_retry_after_s: int = Field(10, ge=1, description="Retry-After of a 429 (queue full).")
+    queue_full_retry_after_s: int = Field(
+        10, ge=1, description="Retry-After of a 429 (queue full)."
+    )
     stage_max_attempts: int = Field(3, ge=1, description="Tries per stage on server-side errors.")
     stage_retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles after.")
 
     # Videos ------------------------------------------------------------------------------
-    video_max_upload_mb: float = Field(200, gt=0, description="Largest video/zip upload or download.")
-    video_max_frames: int = Field(2000, ge=1, description="Most frames a video may have (after stride).")
+    video_max_upload_mb: float = Field(
+        200, gt=0, description="Largest video/zip upload or download."
+    )
+    video_max_frames: int = Field(
+        2000, ge=1, description="Most frames a video may have (after stride)."
+    )
     video_max_frame_pixels: int = Field(
         3840 * 2160, gt=0, description="Largest frame (width*height); bigger videos are a 413."
     )
-    video_jpeg_quality: int = Field(95, ge=50, le=100, description="Quality of the stored JPEG frames.")
+    video_jpeg_quality: int = Field(
+        95, ge=50, le=100, description="Quality of the stored JPEG frames."
+    )
     video_ttl_s: float = Field(
-        24 * 3600, gt=0, description="A video unused this long is deleted with its frames and masks."
+        24 * 3600,
+        gt=0,
+        description="A video unused this long is deleted with its frames and masks.",
     )
     video_sessions_per_replica: int = Field(
-        2, ge=1, description="SAM2 video sessions one Segmenter replica keeps (LRU; rebuilt on demand)."
+        2,
+        ge=1,
+        description="SAM2 video sessions one Segmenter replica keeps (LRU; rebuilt on demand).",
     )
     video_session_idle_s: float = Field(
         300, gt=0, description="A replica frees a session's memory after this long unused."
     )
     video_offload_state_to_cpu: bool = Field(
-        False, description="Keep SAM2's video state in CPU memory (saves GPU memory, a little slower)."
+        False,
+        description="Keep SAM2's video state in CPU memory (saves GPU memory, a little slower).",
     )
 
     # Security ----------------------------------------------------------------------------
@@ -172,7 +191,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (none: no CORS headers at all)."
     )
 
-    @field_validator("sam2_overrides", "url_allow_private", "s3_input_buckets", "cors_origins", mode="before")
+    @field_validator(
+        "sam2_overrides", "url_allow_private", "s3_input_buckets", "cors_origins", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Env vars arrive as strings: accept a JSON list or a comma-separated list.
@@ -183,8 +204,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "data_dir", "artifact_dir", "weights_cache_dir", "detector_registry_file", "detector_models_dir",
-        "api_keys_file", "reconstruct_weights",
+        "data_dir",
+        "artifact_dir",
+        "weights_cache_dir",
+        "detector_registry_file",
+        "detector_models_dir",
+        "api_keys_file",
+        "reconstruct_weights",
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

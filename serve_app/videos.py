@@ -54,15 +54,20 @@ def frame_source(files: ArtifactStore, video_id: str, frames: int) -> FrameSourc
 def store_frames(files: ArtifactStore, video_id: str, frames: list[bytes]) -> int:
     """Write every frame (in parallel: S3 PUTs are latency-bound); returns bytes written."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        sizes = pool.map(lambda item: files.put(video_id, frame_name(item[0]), item[1], "image/jpeg"),
-                         enumerate(frames))
+        sizes = pool.map(
+            lambda item: files.put(video_id, frame_name(item[0]), item[1], "image/jpeg"),
+            enumerate(frames),
+        )
         return sum(sizes)
 
 
 def check_frame(record: VideoRecord, frame_idx: int, param: str = "frame_idx") -> int:
     if not 0 <= frame_idx < record.frames:
-        raise ApiError(422, f"frame index {frame_idx} is out of range: the video has frames 0–{record.frames - 1}",
-                       param=param)
+        raise ApiError(
+            422,
+            f"frame index {frame_idx} is out of range: the video has frames 0–{record.frames - 1}",
+            param=param,
+        )
     return frame_idx
 
 
@@ -76,12 +81,22 @@ class Pass:
     frames: list[int]
 
 
-def plan_passes(record: VideoRecord, prompts: list[dict[str, Any]], options: PropagateOptions) -> list[Pass]:
+def plan_passes(
+    record: VideoRecord, prompts: list[dict[str, Any]], options: PropagateOptions
+) -> list[Pass]:
     """The passes SAM2 will run, mirroring its own start/end arithmetic."""
     if not prompts:
-        raise ApiError(422, "add a prompt (POST /v1/videos/{id}/prompts) before propagating",
-                       "missing_input", "prompts")
-    start = options.start_frame if options.start_frame is not None else min(p["frame_idx"] for p in prompts)
+        raise ApiError(
+            422,
+            "add a prompt (POST /v1/videos/{id}/prompts) before propagating",
+            "missing_input",
+            "prompts",
+        )
+    start = (
+        options.start_frame
+        if options.start_frame is not None
+        else min(p["frame_idx"] for p in prompts)
+    )
     check_frame(record, start, "start_frame")
     limit = options.max_frames if options.max_frames is not None else record.frames
     passes = []

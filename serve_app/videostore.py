@@ -105,26 +105,50 @@ class VideoStore:
     def new_id() -> str:
         return uuid.uuid4().hex
 
-    def create(self, video_id: str, frames: int, width: int, height: int, fps: float | None,
-               source: str, owner: str | None = None) -> None:
+    def create(
+        self,
+        video_id: str,
+        frames: int,
+        width: int,
+        height: int,
+        fps: float | None,
+        source: str,
+        owner: str | None = None,
+    ) -> None:
         now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(insert(videos).values(
-                id=video_id, owner=owner, frames=frames, width=width, height=height, fps=fps,
-                source=source, created_at=now, last_used_at=now,
-            ))
+            conn.execute(
+                insert(videos).values(
+                    id=video_id,
+                    owner=owner,
+                    frames=frames,
+                    width=width,
+                    height=height,
+                    fps=fps,
+                    source=source,
+                    created_at=now,
+                    last_used_at=now,
+                )
+            )
 
     def get(self, video_id: str) -> VideoRecord | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(videos).where(videos.c.id == video_id)).mappings().first()
         if row is None:
             return None
-        return VideoRecord(**{**row, "created_at": _aware(row["created_at"]),
-                              "last_used_at": _aware(row["last_used_at"])})
+        return VideoRecord(
+            **{
+                **row,
+                "created_at": _aware(row["created_at"]),
+                "last_used_at": _aware(row["last_used_at"]),
+            }
+        )
 
     def touch(self, video_id: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(videos).where(videos.c.id == video_id).values(last_used_at=utcnow()))
+            conn.execute(
+                update(videos).where(videos.c.id == video_id).values(last_used_at=utcnow())
+            )
 
     def delete(self, video_id: str) -> bool:
         with self.engine.begin() as conn:
@@ -135,23 +159,47 @@ class VideoStore:
 
     def idle_before(self, cutoff: datetime) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(select(videos.c.id).where(videos.c.last_used_at < cutoff)).scalars())
+            return list(
+                conn.execute(select(videos.c.id).where(videos.c.last_used_at < cutoff)).scalars()
+            )
 
     # Prompts -----------------------------------------------------------------------------
-    def add_prompt(self, video_id: str, frame_idx: int, obj_id: int, points: list[list[float]] | None,
-                   labels: list[int] | None, box: list[float] | None) -> int:
+    def add_prompt(
+        self,
+        video_id: str,
+        frame_idx: int,
+        obj_id: int,
+        points: list[list[float]] | None,
+        labels: list[int] | None,
+        box: list[float] | None,
+    ) -> int:
         """Append to the video's prompt history; returns its sequence number."""
         for _ in range(5):  # two concurrent prompts may pick the same next seq: retry
             try:
                 with self.engine.begin() as conn:
-                    seq = conn.execute(
-                        select(func.coalesce(func.max(video_prompts.c.seq), 0)).where(video_prompts.c.video_id == video_id)
-                    ).scalar_one() + 1
-                    conn.execute(insert(video_prompts).values(
-                        video_id=video_id, seq=seq, frame_idx=frame_idx, obj_id=obj_id, points=points,
-                        labels=labels, box=box, created_at=utcnow(),
-                    ))
-                    conn.execute(update(videos).where(videos.c.id == video_id).values(last_used_at=utcnow()))
+                    seq = (
+                        conn.execute(
+                            select(func.coalesce(func.max(video_prompts.c.seq), 0)).where(
+                                video_prompts.c.video_id == video_id
+                            )
+                        ).scalar_one()
+                        + 1
+                    )
+                    conn.execute(
+                        insert(video_prompts).values(
+                            video_id=video_id,
+                            seq=seq,
+                            frame_idx=frame_idx,
+                            obj_id=obj_id,
+                            points=points,
+                            labels=labels,
+                            box=box,
+                            created_at=utcnow(),
+                        )
+                    )
+                    conn.execute(
+                        update(videos).where(videos.c.id == video_id).values(last_used_at=utcnow())
+                    )
                 return int(seq)
             except IntegrityError:
                 continue
@@ -159,44 +207,85 @@ class VideoStore:
 
     def remove_prompt(self, video_id: str, seq: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(delete(video_prompts).where(
-                (video_prompts.c.video_id == video_id) & (video_prompts.c.seq == seq)))
+            conn.execute(
+                delete(video_prompts).where(
+                    (video_prompts.c.video_id == video_id) & (video_prompts.c.seq == seq)
+                )
+            )
 
     def prompts(self, video_id: str) -> list[dict[str, Any]]:
         """The history in order, as the Segmenter replays it."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(video_prompts.c.seq, video_prompts.c.frame_idx, video_prompts.c.obj_id,
-                       video_prompts.c.points, video_prompts.c.labels, video_prompts.c.box)
-                .where(video_prompts.c.video_id == video_id).order_by(video_prompts.c.seq)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(
+                        video_prompts.c.seq,
+                        video_prompts.c.frame_idx,
+                        video_prompts.c.obj_id,
+                        video_prompts.c.points,
+                        video_prompts.c.labels,
+                        video_prompts.c.box,
+                    )
+                    .where(video_prompts.c.video_id == video_id)
+                    .order_by(video_prompts.c.seq)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     # Masks -------------------------------------------------------------------------------
-    def record_mask(self, video_id: str, frame_idx: int, job_id: str, objects: list[int], size: int) -> None:
+    def record_mask(
+        self, video_id: str, frame_idx: int, job_id: str, objects: list[int], size: int
+    ) -> None:
         self.record_masks(video_id, job_id, [(frame_idx, objects, size)])
 
-    def record_masks(self, video_id: str, job_id: str, frames: list[tuple[int, list[int], int]]) -> None:
+    def record_masks(
+        self, video_id: str, job_id: str, frames: list[tuple[int, list[int], int]]
+    ) -> None:
         """Record written mask files, (frame_idx, object ids, bytes) each, in one transaction."""
         now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(delete(video_masks).where(
-                (video_masks.c.video_id == video_id) & video_masks.c.frame_idx.in_([f[0] for f in frames])))
-            conn.execute(insert(video_masks), [
-                {"video_id": video_id, "frame_idx": idx, "job_id": job_id, "objects": objects, "bytes": size,
-                 "created_at": now} for idx, objects, size in frames
-            ])
+            conn.execute(
+                delete(video_masks).where(
+                    (video_masks.c.video_id == video_id)
+                    & video_masks.c.frame_idx.in_([f[0] for f in frames])
+                )
+            )
+            conn.execute(
+                insert(video_masks),
+                [
+                    {
+                        "video_id": video_id,
+                        "frame_idx": idx,
+                        "job_id": job_id,
+                        "objects": objects,
+                        "bytes": size,
+                        "created_at": now,
+                    }
+                    for idx, objects, size in frames
+                ],
+            )
 
     def masks(self, video_id: str, start: int = 0, end: int | None = None) -> list[MaskRecord]:
         """Frames in [start, end) that have masks, in order."""
-        query = select(video_masks).where((video_masks.c.video_id == video_id) & (video_masks.c.frame_idx >= start))
+        query = select(video_masks).where(
+            (video_masks.c.video_id == video_id) & (video_masks.c.frame_idx >= start)
+        )
         if end is not None:
             query = query.where(video_masks.c.frame_idx < end)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(video_masks.c.frame_idx)).mappings().all()
-        return [MaskRecord(r["frame_idx"], r["job_id"], list(r["objects"]), r["bytes"]) for r in rows]
+        return [
+            MaskRecord(r["frame_idx"], r["job_id"], list(r["objects"]), r["bytes"]) for r in rows
+        ]
 
     def frames_done_by(self, video_id: str, job_id: str) -> set[int]:
         with self.engine.connect() as conn:
-            return set(conn.execute(select(video_masks.c.frame_idx).where(
-                (video_masks.c.video_id == video_id) & (video_masks.c.job_id == job_id))).scalars())
+            return set(
+                conn.execute(
+                    select(video_masks.c.frame_idx).where(
+                        (video_masks.c.video_id == video_id) & (video_masks.c.job_id == job_id)
+                    )
+                ).scalars()
+            )

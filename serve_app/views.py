@@ -17,12 +17,21 @@ def job_public(job: JobRecord, files: ArtifactStore | None = None) -> JobPublic:
         return direct or base + name
 
     return JobPublic(
-        job_id=job.id, status=job.status, progress=job.progress, created_at=job.created_at,
-        updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
-        options=JobOptions.model_validate(job.options), inputs=job.inputs, error=job.error,
+        job_id=job.id,
+        status=job.status,
+        progress=job.progress,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        options=JobOptions.model_validate(job.options),
+        inputs=job.inputs,
+        error=job.error,
         stages=[StagePublic(**vars(s)) for s in job.stages],
         artifacts=[
-            ArtifactPublic(name=a.name, media_type=a.media_type, bytes=a.bytes, stage=a.stage, url=url(a.name))
+            ArtifactPublic(
+                name=a.name, media_type=a.media_type, bytes=a.bytes, stage=a.stage, url=url(a.name)
+            )
             for a in job.artifacts
         ],
         webhook=WebhookPublic.model_validate(job.webhook) if job.webhook else None,

@@ -32,7 +32,9 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-async def deliver(store: JobStore, settings: Settings, job_id: str, payload: dict[str, Any]) -> None:
+async def deliver(
+    store: JobStore, settings: Settings, job_id: str, payload: dict[str, Any]
+) -> None:
     """POST the payload until a 2xx or the attempts run out; every attempt is recorded."""
     job = store.get(job_id)
     if job is None or not job.options.get("callback_url"):
@@ -45,11 +47,21 @@ async def deliver(store: JobStore, settings: Settings, job_id: str, payload: dic
         timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp}
         if settings.webhook_secret is not None:
-            headers[SIGNATURE_HEADER] = sign(settings.webhook_secret.get_secret_value(), timestamp, body)
+            headers[SIGNATURE_HEADER] = sign(
+                settings.webhook_secret.get_secret_value(), timestamp, body
+            )
         try:
-            async with httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
+            async with httpx.AsyncClient(
+                timeout=settings.webhook_timeout_s, follow_redirects=False
+            ) as client:
                 response = await pinned_request(
-                    client, "POST", url, settings.url_allow_private, "callback_url", content=body, headers=headers
+                    client,
+                    "POST",
+                    url,
+                    settings.url_allow_private,
+                    "callback_url",
+                    content=body,
+                    headers=headers,
                 )
                 await response.aclose()
             state["last_status"] = response.status_code
@@ -65,4 +77,9 @@ async def deliver(store: JobStore, settings: Settings, job_id: str, payload: dic
             await asyncio.sleep(settings.webhook_backoff_s * 2 ** (state["attempts"] - 1))
     state["state"] = "failed"
     store.set_webhook(job_id, state)
-    logger.warning("webhook for job %s failed after %d attempts: %s", job_id, state["attempts"], state.get("error"))
+    logger.warning(
+        "webhook for job %s failed after %d attempts: %s",
+        job_id,
+        state["attempts"],
+        state.get("error"),
+    )

@@ -52,7 +52,8 @@ def s3_endpoint() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(200):
@@ -134,7 +135,13 @@ def ray_session() -> Iterator[None]:
     # Never attach to a developer's `make serve` cluster: start a private one.
     os.environ.pop("RAY_ADDRESS", None)
     # address="local": a new instance, never a running `make serve` cluster (ray.init() would attach).
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="meshline-tests", log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="meshline-tests",
+        log_to_driver=False,
+    )
     try:
         yield
     finally:
@@ -153,7 +160,9 @@ def live_app(ray_session: None, test_settings: dict, data_dir: Path) -> Iterator
     small = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0}}
     app_args = {
         "settings": test_settings,
-        "deployment_options": {name: small for name in ("Segmenter", "Reconstructor", "Converter", "Detector")},
+        "deployment_options": {
+            name: small for name in ("Segmenter", "Reconstructor", "Converter", "Detector")
+        },
     }
     serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
     live = LiveApp(f"http://127.0.0.1:{port}", port, data_dir, test_settings, app_args)

@@ -64,7 +64,9 @@ def make_scene(kind: str = "disk", height: int = 240, width: int = 320) -> Scene
     return Scene(image, mask)
 
 
-def convex_encloses(hull_vertices: np.ndarray, hull_faces: np.ndarray, points: np.ndarray, tol: float = 1e-6) -> bool:
+def convex_encloses(
+    hull_vertices: np.ndarray, hull_faces: np.ndarray, points: np.ndarray, tol: float = 1e-6
+) -> bool:
     """True when every point lies inside the convex hull's face planes."""
     triangles = hull_vertices[hull_faces]
     normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
@@ -72,7 +74,10 @@ def convex_encloses(hull_vertices: np.ndarray, hull_faces: np.ndarray, points: n
     centre = hull_vertices.mean(axis=0)
     outward = np.einsum("ij,ij->i", normals, triangles[:, 0] - centre) > 0
     normals[~outward] *= -1
-    distances = np.einsum("pk,fk->pf", points, normals) - np.einsum("fk,fk->f", triangles[:, 0], normals)[None, :]
+    distances = (
+        np.einsum("pk,fk->pf", points, normals)
+        - np.einsum("fk,fk->f", triangles[:, 0], normals)[None, :]
+    )
     scale = float(np.abs(hull_vertices).max()) or 1.0
     return bool((distances <= tol * scale).all())
 
@@ -85,7 +90,9 @@ class SyntheticVideo:
     centres: list[tuple[float, float]]  # (x, y) of the disk on each frame
 
 
-def moving_disk_video(frames: int = 10, height: int = 120, width: int = 160, radius: float = 18) -> SyntheticVideo:
+def moving_disk_video(
+    frames: int = 10, height: int = 120, width: int = 160, radius: float = 18
+) -> SyntheticVideo:
     """An orange disk sliding left to right over a grey background: known mask per frame."""
     yy, xx = np.mgrid[:height, :width]
     images, masks, centres = [], [], []
@@ -125,6 +132,8 @@ def zip_frames(video: SyntheticVideo) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for index, image in enumerate(video.frames):
-            archive.writestr(f"clip/frame_{index}.png", encode_png(image))  # natural order: 2 before 10
+            archive.writestr(
+                f"clip/frame_{index}.png", encode_png(image)
+            )  # natural order: 2 before 10
         archive.writestr("clip/readme.txt", "not a frame")
     return buffer.getvalue()

@@ -51,7 +51,11 @@ def export_mesh(mesh: trimesh.Trimesh, fmt: str, stem: str) -> list[FileOut]:
             mesh.visual.material.name = f"{stem}_texture"
         # Vertex normals: renderers and engines shade the smooth surface instead of facets.
         text, extras = trimesh.exchange.obj.export_obj(
-            mesh, include_normals=True, include_texture=True, return_texture=True, mtl_name=f"{stem}.mtl"
+            mesh,
+            include_normals=True,
+            include_texture=True,
+            return_texture=True,
+            mtl_name=f"{stem}.mtl",
         )
         files = [FileOut(f"{stem}.obj", text.encode(), MEDIA_TYPES["obj"])]
         for name, data in sorted(extras.items()):
@@ -64,7 +68,13 @@ def export_mesh(mesh: trimesh.Trimesh, fmt: str, stem: str) -> list[FileOut]:
             colored.visual = mesh.visual.to_color()  # PLY carries vertex colours, not textures
         return [FileOut(f"{stem}.ply", colored.export(file_type="ply"), MEDIA_TYPES["ply"])]
     if fmt == "glb":
-        return [FileOut(f"{stem}.glb", mesh.export(file_type="glb", include_normals=True), MEDIA_TYPES["glb"])]
+        return [
+            FileOut(
+                f"{stem}.glb",
+                mesh.export(file_type="glb", include_normals=True),
+                MEDIA_TYPES["glb"],
+            )
+        ]
     if fmt == "stl":  # STL stores face normals only
         return [FileOut(f"{stem}.stl", mesh.export(file_type="stl"), MEDIA_TYPES["stl"])]
     raise InvalidInput(f"unknown mesh format {fmt!r}; choose from {MESH_FORMATS}", param="formats")

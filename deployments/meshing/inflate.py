@@ -59,7 +59,10 @@ def border_distance(obj: ObjectMask, params: InflateParams) -> tuple[np.ndarray,
     # Work at a bounded resolution, keeping sub-pixel boundary information.
     scale_down = min(1.0, MAX_FIELD_PX / max(crop.shape))
     if scale_down < 1.0:
-        size = (max(1, round(crop.shape[1] * scale_down)), max(1, round(crop.shape[0] * scale_down)))
+        size = (
+            max(1, round(crop.shape[1] * scale_down)),
+            max(1, round(crop.shape[0] * scale_down)),
+        )
         coverage = Image.fromarray(crop.astype(np.float32)).resize(size, Image.BOX)
         crop = np.asarray(coverage) >= 0.5
     sdf = signed_distance(crop) / scale_down  # back to input pixels
@@ -106,7 +109,10 @@ def inflate(obj: ObjectMask, params: InflateParams) -> tuple[trimesh.Trimesh, di
         # No decimation kept it closed: rebuild coarser (faces grow with grid²) to hold the budget.
         shrink = 0.9 * math.sqrt(params.max_faces / len(mesh.faces))
         return inflate(obj, replace(params, grid=max(MIN_GRID, int(params.grid * shrink))))
-    return mesh, {"pixels_per_unit": float(max(obj.width, obj.height)), "grid_cell_px": pixels_per_cell}
+    return mesh, {
+        "pixels_per_unit": float(max(obj.width, obj.height)),
+        "grid_cell_px": pixels_per_cell,
+    }
 
 
 def _clean(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
@@ -126,7 +132,9 @@ def _normalised(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     extents = mesh.bounds[1] - mesh.bounds[0]
     mesh.apply_translation(-(mesh.bounds[0] + mesh.bounds[1]) / 2.0)
     mesh.apply_scale(1.0 / float(max(extents[0], extents[1])))
-    mesh.vertices = np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)  # as files store it
+    mesh.vertices = np.asarray(mesh.vertices, dtype=np.float32).astype(
+        np.float64
+    )  # as files store it
     return mesh
 
 

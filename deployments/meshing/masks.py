@@ -59,9 +59,7 @@ def object_mask(mask: np.ndarray, image_shape: tuple[int, ...] | None = None) ->
     sizes = ndimage.sum_labels(binary, labels, index=np.arange(1, count + 1))
     largest = labels == (int(np.argmax(sizes)) + 1)
     if int(largest.sum()) < MIN_OBJECT_PIXELS:
-        raise InvalidInput(
-            f"mask object is smaller than {MIN_OBJECT_PIXELS} pixels", param="mask"
-        )
+        raise InvalidInput(f"mask object is smaller than {MIN_OBJECT_PIXELS} pixels", param="mask")
     largest = _fill_specks(largest)
     rows = np.flatnonzero(largest.any(axis=1))
     cols = np.flatnonzero(largest.any(axis=0))

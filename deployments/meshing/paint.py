@@ -50,7 +50,9 @@ def object_texture(image: np.ndarray, obj: ObjectMask) -> Image.Image:
     return texture
 
 
-def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px: int = 1024) -> trimesh.Trimesh:
+def paint(
+    mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px: int = 1024
+) -> trimesh.Trimesh:
     """Return a UV-unwrapped copy of ``mesh`` (xatlas) with a baked baseColor texture."""
     import xatlas
 
@@ -72,12 +74,17 @@ def paint(mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px:
     texture = texels.image(colours, texture_px)
     material = trimesh.visual.material.PBRMaterial(
         # baseColorFactor white: OBJ viewers multiply map_Kd by Kd (trimesh would write 0.4).
-        name="visual_texture", baseColorTexture=texture, baseColorFactor=[255, 255, 255, 255],
-        metallicFactor=0.0, roughnessFactor=0.9,
+        name="visual_texture",
+        baseColorTexture=texture,
+        baseColorFactor=[255, 255, 255, 255],
+        metallicFactor=0.0,
+        roughnessFactor=0.9,
         doubleSided=False,
     )
     return trimesh.Trimesh(
-        vertices=vertices, faces=faces, process=False,
+        vertices=vertices,
+        faces=faces,
+        process=False,
         visual=trimesh.visual.TextureVisuals(uv=uvs, material=material),
     )
 
@@ -134,7 +141,9 @@ def atlas_texels(faces: np.ndarray, uvs: np.ndarray, size: int) -> Texels:
     return Texels(rows, cols, face, weights, face_of < 0)
 
 
-def visibility(vertices: np.ndarray, faces: np.ndarray, face: np.ndarray, points: np.ndarray) -> np.ndarray:
+def visibility(
+    vertices: np.ndarray, faces: np.ndarray, face: np.ndarray, points: np.ndarray
+) -> np.ndarray:
     """How much the camera (orthographic, looking down -Z) sees each point, in [0, 1]: faces
     turned away are 0, grazing faces ramp up, and points behind the front depth buffer are 0."""
     normals = trimesh.triangles.normals(vertices[faces])[0]
@@ -174,6 +183,6 @@ def project(photo: np.ndarray, points: np.ndarray, bounds: np.ndarray) -> np.nda
     height, width = photo.shape[:2]
     x = (points[:, 0] - lo[0]) / span[0] * width - 0.5  # pixel centres at integer + 0.5
     y = (hi[1] - points[:, 1]) / span[1] * height - 0.5
-    return np.column_stack([
-        ndimage.map_coordinates(photo[:, :, k], [y, x], order=1, mode="nearest") for k in range(3)
-    ])
+    return np.column_stack(
+        [ndimage.map_coordinates(photo[:, :, k], [y, x], order=1, mode="nearest") for k in range(3)]
+    )

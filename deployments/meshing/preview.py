@@ -8,12 +8,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import trimesh  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy.spatial import cKDTree  # noqa: E402
+import numpy as np
+import trimesh
+from matplotlib import pyplot as plt
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+from PIL import Image
+from scipy.spatial import cKDTree
 
 LIGHT = np.array([0.4, 0.5, 1.0]) / np.linalg.norm([0.4, 0.5, 1.0])
 PREVIEW_MAX_FACES = 6000

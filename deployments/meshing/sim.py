@@ -61,7 +61,11 @@ def sim_transform(mesh: trimesh.Trimesh, options: SimOptions) -> np.ndarray:
         lo, hi = out.bounds
         anchor = (lo + hi) / 2.0
         anchor[up] = lo[up]  # base centre: resting on the ground plane at the origin
-    return trimesh.transformations.translation_matrix(-anchor) @ np.diag([scale, scale, scale, 1.0]) @ matrix
+    return (
+        trimesh.transformations.translation_matrix(-anchor)
+        @ np.diag([scale, scale, scale, 1.0])
+        @ matrix
+    )
 
 
 def to_sim_frame(mesh: trimesh.Trimesh, options: SimOptions) -> trimesh.Trimesh:
@@ -90,7 +94,9 @@ def textured_like(geometry: trimesh.Trimesh, source: trimesh.Trimesh) -> trimesh
     weights = trimesh.triangles.points_to_barycentric(source.triangles[triangle], closest)
     sampled = np.einsum("nk,nkc->nc", np.clip(weights, 0.0, 1.0), colours[source.faces[triangle]])
     out = geometry.copy()
-    out.visual = trimesh.visual.ColorVisuals(out, vertex_colors=np.clip(np.rint(sampled), 0, 255).astype(np.uint8))
+    out.visual = trimesh.visual.ColorVisuals(
+        out, vertex_colors=np.clip(np.rint(sampled), 0, 255).astype(np.uint8)
+    )
     return out
 
 
@@ -115,7 +121,9 @@ def repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return out
 
 
-def convex_parts(mesh: trimesh.Trimesh, options: SimOptions, seed: int = 0) -> list[trimesh.Trimesh]:
+def convex_parts(
+    mesh: trimesh.Trimesh, options: SimOptions, seed: int = 0
+) -> list[trimesh.Trimesh]:
     """Convex parts whose union covers the mesh: CoACD, then each part's hull is grown to take
     in the surface samples no part contains (assigned to the nearest part), so a physics engine
     never lets anything pass through the visual surface."""
@@ -127,13 +135,20 @@ def convex_parts(mesh: trimesh.Trimesh, options: SimOptions, seed: int = 0) -> l
     # CoACD's cost grows with the input; the coverage pass below uses the full mesh anyway.
     coarse = decimate(mesh, COACD_MAX_FACES)
     raw = coacd.run_coacd(
-        coacd.Mesh(np.asarray(coarse.vertices, dtype=np.float64), np.asarray(coarse.faces, dtype=np.int64)),
-        threshold=options.concavity, max_convex_hull=options.max_parts, seed=seed, **COACD_SEARCH,
+        coacd.Mesh(
+            np.asarray(coarse.vertices, dtype=np.float64), np.asarray(coarse.faces, dtype=np.int64)
+        ),
+        threshold=options.concavity,
+        max_convex_hull=options.max_parts,
+        seed=seed,
+        **COACD_SEARCH,
     )
     clouds = [np.asarray(v, dtype=np.float64) for v, _f in raw if len(v) >= 4]
     if not clouds:
         return [bounded_hull(mesh.vertices)]
-    samples = np.vstack([mesh.vertices, trimesh.sample.sample_surface_even(mesh, 4000, seed=seed)[0]])
+    samples = np.vstack(
+        [mesh.vertices, trimesh.sample.sample_surface_even(mesh, 4000, seed=seed)[0]]
+    )
     for _ in range(3):
         hulls = [bounded_hull(c) for c in clouds]
         outside = ~np.any([_inside_convex(h, samples) for h in hulls], axis=0)
@@ -162,7 +177,9 @@ def _inside_convex(hull: trimesh.Trimesh, points: np.ndarray, tol: float = 1e-9)
     inside = np.empty(len(points), dtype=bool)
     for start in range(0, len(points), 8192):
         block = points[start : start + 8192]
-        inside[start : start + 8192] = np.all(block @ normals.T - offsets[None, :] <= tol * scale, axis=1)
+        inside[start : start + 8192] = np.all(
+            block @ normals.T - offsets[None, :] <= tol * scale, axis=1
+        )
     return inside
 
 
@@ -188,10 +205,13 @@ def physical_properties(mesh: trimesh.Trimesh, density: float) -> PhysicalProper
     solid = mesh if mesh.is_watertight and mesh.volume > 0 else mesh.convex_hull
     props = trimesh.triangles.mass_properties(solid.triangles, density=density)
     return PhysicalProperties(
-        mass_kg=float(props.mass), volume_m3=float(props.volume), area_m2=float(mesh.area),
+        mass_kg=float(props.mass),
+        volume_m3=float(props.volume),
+        area_m2=float(mesh.area),
         center_of_mass=[float(v) for v in props.center_mass],
         inertia_kg_m2=[[float(v) for v in row] for row in props.inertia],
-        bounds=[[float(v) for v in row] for row in mesh.bounds], extents=[float(v) for v in mesh.extents],
+        bounds=[[float(v) for v in row] for row in mesh.bounds],
+        extents=[float(v) for v in mesh.extents],
         watertight=bool(mesh.is_watertight),
     )
 
@@ -200,35 +220,55 @@ def _fmt(values: list[float] | np.ndarray) -> str:
     return " ".join(f"{float(v):.9g}" for v in values)
 
 
-def mjcf(name: str, visual_file: str, part_files: list[str], props: PhysicalProperties, up_axis: UpAxis) -> str:
+def mjcf(
+    name: str, visual_file: str, part_files: list[str], props: PhysicalProperties, up_axis: UpAxis
+) -> str:
     """A MuJoCo model of the object as a free body: one collision geom per convex part (MuJoCo
     collides every mesh as its convex hull), the visual mesh in a non-colliding group."""
     inertia = np.array(props.inertia_kg_m2)
-    full = [inertia[0, 0], inertia[1, 1], inertia[2, 2], inertia[0, 1], inertia[0, 2], inertia[1, 2]]
-    quat = "" if up_axis == "z" else ' quat="0.70710678 0.70710678 0 0"'  # y-up files in a z-up world
+    full = [
+        inertia[0, 0],
+        inertia[1, 1],
+        inertia[2, 2],
+        inertia[0, 1],
+        inertia[0, 2],
+        inertia[1, 2],
+    ]
+    quat = (
+        "" if up_axis == "z" else ' quat="0.70710678 0.70710678 0 0"'
+    )  # y-up files in a z-up world
     meshes = [f'    <mesh name="visual" file={quoteattr(visual_file)}/>'] + [
         f'    <mesh name="collision_{i}" file={quoteattr(f)}/>' for i, f in enumerate(part_files)
     ]
-    geoms = ['      <geom type="mesh" mesh="visual" contype="0" conaffinity="0" group="1" density="0"/>'] + [
-        f'      <geom type="mesh" mesh="collision_{i}" group="3" density="0"/>' for i in range(len(part_files))
+    geoms = [
+        '      <geom type="mesh" mesh="visual" contype="0" conaffinity="0" group="1" density="0"/>'
+    ] + [
+        f'      <geom type="mesh" mesh="collision_{i}" group="3" density="0"/>'
+        for i in range(len(part_files))
     ]
-    return "\n".join([
-        f"<mujoco model={quoteattr(name)}>",
-        '  <compiler angle="radian" meshdir="."/>',
-        "  <asset>", *meshes, "  </asset>",
-        "  <worldbody>",
-        f"    <body name={quoteattr(name)} pos=\"0 0 0\"{quat}>",
-        "      <freejoint/>",
-        f'      <inertial pos="{_fmt(props.center_of_mass)}" mass="{props.mass_kg:.9g}" fullinertia="{_fmt(full)}"/>',
-        *geoms,
-        "    </body>",
-        "  </worldbody>",
-        "</mujoco>",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"<mujoco model={quoteattr(name)}>",
+            '  <compiler angle="radian" meshdir="."/>',
+            "  <asset>",
+            *meshes,
+            "  </asset>",
+            "  <worldbody>",
+            f'    <body name={quoteattr(name)} pos="0 0 0"{quat}>',
+            "      <freejoint/>",
+            f'      <inertial pos="{_fmt(props.center_of_mass)}" mass="{props.mass_kg:.9g}" fullinertia="{_fmt(full)}"/>',
+            *geoms,
+            "    </body>",
+            "  </worldbody>",
+            "</mujoco>",
+            "",
+        ]
+    )
 
 
-def urdf(name: str, visual_file: str, part_files: list[str], props: PhysicalProperties, up_axis: UpAxis) -> str:
+def urdf(
+    name: str, visual_file: str, part_files: list[str], props: PhysicalProperties, up_axis: UpAxis
+) -> str:
     """A one-link URDF: the visual mesh, one collision element per convex part, inertial."""
     i = props.inertia_kg_m2
     rpy = "0 0 0" if up_axis == "z" else f"{math.pi / 2:.9g} 0 0"
@@ -239,19 +279,21 @@ def urdf(name: str, visual_file: str, part_files: list[str], props: PhysicalProp
         f"<geometry><mesh filename={quoteattr(f)}/></geometry></collision>"
         for k, f in enumerate(part_files)
     ]
-    return "\n".join([
-        '<?xml version="1.0"?>',
-        f"<robot name={quoteattr(name)}>",
-        f"  <link name={quoteattr(name)}>",
-        "    <inertial>",
-        f'      <origin xyz="{_fmt(com)}" rpy="{rpy}"/>',
-        f'      <mass value="{props.mass_kg:.9g}"/>',
-        f'      <inertia ixx="{i[0][0]:.9g}" ixy="{i[0][1]:.9g}" ixz="{i[0][2]:.9g}" iyy="{i[1][1]:.9g}" '
-        f'iyz="{i[1][2]:.9g}" izz="{i[2][2]:.9g}"/>',
-        "    </inertial>",
-        f'    <visual><origin xyz="0 0 0" rpy="{rpy}"/><geometry><mesh filename={quoteattr(visual_file)}/></geometry></visual>',
-        *collisions,
-        "  </link>",
-        "</robot>",
-        "",
-    ])
+    return "\n".join(
+        [
+            '<?xml version="1.0"?>',
+            f"<robot name={quoteattr(name)}>",
+            f"  <link name={quoteattr(name)}>",
+            "    <inertial>",
+            f'      <origin xyz="{_fmt(com)}" rpy="{rpy}"/>',
+            f'      <mass value="{props.mass_kg:.9g}"/>',
+            f'      <inertia ixx="{i[0][0]:.9g}" ixy="{i[0][1]:.9g}" ixz="{i[0][2]:.9g}" iyy="{i[1][1]:.9g}" '
+            f'iyz="{i[1][2]:.9g}" izz="{i[2][2]:.9g}"/>',
+            "    </inertial>",
+            f'    <visual><origin xyz="0 0 0" rpy="{rpy}"/><geometry><mesh filename={quoteattr(visual_file)}/></geometry></visual>',
+            *collisions,
+            "  </link>",
+            "</robot>",
+            "",
+        ]
+    )

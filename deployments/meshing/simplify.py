@@ -16,7 +16,11 @@ def reduce_closed(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh | No
         reduced.merge_vertices()
         reduced.update_faces(reduced.nondegenerate_faces())
         reduced.remove_unreferenced_vertices()
-        if len(reduced.faces) <= max_faces and reduced.is_watertight and reduced.is_winding_consistent:
+        if (
+            len(reduced.faces) <= max_faces
+            and reduced.is_watertight
+            and reduced.is_winding_consistent
+        ):
             trimesh.repair.fix_normals(reduced)
             return reduced
     return None
@@ -34,4 +38,6 @@ def _open3d(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
         o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
     )
     reduced = source.simplify_quadric_decimation(target_number_of_triangles=max_faces)
-    return trimesh.Trimesh(np.asarray(reduced.vertices), np.asarray(reduced.triangles), process=True)
+    return trimesh.Trimesh(
+        np.asarray(reduced.vertices), np.asarray(reduced.triangles), process=True
+    )

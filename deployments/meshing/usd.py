@@ -25,8 +25,14 @@ from deployments.meshing.export import FileOut
 MEDIA_TYPES = {"usd": "model/vnd.usd", "usdz": "model/vnd.usdz+zip"}
 
 
-def export_usd(mesh: trimesh.Trimesh, fmt: str, stem: str, up_axis: str, parts: list[trimesh.Trimesh],
-               props: Any | None) -> list[FileOut]:
+def export_usd(
+    mesh: trimesh.Trimesh,
+    fmt: str,
+    stem: str,
+    up_axis: str,
+    parts: list[trimesh.Trimesh],
+    props: Any | None,
+) -> list[FileOut]:
     """``stem.usdz`` (self-contained), or ``stem.usd`` plus its texture ``stem_texture.png``."""
     texture = _texture_png(mesh)
     texture_name = f"{stem}_texture.png"
@@ -35,10 +41,14 @@ def export_usd(mesh: trimesh.Trimesh, fmt: str, stem: str, up_axis: str, parts: 
         layer = root / (f"{stem}.usdc" if fmt == "usdz" else f"{stem}.usd")
         if texture is not None:
             (root / texture_name).write_bytes(texture)
-        write_stage(layer, mesh, up_axis, parts, props, texture_name if texture is not None else None)
+        write_stage(
+            layer, mesh, up_axis, parts, props, texture_name if texture is not None else None
+        )
         if fmt == "usd":
             files = [FileOut(layer.name, layer.read_bytes(), MEDIA_TYPES["usd"])]
-            return files + ([FileOut(texture_name, texture, "image/png")] if texture is not None else [])
+            return files + (
+                [FileOut(texture_name, texture, "image/png")] if texture is not None else []
+            )
         from pxr import Sdf, UsdUtils
 
         package = root / f"{stem}.usdz"
@@ -47,8 +57,14 @@ def export_usd(mesh: trimesh.Trimesh, fmt: str, stem: str, up_axis: str, parts: 
         return [FileOut(package.name, package.read_bytes(), MEDIA_TYPES["usdz"])]
 
 
-def write_stage(path: Path, mesh: trimesh.Trimesh, up_axis: str, parts: list[trimesh.Trimesh], props: Any | None,
-                texture_file: str | None) -> None:
+def write_stage(
+    path: Path,
+    mesh: trimesh.Trimesh,
+    up_axis: str,
+    parts: list[trimesh.Trimesh],
+    props: Any | None,
+    texture_file: str | None,
+) -> None:
     from pxr import Gf, Sdf, Usd, UsdGeom, UsdPhysics, UsdShade, Vt
 
     stage = Usd.Stage.CreateNew(str(path))
@@ -58,7 +74,9 @@ def write_stage(path: Path, mesh: trimesh.Trimesh, up_axis: str, parts: list[tri
     root = UsdGeom.Xform.Define(stage, "/object")
     stage.SetDefaultPrim(root.GetPrim())
     visual = _define_mesh(stage, "/object/visual", mesh)
-    visual.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(np.asarray(mesh.vertex_normals, dtype=np.float32)))
+    visual.CreateNormalsAttr(
+        Vt.Vec3fArray.FromNumpy(np.asarray(mesh.vertex_normals, dtype=np.float32))
+    )
     visual.SetNormalsInterpolation(UsdGeom.Tokens.vertex)
     material = UsdShade.Material.Define(stage, "/object/Looks/material")
     surface = UsdShade.Shader.Define(stage, "/object/Looks/material/surface")
@@ -78,12 +96,16 @@ def write_stage(path: Path, mesh: trimesh.Trimesh, up_axis: str, parts: list[tri
         image.CreateIdAttr("UsdUVTexture")
         image.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(Sdf.AssetPath(texture_file))
         image.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
-        image.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader.ConnectableAPI(), "result")
+        image.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(
+            reader.ConnectableAPI(), "result"
+        )
         rgb = image.CreateOutput("rgb", Sdf.ValueTypeNames.Float3)
         surface.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f).ConnectToSource(rgb)
     elif getattr(mesh.visual, "kind", None) == "vertex":
         colours = np.asarray(mesh.visual.vertex_colors[:, :3], dtype=np.float32) / 255.0
-        visual.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex).Set(Vt.Vec3fArray.FromNumpy(colours))
+        visual.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex).Set(
+            Vt.Vec3fArray.FromNumpy(colours)
+        )
         reader = UsdShade.Shader.Define(stage, "/object/Looks/material/color_reader")
         reader.CreateIdAttr("UsdPrimvarReader_float3")
         reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("displayColor")
@@ -96,7 +118,9 @@ def write_stage(path: Path, mesh: trimesh.Trimesh, up_axis: str, parts: list[tri
         hull = _define_mesh(stage, f"/object/collision/p{index:02d}", part)
         hull.CreatePurposeAttr(UsdGeom.Tokens.guide)
         UsdPhysics.CollisionAPI.Apply(hull.GetPrim())
-        UsdPhysics.MeshCollisionAPI.Apply(hull.GetPrim()).CreateApproximationAttr(UsdPhysics.Tokens.convexHull)
+        UsdPhysics.MeshCollisionAPI.Apply(hull.GetPrim()).CreateApproximationAttr(
+            UsdPhysics.Tokens.convexHull
+        )
     if props is not None:
         UsdPhysics.RigidBodyAPI.Apply(root.GetPrim())
         mass = UsdPhysics.MassAPI.Apply(root.GetPrim())
@@ -128,8 +152,12 @@ def _define_mesh(stage: Any, path: str, mesh: trimesh.Trimesh) -> Any:
 
     geom = UsdGeom.Mesh.Define(stage, path)
     geom.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(np.asarray(mesh.vertices, dtype=np.float32)))
-    geom.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(mesh.faces), 3, dtype=np.int32)))
-    geom.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(np.asarray(mesh.faces, dtype=np.int32).ravel()))
+    geom.CreateFaceVertexCountsAttr(
+        Vt.IntArray.FromNumpy(np.full(len(mesh.faces), 3, dtype=np.int32))
+    )
+    geom.CreateFaceVertexIndicesAttr(
+        Vt.IntArray.FromNumpy(np.asarray(mesh.faces, dtype=np.int32).ravel())
+    )
     geom.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)  # triangles as they are, no subdivision
     lo, hi = mesh.bounds
     geom.CreateExtentAttr(Vt.Vec3fArray([Gf.Vec3f(*map(float, lo)), Gf.Vec3f(*map(float, hi))]))

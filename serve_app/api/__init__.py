@@ -62,7 +62,9 @@ def create_api(services: Services) -> FastAPI:
     app.add_middleware(ApiKeyAuth, keys=keys)
     if settings.cors_origins:  # closed by default: no CORS headers at all
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Location", "Retry-After", "Idempotent-Replayed"],
@@ -90,7 +92,8 @@ def _warn_open_access() -> None:
     else:
         logger.error(
             "no API keys configured: open access, and HTTP is bound to %s (not loopback): anyone who "
-            "reaches it can use meshline. Set MESHLINE_API_KEYS_FILE (see README).", host,
+            "reaches it can use meshline. Set MESHLINE_API_KEYS_FILE (see README).",
+            host,
         )
 
 
@@ -116,4 +119,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-

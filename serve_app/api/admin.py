@@ -56,8 +56,14 @@ def serve_overview() -> dict[str, Any]:
             }
             for dep_name, dep in app.deployments.items()
         ]
-        applications.append({"name": name, "status": _value(app.status), "message": app.message or "",
-                             "deployments": deployments})
+        applications.append(
+            {
+                "name": name,
+                "status": _value(app.status),
+                "message": app.message or "",
+                "deployments": deployments,
+            }
+        )
     proxies = {node: _value(state) for node, state in status.proxies.items()}
     return {"applications": applications, "proxies": proxies}
 
@@ -81,32 +87,59 @@ async def admin_status(services: ServicesDep) -> dict[str, Any]:
 
 def compact_job(job: JobRecord) -> dict[str, Any]:
     return {
-        "job_id": job.id, "status": job.status, "progress": job.progress, "owner": job.owner,
-        "created_at": job.created_at.isoformat(), "error": job.error,
-        "stages": [{"name": s.name, "status": s.status, "progress": s.progress, "attempts": s.attempts,
-                    "seconds": s.seconds, "error": s.error} for s in job.stages],
+        "job_id": job.id,
+        "status": job.status,
+        "progress": job.progress,
+        "owner": job.owner,
+        "created_at": job.created_at.isoformat(),
+        "error": job.error,
+        "stages": [
+            {
+                "name": s.name,
+                "status": s.status,
+                "progress": s.progress,
+                "attempts": s.attempts,
+                "seconds": s.seconds,
+                "error": s.error,
+            }
+            for s in job.stages
+        ],
     }
 
 
 @router.get("/admin/api/errors", summary="Recently failed jobs and their failed stages (admin)")
-async def admin_errors(services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+async def admin_errors(
+    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> dict[str, Any]:
     failed = await asyncio.to_thread(services.store.list, "failed", limit)
-    return {"errors": [
-        {"job_id": j.id, "finished_at": j.finished_at.isoformat() if j.finished_at else None, "error": j.error,
-         "stages": [{"name": s.name, "error": s.error, "attempts": s.attempts} for s in j.stages if s.error]}
-        for j in failed
-    ]}
+    return {
+        "errors": [
+            {
+                "job_id": j.id,
+                "finished_at": j.finished_at.isoformat() if j.finished_at else None,
+                "error": j.error,
+                "stages": [
+                    {"name": s.name, "error": s.error, "attempts": s.attempts}
+                    for s in j.stages
+                    if s.error
+                ],
+            }
+            for j in failed
+        ]
+    }
 
 
 @router.get(
-    "/admin/api/jobs/events", responses={200: {"content": {"text/event-stream": {}}}},
+    "/admin/api/jobs/events",
+    responses={200: {"content": {"text/event-stream": {}}}},
     summary="Server-Sent Events: the recent jobs with per-stage progress, at every change (admin)",
 )
 async def admin_job_events(
     services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 25
 ) -> StreamingResponse:
     return StreamingResponse(
-        _jobs_stream(services, limit), media_type="text/event-stream",
+        _jobs_stream(services, limit),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

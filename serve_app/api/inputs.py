@@ -70,12 +70,16 @@ async def read_inputs(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == MULTIPART:
         try:
-            form = await request.form(max_files=1 + len(extra_files), max_fields=8, max_part_size=limit)
+            form = await request.form(
+                max_files=1 + len(extra_files), max_fields=8, max_part_size=limit
+            )
         except Exception as exc:  # malformed multipart bodies raise parser-specific errors
             raise ApiError(400, f"malformed multipart body ({exc.__class__.__name__})") from None
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
-            raise ApiError(422, "multipart body needs an 'image' file field", "missing_input", "image")
+            raise ApiError(
+                422, "multipart body needs an 'image' file field", "missing_input", "image"
+            )
         image = await read_upload(upload, "image", limit)
         files = {}
         for field in extra_files:
@@ -106,12 +110,16 @@ async def read_inputs(
         sources = [key for key in ("image_url", "image_base64") if key in payload]
         if len(sources) != 1 or not isinstance(payload[sources[0]], str):
             raise ApiError(
-                422, "JSON body needs exactly one of 'image_url' or 'image_base64' (a string)",
-                "missing_input", "image_url",
+                422,
+                "JSON body needs exactly one of 'image_url' or 'image_base64' (a string)",
+                "missing_input",
+                "image_url",
             )
         unknown = set(payload) - {"image_url", "image_base64", "options"}
         if unknown:
-            raise ApiError(422, f"unknown fields: {sorted(unknown)}", "validation_error", sorted(unknown)[0])
+            raise ApiError(
+                422, f"unknown fields: {sorted(unknown)}", "validation_error", sorted(unknown)[0]
+            )
         try:
             options = options_model.model_validate(payload.get("options") or {})
         except ValidationError as exc:
@@ -125,12 +133,16 @@ async def read_inputs(
                 fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets
             )
         else:
-            image = await fetch_url(url, limit, settings.url_fetch_timeout_s, settings.url_allow_private)
+            image = await fetch_url(
+                url, limit, settings.url_fetch_timeout_s, settings.url_allow_private
+            )
         return RequestInputs(image, {}, options)
     if not content_type:
         raise ApiError(400, "request body is empty or has no Content-Type")
     raise ApiError(
-        415, f"Content-Type {content_type!r} is not accepted; send {MULTIPART} or {JSON}", "unsupported_media_type"
+        415,
+        f"Content-Type {content_type!r} is not accepted; send {MULTIPART} or {JSON}",
+        "unsupported_media_type",
     )
 
 
@@ -147,7 +159,10 @@ def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict
                         "required": ["image"],
                         "properties": {
                             **file_props,
-                            "options": {"type": "string", "description": f"JSON of {options_schema}"},
+                            "options": {
+                                "type": "string",
+                                "description": f"JSON of {options_schema}",
+                            },
                         },
                     }
                 },
@@ -155,10 +170,19 @@ def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict
                     "schema": {
                         "type": "object",
                         "properties": {
-                            "image_url": {"type": "string", "format": "uri",
-                                          "description": "http(s):// or s3:// (allowed buckets)"},
-                            "image_base64": {"type": "string", "description": "the image file, base64"},
-                            "options": {"type": "object", "description": f"{options_schema} object"},
+                            "image_url": {
+                                "type": "string",
+                                "format": "uri",
+                                "description": "http(s):// or s3:// (allowed buckets)",
+                            },
+                            "image_base64": {
+                                "type": "string",
+                                "description": "the image file, base64",
+                            },
+                            "options": {
+                                "type": "object",
+                                "description": f"{options_schema} object",
+                            },
                         },
                     }
                 },

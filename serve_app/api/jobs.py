@@ -10,31 +10,48 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 
 from serve_app.api.inputs import openapi_body, read_inputs
-from serve_app.artifacts import LocalArtifactStore, check_job_id, check_name
+from serve_app.artifacts import LocalArtifactStore, check_name
 from serve_app.auth import Principal, can_access, current_principal
 from serve_app.errors import ApiError
+from serve_app.fetch import check_url
 from serve_app.imaging import decode_image, decode_mask
 from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
 from serve_app.pipeline import MESH_INPUT_FORMATS, plan_stages
-from serve_app.fetch import check_url
 from serve_app.schemas import ErrorBody, JobAccepted, JobList, JobOptions, JobPublic
-from serve_app.views import job_or_404, job_public
 from serve_app.services import Services, ServicesDep
+from serve_app.views import job_or_404, job_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 429)}
-MEDIA_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "bmp": "image/bmp",
-                   "tiff": "image/tiff", "gif": "image/gif", "ply": "application/x-ply",
-                   "glb": "model/gltf-binary", "obj": "model/obj", "stl": "model/stl"}
+MEDIA_BY_FORMAT = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "gif": "image/gif",
+    "ply": "application/x-ply",
+    "glb": "model/gltf-binary",
+    "obj": "model/obj",
+    "stl": "model/stl",
+}
 
 
 def _mesh_format(filename: str) -> str:
     suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     if suffix not in MESH_INPUT_FORMATS:
-        raise ApiError(422, f"mesh file must end in one of {list(MESH_INPUT_FORMATS)}", param="mesh")
+        raise ApiError(
+            422, f"mesh file must end in one of {list(MESH_INPUT_FORMATS)}", param="mesh"
+        )
     return suffix
 
 
@@ -78,8 +95,10 @@ def _check_idempotency(services: Services, key: str, digest: str) -> None:
     job_id, stored_digest = existing
     if stored_digest != digest:
         raise ApiError(
-            409, f"Idempotency-Key {key!r} was used for job {job_id} with a different request",
-            "idempotency_conflict", "Idempotency-Key",
+            409,
+            f"Idempotency-Key {key!r} was used for job {job_id} with a different request",
+            "idempotency_conflict",
+            "Idempotency-Key",
         )
     raise Replayed(job_id)
 
@@ -106,13 +125,17 @@ async def create_job(
             raise Replayed(twin, deduplicated=True)
     if await asyncio.to_thread(services.store.count, "queued") >= settings.max_queued_jobs:
         raise ApiError(
-            429, f"{settings.max_queued_jobs} jobs are already queued; retry later", "queue_full",
+            429,
+            f"{settings.max_queued_jobs} jobs are already queued; retry later",
+            "queue_full",
             headers={"Retry-After": str(settings.queue_full_retry_after_s)},
         )
     if options.callback_url:
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
     decoded = decode_image(image, settings.max_image_pixels)
-    uploads: dict[str, tuple[str, bytes, str]] = {"image": (f"input.{decoded.format}", image, decoded.format)}
+    uploads: dict[str, tuple[str, bytes, str]] = {
+        "image": (f"input.{decoded.format}", image, decoded.format)
+    }
     if "mask" in files:
         decode_mask(files["mask"][0], decoded.width, decoded.height, settings.max_image_pixels)
         uploads["mask"] = ("input_mask.png", files["mask"][0], "png")
@@ -150,7 +173,10 @@ async def create_job(
 
 
 @router.post(
-    "", status_code=202, response_model=JobAccepted, responses=ERRORS,
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=ERRORS,
     openapi_extra=openapi_body("JobOptions", ("mask", "mesh")),
     summary="Submit a job (answers 202 at once with its id)",
 )
@@ -159,17 +185,25 @@ async def submit_job(
     services: ServicesDep,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", max_length=255, description="Same key + same request → same job."),
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            description="Same key + same request → same job.",
+        ),
     ] = None,
 ) -> JSONResponse:
     inputs = await read_inputs(request, services.settings, JobOptions, extra_files=("mask", "mesh"))
     owner = current_principal(request).owner
     try:
-        job_id = await create_job(services, inputs.image, inputs.files, inputs.options, idempotency_key, owner)  # type: ignore[arg-type]
+        job_id = await create_job(
+            services, inputs.image, inputs.files, inputs.options, idempotency_key, owner
+        )  # type: ignore[arg-type]
     except Replayed as replay:
         job = await asyncio.to_thread(job_or_404, services.store, replay.job_id)
         body = JobAccepted(
-            job_id=job.id, status=job.status, status_url=f"/v1/jobs/{job.id}",
+            job_id=job.id,
+            status=job.status,
+            status_url=f"/v1/jobs/{job.id}",
             deduplicated_from=job.id if replay.deduplicated else None,
         )
         headers = {"Location": body.status_url}
@@ -194,7 +228,9 @@ async def list_jobs(
     return JobList(jobs=[job_public(j, services.files) for j in records])
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS, summary="Job status from the store")
+@router.get(
+    "/{job_id}", response_model=JobPublic, responses=ERRORS, summary="Job status from the store"
+)
 async def get_job(job_id: str, request: Request, services: ServicesDep) -> JobPublic:
     job = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
     return job_public(job, services.files)
@@ -213,7 +249,8 @@ async def cancel_job(job_id: str, request: Request, services: ServicesDep) -> Jo
 
 
 @router.get(
-    "/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    "/{job_id}/events",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
     summary="Server-Sent Events: every state/progress change until the job ends",
 )
 async def job_events(job_id: str, request: Request, services: ServicesDep) -> StreamingResponse:
@@ -252,7 +289,8 @@ async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
 
 
 @router.get(
-    "/{job_id}/artifacts/{name}", responses={**ERRORS, 307: {"description": "Redirect to storage"}},
+    "/{job_id}/artifacts/{name}",
+    responses={**ERRORS, 307: {"description": "Redirect to storage"}},
     summary="Download one artifact",
 )
 async def get_artifact(job_id: str, name: str, request: Request, services: ServicesDep) -> Response:
@@ -262,7 +300,9 @@ async def get_artifact(job_id: str, name: str, request: Request, services: Servi
     if record is None:
         raise ApiError(404, f"job {job_id} has no artifact {name!r}", "not_found", "name")
     if isinstance(services.files, LocalArtifactStore):
-        return FileResponse(services.files.path(job_id, name), media_type=record.media_type, filename=name)
+        return FileResponse(
+            services.files.path(job_id, name), media_type=record.media_type, filename=name
+        )
     direct = services.files.download_url(job_id, name)
     if direct is not None:
         return RedirectResponse(direct, status_code=307)

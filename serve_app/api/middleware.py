@@ -20,7 +20,7 @@ def route_path(scope: Scope) -> str:
     """The path below the app's root_path (route_prefix), as the routes see it."""
     path, root = scope["path"], scope.get("root_path", "")
     if root and path.startswith(root):
-        path = path[len(root):]
+        path = path[len(root) :]
     return path or "/"
 
 
@@ -28,7 +28,9 @@ def _state(scope: Scope) -> dict:
     return scope.setdefault("state", {})
 
 
-def error_response(scope: Scope, status: int, message: str, type_: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    scope: Scope, status: int, message: str, type_: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     rid = _state(scope).get("request_id") or uuid.uuid4().hex
     return JSONResponse(
         status_code=status,
@@ -58,7 +60,9 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                kept = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
                 message["headers"] = [*kept, (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
@@ -74,9 +78,13 @@ class RequestContext:
             return str(route.path)
         # Refused before routing (401, 413): match the templates ourselves.
         if self._templates is None:
-            self._templates = [(compile_path(path)[0], path) for path in _route_paths(self.api.router.routes)]
+            self._templates = [
+                (compile_path(path)[0], path) for path in _route_paths(self.api.router.routes)
+            ]
         path = route_path(scope)
-        return next((template for regex, template in self._templates if regex.match(path)), "unmatched")
+        return next(
+            (template for regex, template in self._templates if regex.match(path)), "unmatched"
+        )
 
 
 def _route_paths(routes: list, prefix: str = "") -> list[str]:
@@ -112,14 +120,22 @@ class ApiKeyAuth:
         token = bearer_token(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
         principal = self.keys.authenticate(token) if token else None
         if principal is None and not is_public(method, path):
-            message = "missing API key (Authorization: Bearer <key>)" if token is None else "invalid API key"
-            challenge = 'Bearer realm="meshline"' + ("" if token is None else ', error="invalid_token"')
-            await error_response(scope, 401, message, "unauthorized", {"WWW-Authenticate": challenge})(scope, receive, send)
+            message = (
+                "missing API key (Authorization: Bearer <key>)"
+                if token is None
+                else "invalid API key"
+            )
+            challenge = 'Bearer realm="meshline"' + (
+                "" if token is None else ', error="invalid_token"'
+            )
+            await error_response(
+                scope, 401, message, "unauthorized", {"WWW-Authenticate": challenge}
+            )(scope, receive, send)
             return
         if principal is not None and not principal.admin and needs_admin(method, path):
-            await error_response(scope, 403, f"API key {principal.key_id!r} is not an admin key", "forbidden")(
-                scope, receive, send
-            )
+            await error_response(
+                scope, 403, f"API key {principal.key_id!r} is not an admin key", "forbidden"
+            )(scope, receive, send)
             return
         state["principal"] = principal
         await self.app(scope, receive, send)
@@ -177,4 +193,6 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        await error_response(scope, 413, f"request body exceeds {limit} bytes", "payload_too_large")(scope, receive, send)
+        await error_response(
+            scope, 413, f"request body exceeds {limit} bytes", "payload_too_large"
+        )(scope, receive, send)

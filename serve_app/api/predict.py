@@ -9,11 +9,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from serve_app.api.inputs import openapi_body, read_inputs
-from serve_app.imaging import decode_image, mask_summary
 from deployments.detector import loaded_models_by_replica, routed_id
 from deployments.errors import InvalidInput
-from serve_app.errors import ApiError, to_api_error
+from serve_app.api.inputs import openapi_body, read_inputs
+from serve_app.errors import to_api_error
+from serve_app.imaging import decode_image, mask_summary
 from serve_app.schemas import (
     DetectOptions,
     DetectResponse,
@@ -50,8 +50,11 @@ def checked_model(services: Services, model_id: str) -> str:
 
 
 @router.post(
-    "/segment", response_model=SegmentResponse, responses=ERRORS,
-    openapi_extra=openapi_body("SegmentOptions"), summary="SAM2 masks for a prompt (COCO RLE)",
+    "/segment",
+    response_model=SegmentResponse,
+    responses=ERRORS,
+    openapi_extra=openapi_body("SegmentOptions"),
+    summary="SAM2 masks for a prompt (COCO RLE)",
 )
 async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
     inputs = await read_inputs(request, services.settings, SegmentOptions)
@@ -70,24 +73,38 @@ async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
         for mask, score in zip(result["masks"], result["scores"], strict=True)
     ]
     return SegmentResponse(
-        width=image.width, height=image.height, masks=masks, prompt=result["prompt"],
-        weights=services.models["Segmenter"]["weights"], seconds=round(time.perf_counter() - started, 4),
+        width=image.width,
+        height=image.height,
+        masks=masks,
+        prompt=result["prompt"],
+        weights=services.models["Segmenter"]["weights"],
+        seconds=round(time.perf_counter() - started, 4),
     )
 
 
 @router.post(
-    "/detect", response_model=DetectResponse, responses={**ERRORS, 404: {"model": ErrorBody}},
-    openapi_extra=openapi_body("DetectOptions"), summary="YOLO detections (?model=ID, default: default)",
+    "/detect",
+    response_model=DetectResponse,
+    responses={**ERRORS, 404: {"model": ErrorBody}},
+    openapi_extra=openapi_body("DetectOptions"),
+    summary="YOLO detections (?model=ID, default: default)",
 )
-async def detect(request: Request, services: ServicesDep, model: str | None = None) -> DetectResponse:
+async def detect(
+    request: Request, services: ServicesDep, model: str | None = None
+) -> DetectResponse:
     return await _detect(request, services, model)
 
 
 @router.post(
-    "/models/{model_id}/detect", response_model=DetectResponse, responses={**ERRORS, 404: {"model": ErrorBody}},
-    openapi_extra=openapi_body("DetectOptions"), summary="YOLO detections with one registered model",
+    "/models/{model_id}/detect",
+    response_model=DetectResponse,
+    responses={**ERRORS, 404: {"model": ErrorBody}},
+    openapi_extra=openapi_body("DetectOptions"),
+    summary="YOLO detections with one registered model",
 )
-async def detect_with_model(model_id: str, request: Request, services: ServicesDep) -> DetectResponse:
+async def detect_with_model(
+    model_id: str, request: Request, services: ServicesDep
+) -> DetectResponse:
     return await _detect(request, services, model_id)
 
 
@@ -98,16 +115,33 @@ async def list_models(services: ServicesDep) -> ModelList:
     listed = []
     for entry in entries.values():
         holders = sorted(r for r, held in replicas.items() if entry.model_id in held["models"])
-        info = next((held["info"][entry.model_id] for held in replicas.values() if entry.model_id in held["info"]), {})
-        listed.append(ModelPublic(
-            model_id=entry.model_id, source=entry.source, origin=entry.origin,  # type: ignore[arg-type]
-            task=info.get("task"), class_names=info.get("names"), loaded_on=holders,
-        ))
+        info = next(
+            (
+                held["info"][entry.model_id]
+                for held in replicas.values()
+                if entry.model_id in held["info"]
+            ),
+            {},
+        )
+        listed.append(
+            ModelPublic(
+                model_id=entry.model_id,
+                source=entry.source,
+                origin=entry.origin,  # type: ignore[arg-type]
+                task=info.get("task"),
+                class_names=info.get("names"),
+                loaded_on=holders,
+            )
+        )
     return ModelList(models=listed)
 
 
-@router.post("/models/{model_id}/reload", response_model=ModelReloaded, responses={404: {"model": ErrorBody}},
-             summary="Load the model's file afresh on every replica (admin)")
+@router.post(
+    "/models/{model_id}/reload",
+    response_model=ModelReloaded,
+    responses={404: {"model": ErrorBody}},
+    summary="Load the model's file afresh on every replica (admin)",
+)
 async def reload_model(model_id: str, services: ServicesDep) -> ModelReloaded:
     """Bumps the model's generation: requests are routed as "<id>@<generation>", so each
     replica loads the current file (checkpoint cache included) on its next call and closes
@@ -124,20 +158,42 @@ async def _detect(request: Request, services: Services, model_query: str | None)
     image = await asyncio.to_thread(decode_image, inputs.image, services.settings.max_image_pixels)
     started = time.perf_counter()
     generation = await asyncio.to_thread(services.store.model_generation, model_id)
-    detector = services.handles.detector.options(multiplexed_model_id=routed_id(model_id, generation))
+    detector = services.handles.detector.options(
+        multiplexed_model_id=routed_id(model_id, generation)
+    )
     found = await detector.detect.remote(
-        image.array, conf=options.conf, iou=options.iou, imgsz=options.imgsz,
-        max_det=options.max_det, classes=options.classes,
+        image.array,
+        conf=options.conf,
+        iou=options.iou,
+        imgsz=options.imgsz,
+        max_det=options.max_det,
+        classes=options.classes,
     )
     masks = found.get("masks_rle") or [None] * len(found["boxes"])
     detections = [
-        {"box": box, "box_normalized": norm, "score": score, "class_id": cid, "class_name": cname, "mask_rle": rle}
+        {
+            "box": box,
+            "box_normalized": norm,
+            "score": score,
+            "class_id": cid,
+            "class_name": cname,
+            "mask_rle": rle,
+        }
         for box, norm, score, cid, cname, rle in zip(
-            found["boxes"], found["boxes_normalized"], found["scores"], found["class_ids"], found["class_names"],
-            masks, strict=True,
+            found["boxes"],
+            found["boxes_normalized"],
+            found["scores"],
+            found["class_ids"],
+            found["class_names"],
+            masks,
+            strict=True,
         )
     ]
     return DetectResponse(
-        model=found["model_id"], width=image.width, height=image.height, detections=detections,
-        weights=services.models["Detector"]["weights"], seconds=round(time.perf_counter() - started, 4),
+        model=found["model_id"],
+        width=image.width,
+        height=image.height,
+        detections=detections,
+        weights=services.models["Detector"]["weights"],
+        seconds=round(time.perf_counter() - started, 4),
     )

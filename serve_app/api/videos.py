@@ -63,8 +63,12 @@ def _videos(services: Services) -> VideoStore:
 
 def _limits(services: Services) -> VideoLimits:
     s = services.settings
-    return VideoLimits(s.video_max_frames, s.video_max_frame_pixels, int(s.video_max_upload_mb * 2**20),
-                       s.video_jpeg_quality)
+    return VideoLimits(
+        s.video_max_frames,
+        s.video_max_frame_pixels,
+        int(s.video_max_upload_mb * 2**20),
+        s.video_jpeg_quality,
+    )
 
 
 def _video_or_404(services: Services, video_id: str, principal: Principal) -> VideoRecord:
@@ -88,9 +92,16 @@ def _public(services: Services, record: VideoRecord) -> VideoPublic:
     store = _videos(services)
     prompts = store.prompts(record.id)
     return VideoPublic(
-        video_id=record.id, frames=record.frames, fps=record.fps, width=record.width, height=record.height,
-        source=record.source, created_at=record.created_at, last_used_at=record.last_used_at,
-        objects=sorted({p["obj_id"] for p in prompts}), prompts=len(prompts),
+        video_id=record.id,
+        frames=record.frames,
+        fps=record.fps,
+        width=record.width,
+        height=record.height,
+        source=record.source,
+        created_at=record.created_at,
+        last_used_at=record.last_used_at,
+        objects=sorted({p["obj_id"] for p in prompts}),
+        prompts=len(prompts),
         frames_with_masks=len(store.masks(record.id)),
     )
 
@@ -98,7 +109,9 @@ def _public(services: Services, record: VideoRecord) -> VideoPublic:
 async def _fetch(services: Services, url: str, limit: int) -> bytes:
     settings = services.settings
     if url.startswith("s3://"):
-        return await asyncio.to_thread(fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets)
+        return await asyncio.to_thread(
+            fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets
+        )
     return await fetch_url(url, limit, settings.url_fetch_timeout_s, settings.url_allow_private)
 
 
@@ -112,15 +125,24 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
             raise ApiError(400, f"malformed multipart body ({exc.__class__.__name__})") from None
         upload = form.get("video")
         if upload is None or isinstance(upload, str):
-            raise ApiError(422, "multipart body needs a 'video' file field (mp4, webm, mov, mkv or a zip "
-                           "of frames)", "missing_input", "video")
+            raise ApiError(
+                422,
+                "multipart body needs a 'video' file field (mp4, webm, mov, mkv or a zip "
+                "of frames)",
+                "missing_input",
+                "video",
+            )
         data = await read_upload(upload, "video", limits.max_bytes)  # type: ignore[arg-type]
         raw = form.get("options")
         try:
-            options = VideoUploadOptions.model_validate_json(raw if isinstance(raw, str) and raw else "{}")
+            options = VideoUploadOptions.model_validate_json(
+                raw if isinstance(raw, str) and raw else "{}"
+            )
         except ValidationError as exc:
             raise validation_error(exc, "options") from None
-        return await asyncio.to_thread(decode_upload, data, limits, options.stride, options.max_frames, options.fps)
+        return await asyncio.to_thread(
+            decode_upload, data, limits, options.stride, options.max_frames, options.fps
+        )
     if content_type == "application/json":
         try:
             body = VideoFromUrls.model_validate_json(await request.body())
@@ -128,57 +150,100 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
             raise validation_error(exc, "body") from None
         if body.video_url is not None:
             data = await _fetch(services, body.video_url, limits.max_bytes)
-            return await asyncio.to_thread(decode_upload, data, limits, body.stride, body.max_frames, body.fps)
+            return await asyncio.to_thread(
+                decode_upload, data, limits, body.stride, body.max_frames, body.fps
+            )
         assert body.frame_urls is not None
         if len(body.frame_urls) > limits.max_frames:
-            raise ApiError(413, f"more than {limits.max_frames} frame_urls", "payload_too_large", "frame_urls")
+            raise ApiError(
+                413, f"more than {limits.max_frames} frame_urls", "payload_too_large", "frame_urls"
+            )
         image_limit = int(services.settings.max_upload_mb * 2**20)
-        images = await asyncio.gather(*(_fetch(services, url, image_limit) for url in body.frame_urls))
+        images = await asyncio.gather(
+            *(_fetch(services, url, image_limit) for url in body.frame_urls)
+        )
         return await asyncio.to_thread(frames_from_images, list(images), limits, body.fps)
-    raise ApiError(415, "send multipart/form-data with a 'video' file, or JSON with video_url or frame_urls",
-                   "unsupported_media_type")
+    raise ApiError(
+        415,
+        "send multipart/form-data with a 'video' file, or JSON with video_url or frame_urls",
+        "unsupported_media_type",
+    )
 
 
-@router.post("", status_code=201, response_model=VideoPublic, responses=ERRORS,
-             summary="Upload a video (mp4/webm/mov/mkv, a zip of frames, or frame URLs)")
-async def create_video(request: Request, services: ServicesDep, principal: PrincipalDep) -> VideoPublic:
+@router.post(
+    "",
+    status_code=201,
+    response_model=VideoPublic,
+    responses=ERRORS,
+    summary="Upload a video (mp4/webm/mov/mkv, a zip of frames, or frame URLs)",
+)
+async def create_video(
+    request: Request, services: ServicesDep, principal: PrincipalDep
+) -> VideoPublic:
     decoded = await _decode_request(request, services)
     video_id = uuid.uuid4().hex
     await asyncio.to_thread(store_frames, services.files, video_id, decoded.frames)
     store = _videos(services)
-    await asyncio.to_thread(store.create, video_id, len(decoded.frames), decoded.width, decoded.height,
-                            decoded.fps, decoded.source, principal.owner)
+    await asyncio.to_thread(
+        store.create,
+        video_id,
+        len(decoded.frames),
+        decoded.width,
+        decoded.height,
+        decoded.fps,
+        decoded.source,
+        principal.owner,
+    )
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     return await asyncio.to_thread(_public, services, record)
 
 
-@router.get("/{video_id}", response_model=VideoPublic, responses=ERRORS, summary="A video's metadata")
+@router.get(
+    "/{video_id}", response_model=VideoPublic, responses=ERRORS, summary="A video's metadata"
+)
 async def get_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> VideoPublic:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     return await asyncio.to_thread(_public, services, record)
 
 
-@router.get("/{video_id}/frames/{frame_idx}", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
-            summary="One stored frame (JPEG)")
-async def get_frame(video_id: str, frame_idx: int, services: ServicesDep, principal: PrincipalDep) -> Response:
+@router.get(
+    "/{video_id}/frames/{frame_idx}",
+    responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+    summary="One stored frame (JPEG)",
+)
+async def get_frame(
+    video_id: str, frame_idx: int, services: ServicesDep, principal: PrincipalDep
+) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     check_frame(record, frame_idx)
     data = await asyncio.to_thread(services.files.get, video_id, frame_name(frame_idx))
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(
+        data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    )
 
 
 def _check_prompt_geometry(record: VideoRecord, prompt: VideoPromptIn) -> None:
     for x, y in prompt.points or []:
         if not (0 <= x < record.width and 0 <= y < record.height):
-            raise ApiError(422, f"points must lie inside the {record.width}x{record.height} frame", param="points")
+            raise ApiError(
+                422,
+                f"points must lie inside the {record.width}x{record.height} frame",
+                param="points",
+            )
     if prompt.box is not None:
         x0, y0, x1, y1 = prompt.box
         if not (0 <= x0 < x1 <= record.width and 0 <= y0 < y1 <= record.height):
-            raise ApiError(422, f"box must lie inside the {record.width}x{record.height} frame", param="box")
+            raise ApiError(
+                422, f"box must lie inside the {record.width}x{record.height} frame", param="box"
+            )
 
 
-@router.post("/{video_id}/prompts", response_model=VideoPromptResult, responses=ERRORS,
-             summary="Add points or a box for one object on one frame; that frame's mask for it")
+@router.post(
+    "/{video_id}/prompts",
+    response_model=VideoPromptResult,
+    responses=ERRORS,
+    summary="Add points or a box for one object on one frame; that frame's mask for it",
+)
 async def add_prompt(
     video_id: str, prompt: VideoPromptIn, services: ServicesDep, principal: PrincipalDep
 ) -> VideoPromptResult:
@@ -188,8 +253,15 @@ async def add_prompt(
     store = _videos(services)
     points = [list(p) for p in prompt.points] if prompt.points else None
     labels = list(prompt.labels) if prompt.labels else ([1] * len(points) if points else None)
-    seq = await asyncio.to_thread(store.add_prompt, video_id, prompt.frame_idx, prompt.obj_id, points, labels,
-                                  list(prompt.box) if prompt.box else None)
+    seq = await asyncio.to_thread(
+        store.add_prompt,
+        video_id,
+        prompt.frame_idx,
+        prompt.obj_id,
+        points,
+        labels,
+        list(prompt.box) if prompt.box else None,
+    )
     history = [p for p in await asyncio.to_thread(store.prompts, video_id) if p["seq"] <= seq]
     started = time.perf_counter()
     try:
@@ -198,26 +270,47 @@ async def add_prompt(
             video_id, frame_source(services.files, video_id, record.frames), history
         )
     except BaseException:
-        await asyncio.to_thread(store.remove_prompt, video_id, seq)  # a failed prompt is not history
+        await asyncio.to_thread(
+            store.remove_prompt, video_id, seq
+        )  # a failed prompt is not history
         raise
     rle = result["rle"]
     bbox = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()}).tolist()
     return VideoPromptResult(
-        video_id=video_id, frame_idx=prompt.frame_idx, obj_id=prompt.obj_id, seq=seq, area=result["area"],
-        bbox=[int(round(v)) for v in bbox], rle=rle, seconds=round(time.perf_counter() - started, 4),
+        video_id=video_id,
+        frame_idx=prompt.frame_idx,
+        obj_id=prompt.obj_id,
+        seq=seq,
+        area=result["area"],
+        bbox=[int(round(v)) for v in bbox],
+        rle=rle,
+        seconds=round(time.perf_counter() - started, 4),
     )
 
 
 @router.get("/{video_id}/prompts", responses=ERRORS, summary="The video's prompt history, in order")
-async def list_prompts(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+async def list_prompts(
+    video_id: str, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     await asyncio.to_thread(_video_or_404, services, video_id, principal)
-    return {"video_id": video_id, "prompts": await asyncio.to_thread(_videos(services).prompts, video_id)}
+    return {
+        "video_id": video_id,
+        "prompts": await asyncio.to_thread(_videos(services).prompts, video_id),
+    }
 
 
-@router.post("/{video_id}/propagate", status_code=202, response_model=JobAccepted, responses=ERRORS,
-             summary="Track the prompted objects through the video, as a durable job")
+@router.post(
+    "/{video_id}/propagate",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=ERRORS,
+    summary="Track the prompted objects through the video, as a durable job",
+)
 async def propagate(
-    video_id: str, services: ServicesDep, principal: PrincipalDep, options: PropagateOptions | None = None
+    video_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    options: PropagateOptions | None = None,
 ) -> JobAccepted:
     options = options or PropagateOptions()
     settings = services.settings
@@ -227,13 +320,26 @@ async def propagate(
     if options.callback_url:
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
     if await asyncio.to_thread(services.store.count, "queued") >= settings.max_queued_jobs:
-        raise ApiError(429, f"{settings.max_queued_jobs} jobs are already queued; retry later", "queue_full",
-                       headers={"Retry-After": str(settings.queue_full_retry_after_s)})
-    job_options = JobOptions(stages=["propagate"], video=options, stage_timeout_s=options.stage_timeout_s,
-                             callback_url=options.callback_url, preview=False, collision=False)
+        raise ApiError(
+            429,
+            f"{settings.max_queued_jobs} jobs are already queued; retry later",
+            "queue_full",
+            headers={"Retry-After": str(settings.queue_full_retry_after_s)},
+        )
+    job_options = JobOptions(
+        stages=["propagate"],
+        video=options,
+        stage_timeout_s=options.stage_timeout_s,
+        callback_url=options.callback_url,
+        preview=False,
+        collision=False,
+    )
     job_id = await asyncio.to_thread(
-        services.store.create, job_options.model_dump(mode="json", exclude_none=True), {"video": video_id},
-        ["propagate"], owner=principal.owner,
+        services.store.create,
+        job_options.model_dump(mode="json", exclude_none=True),
+        {"video": video_id},
+        ["propagate"],
+        owner=principal.owner,
     )
     await asyncio.to_thread(_videos(services).touch, video_id)
     services.runner.notify()
@@ -252,35 +358,61 @@ def _json(request: Request, payload: Any, max_age: int = 0) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-@router.get("/{video_id}/frames/{frame_idx}/masks", responses=ERRORS,
-            summary="One frame's masks, {obj_id: COCO RLE} (gzip when accepted)")
+@router.get(
+    "/{video_id}/frames/{frame_idx}/masks",
+    responses=ERRORS,
+    summary="One frame's masks, {obj_id: COCO RLE} (gzip when accepted)",
+)
 async def frame_masks(
-    video_id: str, frame_idx: int, request: Request, services: ServicesDep, principal: PrincipalDep,
+    video_id: str,
+    frame_idx: int,
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
     obj_id: Annotated[int | None, Query(ge=0, description="Only this object's mask.")] = None,
 ) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     check_frame(record, frame_idx)
     store = _videos(services)
-    if obj_id is not None and obj_id not in {p["obj_id"] for p in await asyncio.to_thread(store.prompts, video_id)}:
-        raise ApiError(404, f"video {video_id} has no object {obj_id} (prompt it first)", "not_found", "obj_id")
+    if obj_id is not None and obj_id not in {
+        p["obj_id"] for p in await asyncio.to_thread(store.prompts, video_id)
+    }:
+        raise ApiError(
+            404, f"video {video_id} has no object {obj_id} (prompt it first)", "not_found", "obj_id"
+        )
     if not await asyncio.to_thread(store.masks, video_id, frame_idx, frame_idx + 1):
-        raise ApiError(404, f"frame {frame_idx} has no masks yet (propagate, or wait for the job)",
-                       "not_found", "frame_idx")
+        raise ApiError(
+            404,
+            f"frame {frame_idx} has no masks yet (propagate, or wait for the job)",
+            "not_found",
+            "frame_idx",
+        )
     data = await asyncio.to_thread(services.files.get, video_id, masks_name(frame_idx))
     if obj_id is None and _accepts_gzip(request):  # stored gzip'd: sent as is
-        return Response(data, media_type="application/json",
-                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+        return Response(
+            data,
+            media_type="application/json",
+            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )
     masks = decode_frame_masks(data)
     if obj_id is not None:
         masks = {str(obj_id): masks[str(obj_id)]} if str(obj_id) in masks else {}
     return _json(request, masks)
 
 
-@router.get("/{video_id}/masks", response_model=FrameMasksRange, responses=ERRORS,
-            summary=f"Masks of frames [start, end) (at most {MAX_MASK_RANGE}), for prefetching")
+@router.get(
+    "/{video_id}/masks",
+    response_model=FrameMasksRange,
+    responses=ERRORS,
+    summary=f"Masks of frames [start, end) (at most {MAX_MASK_RANGE}), for prefetching",
+)
 async def masks_range(
-    video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep,
-    start: Annotated[int, Query(ge=0)] = 0, end: Annotated[int | None, Query(ge=1)] = None,
+    video_id: str,
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    start: Annotated[int, Query(ge=0)] = 0,
+    end: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     end = min(record.frames, end if end is not None else start + MAX_MASK_RANGE)
@@ -289,16 +421,30 @@ async def masks_range(
     if end - start > MAX_MASK_RANGE:
         raise ApiError(422, f"at most {MAX_MASK_RANGE} frames per request", param="end")
     present = await asyncio.to_thread(_videos(services).masks, video_id, start, end)
-    blobs = await asyncio.gather(*(asyncio.to_thread(services.files.get, video_id, masks_name(m.frame_idx))
-                                   for m in present))
-    frames = [FrameMasks(frame_idx=m.frame_idx, masks=decode_frame_masks(b)) for m, b in zip(present, blobs)]
+    blobs = await asyncio.gather(
+        *(asyncio.to_thread(services.files.get, video_id, masks_name(m.frame_idx)) for m in present)
+    )
+    frames = [
+        FrameMasks(frame_idx=m.frame_idx, masks=decode_frame_masks(b))
+        for m, b in zip(present, blobs)
+    ]
     payload = FrameMasksRange(video_id=video_id, start=start, end=end, frames=frames)
     return _json(request, payload.model_dump(mode="json"))
 
 
-def _export_coco(record: VideoRecord, frames: list[tuple[int, dict[str, dict[str, Any]]]], objects: list[int]) -> bytes:
-    images = [{"id": idx, "file_name": frame_name(idx), "frame_index": idx, "width": record.width,
-               "height": record.height} for idx in range(record.frames)]
+def _export_coco(
+    record: VideoRecord, frames: list[tuple[int, dict[str, dict[str, Any]]]], objects: list[int]
+) -> bytes:
+    images = [
+        {
+            "id": idx,
+            "file_name": frame_name(idx),
+            "frame_index": idx,
+            "width": record.width,
+            "height": record.height,
+        }
+        for idx in range(record.frames)
+    ]
     annotations = []
     for idx, masks in frames:
         for obj, rle in sorted(masks.items(), key=lambda kv: int(kv[0])):
@@ -306,28 +452,48 @@ def _export_coco(record: VideoRecord, frames: list[tuple[int, dict[str, dict[str
             area = int(mask_utils.area(encoded))
             if area == 0:
                 continue
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": idx, "category_id": 1, "track_id": int(obj),
-                "segmentation": rle, "area": area, "iscrowd": 0,
-                "bbox": [round(float(v), 2) for v in mask_utils.toBbox(encoded)],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": idx,
+                    "category_id": 1,
+                    "track_id": int(obj),
+                    "segmentation": rle,
+                    "area": area,
+                    "iscrowd": 0,
+                    "bbox": [round(float(v), 2) for v in mask_utils.toBbox(encoded)],
+                }
+            )
     coco = {
         "info": {"description": f"meshline video {record.id}", "fps": record.fps},
-        "videos": [{"id": record.id, "frames": record.frames, "width": record.width, "height": record.height}],
-        "images": images, "annotations": annotations,
-        "categories": [{"id": 1, "name": "object"}], "tracks": [{"id": o, "category_id": 1} for o in objects],
+        "videos": [
+            {
+                "id": record.id,
+                "frames": record.frames,
+                "width": record.width,
+                "height": record.height,
+            }
+        ],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "object"}],
+        "tracks": [{"id": o, "category_id": 1} for o in objects],
     }
     return json.dumps(coco).encode()
 
 
-def _export_png_zip(record: VideoRecord, frames: list[tuple[int, dict[str, dict[str, Any]]]], objects: list[int]) -> bytes:
+def _export_png_zip(
+    record: VideoRecord, frames: list[tuple[int, dict[str, dict[str, Any]]]], objects: list[int]
+) -> bytes:
     """DAVIS-style: one palette PNG per frame, pixel value = 1 + the object's index in ``objects``."""
     index = {obj: i + 1 for i, obj in enumerate(objects)}
     palette = np.random.default_rng(0).integers(40, 255, size=(256, 3), dtype=np.uint8)
     palette[0] = 0
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("objects.json", json.dumps({"pixel_values": {str(o): v for o, v in index.items()}}))
+        archive.writestr(
+            "objects.json", json.dumps({"pixel_values": {str(o): v for o, v in index.items()}})
+        )
         for idx, masks in frames:
             label = np.zeros((record.height, record.width), dtype=np.uint8)
             for obj, rle in sorted(masks.items(), key=lambda kv: int(kv[0])):
@@ -340,39 +506,59 @@ def _export_png_zip(record: VideoRecord, frames: list[tuple[int, dict[str, dict[
     return buffer.getvalue()
 
 
-@router.get("/{video_id}/export", responses={200: {"content": {"application/json": {}, "application/zip": {}}}, **ERRORS},
-            summary="All masks: COCO JSON (RLE, track_id = obj_id) or a zip of palette PNGs")
-async def export(video_id: str, services: ServicesDep, principal: PrincipalDep,
-                 format: Annotated[Literal["coco", "png-zip"], Query()] = "coco") -> Response:
+@router.get(
+    "/{video_id}/export",
+    responses={200: {"content": {"application/json": {}, "application/zip": {}}}, **ERRORS},
+    summary="All masks: COCO JSON (RLE, track_id = obj_id) or a zip of palette PNGs",
+)
+async def export(
+    video_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    format: Annotated[Literal["coco", "png-zip"], Query()] = "coco",
+) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     store = _videos(services)
     present = await asyncio.to_thread(store.masks, video_id)
     objects = sorted({p["obj_id"] for p in await asyncio.to_thread(store.prompts, video_id)})
-    blobs = await asyncio.gather(*(asyncio.to_thread(services.files.get, video_id, masks_name(m.frame_idx))
-                                   for m in present))
+    blobs = await asyncio.gather(
+        *(asyncio.to_thread(services.files.get, video_id, masks_name(m.frame_idx)) for m in present)
+    )
     frames = [(m.frame_idx, decode_frame_masks(b)) for m, b in zip(present, blobs)]
     if format == "coco":
         data = await asyncio.to_thread(_export_coco, record, frames, objects)
-        return Response(data, media_type="application/json",
-                        headers={"Content-Disposition": f'attachment; filename="{video_id}.coco.json"'})
+        return Response(
+            data,
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{video_id}.coco.json"'},
+        )
     data = await asyncio.to_thread(_export_png_zip, record, frames, objects)
-    return Response(data, media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{video_id}.masks.zip"'})
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{video_id}.masks.zip"'},
+    )
 
 
 async def delete_video_everywhere(services: Services, video_id: str) -> bool:
     """Cancel the video's unfinished jobs, then drop its records and files."""
     for status in ("queued", "running"):
         for job in await asyncio.to_thread(services.store.list, status, 500):
-            if job.inputs.get("video") == video_id and await asyncio.to_thread(services.store.cancel, job.id):
+            if job.inputs.get("video") == video_id and await asyncio.to_thread(
+                services.store.cancel, job.id
+            ):
                 services.runner.cancel_local(job.id)
     deleted = await asyncio.to_thread(_videos(services).delete, video_id)
     await asyncio.to_thread(services.files.delete_job, video_id)
     return deleted
 
 
-@router.delete("/{video_id}", status_code=204, responses=ERRORS,
-               summary="Delete a video: its frames, prompts, masks; cancels its running jobs")
+@router.delete(
+    "/{video_id}",
+    status_code=204,
+    responses=ERRORS,
+    summary="Delete a video: its frames, prompts, masks; cancels its running jobs",
+)
 async def delete_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> Response:
     await asyncio.to_thread(_video_or_404, services, video_id, principal)
     await delete_video_everywhere(services, video_id)
@@ -390,4 +576,3 @@ async def expire_idle_videos(services: Services) -> list[str]:
     for video_id in expired:
         await delete_video_everywhere(services, video_id)
     return expired
-

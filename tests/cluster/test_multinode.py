@@ -24,8 +24,20 @@ def test_two_node_cluster_with_postgres(s3_endpoint: str, tmp_path: Path) -> Non
     try:
         db_url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
         result = subprocess.run(
-            [sys.executable, "-m", "tests.cluster.two_node_app", db_url, s3_endpoint, ARTIFACT_BUCKET, str(tmp_path)],
-            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+            [
+                sys.executable,
+                "-m",
+                "tests.cluster.two_node_app",
+                db_url,
+                s3_endpoint,
+                ARTIFACT_BUCKET,
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
         lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
         assert result.returncode == 0 and lines, result.stderr[-4000:]

@@ -21,20 +21,27 @@ def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        chromium = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
         try:
             yield chromium
         finally:
             chromium.close()
 
 
-def test_admin_page_follows_a_job_to_100_percent(live_app: LiveApp, client: httpx.Client, browser, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+def test_admin_page_follows_a_job_to_100_percent(
+    live_app: LiveApp, client: httpx.Client, browser, disk_scene: Scene
+) -> None:  # type: ignore[no-untyped-def]
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{live_app.base_url}/admin")
-    job_id = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
-                         data={"options": json.dumps({"stages": ["segment", "reconstruct"]})}).json()["job_id"]
+    job_id = client.post(
+        "/v1/jobs",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps({"stages": ["segment", "reconstruct"]})},
+    ).json()["job_id"]
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     row.wait_for(timeout=30_000)  # listed live, through the SSE stream
     page.locator(f'tr[data-job-id="{job_id}"][data-status="succeeded"]').wait_for(timeout=180_000)
@@ -83,18 +90,26 @@ def keyed_api(live_app: LiveApp) -> Iterator[str]:
     from serve_app.settings import Settings
     from tests.conftest import APP_NAME, free_port
 
-    keys = [{"id": "root", "sha256": hash_key(ADMIN_KEY), "admin": True},
-            {"id": "user", "sha256": hash_key(USER_KEY)}]
+    keys = [
+        {"id": "root", "sha256": hash_key(ADMIN_KEY), "admin": True},
+        {"id": "user", "sha256": hash_key(USER_KEY)},
+    ]
     settings = Settings(**{**live_app.settings, "api_keys": keys})
     store = JobStore(settings.resolved_db_url)
-    files = make_artifact_store(settings.artifact_uri, settings.resolved_artifact_dir, settings.s3_endpoint_url,
-                                settings.s3_presign_ttl_s)
+    files = make_artifact_store(
+        settings.artifact_uri,
+        settings.resolved_artifact_dir,
+        settings.s3_endpoint_url,
+        settings.s3_presign_ttl_s,
+    )
     handles = Handles(None, None, None, None)
     runner = JobRunner(store, files, handles, settings, owner="keyed-test")  # never started
     registry = ModelRegistry(settings.detector_model, None, settings.detector_models_dir)
     services = Services(settings, store, files, handles, runner, {}, APP_NAME, registry)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -107,11 +122,16 @@ def keyed_api(live_app: LiveApp) -> Iterator[str]:
 ADMIN_KEY, USER_KEY = "admin-test-key", "user-test-key"
 
 
-def test_admin_page_with_keys_streams_with_a_bearer_header(keyed_api: str, browser, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+def test_admin_page_with_keys_streams_with_a_bearer_header(
+    keyed_api: str, browser, disk_scene: Scene
+) -> None:  # type: ignore[no-untyped-def]
     with httpx.Client(base_url=keyed_api, timeout=60) as http:
-        job_id = http.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
-                           data={"options": json.dumps({"stages": ["segment"]})},
-                           headers={"Authorization": f"Bearer {USER_KEY}"}).json()["job_id"]
+        job_id = http.post(
+            "/v1/jobs",
+            files={"image": ("s.png", disk_scene.png())},
+            data={"options": json.dumps({"stages": ["segment"]})},
+            headers={"Authorization": f"Bearer {USER_KEY}"},
+        ).json()["job_id"]
     page = browser.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
@@ -120,12 +140,16 @@ def test_admin_page_with_keys_streams_with_a_bearer_header(keyed_api: str, brows
     assert "missing API key" in page.locator("#conn").inner_text()
     page.fill("#key", USER_KEY)
     page.click("#connect")
-    page.wait_for_function("document.querySelector('#conn').textContent.includes('not an admin key')", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#conn').textContent.includes('not an admin key')", timeout=30_000
+    )
     page.fill("#key", ADMIN_KEY)
     page.click("#connect")
     row = page.locator(f'tr[data-job-id="{job_id}"][data-status="succeeded"]')
     row.wait_for(timeout=180_000)
     assert row.locator(".pct").inner_text() == "100 %"
     assert row.locator("td").nth(1).inner_text() == "user"  # the owner the key's job recorded
-    assert not any(ADMIN_KEY in url or USER_KEY in url for url in requests)  # keys never go into URLs
+    assert not any(
+        ADMIN_KEY in url or USER_KEY in url for url in requests
+    )  # keys never go into URLs
     page.close()

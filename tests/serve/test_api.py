@@ -29,8 +29,14 @@ def test_healthz_reports_every_deployment(client) -> None:  # type: ignore[no-un
 
 def test_openapi_and_docs(client) -> None:  # type: ignore[no-untyped-def]
     spec = client.get("/openapi.json").json()
-    for path in ("/healthz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/artifacts/{name}",
-                 "/v1/segment", "/v1/detect"):
+    for path in (
+        "/healthz",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/artifacts/{name}",
+        "/v1/segment",
+        "/v1/detect",
+    ):
         assert path in spec["paths"], path
     content = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
     assert set(content) == {"multipart/form-data", "application/json"}
@@ -39,23 +45,35 @@ def test_openapi_and_docs(client) -> None:  # type: ignore[no-untyped-def]
 
 def test_segment_endpoint(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
     options = {"points": [[160, 120]], "labels": [1], "multimask": True, "png": True}
-    response = client.post("/v1/segment", files={"image": ("s.png", disk_scene.png())}, data={"options": json.dumps(options)})
+    response = client.post(
+        "/v1/segment",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps(options)},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["width"], body["height"]) == (320, 240) and body["weights"] == "random"
     assert len(body["masks"]) == 3
     for mask in body["masks"]:
-        decoded = mask_utils.decode({"size": mask["rle"]["size"], "counts": mask["rle"]["counts"].encode()})
+        decoded = mask_utils.decode(
+            {"size": mask["rle"]["size"], "counts": mask["rle"]["counts"].encode()}
+        )
         assert decoded.shape == (240, 320) and int(decoded.sum()) == mask["area"]
         assert mask["png_base64"]
-    box = client.post("/v1/segment", files={"image": ("s.png", disk_scene.png())},
-                      data={"options": json.dumps({"box": [100, 60, 220, 180]})}).json()
+    box = client.post(
+        "/v1/segment",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps({"box": [100, 60, 220, 180]})},
+    ).json()
     assert box["prompt"]["box"] == [100.0, 60.0, 220.0, 180.0] and len(box["masks"]) == 1
 
 
 def test_detect_endpoint(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
-    response = client.post("/v1/detect", files={"image": ("s.png", disk_scene.png())},
-                           data={"options": json.dumps({"conf": 0.0001, "max_det": 5})})
+    response = client.post(
+        "/v1/detect",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps({"conf": 0.0001, "max_det": 5})},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert 0 < len(body["detections"]) <= 5
@@ -74,8 +92,12 @@ def test_detect_endpoint(client, disk_scene: Scene) -> None:  # type: ignore[no-
         ("/v1/detect", {"classes": ["unicorn"]}, "classes"),
     ],
 )
-def test_bad_prompts_and_parameters(client, disk_scene: Scene, path: str, options: dict, param: str | None) -> None:  # type: ignore[no-untyped-def]
-    response = client.post(path, files={"image": ("s.png", disk_scene.png())}, data={"options": json.dumps(options)})
+def test_bad_prompts_and_parameters(
+    client, disk_scene: Scene, path: str, options: dict, param: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(
+        path, files={"image": ("s.png", disk_scene.png())}, data={"options": json.dumps(options)}
+    )
     error = _error(response, 422)
     if param:
         assert error["param"] == param
@@ -84,13 +106,18 @@ def test_bad_prompts_and_parameters(client, disk_scene: Scene, path: str, option
 def test_bad_uploads(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
     png = disk_scene.png()
     _error(client.post("/v1/jobs", files={"image": ("x.txt", b"plain text, not pixels")}), 415)
-    truncated = _error(client.post("/v1/jobs", files={"image": ("t.png", png[: len(png) // 2])}), 422)
+    truncated = _error(
+        client.post("/v1/jobs", files={"image": ("t.png", png[: len(png) // 2])}), 422
+    )
     assert "truncated" in truncated["message"]
     _error(client.post("/v1/jobs", files={"image": ("e.png", b"")}), 400)
     _error(client.post("/v1/jobs", content=b"", headers={"content-type": "application/json"}), 400)
     _error(client.post("/v1/jobs"), 400)
     _error(client.post("/v1/jobs", content=b"abc", headers={"content-type": "text/plain"}), 415)
-    _error(client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    _error(
+        client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+    )
     _error(client.post("/v1/jobs", files={"other": ("x.png", png)}), 422)
     _error(client.post("/v1/segment", files={"image": ("x.txt", b"GIF89a but not really")}), 415)
 
@@ -115,8 +142,14 @@ def test_bad_job_options(client, disk_scene: Scene) -> None:  # type: ignore[no-
 
 
 def test_unsafe_urls_are_refused(client) -> None:  # type: ignore[no-untyped-def]
-    for url in ("file:///etc/passwd", "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/x.png",
-                "ftp://example.com/x.png", "http://[::1]:80/x.png", "not a url"):
+    for url in (
+        "file:///etc/passwd",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/x.png",
+        "ftp://example.com/x.png",
+        "http://[::1]:80/x.png",
+        "not a url",
+    ):
         response = client.post("/v1/jobs", json={"image_url": url})
         assert response.status_code == 422, (url, response.text)
     _error(client.post("/v1/jobs", json={"image_url": "http://127.0.0.1:1/x.png", "extra": 1}), 422)
@@ -126,11 +159,17 @@ def test_unknown_jobs_and_artifacts(client, disk_scene: Scene) -> None:  # type:
     _error(client.get("/v1/jobs/" + "f" * 32), 404)
     _error(client.get("/v1/jobs/not-a-job-id"), 404)
     _error(client.get(f"/v1/jobs/{'f' * 32}/artifacts/mask.png"), 404)
-    job_id = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
-                         data={"options": json.dumps({"stages": ["segment"]})}).json()["job_id"]
+    job_id = client.post(
+        "/v1/jobs",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps({"stages": ["segment"]})},
+    ).json()["job_id"]
     _error(client.get(f"/v1/jobs/{job_id}/artifacts/nothing.obj"), 404)
     _error(client.get(f"/v1/jobs/{job_id}/artifacts/..secret"), 400)
-    for raw in (f"/v1/jobs/{job_id}/artifacts/..%2F..%2Fmeshline.db", f"/v1/jobs/{job_id}/artifacts/%2E%2E"):
+    for raw in (
+        f"/v1/jobs/{job_id}/artifacts/..%2F..%2Fmeshline.db",
+        f"/v1/jobs/{job_id}/artifacts/%2E%2E",
+    ):
         response = client.get(raw)
         assert 400 <= response.status_code < 500, raw
     _error(client.get("/v1/jobs", params={"status": "exploded"}), 422)

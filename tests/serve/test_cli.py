@@ -24,13 +24,31 @@ def test_submit_wait_download(live_app: LiveApp, tmp_path: Path) -> None:
     image = tmp_path / "photo.png"
     image.write_bytes(make_scene("box").png())
     out = tmp_path / "out"
-    result = _run("submit", str(image), "--wait", "--out", str(out), "--host", "127.0.0.1", "--port", str(live_app.port))
+    result = _run(
+        "submit",
+        str(image),
+        "--wait",
+        "--out",
+        str(out),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(live_app.port),
+    )
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip().splitlines()[-1]
     assert len(job_id) == 32
     names = {p.name for p in out.iterdir()}
-    assert {"mask.png", "visual.obj", "visual.mtl", "visual.stl", "visual.glb", "visual.ply", "preview.gif",
-            "collision.stl"} <= names
+    assert {
+        "mask.png",
+        "visual.obj",
+        "visual.mtl",
+        "visual.stl",
+        "visual.glb",
+        "visual.ply",
+        "preview.gif",
+        "collision.stl",
+    } <= names
     assert trimesh.load(out / "visual.stl").is_watertight
     assert Image.open(out / "preview.gif").n_frames > 1
     for stage in ("segment", "reconstruct", "paint", "convert"):
@@ -38,7 +56,16 @@ def test_submit_wait_download(live_app: LiveApp, tmp_path: Path) -> None:
 
     status = _run("status", job_id, "--json", "--port", str(live_app.port))
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"
-    again = _run("download", job_id, "--out", str(tmp_path / "again"), "--name", "visual.glb", "--port", str(live_app.port))
+    again = _run(
+        "download",
+        job_id,
+        "--out",
+        str(tmp_path / "again"),
+        "--name",
+        "visual.glb",
+        "--port",
+        str(live_app.port),
+    )
     assert again.returncode == 0 and (tmp_path / "again" / "visual.glb").read_bytes()[:4] == b"glTF"
 
 

@@ -25,12 +25,17 @@ def test_each_deployment_through_its_handle(live_app: LiveApp) -> None:
     reconstructor = serve.get_deployment_handle("Reconstructor", app_name=APP_NAME)
     shape = reconstructor.reconstruct.remote(scene.image, scene.mask).result()
     mesh = trimesh.load(io.BytesIO(shape["mesh"]), file_type="ply", force="mesh")
-    assert mesh.is_watertight and shape["stats"]["mask_bbox_xyxy"][2] > shape["stats"]["mask_bbox_xyxy"][0]
+    assert (
+        mesh.is_watertight
+        and shape["stats"]["mask_bbox_xyxy"][2] > shape["stats"]["mask_bbox_xyxy"][0]
+    )
     painted = reconstructor.paint.remote(shape["mesh"], scene.image, scene.mask).result()
     assert painted["format"] == "glb" and painted["mesh"][:4] == b"glTF"
 
     converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
-    files = converter.convert.remote(painted["mesh"], formats=["ply"], collision=False, preview=False).result()
+    files = converter.convert.remote(
+        painted["mesh"], formats=["ply"], collision=False, preview=False
+    ).result()
     assert [f["name"] for f in files["files"]] == ["visual.ply", "mesh_stats.json"]
 
     detector = serve.get_deployment_handle("Detector", app_name=APP_NAME)
@@ -58,7 +63,9 @@ def test_notebook_example_runs_against_the_live_app(live_app: LiveApp) -> None:
     assert out["shape"]["stats"]["watertight"]
 
 
-def test_deployment_at_zero_replicas_answers_the_first_request(live_app: LiveApp, test_settings: dict) -> None:
+def test_deployment_at_zero_replicas_answers_the_first_request(
+    live_app: LiveApp, test_settings: dict
+) -> None:
     """A Detector that starts with zero replicas: the first call waits for the cold start."""
     from deployments.detector import DetectorDeployment
     from serve_app.app import model_configs
@@ -68,15 +75,21 @@ def test_deployment_at_zero_replicas_answers_the_first_request(live_app: LiveApp
     zero = DetectorDeployment.options(
         name="ZeroDetector",
         ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},
-        autoscaling_config={"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
-                            "downscale_to_zero_delay_s": 600},
+        autoscaling_config={
+            "min_replicas": 0,
+            "initial_replicas": 0,
+            "max_replicas": 1,
+            "downscale_to_zero_delay_s": 600,
+        },
     )
     handle = serve.run(zero.bind(detector_cfg), name="zero", route_prefix=None)
     try:
         status = serve.status().applications["zero"].deployments["ZeroDetector"]
         assert sum(status.replica_states.values()) == 0, status.replica_states
         started = time.monotonic()
-        found = handle.detect.remote(make_scene().image, conf=0.0001, max_det=2).result(timeout_s=300)
+        found = handle.detect.remote(make_scene().image, conf=0.0001, max_det=2).result(
+            timeout_s=300
+        )
         cold_start_s = time.monotonic() - started
         assert 0 < len(found["boxes"]) <= 2
         status = serve.status().applications["zero"].deployments["ZeroDetector"]

@@ -15,10 +15,14 @@ from tests.conftest import APP_NAME, LiveApp, wait_for_job
 from tests.helpers import Scene, make_scene
 
 
-def _post_job(http: httpx.Client, scene: Scene, options: dict | None = None, **headers: str) -> httpx.Response:
+def _post_job(
+    http: httpx.Client, scene: Scene, options: dict | None = None, **headers: str
+) -> httpx.Response:
     return http.post(
-        "/v1/jobs", files={"image": ("s.png", scene.png())},
-        data={"options": json.dumps(options or {})}, headers=headers,
+        "/v1/jobs",
+        files={"image": ("s.png", scene.png())},
+        data={"options": json.dumps(options or {})},
+        headers=headers,
     )
 
 
@@ -52,7 +56,9 @@ def test_idempotency_key(client: httpx.Client, disk_scene: Scene) -> None:
     second = _post_job(client, disk_scene, {"stages": ["segment"]}, **{"Idempotency-Key": key})
     assert second.status_code == 200 and second.headers["idempotent-replayed"] == "true"
     assert second.json()["job_id"] == first.json()["job_id"]
-    other = _post_job(client, disk_scene, {"stages": ["segment"], "preview": False}, **{"Idempotency-Key": key})
+    other = _post_job(
+        client, disk_scene, {"stages": ["segment"], "preview": False}, **{"Idempotency-Key": key}
+    )
     assert other.status_code == 409 and other.json()["error"]["param"] == "Idempotency-Key"
     unkeyed = _post_job(client, disk_scene, {"stages": ["segment"]})
     assert unkeyed.status_code == 202 and unkeyed.json()["job_id"] != first.json()["job_id"]
@@ -65,7 +71,9 @@ def test_concurrent_submits_with_one_key_make_one_job(live_app: LiveApp, disk_sc
 
     def submit() -> None:
         with live_app.client() as http:
-            results.append(_post_job(http, disk_scene, {"stages": ["segment"]}, **{"Idempotency-Key": key}))
+            results.append(
+                _post_job(http, disk_scene, {"stages": ["segment"]}, **{"Idempotency-Key": key})
+            )
 
     threads = [threading.Thread(target=submit) for _ in range(4)]
     for thread in threads:
@@ -120,7 +128,11 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
     pid = converter.info.remote().result()["pid"]
     sphere = trimesh.creation.icosphere(subdivisions=6)  # 82k faces: seconds of conversion
     job_id = client.post(
-        "/v1/jobs", files={"image": ("s.png", make_scene().png()), "mesh": ("sphere.ply", sphere.export(file_type="ply"))},
+        "/v1/jobs",
+        files={
+            "image": ("s.png", make_scene().png()),
+            "mesh": ("sphere.ply", sphere.export(file_type="ply")),
+        },
         data={"options": json.dumps({"stages": ["convert"]})},
     ).json()["job_id"]
     deadline = time.monotonic() + 120
@@ -148,7 +160,7 @@ def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene
     received: list[tuple[dict[str, str], bytes]] = []
 
     class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append(({k.lower(): v for k, v in self.headers.items()}, body))
             self.send_response(500 if len(received) == 1 else 204)  # fail once, then accept
@@ -161,7 +173,9 @@ def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        job_id = _post_job(client, disk_scene, {"stages": ["segment"], "callback_url": url}).json()["job_id"]
+        job_id = _post_job(client, disk_scene, {"stages": ["segment"], "callback_url": url}).json()[
+            "job_id"
+        ]
         assert wait_for_job(client, job_id)["status"] == "succeeded"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -171,20 +185,40 @@ def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene
             time.sleep(0.1)
     finally:
         server.shutdown()
-    assert webhook["state"] == "delivered" and webhook["attempts"] == 2 and webhook["last_status"] == 204
+    assert (
+        webhook["state"] == "delivered"
+        and webhook["attempts"] == 2
+        and webhook["last_status"] == 204
+    )
     assert len(received) == 2
     for headers, body in received:
-        assert verify(WEBHOOK_SECRET, headers[TIMESTAMP_HEADER.lower()], body, headers[SIGNATURE_HEADER.lower()])
+        assert verify(
+            WEBHOOK_SECRET,
+            headers[TIMESTAMP_HEADER.lower()],
+            body,
+            headers[SIGNATURE_HEADER.lower()],
+        )
         payload = json.loads(body)
         assert payload["job_id"] == job_id and payload["status"] == "succeeded"
-    assert not verify("wrong-secret", received[0][0][TIMESTAMP_HEADER.lower()], received[0][1],
-                      received[0][0][SIGNATURE_HEADER.lower()])
+    assert not verify(
+        "wrong-secret",
+        received[0][0][TIMESTAMP_HEADER.lower()],
+        received[0][1],
+        received[0][0][SIGNATURE_HEADER.lower()],
+    )
 
 
 def test_unsafe_callback_urls_are_refused(client: httpx.Client, disk_scene: Scene) -> None:
-    for url in ("http://10.0.0.1/hook", "http://169.254.169.254/", "file:///tmp/x", "ftp://example.com/"):
+    for url in (
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/",
+        "file:///tmp/x",
+        "ftp://example.com/",
+    ):
         response = _post_job(client, disk_scene, {"stages": ["segment"], "callback_url": url})
-        assert response.status_code == 422 and response.json()["error"]["param"] == "callback_url", url
+        assert (
+            response.status_code == 422 and response.json()["error"]["param"] == "callback_url"
+        ), url
 
 
 def test_a_hung_stage_times_out_then_fails_naming_the_stage(client: httpx.Client) -> None:
@@ -198,7 +232,8 @@ def test_a_hung_stage_times_out_then_fails_naming_the_stage(client: httpx.Client
     os.kill(pid, signal.SIGSTOP)
     try:
         response = client.post(
-            "/v1/jobs", files={"image": ("s.png", make_scene().png()), "mesh": ("box.ply", box)},
+            "/v1/jobs",
+            files={"image": ("s.png", make_scene().png()), "mesh": ("box.ply", box)},
             data={"options": json.dumps({"stages": ["convert"], "stage_timeout_s": 1.5})},
         )
         job = wait_for_job(client, response.json()["job_id"], timeout_s=60)
@@ -220,8 +255,11 @@ def test_paint_alone_with_a_supplied_mesh(client: httpx.Client, disk_scene: Scen
     mesh, _ = inflate(object_mask(disk_scene.mask, disk_scene.image.shape), InflateParams(grid=48))
     response = client.post(
         "/v1/jobs",
-        files={"image": ("s.png", disk_scene.png()), "mask": ("m.png", disk_scene.mask_png()),
-               "mesh": ("shape.glb", mesh.export(file_type="glb"))},
+        files={
+            "image": ("s.png", disk_scene.png()),
+            "mask": ("m.png", disk_scene.mask_png()),
+            "mesh": ("shape.glb", mesh.export(file_type="glb")),
+        },
         data={"options": json.dumps({"stages": ["paint"]})},
     )
     assert response.status_code == 202, response.text
@@ -231,6 +269,9 @@ def test_paint_alone_with_a_supplied_mesh(client: httpx.Client, disk_scene: Scen
     textured = trimesh.load(io.BytesIO(client.get(url).content), file_type="glb", force="mesh")
     assert isinstance(textured.visual, trimesh.visual.TextureVisuals)
     assert len(textured.faces) == len(mesh.faces)
-    missing = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
-                          data={"options": json.dumps({"stages": ["paint"]})})
+    missing = client.post(
+        "/v1/jobs",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps({"stages": ["paint"]})},
+    )
     assert missing.status_code == 422 and missing.json()["error"]["param"] == "mask"

@@ -15,8 +15,11 @@ from tests.unit.test_metrics import _samples, promtool_check
 
 
 def test_metrics_endpoint_passes_promtool(client: httpx.Client, disk_scene: Scene) -> None:
-    job = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
-                      data={"options": json.dumps({"stages": ["segment"]})}).json()
+    job = client.post(
+        "/v1/jobs",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps({"stages": ["segment"]})},
+    ).json()
     assert wait_for_job(client, job["job_id"])["status"] == "succeeded"
     response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
@@ -24,9 +27,13 @@ def test_metrics_endpoint_passes_promtool(client: httpx.Client, disk_scene: Scen
     assert checked.returncode == 0, checked.stdout + checked.stderr
     samples = _samples(response.text)
     assert samples[("meshline_jobs", (("stage", "done"), ("status", "succeeded")))] >= 1
-    assert ("meshline_job_queue_depth", ()) in samples and samples[("meshline_jobstore_up", ())] == 1
-    assert any(name == "meshline_http_requests_total" and ("route", "/v1/jobs/{job_id}") in labels
-               for name, labels in samples)
+    assert ("meshline_job_queue_depth", ()) in samples and samples[
+        ("meshline_jobstore_up", ())
+    ] == 1
+    assert any(
+        name == "meshline_http_requests_total" and ("route", "/v1/jobs/{job_id}") in labels
+        for name, labels in samples
+    )
 
 
 def test_healthz_reports_open_access(client: httpx.Client) -> None:
@@ -34,21 +41,32 @@ def test_healthz_reports_open_access(client: httpx.Client) -> None:
     assert body["auth"] == "open"  # the session app configures no keys
 
 
-def test_ray_exports_meshline_metrics_from_the_replicas(client: httpx.Client, disk_scene: Scene) -> None:
+def test_ray_exports_meshline_metrics_from_the_replicas(
+    client: httpx.Client, disk_scene: Scene
+) -> None:
     """Stage latency (ingress) and Detector loads/evictions (detector_max_models=1) reach
     Ray's metrics agent, the endpoint Prometheus scrapes on every node."""
     import ray
 
     for model in ("alpha", "beta", "alpha"):  # with one model per replica, each switch evicts
-        response = client.post(f"/v1/detect?model={model}", files={"image": ("s.png", disk_scene.png())})
+        response = client.post(
+            f"/v1/detect?model={model}", files={"image": ("s.png", disk_scene.png())}
+        )
         assert response.status_code == 200, response.text
-    job = client.post("/v1/jobs", files={"image": ("s.png", disk_scene.png())},
-                      data={"options": json.dumps({"stages": ["segment"]})}).json()
+    job = client.post(
+        "/v1/jobs",
+        files={"image": ("s.png", disk_scene.png())},
+        data={"options": json.dumps({"stages": ["segment"]})},
+    ).json()
     assert wait_for_job(client, job["job_id"])["status"] == "succeeded"
 
     port = ray._private.worker.global_worker.node.metrics_export_port
-    wanted = ("ray_meshline_model_loads_total", "ray_meshline_model_evictions_total",
-              "ray_meshline_model_load_seconds_bucket", "ray_meshline_stage_seconds_bucket")
+    wanted = (
+        "ray_meshline_model_loads_total",
+        "ray_meshline_model_evictions_total",
+        "ray_meshline_model_load_seconds_bucket",
+        "ray_meshline_stage_seconds_bucket",
+    )
     deadline = time.monotonic() + 90  # the agent exports every few seconds
     text = ""
     while time.monotonic() < deadline:
@@ -60,16 +78,20 @@ def test_ray_exports_meshline_metrics_from_the_replicas(client: httpx.Client, di
     missing = [name for name in wanted if not any(line.startswith(name) for line in lines)]
     assert not missing, f"missing {missing}; meshline lines: {lines[:20]}"
     evictions = [line for line in lines if line.startswith("ray_meshline_model_evictions_total")]
-    assert any('deployment="Detector"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in evictions), evictions
+    assert any(
+        'deployment="Detector"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in evictions
+    ), evictions
     stage = [line for line in lines if line.startswith("ray_meshline_stage_seconds_count")]
-    assert any('stage="segment"' in line and 'deployment="Segmenter"' in line for line in stage), stage
+    assert any('stage="segment"' in line and 'deployment="Segmenter"' in line for line in stage), (
+        stage
+    )
 
 
 def test_chunked_upload_over_the_limit_is_refused(live_app: LiveApp) -> None:
     """No Content-Length: the ingress counts the streamed bytes and stops at the limit."""
     import select
 
-    limit = int(25 * 2**20) * 3 + 64 * 1024  # max_upload_mb default (three files + framing)
+    limit = (25 * 2**20) * 3 + 64 * 1024  # max_upload_mb default (three files + framing)
     chunk = b"\0" * 2**20
     sent = 0
     head = b""

@@ -25,7 +25,9 @@ def _submit(http, scene: Scene, options: dict | None = None, with_mask: bool = F
     response = http.post("/v1/jobs", files=files, data={"options": json.dumps(options or {})})
     assert response.status_code == 202, response.text
     body = response.json()
-    assert body["status"] == "queued" and response.headers["location"] == f"/v1/jobs/{body['job_id']}"
+    assert (
+        body["status"] == "queued" and response.headers["location"] == f"/v1/jobs/{body['job_id']}"
+    )
     return body["job_id"]
 
 
@@ -43,14 +45,18 @@ def _download(http, job: dict, name: str) -> bytes:  # type: ignore[no-untyped-d
 def _check_meshes(http, job: dict) -> trimesh.Trimesh:  # type: ignore[no-untyped-def]
     meshes = {}
     for name, fmt in MESH_FILES.items():
-        meshes[name] = trimesh.load(io.BytesIO(_download(http, job, name)), file_type=fmt, force="mesh")
+        meshes[name] = trimesh.load(
+            io.BytesIO(_download(http, job, name)), file_type=fmt, force="mesh"
+        )
         assert len(meshes[name].faces) > 100, name
     visual = meshes["visual.stl"]
     assert visual.is_watertight and visual.is_winding_consistent
     glb = meshes["visual.glb"]
     assert isinstance(glb.visual, trimesh.visual.TextureVisuals)
     assert glb.visual.material.baseColorTexture is not None
-    hull = trimesh.load(io.BytesIO(_download(http, job, "collision.stl")), file_type="stl", force="mesh")
+    hull = trimesh.load(
+        io.BytesIO(_download(http, job, "collision.stl")), file_type="stl", force="mesh"
+    )
     assert hull.is_convex and hull.is_watertight
     assert convex_encloses(hull.vertices, hull.faces, visual.vertices)
     gif = Image.open(io.BytesIO(_download(http, job, "preview.gif")))
@@ -61,8 +67,12 @@ def _check_meshes(http, job: dict) -> trimesh.Trimesh:  # type: ignore[no-untype
     assert sidecar["units"] == "m" and sidecar["up_axis"] == "z" and sidecar["mass_kg"] > 0
     assert abs(max(sidecar["extents"]) - 0.2) < 0.002  # the default real size, 0.2 m
     for part in sidecar["files"]["collision"]:
-        assert trimesh.load(io.BytesIO(_download(http, job, part)), file_type="stl", force="mesh").is_convex
-    assert b"<mujoco" in _download(http, job, "object.xml") and b"<robot" in _download(http, job, "object.urdf")
+        assert trimesh.load(
+            io.BytesIO(_download(http, job, part)), file_type="stl", force="mesh"
+        ).is_convex
+    assert b"<mujoco" in _download(http, job, "object.xml") and b"<robot" in _download(
+        http, job, "object.urdf"
+    )
     assert stats["visual"]["edge_manifold"] and not stats["visual"]["self_intersecting"]
     return glb
 
@@ -94,7 +104,9 @@ def test_full_pipeline_from_the_segmenter(client) -> None:  # type: ignore[no-un
     mask = np.asarray(Image.open(io.BytesIO(_download(client, job, "mask.png")))) > 0
     assert mask.shape == (240, 320) and mask.sum() == segment["detail"]["area"]
     rle = json.loads(_download(client, job, "mask_rle.json"))
-    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(
+        bool
+    )
     assert np.array_equal(decoded, mask)
     _check_meshes(client, job)
     names = {a["name"] for a in job["artifacts"]}
@@ -102,7 +114,9 @@ def test_full_pipeline_from_the_segmenter(client) -> None:  # type: ignore[no-un
 
 
 def test_detector_box_prompts_the_segmenter(client) -> None:  # type: ignore[no-untyped-def]
-    job_id = _submit(client, make_scene("disk"), {"stages": ["segment"], "detect": {"conf": 0.0001}})
+    job_id = _submit(
+        client, make_scene("disk"), {"stages": ["segment"], "detect": {"conf": 0.0001}}
+    )
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job["error"]
     detections = json.loads(_download(client, job, "detections.json"))
@@ -110,11 +124,21 @@ def test_detector_box_prompts_the_segmenter(client) -> None:  # type: ignore[no-
     detail = job["stages"][0]["detail"]
     assert detail["prompt_from"].startswith("detector box")
     assert detail["prompt"]["box"] == [float(v) for v in detections["boxes"][0]]
-    assert {a["name"] for a in job["artifacts"]} == {"input.png", "detections.json", "mask.png", "mask_rle.json"}
+    assert {a["name"] for a in job["artifacts"]} == {
+        "input.png",
+        "detections.json",
+        "mask.png",
+        "mask_rle.json",
+    }
 
 
 def test_formats_and_preview_options(client, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
-    options = {"formats": ["stl"], "preview": False, "collision": False, "sim": None}  # raw mesh only
+    options = {
+        "formats": ["stl"],
+        "preview": False,
+        "collision": False,
+        "sim": None,
+    }  # raw mesh only
     job_id = _submit(client, disk_scene, options, with_mask=True)
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job["error"]
@@ -127,12 +151,14 @@ def test_image_url_job(client, live_app: LiveApp, disk_scene: Scene, tmp_path) -
     import threading
 
     (tmp_path / "scene.png").write_bytes(disk_scene.png())
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/scene.png"
-        response = client.post("/v1/jobs", json={"image_url": url, "options": {"stages": ["segment"]}})
+        response = client.post(
+            "/v1/jobs", json={"image_url": url, "options": {"stages": ["segment"]}}
+        )
         assert response.status_code == 202, response.text
         job = wait_for_job(client, response.json()["job_id"])
         assert job["status"] == "succeeded"
@@ -143,19 +169,28 @@ def test_image_url_job(client, live_app: LiveApp, disk_scene: Scene, tmp_path) -
         server.shutdown()
 
 
-def test_finished_stages_are_not_run_again_after_a_crash(client, live_app: LiveApp, disk_scene: Scene) -> None:  # type: ignore[no-untyped-def]
+def test_finished_stages_are_not_run_again_after_a_crash(
+    client, live_app: LiveApp, disk_scene: Scene
+) -> None:  # type: ignore[no-untyped-def]
     """A job left `running` by a dead ingress (expired lease) resumes at its first
     unfinished stage; the finished stage keeps attempt 1."""
     from serve_app.artifacts import make_artifact_store
 
     store = JobStore(f"sqlite:///{live_app.data_dir / 'meshline.db'}")
     settings = live_app.settings
-    files = make_artifact_store(settings["artifact_uri"], live_app.data_dir / "artifacts", settings["s3_endpoint_url"], 3600)
+    files = make_artifact_store(
+        settings["artifact_uri"], live_app.data_dir / "artifacts", settings["s3_endpoint_url"], 3600
+    )
     job_id = "ab" * 16
     files.put(job_id, "input.png", disk_scene.png())
     files.put(job_id, "mask.png", disk_scene.mask_png())
-    store.create({}, {"image": "input.png"}, ["segment", "reconstruct", "paint", "convert"],
-                 [("input.png", "image/png", len(disk_scene.png()))], job_id=job_id)
+    store.create(
+        {},
+        {"image": "input.png"},
+        ["segment", "reconstruct", "paint", "convert"],
+        [("input.png", "image/png", len(disk_scene.png()))],
+        job_id=job_id,
+    )
     assert store.claim_next("ingress-that-died", lease_s=0.5) == job_id
     store.start_stage(job_id, "segment")
     store.add_artifact(job_id, "mask.png", "segment", "image/png", len(disk_scene.mask_png()))
@@ -165,8 +200,12 @@ def test_finished_stages_are_not_run_again_after_a_crash(client, live_app: LiveA
     attempts = {s["name"]: s["attempts"] for s in job["stages"]}
     assert attempts == {"segment": 1, "reconstruct": 1, "paint": 1, "convert": 1}
     assert job["stages"][0]["detail"] == {"note": "before the crash"}
-    glb = trimesh.load(io.BytesIO(_download(client, job, "visual.glb")), file_type="glb", force="mesh")
-    glb.merge_vertices(merge_tex=True, merge_norm=True)  # a UV atlas splits vertices along its seams
+    glb = trimesh.load(
+        io.BytesIO(_download(client, job, "visual.glb")), file_type="glb", force="mesh"
+    )
+    glb.merge_vertices(
+        merge_tex=True, merge_norm=True
+    )  # a UV atlas splits vertices along its seams
     assert glb.is_watertight
 
 
@@ -184,9 +223,16 @@ def test_s3_input_and_presigned_artifacts(client, disk_scene: Scene, s3_endpoint
 
     from tests.conftest import INPUT_BUCKET
 
-    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=INPUT_BUCKET, Key="uploads/disk.png", Body=disk_scene.png())
-    response = client.post("/v1/jobs", json={"image_url": f"s3://{INPUT_BUCKET}/uploads/disk.png",
-                                             "options": {"stages": ["segment"]}})
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(
+        Bucket=INPUT_BUCKET, Key="uploads/disk.png", Body=disk_scene.png()
+    )
+    response = client.post(
+        "/v1/jobs",
+        json={
+            "image_url": f"s3://{INPUT_BUCKET}/uploads/disk.png",
+            "options": {"stages": ["segment"]},
+        },
+    )
     assert response.status_code == 202, response.text
     job = wait_for_job(client, response.json()["job_id"])
     assert job["status"] == "succeeded"
@@ -213,10 +259,20 @@ def test_detect_segment_3d_per_object(client) -> None:  # type: ignore[no-untype
     for k, obj in enumerate(objects):
         assert obj["prompt"]["box"] == [float(v) for v in detections["boxes"][k]]
         assert obj["class_name"] == detections["class_names"][k]
-        assert {f"obj{k}_mask.png", f"obj{k}_mask_rle.json", f"obj{k}_shape.ply", f"obj{k}_textured.glb",
-                f"obj{k}_visual.glb", f"obj{k}_visual.stl", f"obj{k}_collision.stl", f"obj{k}_preview.gif",
-                f"obj{k}_mesh_stats.json"} <= names
-        mesh = trimesh.load(io.BytesIO(_download(client, job, f"obj{k}_visual.stl")), file_type="stl", force="mesh")
+        assert {
+            f"obj{k}_mask.png",
+            f"obj{k}_mask_rle.json",
+            f"obj{k}_shape.ply",
+            f"obj{k}_textured.glb",
+            f"obj{k}_visual.glb",
+            f"obj{k}_visual.stl",
+            f"obj{k}_collision.stl",
+            f"obj{k}_preview.gif",
+            f"obj{k}_mesh_stats.json",
+        } <= names
+        mesh = trimesh.load(
+            io.BytesIO(_download(client, job, f"obj{k}_visual.stl")), file_type="stl", force="mesh"
+        )
         assert mesh.is_watertight
     assert "mask.png" not in names and "visual.glb" not in names
     assert all(stage["progress"] == 100 for stage in job["stages"])

@@ -16,19 +16,24 @@ from tests.helpers import make_scene
 def test_jobs_survive_an_app_restart(client, live_app: LiveApp) -> None:  # type: ignore[no-untyped-def]
     scene = make_scene("box", 900, 1200)
     job_ids = [
-        client.post("/v1/jobs", files={"image": ("s.png", scene.png())}).json()["job_id"] for _ in range(4)
+        client.post("/v1/jobs", files={"image": ("s.png", scene.png())}).json()["job_id"]
+        for _ in range(4)
     ]
     store = JobStore(f"sqlite:///{live_app.data_dir / 'meshline.db'}")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # stop once some job is part-way through
         jobs = [store.get(j) for j in job_ids]
-        if any(j.status == "running" and any(s.status == "succeeded" for s in j.stages) for j in jobs):
+        if any(
+            j.status == "running" and any(s.status == "succeeded" for s in j.stages) for j in jobs
+        ):
             break
         time.sleep(0.05)
     serve.delete(APP_NAME)  # every replica, the ingress with its runner included, goes away
     before = {j: {s.name for s in store.get(j).stages if s.status == "succeeded"} for j in job_ids}
     assert any(before.values()), "no stage had finished before the restart"
-    assert not all(store.get(j).status == "succeeded" for j in job_ids), "nothing was left to resume"
+    assert not all(store.get(j).status == "succeeded" for j in job_ids), (
+        "nothing was left to resume"
+    )
 
     serve.run(build_app(live_app.app_args), name=APP_NAME, route_prefix="/")
     for job_id in job_ids:

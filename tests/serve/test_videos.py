@@ -26,15 +26,21 @@ pytestmark = pytest.mark.serve
 
 def _upload(client: httpx.Client, frames: int, container: str = "mp4") -> tuple[dict, object]:
     video = moving_disk_video(frames=frames)
-    response = client.post("/v1/videos", files={"video": (f"clip.{container}", encode_video(video, container))})
+    response = client.post(
+        "/v1/videos", files={"video": (f"clip.{container}", encode_video(video, container))}
+    )
     assert response.status_code == 201, response.text
     return response.json(), video
 
 
-def _prompt_disk(client: httpx.Client, video_id: str, video: object, frame: int = 0, obj_id: int = 1) -> dict:
+def _prompt_disk(
+    client: httpx.Client, video_id: str, video: object, frame: int = 0, obj_id: int = 1
+) -> dict:
     x, y = video.centres[frame]  # type: ignore[attr-defined]
-    response = client.post(f"/v1/videos/{video_id}/prompts",
-                           json={"frame_idx": frame, "obj_id": obj_id, "points": [[x, y]], "labels": [1]})
+    response = client.post(
+        f"/v1/videos/{video_id}/prompts",
+        json={"frame_idx": frame, "obj_id": obj_id, "points": [[x, y]], "labels": [1]},
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -66,7 +72,9 @@ def test_upload_prompt_propagate_fetch_export_delete(client: httpx.Client) -> No
     assert prompt["seq"] == 1 and _decode(prompt["rle"]).shape == (120, 160)
     assert prompt["area"] == int(_decode(prompt["rle"]).sum())
 
-    job_id = client.post(f"/v1/videos/{video_id}/propagate", json={"direction": "forward"}).json()["job_id"]
+    job_id = client.post(f"/v1/videos/{video_id}/propagate", json={"direction": "forward"}).json()[
+        "job_id"
+    ]
     seen: list[float] = []
     live: list[dict] = []
     while True:
@@ -85,7 +93,9 @@ def test_upload_prompt_propagate_fetch_export_delete(client: httpx.Client) -> No
         assert running["frames"] == 10 and 0 <= running["frames_done"] <= 10 and running["fps"] > 0
 
     for index in range(10):
-        raw = client.get(f"/v1/videos/{video_id}/frames/{index}/masks", headers={"Accept-Encoding": "gzip"})
+        raw = client.get(
+            f"/v1/videos/{video_id}/frames/{index}/masks", headers={"Accept-Encoding": "gzip"}
+        )
         assert raw.status_code == 200 and raw.headers["content-encoding"] == "gzip"
         masks = raw.json()  # httpx undoes the gzip
         assert set(masks) == {"1"} and _decode(masks["1"]).shape == (120, 160)
@@ -98,7 +108,11 @@ def test_upload_prompt_propagate_fetch_export_delete(client: httpx.Client) -> No
     assert len(coco["images"]) == 10 and {a["track_id"] for a in coco["annotations"]} <= {1}
     for annotation in coco["annotations"]:
         assert _decode(annotation["segmentation"]).sum() == annotation["area"]
-    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/videos/{video_id}/export", params={"format": "png-zip"}).content))
+    archive = zipfile.ZipFile(
+        io.BytesIO(
+            client.get(f"/v1/videos/{video_id}/export", params={"format": "png-zip"}).content
+        )
+    )
     pngs = sorted(n for n in archive.namelist() if n.endswith(".png"))
     assert len(pngs) == 10
     label = np.asarray(Image.open(archive.open(pngs[0])))
@@ -125,10 +139,14 @@ def test_frame_urls_and_backward_propagation(client: httpx.Client, live_app: obj
     assert info["frames"] == 5 and info["source"] == "urls" and info["fps"] == 5
     video_id = info["video_id"]
     _prompt_disk(client, video_id, video, frame=4, obj_id=3)
-    job_id = client.post(f"/v1/videos/{video_id}/propagate", json={"direction": "backward"}).json()["job_id"]
+    job_id = client.post(f"/v1/videos/{video_id}/propagate", json={"direction": "backward"}).json()[
+        "job_id"
+    ]
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job["error"]
-    assert job["stages"][0]["detail"]["passes"] == [{"start": 4, "direction": "backward", "frames": 5}]
+    assert job["stages"][0]["detail"]["passes"] == [
+        {"start": 4, "direction": "backward", "frames": 5}
+    ]
     assert client.get(f"/v1/videos/{video_id}/frames/0/masks").status_code == 200
 
 
@@ -167,35 +185,68 @@ def test_a_killed_segmenter_mid_propagation_resumes(client: httpx.Client) -> Non
     assert stage["detail"]["tracked_this_attempt"] < 60  # continued, did not start over
     ranged = client.get(f"/v1/videos/{video_id}/masks", params={"start": 0, "end": 60}).json()
     assert [f["frame_idx"] for f in ranged["frames"]] == list(range(60))
-    assert segmenter.options(multiplexed_model_id=video_id).info.remote().result()["pid"] != holder["pid"]
+    assert (
+        segmenter.options(multiplexed_model_id=video_id).info.remote().result()["pid"]
+        != holder["pid"]
+    )
 
 
 def test_bad_video_requests(client: httpx.Client) -> None:
     bad = client.post("/v1/videos", files={"video": ("x.mp4", b"this is not a video at all" * 10)})
     assert bad.status_code == 415, bad.text
-    image = client.post("/v1/videos", files={"video": ("x.png", encode_png(np.zeros((8, 8, 3), np.uint8)))})
+    image = client.post(
+        "/v1/videos", files={"video": ("x.png", encode_png(np.zeros((8, 8, 3), np.uint8)))}
+    )
     assert image.status_code == 415
     assert client.post("/v1/videos", json={"frame_urls": []}).status_code == 422
-    assert client.post("/v1/videos", json={"video_url": "http://169.254.169.254/latest"}).status_code in (400, 403, 422)
+    assert client.post(
+        "/v1/videos", json={"video_url": "http://169.254.169.254/latest"}
+    ).status_code in (400, 403, 422)
     assert client.get("/v1/videos/not-an-id").status_code == 422
     assert client.get(f"/v1/videos/{'0' * 32}").status_code == 404
 
     info, video = _upload(client, frames=4)
     video_id = info["video_id"]
-    assert client.post(f"/v1/videos/{video_id}/propagate", json={}).status_code == 422  # no prompt yet
-    out_of_range = client.post(f"/v1/videos/{video_id}/prompts", json={"frame_idx": 4, "obj_id": 1, "points": [[5, 5]]})
-    assert out_of_range.status_code == 422 and "out of range" in out_of_range.json()["error"]["message"]
-    outside = client.post(f"/v1/videos/{video_id}/prompts", json={"frame_idx": 0, "obj_id": 1, "points": [[500, 5]]})
+    assert (
+        client.post(f"/v1/videos/{video_id}/propagate", json={}).status_code == 422
+    )  # no prompt yet
+    out_of_range = client.post(
+        f"/v1/videos/{video_id}/prompts", json={"frame_idx": 4, "obj_id": 1, "points": [[5, 5]]}
+    )
+    assert (
+        out_of_range.status_code == 422
+        and "out of range" in out_of_range.json()["error"]["message"]
+    )
+    outside = client.post(
+        f"/v1/videos/{video_id}/prompts", json={"frame_idx": 0, "obj_id": 1, "points": [[500, 5]]}
+    )
     assert outside.status_code == 422
-    assert client.post(f"/v1/videos/{video_id}/prompts", json={"frame_idx": 0, "obj_id": 1}).status_code == 422
+    assert (
+        client.post(
+            f"/v1/videos/{video_id}/prompts", json={"frame_idx": 0, "obj_id": 1}
+        ).status_code
+        == 422
+    )
     _prompt_disk(client, video_id, video)
-    assert client.get(f"/v1/videos/{video_id}/frames/0/masks", params={"obj_id": 99}).status_code == 404
-    assert client.get(f"/v1/videos/{video_id}/frames/1/masks").status_code == 404  # not propagated yet
+    assert (
+        client.get(f"/v1/videos/{video_id}/frames/0/masks", params={"obj_id": 99}).status_code
+        == 404
+    )
+    assert (
+        client.get(f"/v1/videos/{video_id}/frames/1/masks").status_code == 404
+    )  # not propagated yet
     assert client.get(f"/v1/videos/{video_id}/frames/9/masks").status_code == 422
-    assert client.get(f"/v1/videos/{video_id}/masks", params={"start": 3, "end": 2}).status_code == 422
+    assert (
+        client.get(f"/v1/videos/{video_id}/masks", params={"start": 3, "end": 2}).status_code == 422
+    )
     assert client.get(f"/v1/videos/{video_id}/export", params={"format": "gif"}).status_code == 422
-    assert client.post(f"/v1/videos/{video_id}/propagate", json={"direction": "sideways"}).status_code == 422
-    assert client.post(f"/v1/videos/{video_id}/propagate", json={"start_frame": 9}).status_code == 422
+    assert (
+        client.post(f"/v1/videos/{video_id}/propagate", json={"direction": "sideways"}).status_code
+        == 422
+    )
+    assert (
+        client.post(f"/v1/videos/{video_id}/propagate", json={"start_frame": 9}).status_code == 422
+    )
     # Failed prompts left no trace in the history.
     assert [p["seq"] for p in client.get(f"/v1/videos/{video_id}/prompts").json()["prompts"]] == [1]
     client.delete(f"/v1/videos/{video_id}")
@@ -206,10 +257,13 @@ def test_stored_masks_are_gzip_json(client: httpx.Client) -> None:
     info, video = _upload(client, frames=3, container="webm")
     video_id = info["video_id"]
     _prompt_disk(client, video_id, video)
-    job = wait_for_job(client, client.post(f"/v1/videos/{video_id}/propagate", json={}).json()["job_id"])
+    job = wait_for_job(
+        client, client.post(f"/v1/videos/{video_id}/propagate", json={}).json()["job_id"]
+    )
     assert job["status"] == "succeeded", job["error"]
-    with httpx.Client(base_url=str(client.base_url), headers={"Accept-Encoding": "gzip"}) as raw_client:
-        with raw_client.stream("GET", f"/v1/videos/{video_id}/frames/2/masks") as response:
-            body = b"".join(response.iter_raw())
+    with httpx.Client(
+        base_url=str(client.base_url), headers={"Accept-Encoding": "gzip"}
+    ) as raw_client, raw_client.stream("GET", f"/v1/videos/{video_id}/frames/2/masks") as response:
+        body = b"".join(response.iter_raw())
     assert len(body) < 4096
     assert set(json.loads(gzip.decompress(body))) == {"1"}

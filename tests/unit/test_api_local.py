@@ -65,7 +65,9 @@ def test_sweep_deletes_expired_jobs_and_their_files(tmp_path: Path) -> None:
 
         from serve_app.jobstore import jobs
 
-        conn.execute(update(jobs).where(jobs.c.id == old).values(finished_at=utcnow() - timedelta(days=8)))
+        conn.execute(
+            update(jobs).where(jobs.c.id == old).values(finished_at=utcnow() - timedelta(days=8))
+        )
     assert sweep_expired(store, files, ttl_s=7 * 24 * 3600) == [old]
     assert store.get(old) is None and not (files.root / old).exists()
     assert store.get(fresh) is not None and files.exists(fresh, "input.png")
@@ -76,7 +78,9 @@ def test_reads_work_without_any_model(tmp_path: Path, path: str) -> None:
     app = create_api(_services(tmp_path))
 
     async def get() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as client:
             return await client.get(path)
 
     response = asyncio.run(get())
@@ -91,14 +95,20 @@ def test_dedup_reuses_a_finished_twin(tmp_path: Path) -> None:
     async def post(options: dict) -> httpx.Response:
         import json
 
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
-            return await client.post("/v1/jobs", files={"image": ("s.png", image)}, data={"options": json.dumps(options)})
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as client:
+            return await client.post(
+                "/v1/jobs", files={"image": ("s.png", image)}, data={"options": json.dumps(options)}
+            )
 
     first = asyncio.run(post({"dedup": True}))
     assert first.status_code == 202
     job_id = first.json()["job_id"]
     queued_twin = asyncio.run(post({"dedup": True}))
-    assert queued_twin.status_code == 202 and queued_twin.json()["job_id"] != job_id  # only finished jobs count
+    assert (
+        queued_twin.status_code == 202 and queued_twin.json()["job_id"] != job_id
+    )  # only finished jobs count
     services.store.finish_job(job_id, "succeeded")
     reused = asyncio.run(post({"dedup": True}))
     assert reused.status_code == 200

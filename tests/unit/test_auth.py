@@ -35,7 +35,9 @@ def _run(app, calls):  # type: ignore[no-untyped-def]
     """Run ``calls(client)`` against the ASGI app and return its result."""
 
     async def main():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as client:
             return await calls(client)
 
     return asyncio.run(main())
@@ -47,7 +49,9 @@ def _bearer(key: str) -> dict[str, str]:
 
 async def _submit(client: httpx.AsyncClient, key: str | None, **headers: str) -> httpx.Response:
     auth = _bearer(key) if key else {}
-    return await client.post("/v1/jobs", files={"image": ("s.png", make_scene().png())}, headers={**auth, **headers})
+    return await client.post(
+        "/v1/jobs", files={"image": ("s.png", make_scene().png())}, headers={**auth, **headers}
+    )
 
 
 def test_missing_or_wrong_key_is_401_with_a_bearer_challenge(tmp_path: Path) -> None:
@@ -67,8 +71,15 @@ def test_missing_or_wrong_key_is_401_with_a_bearer_challenge(tmp_path: Path) -> 
         assert response.status_code == 401, response.text
         assert response.headers["www-authenticate"].startswith("Bearer")
         error = response.json()["error"]
-        assert error["type"] == "unauthorized" and error["request_id"] == response.headers["x-request-id"]
-    assert is_public("GET", "/healthz") and is_public("GET", "/admin") and not is_public("GET", "/admin/api/status")
+        assert (
+            error["type"] == "unauthorized"
+            and error["request_id"] == response.headers["x-request-id"]
+        )
+    assert (
+        is_public("GET", "/healthz")
+        and is_public("GET", "/admin")
+        and not is_public("GET", "/admin/api/status")
+    )
 
 
 def test_jobs_are_scoped_to_their_key(tmp_path: Path) -> None:
@@ -81,21 +92,41 @@ def test_jobs_are_scoped_to_their_key(tmp_path: Path) -> None:
         out: dict[str, object] = {"mine": mine, "theirs": theirs}
         out["own_read"] = (await c.get(f"/v1/jobs/{mine}", headers=_bearer(ALICE))).status_code
         out["other_read"] = await c.get(f"/v1/jobs/{theirs}", headers=_bearer(ALICE))
-        out["other_events"] = (await c.get(f"/v1/jobs/{theirs}/events", headers=_bearer(ALICE))).status_code
-        out["other_artifact"] = (await c.get(f"/v1/jobs/{theirs}/artifacts/input.png", headers=_bearer(ALICE))).status_code
-        out["own_artifact"] = (await c.get(f"/v1/jobs/{mine}/artifacts/input.png", headers=_bearer(ALICE))).status_code
-        out["other_cancel"] = (await c.post(f"/v1/jobs/{theirs}/cancel", headers=_bearer(ALICE))).status_code
-        out["list_alice"] = [j["job_id"] for j in (await c.get("/v1/jobs", headers=_bearer(ALICE))).json()["jobs"]]
-        out["list_root"] = [j["job_id"] for j in (await c.get("/v1/jobs", headers=_bearer(ROOT))).json()["jobs"]]
+        out["other_events"] = (
+            await c.get(f"/v1/jobs/{theirs}/events", headers=_bearer(ALICE))
+        ).status_code
+        out["other_artifact"] = (
+            await c.get(f"/v1/jobs/{theirs}/artifacts/input.png", headers=_bearer(ALICE))
+        ).status_code
+        out["own_artifact"] = (
+            await c.get(f"/v1/jobs/{mine}/artifacts/input.png", headers=_bearer(ALICE))
+        ).status_code
+        out["other_cancel"] = (
+            await c.post(f"/v1/jobs/{theirs}/cancel", headers=_bearer(ALICE))
+        ).status_code
+        out["list_alice"] = [
+            j["job_id"] for j in (await c.get("/v1/jobs", headers=_bearer(ALICE))).json()["jobs"]
+        ]
+        out["list_root"] = [
+            j["job_id"] for j in (await c.get("/v1/jobs", headers=_bearer(ROOT))).json()["jobs"]
+        ]
         out["root_cancel"] = await c.post(f"/v1/jobs/{theirs}/cancel", headers=_bearer(ROOT))
-        out["own_cancel"] = (await c.post(f"/v1/jobs/{mine}/cancel", headers=_bearer(ALICE))).status_code
+        out["own_cancel"] = (
+            await c.post(f"/v1/jobs/{mine}/cancel", headers=_bearer(ALICE))
+        ).status_code
         return out
 
     out = _run(app, calls)
     assert out["own_read"] == 200 and out["own_artifact"] == 200
     other = out["other_read"]
-    assert isinstance(other, httpx.Response) and other.status_code == 404  # not 403: existence stays hidden
-    assert other.json()["error"] == {**other.json()["error"], "type": "not_found", "param": "job_id"}
+    assert (
+        isinstance(other, httpx.Response) and other.status_code == 404
+    )  # not 403: existence stays hidden
+    assert other.json()["error"] == {
+        **other.json()["error"],
+        "type": "not_found",
+        "param": "job_id",
+    }
     assert out["other_events"] == out["other_artifact"] == out["other_cancel"] == 404
     assert out["list_alice"] == [out["mine"]]
     assert set(out["list_root"]) == {out["mine"], out["theirs"]}  # type: ignore[arg-type]
@@ -152,13 +183,23 @@ def test_idempotency_keys_and_dedup_do_not_cross_owners(tmp_path: Path) -> None:
 
 def test_key_file_is_reread_and_the_cli_makes_entries(tmp_path: Path) -> None:
     made = subprocess.run(
-        [sys.executable, "-m", "serve_app.auth", "new", "ci", "--admin"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "serve_app.auth", "new", "ci", "--admin"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     key = made.stderr.strip().rsplit(" ", 1)[-1]
     entry = yaml.safe_load(made.stdout)
-    assert entry["ci"]["admin"] is True and key not in made.stdout  # only the hash is printed to store
-    hashed = subprocess.run([sys.executable, "-m", "serve_app.auth", "hash"], input=key, capture_output=True,
-                            text=True, check=True)
+    assert (
+        entry["ci"]["admin"] is True and key not in made.stdout
+    )  # only the hash is printed to store
+    hashed = subprocess.run(
+        [sys.executable, "-m", "serve_app.auth", "hash"],
+        input=key,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert hashed.stdout.strip() == entry["ci"]["sha256"] == hash_key(key)
 
     keys_file = tmp_path / "keys.yaml"
@@ -166,8 +207,10 @@ def test_key_file_is_reread_and_the_cli_makes_entries(tmp_path: Path) -> None:
     app = create_api(_services(tmp_path, api_keys_file=keys_file))
 
     async def before(c: httpx.AsyncClient) -> tuple[int, int]:
-        return ((await c.get("/v1/jobs", headers=_bearer("old-key"))).status_code,
-                (await c.get("/v1/jobs", headers=_bearer(key))).status_code)
+        return (
+            (await c.get("/v1/jobs", headers=_bearer("old-key"))).status_code,
+            (await c.get("/v1/jobs", headers=_bearer(key))).status_code,
+        )
 
     assert _run(app, before) == (200, 401)
     keys_file.write_text(yaml.safe_dump(entry))  # rotate: no restart
@@ -182,7 +225,9 @@ def test_open_access_without_keys_and_cors_closed_by_default(tmp_path: Path) -> 
         return [
             await _submit(c, None),
             await c.get("/v1/jobs", headers=origin),
-            await c.options("/v1/jobs", headers={**origin, "Access-Control-Request-Method": "POST"}),
+            await c.options(
+                "/v1/jobs", headers={**origin, "Access-Control-Request-Method": "POST"}
+            ),
         ]
 
     submitted, listed, preflight = _run(app, calls)
@@ -190,17 +235,24 @@ def test_open_access_without_keys_and_cors_closed_by_default(tmp_path: Path) -> 
     assert listed.json()["jobs"][0]["job_id"] == submitted.json()["job_id"]
     for response in (listed, preflight):
         assert not any(h.startswith("access-control-") for h in response.headers)
-    assert can_access(Principal(None, True), "anyone") and not can_access(Principal("a", False), None)
+    assert can_access(Principal(None, True), "anyone") and not can_access(
+        Principal("a", False), None
+    )
 
 
 def test_cors_origins_are_configurable(tmp_path: Path) -> None:
     app = create_api(_services(tmp_path, api_keys=_keys(), cors_origins=["https://ui.example"]))
 
     async def calls(c: httpx.AsyncClient) -> list[httpx.Response]:
-        preflight = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+        preflight = {
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        }
         return [
             await c.options("/v1/jobs", headers={"Origin": "https://ui.example", **preflight}),
-            await c.get("/v1/jobs", headers={"Origin": "https://ui.example"}),  # 401, readable by the page
+            await c.get(
+                "/v1/jobs", headers={"Origin": "https://ui.example"}
+            ),  # 401, readable by the page
             await c.get("/v1/jobs", headers={"Origin": "https://evil.example", **_bearer(ALICE)}),
         ]
 
@@ -218,8 +270,10 @@ def test_body_limit_holds_with_and_without_content_length(tmp_path: Path, chunke
     services = _services(tmp_path, max_upload_mb=0.05)  # limit: 3 files x 52 KB + 64 KB of framing
     app = create_api(services)
     boundary = "xyz"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
     body = head + b"\0" * 400_000 + f"\r\n--{boundary}--\r\n".encode()
     sent = 0
 
@@ -227,7 +281,7 @@ def test_body_limit_holds_with_and_without_content_length(tmp_path: Path, chunke
         nonlocal sent
         for start in range(0, len(body), 16_384):
             sent += 16_384
-            yield body[start:start + 16_384]
+            yield body[start : start + 16_384]
 
     async def calls(c: httpx.AsyncClient) -> httpx.Response:
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
@@ -247,16 +301,25 @@ def test_small_chunked_upload_still_works(tmp_path: Path) -> None:
     app = create_api(_services(tmp_path))
     png = make_scene().png()
     boundary = "xyz"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), 4096):
-            yield body[start:start + 4096]
+            yield body[start : start + 4096]
 
     async def calls(c: httpx.AsyncClient) -> httpx.Response:
-        return await c.post("/v1/jobs", content=chunks(),
-                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return await c.post(
+            "/v1/jobs",
+            content=chunks(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
 
     response = _run(app, calls)
     assert response.status_code == 202, response.text

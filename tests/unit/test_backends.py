@@ -10,7 +10,15 @@ import pytest
 import trimesh
 import yaml
 
-from deployments.backends import SPECS, BackendSpec, as_closed_mesh, check_available, check_spec, poisson_from_points, rgba_crop
+from deployments.backends import (
+    SPECS,
+    BackendSpec,
+    as_closed_mesh,
+    check_available,
+    check_spec,
+    poisson_from_points,
+    rgba_crop,
+)
 from deployments.errors import ModelLoadError
 from deployments.reconstructor import ReconstructorConfig, SilhouetteReconstructor
 from tests.helpers import make_scene
@@ -29,7 +37,9 @@ def test_missing_package_fails_the_replica_constructor(name: str, tmp_path: Path
 def test_unknown_backend_and_missing_weights(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="unknown reconstruction backend"):
         check_available("nerf", tmp_path)
-    installed = BackendSpec("probe", "trimesh", "trimesh", "a folder")  # a package that is installed
+    installed = BackendSpec(
+        "probe", "trimesh", "trimesh", "a folder"
+    )  # a package that is installed
     with pytest.raises(ModelLoadError, match="none configured"):
         check_spec(installed, None)
     with pytest.raises(ModelLoadError, match="does not exist"):
@@ -42,13 +52,18 @@ def test_default_backend_is_the_builtin_one() -> None:
     assert reconstructor.external is None and reconstructor.info()["backend"] == "inflate"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "backends").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs" / "backends").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_backend_overlays_are_valid_serve_deployments(path: Path) -> None:
     from ray.serve.schema import DeploymentSchema
 
     overlay = yaml.safe_load(path.read_text())
-    schema = DeploymentSchema.model_validate(overlay) if hasattr(DeploymentSchema, "model_validate") \
+    schema = (
+        DeploymentSchema.model_validate(overlay)
+        if hasattr(DeploymentSchema, "model_validate")
         else DeploymentSchema.parse_obj(overlay)
+    )
     assert schema.name == "Reconstructor" and path.stem in SPECS
     env = overlay["ray_actor_options"]["runtime_env"]
     assert env["pip"] and env["env_vars"]["HF_HUB_OFFLINE"] == "1"

@@ -120,7 +120,7 @@ def test_every_meshline_env_name_in_cluster_files_is_a_settings_field() -> None:
         if path.is_file() and path.suffix != ".json":
             names |= _env_names_in_text(path.read_text())
     assert len(names) >= 5, names  # the scan found the manifests' names
-    unknown = sorted(n for n in names if n[len(PREFIX):].lower() not in fields)
+    unknown = sorted(n for n in names if n[len(PREFIX) :].lower() not in fields)
     assert not unknown, f"not fields of serve_app/settings.py: {unknown}"
 
 
@@ -132,7 +132,7 @@ def test_readme_creates_every_required_secret_key() -> None:
             if ref and not ref.get("optional", False):
                 required.add((ref["name"], ref["key"]))
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## From zero to a running cluster"):]
+    section = readme[readme.index("## From zero to a running cluster") :]
     for secret, key in sorted(required):
         assert f"secret generic {secret}" in section, secret
         assert f"--from-literal={key}=" in section, key
@@ -145,7 +145,9 @@ def _ray_schema() -> dict:
     # Ray's own cluster-config schema, read from the installed package without importing Ray.
     spec = importlib.util.find_spec("ray")
     assert spec and spec.submodule_search_locations
-    return json.loads((Path(spec.submodule_search_locations[0]) / "autoscaler" / "ray-schema.json").read_text())
+    return json.loads(
+        (Path(spec.submodule_search_locations[0]) / "autoscaler" / "ray-schema.json").read_text()
+    )
 
 
 def test_aws_config_is_valid_for_the_cluster_launcher() -> None:
@@ -157,8 +159,13 @@ def test_aws_config_is_valid_for_the_cluster_launcher() -> None:
     assert head["resources"].get("GPU", 0) == 0
     assert not head["node_config"]["InstanceType"].startswith(("g", "p"))
     gpu_types = [t for name, t in types.items() if name != config["head_node_type"]]
-    assert gpu_types and all(t["resources"]["GPU"] >= 1 and t["min_workers"] == 0 for t in gpu_types)
-    assert all(t["node_config"]["InstanceType"].startswith(("g5.", "g6.", "g6e.", "p4", "p5")) for t in gpu_types)
+    assert gpu_types and all(
+        t["resources"]["GPU"] >= 1 and t["min_workers"] == 0 for t in gpu_types
+    )
+    assert all(
+        t["node_config"]["InstanceType"].startswith(("g5.", "g6.", "g6e.", "p4", "p5"))
+        for t in gpu_types
+    )
     assert config["docker"]["image"] == _containers(_rayservice())[0]["image"]
 
 
@@ -188,8 +195,12 @@ def _pip_steps(lines: list[str]) -> list[dict]:
             if "pip install" not in command:  # (other commands may quote ; or &&)
                 continue
             words = shlex.split(command.replace("$(BIN)/", ""))
-            env = {w.split("=", 1)[0]: w.split("=", 1)[1] for w in words[: words.index("pip")] if "=" in w}
-            args = words[words.index("install") + 1:]
+            env = {
+                w.split("=", 1)[0]: w.split("=", 1)[1]
+                for w in words[: words.index("pip")]
+                if "=" in w
+            }
+            args = words[words.index("install") + 1 :]
             flags = {a for a in args if a.startswith("-") and a not in ("-q", "-U", "-e")}
             reqs = [a for a in args if not a.startswith("-")]
             steps.append({"env": env, "flags": flags, "reqs": reqs, "editable": "-e" in args})
@@ -223,17 +234,23 @@ def test_dockerfile_installs_like_the_makefile() -> None:
     assert set(docker[0]["reqs"]) <= set(models)  # and they are pyproject's pins
     # 2. the project itself with the model extras, editable in both
     (make_project,), (docker_project,) = make[1]["reqs"], docker[1]["reqs"]
-    assert "models" in _project_extras(make_project) and _project_extras(docker_project) == {"models"}
+    assert "models" in _project_extras(make_project) and _project_extras(docker_project) == {
+        "models"
+    }
     assert make[1]["editable"] and docker[1]["editable"]
     # 3. sam2 last, same pin, no build isolation, no CUDA extension build
-    assert make[2]["reqs"] == docker[2]["reqs"] == _pyproject()["project"]["optional-dependencies"]["sam2"]
+    assert (
+        make[2]["reqs"]
+        == docker[2]["reqs"]
+        == _pyproject()["project"]["optional-dependencies"]["sam2"]
+    )
     for step in (make[2], docker[2]):
         assert step["flags"] == {"--no-build-isolation"} and step["env"] == {"SAM2_BUILD_CUDA": "0"}
 
 
 def test_dockerfile_base_debian_packages_and_copied_sources() -> None:
     text = (CLUSTER / "Dockerfile").read_text()
-    (base,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+    (base,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
     assert base == f"rayproject/ray:{_ray_pin()}-py311-gpu"
     requires_python = _pyproject()["project"]["requires-python"]
     assert ">=3.11" in requires_python and "<3.12" in requires_python  # py311 tag fits
@@ -244,12 +261,20 @@ def test_dockerfile_base_debian_packages_and_copied_sources() -> None:
             for command in re.split(r"&&|;", line):
                 words = command.split()
                 if "install" in words and any(w.endswith("apt-get") for w in words):
-                    pkgs |= {w for w in words[words.index("install") + 1:] if not w.startswith("-")}
+                    pkgs |= {
+                        w for w in words[words.index("install") + 1 :] if not w.startswith("-")
+                    }
         return pkgs
 
     assert apt(_dockerfile_runs()) == apt(_makefile_install_recipe()) >= {"libusb-1.0-0"}
-    copied = {Path(p).name for p in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", text, flags=re.M) for p in p.split()}
-    packages = {p.rstrip("*") for p in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {
+        Path(p).name
+        for p in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", text, flags=re.MULTILINE)
+        for p in p.split()
+    }
+    packages = {
+        p.rstrip("*") for p in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
     assert packages | {"pyproject.toml", "README.md", "configs"} <= copied
     ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore
@@ -282,10 +307,28 @@ KNOWN_METRICS = (
     INGRESS
     | RAY_OWN
     | {f"ray_{n}" for n, kind in RAY_SIDE.items() if kind != "histogram"}
-    | {f"ray_{n}_{s}" for n, kind in RAY_SIDE.items() if kind == "histogram" for s in ("bucket", "sum", "count")}
+    | {
+        f"ray_{n}_{s}"
+        for n, kind in RAY_SIDE.items()
+        if kind == "histogram"
+        for s in ("bucket", "sum", "count")
+    }
 )
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-                   "unless", "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -301,7 +344,9 @@ def metric_names(expr: str) -> set[str]:
         if name.lower() not in PROMQL_KEYWORDS:
             names.add(name)
     # The brief's rule as well: identifiers directly before {, [ or ) are metric names.
-    names |= {m for m in re.findall(r"(?<![\w:])([a-z_:]+)(?=[{\[)])", text) if m not in PROMQL_KEYWORDS}
+    names |= {
+        m for m in re.findall(r"(?<![\w:])([a-z_:]+)(?=[{\[)])", text) if m not in PROMQL_KEYWORDS
+    }
     return names
 
 
@@ -319,8 +364,13 @@ def _panels(dashboard: dict) -> list[dict]:
 def test_metric_name_extraction() -> None:
     expr = 'histogram_quantile(0.95, sum by (le, stage) (rate(ray_meshline_stage_seconds_bucket{a="b(c)"}[$__rate_interval])))'
     assert metric_names(expr) == {"ray_meshline_stage_seconds_bucket"}
-    assert metric_names("max(meshline_job_queue_depth) / on(x) group_left up") == {"meshline_job_queue_depth", "up"}
-    assert metric_names("sum(rate(ray_serve_num_http_requests[5m]))") == {"ray_serve_num_http_requests"}
+    assert metric_names("max(meshline_job_queue_depth) / on(x) group_left up") == {
+        "meshline_job_queue_depth",
+        "up",
+    }
+    assert metric_names("sum(rate(ray_serve_num_http_requests[5m]))") == {
+        "ray_serve_num_http_requests"
+    }
 
 
 def test_dashboard_is_a_grafana_dashboard_with_a_prometheus_variable() -> None:
@@ -333,7 +383,9 @@ def test_dashboard_is_a_grafana_dashboard_with_a_prometheus_variable() -> None:
     assert len(ids) == len(set(ids))
     for panel in _panels(dashboard):
         assert panel["datasource"] == {"type": "prometheus", "uid": ref}, panel["title"]
-        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel[
+            "gridPos"
+        ]["w"] <= 24
 
 
 def test_every_panel_queries_only_known_metrics() -> None:
@@ -345,19 +397,35 @@ def test_every_panel_queries_only_known_metrics() -> None:
             assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
             names = metric_names(expr)
             assert names, expr
-            assert names <= KNOWN_METRICS, f"{panel['title']}: unknown {sorted(names - KNOWN_METRICS)}"
+            assert names <= KNOWN_METRICS, (
+                f"{panel['title']}: unknown {sorted(names - KNOWN_METRICS)}"
+            )
             used |= names
     # Every metric of the contract has a panel (histograms through their buckets).
-    expected = INGRESS | RAY_OWN | {
-        f"ray_{n}_bucket" if kind == "histogram" else f"ray_{n}" for n, kind in RAY_SIDE.items()
-    }
+    expected = (
+        INGRESS
+        | RAY_OWN
+        | {f"ray_{n}_bucket" if kind == "histogram" else f"ray_{n}" for n, kind in RAY_SIDE.items()}
+    )
     assert not expected - used, sorted(expected - used)
 
 
 def test_dashboard_covers_the_issue_panels() -> None:
     titles = " | ".join(p["title"].lower() for p in _panels(_dashboard()))
-    for words in ("jobs", "queue", "stage latency", "failures", "retries", "http requests", "p99",
-                  "healthy replicas", "loads", "evictions", "fps", "gpu"):
+    for words in (
+        "jobs",
+        "queue",
+        "stage latency",
+        "failures",
+        "retries",
+        "http requests",
+        "p99",
+        "healthy replicas",
+        "loads",
+        "evictions",
+        "fps",
+        "gpu",
+    ):
         assert words in titles, words
 
 
@@ -379,14 +447,21 @@ def test_prometheus_example_scrapes_ray_and_the_ingress(tmp_path: Path) -> None:
     config = _yaml(path)
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert jobs["ray"]["dns_sd_configs"][0]["port"] == 8080
-    assert jobs["ray-vm"]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    assert jobs["ray-vm"]["file_sd_configs"][0]["files"] == [
+        "/tmp/ray/prom_metrics_service_discovery.json"
+    ]
     ingress = jobs["meshline-ingress"]
     assert ingress["metrics_path"] == "/metrics"
-    assert ingress["static_configs"][0]["targets"] == ["meshline-serve-svc.default.svc.cluster.local:8000"]
+    assert ingress["static_configs"][0]["targets"] == [
+        "meshline-serve-svc.default.svc.cluster.local:8000"
+    ]
     # The headless Service the ray job resolves exists in the manifests, on the metrics port.
     docs = [d for d in yaml.safe_load_all((CLUSTER / "rayservice.yaml").read_text()) if d]
     (svc,) = [d for d in docs if d["kind"] == "Service"]
-    assert f"{svc['metadata']['name']}.default.svc.cluster.local" in jobs["ray"]["dns_sd_configs"][0]["names"]
+    assert (
+        f"{svc['metadata']['name']}.default.svc.cluster.local"
+        in jobs["ray"]["dns_sd_configs"][0]["names"]
+    )
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["ports"][0]["port"] == 8080
     labels = svc["spec"]["selector"].items()
     cluster = _rayservice()["spec"]["rayClusterConfig"]
@@ -394,7 +469,9 @@ def test_prometheus_example_scrapes_ray_and_the_ingress(tmp_path: Path) -> None:
         assert labels <= group["template"]["metadata"]["labels"].items()
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
     # The serve Service KubeRay creates is named <RayService name>-serve-svc.
-    assert ingress["static_configs"][0]["targets"][0].startswith(f"{_rayservice()['metadata']['name']}-serve-svc.")
+    assert ingress["static_configs"][0]["targets"][0].startswith(
+        f"{_rayservice()['metadata']['name']}-serve-svc."
+    )
 
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -406,6 +483,10 @@ def test_prometheus_example_scrapes_ray_and_the_ingress(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.count(key_path) == 1
     (tmp_path / "prometheus.yml").write_text(text.replace(key_path, str(key)))
-    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -78,5 +78,7 @@ def test_ingress_never_imports_torch() -> None:
         "import sys; from serve_app.app import build_app; import serve_app.ingress, serve_app.api; "
         "build_app({}); assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -19,7 +19,9 @@ def test_reconstructor_user_config_overrides_the_bound_config(tmp_path: Path) ->
     replica.reconfigure({})
     assert replica._backend is builtin  # nothing changed: nothing rebuilt
     replica.reconfigure({"profile_power": 3.0, "depth_ratio": 0.8})
-    assert replica._backend.params.profile_power == 3.0 and replica._backend.params.depth_ratio == 0.8
+    assert (
+        replica._backend.params.profile_power == 3.0 and replica._backend.params.depth_ratio == 0.8
+    )
     assert replica._backend.params.grid == 64  # the bound value survives
     with pytest.raises(ModelLoadError, match="trellis"):
         replica.reconfigure({"backend": "trellis", "weights": str(tmp_path)})
@@ -30,6 +32,9 @@ def test_reconstructor_user_config_overrides_the_bound_config(tmp_path: Path) ->
 def test_converter_user_config_overrides_the_bound_config() -> None:
     replica = ConverterDeployment.func_or_class(ConverterConfig(preview_frames=4))
     replica.reconfigure({"preview_size_px": 128})
-    assert replica._converter.config.preview_frames == 4 and replica._converter.config.preview_size_px == 128
+    assert (
+        replica._converter.config.preview_frames == 4
+        and replica._converter.config.preview_size_px == 128
+    )
     with pytest.raises(ValidationError):
         replica.reconfigure({"preview_frames": 1000})

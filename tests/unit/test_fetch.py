@@ -18,7 +18,7 @@ LOOPBACK = ["127.0.0.1/32", "::1/128"]
 class _Handler(http.server.BaseHTTPRequestHandler):
     hosts: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         _Handler.hosts.append(self.headers["Host"])
         routes = {
             "/redirect-metadata": "http://169.254.169.254/latest/meta-data/",
@@ -61,15 +61,26 @@ def test_fetch_connects_to_the_checked_address_with_the_original_host(server: st
     assert body == b"P" * 100
     assert _Handler.hosts == [f"localhost:{port}"]
     pinned = asyncio.run(check_url(f"http://localhost:{port}/a?b=1", LOOPBACK, "image_url"))
-    assert pinned.url.split("/")[2] in (f"127.0.0.1:{port}", f"[::1]:{port}") and pinned.url.endswith("/a?b=1")
+    assert pinned.url.split("/")[2] in (
+        f"127.0.0.1:{port}",
+        f"[::1]:{port}",
+    ) and pinned.url.endswith("/a?b=1")
     assert asyncio.run(fetch_url(f"http://{server}/redirect-ok", 1000, 5, LOOPBACK)) == b"P" * 100
 
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:9/x", "http://10.1.2.3/x", "http://169.254.169.254/latest/meta-data/",
-     "file:///etc/passwd", "ftp://example.com/x", "http://user:pw@127.0.0.1/x", "http://[::1]/x",
-     "http://0.0.0.0/x", "http://100.64.0.1/x"],
+    [
+        "http://127.0.0.1:9/x",
+        "http://10.1.2.3/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "file:///etc/passwd",
+        "ftp://example.com/x",
+        "http://user:pw@127.0.0.1/x",
+        "http://[::1]/x",
+        "http://0.0.0.0/x",
+        "http://100.64.0.1/x",
+    ],
 )
 def test_non_public_targets_are_refused(url: str) -> None:
     assert _status(fetch_url(url, 1000, 5, allow=[])) == 422

@@ -50,7 +50,10 @@ def test_mask_checks_size_and_content() -> None:
     mask = decode_mask(scene.mask_png(), 320, 240, 10**7)
     assert np.array_equal(mask, scene.mask)
     assert _status(lambda: decode_mask(scene.mask_png(), 100, 100, 10**7)) == 422
-    assert _status(lambda: decode_mask(encode_png(np.zeros((240, 320), np.uint8)), 320, 240, 10**7)) == 422
+    assert (
+        _status(lambda: decode_mask(encode_png(np.zeros((240, 320), np.uint8)), 320, 240, 10**7))
+        == 422
+    )
 
 
 def test_rle_roundtrips_through_pycocotools() -> None:

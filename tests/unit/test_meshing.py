@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from scipy import ndimage
 import trimesh
 from PIL import Image
+from scipy import ndimage
 
 from deployments.converter import ConverterConfig, MeshConverter
 from deployments.errors import InvalidInput
@@ -60,7 +60,9 @@ def test_disk_inflates_to_a_round_solid_of_revolution(depth_ratio: float, power:
     """A disk becomes |r/R|^p + |z/(kR)|^p = 1 (a sphere at k=1, p=2): round in side view,
     no pointed rim (the older sqrt(d*dmax) profile gave a lens, ~25 % off this surface)."""
     obj = object_mask(shape_mask("disk"), None)
-    mesh, _ = inflate(obj, InflateParams(grid=64, depth_ratio=depth_ratio, profile_power=power, max_faces=6000))
+    mesh, _ = inflate(
+        obj, InflateParams(grid=64, depth_ratio=depth_ratio, profile_power=power, max_faces=6000)
+    )
     radial = np.hypot(mesh.vertices[:, 0], mesh.vertices[:, 1]) / 0.5
     depth = np.abs(mesh.vertices[:, 2]) / (0.5 * depth_ratio)
     error = np.abs((radial**power + depth**power) ** (1 / power) - 1)
@@ -96,18 +98,34 @@ def test_reconstruct_paint_convert_roundtrip() -> None:
     assert texture is not None and texture.size == tuple(painted["stats"]["texture_size"])
     # The front centre of the box must carry the object's colour, not the grey background.
     colours = textured.visual.to_color().vertex_colors[:, :3].astype(int)
-    front = np.argmax(textured.vertices[:, 2] - np.abs(textured.vertices[:, 0]) - np.abs(textured.vertices[:, 1]))
+    front = np.argmax(
+        textured.vertices[:, 2] - np.abs(textured.vertices[:, 0]) - np.abs(textured.vertices[:, 1])
+    )
     assert colours[front][0] > 120 and colours[front][2] < 100
 
     result = MeshConverter(ConverterConfig(preview_frames=3, preview_size_px=64)).convert(
         painted["mesh"], "glb", ["obj", "stl", "glb", "ply"]
     )
     files = {f["name"]: f for f in result["files"]}
-    assert {"visual.obj", "visual.mtl", "visual.stl", "visual.glb", "visual.ply", "collision.obj",
-            "collision.stl", "preview.gif", "mesh_stats.json"} <= set(files)
+    assert {
+        "visual.obj",
+        "visual.mtl",
+        "visual.stl",
+        "visual.glb",
+        "visual.ply",
+        "collision.obj",
+        "collision.stl",
+        "preview.gif",
+        "mesh_stats.json",
+    } <= set(files)
     assert any(name.endswith(".png") for name in files)  # the OBJ's texture
     assert "mtllib visual.mtl" in files["visual.obj"]["data"].decode()
-    for name, fmt in (("visual.stl", "stl"), ("visual.glb", "glb"), ("visual.ply", "ply"), ("visual.obj", "obj")):
+    for name, fmt in (
+        ("visual.stl", "stl"),
+        ("visual.glb", "glb"),
+        ("visual.ply", "ply"),
+        ("visual.obj", "obj"),
+    ):
         loaded = trimesh.load(io.BytesIO(files[name]["data"]), file_type=fmt, force="mesh")
         assert len(loaded.faces) == len(mesh.faces), name
     stl = trimesh.load(io.BytesIO(files["visual.stl"]["data"]), file_type="stl", force="mesh")
@@ -158,8 +176,13 @@ def test_face_budget_holds_on_a_noisy_many_holed_mask() -> None:
 
     raw = np.asarray(Image.open(Path(__file__).parents[1] / "data" / "noisy_mask.png")) > 0
     component = object_mask(raw, None)  # only for the bounding box and largest component
-    holed = ObjectMask(raw & ndimage.binary_fill_holes(component.mask), component.x0, component.y0,
-                       component.x1, component.y1)
+    holed = ObjectMask(
+        raw & ndimage.binary_fill_holes(component.mask),
+        component.x0,
+        component.y0,
+        component.x1,
+        component.y1,
+    )
     mesh, _ = inflate(holed, InflateParams(grid=64, max_faces=6000))
     assert len(mesh.faces) <= 6000 and mesh.is_watertight and mesh.is_winding_consistent
     assert mesh.euler_number < -40  # the holes are real tunnels, kept

@@ -31,12 +31,16 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
 
 
 def _scrape(app, *paths: str, headers: dict[str, str] | None = None) -> str:  # type: ignore[no-untyped-def]
     async def main() -> str:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as client:
             for path in paths:
                 await client.get(path, headers=headers)
             response = await client.get("/metrics", headers=headers)
@@ -64,7 +68,9 @@ def test_job_gauges_count_by_status_and_current_stage(tmp_path: Path) -> None:
     store.finish_job(done, "succeeded")
 
     assert store.count_by_status_and_stage() == {
-        ("queued", "segment"): 2, ("running", "segment"): 1, ("failed", "reconstruct"): 1,
+        ("queued", "segment"): 2,
+        ("running", "segment"): 1,
+        ("failed", "reconstruct"): 1,
         ("succeeded", "done"): 1,
     }
     text = _scrape(create_api(services), "/v1/jobs", f"/v1/jobs/{done}", "/nowhere")
@@ -74,18 +80,27 @@ def test_job_gauges_count_by_status_and_current_stage(tmp_path: Path) -> None:
     assert samples[("meshline_jobs", (("stage", "done"), ("status", "succeeded")))] == 1
     assert samples[("meshline_job_queue_depth", ())] == 2
     assert samples[("meshline_jobstore_up", ())] == 1
-    requests = {labels: v for (name, labels), v in samples.items() if name == "meshline_http_requests_total"}
-    assert requests[(("code", "200"), ("method", "GET"), ("route", "/v1/jobs/{job_id}"))] == 1  # the template
+    requests = {
+        labels: v for (name, labels), v in samples.items() if name == "meshline_http_requests_total"
+    }
+    assert (
+        requests[(("code", "200"), ("method", "GET"), ("route", "/v1/jobs/{job_id}"))] == 1
+    )  # the template
     assert requests[(("code", "404"), ("method", "GET"), ("route", "unmatched"))] == 1
     checked = promtool_check(text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_refused_requests_are_counted_by_template_and_a_broken_store_reads_down(tmp_path: Path) -> None:
+def test_refused_requests_are_counted_by_template_and_a_broken_store_reads_down(
+    tmp_path: Path,
+) -> None:
     services = _services(tmp_path, api_keys=[{"id": "ops", "sha256": hash_key("k")}])
     app = create_api(services)
+
     async def with_key() -> str:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as client:
             refused = await client.get("/metrics")
             assert refused.status_code == 401 and "meshline_jobs" not in refused.text
             await client.get(f"/v1/jobs/{'a' * 32}")  # 401 before routing
@@ -93,7 +108,15 @@ def test_refused_requests_are_counted_by_template_and_a_broken_store_reads_down(
             return (await client.get("/metrics", headers={"Authorization": "Bearer k"})).text
 
     samples = _samples(asyncio.run(with_key()))
-    assert samples[("meshline_http_requests_total", (("code", "401"), ("method", "GET"), ("route", "/v1/jobs/{job_id}")))] == 1
+    assert (
+        samples[
+            (
+                "meshline_http_requests_total",
+                (("code", "401"), ("method", "GET"), ("route", "/v1/jobs/{job_id}")),
+            )
+        ]
+        == 1
+    )
     assert samples[("meshline_jobstore_up", ())] == 0
     assert not any(name == "meshline_jobs" for name, _ in samples)
 

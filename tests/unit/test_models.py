@@ -24,7 +24,9 @@ def segmenter() -> Sam2Segmenter:
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory: pytest.TempPathFactory) -> YoloDetector:
     root = tmp_path_factory.mktemp("yolo")
-    return YoloDetector(DetectorConfig(device="cpu", weights_dir=root / "w", config_dir=root / "cfg"))
+    return YoloDetector(
+        DetectorConfig(device="cpu", weights_dir=root / "w", config_dir=root / "cfg")
+    )
 
 
 def test_sam2_masks_have_the_image_shape(segmenter: Sam2Segmenter) -> None:
@@ -73,12 +75,16 @@ def test_sam2_checkpoint_roundtrip(segmenter: Sam2Segmenter, tmp_path: Path) -> 
     path = tmp_path / "sam2_small.pt"
     torch.save({"model": segmenter.model.state_dict()}, path)
     loaded = Sam2Segmenter(
-        SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, checkpoint=str(path), seed=123, device="cpu")
+        SegmenterConfig(
+            overrides=SMALL_SAM2_OVERRIDES, checkpoint=str(path), seed=123, device="cpu"
+        )
     )
     assert loaded.info()["weights"] == "checkpoint"
     scene = make_scene("L")
     # Different seed, same weights: the checkpoint, not the seed, decides the masks.
-    assert np.array_equal(segmenter.segment(scene.image)["masks"], loaded.segment(scene.image)["masks"])
+    assert np.array_equal(
+        segmenter.segment(scene.image)["masks"], loaded.segment(scene.image)["masks"]
+    )
 
 
 def test_yolo_detect_output(detector: YoloDetector) -> None:
@@ -90,15 +96,23 @@ def test_yolo_detect_output(detector: YoloDetector) -> None:
     boxes = np.asarray(found["boxes"])
     assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
     assert boxes.min() >= 0 and (boxes[:, [0, 2]] <= 320).all() and (boxes[:, [1, 3]] <= 240).all()
-    assert np.allclose(np.asarray(found["boxes_normalized"]) * [320, 240, 320, 240], boxes, atol=0.05)
+    assert np.allclose(
+        np.asarray(found["boxes_normalized"]) * [320, 240, 320, 240], boxes, atol=0.05
+    )
     assert found["image_size"] == [320, 240]
     assert found["scores"] == sorted(found["scores"], reverse=True)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"conf": 1.5}, "conf"), ({"iou": -1}, "iou"), ({"imgsz": 8}, "imgsz"), ({"max_det": 0}, "max_det"),
-     ({"classes": ["no-such-class"]}, "unknown class name"), ({"classes": [9999]}, "unknown class id")],
+    [
+        ({"conf": 1.5}, "conf"),
+        ({"iou": -1}, "iou"),
+        ({"imgsz": 8}, "imgsz"),
+        ({"max_det": 0}, "max_det"),
+        ({"classes": ["no-such-class"]}, "unknown class name"),
+        ({"classes": [9999]}, "unknown class id"),
+    ],
 )
 def test_yolo_rejects_bad_parameters(detector: YoloDetector, kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
@@ -117,7 +131,9 @@ def test_yolo_checkpoint_carries_its_class_names(tmp_path: Path) -> None:
     path = tmp_path / "widgets.pt"
     names = {i: f"widget{i}" for i in range(80)}
     _save_named_yolo(path, names)
-    detector = YoloDetector(DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg"))
+    detector = YoloDetector(
+        DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg")
+    )
     assert detector.info()["weights"] == "checkpoint"
     found = detector.detect(make_scene().image, conf=0.0001, max_det=5, classes=["widget3", 5])
     assert set(found["class_ids"]) <= {3, 5}
@@ -136,6 +152,7 @@ def test_missing_or_bad_checkpoints_fail_clearly(tmp_path: Path) -> None:
 
 def test_yolo_checkpoint_from_s3(s3_endpoint: str, tmp_path: Path) -> None:
     import boto3
+
     path = tmp_path / "gadgets.pt"
     _save_named_yolo(path, {i: f"gadget{i}" for i in range(80)})
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -143,8 +160,11 @@ def test_yolo_checkpoint_from_s3(s3_endpoint: str, tmp_path: Path) -> None:
     s3.upload_file(str(path), "models", "runs/7/best.pt")
     cache = tmp_path / "cache"
     config = DetectorConfig(
-        checkpoint="s3://models/runs/7/best.pt", s3_endpoint_url=s3_endpoint, device="cpu",
-        weights_dir=cache, config_dir=tmp_path / "cfg",
+        checkpoint="s3://models/runs/7/best.pt",
+        s3_endpoint_url=s3_endpoint,
+        device="cpu",
+        weights_dir=cache,
+        config_dir=tmp_path / "cfg",
     )
     detector = YoloDetector(config)
     assert detector.names[0] == "gadget0"
@@ -152,7 +172,9 @@ def test_yolo_checkpoint_from_s3(s3_endpoint: str, tmp_path: Path) -> None:
     assert len(cached) == 1 and cached[0].read_bytes() == path.read_bytes()
     assert not list(cache.glob("*.part"))  # atomic download: no leftovers
     cached[0].write_bytes(b"corrupted")  # a damaged cache entry fails its checksum: fetched again
-    assert resolve_checkpoint(config.checkpoint, cache, s3_endpoint).read_bytes() == path.read_bytes()
+    assert (
+        resolve_checkpoint(config.checkpoint, cache, s3_endpoint).read_bytes() == path.read_bytes()
+    )
     with pytest.raises(ModelLoadError, match="could not download"):
         resolve_checkpoint("s3://models/missing.pt", cache, s3_endpoint)
 
@@ -168,7 +190,10 @@ def test_registry_reads_dir_and_file_without_redeploy(tmp_path: Path) -> None:
     (models / "chairs.pt").write_bytes(b"x")
     registry_file.write_text("models:\n  remote: {source: s3://bucket/runs/1/best.pt}\n")
     entries = registry.entries()
-    assert entries["chairs"].source == str((models / "chairs.pt").resolve()) and entries["chairs"].origin == "models_dir"
+    assert (
+        entries["chairs"].source == str((models / "chairs.pt").resolve())
+        and entries["chairs"].origin == "models_dir"
+    )
     assert entries["remote"].source == "s3://bucket/runs/1/best.pt"
     with pytest.raises(InvalidInput, match="unknown"):
         registry.resolve("absent")
@@ -202,7 +227,9 @@ def test_segmentation_models_return_instance_masks(tmp_path: Path) -> None:
     path = tmp_path / "seg.pt"
     model = YOLO("yolov8n-seg.yaml")
     model.save(str(path))
-    detector = YoloDetector(DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg"))
+    detector = YoloDetector(
+        DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg")
+    )
     assert detector.info()["task"] == "segment"
     scene = make_scene("disk", 240, 320)
     found = detector.detect(scene.image, conf=0.0, max_det=4)

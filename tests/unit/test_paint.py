@@ -42,8 +42,15 @@ def test_front_is_the_photo_and_back_a_blur_of_it() -> None:
     lo, hi = mesh.bounds
     px = ((painted.vertices[front, 0] - lo[0]) / (hi[0] - lo[0]) * obj.width + obj.x0).astype(int)
     py = ((hi[1] - painted.vertices[front, 1]) / (hi[1] - lo[1]) * obj.height + obj.y0).astype(int)
-    expected = image[np.clip(py, 0, image.shape[0] - 1), np.clip(px, 0, image.shape[1] - 1), 0].astype(float)
-    inner = ((px % PERIOD) > 2) & ((px % PERIOD) < PERIOD - 2) & ((py % PERIOD) > 2) & ((py % PERIOD) < PERIOD - 2)
+    expected = image[
+        np.clip(py, 0, image.shape[0] - 1), np.clip(px, 0, image.shape[1] - 1), 0
+    ].astype(float)
+    inner = (
+        ((px % PERIOD) > 2)
+        & ((px % PERIOD) < PERIOD - 2)
+        & ((py % PERIOD) > 2)
+        & ((py % PERIOD) < PERIOD - 2)
+    )
     assert np.median(np.abs(grey[front][inner] - expected[inner])) < 20
     # The back gets the blurred projection: the checkerboard averages out to mid grey.
     assert np.std(grey[back]) < 0.35 * np.std(grey[front])

@@ -38,7 +38,9 @@ def test_put_get_presign_delete(s3_endpoint: str) -> None:
 
 def test_store_factory(tmp_path, s3_endpoint: str) -> None:  # type: ignore[no-untyped-def]
     assert isinstance(make_artifact_store(None, tmp_path, None, 60), LocalArtifactStore)
-    assert isinstance(make_artifact_store(f"s3://{ARTIFACT_BUCKET}", tmp_path, s3_endpoint, 60), S3ArtifactStore)
+    assert isinstance(
+        make_artifact_store(f"s3://{ARTIFACT_BUCKET}", tmp_path, s3_endpoint, 60), S3ArtifactStore
+    )
     with pytest.raises(ValueError):
         make_artifact_store("gs://bucket/x", tmp_path, None, 60)
 
@@ -46,8 +48,12 @@ def test_store_factory(tmp_path, s3_endpoint: str) -> None:  # type: ignore[no-u
 def test_s3_inputs_only_from_allowed_buckets(s3_endpoint: str) -> None:
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=INPUT_BUCKET, Key="in/photo.png", Body=b"x" * 50)
-    assert fetch_s3(f"s3://{INPUT_BUCKET}/in/photo.png", 100, s3_endpoint, [INPUT_BUCKET]) == b"x" * 50
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(
+        Bucket=INPUT_BUCKET, Key="in/photo.png", Body=b"x" * 50
+    )
+    assert (
+        fetch_s3(f"s3://{INPUT_BUCKET}/in/photo.png", 100, s3_endpoint, [INPUT_BUCKET]) == b"x" * 50
+    )
     cases = [
         (f"s3://{ARTIFACT_BUCKET}/anything", [INPUT_BUCKET], 422),  # not allow-listed
         (f"s3://{INPUT_BUCKET}/in/missing.png", [INPUT_BUCKET], 422),
@@ -68,9 +74,16 @@ def test_registry_lists_models_under_an_s3_prefix(s3_endpoint: str) -> None:
     from deployments.registry import ModelRegistry
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    for key in ("registry/runs/chairs.pt", "registry/runs/tables.pt", "registry/runs/notes.txt", "elsewhere/x.pt"):
+    for key in (
+        "registry/runs/chairs.pt",
+        "registry/runs/tables.pt",
+        "registry/runs/notes.txt",
+        "elsewhere/x.pt",
+    ):
         s3.put_object(Bucket=INPUT_BUCKET, Key=key, Body=b"x")
-    registry = ModelRegistry("yolov8n.yaml", s3_prefix=f"s3://{INPUT_BUCKET}/registry/", s3_endpoint_url=s3_endpoint)
+    registry = ModelRegistry(
+        "yolov8n.yaml", s3_prefix=f"s3://{INPUT_BUCKET}/registry/", s3_endpoint_url=s3_endpoint
+    )
     entries = registry.entries()
     assert set(entries) == {"default", "chairs", "tables"}
     assert entries["chairs"].source == f"s3://{INPUT_BUCKET}/registry/runs/chairs.pt"

@@ -27,7 +27,9 @@ BOX = trimesh.creation.box(extents=(2.0, 1.0, 0.5))  # camera frame: x right, y 
 def _convert(mesh: trimesh.Trimesh | bytes, formats: list[str], **sim: Any) -> dict[str, bytes]:
     data = mesh if isinstance(mesh, bytes) else mesh.export(file_type="glb")
     sim = {"decomposition": False, **sim}
-    out = CONVERTER.convert(data, "glb", formats, preview=False, prefix=sim.pop("prefix", ""), sim=sim)
+    out = CONVERTER.convert(
+        data, "glb", formats, preview=False, prefix=sim.pop("prefix", ""), sim=sim
+    )
     return {f["name"]: f["data"] for f in out["files"]}
 
 
@@ -51,7 +53,9 @@ def painted_l() -> bytes:
         ({"size_m": 0.1, "up_axis": "z", "size_axis": "height"}, (0.2, 0.05, 0.1), 2),
     ],
 )
-def test_metres_axes_and_base_origin(options: dict[str, Any], extents: tuple[float, ...], up: int) -> None:
+def test_metres_axes_and_base_origin(
+    options: dict[str, Any], extents: tuple[float, ...], up: int
+) -> None:
     files = _convert(BOX, ["stl"], **options)
     visual = _stl(files, "visual.stl")
     assert np.allclose(visual.extents, extents, rtol=1e-4)
@@ -66,7 +70,9 @@ def test_centre_of_mass_origin() -> None:
     cone = trimesh.creation.cone(radius=0.5, height=1.0)  # apex up along camera +y after rotation
     cone.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
     base = json.loads(_convert(cone, ["stl"], size_m=1.0, size_axis="height")["object.json"])
-    com = json.loads(_convert(cone, ["stl"], size_m=1.0, size_axis="height", origin="com")["object.json"])
+    com = json.loads(
+        _convert(cone, ["stl"], size_m=1.0, size_axis="height", origin="com")["object.json"]
+    )
     assert base["center_of_mass"][2] == pytest.approx(0.25, rel=0.01)  # a cone's COM: h/4
     assert np.allclose(com["center_of_mass"], 0.0, atol=1e-6)
 
@@ -76,7 +82,9 @@ def test_sidecar_mass_and_inertia_match_the_analytic_box() -> None:
     a, b, c = 2.0, 0.5, 1.0  # x, y, z extents once Z-up
     mass = 1000.0 * a * b * c
     assert sidecar["mass_kg"] == pytest.approx(mass)
-    assert sidecar["volume_m3"] == pytest.approx(a * b * c) and sidecar["area_m2"] == pytest.approx(2 * (a * b + b * c + a * c))
+    assert sidecar["volume_m3"] == pytest.approx(a * b * c) and sidecar["area_m2"] == pytest.approx(
+        2 * (a * b + b * c + a * c)
+    )
     expected = np.diag([b * b + c * c, a * a + c * c, a * a + b * b]) * mass / 12
     assert np.allclose(sidecar["inertia_kg_m2"], expected, atol=1e-6)
     assert sidecar["watertight"] and sidecar["parts"] == 1 and sidecar["faces"]["visual"] == 12
@@ -93,15 +101,26 @@ def test_y_up_files_rest_upright_in_mujoco_like_z_up_ones() -> None:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
             rest[up_axis] = drop_in_mujoco(Path(folder), "object.xml", height_m=0.2, seconds=2.0)
-            assert len(yourdfpy.URDF.load(str(Path(folder) / "object.urdf"), mesh_dir=folder).link_map) == 1
+            assert (
+                len(yourdfpy.URDF.load(str(Path(folder) / "object.urdf"), mesh_dir=folder).link_map)
+                == 1
+            )
     for drop in rest.values():
-        assert drop["rest_com_z_m"] == pytest.approx(0.1, abs=0.003)  # half its 0.2 m height (camera y)
+        assert drop["rest_com_z_m"] == pytest.approx(
+            0.1, abs=0.003
+        )  # half its 0.2 m height (camera y)
         assert drop["rest_z_range_last_half_s_m"] < 1e-3
 
 
 def test_target_faces_decimates_closed_and_keeps_colour(painted_l: bytes) -> None:
-    out = CONVERTER.convert(painted_l, "glb", ["glb", "stl"], preview=False, collision=False,
-                            sim={"target_faces": 800, "decomposition": False})
+    out = CONVERTER.convert(
+        painted_l,
+        "glb",
+        ["glb", "stl"],
+        preview=False,
+        collision=False,
+        sim={"target_faces": 800, "decomposition": False},
+    )
     files = {f["name"]: f["data"] for f in out["files"]}
     assert out["stats"]["visual"]["faces"] <= 800 and out["stats"]["visual"]["watertight"]
     glb = trimesh.load(io.BytesIO(files["visual.glb"]), file_type="glb", force="mesh")
@@ -111,7 +130,9 @@ def test_target_faces_decimates_closed_and_keeps_colour(painted_l: bytes) -> Non
 
 
 def test_part_limit_coverage_and_prefixed_names(painted_l: bytes) -> None:
-    files = _convert(painted_l, ["obj"], prefix="obj1_", size_m=0.3, decomposition=True, max_parts=2)
+    files = _convert(
+        painted_l, ["obj"], prefix="obj1_", size_m=0.3, decomposition=True, max_parts=2
+    )
     assert all(name.startswith("obj1_") for name in files)
     sidecar = json.loads(files["obj1_object.json"])
     parts = [_stl(files, name) for name in sidecar["files"]["collision"]]
@@ -144,11 +165,15 @@ def test_usdz_and_usd_open_validate_and_carry_physics(painted_l: bytes, tmp_path
         st = UsdGeom.PrimvarsAPI(mesh).GetPrimvar("st").Get()
         assert len(st) == len(points)
         texture = UsdShade.Shader(stage.GetPrimAtPath("/object/Looks/material/base_color"))
-        assert texture.GetInput("file").Get().resolvedPath  # the PNG is found (in the package or beside)
+        assert (
+            texture.GetInput("file").Get().resolvedPath
+        )  # the PNG is found (in the package or beside)
         mass = UsdPhysics.MassAPI(stage.GetPrimAtPath("/object"))
         assert mass.GetMassAttr().Get() == pytest.approx(sidecar["mass_kg"], rel=1e-5)
         q = mass.GetPrincipalAxesAttr().Get()
-        rotation = trimesh.transformations.quaternion_matrix([q.GetReal(), *q.GetImaginary()])[:3, :3]
+        rotation = trimesh.transformations.quaternion_matrix([q.GetReal(), *q.GetImaginary()])[
+            :3, :3
+        ]
         inertia = rotation @ np.diag(mass.GetDiagonalInertiaAttr().Get()) @ rotation.T
         assert np.allclose(inertia, sidecar["inertia_kg_m2"], atol=1e-6 * np.abs(inertia).max())
         colliders = [p for p in stage.Traverse() if p.HasAPI(UsdPhysics.CollisionAPI)]

@@ -19,7 +19,9 @@ from serve_app.jobstore import IdempotencyConflict, JobStore, utcnow
 STAGES = ["segment", "reconstruct", "paint", "convert"]
 
 
-POSTGRES_URL = os.environ.get("MESHLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "MESHLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -44,7 +46,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
 
 
 def test_job_lifecycle(store: JobStore) -> None:
-    job_id = store.create({"preview": True}, {"image": "input.png"}, STAGES, [("input.png", "image/png", 10)])
+    job_id = store.create(
+        {"preview": True}, {"image": "input.png"}, STAGES, [("input.png", "image/png", 10)]
+    )
     job = store.get(job_id)
     assert job is not None and job.status == "queued" and job.progress == 0
     assert [s.name for s in job.stages] == STAGES and all(s.status == "pending" for s in job.stages)

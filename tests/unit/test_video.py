@@ -17,7 +17,13 @@ from serve_app.schemas import PropagateOptions
 from serve_app.video_ingest import VideoLimits, decode_upload, frames_from_images
 from serve_app.videos import Pass, plan_passes, resume_point
 from serve_app.videostore import VideoRecord, VideoStore
-from tests.helpers import SMALL_SAM2_OVERRIDES, encode_png, encode_video, moving_disk_video, zip_frames
+from tests.helpers import (
+    SMALL_SAM2_OVERRIDES,
+    encode_png,
+    encode_video,
+    moving_disk_video,
+    zip_frames,
+)
 from tests.unit.test_storage import store as job_store  # noqa: F401  (SQLite + PostgreSQL fixture)
 
 LIMITS = VideoLimits(max_frames=50, max_frame_pixels=200 * 200, max_bytes=20 * 2**20)
@@ -30,7 +36,9 @@ def test_decode_video_files(container: str) -> None:
     decoded = decode_upload(encode_video(video, container, fps=12), LIMITS)
     assert len(decoded.frames) == 9 and (decoded.width, decoded.height) == (160, 120)
     assert decoded.fps == pytest.approx(12) and decoded.source == container
-    first = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(decoded.frames[0])))
+    first = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(decoded.frames[0]))
+    )
     # Lossy codecs: the disk is still where it was drawn.
     assert first.shape == (120, 160, 3)
     assert abs(int(first[video.masks[0]][:, 0].mean()) - 230) < 25
@@ -56,7 +64,12 @@ def test_zip_of_frames_in_natural_order() -> None:
 def test_frame_list() -> None:
     video = moving_disk_video(frames=3)
     decoded = frames_from_images([encode_png(f) for f in video.frames], LIMITS, fps=2)
-    assert (len(decoded.frames), decoded.width, decoded.height, decoded.source) == (3, 160, 120, "urls")
+    assert (len(decoded.frames), decoded.width, decoded.height, decoded.source) == (
+        3,
+        160,
+        120,
+        "urls",
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,7 +117,10 @@ def test_video_store_roundtrip(job_store) -> None:  # noqa: F811
     first = videos.add_prompt(vid, 0, 1, [[10, 20]], [1], None)
     second = videos.add_prompt(vid, 3, 2, None, None, [1, 2, 30, 40])
     assert (first, second) == (1, 2)
-    assert [(p["seq"], p["obj_id"], p["box"]) for p in videos.prompts(vid)] == [(1, 1, None), (2, 2, [1, 2, 30, 40])]
+    assert [(p["seq"], p["obj_id"], p["box"]) for p in videos.prompts(vid)] == [
+        (1, 1, None),
+        (2, 2, [1, 2, 30, 40]),
+    ]
     videos.remove_prompt(vid, 2)
     assert [p["seq"] for p in videos.prompts(vid)] == [1]
     for frame in (0, 1, 2, 5):
@@ -113,7 +129,12 @@ def test_video_store_roundtrip(job_store) -> None:  # noqa: F811
     assert [m.frame_idx for m in videos.masks(vid, 1, 5)] == [1, 2]
     assert videos.frames_done_by(vid, "a" * 32) == {0, 1, 2}
     assert videos.masks(vid, 5, 6)[0].objects == [1, 2]
-    assert videos.delete(vid) and videos.get(vid) is None and videos.prompts(vid) == [] and videos.masks(vid) == []
+    assert (
+        videos.delete(vid)
+        and videos.get(vid) is None
+        and videos.prompts(vid) == []
+        and videos.masks(vid) == []
+    )
     assert not videos.delete(vid)
 
 
@@ -168,12 +189,20 @@ def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 def _history(video: Any) -> list[VideoPrompt]:
     x, y = video.centres[0]
-    return [VideoPrompt(seq=1, frame_idx=0, obj_id=7, points=[[x, y]], labels=[1]),
-            VideoPrompt(seq=2, frame_idx=0, obj_id=9, box=[1.0, 1.0, 40.0, 40.0])]
+    return [
+        VideoPrompt(seq=1, frame_idx=0, obj_id=7, points=[[x, y]], labels=[1]),
+        VideoPrompt(seq=2, frame_idx=0, obj_id=9, box=[1.0, 1.0, 40.0, 40.0]),
+    ]
 
 
-def _propagate(session: Any, source: FrameSource, history: list[VideoPrompt], request: PropagationRequest,
-               stop_after: int | None = None, seeds: list[VideoPrompt] | None = None) -> dict[int, dict[int, Any]]:
+def _propagate(
+    session: Any,
+    source: FrameSource,
+    history: list[VideoPrompt],
+    request: PropagationRequest,
+    stop_after: int | None = None,
+    seeds: list[VideoPrompt] | None = None,
+) -> dict[int, dict[int, Any]]:
     out: dict[int, dict[int, Any]] = {}
     stop = threading.Event()
 
@@ -213,7 +242,10 @@ def test_session_prompt_propagate_and_rebuild(segmenter: Any, frames_dir: tuple[
     assert session.builds == 2
 
     # A history that is not an extension of what was applied (a prompt removed): replayed.
-    session.prompt(source, [history[0], VideoPrompt(seq=3, frame_idx=2, obj_id=7, points=[[5.0, 5.0]], labels=[0])])
+    session.prompt(
+        source,
+        [history[0], VideoPrompt(seq=3, frame_idx=2, obj_id=7, points=[[5.0, 5.0]], labels=[0])],
+    )
     assert session.applied == [1, 3]
 
 
@@ -225,12 +257,16 @@ def test_stop_and_resume_with_seeds(segmenter: Any, frames_dir: tuple[Path, Any]
     partial = _propagate(session, source, history, PropagationRequest(0, False), stop_after=3)
     assert sorted(partial) == [0, 1, 2]  # stopped between frames
     seeds = [VideoPrompt(seq=-1, frame_idx=2, obj_id=7, mask_rle=partial[2][7])]
-    rest = _propagate(session, source, history, PropagationRequest(2, False, max_frames=5), seeds=seeds)
+    rest = _propagate(
+        session, source, history, PropagationRequest(2, False, max_frames=5), seeds=seeds
+    )
     assert sorted(rest) == [2, 3, 4, 5, 6, 7]
     # The seeded frame reproduces the stored mask exactly (it is a conditioning input).
     assert (decode_rle(rest[2][7]) == decode_rle(partial[2][7])).mean() > 0.99
     # Seeds are not history: the next call resets and replays the history alone.
-    session.prompt(source, [*history, VideoPrompt(seq=2, frame_idx=4, obj_id=8, box=[2.0, 2.0, 30.0, 30.0])])
+    session.prompt(
+        source, [*history, VideoPrompt(seq=2, frame_idx=4, obj_id=8, box=[2.0, 2.0, 30.0, 30.0])]
+    )
     assert session.applied == [1, 2]
 
 
@@ -243,14 +279,18 @@ def test_session_rejects_changed_frames(segmenter: Any, frames_dir: tuple[Path, 
     with pytest.raises(InvalidInput):
         session.prompt(FrameSource("dir", str(folder), 9), _history(video))
     with pytest.raises(InvalidInput):
-        segmenter.new_session("v4").prompt(FrameSource("dir", str(folder / "missing"), 8), _history(video))
+        segmenter.new_session("v4").prompt(
+            FrameSource("dir", str(folder / "missing"), 8), _history(video)
+        )
 
 
 def test_running_stage_reports_frames_and_fps(job_store) -> None:  # noqa: F811
     job_id = job_store.create({"stages": ["propagate"]}, {"video": "v" * 32}, ["propagate"])
     assert job_store.claim_next("me", 30) == job_id
     job_store.start_stage(job_id, "propagate")
-    job_store.set_stage_progress(job_id, "propagate", 40.0, {"frames_done": 4, "frames": 10, "fps": 7.5})
+    job_store.set_stage_progress(
+        job_id, "propagate", 40.0, {"frames_done": 4, "frames": 10, "fps": 7.5}
+    )
     stage = job_store.get(job_id).stage("propagate")
     assert stage.progress == 40.0 and stage.detail == {"frames_done": 4, "frames": 10, "fps": 7.5}
     job_store.set_stage_progress(job_id, "propagate", 50.0)  # no detail: the last one stays
@@ -274,27 +314,56 @@ def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
     video = moving_disk_video(frames=4)
 
     async def calls() -> dict[str, Any]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as c:
             out: dict[str, Any] = {}
-            out["anonymous"] = await c.post("/v1/videos", files={"video": ("v.mp4", encode_video(video))})
-            created = await c.post("/v1/videos", files={"video": ("v.mp4", encode_video(video))}, headers=_bearer(ALICE))
+            out["anonymous"] = await c.post(
+                "/v1/videos", files={"video": ("v.mp4", encode_video(video))}
+            )
+            created = await c.post(
+                "/v1/videos",
+                files={"video": ("v.mp4", encode_video(video))},
+                headers=_bearer(ALICE),
+            )
             vid = created.json()["video_id"]
             video_store_for(services.store.engine).add_prompt(vid, 0, 1, [[20.0, 60.0]], [1], None)
-            for route in (f"/v1/videos/{vid}", f"/v1/videos/{vid}/prompts", f"/v1/videos/{vid}/frames/0",
-                          f"/v1/videos/{vid}/export"):
+            for route in (
+                f"/v1/videos/{vid}",
+                f"/v1/videos/{vid}/prompts",
+                f"/v1/videos/{vid}/frames/0",
+                f"/v1/videos/{vid}/export",
+            ):
                 out[f"bob {route}"] = (await c.get(route, headers=_bearer(BOB))).status_code
                 out[f"root {route}"] = (await c.get(route, headers=_bearer(ROOT))).status_code
                 out[f"alice {route}"] = (await c.get(route, headers=_bearer(ALICE))).status_code
-            out["bob prompt"] = (await c.post(f"/v1/videos/{vid}/prompts", headers=_bearer(BOB),
-                                              json={"frame_idx": 0, "obj_id": 1, "points": [[5, 5]]})).status_code
-            out["bob propagate"] = (await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=_bearer(BOB))).status_code
+            out["bob prompt"] = (
+                await c.post(
+                    f"/v1/videos/{vid}/prompts",
+                    headers=_bearer(BOB),
+                    json={"frame_idx": 0, "obj_id": 1, "points": [[5, 5]]},
+                )
+            ).status_code
+            out["bob propagate"] = (
+                await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=_bearer(BOB))
+            ).status_code
             job = await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=_bearer(ALICE))
             out["alice propagate"] = job.status_code
-            out["bob job"] = (await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(BOB))).status_code
-            out["alice job"] = (await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))).status_code
-            out["bob delete"] = (await c.delete(f"/v1/videos/{vid}", headers=_bearer(BOB))).status_code
-            out["alice delete"] = (await c.delete(f"/v1/videos/{vid}", headers=_bearer(ALICE))).status_code
-            out["cancelled"] = (await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))).json()["status"]
+            out["bob job"] = (
+                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(BOB))
+            ).status_code
+            out["alice job"] = (
+                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))
+            ).status_code
+            out["bob delete"] = (
+                await c.delete(f"/v1/videos/{vid}", headers=_bearer(BOB))
+            ).status_code
+            out["alice delete"] = (
+                await c.delete(f"/v1/videos/{vid}", headers=_bearer(ALICE))
+            ).status_code
+            out["cancelled"] = (
+                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))
+            ).json()["status"]
             return out
 
     out = asyncio.run(calls())
@@ -302,7 +371,11 @@ def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
     for name, status in out.items():
         if name.startswith(("bob ",)):
             assert status == 404, (name, status)
-        elif name.startswith(("root ", "alice ")) and name not in ("alice propagate", "alice delete", "alice job"):
+        elif name.startswith(("root ", "alice ")) and name not in (
+            "alice propagate",
+            "alice delete",
+            "alice job",
+        ):
             assert status == 200, (name, status)
     assert (out["alice propagate"], out["alice job"], out["alice delete"]) == (202, 200, 204)
     assert out["cancelled"] == "cancelled"  # deleting the video cancelled its queued job
