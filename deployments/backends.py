@@ -159,7 +159,6 @@ class TrellisBackend:
         self.pipeline = TrellisImageTo3DPipeline.from_pretrained(str(weights))
         if device == "cuda":
             self.pipeline.cuda()
-        self._last: trimesh.Trimesh | None = None
 
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh:
         from trellis.utils import postprocessing_utils  # type: ignore[import-not-found]
@@ -168,7 +167,6 @@ class TrellisBackend:
         textured = postprocessing_utils.to_glb(
             outputs["gaussian"][0], outputs["mesh"][0], simplify=0.95, texture_size=1024
         )
-        self._last = textured
         return as_closed_mesh(textured)
 
     def paint(

@@ -15,9 +15,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve_app.auth import ApiKeyEntry
 
-DEFAULT_STAGES = ("segment", "reconstruct", "paint", "convert")
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESHLINE_", extra="forbid")
 

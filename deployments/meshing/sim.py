@@ -2,7 +2,7 @@
 properties, and URDF/MJCF snippets that reference the files.
 
 Reconstructed meshes come in the camera frame (x right, y up, +z towards the camera) with the
-longest side 1. ``to_sim_frame`` puts them in metres at a requested real size, in the
+longest side 1. ``sim_transform`` puts them in metres at a requested real size, in the
 requested up-axis convention (Z-up for ROS/MuJoCo: the camera-facing side then faces -Y;
 Y-up for glTF), with the origin at the base centre or the centre of mass.
 """
@@ -67,12 +67,6 @@ def sim_transform(mesh: trimesh.Trimesh, options: SimOptions) -> np.ndarray:
         @ matrix
     )
 
-
-def to_sim_frame(mesh: trimesh.Trimesh, options: SimOptions) -> trimesh.Trimesh:
-    """A copy in metres, in the up-axis convention, with the requested origin."""
-    out = mesh.copy()
-    out.apply_transform(sim_transform(mesh, options))
-    return out
 
 
 def weld(mesh: trimesh.Trimesh) -> trimesh.Trimesh:

@@ -350,7 +350,7 @@ def _accepts_gzip(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "").lower()
 
 
-def _json(request: Request, payload: Any, max_age: int = 0) -> Response:
+def _json(request: Request, payload: Any) -> Response:
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {"Vary": "Accept-Encoding"}
     if _accepts_gzip(request) and len(body) > 512:
