@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve_app.auth import ApiKeyEntry
 
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESHLINE_", extra="forbid")
 
