@@ -193,15 +193,20 @@ def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     """The per-shape figures as a Markdown table."""
     lines = [
-        "| shape | IoU | faces | parts | covered | glTF errors | rest COM z (m) | reconstruct / paint / convert (s) |",
+        (
+            "| shape | IoU | faces | parts | covered | glTF errors | rest COM z (m) "
+            "| reconstruct / paint / convert (s) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r["seconds"]
         lines.append(
             f"| {r['shape']} | {r['silhouette_iou']:.4f} | {r['faces']} | {r['collision_parts']} | "
-            f"{r['surface_covered']:.3f} | {r['gltf_textured']['errors'] + r['gltf_visual']['errors']} | "
-            f"{r['mujoco']['rest_com_z_m']:.4f} | {s['reconstruct']:.2f} / {s['paint']:.2f} / {s['convert']:.2f} |"
+            f"{r['surface_covered']:.3f} | "
+            f"{r['gltf_textured']['errors'] + r['gltf_visual']['errors']} | "
+            f"{r['mujoco']['rest_com_z_m']:.4f} | {s['reconstruct']:.2f} / {s['paint']:.2f} / "
+            f"{s['convert']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -79,7 +79,10 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             "pipeline wall ÷ model time in replicas",
             f"{pipeline['job_wall_over_model_time_p50']:.3f}",
             "≤ 1.05",
-            f"{pipeline['jobs']} jobs on bus.jpg; store clock queued→succeeded ÷ Σ replica-timed compute",
+            (
+                f"{pipeline['jobs']} jobs on bus.jpg; store clock queued→succeeded ÷ Σ "
+                "replica-timed compute"
+            ),
         ),
         (
             "pipeline wall ÷ Σ stage seconds",
@@ -91,26 +94,38 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             "handle hop − same call in-process (p50)",
             f"{hop['hop_p50_ms']:.2f} ms",
             "≤ 2 ms",
-            f"Converter.info: handle {hop['handle_p50_ms']} ms vs in-process {hop['in_process_p50_ms']} ms; "
-            f"Serve's gRPC transport (`_by_reference=False`) {hop['grpc_handle_p50_ms']} ms",
+            (
+                f"Converter.info: handle {hop['handle_p50_ms']} ms vs in-process "
+                f"{hop['in_process_p50_ms']} ms; Serve's gRPC transport (`_by_reference=False`) "
+                f"{hop['grpc_handle_p50_ms']} ms"
+            ),
         ),
         (
             "first result from zero replicas ÷ model load",
             f"{cold['ratio']:.2f}",
             "",
-            f"SAM2 segment from 0 replicas {cold['first_result_s']} s; replica-timed load {cold['model_load_s']} s",
+            (
+                f"SAM2 segment from 0 replicas {cold['first_result_s']} s; replica-timed load "
+                f"{cold['model_load_s']} s"
+            ),
         ),
         (
             "POST /v1/jobs p99 at 50 clients",
             f"{jobs['post_jobs']['p99_ms']:.0f} ms",
             "",
-            f"p50 {jobs['post_jobs']['p50_ms']:.0f} ms over {jobs['post_jobs']['requests']} requests",
+            (
+                f"p50 {jobs['post_jobs']['p50_ms']:.0f} ms over {jobs['post_jobs']['requests']} "
+                "requests"
+            ),
         ),
         (
             "detection batching gain (8 vs 1)",
             f"{detector['batching_gain']:.3f}",
             "",
-            f"{detector['images_per_s_batch_8']} vs {detector['images_per_s_batch_1']} img/s at 16 in flight",
+            (
+                f"{detector['images_per_s_batch_8']} vs "
+                f"{detector['images_per_s_batch_1']} img/s at 16 in flight"
+            ),
         ),
         (
             "model switch cost (multiplexed miss − hit)",
@@ -122,8 +137,10 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             "video propagation: meshline ÷ direct SAM2",
             f"{video['ratio']:.3f}",
             "≥ 0.95",
-            f"{video['meshline_fps']} vs {video['direct_fps']} fps, {video['frames']} frames, {video['model']} "
-            f"@{video['image_size']} px",
+            (
+                f"{video['meshline_fps']} vs {video['direct_fps']} fps, {video['frames']} frames, "
+                f"{video['model']} @{video['image_size']} px"
+            ),
         ),
     ]
 
@@ -139,12 +156,18 @@ def markdown(
     lines = [
         "# meshline benchmark results",
         "",
-        f"Written by `make bench`{mode} (bench/suite.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {seconds:.0f} s.",
+        (
+            f"Written by `make bench`{mode} (bench/suite.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} "
+            f"UTC in {seconds:.0f} s."
+        ),
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
         + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU")
         + f"; models on **{device}**; "
         f"Python {info['python']}, torch {info['torch']}.",
-        "Every ratio's two sides were measured in the same run; raw reports in bench/results/suite_*.json.",
+        (
+            "Every ratio's two sides were measured in the same run; raw reports in "
+            "bench/results/suite_*.json."
+        ),
         "",
         "| measure | value | target | how |",
         "| --- | --- | --- | --- |",

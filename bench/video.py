@@ -2,8 +2,8 @@
 
 Same model config, same stored JPEG frames, same prompt, same device, measured side by side in
 one run (interleaved, medians). meshline's figure is a client's view: POST /propagate → job
-succeeded by the job store's clock (job claim, handle streaming, gzip'd RLE per frame written to the artifact store and
-recorded in the job DB, progress updates). The direct figure is the bare
+succeeded by the job store's clock (job claim, handle streaming, gzip'd RLE per frame written
+to the artifact store and recorded in the job DB, progress updates). The direct figure is the bare
 ``propagate_in_video`` loop on a warm state, with the replica's thread count.
 
     python -m bench.video --frames 48 --runs 3 [--small] [--device auto|cpu|gpu]

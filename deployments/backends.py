@@ -78,8 +78,10 @@ def check_spec(spec: BackendSpec, weights: Path | None) -> BackendSpec:
         )
     if weights is None or not Path(weights).exists():
         raise ModelLoadError(
-            f"backend {name!r} needs local weights (MESHLINE_RECONSTRUCT_WEIGHTS = {spec.weights_hint}); "
-            f"{'none configured' if weights is None else f'{weights} does not exist'} — weights are never downloaded"
+            f"backend {name!r} needs local weights (MESHLINE_RECONSTRUCT_WEIGHTS = "
+            f"{spec.weights_hint}); "
+            f"{'none configured' if weights is None else f'{weights} does not exist'} — weights "
+            "are never downloaded"
         )
     return spec
 

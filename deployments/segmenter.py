@@ -54,7 +54,8 @@ class SegmenterConfig(BaseModel):
     )
     offload_video_state_to_cpu: bool = Field(
         False,
-        description="Keep SAM2's per-frame video state in CPU memory (less GPU memory, ~10% slower).",
+        description="Keep SAM2's per-frame video state in CPU memory "
+        "(less GPU memory, ~10% slower).",
     )
     scratch_dir: Path = Field(
         Path(tempfile.gettempdir()), description="Temporary frame copies (S3)."
@@ -324,7 +325,9 @@ class SegmenterDeployment:
         max_frames: int | None = None,
         seeds: list[dict[str, Any]] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Stream ``{frames: [{frame_idx, masks: {obj_id: rle}, seconds}, ...]}`` (call with stream=True).
+        """Stream ``{frames: [{frame_idx, masks: {obj_id: rle}, seconds}, ...]}``.
+
+        Call with ``stream=True``.
 
         SAM2 runs in one worker thread (autocast state is per thread); frames cross to the
         event loop through a queue. Cancelling the call stops tracking at the next frame.

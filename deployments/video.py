@@ -176,7 +176,7 @@ class VideoSession:
 
     # -- prompts ------------------------------------------------------------------------
     def _sync(self, source: FrameSource, history: list[VideoPrompt]) -> None:
-        """Build if needed and apply the history this state has not seen (replay after a rebuild)."""
+        """Build if needed; apply the history this state has not seen (replay after a rebuild)."""
         if self.state is None:
             self._build(source)
         assert self.state is not None
@@ -193,11 +193,11 @@ class VideoSession:
     def _apply(self, prompt: VideoPrompt) -> dict[int, np.ndarray]:
         assert self.state is not None
         if prompt.mask_rle is not None:
-            frame_idx, obj_ids, logits = self.predictor.add_new_mask(
+            _frame_idx, obj_ids, logits = self.predictor.add_new_mask(
                 self.state, prompt.frame_idx, prompt.obj_id, decode_rle(prompt.mask_rle)
             )
         else:
-            frame_idx, obj_ids, logits = self.predictor.add_new_points_or_box(
+            _frame_idx, obj_ids, logits = self.predictor.add_new_points_or_box(
                 self.state,
                 prompt.frame_idx,
                 prompt.obj_id,

@@ -100,7 +100,8 @@ def parse_entries(data: Any, source: str) -> list[ApiKeyEntry]:
     if isinstance(data, dict):
         data = [{"id": key_id, **(value or {})} for key_id, value in data.items()]
     if not isinstance(data, list):
-        raise ValueError(f"{source}: expected a mapping of key ids or a list of entries")
+        # ValueError, not TypeError: callers (and pydantic validators) treat it as bad config.
+        raise ValueError(f"{source}: expected a mapping of key ids or a list of entries")  # noqa: TRY004
     try:
         return [ApiKeyEntry.model_validate(item) for item in data]
     except ValidationError as exc:

@@ -39,7 +39,7 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(413, f"{what} has too many pixels", "payload_too_large", what) from None
-    except Exception:  # UnidentifiedImageError, or whatever a plugin's opener raises on junk
+    except Exception:  # noqa: BLE001 — UnidentifiedImageError, or whatever a plugin's opener raises on junk
         raise ApiError(
             415,
             f"{what} is not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})",

@@ -52,7 +52,8 @@ class Ingress:
         models: dict[str, dict[str, Any]],
     ) -> None:
         context = serve.get_replica_context()
-        owner = f"{context.replica_tag if hasattr(context, 'replica_tag') else 'ingress'}-{uuid.uuid4().hex[:8]}"
+        replica = context.replica_tag if hasattr(context, "replica_tag") else "ingress"
+        owner = f"{replica}-{uuid.uuid4().hex[:8]}"
         store = JobStore(settings.resolved_db_url)
         files = make_artifact_store(
             settings.artifact_uri,

@@ -96,7 +96,8 @@ class JobOptions(Strict):
     preview: bool = Field(True, description="Render a turntable GIF and a PNG thumbnail.")
     sim: SimOptionsIn | None = Field(
         default_factory=SimOptionsIn,
-        description="Metres, axes, origin, physics sidecar, convex parts, URDF + MJCF; null: raw mesh only.",
+        description="Metres, axes, origin, physics sidecar, convex parts, URDF + MJCF; "
+        "null: raw mesh only.",
     )
     dedup: bool = Field(
         False,

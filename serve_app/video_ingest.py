@@ -100,7 +100,7 @@ def decode_video_file(
         raise ApiError(413, f"video exceeds {limits.max_bytes} bytes", "payload_too_large", "video")
     try:
         container = av.open(io.BytesIO(data), mode="r")
-    except Exception:  # av.error.InvalidDataError and friends: not a container ffmpeg knows
+    except Exception:  # noqa: BLE001 — av.error.InvalidDataError and friends: not a container ffmpeg knows
         raise ApiError(
             415,
             "video is not a supported video file (mp4, webm, mov, mkv, avi) or zip of frames",
@@ -133,7 +133,7 @@ def decode_video_file(
             if "webm" in names or "matroska" in names
             else "mp4"
             if "mp4" in names
-            else sorted(names)[0]
+            else min(names)
         )
 
         def frames() -> Iterator[np.ndarray]:

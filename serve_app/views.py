@@ -39,7 +39,9 @@ def job_public(job: JobRecord, files: ArtifactStore | None = None) -> JobPublic:
 
 
 def job_or_404(store: JobStore, job_id: str) -> JobRecord:
-    """The job, or a 404 (a malformed id is a 422 from ``check_job_id``). Blocking: run in a thread."""
+    """The job, or a 404 (a malformed id is a 422 from ``check_job_id``).
+
+    Blocking: run it in a thread."""
     job = store.get(check_job_id(job_id))
     if job is None:
         raise ApiError(404, f"job {job_id!r} not found", "not_found", "job_id")

@@ -70,7 +70,7 @@ async def deliver(
                 store.set_webhook(job_id, state)
                 return
             state["error"] = f"HTTP {response.status_code}"
-        except Exception as exc:  # network errors, refused addresses: all retried the same way
+        except Exception as exc:  # noqa: BLE001 — network errors, refused addresses: all retried the same way
             state["error"] = f"{exc.__class__.__name__}: {getattr(exc, 'message', exc)}"[:300]
         store.set_webhook(job_id, state)
         if state["attempts"] < settings.webhook_max_attempts:

@@ -134,7 +134,8 @@ def ray_session() -> Iterator[None]:
 
     # Never attach to a developer's `make serve` cluster: start a private one.
     os.environ.pop("RAY_ADDRESS", None)
-    # address="local": a new instance, never a running `make serve` cluster (ray.init() would attach).
+    # address="local": a new instance, never a running `make serve` cluster (ray.init() would
+    # attach to it).
     ray.init(
         address="local",
         num_cpus=4,

@@ -56,7 +56,7 @@ def shape_mask(kind: str, height: int = 240, width: int = 320) -> np.ndarray:
 def make_scene(kind: str = "disk", height: int = 240, width: int = 320) -> Scene:
     """A shaded coloured object on a plain grey background."""
     mask = shape_mask(kind, height, width)
-    yy, xx = np.mgrid[:height, :width]
+    _yy, xx = np.mgrid[:height, :width]
     image = np.full((height, width, 3), 40, dtype=np.uint8)
     shade = (0.6 + 0.4 * (xx / width))[..., None]
     colour = np.array([220, 120, 40], dtype=np.float32)

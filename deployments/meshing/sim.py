@@ -68,7 +68,6 @@ def sim_transform(mesh: trimesh.Trimesh, options: SimOptions) -> np.ndarray:
     )
 
 
-
 def weld(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """Geometry only, vertices merged by position: a UV-unwrapped mesh is split along its
     texture seams, which a simulator (and any closedness check) must not see."""
@@ -250,7 +249,10 @@ def mjcf(
             "  <worldbody>",
             f'    <body name={quoteattr(name)} pos="0 0 0"{quat}>',
             "      <freejoint/>",
-            f'      <inertial pos="{_fmt(props.center_of_mass)}" mass="{props.mass_kg:.9g}" fullinertia="{_fmt(full)}"/>',
+            (
+                f'      <inertial pos="{_fmt(props.center_of_mass)}" mass="{props.mass_kg:.9g}" '
+                f'fullinertia="{_fmt(full)}"/>'
+            ),
             *geoms,
             "    </body>",
             "  </worldbody>",
@@ -281,10 +283,15 @@ def urdf(
             "    <inertial>",
             f'      <origin xyz="{_fmt(com)}" rpy="{rpy}"/>',
             f'      <mass value="{props.mass_kg:.9g}"/>',
-            f'      <inertia ixx="{i[0][0]:.9g}" ixy="{i[0][1]:.9g}" ixz="{i[0][2]:.9g}" iyy="{i[1][1]:.9g}" '
-            f'iyz="{i[1][2]:.9g}" izz="{i[2][2]:.9g}"/>',
+            (
+                f'      <inertia ixx="{i[0][0]:.9g}" ixy="{i[0][1]:.9g}" ixz="{i[0][2]:.9g}" '
+                f'iyy="{i[1][1]:.9g}" iyz="{i[1][2]:.9g}" izz="{i[2][2]:.9g}"/>'
+            ),
             "    </inertial>",
-            f'    <visual><origin xyz="0 0 0" rpy="{rpy}"/><geometry><mesh filename={quoteattr(visual_file)}/></geometry></visual>',
+            (
+                f'    <visual><origin xyz="0 0 0" rpy="{rpy}"/><geometry><mesh '
+                f"filename={quoteattr(visual_file)}/></geometry></visual>"
+            ),
             *collisions,
             "  </link>",
             "</robot>",

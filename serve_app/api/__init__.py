@@ -91,7 +91,8 @@ def _warn_open_access() -> None:
         logger.warning("no API keys configured: open access; bound to %s", host or "127.0.0.1")
     else:
         logger.error(
-            "no API keys configured: open access, and HTTP is bound to %s (not loopback): anyone who "
+            "no API keys configured: open access, and HTTP is bound to %s (not loopback): "
+            "anyone who "
             "reaches it can use meshline. Set MESHLINE_API_KEYS_FILE (see README).",
             host,
         )
@@ -108,7 +109,7 @@ def _serve_http_host() -> str | None:
 
         client = _get_global_client(raise_if_no_controller_running=False)
         return str(client.http_config.host) if client is not None else None
-    except Exception:  # only a log line depends on it
+    except Exception:  # noqa: BLE001 — only a log line depends on it
         return None
 
 

@@ -1,4 +1,4 @@
-"""Read a request's image (multipart upload, or JSON with image_url / image_base64) and its options."""
+"""Read a request's image (multipart upload, or JSON with image_url / image_base64), options."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ async def read_inputs(
             form = await request.form(
                 max_files=1 + len(extra_files), max_fields=8, max_part_size=limit
             )
-        except Exception as exc:  # malformed multipart bodies raise parser-specific errors
+        except Exception as exc:  # noqa: BLE001 — multipart parsers raise their own error types
             raise ApiError(400, f"malformed multipart body ({exc.__class__.__name__})") from None
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
@@ -118,7 +118,7 @@ async def read_inputs(
         unknown = set(payload) - {"image_url", "image_base64", "options"}
         if unknown:
             raise ApiError(
-                422, f"unknown fields: {sorted(unknown)}", "validation_error", sorted(unknown)[0]
+                422, f"unknown fields: {sorted(unknown)}", "validation_error", min(unknown)
             )
         try:
             options = options_model.model_validate(payload.get("options") or {})

@@ -121,7 +121,7 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=4, max_part_size=limits.max_bytes)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — multipart parsers raise their own error types
             raise ApiError(400, f"malformed multipart body ({exc.__class__.__name__})") from None
         upload = form.get("video")
         if upload is None or isinstance(upload, str):
@@ -282,7 +282,7 @@ async def add_prompt(
         obj_id=prompt.obj_id,
         seq=seq,
         area=result["area"],
-        bbox=[int(round(v)) for v in bbox],
+        bbox=[round(v) for v in bbox],
         rle=rle,
         seconds=round(time.perf_counter() - started, 4),
     )
@@ -485,7 +485,7 @@ def _export_coco(
 def _export_png_zip(
     record: VideoRecord, frames: list[tuple[int, dict[str, dict[str, Any]]]], objects: list[int]
 ) -> bytes:
-    """DAVIS-style: one palette PNG per frame, pixel value = 1 + the object's index in ``objects``."""
+    """DAVIS-style: a palette PNG per frame; pixel value = 1 + the object's index in ``objects``."""
     index = {obj: i + 1 for i, obj in enumerate(objects)}
     palette = np.random.default_rng(0).integers(40, 255, size=(256, 3), dtype=np.uint8)
     palette[0] = 0

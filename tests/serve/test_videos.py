@@ -261,9 +261,12 @@ def test_stored_masks_are_gzip_json(client: httpx.Client) -> None:
         client, client.post(f"/v1/videos/{video_id}/propagate", json={}).json()["job_id"]
     )
     assert job["status"] == "succeeded", job["error"]
-    with httpx.Client(
-        base_url=str(client.base_url), headers={"Accept-Encoding": "gzip"}
-    ) as raw_client, raw_client.stream("GET", f"/v1/videos/{video_id}/frames/2/masks") as response:
+    with (
+        httpx.Client(
+            base_url=str(client.base_url), headers={"Accept-Encoding": "gzip"}
+        ) as raw_client,
+        raw_client.stream("GET", f"/v1/videos/{video_id}/frames/2/masks") as response,
+    ):
         body = b"".join(response.iter_raw())
     assert len(body) < 4096
     assert set(json.loads(gzip.decompress(body))) == {"1"}

@@ -6,6 +6,7 @@ import asyncio
 import http.server
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -16,7 +17,7 @@ LOOPBACK = ["127.0.0.1/32", "::1/128"]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    hosts: list[str] = []
+    hosts: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         _Handler.hosts.append(self.headers["Host"])

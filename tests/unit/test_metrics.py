@@ -32,7 +32,12 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
     return subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

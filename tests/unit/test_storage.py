@@ -154,14 +154,18 @@ def test_an_older_store_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:  # the jobs table as the first release created it
         conn.execute(
-            "CREATE TABLE jobs (id VARCHAR(32) PRIMARY KEY, status VARCHAR(16) NOT NULL, options JSON NOT NULL,"
-            " inputs JSON NOT NULL, error TEXT, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,"
-            " started_at DATETIME, finished_at DATETIME, lease_owner VARCHAR(64), lease_expires_at DATETIME,"
+            "CREATE TABLE jobs (id VARCHAR(32) PRIMARY KEY, status VARCHAR(16) NOT NULL, "
+            "options JSON NOT NULL,"
+            " inputs JSON NOT NULL, error TEXT, created_at DATETIME NOT NULL, updated_at "
+            "DATETIME NOT NULL,"
+            " started_at DATETIME, finished_at DATETIME, lease_owner VARCHAR(64), "
+            "lease_expires_at DATETIME,"
             " runs INTEGER NOT NULL)"
         )
         conn.execute(
             "INSERT INTO jobs VALUES ('" + "c" * 32 + "', 'succeeded', '{}', '{}', NULL,"
-            " '2026-11-01 00:00:00', '2026-11-01 00:00:00', NULL, '2026-11-01 00:00:00', NULL, NULL, 1)"
+            " '2026-11-01 00:00:00', '2026-11-01 00:00:00', NULL, '2026-11-01 00:00:00', NULL, "
+            "NULL, 1)"
         )
     upgraded = JobStore(f"sqlite:///{path}")
     assert upgraded.get("c" * 32).status == "succeeded"
