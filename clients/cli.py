@@ -1,28 +1,65 @@
-"""The ``meshline`` command: submit images, follow jobs with per-stage progress, download."""
+"""The ``meshline`` command: submit images, follow jobs with per-stage progress, download.
+
+Every command takes ``--api-key`` (or ``MESHLINE_API_KEY``) for a service with API keys; the
+key is sent as ``Authorization: Bearer`` and never printed.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.client import MeshlineClient, MeshlineError
+from clients.client import AuthenticationError, MeshlineClient, MeshlineError
 
-app = typer.Typer(help="meshline: photos → masks, detections and 3D meshes.", no_args_is_help=True)
+# No local variables in tracebacks, ever: they would show the API key.
+app = typer.Typer(
+    help="meshline: photos → masks, detections and 3D meshes.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 console = Console(stderr=True)
 
 HostOpt = Annotated[str, typer.Option("--host", envvar="MESHLINE_HOST", help="Service host.")]
 PortOpt = Annotated[int, typer.Option("--port", envvar="MESHLINE_PORT", help="Service port.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="MESHLINE_API_KEY",
+        show_default=False,
+        help="API key of a service with keys (sent as a Bearer header; prefer the env var, "
+        "which stays out of the shell history and the process list).",
+    ),
+]
+NEEDS_KEY = "the service needs an API key: pass --api-key or set MESHLINE_API_KEY"
 
 
-def _client(host: str, port: int) -> MeshlineClient:
+def _client(host: str, port: int, api_key: str | None = None) -> MeshlineClient:
     base = host if host.startswith(("http://", "https://")) else f"http://{host}:{port}"
-    return MeshlineClient(base)
+    try:
+        return MeshlineClient(base, api_key=api_key)
+    except ValueError as exc:  # a malformed key; the message does not contain it
+        _fail(str(exc))
+
+
+def _fail(error: Exception | str) -> NoReturn:
+    """Print the error in red on stderr and exit 2. Messages come from the service, the client
+    or httpx (which never puts headers in its messages), so they never contain the key."""
+    message = str(error)
+    if isinstance(error, AuthenticationError) and not error.key_sent:
+        message = f"HTTP {error.status}: {NEEDS_KEY}"
+    elif isinstance(error, httpx.HTTPError):
+        message = f"could not reach the service: {error}"
+    console.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    raise typer.Exit(2)
 
 
 def _follow(client: MeshlineClient, job_id: str, timeout_s: float | None) -> dict[str, Any]:
@@ -71,6 +108,7 @@ def submit(
     ] = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
+    api_key: KeyOpt = None,
 ) -> None:
     """Submit IMAGE as a job; print its id (and follow it with --wait)."""
     job_options: dict[str, Any] = json.loads(options) if options else {}
@@ -78,7 +116,7 @@ def submit(
         job_options["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
     if detect:
         job_options["detect"] = True
-    with _client(host, port) as client:
+    with _client(host, port, api_key) as client:
         try:
             job_id = client.submit(image, options=job_options, mask=mask)
             console.print(f"job [bold]{job_id}[/bold] queued")
@@ -90,9 +128,8 @@ def submit(
             if out is not None and status["status"] == "succeeded":
                 saved = client.download(job_id, out)
                 console.print(f"saved {len(saved)} files to {out}")
-        except MeshlineError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+        except (MeshlineError, httpx.HTTPError) as exc:
+            _fail(exc)
     typer.echo(job_id)
     if status["status"] != "succeeded":
         raise typer.Exit(1)
@@ -104,14 +141,14 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
+    api_key: KeyOpt = None,
 ) -> None:
     """Show a job's state, stages and artifacts."""
-    with _client(host, port) as client:
+    with _client(host, port, api_key) as client:
         try:
             job = client.job(job_id)
-        except MeshlineError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+        except (MeshlineError, httpx.HTTPError) as exc:
+            _fail(exc)
     if as_json:
         typer.echo(json.dumps(job, indent=2))
     else:
@@ -119,14 +156,15 @@ def status(
 
 
 @app.command()
-def cancel(job_id: str, host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+def cancel(
+    job_id: str, host: HostOpt = "127.0.0.1", port: PortOpt = 8000, api_key: KeyOpt = None
+) -> None:
     """Cancel a queued or running job."""
-    with _client(host, port) as client:
+    with _client(host, port, api_key) as client:
         try:
             _print_status(client.cancel(job_id))
-        except MeshlineError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+        except (MeshlineError, httpx.HTTPError) as exc:
+            _fail(exc)
 
 
 @app.command()
@@ -136,16 +174,32 @@ def download(
     name: Annotated[list[str] | None, typer.Option("--name", help="Only these artifacts.")] = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
+    api_key: KeyOpt = None,
 ) -> None:
     """Download a job's artifacts."""
-    with _client(host, port) as client:
+    with _client(host, port, api_key) as client:
         try:
             saved = client.download(job_id, out, names=name)
-        except MeshlineError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+        except (MeshlineError, httpx.HTTPError) as exc:
+            _fail(exc)
     for path in saved:
         typer.echo(str(path))
+
+
+@app.command("reload-model")
+def reload_model(
+    model_id: str,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: KeyOpt = None,
+) -> None:
+    """Make every Detector replica load MODEL_ID's current file (needs an admin key)."""
+    with _client(host, port, api_key) as client:
+        try:
+            reloaded = client.reload_model(model_id)
+        except (MeshlineError, httpx.HTTPError) as exc:
+            _fail(exc)
+    console.print(f"model {reloaded['model_id']}: generation {reloaded['generation']}")
 
 
 def _print_status(job: dict[str, Any]) -> None:

@@ -1,12 +1,20 @@
-"""Python client for the meshline HTTP API (the CLI is built on it). Needs only httpx."""
+"""Python client for the meshline HTTP API (the CLI is built on it). Needs only httpx.
+
+API keys: pass ``api_key=`` to ``MeshlineClient``. The Python client takes the key only as
+that argument; it never reads the environment (the ``meshline`` CLI reads
+``MESHLINE_API_KEY`` itself and passes it on). The key is sent as ``Authorization: Bearer``
+to the service's own origin only, never to another host (presigned S3 artifact URLs, a 307 to
+storage), and never appears in ``repr()``, in errors or in logs.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -14,26 +22,111 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class MeshlineError(RuntimeError):
-    """An error answer from the service, with its status code and error body."""
+    """An error answer from the service, with its status code and error body.
 
-    def __init__(self, status: int, body: dict[str, Any] | str) -> None:
+    ``hint`` (if any) goes before the service's own message: ``HTTP 403: <hint>: <message>``.
+    """
+
+    def __init__(self, status: int, body: dict[str, Any] | str, hint: str | None = None) -> None:
         message = (
             body.get("error", {}).get("message", str(body)) if isinstance(body, dict) else body
         )
-        super().__init__(f"HTTP {status}: {message}")
+        self.server_message = message
+        super().__init__(
+            f"HTTP {status}: {hint}: {message}" if hint else f"HTTP {status}: {message}"
+        )
         self.status = status
         self.body = body
 
 
+class AuthenticationError(MeshlineError):
+    """401: no API key was sent (``key_sent`` False) or the service did not accept it."""
+
+    def __init__(self, status: int, body: dict[str, Any] | str, key_sent: bool) -> None:
+        hint = (
+            "the API key was not accepted"
+            if key_sent
+            else "the service needs an API key: pass MeshlineClient(api_key=...)"
+        )
+        super().__init__(status, body, hint)
+        self.key_sent = key_sent
+
+
+class PermissionDeniedError(MeshlineError):
+    """403: the API key is valid but may not do this (an admin-only route)."""
+
+    def __init__(self, status: int, body: dict[str, Any] | str) -> None:
+        super().__init__(status, body, "this API key may not do that (admin only)")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+class _BearerKey(httpx.Auth):
+    """``Authorization: Bearer <key>`` on requests to the service's origin only: absolute URLs
+    elsewhere (presigned S3 links in a job's artifacts) never get it, and httpx drops it when
+    a redirect leaves the origin (a 307 from the artifact route to storage)."""
+
+    def __init__(self, key: str, base_url: httpx.URL) -> None:
+        self._header = f"Bearer {key}"
+        self._origin = _origin(base_url)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if _origin(request.url) == self._origin:
+            request.headers["Authorization"] = self._header
+        yield request
+
+    def __repr__(self) -> str:
+        return "<BearerKey (hidden)>"
+
+
+def _check_key(api_key: str | None) -> str | None:
+    """The key stripped of surrounding whitespace (a trailing newline from a file or
+    ``$(...)``); None or blank means no key. Never echoes the key in the error."""
+    if api_key is None or not api_key.strip():
+        return None
+    key = api_key.strip()
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise ValueError("the API key must be printable ASCII without spaces")
+    return key
+
+
 class MeshlineClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout_s: float = 60.0) -> None:
+    """A client for one meshline service.
+
+    ``api_key``: the service's API key (sent as ``Authorization: Bearer``), or None when the
+    service runs with open access. It is taken only from this argument, never from the
+    environment: read ``MESHLINE_API_KEY`` (or a secret store) yourself if you want that, as
+    the CLI does. Errors are ``MeshlineError``; a 401 is an ``AuthenticationError`` and a 403
+    a ``PermissionDeniedError`` (both subclasses). ``transport``: an httpx transport to use
+    instead of the network (tests: ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        timeout_s: float = 60.0,
+        api_key: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        key = _check_key(api_key)
+        self._has_key = key is not None
+        auth = _BearerKey(key, httpx.URL(self.base_url)) if key is not None else None
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout_s, auth=auth, transport=transport
+        )
+
+    def __repr__(self) -> str:
+        return f"MeshlineClient({self.base_url!r}, api_key={'(hidden)' if self._has_key else None})"
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> MeshlineClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -46,7 +139,12 @@ class MeshlineClient:
                 body: dict[str, Any] | str = response.json()
             except ValueError:
                 body = response.text
-            raise MeshlineError(response.status_code, body)
+            status = response.status_code
+            if status == 401:
+                raise AuthenticationError(status, body, key_sent=self._has_key)
+            if status == 403:
+                raise PermissionDeniedError(status, body)
+            raise MeshlineError(status, body)
         return response
 
     @staticmethod
@@ -192,13 +290,25 @@ class MeshlineClient:
             if names and name not in names:
                 continue
             target = out / Path(name).name  # never trust a name to stay inside out_dir
-            with self._http.stream("GET", artifact["url"]) as response:
+            # A job's artifact URL is the API's own route or a presigned storage URL (another
+            # origin: no key is sent there); the route may answer 307 to storage, and httpx
+            # drops Authorization when a redirect leaves the origin.
+            with self._http.stream("GET", artifact["url"], follow_redirects=True) as response:
                 self._check(response)
                 with target.open("wb") as handle:
                     for chunk in response.iter_bytes():
                         handle.write(chunk)
             saved.append(target)
         return saved
+
+    def models(self) -> list[dict[str, Any]]:
+        """The registered detector models (``GET /v1/models``)."""
+        return self._check(self._http.get("/v1/models")).json()["models"]
+
+    def reload_model(self, model_id: str) -> dict[str, Any]:
+        """Make every Detector replica load the model's current file (needs an admin key)."""
+        path = f"/v1/models/{quote(model_id, safe='')}/reload"
+        return self._check(self._http.post(path)).json()
 
     def segment(self, image: str | Path | bytes, **options: Any) -> dict[str, Any]:
         response = self._http.post(
