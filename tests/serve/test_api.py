@@ -191,7 +191,9 @@ def test_oversized_body_is_refused(live_app) -> None:  # type: ignore[no-untyped
 
 
 def test_noise_image_never_causes_a_server_error(client) -> None:  # type: ignore[no-untyped-def]
-    """Random noise is a valid image: the pipeline must finish or fail cleanly as a job."""
+    """Random noise is a valid image: it is accepted, and the job fails cleanly with the reason
+    (a client error, not retried), never with a server error."""
+    from deployments.meshing.masks import MIN_OBJECT_PIXELS
     from tests.conftest import wait_for_job
     from tests.helpers import encode_png
 
@@ -199,6 +201,25 @@ def test_noise_image_never_causes_a_server_error(client) -> None:  # type: ignor
     response = client.post("/v1/jobs", files={"image": ("n.png", encode_png(noise))})
     assert response.status_code == 202
     job = wait_for_job(client, response.json()["job_id"])
-    assert job["status"] in ("succeeded", "failed")
-    if job["status"] == "failed":
-        assert job["error"].startswith("stage ") and "internal error" not in job["error"]
+    # One outcome only: the noise is seeded and so is SAM2's random init (settings.seed), and
+    # it runs in fp32 on CPU (the test deployments ask for no GPU, so Ray hides any), so the
+    # centre click always gives the same mask: ~500 pixels of specks whose largest connected
+    # piece is 12 pixels (turning on every pixel whose logit is within 1e-3 of the threshold
+    # still leaves 13: far beyond float noise between machines). Segment succeeds (the mask is
+    # not empty); reconstruct keeps the largest piece and refuses one under MIN_OBJECT_PIXELS
+    # as bad input, a client error: the job fails at once (one attempt, no retries) naming the
+    # stage and the reason. If a change to the models or the seed makes this job succeed, pick
+    # an input that still fails here: the point of the test is the clean failure.
+    assert job["status"] == "failed", job
+    assert [s["status"] for s in job["stages"]] == [
+        "succeeded",
+        "failed",
+        "cancelled",
+        "cancelled",
+    ], job["stages"]
+    segment, reconstruct = job["stages"][:2]
+    assert segment["detail"]["area"] > 0
+    assert reconstruct["attempts"] == 1
+    assert job["error"] == (
+        f"stage reconstruct failed: mask object is smaller than {MIN_OBJECT_PIXELS} pixels"
+    )
