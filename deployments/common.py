@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from deployments.checkpoints import read_sidecar, verify_file
 from deployments.errors import ModelLoadError
 
 logger = logging.getLogger("meshline.models")
@@ -64,6 +65,7 @@ def resolve_checkpoint(
     s3_endpoint_url: str | None = None,
     max_cache_bytes: int | None = None,
     cache_tag: str = "",
+    sha256: str | None = None,
 ) -> Path:
     """Turn a local path, ``s3://bucket/key`` or ``https://`` URI into a readable local file.
 
@@ -71,6 +73,10 @@ def resolve_checkpoint(
     file lock (replicas on one node never download the same file twice), written to a temp file
     and renamed (never read half-written), and verified against a SHA-256 sidecar on every use.
     The cache is kept under ``max_cache_bytes`` by evicting the least recently used files.
+
+    A local file is verified against ``sha256`` when given, else against the digest recorded
+    beside it (``<file>.sha256``, as ``meshline weights fetch`` writes) if there is one: a
+    mismatch is refused (``ChecksumMismatch``, a ``ModelLoadError``).
     """
     from filelock import FileLock
 
@@ -79,6 +85,10 @@ def resolve_checkpoint(
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"checkpoint not found: {path}")
+        expected = sha256 or read_sidecar(path)
+        if expected:
+            verify_file(path, expected, "fetch it again (meshline weights fetch)")
+            logger.info("checkpoint %s: SHA-256 verified", path)
         return path
     if parsed.scheme not in ("s3", "https", "http"):
         raise ModelLoadError(

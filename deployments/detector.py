@@ -29,6 +29,9 @@ logger = logging.getLogger("meshline.detector")
 class DetectorConfig(BaseModel):
     model: str = Field("yolov8n.yaml", description="ultralytics config for random init.")
     checkpoint: str | None = Field(None, description="Local .pt path, s3:// or https:// URI.")
+    checkpoint_sha256: str | None = Field(
+        None, description="SHA-256 a local checkpoint must have (verified on every load)."
+    )
     registry_file: Path | None = Field(None, description="YAML/JSON registry of model ids.")
     models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
     models_s3_prefix: str | None = Field(None, description="s3://bucket/prefix/ of <id>.pt files.")
@@ -119,6 +122,8 @@ class YoloDetector:
                     config.s3_endpoint_url,
                     config.max_cache_bytes,
                     cache_tag,
+                    # The configured checkpoint's digest; other files: their sidecar's, if any.
+                    config.checkpoint_sha256 if self.source == config.checkpoint else None,
                 )
                 if path.suffix != ".pt":
                     raise ModelLoadError(f"detector checkpoint must be a .pt file, got {path.name}")

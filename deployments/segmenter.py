@@ -40,6 +40,9 @@ class SegmenterConfig(BaseModel):
     checkpoint: str | None = Field(
         None, description="Local path or s3:// URI; random init if None."
     )
+    checkpoint_sha256: str | None = Field(
+        None, description="SHA-256 a local checkpoint must have (verified on every load)."
+    )
     overrides: list[str] = Field(default_factory=list, description="Extra Hydra overrides.")
     seed: int = Field(0, description="Seed for random init.")
     device: str = Field("auto", description="auto | cpu | cuda")
@@ -76,7 +79,12 @@ def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
     ckpt_path: str | None = None
     if config.checkpoint:
         ckpt_path = str(
-            resolve_checkpoint(config.checkpoint, config.weights_dir, config.s3_endpoint_url)
+            resolve_checkpoint(
+                config.checkpoint,
+                config.weights_dir,
+                config.s3_endpoint_url,
+                sha256=config.checkpoint_sha256,
+            )
         )
     else:
         logger.warning(
