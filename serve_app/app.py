@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from deployments.checkpoints import (
+    CATALOGUE,
+    Family,
+    KnownCheckpoint,
+    entry_for_config,
+    fetched_checkpoint,
+    fetched_dir,
+)
 from deployments.converter import ConverterConfig, ConverterDeployment
 from deployments.detector import DetectorConfig, DetectorDeployment
 from deployments.reconstructor import ReconstructorConfig, ReconstructorDeployment
@@ -15,6 +26,8 @@ from serve_app.ingress import Ingress
 from serve_app.settings import Settings
 
 DEPLOYMENT_NAMES = ("Ingress", "Segmenter", "Reconstructor", "Converter", "Detector")
+
+logger = logging.getLogger("meshline.app")
 
 
 class MeshlineArgs(BaseModel):
@@ -32,14 +45,98 @@ class MeshlineArgs(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class ModelWeights:
+    """Which checkpoint a model loads: ``checkpoint`` None means random init."""
+
+    checkpoint: str | None
+    sha256: str | None = None  # a fetched checkpoint's digest, verified on every load
+    origin: str = "random"  # "settings", "fetched:<catalogue name>" or "random"
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    segmenter: ModelWeights
+    detector: ModelWeights
+
+
+def resolve_weights(
+    settings: Settings, catalogue: Mapping[str, KnownCheckpoint] = CATALOGUE
+) -> ResolvedWeights:
+    """The one place that decides which checkpoints SAM2 and YOLO load.
+
+    A configured checkpoint (MESHLINE_SAM2_CHECKPOINT / MESHLINE_DETECTOR_CHECKPOINT) wins;
+    else a checkpoint fetched by ``meshline weights fetch`` that fits the configured model
+    config (sam2.1_hiera_t.yaml: sam2.1-tiny, yolov8n.yaml: yolov8n.pt), when its digest is known
+    (the deployments verify it on load); else random init. Reads the weights cache, never the
+    network.
+    """
+    weights_dir = settings.resolved_weights_dir
+
+    def pick(name: str, configured: str | None, config_name: str, family: Family) -> ModelWeights:
+        if configured:
+            return ModelWeights(configured, None, "settings")
+        found = None
+        if settings.use_fetched_weights:
+            found = fetched_checkpoint(weights_dir, config_name, family, catalogue)
+        if found is not None:
+            logger.info(
+                "%s: loading the fetched checkpoint %s (%s; SHA-256 %s, %s; verified on load)",
+                name,
+                found.path,
+                found.entry.name,
+                found.sha256,
+                found.digest_source,
+            )
+            return ModelWeights(str(found.path), found.sha256, f"fetched:{found.entry.name}")
+        entry = entry_for_config(config_name, family, catalogue)
+        logger.info(
+            "%s: no checkpoint configured%s: RANDOM weights from %s%s",
+            name,
+            f" and none fetched in {fetched_dir(weights_dir)}"
+            if settings.use_fetched_weights
+            else " (use_fetched_weights is off)",
+            config_name,
+            f" (`meshline weights fetch {entry.name}` gets the official ones)" if entry else "",
+        )
+        return ModelWeights(None)
+
+    return ResolvedWeights(
+        segmenter=pick("Segmenter", settings.sam2_checkpoint, settings.sam2_config, "sam2"),
+        detector=pick("Detector", settings.detector_checkpoint, settings.detector_model, "yolo"),
+    )
+
+
+def model_table(settings: Settings, weights: ResolvedWeights) -> dict[str, dict[str, Any]]:
+    """What /healthz reports per deployment: real or random weights, and which model."""
+    segmenter, detector = weights.segmenter, weights.detector
+    return {
+        "Segmenter": {
+            "weights": "checkpoint" if segmenter.checkpoint else "random",
+            "model": segmenter.checkpoint or settings.sam2_config,
+        },
+        "Reconstructor": {
+            "weights": "none" if settings.reconstruct_backend == "inflate" else "checkpoint",
+            "model": settings.reconstruct_backend,
+        },
+        "Converter": {"weights": "none", "model": "trimesh"},
+        "Detector": {
+            "weights": "checkpoint" if detector.checkpoint else "random",
+            "model": detector.checkpoint or settings.detector_model,
+        },
+    }
+
+
 def model_configs(
-    settings: Settings,
+    settings: Settings, weights: ResolvedWeights | None = None
 ) -> tuple[SegmenterConfig, ReconstructorConfig, ConverterConfig, DetectorConfig]:
+    weights = weights or resolve_weights(settings)
     weights_dir = settings.resolved_weights_dir
     return (
         SegmenterConfig(
             config_name=settings.sam2_config,
-            checkpoint=settings.sam2_checkpoint,
+            checkpoint=weights.segmenter.checkpoint,
+            checkpoint_sha256=weights.segmenter.sha256,
             overrides=settings.sam2_overrides,
             seed=settings.seed,
             weights_dir=weights_dir,
@@ -62,7 +159,8 @@ def model_configs(
         ),
         DetectorConfig(
             model=settings.detector_model,
-            checkpoint=settings.detector_checkpoint,
+            checkpoint=weights.detector.checkpoint,
+            checkpoint_sha256=weights.detector.sha256,
             seed=settings.seed,
             precision=settings.model_precision,
             weights_dir=weights_dir,
@@ -94,32 +192,18 @@ def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
     if unknown:
         raise ValueError(f"unknown deployments in deployment_options: {sorted(unknown)}")
     settings = Settings(**args.settings)
-    segmenter_cfg, reconstructor_cfg, converter_cfg, detector_cfg = model_configs(settings)
+    weights = resolve_weights(settings)
+    segmenter_cfg, reconstructor_cfg, converter_cfg, detector_cfg = model_configs(settings, weights)
 
     def with_options(deployment: Any) -> Any:
         options = args.deployment_options.get(deployment.name)
         return deployment.options(**options) if options else deployment
 
-    models = {
-        "Segmenter": {
-            "weights": "checkpoint" if settings.sam2_checkpoint else "random",
-            "model": settings.sam2_checkpoint or settings.sam2_config,
-        },
-        "Reconstructor": {
-            "weights": "none" if settings.reconstruct_backend == "inflate" else "checkpoint",
-            "model": settings.reconstruct_backend,
-        },
-        "Converter": {"weights": "none", "model": "trimesh"},
-        "Detector": {
-            "weights": "checkpoint" if settings.detector_checkpoint else "random",
-            "model": settings.detector_checkpoint or settings.detector_model,
-        },
-    }
     return with_options(Ingress).bind(
         segmenter=with_options(SegmenterDeployment).bind(segmenter_cfg),
         reconstructor=with_options(ReconstructorDeployment).bind(reconstructor_cfg),
         converter=with_options(ConverterDeployment).bind(converter_cfg),
         detector=with_options(DetectorDeployment).bind(detector_cfg),
         settings=settings,
-        models=models,
+        models=model_table(settings, weights),
     )

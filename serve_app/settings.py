@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         description="Buckets image_url may read as s3://bucket/key (none by default).",
     )
     weights_cache_dir: Path | None = Field(
-        None, description="Where s3:// checkpoints are downloaded; default: data_dir/weights."
+        None,
+        description="Where s3:// checkpoints are downloaded, and `meshline weights fetch` puts "
+        "official ones (under fetched/); default: data_dir/weights.",
     )
 
     s3_endpoint_url: str | None = Field(
@@ -52,7 +54,9 @@ class Settings(BaseSettings):
         "configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 packaged Hydra config name."
     )
     sam2_checkpoint: str | None = Field(
-        None, description="Local path or s3:// URI of a SAM2 checkpoint; random init when unset."
+        None,
+        description="Local path or s3:// URI of a SAM2 checkpoint; when unset, the fetched one "
+        "that fits sam2_config (see use_fetched_weights), else random init.",
     )
     sam2_overrides: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -62,7 +66,14 @@ class Settings(BaseSettings):
         "yolov8n.yaml", description="ultralytics model config used when no checkpoint is set."
     )
     detector_checkpoint: str | None = Field(
-        None, description="Local path or s3:// URI of a YOLO .pt; random init when unset."
+        None,
+        description="Local path or s3:// URI of a YOLO .pt; when unset, the fetched one that "
+        "fits detector_model (see use_fetched_weights), else random init.",
+    )
+    use_fetched_weights: bool = Field(
+        True,
+        description="Load official checkpoints fetched by `meshline weights fetch` (verified by "
+        "SHA-256) when no checkpoint is configured; nothing is ever downloaded at run time.",
     )
     model_precision: Literal["auto", "fp32", "half"] = Field(
         "auto", description="SAM2/YOLO precision: half (bf16/fp16) on CUDA by default."
