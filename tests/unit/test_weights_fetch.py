@@ -451,3 +451,16 @@ def test_the_catalogue_matches_sam2_and_ultralytics(tmp_path: Path) -> None:
             assert (sam2_configs / entry.configs[0]).is_file()
             assert entry.url.startswith("https://huggingface.co/facebook/sam2.1-hiera-")
         assert entry.sha256 is None or len(entry.sha256) == 64
+
+
+def test_the_cache_eviction_never_removes_fetched_weights(
+    server: FileServer, tmp_path: Path, yolo_bytes: bytes
+):
+    """resolve_checkpoint's LRU bound applies to its s3:// / https:// downloads, not to fetched/."""
+    from deployments.common import evict_lru
+
+    server.serve(YOLO.url, yolo_bytes)
+    fetched = fetch(YOLO, tmp_path)
+    (tmp_path / "0123abcd.pt").write_bytes(b"a downloaded checkpoint")
+    assert [p.name for p in evict_lru(tmp_path, 0)] == ["0123abcd.pt"]
+    assert fetched.path.read_bytes() == yolo_bytes
