@@ -337,7 +337,8 @@ def _download(
         except httpx.TransportError as exc:  # dropped connection: resume from what we have
             if attempt == attempts:
                 raise ModelLoadError(f"could not download {url}: {exc}") from exc
-            logger.warning("download of %s broke (%s); resuming", url, exc)
+            done = part.stat().st_size if part.is_file() else 0
+            logger.warning("download of %s failed (%s); retrying from byte %d", url, exc, done)
         except httpx.HTTPStatusError as exc:
             raise ModelLoadError(
                 f"could not download {url}: HTTP {exc.response.status_code}"
