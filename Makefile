@@ -13,25 +13,36 @@ TOOLS_STAMP := $(TOOLS)/.installed
 APT_GET    := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 # Ray's default GCS port 6379 is Redis's: keep the head off it. Its own temp dir lets
 # `make stop` end this head alone (`ray stop` would end every Ray instance on the machine,
-# a running `make test` included).
+# a running `make test` included). Every port can be moved, so that a second instance (the
+# fresh-machine test in tests/cluster/test_fresh_machine.py) never meets this one.
 RAY_PORT   ?= 6390
 RAY_TMP    ?= /tmp/ray-meshline
+RAY_DASHBOARD_PORT ?= 8265
+RAY_CLIENT_PORT    ?= 10001
+RAY_AGENT_PORT     ?= 52365
+# The HTTP port of the app (http_options.port of the config); the CLI reads the same variable.
+MESHLINE_PORT ?= 8000
 SERVE_CONFIG ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo configs/serve.yaml || echo configs/serve.cpu.yaml)
 
-# Ray 2.60 turns on token auth for local clusters; the CLI only reads the token
-# (~/.ray/auth_token) when told to, so every Ray/Serve command here runs in token mode.
+# Ray 2.60 turns on token auth for local clusters. The head, every node that joins it and
+# every ray/serve CLI call need the same token: Ray looks in $RAY_AUTH_TOKEN, then
+# $RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token. `make ray-token` writes the last one once
+# (`ray get-auth-token --generate`, mode 600) when none of the three is there.
 export RAY_AUTH_MODE        := token
 export RAY_ADDRESS          := 127.0.0.1:$(RAY_PORT)
+export RAY_DASHBOARD_ADDRESS := http://127.0.0.1:$(RAY_DASHBOARD_PORT)
 export MESHLINE_DATA_DIR    ?= $(CURDIR)/.data
+export MESHLINE_PORT
 export YOLO_OFFLINE         := 1
 export YOLO_AUTOINSTALL     := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install test-tools serve ray-up stop status test bench clean
+.PHONY: help install test-tools ray-token weights serve ray-up stop status lint test bench clean
 
 help:
 	@echo "make serve   install (once) and run meshline locally on http://127.0.0.1:8000"
 	@echo "make test    install (once) and run the test suite"
+	@echo "make weights fetch official SAM 2.1 + YOLO checkpoints once (needs internet); make serve uses them"
 	@echo "make status  serve status of the local app"
 	@echo "make stop    shut the local app and Ray head down"
 	@echo "make bench   run every benchmark; one table of ratios in bench/RESULTS.md"
@@ -55,21 +66,43 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, ray, sam2, ultralytics, open3d, trimesh; print('installed: torch', torch.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
-ray-up: install
-	@if $(BIN)/ray status >/dev/null 2>&1; then echo ">> Ray head already running on $(RAY_ADDRESS)"; \
-	else $(BIN)/ray start --head --port=$(RAY_PORT) --temp-dir=$(RAY_TMP) --dashboard-host=127.0.0.1 --disable-usage-stats; fi
+ray-token: install
+	@if [ -n "$$RAY_AUTH_TOKEN" ]; then exit 0; fi; \
+	if [ -n "$$RAY_AUTH_TOKEN_PATH" ]; then \
+	  test -s "$$RAY_AUTH_TOKEN_PATH" || { echo "RAY_AUTH_TOKEN_PATH=$$RAY_AUTH_TOKEN_PATH: no such token file" >&2; exit 1; }; \
+	elif [ ! -s "$$HOME/.ray/auth_token" ]; then \
+	  umask 077 && $(BIN)/ray get-auth-token --generate >/dev/null 2>&1 && test -s "$$HOME/.ray/auth_token" \
+	  && echo ">> created the Ray auth token: $$HOME/.ray/auth_token (nodes that join this head need the same file)"; \
+	fi
 
+# Official checkpoints from their publishers into $(MESHLINE_DATA_DIR)/weights/fetched (resumable,
+# SHA-256 checked); `make serve` then loads them instead of random weights. Never run implicitly.
+WEIGHTS ?= sam2.1-tiny yolov8n
+weights: install
+	$(BIN)/meshline weights fetch $(WEIGHTS)
+
+ray-up: install ray-token
+	@if $(BIN)/ray status >/dev/null 2>&1; then echo ">> Ray head already running on $(RAY_ADDRESS)"; \
+	else $(BIN)/ray start --head --port=$(RAY_PORT) --temp-dir=$(RAY_TMP) --dashboard-host=127.0.0.1 \
+	  --dashboard-port=$(RAY_DASHBOARD_PORT) --ray-client-server-port=$(RAY_CLIENT_PORT) \
+	  --dashboard-agent-listen-port=$(RAY_AGENT_PORT) --disable-usage-stats; fi
+
+# cluster/serve_local.py runs `serve run` and ends it (exit 3, with a message) if the head dies.
 serve: ray-up
-	@echo ">> serve run $(SERVE_CONFIG)  (data: $(MESHLINE_DATA_DIR)); Ctrl-C stops the app, 'make stop' stops Ray"
-	$(BIN)/serve run $(SERVE_CONFIG)
+	@echo ">> serve run $(SERVE_CONFIG) on http://127.0.0.1:$(MESHLINE_PORT)  (data: $(MESHLINE_DATA_DIR)); Ctrl-C stops the app, 'make stop' stops Ray"
+	$(BIN)/python cluster/serve_local.py $(SERVE_CONFIG) --temp-dir $(RAY_TMP) --http-port $(MESHLINE_PORT)
 
 status:
 	$(BIN)/serve status
 
 stop:
-	@# A `serve run` left in another terminal: Ctrl-C it (it then deletes the app itself).
-	-@if pkill -INT -f "$(BIN)/[s]erve run configs/"; then sleep 5; \
-	  pkill -TERM -f "$(BIN)/[s]erve run configs/" || true; echo ">> stopped serve run"; fi
+	@# make serve's foreground process (in any terminal): SIGINT, as Ctrl-C; it passes it to
+	@# `serve run`, which deletes the app. Only the one for this head: its command line names
+	@# the temp dir.
+	-@pattern="cluster/[s]erve_local.py .* --temp-dir $(RAY_TMP) "; \
+	if pkill -INT -f "$$pattern"; then \
+	  for _ in $$(seq 40); do pgrep -f "$$pattern" >/dev/null || break; sleep 0.5; done; \
+	  pkill -KILL -f "$$pattern" || true; echo ">> stopped serve run"; fi
 	-@$(BIN)/serve shutdown -y >/dev/null 2>&1 && echo ">> meshline app shut down" || true
 	@# Only the processes of this head: their command lines name its temp dir. ("[/]" keeps
 	@# pkill from matching this recipe's own shell.)
@@ -87,7 +120,12 @@ $(TOOLS_STAMP): Makefile
 
 test-tools: $(TOOLS_STAMP)
 
-test: install test-tools
+# ruff (pinned in the test extras) with the rules in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install test-tools ray-token lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every benchmark, one table of ratios → bench/RESULTS.md (GPU when there is one). BENCH_ARGS=--quick: small models.

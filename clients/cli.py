@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from clients.client import AuthenticationError, MeshlineClient, MeshlineError
+from clients.weights import weights_app
 
 # No local variables in tracebacks, ever: they would show the API key.
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(weights_app, name="weights")
 console = Console(stderr=True)
 
 HostOpt = Annotated[str, typer.Option("--host", envvar="MESHLINE_HOST", help="Service host.")]
