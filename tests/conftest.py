@@ -43,6 +43,32 @@ class LiveApp:
         return httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_auth_token() -> None:
+    """Under `make test` RAY_AUTH_MODE=token is exported: every Ray head the tests start (the
+    two-node Cluster included) then needs a token before its GCS starts, or the GCS exits at once
+    and Ray reports only "Timed out waiting for file .../gcs_server_port_..." 30 s later. `make
+    test` creates it (make ray-token); this covers a bare `pytest` on a fresh machine the same
+    documented way."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # the token is managed elsewhere
+    path = Path.home() / ".ray" / "auth_token"
+    if not path.is_file():
+        import subprocess
+        import sys
+
+        ray_cli = Path(sys.executable).with_name("ray")
+        subprocess.run(
+            [str(ray_cli), "get-auth-token", "--generate"],
+            check=True,
+            capture_output=True,  # it prints the token
+            timeout=120,
+        )
+        path.chmod(0o600)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 API: moto's server in a subprocess on a free loopback port."""
