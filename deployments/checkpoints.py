@@ -7,8 +7,11 @@ whose entry fits the configured model config; the deployments verify its SHA-256
 
 Where a digest comes from, strongest first:
 
-- pinned here (``KnownCheckpoint.sha256``), where the publisher states it: none is pinned yet,
-  as no publisher-stated digest could be checked when this catalogue was written;
+- pinned here (``KnownCheckpoint.sha256``, from ``PINNED_SHA256``): the SAM 2.1 checkpoints and
+  yolov8n / yolo11n / yolo26n. No publisher page we could read states them (Meta's
+  download_ckpts.sh and the ultralytics/assets releases publish none; the Hugging Face hub states
+  its own at fetch time, below, and must agree with a pin); each pin is the digest that several
+  independent projects pin for that exact file, URL and byte size (see ``PINNED_SHA256``);
 - stated by the Hugging Face hub at fetch time: the resolve endpoint answers with the file's
   LFS object id (``X-Linked-Etag``), which is its SHA-256;
 - recorded at the first fetch (trust on first use), and enforced from then on: a later fetch,
@@ -61,13 +64,49 @@ class KnownCheckpoint:
     family: Family
     url: str  # the publisher's download URL
     configs: tuple[str, ...]  # model configs (file names) whose architecture it fits
-    sha256: str | None = None  # publisher-stated digest; None: recorded at the first fetch
+    sha256: str | None = None  # pinned (PINNED_SHA256); None: the hub's, or the first fetch's
     hub_digest: bool = False  # Hugging Face hub: the server states the LFS SHA-256
     publisher: str = ""
 
     @property
     def filename(self) -> str:
         return unquote(urlsplit(self.url).path.rsplit("/", 1)[-1])
+
+
+# SHA-256 of the official files, by file name. Neither publisher states one we could read: the
+# sam2 repo's checkpoints/download_ckpts.sh and the ultralytics/assets release pages give none
+# (GitHub's asset digests cover only assets uploaded since mid-2025). Each value below is pinned,
+# for that exact file, URL and byte size, by several unrelated public projects that agree; for
+# SAM 2.1 the hub's X-Linked-Etag is checked against the pin on every fetch as well. Byte sizes
+# are the ones those projects record. A pin can only refuse bytes, never admit other ones.
+PINNED_SHA256: dict[str, str] = {
+    # SAM 2.1, https://dl.fbaipublicfiles.com/segment_anything_2/092824/<file>, the same bytes
+    # as huggingface.co/facebook/sam2.1-hiera-<size> (projects pinning the hub file, at
+    # revisions ee5bba1d (small) and 665f8e2a (large), record the same size and digest).
+    # Stated in computational-cell-analytics/micro-sam micro_sam/v2/util.py, HASHES["sam2.1"]
+    # (pooch known_hash for the 092824 URLs), and pinned alike in other projects' download
+    # scripts and model registries.
+    # 156,008,466 bytes
+    "sam2.1_hiera_tiny.pt": "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+    # 184,416,285 bytes
+    "sam2.1_hiera_small.pt": "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+    # 323,606,802 bytes
+    "sam2.1_hiera_base_plus.pt": (
+        "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"
+    ),
+    # 898,083,611 bytes
+    "sam2.1_hiera_large.pt": "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+    # Ultralytics, https://github.com/ultralytics/assets/releases/download/v8.4.0/<file>: pinned
+    # for the v8.4.0 URL by several projects (and for the v8.3.0 URL of the same file name, with
+    # the same size and digest: the asset did not change between those releases). An older
+    # yolov8n.pt (sha256 31e20dde...) exists in earlier releases: this pin is for v8.4.0 only.
+    # 6,549,796 bytes
+    "yolov8n.pt": "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36",
+    # 5,613,764 bytes
+    "yolo11n.pt": "0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1",
+    # 5,544,453 bytes (YOLO26 assets are first released in v8.4.0)
+    "yolo26n.pt": "9b09cc8bf347f0fc8a5f7657480587f25db09b34bf33b0652110fb03a8ad4fef",
+}
 
 
 def _sam2(size: str, config_letter: str) -> KnownCheckpoint:
@@ -78,6 +117,7 @@ def _sam2(size: str, config_letter: str) -> KnownCheckpoint:
         family="sam2",
         url=f"https://huggingface.co/{repo}/resolve/main/{filename}",
         configs=(f"sam2.1_hiera_{config_letter}.yaml",),
+        sha256=PINNED_SHA256.get(filename),
         hub_digest=True,
         publisher=f"Meta, Hugging Face model repo {repo}",
     )
@@ -90,6 +130,7 @@ def _yolo(stem: str) -> KnownCheckpoint:
         url="https://github.com/ultralytics/assets/releases/download/"
         f"{ULTRALYTICS_ASSETS_RELEASE}/{stem}.pt",
         configs=(f"{stem}.yaml",),
+        sha256=PINNED_SHA256.get(f"{stem}.pt"),
         publisher=f"Ultralytics, GitHub release ultralytics/assets {ULTRALYTICS_ASSETS_RELEASE}",
     )
 

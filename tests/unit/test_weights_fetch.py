@@ -3,6 +3,9 @@
 The publishers are never contacted: every fetch goes to a Range-capable HTTP server on
 127.0.0.1 (MESHLINE_WEIGHTS_MIRROR, or a catalogue entry of the test's own), serving a small
 random-init SAM2.1 checkpoint and a random-init YOLOv8n .pt at the publishers' paths.
+Those are not the official files, whose digests the catalogue pins: most tests use unpinned
+copies of the entries (SAM2, YOLO, and in the shared CATALOGUE via ``unpinned_catalogue``),
+and the pins themselves are checked to refuse these files.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from clients.weights import weights_app
 from deployments.checkpoints import (
     CATALOGUE,
     MIRROR_ENV,
+    PINNED_SHA256,
+    SHA256_HEX,
     ChecksumMismatch,
     KnownCheckpoint,
     fetch,
@@ -37,8 +42,11 @@ from serve_app.app import model_configs, model_table, resolve_weights
 from serve_app.settings import Settings
 from tests.helpers import SMALL_SAM2_OVERRIDES
 
-SAM2 = CATALOGUE["sam2.1-tiny"]
-YOLO = CATALOGUE["yolov8n"]
+# The catalogue pins the official files' digests; the test files are other bytes, so the tests
+# of trust on first use, hub-stated digests and the like use the entries without their pin.
+SAM2 = dataclasses.replace(CATALOGUE["sam2.1-tiny"], sha256=None)
+YOLO = dataclasses.replace(CATALOGUE["yolov8n"], sha256=None)
+YOLO11 = dataclasses.replace(CATALOGUE["yolo11n"], sha256=None)
 
 
 def sha256(data: bytes) -> str:
@@ -137,6 +145,15 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
         httpd.server_close()
 
 
+@pytest.fixture
+def unpinned_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared CATALOGUE (the app builder's and the command's) with the test's entries
+    unpinned. The dict itself is patched: the modules that imported it, and the functions that
+    take it as their default, all hold this one object."""
+    for entry in (SAM2, YOLO, YOLO11):
+        monkeypatch.setitem(CATALOGUE, entry.name, entry)
+
+
 @pytest.fixture(scope="module")
 def sam2_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A random-init SAM2.1 checkpoint ({"model": state_dict}) of the small test config."""
@@ -160,7 +177,7 @@ def yolo_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def pinned(entry: KnownCheckpoint, data: bytes) -> KnownCheckpoint:
-    """The entry as if the publisher stated this test file's digest."""
+    """The entry pinned to this test file's digest."""
     return dataclasses.replace(entry, sha256=sha256(data))
 
 
@@ -277,6 +294,39 @@ def test_trust_on_first_use_records_the_digest_then_enforces_it(
         fetch(pinned(YOLO, yolo_bytes), tmp_path, force=True)
 
 
+def test_a_pinned_digest_refuses_other_bytes_even_with_force(
+    server: FileServer, tmp_path: Path, sam2_bytes: bytes, yolo_bytes: bytes
+):
+    """The catalogue's own pins: the test files are not the official ones, so every way of
+    fetching them is refused, and nothing is kept."""
+    yolo, sam2 = CATALOGUE["yolov8n"], CATALOGUE["sam2.1-tiny"]
+    assert yolo.sha256 == PINNED_SHA256["yolov8n.pt"] != sha256(yolo_bytes)
+    server.serve(yolo.url, yolo_bytes)
+    target = fetched_path(tmp_path, yolo)
+    for force in (False, True):  # a fresh fetch, and --force
+        with pytest.raises(ChecksumMismatch, match=f"expected {yolo.sha256} \\(pinned\\)"):
+            fetch(yolo, tmp_path, force=force)
+        assert not target.exists() and not sidecar_path(target).exists()
+        assert not target.with_name(target.name + ".part").exists()
+    # A file already there, with its own digest recorded beside it: the pin still wins.
+    target.write_bytes(yolo_bytes)
+    (sidecar_path(target)).write_text(f"{sha256(yolo_bytes)}  {target.name}\n")
+    for force in (False, True):
+        with pytest.raises(ChecksumMismatch, match="pinned"):
+            fetch(yolo, tmp_path, force=force)
+        assert not target.exists()
+    # The hub stating the served bytes' digest (a mirror's, say) does not override a pin.
+    server.serve(sam2.url, sam2_bytes, hub_digest=sha256(sam2_bytes))
+    with pytest.raises(ChecksumMismatch, match="the hub states"):
+        fetch(sam2, tmp_path, force=True)
+    assert not fetched_path(tmp_path, sam2).exists()
+    # The command: --force does not get around a pin either.
+    env = {"MESHLINE_DATA_DIR": str(tmp_path), MIRROR_ENV: server.url, "COLUMNS": "200"}
+    refused = CliRunner().invoke(weights_app, ["fetch", "yolov8n", "--force"], env=env)
+    assert refused.exit_code == 1 and "refusing it" in refused.output
+    assert not (tmp_path / "weights" / "fetched" / "yolov8n.pt").exists()
+
+
 # Loading ----------------------------------------------------------------------------------------
 
 
@@ -329,6 +379,7 @@ def test_the_app_builder_picks_fetched_weights(
     yolo_bytes: bytes,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    unpinned_catalogue: None,
 ):
     settings = Settings(data_dir=tmp_path)
     random = resolve_weights(settings)
@@ -392,7 +443,11 @@ def test_the_app_builder_picks_fetched_weights(
 
 
 def test_the_command_fetches_and_lists(
-    server: FileServer, tmp_path: Path, sam2_bytes: bytes, yolo_bytes: bytes
+    server: FileServer,
+    tmp_path: Path,
+    sam2_bytes: bytes,
+    yolo_bytes: bytes,
+    unpinned_catalogue: None,
 ):
     server.serve(SAM2.url, sam2_bytes, hub_digest=sha256(sam2_bytes))
     server.serve(YOLO.url, yolo_bytes)
@@ -418,7 +473,7 @@ def test_the_command_fetches_and_lists(
 
     unknown = runner.invoke(weights_app, ["fetch", "sam3-huge"], env=env)
     assert unknown.exit_code == 2 and "unknown checkpoint" in unknown.output
-    server.serve(CATALOGUE["yolo11n"].url, b"not the recorded file")
+    server.serve(YOLO11.url, b"not the recorded file")
     (fetched / "yolo11n.pt.sha256").write_text(f"{sha256(b'x')}  yolo11n.pt\n")
     refused = runner.invoke(weights_app, ["fetch", "yolo11n"], env=env)
     assert refused.exit_code == 1 and "refusing it" in refused.output
@@ -451,6 +506,28 @@ def test_the_catalogue_matches_sam2_and_ultralytics(tmp_path: Path) -> None:
             assert (sam2_configs / entry.configs[0]).is_file()
             assert entry.url.startswith("https://huggingface.co/facebook/sam2.1-hiera-")
         assert entry.sha256 is None or len(entry.sha256) == 64
+
+
+def test_the_catalogue_pins_the_official_digests() -> None:
+    """SAM 2.1 and yolov8n / yolo11n / yolo26n (v8.4.0) are pinned; every pin is used."""
+    pinned_entries = {name: entry for name, entry in CATALOGUE.items() if entry.sha256}
+    assert set(pinned_entries) == {
+        "sam2.1-tiny",
+        "sam2.1-small",
+        "sam2.1-base-plus",
+        "sam2.1-large",
+        "yolov8n",
+        "yolo11n",
+        "yolo26n",
+    }
+    for entry in CATALOGUE.values():
+        assert entry.sha256 == PINNED_SHA256.get(entry.filename)
+    for filename, digest in PINNED_SHA256.items():
+        assert SHA256_HEX.fullmatch(digest), filename
+        assert [e.filename for e in pinned_entries.values()].count(filename) == 1
+    assert CATALOGUE["sam2.1-tiny"].sha256 == (
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"
+    )
 
 
 def test_the_cache_eviction_never_removes_fetched_weights(
