@@ -125,6 +125,44 @@ class Settings(BaseSettings):
         description="CIDR ranges image_url may reach despite being private/loopback (tests).",
     )
 
+    # Limits on hostile or careless requests (issue 13): each is checked before the work it
+    # bounds and answered with a 4xx that names it. ----------------------------------------
+    max_json_depth: int = Field(
+        32, ge=4, le=512, description="Deepest nesting of a JSON body or options field (422)."
+    )
+    max_prompt_points: int = Field(
+        64, ge=1, description="Points (and labels) one SAM2 prompt may carry (422)."
+    )
+    max_mesh_faces: int = Field(
+        500_000, ge=1000, description="Faces of an uploaded mesh (413); checked before any work."
+    )
+    fetch_total_timeout_s: float = Field(
+        30, gt=0, description="Deadline of one URL fetch, redirects and body included (504→422)."
+    )
+    fetch_max_concurrency: int = Field(
+        8, ge=1, le=64, description="Frame URLs of one video fetched at once."
+    )
+    max_streams_per_replica: int = Field(
+        32, ge=1, description="Open SSE streams one ingress replica serves at once (429 beyond)."
+    )
+    max_streams_per_key: int = Field(
+        4, ge=1, description="Open SSE streams one API key (or one client address) may hold (429)."
+    )
+    job_max_runs: int = Field(
+        5, ge=1, description="Claims of one job (each runner crash re-queues it); then it fails."
+    )
+    video_max_decoded_mb: float = Field(
+        1024, gt=0, description="Decoded frame bytes one upload may produce (413)."
+    )
+    video_session_max_mb: float = Field(
+        8192,
+        gt=0,
+        description="SAM2 video-session memory, frames × 3 × image_size² × 4 bytes (413).",
+    )
+    video_max_objects: int = Field(
+        64, ge=1, le=255, description="Objects one video may track (422); exports use uint8 ids."
+    )
+
     # Jobs --------------------------------------------------------------------------------
     job_concurrency: int = Field(2, ge=1, description="Jobs one ingress replica runs at once.")
     job_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner polls.")
