@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     event,
     func,
@@ -100,6 +102,15 @@ model_generations = Table(
 )
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# Poison jobs one claim_next call may fail before it gives up until the next poll.
+MAX_POISON_PER_CLAIM = 20
+
+
+def poison_reason(runs: int, max_runs: int) -> str:
+    return (
+        f"job failed: claimed {runs} times without finishing (runner crashed or was killed "
+        f"each time); limit job_max_runs={max_runs}"
+    )
 
 
 class IdempotencyConflict(Exception):
@@ -173,13 +184,27 @@ class JobRecord:
         return next(s for s in self.stages if s.name == name)
 
 
+# Connections per engine (one per ingress replica): enough for every thread that may read the
+# store at once (asyncio's default executor: at most 32; the SSE poller's: 2).
+POOL_SIZE = 8
+POOL_OVERFLOW = 32
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith(("postgresql://", "postgres://")):
         # psycopg 3 is the driver we ship; SQLAlchemy would default to psycopg2.
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            # Every thread that reads the store holds a connection: asyncio's default executor
+            # (up to 32 threads) and the SSE poller's. SQLAlchemy's default (5 + 10 overflow)
+            # made the 16th concurrent reader wait for a free connection (up to 30 s).
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -190,7 +215,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -412,6 +437,21 @@ class JobStore:
                 return None
             return self._load(conn, row)
 
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        """The jobs that exist among ``job_ids``, in three queries whatever their number (the
+        shared SSE poller reads every watched job at once: serve_app/api/streams.py)."""
+        wanted = sorted(set(job_ids))
+        found: dict[str, JobRecord] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):  # bounded IN lists
+                rows = (
+                    conn.execute(select(jobs).where(jobs.c.id.in_(wanted[start : start + 500])))
+                    .mappings()
+                    .all()
+                )
+                found.update((job.id, job) for job in self._load_many(conn, rows))
+        return found
+
     def list(
         self,
         status: str | None = None,
@@ -426,25 +466,33 @@ class JobStore:
         if not any_owner:
             query = query.where(_owned_by(owner))
         with self.engine.connect() as conn:
-            return [self._load(conn, row) for row in conn.execute(query).mappings().all()]
+            return self._load_many(conn, conn.execute(query).mappings().all())
 
     def _load(self, conn: Any, row: Any) -> JobRecord:
-        stage_rows = (
-            conn.execute(
-                select(stages).where(stages.c.job_id == row["id"]).order_by(stages.c.position)
-            )
-            .mappings()
-            .all()
-        )
-        artifact_rows = (
-            conn.execute(
-                select(artifacts)
-                .where(artifacts.c.job_id == row["id"])
-                .order_by(artifacts.c.created_at, artifacts.c.name)
-            )
-            .mappings()
-            .all()
-        )
+        return self._load_many(conn, [row])[0]
+
+    def _load_many(self, conn: Any, rows: Sequence[Any]) -> list[JobRecord]:
+        """Records for job rows, their stages and artifacts read in two queries (not 2 per job:
+        a listing of 200 jobs was 401 queries)."""
+        if not rows:
+            return []
+        ids = [row["id"] for row in rows]
+        stage_rows: dict[str, list[Any]] = {job_id: [] for job_id in ids}
+        for s in conn.execute(
+            select(stages).where(stages.c.job_id.in_(ids)).order_by(stages.c.position)
+        ).mappings():
+            stage_rows[s["job_id"]].append(s)
+        artifact_rows: dict[str, list[Any]] = {job_id: [] for job_id in ids}
+        for a in conn.execute(
+            select(artifacts)
+            .where(artifacts.c.job_id.in_(ids))
+            .order_by(artifacts.c.created_at, artifacts.c.name)
+        ).mappings():
+            artifact_rows[a["job_id"]].append(a)
+        return [self._record(row, stage_rows[row["id"]], artifact_rows[row["id"]]) for row in rows]
+
+    @staticmethod
+    def _record(row: Any, stage_rows: list[Any], artifact_rows: list[Any]) -> JobRecord:
         return JobRecord(
             id=row["id"],
             status=row["status"],
@@ -482,44 +530,96 @@ class JobStore:
         )
 
     # Claiming and leases --------------------------------------------------------------
-    def claim_next(self, owner: str, lease_s: float) -> str | None:
+    def claim_next(
+        self,
+        owner: str,
+        lease_s: float,
+        max_runs: int | None = None,
+        failed: list[str] | None = None,
+    ) -> str | None:
         """Atomically take the oldest queued job, or a running one whose lease expired.
 
         PostgreSQL: ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never block or collide.
         SQLite (one writer at a time): a compare-and-set UPDATE that only one claimer wins.
+
+        ``max_runs`` caps claims per job (``job_max_runs``): a job already claimed that many
+        times without finishing kept killing its runner (a poison job), so instead of running
+        it again it is marked failed here, and its id appended to ``failed`` (the caller owes
+        its callback). A graceful hand-back (``release``) does not count as a run.
         """
-        now = utcnow()
-        claimable = (jobs.c.status == "queued") | (
-            (jobs.c.status == "running") & (jobs.c.lease_expires_at < now)
-        )
-        with self.engine.begin() as conn:
-            query = select(jobs.c.id).where(claimable).order_by(jobs.c.created_at)
-            if self.engine.dialect.name == "postgresql":
-                query = query.limit(1).with_for_update(skip_locked=True)
-            else:
-                query = query.limit(5)
-            candidates = conn.execute(query).scalars().all()
-            for job_id in candidates:
-                result = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id)
-                    .where(claimable)
-                    .values(
-                        status="running",
-                        lease_owner=owner,
-                        lease_expires_at=now + timedelta(seconds=lease_s),
-                        updated_at=now,
-                        runs=jobs.c.runs + 1,
-                    )
-                )
-                if result.rowcount == 1:
-                    conn.execute(
+        for _ in range(MAX_POISON_PER_CLAIM + 1):
+            poisoned = False
+            now = utcnow()
+            claimable = (jobs.c.status == "queued") | (
+                (jobs.c.status == "running") & (jobs.c.lease_expires_at < now)
+            )
+            with self.engine.begin() as conn:
+                query = select(jobs.c.id, jobs.c.runs).where(claimable).order_by(jobs.c.created_at)
+                if self.engine.dialect.name == "postgresql":
+                    query = query.limit(1).with_for_update(skip_locked=True)
+                else:
+                    query = query.limit(5)
+                for job_id, runs in conn.execute(query).all():
+                    if max_runs is not None and runs >= max_runs:
+                        if self._fail_poisoned(conn, job_id, runs, max_runs, claimable, now):
+                            poisoned = True
+                            if failed is not None:
+                                failed.append(job_id)
+                        continue
+                    result = conn.execute(
                         update(jobs)
-                        .where(jobs.c.id == job_id, jobs.c.started_at.is_(None))
-                        .values(started_at=now)
+                        .where(jobs.c.id == job_id)
+                        .where(claimable)
+                        .values(
+                            status="running",
+                            lease_owner=owner,
+                            lease_expires_at=now + timedelta(seconds=lease_s),
+                            updated_at=now,
+                            runs=jobs.c.runs + 1,
+                        )
                     )
-                    return job_id
-        return None
+                    if result.rowcount == 1:
+                        conn.execute(
+                            update(jobs)
+                            .where(jobs.c.id == job_id, jobs.c.started_at.is_(None))
+                            .values(started_at=now)
+                        )
+                        return job_id
+            if not poisoned:
+                return None
+        return None  # many poison jobs at once: the next poll goes on
+
+    @staticmethod
+    def _fail_poisoned(
+        conn: Any, job_id: str, runs: int, max_runs: int, claimable: Any, now: datetime
+    ) -> bool:
+        reason = poison_reason(runs, max_runs)
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .where(claimable)
+            .values(
+                status="failed",
+                error=reason,
+                finished_at=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        conn.execute(  # the stage it died in
+            update(stages)
+            .where(stages.c.job_id == job_id, stages.c.status == "running")
+            .values(status="failed", finished_at=now, error=reason)
+        )
+        conn.execute(
+            update(stages)
+            .where(stages.c.job_id == job_id, stages.c.status == "pending")
+            .values(status="cancelled")
+        )
+        return True
 
     def renew_lease(self, job_id: str, owner: str, lease_s: float) -> bool:
         """Extend our lease; False when the job was cancelled or taken over (stop working)."""
@@ -539,7 +639,14 @@ class JobStore:
             result = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.status == "running")
-                .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+                .values(
+                    status="queued",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                    # A graceful hand-back is no crash: job_max_runs counts only those.
+                    runs=case((jobs.c.runs > 0, jobs.c.runs - 1), else_=0),
+                )
             )
             if result.rowcount == 1:
                 conn.execute(

@@ -102,9 +102,21 @@ class JobRunner:
         while True:
             try:
                 while len(self._active) < self.settings.job_concurrency:
+                    poisoned: list[str] = []
                     job_id = await asyncio.to_thread(
-                        self.store.claim_next, self.owner, self.settings.job_lease_s
+                        self.store.claim_next,
+                        self.owner,
+                        self.settings.job_lease_s,
+                        self.settings.job_max_runs,
+                        poisoned,
                     )
+                    for failed_id in poisoned:
+                        logger.error(
+                            "job %s failed: claimed %d times without finishing (job_max_runs)",
+                            failed_id,
+                            self.settings.job_max_runs,
+                        )
+                        await self.job_ended(failed_id)
                     if job_id is None:
                         break
                     task = asyncio.get_running_loop().create_task(self._run_job(job_id))

@@ -194,3 +194,21 @@ def test_artifact_store_refuses_escaping_names(tmp_path: Path) -> None:
     assert err.value.status == 404
     files.delete_job(job_id)
     assert not (tmp_path / "artifacts" / job_id).exists()
+
+
+def test_get_many_and_list_load_stages_and_artifacts_per_job(store: JobStore) -> None:
+    """The batch loader (three queries for any number of jobs) keeps each job's own children."""
+    ids = [
+        store.create({}, {"image": "i.png"}, STAGES[: k + 1], [(f"in{k}.png", "image/png", k)])
+        for k in range(3)
+    ]
+    store.add_artifact(ids[2], "mask.png", "segment", "image/png", 9)
+    found = store.get_many([*ids, "f" * 32, ids[0]])
+    assert set(found) == set(ids)  # a missing id is absent, a repeated one read once
+    for k, job_id in enumerate(ids):
+        assert found[job_id] == store.get(job_id)
+        assert [s.name for s in found[job_id].stages] == STAGES[: k + 1]
+    assert [a.name for a in found[ids[2]].artifacts] == ["in2.png", "mask.png"]
+    assert store.get_many([]) == {}
+    assert [j.id for j in store.list()] == ids[::-1]
+    assert store.list() == [store.get(job_id) for job_id in ids[::-1]]
