@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from serve_app.errors import ApiError
 from serve_app.fetch import pinned_request
 from serve_app.jobstore import JobStore, utcnow
 from serve_app.settings import Settings
@@ -51,27 +52,30 @@ async def deliver(
                 settings.webhook_secret.get_secret_value(), timestamp, body
             )
         try:
-            async with httpx.AsyncClient(
-                timeout=settings.webhook_timeout_s, follow_redirects=False
-            ) as client:
-                response = await pinned_request(
-                    client,
-                    "POST",
-                    url,
-                    settings.url_allow_private,
-                    "callback_url",
-                    content=body,
-                    headers=headers,
-                )
-                await response.aclose()
-            state["last_status"] = response.status_code
-            if response.is_success:
+            # One deadline per attempt: a receiver that drips its answer holds no slot for ever.
+            async with asyncio.timeout(settings.fetch_total_timeout_s):
+                status = await _post(settings, url, body, headers)
+            state["last_status"] = status
+            if 200 <= status < 300:
                 state.update(state="delivered", delivered_at=utcnow().isoformat(), error=None)
                 store.set_webhook(job_id, state)
                 return
-            state["error"] = f"HTTP {response.status_code}"
-        except Exception as exc:  # noqa: BLE001 — network errors, refused addresses: all retried the same way
-            state["error"] = f"{exc.__class__.__name__}: {getattr(exc, 'message', exc)}"[:300]
+            state["error"] = f"HTTP {status}"
+        except ApiError as exc:  # the URL itself is refused (checked again at every attempt)
+            state["error"] = exc.message[:300]
+            if exc.type == "invalid_url":  # malformed: no later attempt can succeed
+                break
+        except Exception as exc:  # noqa: BLE001 — network errors, time-outs: all retried the same way
+            # The job's webhook field is visible to the client: refused, timed out and TLS
+            # failures all read the same there (no port-scan oracle); the cause is logged.
+            logger.info(
+                "webhook for job %s, attempt %d: %s: %s",
+                job_id,
+                state["attempts"],
+                exc.__class__.__name__,
+                exc,
+            )
+            state["error"] = "could not deliver to callback_url"
         store.set_webhook(job_id, state)
         if state["attempts"] < settings.webhook_max_attempts:
             await asyncio.sleep(settings.webhook_backoff_s * 2 ** (state["attempts"] - 1))
@@ -83,3 +87,21 @@ async def deliver(
         state["attempts"],
         state.get("error"),
     )
+
+
+async def _post(settings: Settings, url: str, body: bytes, headers: dict[str, str]) -> int:
+    """One delivery attempt to the checked, pinned address; the answer's body is not read."""
+    async with httpx.AsyncClient(
+        timeout=settings.webhook_timeout_s, follow_redirects=False
+    ) as client:
+        response = await pinned_request(
+            client,
+            "POST",
+            url,
+            settings.url_allow_private,
+            "callback_url",
+            content=body,
+            headers=headers,
+        )
+        await response.aclose()
+        return response.status_code
