@@ -6,13 +6,21 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
-from deployments.checkpoints import read_sidecar, verify_file
+from deployments.checkpoints import SHA256_HEX, ChecksumMismatch, read_sidecar, verify_file
 from deployments.errors import ModelLoadError
+from deployments.netguard import UrlRefused, parse_http_url, parse_networks, resolve_checked
+from deployments.netguard import url_for_display as _display
 
 logger = logging.getLogger("meshline.models")
+
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 2**30  # a checkpoint larger than this is refused
+DEFAULT_DOWNLOAD_TIMEOUT_S = 1800.0  # one download, redirects included
+DOWNLOAD_MAX_REDIRECTS = 5
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -66,6 +74,10 @@ def resolve_checkpoint(
     max_cache_bytes: int | None = None,
     cache_tag: str = "",
     sha256: str | None = None,
+    *,
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    allow_private: Sequence[str] = (),
+    download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
 ) -> Path:
     """Turn a local path, ``s3://bucket/key`` or ``https://`` URI into a readable local file.
 
@@ -77,10 +89,20 @@ def resolve_checkpoint(
     A local file is verified against ``sha256`` when given, else against the digest recorded
     beside it (``<file>.sha256``, as ``meshline weights fetch`` writes) if there is one: a
     mismatch is refused (``ChecksumMismatch``, a ``ModelLoadError``).
+
+    A remote file must match ``sha256`` when given (a registry entry's pin): a download that
+    does not is refused and nothing of it is cached; without one, a warning says the file is
+    unpinned (torch/ultralytics unpickle checkpoints: whoever controls the source runs code
+    here). http(s) downloads go only to public addresses (``deployments.netguard``; plus the
+    CIDRs in ``allow_private``), each redirect checked again and connected to the address that
+    was checked; they are refused beyond ``max_download_bytes`` or ``download_timeout_s``.
     """
     from filelock import FileLock
 
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise ModelLoadError(f"checkpoint URI is malformed ({exc})") from None
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
         if not path.is_file():
@@ -94,51 +116,145 @@ def resolve_checkpoint(
         raise ModelLoadError(
             f"unsupported checkpoint URI scheme {parsed.scheme!r} (use a path, s3:// or https://)"
         )
+    if parsed.scheme in ("http", "https"):
+        try:
+            parse_http_url(uri)
+        except UrlRefused as exc:
+            raise ModelLoadError(f"checkpoint URI {_display(uri)}: {exc.message}") from None
+    expected = sha256.lower() if sha256 else None
+    if expected is not None and not SHA256_HEX.fullmatch(expected):
+        raise ModelLoadError(f"checkpoint {_display(uri)}: sha256 must be 64 hex digits")
+    if expected is None:
+        logger.warning(
+            "checkpoint %s is not pinned (no sha256): it is unpickled as downloaded, so whoever "
+            "controls that source can run code here; pin it with its SHA-256",
+            _display(uri),
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     # cache_tag (a reload generation) gives a reloaded model a fresh cache entry.
     key = hashlib.sha256(f"{uri}#{cache_tag}".encode()).hexdigest()[:24]
     target = cache_dir / f"{key}{Path(parsed.path).suffix}"
     checksum = target.with_name(target.name + ".sha256")
     with FileLock(str(target) + ".lock", timeout=600):
-        if (
-            target.is_file()
-            and checksum.is_file()
-            and _sha256(target) == checksum.read_text().strip()
-        ):
-            os.utime(target)  # recently used: evicted last
-            return target
+        if target.is_file() and checksum.is_file():
+            recorded = checksum.read_text().strip()
+            if _sha256(target) == recorded and expected in (None, recorded):
+                os.utime(target)  # recently used: evicted last
+                return target
         fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
         os.close(fd)
         try:
-            logger.info("downloading checkpoint %s", uri)
-            _download(parsed, uri, Path(tmp_name), s3_endpoint_url)
-            checksum.write_text(_sha256(Path(tmp_name)))
+            logger.info("downloading checkpoint %s", _display(uri))
+            if parsed.scheme == "s3":
+                _download_s3(parsed, Path(tmp_name), s3_endpoint_url, max_download_bytes)
+            else:
+                _download_http(
+                    uri, Path(tmp_name), allow_private, max_download_bytes, download_timeout_s
+                )
+            digest = _sha256(Path(tmp_name))
+            if expected is not None and digest != expected:
+                raise ChecksumMismatch(
+                    f"checkpoint {_display(uri)} has SHA-256 {digest}, expected {expected}: "
+                    "refusing it"
+                )
+            checksum.write_text(digest)
             os.replace(tmp_name, target)
+        except ModelLoadError:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
         except Exception as exc:  # boto/httpx raise many types; all mean "could not load"
             Path(tmp_name).unlink(missing_ok=True)
-            raise ModelLoadError(f"could not download checkpoint {uri}: {exc}") from exc
+            raise ModelLoadError(
+                f"could not download checkpoint {_display(uri)}: {exc.__class__.__name__}: {exc}"
+            ) from exc
     if max_cache_bytes is not None:
         evict_lru(cache_dir, max_cache_bytes, keep=target)
     return target
 
 
-def _download(parsed: object, uri: str, destination: Path, s3_endpoint_url: str | None) -> None:
-    if uri.startswith("s3://"):
-        import boto3
+def _download_s3(
+    parsed: object, destination: Path, s3_endpoint_url: str | None, max_bytes: int
+) -> None:
+    import boto3
 
-        boto3.client("s3", endpoint_url=s3_endpoint_url).download_file(
-            parsed.netloc,
-            parsed.path.lstrip("/"),
-            str(destination),  # type: ignore[attr-defined]
-        )
-        return
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")  # type: ignore[attr-defined]
+    client = boto3.client("s3", endpoint_url=s3_endpoint_url)
+    size = int(client.head_object(Bucket=bucket, Key=key).get("ContentLength", 0))
+    if size > max_bytes:
+        raise ModelLoadError(f"checkpoint s3://{bucket}/{key} exceeds {max_bytes} bytes")
+    client.download_file(bucket, key, str(destination))
+    if destination.stat().st_size > max_bytes:  # changed since the HEAD
+        raise ModelLoadError(f"checkpoint s3://{bucket}/{key} exceeds {max_bytes} bytes")
+
+
+def _download_http(
+    uri: str, destination: Path, allow: Sequence[str], max_bytes: int, timeout_s: float
+) -> None:
+    """GET ``uri`` into ``destination``: every hop's address checked and pinned, the body raw
+    (a Content-Encoding is refused: the digest is of the file), bounded in bytes and time."""
     import httpx
 
-    with httpx.stream("GET", uri, timeout=60, follow_redirects=True) as response:
-        response.raise_for_status()
-        with destination.open("wb") as handle:
-            for chunk in response.iter_bytes():
-                handle.write(chunk)
+    networks = parse_networks(allow)
+    deadline = time.monotonic() + timeout_s
+    url = uri
+    with httpx.Client(timeout=min(60.0, timeout_s), follow_redirects=False) as client:
+        for _ in range(DOWNLOAD_MAX_REDIRECTS + 1):
+            if time.monotonic() > deadline:
+                raise ModelLoadError(f"checkpoint {_display(uri)} took longer than {timeout_s:g} s")
+            try:
+                target = parse_http_url(url)
+                if uri.startswith("https:") and target.scheme != "https":
+                    raise UrlRefused(
+                        "an https checkpoint may not redirect to http", "forbidden_url"
+                    )
+                address = resolve_checked(target, networks)
+            except UrlRefused as exc:
+                raise ModelLoadError(f"checkpoint URL {_display(url)}: {exc.message}") from None
+            request = client.build_request(
+                "GET",
+                target.pinned_url(address),
+                headers={"Host": target.host_header, "Accept-Encoding": "identity"},
+                extensions={"sni_hostname": target.sni_hostname} if target.sni_hostname else {},
+            )
+            response = client.send(request, stream=True)
+            try:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise ModelLoadError(
+                        f"checkpoint {_display(url)} answered HTTP {response.status_code}"
+                    )
+                encoding = response.headers.get("content-encoding", "").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise ModelLoadError(
+                        f"checkpoint {_display(url)} came with Content-Encoding {encoding!r}"
+                    )
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise ModelLoadError(f"checkpoint {_display(uri)} exceeds {max_bytes} bytes")
+                written = 0
+                with destination.open("wb") as handle:
+                    for chunk in response.iter_raw():
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise ModelLoadError(
+                                f"checkpoint {_display(uri)} exceeds {max_bytes} bytes"
+                            )
+                        if time.monotonic() > deadline:
+                            raise ModelLoadError(
+                                f"checkpoint {_display(uri)} took longer than {timeout_s:g} s"
+                            )
+                        handle.write(chunk)
+                if declared.isdigit() and written != int(declared):
+                    raise ModelLoadError(
+                        f"checkpoint {_display(uri)}: connection closed after {written} of "
+                        f"{declared} bytes"
+                    )
+                return
+            finally:
+                response.close()
+    raise ModelLoadError(f"checkpoint {_display(uri)} redirected too many times")
 
 
 def _sha256(path: Path) -> str:

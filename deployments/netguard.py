@@ -248,9 +248,11 @@ def resolve_checked(target: HttpTarget, allow: Sequence[IPNetwork] = ()) -> IPAd
 
 
 def url_for_display(url: str) -> str:
-    """Scheme, host and path only: query strings may carry tokens (presigned URLs)."""
+    """Scheme, host, port and path only, for logs and messages: query strings and userinfo
+    may carry tokens (presigned URLs)."""
     try:
         parts = urlsplit(url)
-        return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))[:300]
+        host = parts.netloc.rpartition("@")[2]  # never the userinfo
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))[:300]
     except ValueError:
         return "<malformed URL>"

@@ -4,9 +4,13 @@ a model (a file in the models directory or a line in the registry file) needs no
 Registry file (YAML or JSON)::
 
     models:
-      chairs-v3: {source: s3://bucket/runs/42/best.pt}
+      chairs-v3: {source: s3://bucket/runs/42/best.pt, sha256: 3b1f…}
       coco: {source: /models/yolo11n.pt}
-      remote: {source: https://models.example.com/yolo/best.pt}
+      remote: {source: https://models.example.com/yolo/best.pt, sha256: 9c0e…}
+
+``sha256`` (optional, 64 hex digits) pins the file: a download, or a local file, with other
+bytes is refused (``deployments.common.resolve_checkpoint``). Checkpoints are unpickled when
+loaded, so remote entries should carry one; an unpinned remote entry is logged as such.
 
 Every ``<id>.pt`` in the models directory, and under the ``s3://bucket/prefix/`` models prefix,
 is registered as ``<id>`` too (the S3 listing is cached for a few seconds). The id ``default``
@@ -27,6 +31,7 @@ import yaml
 from deployments.errors import InvalidInput, ModelLoadError, UnknownModel
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 DEFAULT_MODEL_ID = "default"
 
 
@@ -35,6 +40,7 @@ class ModelEntry:
     model_id: str
     source: str  # local path, s3://bucket/key, https://…, or an ultralytics .yaml (random init)
     origin: str  # "settings", "registry_file", "models_dir" or "s3_prefix"
+    sha256: str | None = None  # the registry file's pin (lower-case hex), if any
 
 
 class ModelRegistry:
@@ -64,8 +70,8 @@ class ModelRegistry:
                     found[path.stem] = ModelEntry(path.stem, str(path.resolve()), "models_dir")
         for model_id, source in self._s3_entries().items():
             found[model_id] = ModelEntry(model_id, source, "s3_prefix")
-        for model_id, source in self._file_entries().items():
-            found[model_id] = ModelEntry(model_id, source, "registry_file")
+        for model_id, (source, digest) in self._file_entries().items():
+            found[model_id] = ModelEntry(model_id, source, "registry_file", digest)
         return found
 
     def _s3_entries(self) -> dict[str, str]:
@@ -97,7 +103,7 @@ class ModelRegistry:
             self._s3_cache = (time.monotonic(), entries)
             return entries
 
-    def _file_entries(self) -> dict[str, str]:
+    def _file_entries(self) -> dict[str, tuple[str, str | None]]:
         if self.registry_file is None or not self.registry_file.is_file():
             return {}
         text = self.registry_file.read_text()
@@ -112,12 +118,20 @@ class ModelRegistry:
         models = (data or {}).get("models", {})
         if not isinstance(models, dict):
             raise ModelLoadError(f"model registry {self.registry_file}: 'models' must be a mapping")
-        entries = {}
+        entries: dict[str, tuple[str, str | None]] = {}
         for model_id, spec in models.items():
             source = spec.get("source") if isinstance(spec, dict) else spec
+            digest = spec.get("sha256") if isinstance(spec, dict) else None
             if not MODEL_ID.fullmatch(str(model_id)) or not isinstance(source, str):
                 raise ModelLoadError(f"model registry {self.registry_file}: bad entry {model_id!r}")
-            entries[str(model_id)] = source
+            if digest is not None and not (
+                isinstance(digest, str) and SHA256_HEX.fullmatch(digest)
+            ):
+                raise ModelLoadError(
+                    f"model registry {self.registry_file}: entry {model_id!r} has a sha256 that "
+                    "is not 64 hex digits"
+                )
+            entries[str(model_id)] = (source, digest.lower() if digest else None)
         return entries
 
     def resolve(self, model_id: str) -> ModelEntry:
