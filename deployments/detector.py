@@ -47,6 +47,11 @@ class DetectorConfig(BaseModel):
     weights_dir: Path = Path(".data/weights")
     config_dir: Path = Field(Path(".data/ultralytics"), description="YOLO_CONFIG_DIR (writable).")
     s3_endpoint_url: str | None = None
+    allow_private: list[str] = Field(
+        default_factory=list,
+        description="CIDRs an http(s) checkpoint may come from although not public (an internal "
+        "model server); every other non-global address is refused.",
+    )
 
 
 def prepare_ultralytics_env(config_dir: Path) -> None:
@@ -105,7 +110,11 @@ class YoloDetector:
     """One YOLO model. ``source`` (a registry entry) defaults to the configured detector."""
 
     def __init__(
-        self, config: DetectorConfig, source: str | None = None, cache_tag: str = ""
+        self,
+        config: DetectorConfig,
+        source: str | None = None,
+        cache_tag: str = "",
+        sha256: str | None = None,
     ) -> None:
         prepare_ultralytics_env(config.config_dir)
         import torch
@@ -122,8 +131,11 @@ class YoloDetector:
                     config.s3_endpoint_url,
                     config.max_cache_bytes,
                     cache_tag,
-                    # The configured checkpoint's digest; other files: their sidecar's, if any.
-                    config.checkpoint_sha256 if self.source == config.checkpoint else None,
+                    # A registry entry's pin, the configured checkpoint's digest, else the
+                    # sidecar's (if any). ultralytics unpickles the file: pin remote sources.
+                    sha256
+                    or (config.checkpoint_sha256 if self.source == config.checkpoint else None),
+                    allow_private=config.allow_private,
                 )
                 if path.suffix != ".pt":
                     raise ModelLoadError(f"detector checkpoint must be a .pt file, got {path.name}")
@@ -309,7 +321,9 @@ class DetectorDeployment:
             telemetry.count_eviction("Detector", len(self._held - held_now))
             entry = self.registry.resolve(model_id)
             started = time.perf_counter()
-            model = await asyncio.to_thread(YoloDetector, config, entry.source, str(generation))
+            model = await asyncio.to_thread(
+                YoloDetector, config, entry.source, str(generation), entry.sha256
+            )
             telemetry.observe_model_load("Detector", model_id, time.perf_counter() - started)
             self._held = held_now | {routed_id}
             previous = self._latest.get(model_id)
