@@ -63,6 +63,17 @@ class SegmenterConfig(BaseModel):
     scratch_dir: Path = Field(
         Path(tempfile.gettempdir()), description="Temporary frame copies (S3)."
     )
+    # Request bounds (issue 13): the ingress checks them first; these guard every other caller
+    # (handles from notebooks, the job pipeline). None = unbounded.
+    max_prompt_points: int | None = Field(
+        None, ge=1, description="Points one prompt may carry (settings.max_prompt_points)."
+    )
+    video_session_max_mb: float | None = Field(
+        None, gt=0, description="Memory a video session's frames may need (413 beyond)."
+    )
+    video_max_objects: int | None = Field(
+        None, ge=1, le=255, description="Distinct objects one video session tracks (422 beyond)."
+    )
 
 
 def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
@@ -143,12 +154,15 @@ class Sam2Segmenter:
         def autocast() -> Any:
             return torch.autocast("cuda", dtype=torch.bfloat16)
 
+        max_mb = self.config.video_session_max_mb
         return VideoSession(
             video_id,
             self.model,
             self.config.scratch_dir,
             offload_state_to_cpu=self.config.offload_video_state_to_cpu,
             autocast=autocast if self.half else None,
+            max_state_bytes=int(max_mb * 2**20) if max_mb is not None else None,
+            max_objects=self.config.video_max_objects,
         )
 
     def segment(
@@ -166,7 +180,9 @@ class Sam2Segmenter:
         import torch
 
         height, width = _check_image(image)
-        point_coords, point_labels, box_arr = _validate_prompt(points, labels, box, width, height)
+        point_coords, point_labels, box_arr = _validate_prompt(
+            points, labels, box, width, height, self.config.max_prompt_points
+        )
         if point_coords is None and box_arr is None:
             point_coords = np.array([[width / 2.0, height / 2.0]], dtype=np.float32)
             point_labels = np.array([1], dtype=np.int32)
@@ -219,8 +235,14 @@ def _validate_prompt(
     box: list[float] | None,
     width: int,
     height: int,
+    max_points: int | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     point_coords = point_labels = box_arr = None
+    if points and max_points is not None and len(points) > max_points:
+        raise InvalidInput(
+            f"{len(points)} points; a prompt may carry at most {max_points} (max_prompt_points)",
+            param="points",
+        )
     if points:
         point_coords = np.asarray(points, dtype=np.float32)
         if point_coords.ndim != 2 or point_coords.shape[1] != 2:
@@ -230,7 +252,8 @@ def _validate_prompt(
         point_labels = np.asarray(labels, dtype=np.int32)
         if point_labels.shape != (len(point_coords),) or not np.isin(point_labels, (0, 1)).all():
             raise InvalidInput("labels must be one 0/1 value per point", param="labels")
-        outside = (point_coords[:, 0] < 0) | (point_coords[:, 0] >= width)
+        outside = ~np.isfinite(point_coords).all(axis=1)
+        outside |= (point_coords[:, 0] < 0) | (point_coords[:, 0] >= width)
         outside |= (point_coords[:, 1] < 0) | (point_coords[:, 1] >= height)
         if outside.any():
             raise InvalidInput(f"points must lie inside the {width}x{height} image", param="points")
@@ -241,7 +264,7 @@ def _validate_prompt(
         if box_arr.shape != (4,):
             raise InvalidInput("box must be [x0, y0, x1, y1]", param="box")
         x0, y0, x1, y1 = box_arr.tolist()
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        if not np.isfinite(box_arr).all() or not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             raise InvalidInput(
                 f"box must satisfy 0<=x0<x1<={width}, 0<=y0<y1<={height}", param="box"
             )

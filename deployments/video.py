@@ -9,6 +9,8 @@ session replays whatever it has not applied yet.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import shutil
 import tempfile
@@ -27,6 +29,51 @@ from deployments.errors import InvalidInput
 logger = logging.getLogger("meshline.video")
 
 FRAME_SUFFIX = ".jpg"
+DEFAULT_SAM2_IMAGE_SIZE = 1024  # every released SAM2/2.1 config; the fallback estimate
+
+
+class SessionTooLarge(InvalidInput):
+    """A video whose SAM2 session would pass video_session_max_mb (413)."""
+
+    kind = "payload_too_large"
+    status = 413
+
+
+@functools.lru_cache(maxsize=16)
+def sam2_image_size(config_name: str, overrides: tuple[str, ...] = ()) -> int:
+    """``model.image_size`` of a packaged SAM2 config with Hydra overrides applied, read
+    without importing sam2 (whose import initialises Hydra) — so the ingress can estimate a
+    video session's memory (frames x 3 x image_size² x 4 bytes) without asking a replica.
+    An override ``[+|++]model.image_size=N`` wins; an unreadable config gives 1024."""
+    for override in reversed(overrides):
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key.strip() == "model.image_size":
+            try:
+                return int(value.strip())
+            except ValueError:
+                break
+    try:
+        import yaml
+
+        spec = importlib.util.find_spec("sam2")
+        roots = list(spec.submodule_search_locations or []) if spec else []
+        for root in roots:
+            path = Path(root) / config_name.removeprefix("/")
+            if path.is_file():
+                model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+                return int(model.get("image_size", DEFAULT_SAM2_IMAGE_SIZE))
+        path = Path(config_name)
+        if path.is_file():
+            model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+            return int(model.get("image_size", DEFAULT_SAM2_IMAGE_SIZE))
+    except Exception:  # noqa: BLE001 — an estimate: fall back to the largest released size
+        logger.warning("could not read image_size from %s; assuming 1024", config_name)
+    return DEFAULT_SAM2_IMAGE_SIZE
+
+
+def session_bytes(frames: int, image_size: int) -> int:
+    """Memory of a SAM2 video session's frames: float32 RGB at image_size² each."""
+    return frames * 3 * image_size * image_size * 4
 
 
 def frame_name(index: int) -> str:
@@ -124,9 +171,27 @@ class VideoSession:
     _temporary_frames: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _release_when_idle: bool = False
+    max_state_bytes: int | None = None  # refuse to build a session needing more (413)
+    max_objects: int | None = None  # distinct obj_ids one session tracks (422 beyond)
 
     # -- lifecycle ----------------------------------------------------------------------
+    def _check_cost(self, source: FrameSource) -> None:
+        """Refuse, before decoding a single frame, a session whose frames alone would pass
+        ``max_state_bytes`` (the ingress refuses such uploads; this guards direct callers)."""
+        if self.max_state_bytes is None:
+            return
+        size = int(getattr(self.predictor, "image_size", DEFAULT_SAM2_IMAGE_SIZE))
+        needed = session_bytes(source.frames, size)
+        if needed > self.max_state_bytes:
+            raise SessionTooLarge(
+                f"a session of {source.frames} frames needs {needed / 2**20:g} MiB "
+                f"(frames x 3 x {size}^2 x 4 bytes); the limit is "
+                f"{self.max_state_bytes / 2**20:g} MiB (video_session_max_mb)",
+                param="video_id",
+            )
+
     def _build(self, source: FrameSource) -> None:
+        self._check_cost(source)
         folder, temporary = materialize_frames(source, self.scratch)
         started = time.perf_counter()
         self.state = self.predictor.init_state(
@@ -175,8 +240,20 @@ class VideoSession:
         return self._lock.locked()
 
     # -- prompts ------------------------------------------------------------------------
+    def _check_history(self, history: list[VideoPrompt]) -> None:
+        if self.max_objects is None:
+            return
+        objects = {p.obj_id for p in history}
+        if len(objects) > self.max_objects:
+            raise InvalidInput(
+                f"{len(objects)} objects; a video may track at most {self.max_objects} "
+                "(video_max_objects)",
+                param="obj_id",
+            )
+
     def _sync(self, source: FrameSource, history: list[VideoPrompt]) -> None:
         """Build if needed; apply the history this state has not seen (replay after a rebuild)."""
+        self._check_history(history)
         if self.state is None:
             self._build(source)
         assert self.state is not None
@@ -217,6 +294,7 @@ class VideoSession:
         if not history:
             raise InvalidInput("no prompt given", param="prompt")
         new = history[-1]
+        self._check_history(history)
         with self._guarded():
             self._sync(source, history[:-1])
             masks = self._apply(new)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +115,32 @@ def mask_summary(mask: np.ndarray, score: float, with_png: bool) -> dict[str, ob
         "rle": rle,
         "png_base64": base64.b64encode(mask_png(mask)).decode("ascii") if with_png else None,
     }
+
+
+def check_prompt_in_image(
+    points: Sequence[Sequence[float]] | None,
+    box: Sequence[float] | None,
+    width: int,
+    height: int,
+    prefix: str = "options.",
+    what: str = "image",
+) -> None:
+    """Prompt coordinates must lie inside the decoded image (422 otherwise), as the Segmenter
+    requires: points in [0, width) x [0, height), the box within [0, width] x [0, height].
+    NaN and infinities fail every comparison here too, whatever let them through."""
+    for x, y in points or ():
+        if not (0 <= x < width and 0 <= y < height):
+            raise ApiError(
+                422,
+                f"{prefix}points: [{x}, {y}] is not inside the {width}x{height} {what}",
+                param=f"{prefix}points",
+            )
+    if box is not None:
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ApiError(
+                422,
+                f"{prefix}box must lie inside the {width}x{height} {what}: "
+                f"0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}",
+                param=f"{prefix}box",
+            )

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 StageName = Literal["segment", "reconstruct", "paint", "convert", "propagate"]
 # The image pipeline; "propagate" is the one stage of a video propagation job.
@@ -16,14 +24,63 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
 
+# Limits of request models (issue 13). Lists carry a static max_length (what pydantic refuses
+# whatever the settings say); the configurable limits (max_prompt_points) come in through the
+# validation context built by ``request_context`` — validating without one (stored job options
+# read back) applies only the static bounds.
+PROMPT_POINTS_CEILING = 4096  # the most max_prompt_points can usefully be set to
+MAX_CLASSES = 1000  # detector class filters
+MAX_NAME_CHARS = 128  # model ids, class names
+MAX_URL_CHARS = 2048
+MAX_FRAME_URLS = 2000
+MAX_INDEX = 2**31 - 1  # frame indices, object ids: what SAM2 and the store keep as int32
+LIMIT_ERROR = "limit_exceeded"  # pydantic error type (and API error type) of a configured limit
+
+
+def request_context(max_prompt_points: int) -> dict[str, Any]:
+    """The validation context that carries the configured request limits (settings)."""
+    return {"max_prompt_points": max_prompt_points}
+
+
+def _context_limit(info: ValidationInfo, name: str) -> int | None:
+    context = info.context if isinstance(info.context, dict) else {}
+    value = context.get(name)
+    return int(value) if value is not None else None
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±Infinity are refused in every number of every request model.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Prompt(Strict):
-    points: list[tuple[float, float]] | None = Field(None, description="[[x, y], ...] in pixels.")
-    labels: list[Literal[0, 1]] | None = Field(None, description="1 = object, 0 = background.")
-    box: tuple[float, float, float, float] | None = Field(None, description="[x0, y0, x1, y1].")
+    points: list[tuple[float, float]] | None = Field(
+        None,
+        max_length=PROMPT_POINTS_CEILING,
+        description="[[x, y], ...] in pixels, inside the image; at most max_prompt_points "
+        "(default 64).",
+    )
+    labels: list[Literal[0, 1]] | None = Field(
+        None,
+        max_length=PROMPT_POINTS_CEILING,
+        description="1 = object, 0 = background (one per point).",
+    )
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="[x0, y0, x1, y1] in pixels, inside the image."
+    )
+
+    @field_validator("points", "labels", mode="before")
+    @classmethod
+    def _at_most_max_points(cls, value: Any, info: ValidationInfo) -> Any:
+        """Counted before a single item is validated: 200,000 points cost a len()."""
+        limit = _context_limit(info, "max_prompt_points") or PROMPT_POINTS_CEILING
+        if isinstance(value, list | tuple) and len(value) > limit:
+            raise PydanticCustomError(
+                LIMIT_ERROR,
+                "{count} {field}; a prompt may carry at most {limit} (max_prompt_points)",
+                {"count": len(value), "field": info.field_name, "limit": limit},
+            )
+        return value
 
     @model_validator(mode="after")
     def _labels_match_points(self) -> Prompt:
@@ -41,11 +98,21 @@ class Prompt(Strict):
 
 
 class DetectOptions(Strict):
-    model: str = Field("default", description="Detector model id (see GET /v1/models).")
+    model: str = Field(
+        "default",
+        max_length=MAX_NAME_CHARS,
+        description="Detector model id (see GET /v1/models).",
+    )
     conf: float = Field(0.25, ge=0.0, le=1.0, description="Detector confidence threshold.")
     iou: float = Field(0.7, ge=0.0, le=1.0)
     imgsz: int = Field(640, ge=32, le=4096)
-    classes: list[int | str] | None = Field(None, description="Class ids or names to keep.")
+    classes: (
+        list[
+            Annotated[int, Field(ge=0, le=MAX_INDEX)]
+            | Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+        ]
+        | None
+    ) = Field(None, max_length=MAX_CLASSES, description="Class ids or names to keep.")
     max_objects: int = Field(
         1,
         ge=1,
@@ -82,6 +149,7 @@ class SimOptionsIn(Strict):
 class JobOptions(Strict):
     stages: list[StageName] | None = Field(
         None,
+        max_length=len(STAGE_ORDER),
         description="Stages to run, in pipeline order. Default: all four, or without "
         "`segment` when a mask is supplied.",
     )
@@ -90,7 +158,7 @@ class JobOptions(Strict):
         None, description="Use the detector's top box as the SAM2 prompt (true or options)."
     )
     formats: list[MeshFormat] = Field(
-        default_factory=lambda: ["obj", "stl", "glb", "ply"], min_length=1
+        default_factory=lambda: ["obj", "stl", "glb", "ply"], min_length=1, max_length=16
     )
     collision: bool = Field(True, description="Write a convex collision mesh.")
     preview: bool = Field(True, description="Render a turntable GIF and a PNG thumbnail.")
@@ -156,11 +224,17 @@ class PropagateOptions(Strict):
     """Body of POST /v1/videos/{id}/propagate (kept in the job's options)."""
 
     start_frame: int | None = Field(
-        None, ge=0, description="Frame to start from; default: the earliest prompted frame."
+        None,
+        ge=0,
+        le=MAX_INDEX,
+        description="Frame to start from; default: the earliest prompted frame.",
     )
     direction: Literal["forward", "backward", "both"] = Field("forward")
     max_frames: int | None = Field(
-        None, ge=1, description="Frames to track past the start frame, per direction; default: all."
+        None,
+        ge=1,
+        le=MAX_INDEX,
+        description="Frames to track past the start frame, per direction; default: all.",
     )
     stage_timeout_s: float | None = Field(
         None, gt=0, le=86400, description="Default from settings."
@@ -171,7 +245,7 @@ class PropagateOptions(Strict):
 class JobCreate(Strict):
     """JSON body of POST /v1/jobs (the multipart form carries the same `options`)."""
 
-    image_url: str = Field(..., description="http(s) URL of the image.")
+    image_url: str = Field(..., max_length=MAX_URL_CHARS, description="http(s) URL of the image.")
     options: JobOptions = Field(default_factory=JobOptions)
 
 
@@ -317,11 +391,18 @@ class VideoFromUrls(Strict):
     """JSON body of POST /v1/videos: a video file by URL, or frames by URL (same fetch rules
     as images)."""
 
-    video_url: str | None = Field(None, max_length=2048)
-    frame_urls: list[str] | None = Field(None, min_length=1, max_length=2000)
+    video_url: str | None = Field(None, max_length=MAX_URL_CHARS)
+    frame_urls: list[Annotated[str, Field(max_length=MAX_URL_CHARS)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_FRAME_URLS,
+        description="At most video_max_frames; fetched fetch_max_concurrency at a time.",
+    )
     fps: float | None = Field(None, gt=0, le=1000, description="Frame rate of frame_urls.")
     stride: int = Field(1, ge=1, le=1000, description="Keep every n-th frame of a video file.")
-    max_frames: int | None = Field(None, ge=1, description="Keep only the first n frames.")
+    max_frames: int | None = Field(
+        None, ge=1, le=MAX_INDEX, description="Keep only the first n frames."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> VideoFromUrls:
@@ -335,7 +416,7 @@ class VideoUploadOptions(Strict):
 
     fps: float | None = Field(None, gt=0, le=1000, description="Frame rate of a zip of frames.")
     stride: int = Field(1, ge=1, le=1000)
-    max_frames: int | None = Field(None, ge=1)
+    max_frames: int | None = Field(None, ge=1, le=MAX_INDEX)
 
 
 class VideoPublic(BaseModel):
@@ -352,18 +433,18 @@ class VideoPublic(BaseModel):
     frames_with_masks: int = 0
 
 
-class VideoPromptIn(Strict):
-    frame_idx: int = Field(..., ge=0)
-    obj_id: int = Field(..., ge=0, le=2**31 - 1)
-    points: list[tuple[float, float]] | None = None
-    labels: list[Literal[0, 1]] | None = None
-    box: tuple[float, float, float, float] | None = None
+class VideoPromptIn(Prompt):
+    """Body of POST /v1/videos/{id}/prompts: a prompt (same checks as images) on one frame."""
+
+    frame_idx: int = Field(..., ge=0, le=MAX_INDEX)
+    obj_id: int = Field(
+        ..., ge=0, le=MAX_INDEX, description="At most video_max_objects distinct ids per video."
+    )
 
     @model_validator(mode="after")
     def _prompt(self) -> VideoPromptIn:
         if not self.points and self.box is None:
             raise ValueError("give points (with labels) or a box")
-        Prompt(points=self.points, labels=self.labels, box=self.box)  # same checks as images
         return self
 
 

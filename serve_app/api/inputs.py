@@ -6,21 +6,171 @@ import asyncio
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from serve_app.errors import ApiError
 from serve_app.fetch import fetch_s3, fetch_url
+from serve_app.schemas import LIMIT_ERROR, request_context
 from serve_app.settings import Settings
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
+
+# What a JSON body or options field may hold besides its strings' characters: the structure
+# (brackets, numbers, literals) and the number of strings. A base64 image is one string; no
+# legitimate options come near either bound, and both keep json.loads' memory small.
+MAX_JSON_STRUCTURE_BYTES = 256 * 1024
+MAX_JSON_STRINGS = 10_000
+# Small JSON bodies (a video prompt, propagate options) are read at most this far.
+MAX_SMALL_JSON_BYTES = 256 * 1024
+
+# A JSON string: a quote, then non-quote/non-backslash runs or escaped characters, up to the
+# closing quote — or to the end of the input (an unterminated string must not make the scan
+# restart inside it: that would be quadratic). Possessive, so it never backtracks.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class JsonShape:
+    depth: int  # deepest bracket nesting outside strings
+    strings: int  # number of strings
+    structure_bytes: int  # bytes outside strings
+
+
+def json_shape(data: bytes) -> JsonShape:
+    """Nesting depth, string count and structure size of a JSON text, in one linear pass at C
+    speed (no recursion, no Python loop per character), before anything parses it.
+
+    Strings are cut out first (escapes honoured), then only brackets are kept and their running
+    depth is a cumulative sum. For any text json.loads accepts, the depth is exact; for others
+    the scan may over-count, and those fail to parse anyway.
+    """
+    outside, strings = _JSON_STRING.subn(b"", data)
+    brackets = outside.translate(None, _NOT_A_BRACKET)
+    depth = 0
+    openers = brackets.count(b"[") + brackets.count(b"{")
+    if openers:
+        steps = np.frombuffer(brackets, dtype=np.uint8)
+        delta = np.where(np.isin(steps, _OPENERS), 1, -1).astype(np.int32)
+        depth = int(np.cumsum(delta).max())
+    return JsonShape(max(depth, 0), strings, len(outside))
+
+
+class NonFiniteNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> float:
+    raise NonFiniteNumber(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf
+        raise NonFiniteNumber(f"{text[:32]} is out of the range of a finite number")
+    return value
+
+
+def load_json(data: bytes | str, settings: Settings, param: str, bad_status: int = 400) -> Any:
+    """Parse client JSON after bounding its depth (max_json_depth), string count and structure
+    size; NaN, Infinity and numbers that overflow to infinity are refused (422).
+
+    ``bad_status``: the status of text that is not JSON (400 for a body, 422 for a field).
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    shape = json_shape(raw)
+    if shape.depth > settings.max_json_depth:
+        raise ApiError(
+            422,
+            f"{param} is nested {shape.depth} levels deep; the limit is "
+            f"{settings.max_json_depth} (max_json_depth)",
+            LIMIT_ERROR,
+            param,
+        )
+    if shape.strings > MAX_JSON_STRINGS:
+        raise ApiError(
+            413,
+            f"{param} holds {shape.strings} strings; the limit is {MAX_JSON_STRINGS}",
+            "payload_too_large",
+            param,
+        )
+    if shape.structure_bytes > MAX_JSON_STRUCTURE_BYTES:
+        raise ApiError(
+            413,
+            f"{param} has {shape.structure_bytes} bytes outside its strings; the limit is "
+            f"{MAX_JSON_STRUCTURE_BYTES}",
+            "payload_too_large",
+            param,
+        )
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except NonFiniteNumber as exc:
+        raise ApiError(
+            422, f"{param}: {exc} (NaN and Infinity are refused)", "validation_error", param
+        ) from None
+    except RecursionError:  # unreachable below max_json_depth's bound (512): belt and braces
+        raise ApiError(
+            422, f"{param} is nested too deeply (max_json_depth)", LIMIT_ERROR, param
+        ) from None
+    except ValueError:  # JSONDecodeError, bad UTF-8, an integer of more than 4300 digits
+        what = "request body" if param == "body" else param
+        raise ApiError(bad_status, f"{what} is not valid JSON", "invalid_request", param) from None
+
+
+def validate_model(model: type[OptionsT], value: Any, settings: Settings, prefix: str) -> OptionsT:
+    """``model`` from parsed JSON with the configured limits (max_prompt_points) in force."""
+    try:
+        return model.model_validate(value, context=request_context(settings.max_prompt_points))
+    except ValidationError as exc:
+        raise validation_error(exc, prefix) from None
+
+
+async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The body, read at most ``limit`` bytes far (413 beyond: the rest is never buffered)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"{what} exceeds {limit} bytes", "payload_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_model(
+    request: Request,
+    settings: Settings,
+    model: type[OptionsT],
+    limit: int = MAX_SMALL_JSON_BYTES,
+    allow_empty: bool = False,
+) -> OptionsT:
+    """A small JSON body as ``model`` (video prompts, propagate options): bounded size, depth
+    and numbers, configured limits in force. An empty body is ``model()`` if ``allow_empty``."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and content_type != JSON and not content_type.endswith("+json"):
+        raise ApiError(
+            415,
+            f"Content-Type {content_type!r} is not accepted; send {JSON}",
+            "unsupported_media_type",
+        )
+    body = await read_body(request, limit)
+    if not body.strip():
+        if allow_empty:
+            return validate_model(model, {}, settings, "body")
+        raise ApiError(400, "request body is empty")
+    return validate_model(model, load_json(body, settings, "body"), settings, "body")
 
 
 @dataclass
@@ -31,10 +181,13 @@ class RequestInputs:
 
 
 def validation_error(exc: ValidationError, prefix: str) -> ApiError:
-    first = exc.errors()[0]
+    """The first error as a 422; a limit (configured or a static max_length) is typed
+    ``limit_exceeded``."""
+    first = exc.errors(include_url=False, include_input=False)[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
     param = f"{prefix}.{loc}" if loc else prefix
-    return ApiError(422, f"{param}: {first.get('msg')}", "validation_error", param)
+    kind = LIMIT_ERROR if first.get("type") in (LIMIT_ERROR, "too_long") else "validation_error"
+    return ApiError(422, f"{param}: {first.get('msg')}", kind, param)
 
 
 def _decode_base64(text: str, limit: int) -> bytes:
@@ -56,6 +209,36 @@ async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
     return data
 
 
+async def read_form(request: Request, max_files: int, max_fields: int) -> FormData:
+    """The multipart form; text fields (``options``) are bounded by MAX_SMALL_JSON_BYTES
+    (files are spooled, bounded by the body limit and ``read_upload``)."""
+    try:
+        return await request.form(
+            max_files=max_files, max_fields=max_fields, max_part_size=MAX_SMALL_JSON_BYTES
+        )
+    except Exception as exc:  # noqa: BLE001 — multipart parsers raise their own error types
+        detail = str(getattr(exc, "detail", "") or "")
+        if "maximum size" in detail:
+            raise ApiError(
+                413,
+                f"a multipart text field exceeds {MAX_SMALL_JSON_BYTES} bytes",
+                "payload_too_large",
+                "options",
+            ) from None
+        reason = detail or exc.__class__.__name__
+        raise ApiError(400, f"malformed multipart body ({reason})") from None
+
+
+def options_field(raw: object, settings: Settings, options_model: type[OptionsT]) -> OptionsT:
+    """The multipart ``options`` text field: bounded JSON, then the model (limits in force)."""
+    if raw is None or raw == "":
+        raw = "{}"
+    if not isinstance(raw, str):
+        raise ApiError(422, "options must be a JSON text field", "validation_error", "options")
+    value = load_json(raw, settings, "options", bad_status=422)
+    return validate_model(options_model, value, settings, "options")
+
+
 async def read_inputs(
     request: Request,
     settings: Settings,
@@ -69,12 +252,7 @@ async def read_inputs(
     limit = int(settings.max_upload_mb * 1024 * 1024)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == MULTIPART:
-        try:
-            form = await request.form(
-                max_files=1 + len(extra_files), max_fields=8, max_part_size=limit
-            )
-        except Exception as exc:  # noqa: BLE001 — multipart parsers raise their own error types
-            raise ApiError(400, f"malformed multipart body ({exc.__class__.__name__})") from None
+        form = await read_form(request, max_files=1 + len(extra_files), max_fields=8)
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ApiError(
@@ -86,25 +264,14 @@ async def read_inputs(
             item = form.get(field)
             if isinstance(item, UploadFile):
                 files[field] = (await read_upload(item, field, limit), item.filename or field)
-        raw = form.get("options")
-        if raw is not None and not isinstance(raw, str):
-            raise ApiError(422, "options must be a JSON text field", "validation_error", "options")
-        try:
-            options = options_model.model_validate_json(raw or "{}")
-        except ValidationError as exc:
-            raise validation_error(exc, "options") from None
+        options = options_field(form.get("options"), settings, options_model)
         return RequestInputs(image, files, options)
     if content_type == JSON:
-        body = await request.body()
+        json_limit = limit * 4 // 3 + 65536  # room for a base64 image of `limit` bytes
+        body = await read_body(request, json_limit, "JSON body")
         if not body:
             raise ApiError(400, "request body is empty")
-        json_limit = limit * 4 // 3 + 65536  # room for a base64 image of `limit` bytes
-        if len(body) > json_limit:
-            raise ApiError(413, f"JSON body exceeds {json_limit} bytes", "payload_too_large")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise ApiError(400, "request body is not valid JSON") from None
+        payload = load_json(body, settings, "body")
         if not isinstance(payload, dict):
             raise ApiError(422, "JSON body must be an object", "validation_error")
         sources = [key for key in ("image_url", "image_base64") if key in payload]
@@ -120,10 +287,7 @@ async def read_inputs(
             raise ApiError(
                 422, f"unknown fields: {sorted(unknown)}", "validation_error", min(unknown)
             )
-        try:
-            options = options_model.model_validate(payload.get("options") or {})
-        except ValidationError as exc:
-            raise validation_error(exc, "options") from None
+        options = validate_model(options_model, payload.get("options") or {}, settings, "options")
         if sources[0] == "image_base64":
             image = _decode_base64(payload["image_base64"], limit)
             return RequestInputs(image, {}, options)
@@ -187,5 +351,17 @@ def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict
                     }
                 },
             },
+        }
+    }
+
+
+def openapi_json_body(model: type[BaseModel], required: bool = True) -> dict:
+    """OpenAPI requestBody for a route that reads its JSON body itself (read_json_model)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # the models used here have no nested models
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {JSON: {"schema": schema}},
         }
     }

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import Field
 
 from deployments.detector import loaded_models_by_replica, routed_id
 from deployments.errors import InvalidInput
 from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.errors import to_api_error
-from serve_app.imaging import decode_image, mask_summary
+from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
 from serve_app.schemas import (
+    MAX_NAME_CHARS,
     DetectOptions,
     DetectResponse,
     ErrorBody,
@@ -60,6 +62,9 @@ async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
     inputs = await read_inputs(request, services.settings, SegmentOptions)
     options: SegmentOptions = inputs.options  # type: ignore[assignment]
     image = await asyncio.to_thread(decode_image, inputs.image, services.settings.max_image_pixels)
+    # Every limit is checked here, in the ingress, before the Segmenter is called: its time is
+    # shared by every client (max_prompt_points was checked when the options were read).
+    check_prompt_in_image(options.points, options.box, image.width, image.height)
     started = time.perf_counter()
     result = await services.handles.segmenter.segment.remote(
         image.array,
@@ -90,7 +95,9 @@ async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
     summary="YOLO detections (?model=ID, default: default)",
 )
 async def detect(
-    request: Request, services: ServicesDep, model: str | None = None
+    request: Request,
+    services: ServicesDep,
+    model: Annotated[str | None, Query(max_length=MAX_NAME_CHARS)] = None,
 ) -> DetectResponse:
     return await _detect(request, services, model)
 
@@ -103,7 +110,9 @@ async def detect(
     summary="YOLO detections with one registered model",
 )
 async def detect_with_model(
-    model_id: str, request: Request, services: ServicesDep
+    model_id: Annotated[str, Path(max_length=MAX_NAME_CHARS)],
+    request: Request,
+    services: ServicesDep,
 ) -> DetectResponse:
     return await _detect(request, services, model_id)
 
@@ -142,7 +151,9 @@ async def list_models(services: ServicesDep) -> ModelList:
     responses={404: {"model": ErrorBody}},
     summary="Load the model's file afresh on every replica (admin)",
 )
-async def reload_model(model_id: str, services: ServicesDep) -> ModelReloaded:
+async def reload_model(
+    model_id: Annotated[str, Path(max_length=MAX_NAME_CHARS)], services: ServicesDep
+) -> ModelReloaded:
     """Bumps the model's generation: requests are routed as "<id>@<generation>", so each
     replica loads the current file (checkpoint cache included) on its next call and closes
     the old weights."""

@@ -18,14 +18,26 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 from pycocotools import mask as mask_utils
-from pydantic import ValidationError
 
-from deployments.video import decode_rle, frame_name
-from serve_app.api.inputs import read_upload, validation_error
+from deployments.video import decode_rle, frame_name, sam2_image_size
+from serve_app.api.inputs import (
+    JSON,
+    load_json,
+    openapi_json_body,
+    options_field,
+    read_body,
+    read_form,
+    read_json_model,
+    read_upload,
+    validate_model,
+)
 from serve_app.auth import Principal, can_access, current_principal
 from serve_app.errors import ApiError
 from serve_app.fetch import check_url, fetch_s3, fetch_url
+from serve_app.imaging import check_prompt_in_image
 from serve_app.schemas import (
+    LIMIT_ERROR,
+    MAX_INDEX,
     ErrorBody,
     FrameMasks,
     FrameMasksRange,
@@ -39,7 +51,13 @@ from serve_app.schemas import (
     VideoUploadOptions,
 )
 from serve_app.services import Services, ServicesDep
-from serve_app.video_ingest import DecodedVideo, VideoLimits, decode_upload, frames_from_images
+from serve_app.video_ingest import (
+    DecodedVideo,
+    VideoLimits,
+    check_session_frames,
+    decode_upload,
+    frames_from_images,
+)
 from serve_app.videos import (
     check_frame,
     decode_frame_masks,
@@ -55,6 +73,7 @@ router = APIRouter(prefix="/v1/videos", tags=["videos"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 429)}
 VIDEO_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_MASK_RANGE = 64  # frames per ranged masks request
+PNG_ZIP_MAX_OBJECTS = 255  # palette PNGs: pixel value 1..255 per object, 0 = background
 
 
 def _videos(services: Services) -> VideoStore:
@@ -68,6 +87,11 @@ def _limits(services: Services) -> VideoLimits:
         s.video_max_frame_pixels,
         int(s.video_max_upload_mb * 2**20),
         s.video_jpeg_quality,
+        max_decoded_bytes=int(s.video_max_decoded_mb * 2**20),
+        max_session_bytes=int(s.video_session_max_mb * 2**20),
+        # What the Segmenter builds from the same settings (app.model_configs): its image_size.
+        session_image_size=sam2_image_size(s.sam2_config, tuple(s.sam2_overrides)),
+        max_frame_bytes=int(s.max_upload_mb * 2**20),
     )
 
 
@@ -115,14 +139,84 @@ async def _fetch(services: Services, url: str, limit: int) -> bytes:
     return await fetch_url(url, limit, settings.url_fetch_timeout_s, settings.url_allow_private)
 
 
+async def _until_disconnected(request: Request, interval_s: float = 0.25) -> None:
+    """Returns when the client has gone away (the body was read: only a disconnect can come)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(interval_s)
+
+
+async def fetch_frames(
+    request: Request, services: Services, urls: list[str], limits: VideoLimits
+) -> list[bytes]:
+    """Every frame URL's body, in order: at most ``fetch_max_concurrency`` fetches at a time;
+    the first failure, the bodies passing ``video_max_upload_mb`` together, or the client
+    going away cancels every fetch still running and starts no other."""
+    concurrency = services.settings.fetch_max_concurrency
+    image_limit = limits.frame_bytes
+    results: list[bytes | None] = [None] * len(urls)
+    pending = iter(enumerate(urls))
+    total = 0
+
+    async def worker() -> None:
+        nonlocal total
+        for index, url in pending:  # shared iterator: each URL is taken by one worker
+            data = await _fetch(services, url, image_limit)
+            total += len(data)
+            if total > limits.max_bytes:
+                raise ApiError(
+                    413,
+                    f"frame_urls bodies together exceed {limits.max_bytes} bytes "
+                    "(video_max_upload_mb)",
+                    "payload_too_large",
+                    "frame_urls",
+                )
+            results[index] = data
+
+    async def watch() -> None:
+        await _until_disconnected(request)
+        raise _ClientGone
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch())
+            workers = [group.create_task(worker()) for _ in range(min(concurrency, len(urls)))]
+            await asyncio.gather(*workers)
+            watcher.cancel()
+    except BaseExceptionGroup as group_error:
+        first = _first_error(group_error)
+        if isinstance(first, _ClientGone):
+            raise ApiError(
+                499, "the client went away", "client_closed_request", "frame_urls"
+            ) from None
+        raise first from None
+    return [data for data in results if data is not None]
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error that ended a task group (an ApiError before anything else)."""
+    flat: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            flat.append(error)
+
+    walk(group)
+    return next((e for e in flat if isinstance(e, ApiError)), flat[0])
+
+
 async def _decode_request(request: Request, services: Services) -> DecodedVideo:
     limits = _limits(services)
+    settings = services.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=4, max_part_size=limits.max_bytes)
-        except Exception as exc:  # noqa: BLE001 — multipart parsers raise their own error types
-            raise ApiError(400, f"malformed multipart body ({exc.__class__.__name__})") from None
+        form = await read_form(request, max_files=1, max_fields=4)
         upload = form.get("video")
         if upload is None or isinstance(upload, str):
             raise ApiError(
@@ -132,22 +226,14 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
                 "missing_input",
                 "video",
             )
+        options = options_field(form.get("options"), settings, VideoUploadOptions)
         data = await read_upload(upload, "video", limits.max_bytes)  # type: ignore[arg-type]
-        raw = form.get("options")
-        try:
-            options = VideoUploadOptions.model_validate_json(
-                raw if isinstance(raw, str) and raw else "{}"
-            )
-        except ValidationError as exc:
-            raise validation_error(exc, "options") from None
         return await asyncio.to_thread(
             decode_upload, data, limits, options.stride, options.max_frames, options.fps
         )
-    if content_type == "application/json":
-        try:
-            body = VideoFromUrls.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise validation_error(exc, "body") from None
+    if content_type == JSON:
+        raw = await read_body(request, 1024 * 1024, "JSON body")  # 2,000 URLs of 2 KiB fit
+        body = validate_model(VideoFromUrls, load_json(raw, settings, "body"), settings, "body")
         if body.video_url is not None:
             data = await _fetch(services, body.video_url, limits.max_bytes)
             return await asyncio.to_thread(
@@ -156,13 +242,14 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
         assert body.frame_urls is not None
         if len(body.frame_urls) > limits.max_frames:
             raise ApiError(
-                413, f"more than {limits.max_frames} frame_urls", "payload_too_large", "frame_urls"
+                413,
+                f"more than {limits.max_frames} frame_urls (video_max_frames)",
+                "payload_too_large",
+                "frame_urls",
             )
-        image_limit = int(services.settings.max_upload_mb * 2**20)
-        images = await asyncio.gather(
-            *(_fetch(services, url, image_limit) for url in body.frame_urls)
-        )
-        return await asyncio.to_thread(frames_from_images, list(images), limits, body.fps)
+        check_session_frames(len(body.frame_urls), limits, "frame_urls")  # before any fetch
+        images = await fetch_frames(request, services, body.frame_urls, limits)
+        return await asyncio.to_thread(frames_from_images, images, limits, body.fps)
     raise ApiError(
         415,
         "send multipart/form-data with a 'video' file, or JSON with video_url or frame_urls",
@@ -222,35 +309,50 @@ async def get_frame(
     )
 
 
-def _check_prompt_geometry(record: VideoRecord, prompt: VideoPromptIn) -> None:
-    for x, y in prompt.points or []:
-        if not (0 <= x < record.width and 0 <= y < record.height):
-            raise ApiError(
-                422,
-                f"points must lie inside the {record.width}x{record.height} frame",
-                param="points",
-            )
-    if prompt.box is not None:
-        x0, y0, x1, y1 = prompt.box
-        if not (0 <= x0 < x1 <= record.width and 0 <= y0 < y1 <= record.height):
-            raise ApiError(
-                422, f"box must lie inside the {record.width}x{record.height} frame", param="box"
-            )
+def _objects_refused(obj_id: int, limit: int) -> ApiError:
+    return ApiError(
+        422,
+        f"object {obj_id} would be this video's {limit + 1}th; a video may track at most "
+        f"{limit} objects (video_max_objects)",
+        LIMIT_ERROR,
+        "obj_id",
+    )
+
+
+def check_new_object(prompts: list[dict[str, Any]], obj_id: int, limit: int) -> None:
+    """422 when ``obj_id`` is not yet in the history and the video already has ``limit``."""
+    objects = {p["obj_id"] for p in prompts}
+    if obj_id not in objects and len(objects) >= limit:
+        raise _objects_refused(obj_id, limit)
+
+
+def objects_within_limit(history: list[dict[str, Any]], limit: int) -> bool:
+    """Whether the history (ending with the new prompt) tracks at most ``limit`` objects: the
+    check after the insert, so two racing prompts cannot both add the limit's last object."""
+    return len({p["obj_id"] for p in history}) <= limit
 
 
 @router.post(
     "/{video_id}/prompts",
     response_model=VideoPromptResult,
     responses=ERRORS,
+    openapi_extra=openapi_json_body(VideoPromptIn),
     summary="Add points or a box for one object on one frame; that frame's mask for it",
 )
 async def add_prompt(
-    video_id: str, prompt: VideoPromptIn, services: ServicesDep, principal: PrincipalDep
+    video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> VideoPromptResult:
+    settings = services.settings
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
+    prompt = await read_json_model(request, settings, VideoPromptIn)
     check_frame(record, prompt.frame_idx)
-    _check_prompt_geometry(record, prompt)
+    check_prompt_in_image(
+        prompt.points, prompt.box, record.width, record.height, prefix="", what="frame"
+    )
     store = _videos(services)
+    check_new_object(
+        await asyncio.to_thread(store.prompts, video_id), prompt.obj_id, settings.video_max_objects
+    )
     points = [list(p) for p in prompt.points] if prompt.points else None
     labels = list(prompt.labels) if prompt.labels else ([1] * len(points) if points else None)
     seq = await asyncio.to_thread(
@@ -263,6 +365,9 @@ async def add_prompt(
         list(prompt.box) if prompt.box else None,
     )
     history = [p for p in await asyncio.to_thread(store.prompts, video_id) if p["seq"] <= seq]
+    if not objects_within_limit(history, settings.video_max_objects):
+        await asyncio.to_thread(store.remove_prompt, video_id, seq)
+        raise _objects_refused(prompt.obj_id, settings.video_max_objects)
     started = time.perf_counter()
     try:
         segmenter = services.handles.segmenter.options(multiplexed_model_id=video_id)
@@ -304,17 +409,15 @@ async def list_prompts(
     status_code=202,
     response_model=JobAccepted,
     responses=ERRORS,
+    openapi_extra=openapi_json_body(PropagateOptions, required=False),
     summary="Track the prompted objects through the video, as a durable job",
 )
 async def propagate(
-    video_id: str,
-    services: ServicesDep,
-    principal: PrincipalDep,
-    options: PropagateOptions | None = None,
+    video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> JobAccepted:
-    options = options or PropagateOptions()
     settings = services.settings
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
+    options = await read_json_model(request, settings, PropagateOptions, allow_empty=True)
     prompts = await asyncio.to_thread(_videos(services).prompts, video_id)
     plan_passes(record, prompts, options)  # 422 now rather than a failed job later
     if options.callback_url:
@@ -369,7 +472,9 @@ async def frame_masks(
     request: Request,
     services: ServicesDep,
     principal: PrincipalDep,
-    obj_id: Annotated[int | None, Query(ge=0, description="Only this object's mask.")] = None,
+    obj_id: Annotated[
+        int | None, Query(ge=0, le=MAX_INDEX, description="Only this object's mask.")
+    ] = None,
 ) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     check_frame(record, frame_idx)
@@ -411,8 +516,8 @@ async def masks_range(
     request: Request,
     services: ServicesDep,
     principal: PrincipalDep,
-    start: Annotated[int, Query(ge=0)] = 0,
-    end: Annotated[int | None, Query(ge=1)] = None,
+    start: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
+    end: Annotated[int | None, Query(ge=1, le=MAX_INDEX)] = None,
 ) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     end = min(record.frames, end if end is not None else start + MAX_MASK_RANGE)
@@ -485,7 +590,10 @@ def _export_coco(
 def _export_png_zip(
     record: VideoRecord, frames: list[tuple[int, dict[str, dict[str, Any]]]], objects: list[int]
 ) -> bytes:
-    """DAVIS-style: a palette PNG per frame; pixel value = 1 + the object's index in ``objects``."""
+    """DAVIS-style: a palette PNG per frame; pixel value = 1 + the object's index in ``objects``
+    (uint8: at most 255 objects, checked by the route)."""
+    if len(objects) > PNG_ZIP_MAX_OBJECTS:
+        raise ValueError(f"{len(objects)} objects do not fit 8-bit palette PNGs")
     index = {obj: i + 1 for i, obj in enumerate(objects)}
     palette = np.random.default_rng(0).integers(40, 255, size=(256, 3), dtype=np.uint8)
     palette[0] = 0
@@ -519,8 +627,16 @@ async def export(
 ) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     store = _videos(services)
-    present = await asyncio.to_thread(store.masks, video_id)
     objects = sorted({p["obj_id"] for p in await asyncio.to_thread(store.prompts, video_id)})
+    if format == "png-zip" and len(objects) > PNG_ZIP_MAX_OBJECTS:  # videos from before the limit
+        raise ApiError(
+            422,
+            f"png-zip holds at most {PNG_ZIP_MAX_OBJECTS} objects (8-bit palette PNGs); this "
+            f"video has {len(objects)}: use format=coco",
+            LIMIT_ERROR,
+            "format",
+        )
+    present = await asyncio.to_thread(store.masks, video_id)
     blobs = await asyncio.gather(
         *(asyncio.to_thread(services.files.get, video_id, masks_name(m.frame_idx)) for m in present)
     )

@@ -379,3 +379,37 @@ def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
             assert status == 200, (name, status)
     assert (out["alice propagate"], out["alice job"], out["alice delete"]) == (202, 200, 204)
     assert out["cancelled"] == "cancelled"  # deleting the video cancelled its queued job
+
+
+def test_session_refuses_too_many_objects_and_too_much_memory(
+    segmenter: Any, frames_dir: tuple[Path, Any]
+) -> None:
+    """The Segmenter's own guards (the ingress checks first; these cover direct callers)."""
+    from deployments.errors import InvalidInput
+    from deployments.video import SessionTooLarge, session_bytes
+
+    folder, video = frames_dir
+    source = FrameSource("dir", str(folder), 8)
+    history = _history(video)  # objects 7 and 9
+    session = segmenter.new_session("v5")
+    session.max_objects = 1
+    assert session.prompt(source, history[:1])["obj_id"] == 7
+    with pytest.raises(InvalidInput, match="video_max_objects"):
+        session.prompt(source, history)
+    big = segmenter.new_session("v6")
+    big.max_state_bytes = session_bytes(7, int(segmenter.model.image_size))  # 8 frames needed
+    with pytest.raises(SessionTooLarge, match="video_session_max_mb") as info:
+        big.prompt(source, history[:1])
+    assert info.value.status == 413 and big.state is None and big.builds == 0
+
+
+def test_segmenter_refuses_too_many_and_non_finite_points(segmenter: Any) -> None:
+    from deployments.errors import InvalidInput
+    from deployments.segmenter import _validate_prompt
+
+    with pytest.raises(InvalidInput, match="max_prompt_points"):
+        _validate_prompt([[1.0, 1.0]] * 65, None, None, 100, 100, 64)
+    with pytest.raises(InvalidInput):
+        _validate_prompt([[float("nan"), 1.0]], None, None, 100, 100)
+    with pytest.raises(InvalidInput):
+        _validate_prompt(None, None, [0.0, 0.0, float("nan"), 5.0], 100, 100)
