@@ -10,14 +10,14 @@ import asyncio
 import ipaddress
 import logging
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from serve_app.api import admin, health, jobs, predict, videos
 from serve_app.api.middleware import ApiKeyAuth, BodyLimit, RequestContext
 from serve_app.auth import KeyRing
-from serve_app.errors import install_error_handlers
+from serve_app.errors import install_error_handlers, request_id
 from serve_app.metrics import ApiMetrics
 from serve_app.services import Services
 from serve_app.settings import Settings
@@ -44,6 +44,7 @@ def create_api(services: Services) -> FastAPI:
     app = FastAPI(title="meshline", version="1", description=DESCRIPTION)
     app.state.services = services
     install_error_handlers(app)
+    app.add_exception_handler(RecursionError, _too_deep)
     metrics = ApiMetrics(services.store)
     app.state.metrics = metrics
     keys = KeyRing(settings.api_keys, settings.api_keys_file)
@@ -83,6 +84,26 @@ def create_api(services: Services) -> FastAPI:
     app.include_router(videos.router)
     app.include_router(admin.router)
     return app
+
+
+async def _too_deep(request: Request, exc: Exception) -> JSONResponse:
+    """Input nested deeper than Python recursion goes (JSON bodies are bounded before parsing
+    by max_json_depth; this catches any other path, a Ray-wrapped RecursionError included):
+    the client's input, a 422, never a 500."""
+    rid = request_id(request)
+    logger.warning("RecursionError answered with a 422 (request %s)", rid)
+    return JSONResponse(
+        status_code=422,
+        content={
+            "error": {
+                "message": "input is nested too deeply (max_json_depth)",
+                "type": "limit_exceeded",
+                "param": None,
+                "request_id": rid,
+            }
+        },
+        headers={"x-request-id": rid},
+    )
 
 
 def _warn_open_access() -> None:
