@@ -159,7 +159,9 @@ class BodyLimit:
             return
         limit = self.limit_for(scope["method"], route_path(scope))
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        # ASCII digits only (bytes.isdigit), and never int() of thousands of them: Python
+        # refuses to parse more than 4300 digits (a ValueError, a 500), and no limit has 19.
+        if length is not None and (not length.isdigit() or len(length) > 18 or int(length) > limit):
             await self._refuse(scope, receive, send, limit)
             return
         seen = 0

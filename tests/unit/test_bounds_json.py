@@ -262,3 +262,38 @@ def test_detect_model_query_is_bounded(app: Any) -> None:
     assert response.status_code == 422
     response = _call(app, "POST", "/v1/models/" + "m" * 129 + "/detect", files={"image": PNG})
     assert response.status_code == 422
+
+
+def test_content_length_of_thousands_of_digits_is_a_413_not_a_500(app: Any) -> None:
+    """int() refuses more than 4300 digits: the body limit must not call it on them."""
+    sent: list[dict] = []
+
+    async def run() -> None:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/jobs",
+            "raw_path": b"/v1/jobs",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"m"),
+                (b"content-type", b"application/json"),
+                (b"content-length", b"9" * 5000),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("m", 80),
+        }
+        await app(scope, receive, send)
+
+    asyncio.run(run())
+    assert sent[0]["status"] == 413

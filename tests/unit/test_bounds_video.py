@@ -424,3 +424,23 @@ def test_png_zip_export_with_more_objects_is_a_422_not_a_500(tmp_path: Path) -> 
     assert response.status_code == 422 and "format=coco" in response.text
     coco = _call(app, "GET", f"/v1/videos/{video_id}/export?format=coco")
     assert coco.status_code == 200 and len(coco.json()["tracks"]) == 256
+
+
+def test_prompt_history_per_video_is_bounded(tmp_path: Path) -> None:
+    from serve_app.api.videos import MAX_PROMPTS_PER_VIDEO
+
+    services = _services(tmp_path)
+    app = create_api(services)
+    data = encode_video(moving_disk_video(frames=2), "mp4")
+    video_id = _call(app, "POST", "/v1/videos", files={"video": ("v.mp4", data)}).json()["video_id"]
+    store = video_store_for(services.store.engine)
+    for _ in range(MAX_PROMPTS_PER_VIDEO):
+        store.add_prompt(video_id, 0, 1, [[5.0, 5.0]], [1], None)
+    response = _call(
+        app,
+        "POST",
+        f"/v1/videos/{video_id}/prompts",
+        json={"frame_idx": 1, "obj_id": 1, "points": [[6, 6]]},
+    )
+    assert response.status_code == 422 and response.json()["error"]["param"] == "prompts"
+    assert len(store.prompts(video_id)) == MAX_PROMPTS_PER_VIDEO
