@@ -40,6 +40,7 @@ MAX_SMALL_JSON_BYTES = 256 * 1024
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+_DEPTH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,16 @@ def json_shape(data: bytes) -> JsonShape:
     """
     outside, strings = _JSON_STRING.subn(b"", data)
     brackets = outside.translate(None, _NOT_A_BRACKET)
-    depth = 0
-    openers = brackets.count(b"[") + brackets.count(b"{")
-    if openers:
-        steps = np.frombuffer(brackets, dtype=np.uint8)
-        delta = np.where(np.isin(steps, _OPENERS), 1, -1).astype(np.int32)
-        depth = int(np.cumsum(delta).max())
-    return JsonShape(max(depth, 0), strings, len(outside))
+    depth = best = 0
+    if brackets.count(b"[") + brackets.count(b"{") > 0:
+        # In chunks, carrying the running depth: memory stays small whatever the body's size.
+        for start in range(0, len(brackets), _DEPTH_CHUNK):
+            steps = np.frombuffer(brackets[start : start + _DEPTH_CHUNK], dtype=np.uint8)
+            delta = np.where(np.isin(steps, _OPENERS), 1, -1).astype(np.int32)
+            running = np.cumsum(delta, dtype=np.int64) + depth
+            best = max(best, int(running.max()))
+            depth = int(running[-1])
+    return JsonShape(best, strings, len(outside))
 
 
 class NonFiniteNumber(ValueError):

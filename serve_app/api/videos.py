@@ -235,7 +235,7 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
             decode_upload, data, limits, options.stride, options.max_frames, options.fps
         )
     if content_type == JSON:
-        raw = await read_body(request, 1024 * 1024, "JSON body")  # 2,000 URLs of 2 KiB fit
+        raw = await read_body(request, 5 * 2**20, "JSON body")  # 2,000 URLs of 2 KiB fit
         body = validate_model(VideoFromUrls, load_json(raw, settings, "body"), settings, "body")
         if body.video_url is not None:
             data = await _fetch(services, body.video_url, limits.max_bytes)
