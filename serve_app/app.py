@@ -108,7 +108,9 @@ def resolve_weights(
 
 
 def model_table(settings: Settings, weights: ResolvedWeights) -> dict[str, dict[str, Any]]:
-    """What /healthz reports per deployment: real or random weights, and which model."""
+    """Per deployment: real or random weights, and which model. Server-side detail: a
+    checkpoint's full location (s3://bucket/…?signed-query) is here; /healthz shows only its
+    file name (serve_app/api/health.py ``public_model``)."""
     segmenter, detector = weights.segmenter, weights.detector
     return {
         "Segmenter": {

@@ -29,16 +29,21 @@ from serve_app.runner import JobRunner
 from serve_app.schemas import JobOptions
 from serve_app.services import Services
 from serve_app.settings import Settings
-from serve_app.views import job_or_404, job_public
+from serve_app.views import job_or_404, job_public, safe_db_url
 
 logger = logging.getLogger("meshline.ingress")
+
+
+# Every open SSE stream holds one of these for its whole life: max_streams_per_replica must
+# stay well below it, or streams leave no room for /healthz and reads (issue 13: 70 streams).
+MAX_ONGOING_REQUESTS = 64
 
 
 @serve.deployment(
     name="Ingress",
     ray_actor_options={"num_cpus": 0.25},
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2},
-    max_ongoing_requests=64,
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
 )
 @serve.ingress()
 class Ingress:
@@ -78,9 +83,17 @@ class Ingress:
         logger.info(
             "ingress %s ready: db=%s artifacts=%s",
             owner,
-            settings.resolved_db_url,
+            safe_db_url(settings.resolved_db_url),  # never the password
             files.describe(),
         )
+        if settings.max_streams_per_replica > MAX_ONGOING_REQUESTS // 2:
+            logger.warning(
+                "max_streams_per_replica=%d leaves little of this replica's "
+                "max_ongoing_requests (%d) to other requests: /healthz and reads may queue "
+                "behind open event streams",
+                settings.max_streams_per_replica,
+                MAX_ONGOING_REQUESTS,
+            )
 
     async def _expire_idle_videos(self) -> None:
         """Delete videos nobody used for ``video_ttl_s`` (their frames, prompts and masks)."""
@@ -102,6 +115,7 @@ class Ingress:
 
     async def __del__(self) -> None:
         self._janitor.cancel()
+        self.services.streams.close()
         await self.services.runner.stop()
 
     # Notebook API ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from serve_app.errors import ApiError, public_message, to_api_error, unwrap
 from serve_app.jobstore import JobStore, utcnow
 from serve_app.pipeline import STAGE_RUNNERS, Handles, StageContext
 from serve_app.settings import Settings
-from serve_app.views import job_public
+from serve_app.views import job_public, redact_locations
 from serve_app.webhooks import deliver
 
 logger = logging.getLogger("meshline.runner")
@@ -218,6 +218,12 @@ class JobRunner:
                     message = f"timed out after {timeout_s:g} s"
                 else:
                     message = client_error.message if client_error else public_message(exc)
+                # Users see no checkpoint URI or server path (a bucket, a host, a signed query):
+                # file names only. The full text goes to the server log.
+                public = redact_locations(message)
+                if public != message:
+                    logger.warning("job %s stage %s failed: %s", job_id, name, message)
+                    message = public
                 await asyncio.to_thread(
                     self.store.finish_stage, job_id, name, "failed", seconds, error=message
                 )

@@ -10,21 +10,23 @@ The page cannot use EventSource (it sends no headers), so it reads the SSE route
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from fastapi.responses import HTMLResponse, StreamingResponse
-from ray import serve
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
 
+from serve_app.api.health import probe
+from serve_app.api.streams import EventStream, keep_alive_due
 from serve_app.jobstore import JobRecord
 from serve_app.services import Services, ServicesDep
 
 router = APIRouter(tags=["admin"])
-KEEP_ALIVE_S = 15.0
 
 
 @cache
@@ -42,9 +44,8 @@ def _value(item: Any) -> str:
     return str(getattr(item, "value", item))
 
 
-def serve_overview() -> dict[str, Any]:
-    """Applications, deployments and replica counts by state, from Serve's controller."""
-    status = serve.status()
+def serve_overview(status: Any) -> dict[str, Any]:
+    """Applications, deployments and replica counts by state, from Serve's status."""
     applications = []
     for name, app in status.applications.items():
         deployments = [
@@ -70,7 +71,13 @@ def serve_overview() -> dict[str, Any]:
 
 @router.get("/admin/api/status", summary="Serve applications, deployments and replicas (admin)")
 async def admin_status(services: ServicesDep) -> dict[str, Any]:
-    overview = await asyncio.to_thread(serve_overview)
+    # The same bounded, time-limited status call as /healthz (never a stuck request here).
+    status, missing = await probe.status()
+    overview = (
+        serve_overview(status)
+        if status is not None
+        else {"applications": [], "proxies": {}, "unavailable": missing}
+    )
     counts = await asyncio.to_thread(services.store.count_by_status_and_stage)
     by_status: dict[str, int] = {}
     for (status, _), number in counts.items():
@@ -135,29 +142,30 @@ async def admin_errors(
     summary="Server-Sent Events: the recent jobs with per-stage progress, at every change (admin)",
 )
 async def admin_job_events(
-    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 25
-) -> StreamingResponse:
-    return StreamingResponse(
-        _jobs_stream(services, limit),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    request: Request, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 25
+) -> EventStream:
+    """Counts against the stream limits like a job's events (429 beyond, naming the limit)."""
+    return services.streams.open(request, lambda: _jobs_stream(services, limit))
 
 
 async def _jobs_stream(services: Services, limit: int) -> AsyncIterator[str]:
     """One stream for the whole list (a browser allows ~6 connections per host: not one
-    stream per job). Ends only when the client goes away."""
+    stream per job). Ends only when the client goes away. The listing comes from the shared
+    poller: one store read per interval, whatever the number of open admin pages."""
     last = None
-    quiet_s = 0.0
-    interval = services.settings.events_poll_interval_s
-    while True:
-        records = await asyncio.to_thread(services.store.list, None, limit)
-        snapshot = json.dumps({"jobs": [compact_job(j) for j in records]})
-        if snapshot != last:
-            last, quiet_s = snapshot, 0.0
-            yield f"event: jobs\ndata: {snapshot}\n\n"
-        elif quiet_s >= KEEP_ALIVE_S:
-            quiet_s = 0.0
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(interval)
-        quiet_s += interval
+    last_sent = time.monotonic()
+    async with contextlib.aclosing(services.streams.poller.follow(list_limit=limit)) as ticks:
+        async for tick in ticks:
+            if tick is not None:
+                snapshot = tick.memo(("jobs", limit), _listing_json, tick.listing[:limit])
+                if snapshot != last:
+                    last, last_sent = snapshot, time.monotonic()
+                    yield f"event: jobs\ndata: {snapshot}\n\n"
+                    continue
+            if keep_alive_due(last_sent):
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"
+
+
+def _listing_json(records: list[JobRecord]) -> str:
+    return json.dumps({"jobs": [compact_job(j) for j in records]})

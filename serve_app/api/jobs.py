@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
@@ -15,11 +17,11 @@ from fastapi.responses import (
     JSONResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 
 from serve_app.api.inputs import openapi_body, read_inputs
-from serve_app.artifacts import LocalArtifactStore, check_name
+from serve_app.api.streams import EventStream, keep_alive_due
+from serve_app.artifacts import ArtifactStore, LocalArtifactStore, check_name
 from serve_app.auth import Principal, can_access, current_principal
 from serve_app.errors import ApiError
 from serve_app.fetch import check_url
@@ -118,7 +120,8 @@ async def create_job(
     digest = request_hash(image, files, options)
     if idempotency_key is not None:
         idempotency_key = scoped_idempotency_key(idempotency_key, owner)
-        _check_idempotency(services, idempotency_key, digest)
+        # A store read: off the event loop (it blocked every other request while it ran).
+        await asyncio.to_thread(_check_idempotency, services, idempotency_key, digest)
     if options.dedup:
         twin = await asyncio.to_thread(services.store.find_succeeded_by_hash, digest, owner)
         if twin is not None:
@@ -132,12 +135,15 @@ async def create_job(
         )
     if options.callback_url:
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
-    decoded = decode_image(image, settings.max_image_pixels)
+    # Decoding (up to max_image_pixels) is CPU work: off the event loop, like every store read.
+    decoded = await asyncio.to_thread(decode_image, image, settings.max_image_pixels)
     uploads: dict[str, tuple[str, bytes, str]] = {
         "image": (f"input.{decoded.format}", image, decoded.format)
     }
     if "mask" in files:
-        decode_mask(files["mask"][0], decoded.width, decoded.height, settings.max_image_pixels)
+        await asyncio.to_thread(
+            decode_mask, files["mask"][0], decoded.width, decoded.height, settings.max_image_pixels
+        )
         uploads["mask"] = ("input_mask.png", files["mask"][0], "png")
     if "mesh" in files:
         fmt = _mesh_format(files["mesh"][1])
@@ -166,7 +172,7 @@ async def create_job(
         # A concurrent request with the same key won the insert: drop our copy of the inputs.
         await asyncio.to_thread(services.files.delete_job, job_id)
         assert idempotency_key is not None
-        _check_idempotency(services, idempotency_key, digest)
+        await asyncio.to_thread(_check_idempotency, services, idempotency_key, digest)
         raise
     services.runner.notify()
     return job_id
@@ -253,39 +259,39 @@ async def cancel_job(job_id: str, request: Request, services: ServicesDep) -> Jo
     responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
     summary="Server-Sent Events: every state/progress change until the job ends",
 )
-async def job_events(job_id: str, request: Request, services: ServicesDep) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, services: ServicesDep) -> EventStream:
+    """Streams per replica and per API key (or client address) are limited: a 429 with
+    Retry-After names the limit (``max_streams_per_replica`` / ``max_streams_per_key``)."""
     first = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
-    return StreamingResponse(
-        _event_stream(services, first.id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return services.streams.open(request, lambda: _event_stream(services, first.id))
 
 
 async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
-    """Reads the store (the only source of truth) and sends a `job` event per change."""
-    last = None
-    quiet_s = 0.0
-    interval = services.settings.events_poll_interval_s
-    while True:
-        job = await asyncio.to_thread(services.store.get, job_id)
-        if job is None:
-            yield "event: gone\ndata: {}\n\n"
-            return
-        public = job_public(job, services.files)
-        snapshot = public.model_dump_json()
-        if snapshot != last:
-            last = snapshot
-            quiet_s = 0.0
-            yield f"event: job\ndata: {snapshot}\n\n"
-        elif quiet_s >= 15:
-            quiet_s = 0.0
-            yield ": keep-alive\n\n"  # proxies close idle streams
-        if job.status in TERMINAL:
-            yield f"event: end\ndata: {json.dumps({'status': job.status})}\n\n"
-            return
-        await asyncio.sleep(interval)
-        quiet_s += interval
+    """A `job` event per change of the stored job (the shared poller reads it: one read per
+    interval for every open stream), then `end`; `gone` if it is deleted meanwhile."""
+    last: JobRecord | None = None
+    last_sent = time.monotonic()
+    async with contextlib.aclosing(services.streams.poller.follow(job_id=job_id)) as ticks:
+        async for tick in ticks:
+            job = tick.jobs.get(job_id) if tick is not None else last
+            if tick is not None and job is None:
+                yield "event: gone\ndata: {}\n\n"
+                return
+            if tick is not None and job is not None and job != last:
+                # Records, not texts, are compared: presigned S3 URLs differ at every render.
+                snapshot = tick.memo(("job", job_id), _job_json, job, services.files)
+                last, last_sent = job, time.monotonic()
+                yield f"event: job\ndata: {snapshot}\n\n"
+            elif keep_alive_due(last_sent):
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"  # proxies close idle streams
+            if job is not None and job.status in TERMINAL:
+                yield f"event: end\ndata: {json.dumps({'status': job.status})}\n\n"
+                return
+
+
+def _job_json(job: JobRecord, files: ArtifactStore) -> str:
+    return job_public(job, files).model_dump_json()
 
 
 @router.get(
