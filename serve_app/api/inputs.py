@@ -302,7 +302,11 @@ async def read_inputs(
             )
         else:
             image = await fetch_url(
-                url, limit, settings.url_fetch_timeout_s, settings.url_allow_private
+                url,
+                limit,
+                settings.url_fetch_timeout_s,
+                settings.url_allow_private,
+                total_timeout_s=settings.fetch_total_timeout_s,
             )
         return RequestInputs(image, {}, options)
     if not content_type:

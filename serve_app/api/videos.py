@@ -133,13 +133,20 @@ def _public(services: Services, record: VideoRecord) -> VideoPublic:
     )
 
 
-async def _fetch(services: Services, url: str, limit: int) -> bytes:
+async def _fetch(services: Services, url: str, limit: int, param: str) -> bytes:
     settings = services.settings
     if url.startswith("s3://"):
         return await asyncio.to_thread(
             fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets
         )
-    return await fetch_url(url, limit, settings.url_fetch_timeout_s, settings.url_allow_private)
+    return await fetch_url(
+        url,
+        limit,
+        settings.url_fetch_timeout_s,
+        settings.url_allow_private,
+        total_timeout_s=settings.fetch_total_timeout_s,
+        param=param,
+    )
 
 
 async def _until_disconnected(request: Request, interval_s: float = 0.25) -> None:
@@ -163,7 +170,7 @@ async def fetch_frames(
     async def worker() -> None:
         nonlocal total
         for index, url in pending:  # shared iterator: each URL is taken by one worker
-            data = await _fetch(services, url, image_limit)
+            data = await _fetch(services, url, image_limit, f"frame_urls[{index}]")
             total += len(data)
             if total > limits.max_bytes:
                 raise ApiError(
@@ -238,7 +245,7 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
         raw = await read_body(request, 5 * 2**20, "JSON body")  # 2,000 URLs of 2 KiB fit
         body = validate_model(VideoFromUrls, load_json(raw, settings, "body"), settings, "body")
         if body.video_url is not None:
-            data = await _fetch(services, body.video_url, limits.max_bytes)
+            data = await _fetch(services, body.video_url, limits.max_bytes, "video_url")
             return await asyncio.to_thread(
                 decode_upload, data, limits, body.stride, body.max_frames, body.fps
             )

@@ -294,6 +294,7 @@ def test_one_failed_fetch_cancels_the_rest(tmp_path: Path, frame_server: str) ->
     started = time.perf_counter()
     response = _call(app, "POST", "/v1/videos", json={"frame_urls": urls})
     assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["param"] == "frame_urls[2]"
     assert time.perf_counter() - started < 3
     time.sleep(0.5)
     count = len(_SlowFrames.started)
