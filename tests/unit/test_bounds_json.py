@@ -297,3 +297,29 @@ def test_content_length_of_thousands_of_digits_is_a_413_not_a_500(app: Any) -> N
 
     asyncio.run(run())
     assert sent[0]["status"] == 413
+
+
+def test_video_prompts_are_bounded_and_inside_the_frame(app: Any) -> None:
+    video = _video(app)  # 160x120
+    cases = [
+        ({"points": [[5, 5]] * 65}, "max_prompt_points"),
+        ({"points": [[160, 5]]}, "inside the 160x120 frame"),
+        ({"box": [0, 0, 161, 10]}, "inside the 160x120 frame"),
+        ({"points": [[5, 5]], "labels": [1, 1]}, "one entry per point"),
+    ]
+    for prompt, message in cases:
+        response = _call(
+            app,
+            "POST",
+            f"/v1/videos/{video}/prompts",
+            json={"frame_idx": 0, "obj_id": 1, **prompt},
+        )
+        assert response.status_code == 422 and message in _error(response)["message"], prompt
+    wrong_type = _call(
+        app,
+        "POST",
+        f"/v1/videos/{video}/prompts",
+        content=b"x",
+        headers={"content-type": "text/csv"},
+    )
+    assert wrong_type.status_code == 415
