@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         32, ge=4, le=512, description="Deepest nesting of a JSON body or options field (422)."
     )
     max_prompt_points: int = Field(
-        64, ge=1, description="Points (and labels) one SAM2 prompt may carry (422)."
+        64, ge=1, le=4096, description="Points (and labels) one SAM2 prompt may carry (422)."
     )
     max_mesh_faces: int = Field(
         500_000, ge=1000, description="Faces of an uploaded mesh (413); checked before any work."
@@ -152,7 +152,11 @@ class Settings(BaseSettings):
         5, ge=1, description="Claims of one job (each runner crash re-queues it); then it fails."
     )
     video_max_decoded_mb: float = Field(
-        1024, gt=0, description="Decoded frame bytes one upload may produce (413)."
+        # Frames are JPEG-encoded as they are decoded, so this bounds decode work, not memory
+        # held: 16 GiB ≈ 2,700 frames of 1080p.
+        16384,
+        gt=0,
+        description="Decoded frame bytes one upload may produce (413).",
     )
     video_session_max_mb: float = Field(
         8192,
