@@ -43,6 +43,12 @@ class LiveApp:
         return httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fuzz tests last: what they leave in the shared app (junk jobs, videos) cannot disturb
+    the tests that assert exact states."""
+    items.sort(key=lambda item: item.get_closest_marker("fuzz") is not None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ray_auth_token() -> None:
     """Under `make test` RAY_AUTH_MODE=token is exported: every Ray head the tests start (the

@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from serve_app.api import admin, health, jobs, predict, videos
+from serve_app.api.inputs import add_body_schemas
 from serve_app.api.middleware import ApiKeyAuth, BodyLimit, RequestContext
 from serve_app.auth import KeyRing
 from serve_app.errors import install_error_handlers, request_id
@@ -43,6 +44,13 @@ def create_api(services: Services) -> FastAPI:
     settings = services.settings
     app = FastAPI(title="meshline", version="1", description=DESCRIPTION)
     app.state.services = services
+
+    def openapi() -> dict:
+        if not app.openapi_schema:  # built once; bodies the routes read themselves added
+            add_body_schemas(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_exception_handler(RecursionError, _too_deep)
     metrics = ApiMetrics(services.store)

@@ -318,9 +318,60 @@ async def read_inputs(
     )
 
 
-def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict:
-    """OpenAPI requestBody documenting both accepted content types."""
-    file_props = {name: {"type": "string", "format": "binary"} for name in ("image", *extra_files)}
+# Request-body models the routes read themselves (no FastAPI body parameter): their schemas
+# are added to components/schemas by ``add_body_schemas`` so that the bodies documented here
+# are exact (generated clients and schemathesis then send what the API accepts).
+BODY_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def _schema_ref(model: type[BaseModel] | str) -> dict[str, str]:
+    if isinstance(model, str):
+        from serve_app import schemas
+
+        model = getattr(schemas, model)
+    BODY_MODELS[model.__name__] = model
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Put every model named in a documented body (and its nested models) in components."""
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for name, model in BODY_MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for nested, definition in schema.pop("$defs", {}).items():
+            components.setdefault(nested, definition)
+        components.setdefault(name, schema)
+    return openapi
+
+
+def openapi_body(
+    options_model: type[BaseModel] | str,
+    extra_files: tuple[str, ...] = (),
+    file_field: str = "image",
+    json_body: type[BaseModel] | None = None,
+) -> dict:
+    """OpenAPI requestBody documenting both accepted content types: multipart (the file, and
+    ``options`` as a JSON text part) or JSON (a URL or base64 image, and ``options``)."""
+    options = _schema_ref(options_model)
+    file_props = {
+        name: {"type": "string", "format": "binary"} for name in (file_field, *extra_files)
+    }
+    if json_body is not None:
+        json_schema: dict[str, Any] = _schema_ref(json_body)
+    else:
+        json_schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "image_url": {
+                    "type": "string",
+                    "format": "uri",
+                    "description": "http(s):// or s3:// (allowed buckets)",
+                },
+                "image_base64": {"type": "string", "description": "the image file, base64"},
+                "options": options,
+            },
+        }
     return {
         "requestBody": {
             "required": True,
@@ -328,36 +379,13 @@ def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict
                 MULTIPART: {
                     "schema": {
                         "type": "object",
-                        "required": ["image"],
-                        "properties": {
-                            **file_props,
-                            "options": {
-                                "type": "string",
-                                "description": f"JSON of {options_schema}",
-                            },
-                        },
-                    }
+                        "required": [file_field],
+                        "properties": {**file_props, "options": options},
+                    },
+                    # The options part is JSON text: its schema is the options model.
+                    "encoding": {"options": {"contentType": JSON}},
                 },
-                JSON: {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "image_url": {
-                                "type": "string",
-                                "format": "uri",
-                                "description": "http(s):// or s3:// (allowed buckets)",
-                            },
-                            "image_base64": {
-                                "type": "string",
-                                "description": "the image file, base64",
-                            },
-                            "options": {
-                                "type": "object",
-                                "description": f"{options_schema} object",
-                            },
-                        },
-                    }
-                },
+                JSON: {"schema": json_schema},
             },
         }
     }
@@ -365,11 +393,6 @@ def openapi_body(options_schema: str, extra_files: tuple[str, ...] = ()) -> dict
 
 def openapi_json_body(model: type[BaseModel], required: bool = True) -> dict:
     """OpenAPI requestBody for a route that reads its JSON body itself (read_json_model)."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.pop("$defs", None)  # the models used here have no nested models
     return {
-        "requestBody": {
-            "required": required,
-            "content": {JSON: {"schema": schema}},
-        }
+        "requestBody": {"required": required, "content": {JSON: {"schema": _schema_ref(model)}}}
     }

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from deployments.detector import loaded_models_by_replica, routed_id
 from deployments.errors import InvalidInput
+from deployments.registry import MODEL_ID
 from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.errors import to_api_error
 from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
@@ -55,7 +56,7 @@ def checked_model(services: Services, model_id: str) -> str:
     "/segment",
     response_model=SegmentResponse,
     responses=ERRORS,
-    openapi_extra=openapi_body("SegmentOptions"),
+    openapi_extra=openapi_body(SegmentOptions),
     summary="SAM2 masks for a prompt (COCO RLE)",
 )
 async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
@@ -91,7 +92,7 @@ async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
     "/detect",
     response_model=DetectResponse,
     responses={**ERRORS, 404: {"model": ErrorBody}},
-    openapi_extra=openapi_body("DetectOptions"),
+    openapi_extra=openapi_body(DetectRequestOptions),
     summary="YOLO detections (?model=ID, default: default)",
 )
 async def detect(
@@ -106,11 +107,11 @@ async def detect(
     "/models/{model_id}/detect",
     response_model=DetectResponse,
     responses={**ERRORS, 404: {"model": ErrorBody}},
-    openapi_extra=openapi_body("DetectOptions"),
+    openapi_extra=openapi_body(DetectRequestOptions),
     summary="YOLO detections with one registered model",
 )
 async def detect_with_model(
-    model_id: Annotated[str, Path(max_length=MAX_NAME_CHARS)],
+    model_id: Annotated[str, Path(max_length=MAX_NAME_CHARS, pattern=MODEL_ID.pattern)],
     request: Request,
     services: ServicesDep,
 ) -> DetectResponse:
@@ -152,7 +153,8 @@ async def list_models(services: ServicesDep) -> ModelList:
     summary="Load the model's file afresh on every replica (admin)",
 )
 async def reload_model(
-    model_id: Annotated[str, Path(max_length=MAX_NAME_CHARS)], services: ServicesDep
+    model_id: Annotated[str, Path(max_length=MAX_NAME_CHARS, pattern=MODEL_ID.pattern)],
+    services: ServicesDep,
 ) -> ModelReloaded:
     """Bumps the model's generation: requests are routed as "<id>@<generation>", so each
     replica loads the current file (checkpoint cache included) on its next call and closes

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.responses import Response
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -23,6 +24,7 @@ from deployments.video import decode_rle, frame_name, sam2_image_size
 from serve_app.api.inputs import (
     JSON,
     load_json,
+    openapi_body,
     openapi_json_body,
     options_field,
     read_body,
@@ -113,6 +115,11 @@ def _principal(request: Request) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
+# In the schema too, so that generated clients (and schemathesis) send well-formed ids.
+VideoIdPath = Annotated[
+    str, FastApiPath(pattern=VIDEO_ID.pattern, description="32 lower-case hex characters.")
+]
+FrameIdxPath = Annotated[int, FastApiPath(ge=0, le=2**31 - 1, description="0-based frame index.")]
 
 
 def _public(services: Services, record: VideoRecord) -> VideoPublic:
@@ -272,6 +279,7 @@ async def _decode_request(request: Request, services: Services) -> DecodedVideo:
     status_code=201,
     response_model=VideoPublic,
     responses=ERRORS,
+    openapi_extra=openapi_body(VideoUploadOptions, file_field="video", json_body=VideoFromUrls),
     summary="Upload a video (mp4/webm/mov/mkv, a zip of frames, or frame URLs)",
 )
 async def create_video(
@@ -298,7 +306,9 @@ async def create_video(
 @router.get(
     "/{video_id}", response_model=VideoPublic, responses=ERRORS, summary="A video's metadata"
 )
-async def get_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> VideoPublic:
+async def get_video(
+    video_id: VideoIdPath, services: ServicesDep, principal: PrincipalDep
+) -> VideoPublic:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     return await asyncio.to_thread(_public, services, record)
 
@@ -309,7 +319,7 @@ async def get_video(video_id: str, services: ServicesDep, principal: PrincipalDe
     summary="One stored frame (JPEG)",
 )
 async def get_frame(
-    video_id: str, frame_idx: int, services: ServicesDep, principal: PrincipalDep
+    video_id: VideoIdPath, frame_idx: FrameIdxPath, services: ServicesDep, principal: PrincipalDep
 ) -> Response:
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
     check_frame(record, frame_idx)
@@ -363,7 +373,7 @@ def objects_within_limit(history: list[dict[str, Any]], limit: int) -> bool:
     summary="Add points or a box for one object on one frame; that frame's mask for it",
 )
 async def add_prompt(
-    video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    video_id: VideoIdPath, request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> VideoPromptResult:
     settings = services.settings
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
@@ -421,7 +431,7 @@ async def add_prompt(
 
 @router.get("/{video_id}/prompts", responses=ERRORS, summary="The video's prompt history, in order")
 async def list_prompts(
-    video_id: str, services: ServicesDep, principal: PrincipalDep
+    video_id: VideoIdPath, services: ServicesDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     await asyncio.to_thread(_video_or_404, services, video_id, principal)
     return {
@@ -439,7 +449,7 @@ async def list_prompts(
     summary="Track the prompted objects through the video, as a durable job",
 )
 async def propagate(
-    video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    video_id: VideoIdPath, request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> JobAccepted:
     settings = services.settings
     record = await asyncio.to_thread(_video_or_404, services, video_id, principal)
@@ -493,8 +503,8 @@ def _json(request: Request, payload: Any) -> Response:
     summary="One frame's masks, {obj_id: COCO RLE} (gzip when accepted)",
 )
 async def frame_masks(
-    video_id: str,
-    frame_idx: int,
+    video_id: VideoIdPath,
+    frame_idx: FrameIdxPath,
     request: Request,
     services: ServicesDep,
     principal: PrincipalDep,
@@ -538,7 +548,7 @@ async def frame_masks(
     summary=f"Masks of frames [start, end) (at most {MAX_MASK_RANGE}), for prefetching",
 )
 async def masks_range(
-    video_id: str,
+    video_id: VideoIdPath,
     request: Request,
     services: ServicesDep,
     principal: PrincipalDep,
@@ -646,7 +656,7 @@ def _export_png_zip(
     summary="All masks: COCO JSON (RLE, track_id = obj_id) or a zip of palette PNGs",
 )
 async def export(
-    video_id: str,
+    video_id: VideoIdPath,
     services: ServicesDep,
     principal: PrincipalDep,
     format: Annotated[Literal["coco", "png-zip"], Query()] = "coco",
@@ -701,7 +711,9 @@ async def delete_video_everywhere(services: Services, video_id: str) -> bool:
     responses=ERRORS,
     summary="Delete a video: its frames, prompts, masks; cancels its running jobs",
 )
-async def delete_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+async def delete_video(
+    video_id: VideoIdPath, services: ServicesDep, principal: PrincipalDep
+) -> Response:
     await asyncio.to_thread(_video_or_404, services, video_id, principal)
     await delete_video_everywhere(services, video_id)
     return Response(status_code=204)
