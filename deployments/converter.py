@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -19,9 +19,26 @@ class ConverterConfig(BaseModel):
     preview_frames: int = Field(12, ge=2, le=72)
     preview_size_px: int = Field(256, ge=64, le=1024)
     seed: int = Field(0, description="CoACD seed: the same mesh gives the same parts.")
+    max_mesh_faces: int = Field(
+        500_000,
+        ge=1000,
+        description="Faces of a mesh to convert, counted right after parsing, before any work "
+        "(413 beyond).",
+    )
+    isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="process: each call runs in a child process, killed when the call is "
+        "cancelled or times out; thread: in this replica (a cancelled call runs on).",
+    )
+    workers: int = Field(
+        2, ge=1, le=16, description="Calls one replica runs at once (child processes)."
+    )
 
 
 USD_FORMATS = ("usd", "usdz")
+# open3d's self-intersection test compares all pairs of triangles: 0.6 s at 20k faces, 10 s at
+# 82k, minutes at 500k. Above this many faces it is skipped (mesh_stats.json says so).
+SELF_INTERSECTION_MAX_FACES = 25_000
 
 
 class MeshConverter:
@@ -68,7 +85,8 @@ class MeshConverter:
             options = SimOptions(**sim) if sim is not None else SimOptions(decomposition=False)
         except TypeError as exc:
             raise InvalidInput(f"bad sim options: {exc}", "sim") from None
-        source = load_mesh(mesh, mesh_format)
+        # Counted before repair, decimation or any check: their cost grows with the faces.
+        source = load_mesh(mesh, mesh_format, max_faces=self.config.max_mesh_faces)
         # Geometry (welded, closed, maybe decimated) drives STL, collision and physics; the
         # textured mesh (split along UV seams, or coloured per vertex once decimated) is what
         # OBJ/GLB/PLY/USD carry, in the same frame.
@@ -239,8 +257,12 @@ def _mesh_stats(mesh: Any) -> dict[str, Any]:
     }
 
 
-def _topology(mesh: Any) -> dict[str, bool]:
-    """Checks simulators care about that trimesh lacks: manifoldness and self-intersection."""
+def _topology(mesh: Any) -> dict[str, Any]:
+    """Checks simulators care about that trimesh lacks: manifoldness and self-intersection.
+
+    The self-intersection test is all-pairs: above SELF_INTERSECTION_MAX_FACES faces it is
+    skipped, ``self_intersecting`` is null and ``self_intersection_check`` says why (decimate
+    with ``sim.target_faces`` to have it checked)."""
     import numpy as np
     import open3d as o3d
 
@@ -248,10 +270,15 @@ def _topology(mesh: Any) -> dict[str, bool]:
         o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float64)),
         o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
     )
+    faces = len(mesh.faces)
+    checked = faces <= SELF_INTERSECTION_MAX_FACES
     return {
         "edge_manifold": bool(o3d_mesh.is_edge_manifold(allow_boundary_edges=False)),
         "vertex_manifold": bool(o3d_mesh.is_vertex_manifold()),
-        "self_intersecting": bool(o3d_mesh.is_self_intersecting()),
+        "self_intersecting": bool(o3d_mesh.is_self_intersecting()) if checked else None,
+        "self_intersection_check": "all triangle pairs"
+        if checked
+        else f"skipped: {faces} faces > {SELF_INTERSECTION_MAX_FACES} (all-pairs test)",
     }
 
 
@@ -264,12 +291,23 @@ class ConverterDeployment:
     def __init__(self, config: ConverterConfig) -> None:
         self._bound = config
         self._converter = MeshConverter(config)
+        self._workers = _workers_for(config)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's ``user_config``: ConverterConfig fields over the bound ones."""
-        self._converter = MeshConverter(
-            ConverterConfig.model_validate({**self._bound.model_dump(), **user_config})
-        )
+        config = ConverterConfig.model_validate({**self._bound.model_dump(), **user_config})
+        old = self._converter.config
+        self._converter = MeshConverter(config)
+        if (config.isolation, config.workers) != (old.isolation, old.workers):
+            if self._workers is not None:
+                self._workers.close()
+            # Started by the first call, on the replica's event loop (this may run in a pool
+            # thread, and a child dies with the thread that started it: isolate.py).
+            self._workers = _workers_for(config, start=False)
+
+    def __del__(self) -> None:
+        if getattr(self, "_workers", None) is not None:
+            self._workers.close()
 
     async def info(self) -> dict[str, Any]:
         return self._converter.info()
@@ -284,6 +322,40 @@ class ConverterDeployment:
         prefix: str = "",
         sim: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(
-            self._converter.convert, mesh, mesh_format, formats, collision, preview, prefix, sim
-        )
+        args = (mesh, mesh_format, formats, collision, preview, prefix, sim)
+        if self._workers is None:
+            return await asyncio.to_thread(self._converter.convert, *args)
+        # In a child process: a cancelled call (stage time-out, job cancel) is killed there.
+        return await self._workers.run(_convert_in_child, self._converter.config, *args)
+
+
+def _workers_for(config: ConverterConfig, start: bool = True) -> Any:
+    if config.isolation != "process":
+        return None
+    from deployments.meshing.isolate import ProcessWorkers
+
+    workers = ProcessWorkers(config.workers, warm=_warm_child)
+    if start:
+        workers.start()
+    return workers
+
+
+_CHILD_CONVERTERS: dict[str, MeshConverter] = {}
+
+
+def _convert_in_child(config: ConverterConfig, *args: Any) -> dict[str, Any]:
+    key = config.model_dump_json()
+    if key not in _CHILD_CONVERTERS:
+        _CHILD_CONVERTERS.clear()
+        _CHILD_CONVERTERS[key] = MeshConverter(config)
+    return _CHILD_CONVERTERS[key].convert(*args)
+
+
+def _warm_child() -> None:
+    """Imports a convert call needs, done while the child waits for its first call."""
+    import coacd  # noqa: F401
+    import open3d  # noqa: F401
+
+    import deployments.meshing.export
+    import deployments.meshing.preview
+    import deployments.meshing.sim  # noqa: F401

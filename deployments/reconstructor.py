@@ -39,6 +39,20 @@ class ReconstructorConfig(BaseModel):
     texture_px: int = Field(
         1024, ge=64, le=4096, description="Edge of the baked texture atlas (paint)."
     )
+    max_mesh_faces: int = Field(
+        500_000,
+        ge=1000,
+        description="Faces of a mesh to paint, counted right after parsing (413 beyond).",
+    )
+    isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="process: the built-in backend's calls run in child processes, killed when "
+        "a call is cancelled or times out; thread: in this replica. External (GPU) backends "
+        "always run in the replica, where their model is loaded.",
+    )
+    workers: int = Field(
+        2, ge=1, le=16, description="Calls one replica runs at once (child processes)."
+    )
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -76,13 +90,23 @@ class SilhouetteReconstructor:
 
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         """Returns ``mesh`` (binary PLY bytes) and ``stats``."""
+        _check_image(image)
+        if self.external is not None:
+            return self.reconstruct_mask(mask, image.shape, image)
+        return self.reconstruct_mask(mask, image.shape)
+
+    def reconstruct_mask(
+        self, mask: np.ndarray, image_shape: tuple[int, ...], image: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """``reconstruct`` for the built-in backend, which needs the mask and the image's shape
+        only (what a child process is sent: not the photo). External backends need ``image``."""
         from deployments.meshing.inflate import inflate
         from deployments.meshing.masks import object_mask
 
-        _check_image(image)
         started = time.perf_counter()
-        obj = object_mask(mask, image.shape)
+        obj = object_mask(mask, image_shape)
         if self.external is not None:
+            assert image is not None
             mesh, frame = self.external.reconstruct(image, obj.mask), {}
         else:
             mesh, frame = inflate(obj, self.params)
@@ -117,7 +141,7 @@ class SilhouetteReconstructor:
         _check_image(image)
         started = time.perf_counter()
         obj = object_mask(mask, image.shape)
-        shape = load_mesh(mesh, mesh_format)
+        shape = load_mesh(mesh, mesh_format, max_faces=self.config.max_mesh_faces)
         painted = self.external.paint(shape, image, obj.mask) if self.external is not None else None
         if painted is None:  # the built-in projection paint (also for backends without a painter)
             painted = paint(shape, image, obj, self.config.texture_px)
@@ -149,6 +173,7 @@ class ReconstructorDeployment:
     def __init__(self, config: ReconstructorConfig) -> None:
         self._bound = config
         self._backend = SilhouetteReconstructor(config)
+        self._workers = _workers_for(config)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's ``user_config``: ReconstructorConfig fields over the bound ones (e.g.
@@ -156,13 +181,29 @@ class ReconstructorDeployment:
         A backend that cannot load fails here, so the deploy reports it."""
         config = ReconstructorConfig.model_validate({**self._bound.model_dump(), **user_config})
         if config != self._backend.config:
+            old = self._backend.config
             self._backend = SilhouetteReconstructor(config)
+            if _isolation_of(config) != _isolation_of(old):
+                if self._workers is not None:
+                    self._workers.close()
+                # Started by the first call, on the replica's event loop (isolate.py).
+                self._workers = _workers_for(config, start=False)
+
+    def __del__(self) -> None:
+        if getattr(self, "_workers", None) is not None:
+            self._workers.close()
 
     async def info(self) -> dict[str, Any]:
         return self._backend.info()
 
     async def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-        return await asyncio.to_thread(self._backend.reconstruct, image, mask)
+        if self._workers is None or self._backend.external is not None:
+            return await asyncio.to_thread(self._backend.reconstruct, image, mask)
+        _check_image(image)
+        # In a child process (killed if this call is cancelled); it needs no photo.
+        return await self._workers.run(
+            _reconstruct_in_child, self._backend.config, mask, image.shape
+        )
 
     async def paint(
         self,
@@ -172,4 +213,52 @@ class ReconstructorDeployment:
         mesh_format: str = "ply",
         prefix: str = "",
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(self._backend.paint, mesh, image, mask, mesh_format, prefix)
+        args = (mesh, image, mask, mesh_format, prefix)
+        if self._workers is None or self._backend.external is not None:
+            return await asyncio.to_thread(self._backend.paint, *args)
+        return await self._workers.run(_paint_in_child, self._backend.config, *args)
+
+
+def _isolation_of(config: ReconstructorConfig) -> tuple[str, int]:
+    return config.isolation, config.workers
+
+
+def _workers_for(config: ReconstructorConfig, start: bool = True) -> Any:
+    if config.isolation != "process":
+        return None
+    from deployments.meshing.isolate import ProcessWorkers
+
+    workers = ProcessWorkers(config.workers, warm=_warm_child)
+    if start and config.backend == "inflate":
+        workers.start()
+    return workers
+
+
+_CHILD_BACKENDS: dict[str, SilhouetteReconstructor] = {}
+
+
+def _backend_in_child(config: ReconstructorConfig) -> SilhouetteReconstructor:
+    key = config.model_dump_json()
+    if key not in _CHILD_BACKENDS:
+        _CHILD_BACKENDS.clear()
+        _CHILD_BACKENDS[key] = SilhouetteReconstructor(config)
+    return _CHILD_BACKENDS[key]
+
+
+def _reconstruct_in_child(
+    config: ReconstructorConfig, mask: np.ndarray, image_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    return _backend_in_child(config).reconstruct_mask(mask, image_shape)
+
+
+def _paint_in_child(config: ReconstructorConfig, *args: Any) -> dict[str, Any]:
+    return _backend_in_child(config).paint(*args)
+
+
+def _warm_child() -> None:
+    """Imports reconstruct and paint need, done while the child waits for its first call."""
+    import open3d  # noqa: F401
+    import xatlas  # noqa: F401
+
+    import deployments.meshing.inflate
+    import deployments.meshing.paint  # noqa: F401

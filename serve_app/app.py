@@ -155,9 +155,12 @@ def model_configs(
             grid=settings.reconstruct_grid,
             depth_ratio=settings.reconstruct_depth_ratio,
             max_faces=settings.max_faces,
+            max_mesh_faces=settings.max_mesh_faces,
         ),
         ConverterConfig(
-            preview_frames=settings.preview_frames, preview_size_px=settings.preview_size_px
+            preview_frames=settings.preview_frames,
+            preview_size_px=settings.preview_size_px,
+            max_mesh_faces=settings.max_mesh_faces,
         ),
         DetectorConfig(
             model=settings.detector_model,

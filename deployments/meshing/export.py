@@ -30,14 +30,51 @@ class FileOut:
     media_type: str
 
 
-def load_mesh(data: bytes, file_type: str) -> trimesh.Trimesh:
-    """Parse mesh bytes; anything that is not a non-empty triangle mesh is a client error."""
+class TooManyFaces(InvalidInput):
+    """A mesh with more faces than the limit: 413, checked before any work on it."""
+
+    kind = "payload_too_large"
+    status = 413
+
+
+def declared_faces(data: bytes, file_type: str) -> int | None:
+    """The triangles a mesh file says it holds, read without parsing it (a header field, or a
+    count of face lines): at least that many, as polygons split into more. The ingress uses it
+    to refuse a huge upload at once (``load_mesh`` counts exactly, in the Converter). None when
+    the file does not say (GLB)."""
+    if file_type == "stl":
+        if len(data) >= 84:
+            count = int.from_bytes(data[80:84], "little")
+            if 84 + 50 * count == len(data):  # binary STL: 50 bytes per triangle
+                return count
+        return data.count(b"endfacet") if data.lstrip()[:5].lower() == b"solid" else None
+    if file_type == "ply":
+        header = data[: data.find(b"end_header")] if b"end_header" in data[:65536] else b""
+        for line in header.splitlines():
+            parts = line.split()
+            if parts[:2] == [b"element", b"face"] and len(parts) == 3 and parts[2].isdigit():
+                return int(parts[2])
+        return None
+    if file_type == "obj":
+        return data.count(b"\nf ") + data.startswith(b"f ")
+    return None
+
+
+def load_mesh(data: bytes, file_type: str, max_faces: int | None = None) -> trimesh.Trimesh:
+    """Parse mesh bytes; anything that is not a non-empty triangle mesh is a client error, and
+    so is one of more than ``max_faces`` faces (``TooManyFaces``, a 413 naming the limit).
+    Parsing itself is bounded by the upload size limit."""
     try:
         loaded = trimesh.load(io.BytesIO(data), file_type=file_type, force="mesh", process=False)
     except Exception as exc:
         raise InvalidInput(f"could not read {file_type.upper()} mesh: {exc}", param="mesh") from exc
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise InvalidInput(f"{file_type.upper()} file holds no triangle mesh", param="mesh")
+    if max_faces is not None and len(loaded.faces) > max_faces:
+        raise TooManyFaces(
+            f"mesh has {len(loaded.faces)} faces; the limit is {max_faces} (max_mesh_faces)",
+            param="mesh",
+        )
     return loaded
 
 

@@ -57,6 +57,21 @@ def _mesh_format(filename: str) -> str:
     return suffix
 
 
+async def _check_mesh_faces(data: bytes, fmt: str, limit: int) -> None:
+    """A mesh whose file declares more faces than max_mesh_faces is a 413 now, not a job that
+    fails later (the Converter counts every mesh exactly after parsing it: GLB included)."""
+    from deployments.meshing.export import declared_faces
+
+    faces = await asyncio.to_thread(declared_faces, data, fmt)
+    if faces is not None and faces > limit:
+        raise ApiError(
+            413,
+            f"mesh has {faces} faces; the limit is {limit} (max_mesh_faces)",
+            "payload_too_large",
+            "mesh",
+        )
+
+
 def request_hash(image: bytes, files: dict[str, tuple[bytes, str]], options: JobOptions) -> str:
     """What an Idempotency-Key is bound to: the inputs' bytes and the options."""
     digest = hashlib.sha256()
@@ -147,6 +162,7 @@ async def create_job(
         uploads["mask"] = ("input_mask.png", files["mask"][0], "png")
     if "mesh" in files:
         fmt = _mesh_format(files["mesh"][1])
+        await _check_mesh_faces(files["mesh"][0], fmt, settings.max_mesh_faces)
         uploads["mesh"] = (f"input_mesh.{fmt}", files["mesh"][0], fmt)
     stage_names = plan_stages(options, set(uploads))
     job_id = uuid.uuid4().hex
