@@ -66,6 +66,20 @@ def plan_stages(options: JobOptions, supplied: set[str]) -> list[str]:
     return names
 
 
+async def replica_call(response: Any) -> Any:
+    """Await a deployment call; when the awaiting task is cancelled (stage time-out, job
+    cancel, lost lease), cancel the call in the replica too. Serve only stops waiting (the
+    replica went on working, issue 13); cancelled there, the Converter and Reconstructor kill
+    the child process doing the work (deployments/meshing/isolate.py)."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        cancel = getattr(response, "cancel", None)
+        if cancel is not None:
+            cancel()
+        raise
+
+
 @dataclass
 class Handles:
     segmenter: Any
@@ -155,13 +169,15 @@ async def _detections(ctx: StageContext, image: np.ndarray) -> dict[str, Any]:
     detector = ctx.handles.detector.options(
         multiplexed_model_id=routed_id(detect.model, generation)
     )
-    found = await detector.detect.remote(
-        image,
-        conf=detect.conf,
-        iou=detect.iou,
-        imgsz=detect.imgsz,
-        max_det=100,
-        classes=detect.classes,
+    found = await replica_call(
+        detector.detect.remote(
+            image,
+            conf=detect.conf,
+            iou=detect.iou,
+            imgsz=detect.imgsz,
+            max_det=100,
+            classes=detect.classes,
+        )
     )
     await ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
     return found
@@ -170,7 +186,9 @@ async def _detections(ctx: StageContext, image: np.ndarray) -> dict[str, Any]:
 async def _segment_one(
     ctx: StageContext, image: np.ndarray, prefix: str, **prompt: Any
 ) -> dict[str, Any]:
-    result = await ctx.handles.segmenter.segment.remote(image, multimask=False, **prompt)
+    result = await replica_call(
+        ctx.handles.segmenter.segment.remote(image, multimask=False, **prompt)
+    )
     mask = np.asarray(result["masks"][0], dtype=bool)
     if not mask.any():
         raise ApiError(
@@ -241,9 +259,8 @@ async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
     stats = {}
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
-        result = await ctx.handles.reconstructor.reconstruct.remote(
-            await ctx.image(), await ctx.mask(prefix)
-        )
+        image, mask = await ctx.image(), await ctx.mask(prefix)
+        result = await replica_call(ctx.handles.reconstructor.reconstruct.remote(image, mask))
         await ctx.write("reconstruct", f"{prefix}shape.ply", result["mesh"], "application/x-ply")
         stats[prefix or "object"] = result["stats"]
         await ctx.progress("reconstruct", 100.0 * done / len(objects))
@@ -255,8 +272,11 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
-        result = await ctx.handles.reconstructor.paint.remote(
-            mesh, await ctx.image(), await ctx.mask(prefix), mesh_format=fmt, prefix=prefix
+        image, mask = await ctx.image(), await ctx.mask(prefix)
+        result = await replica_call(
+            ctx.handles.reconstructor.paint.remote(
+                mesh, image, mask, mesh_format=fmt, prefix=prefix
+            )
         )
         await asyncio.gather(
             ctx.write("paint", f"{prefix}textured.glb", result["mesh"], "model/gltf-binary"),
@@ -277,14 +297,16 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
-        result = await ctx.handles.converter.convert.remote(
-            mesh,
-            mesh_format=fmt,
-            formats=list(options.formats),
-            collision=options.collision,
-            preview=options.preview,
-            prefix=prefix,
-            sim=options.sim.model_dump() if options.sim is not None else None,
+        result = await replica_call(
+            ctx.handles.converter.convert.remote(
+                mesh,
+                mesh_format=fmt,
+                formats=list(options.formats),
+                collision=options.collision,
+                preview=options.preview,
+                prefix=prefix,
+                sim=options.sim.model_dump() if options.sim is not None else None,
+            )
         )
         await asyncio.gather(
             *(ctx.write("convert", f["name"], f["data"], f["media_type"]) for f in result["files"])
