@@ -34,8 +34,8 @@ from serve_app.views import job_or_404, job_public, safe_db_url
 logger = logging.getLogger("meshline.ingress")
 
 
-# Every open SSE stream holds one of these for its whole life: max_streams_per_replica must
-# stay well below it, or streams leave no room for /healthz and reads (issue 13: 70 streams).
+# Every open SSE stream holds one of these for its whole life: streams get at most half of
+# them (``stream_cap``), or they leave no room for /healthz and reads (issue 13: 70 streams).
 MAX_ONGOING_REQUESTS = 64
 
 
@@ -86,14 +86,9 @@ class Ingress:
             safe_db_url(settings.resolved_db_url),  # never the password
             files.describe(),
         )
-        if settings.max_streams_per_replica > MAX_ONGOING_REQUESTS // 2:
-            logger.warning(
-                "max_streams_per_replica=%d leaves little of this replica's "
-                "max_ongoing_requests (%d) to other requests: /healthz and reads may queue "
-                "behind open event streams",
-                settings.max_streams_per_replica,
-                MAX_ONGOING_REQUESTS,
-            )
+        self.services.streams.limits.per_replica = stream_cap(
+            settings.max_streams_per_replica, _max_ongoing_requests(context)
+        )
 
     async def _expire_idle_videos(self) -> None:
         """Delete videos nobody used for ``video_ttl_s`` (their frames, prompts and masks)."""
@@ -151,6 +146,30 @@ class Ingress:
 
     async def artifact(self, job_id: str, name: str) -> bytes:
         return await asyncio.to_thread(self.services.files.get, job_id, name)
+
+
+def stream_cap(configured: int, max_ongoing_requests: int) -> int:
+    """Open streams allowed on a replica: at most half its max_ongoing_requests. Each stream
+    holds one of them for its whole life; with all of them held, Serve queues every other
+    request (/healthz too) until a stream ends: measured, 64 streams on the default
+    Ingress made /healthz and GET /v1/jobs/{id} time out (5 s)."""
+    cap = max(1, max_ongoing_requests // 2)
+    if configured > cap:
+        logger.warning(
+            "max_streams_per_replica=%d would let event streams hold every one of this "
+            "replica's max_ongoing_requests (%d): capped at %d",
+            configured,
+            max_ongoing_requests,
+            cap,
+        )
+        return cap
+    return configured
+
+
+def _max_ongoing_requests(context: Any) -> int:
+    """This replica's max_ongoing_requests (deployment_options may change it)."""
+    config = getattr(context, "_deployment_config", None)
+    return int(getattr(config, "max_ongoing_requests", None) or MAX_ONGOING_REQUESTS)
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -264,3 +264,14 @@ def test_healthz_and_reads_answer_while_the_replica_holds_all_its_streams(tmp_pa
 
     with serving(services) as base:
         asyncio.run(scenario())
+
+
+def test_streams_never_get_more_than_half_of_the_replicas_ongoing_requests() -> None:
+    """Each stream holds one of the Ingress replica's max_ongoing_requests; with all of them
+    held, Serve queued /healthz behind the streams (measured under Ray: 64 streams, /healthz
+    timed out at 5 s). A larger max_streams_per_replica is capped, with a warning."""
+    from serve_app.ingress import MAX_ONGOING_REQUESTS, stream_cap
+
+    assert stream_cap(32, MAX_ONGOING_REQUESTS) == 32
+    assert stream_cap(1000, MAX_ONGOING_REQUESTS) == MAX_ONGOING_REQUESTS // 2
+    assert stream_cap(10, 8) == 4 and stream_cap(5, 1) == 1
