@@ -148,6 +148,9 @@ def model_configs(
             video_session_idle_s=settings.video_session_idle_s,
             offload_video_state_to_cpu=settings.video_offload_state_to_cpu,
             scratch_dir=(settings.data_dir / "scratch").resolve(),
+            max_prompt_points=settings.max_prompt_points,
+            video_session_max_mb=settings.video_session_max_mb,
+            video_max_objects=settings.video_max_objects,
         ),
         ReconstructorConfig(
             backend=settings.reconstruct_backend,

@@ -26,7 +26,7 @@ from serve_app.artifacts import make_artifact_store
 from serve_app.jobstore import TERMINAL, JobStore
 from serve_app.pipeline import Handles
 from serve_app.runner import JobRunner
-from serve_app.schemas import JobOptions
+from serve_app.schemas import JobOptions, request_context
 from serve_app.services import Services
 from serve_app.settings import Settings
 from serve_app.views import job_or_404, job_public, safe_db_url
@@ -126,7 +126,12 @@ class Ingress:
             files["mask"] = (_png(mask) if isinstance(mask, np.ndarray) else mask, "mask.png")
         data = _png(image) if isinstance(image, np.ndarray) else image
         return await create_job(
-            self.services, data, files, JobOptions.model_validate(options or {})
+            self.services,
+            data,
+            files,
+            JobOptions.model_validate(
+                options or {}, context=request_context(self.services.settings.max_prompt_points)
+            ),
         )
 
     async def job(self, job_id: str) -> dict[str, Any]:

@@ -76,7 +76,13 @@ def create_api(services: Services) -> FastAPI:
             allow_credentials=False,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],
-            expose_headers=["X-Request-Id", "Location", "Retry-After", "Idempotent-Replayed"],
+            expose_headers=[
+                "X-Request-Id",
+                "Location",
+                "Retry-After",
+                "Idempotent-Replayed",
+                "X-Meshline-Limit",
+            ],
             max_age=600,
         )
     app.add_middleware(RequestContext, api=app, metrics=metrics)

@@ -25,7 +25,7 @@ from serve_app.artifacts import ArtifactStore, LocalArtifactStore, check_name
 from serve_app.auth import Principal, can_access, current_principal
 from serve_app.errors import ApiError
 from serve_app.fetch import check_url
-from serve_app.imaging import decode_image, decode_mask
+from serve_app.imaging import check_prompt_in_image, decode_image, decode_mask
 from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
 from serve_app.pipeline import MESH_INPUT_FORMATS, plan_stages
 from serve_app.schemas import ErrorBody, JobAccepted, JobList, JobOptions, JobPublic
@@ -152,6 +152,14 @@ async def create_job(
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
     # Decoding (up to max_image_pixels) is CPU work: off the event loop, like every store read.
     decoded = await asyncio.to_thread(decode_image, image, settings.max_image_pixels)
+    if options.prompt:  # a 422 now, not a job that fails in the Segmenter
+        check_prompt_in_image(
+            options.prompt.points,
+            options.prompt.box,
+            decoded.width,
+            decoded.height,
+            prefix="options.prompt.",
+        )
     uploads: dict[str, tuple[str, bytes, str]] = {
         "image": (f"input.{decoded.format}", image, decoded.format)
     }
