@@ -152,6 +152,7 @@ def test_settings(data_dir: Path, s3_endpoint: str, models_dir: Path) -> dict:
         "preview_frames": 4,
         "preview_size_px": 96,
         "url_allow_private": ["127.0.0.1/32"],
+        "fetch_total_timeout_s": 4,  # the hostile suite's slow-drip server hits it
         "job_poll_interval_s": 0.2,
         "stage_retry_backoff_s": 0.2,
         "webhook_secret": WEBHOOK_SECRET,
