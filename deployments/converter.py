@@ -13,6 +13,7 @@ from ray import serve
 
 from deployments.common import placement
 from deployments.errors import InvalidInput
+from deployments.meshing.voxels import DEFAULT_MAX_VOXELS
 
 
 class ConverterConfig(BaseModel):
@@ -32,6 +33,13 @@ class ConverterConfig(BaseModel):
     )
     workers: int = Field(
         2, ge=1, le=16, description="Calls one replica runs at once (child processes)."
+    )
+    max_voxels: int = Field(
+        DEFAULT_MAX_VOXELS,
+        ge=1000,
+        le=256**3,
+        description="Voxels of a voxel build's grid (x·y·z), checked once the mesh's proportions "
+        "give the grid, before any voxel is computed (413 beyond). Default 128³.",
     )
 
 
@@ -57,6 +65,7 @@ class MeshConverter:
         preview: bool = True,
         prefix: str = "",
         sim: dict[str, Any] | None = None,
+        voxels: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Returns ``files``: a list of {name, data, media_type}, and ``stats``.
 
@@ -64,6 +73,8 @@ class MeshConverter:
         ``sim`` (SimOptions fields) sets real size, up axis, origin, density and the collision
         decomposition; with it come ``object.json`` (physical properties), ``object.urdf`` and
         ``object.xml`` (MJCF), which reference the visual OBJ and the collision part STLs.
+        ``voxels`` (VoxelOptionsIn fields) adds the voxel build: ``voxels.{vox,npz,json,schem}``,
+        ``voxels_commands.json`` and ``voxels_preview.png`` (deployments/meshing/voxels.py).
         """
         from deployments.meshing.export import MESH_FORMATS, load_mesh
         from deployments.meshing.sim import (
@@ -85,6 +96,11 @@ class MeshConverter:
             options = SimOptions(**sim) if sim is not None else SimOptions(decomposition=False)
         except TypeError as exc:
             raise InvalidInput(f"bad sim options: {exc}", "sim") from None
+        voxel_options = None
+        if voxels is not None:
+            from deployments.meshing.voxels import VoxelOptions
+
+            voxel_options = VoxelOptions.parse(voxels)
         # Counted before repair, decimation or any check: their cost grows with the faces.
         source = load_mesh(mesh, mesh_format, max_faces=self.config.max_mesh_faces)
         # Geometry (welded, closed, maybe decimated) drives STL, collision and physics; the
@@ -96,6 +112,11 @@ class MeshConverter:
         visual, textured = camera_frame.copy(), textured_camera.copy()
         visual.apply_transform(transform)
         textured.apply_transform(transform)
+        if voxel_options is not None:  # the grid's size is known now: refuse before any work
+            from deployments.meshing.voxels import check_voxel_limit, plan_grid
+
+            grid = plan_grid(visual.bounds, voxel_options.size, voxel_options.stretch)
+            check_voxel_limit(grid, self.config.max_voxels)
         if sim is not None and "obj" not in formats:
             formats.append("obj")  # URDF and MJCF reference the visual OBJ
         stats: dict[str, Any] = {"visual": _mesh_stats(visual)}
@@ -115,6 +136,15 @@ class MeshConverter:
         )
         if preview:
             files += self._previews(textured_camera, prefix)
+        if voxel_options is not None:
+            coloured = source.copy()  # the texture / vertex colours, in the output frame
+            coloured.apply_transform(transform)
+            up_axis = options.up_axis if sim is not None else "y"
+            units = "m" if sim is not None else "mesh units"
+            voxel_files, stats["voxels"] = self._voxels(
+                visual, coloured, voxel_options, prefix, up_axis, units
+            )
+            files += voxel_files
         stats["seconds"] = round(time.perf_counter() - started, 3)
         files.append(_json_file(f"{prefix}mesh_stats.json", stats))
         return {
@@ -159,6 +189,93 @@ class MeshConverter:
             "part_faces": [len(p.faces) for p in parts],
         }
         return parts, files, stats
+
+    def _voxels(
+        self, visual: Any, coloured: Any, options: Any, prefix: str, up_axis: str, units: str
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The voxel build's files (those in ``options.outputs``, plus the JSON sidecar)."""
+        from deployments.meshing import minecraft
+        from deployments.meshing.export import MEDIA_TYPES, FileOut
+        from deployments.meshing.voxels import (
+            build_voxels,
+            npz_bytes,
+            render_png,
+            sidecar,
+            to_z_up,
+            vox_bytes,
+        )
+
+        started = time.perf_counter()
+        build = build_voxels(visual, coloured, options, self.config.max_voxels)
+        wanted, stem = set(options.outputs), f"{prefix}voxels"
+        binary = "application/octet-stream"
+        files: list[Any] = []
+        names: dict[str, Any] = {"sidecar": f"{stem}.json"}
+        z_up = to_z_up(build.index, up_axis)
+        if "vox" in wanted:
+            names["vox"] = f"{stem}.vox"
+            files.append(FileOut(names["vox"], vox_bytes(z_up, build.palette), binary))
+        if "npz" in wanted:
+            names["npz"] = f"{stem}.npz"
+            files.append(FileOut(names["npz"], npz_bytes(build), binary))
+        stats: dict[str, Any] = {
+            "dims": list(build.grid.dims),
+            "filled": int(build.filled.sum()),
+            "surface": int(build.surface.sum()),
+            "colors": len(build.palette),
+            "color_source": build.color_source,
+        }
+        minecraft_info: dict[str, Any] = {}
+        if wanted & {"schem", "commands"}:
+            # rgb is in argwhere order of the mesh-frame grid; reorder it for the z-up one.
+            rgb_grid = np.zeros((*build.grid.dims, 3), dtype=np.uint8)
+            rgb_grid[build.filled] = build.rgb
+            z_up_rgb = to_z_up(rgb_grid, up_axis)
+            z_up_filled = z_up > 0
+            grid, block_names = minecraft.block_grid(
+                z_up_filled, z_up_rgb[z_up_filled], options.blocks
+            )
+            minecraft_info = {
+                "size_xyz": list(grid.shape),
+                "frame": "y up; the camera-facing side faces south (+Z)",
+                "blocks": minecraft.build_summary(grid, block_names),
+            }
+            if "schem" in wanted:
+                names["schem"] = f"{stem}.schem"
+                files.append(
+                    FileOut(names["schem"], minecraft.schem_bytes(grid, block_names, stem), binary)
+                )
+            if "commands" in wanted:
+                batches, command_stats = minecraft.commands(
+                    grid, block_names, options.anchor, options.batch_size
+                )
+                names["commands"] = f"{stem}_commands.json"
+                files.append(
+                    FileOut(
+                        names["commands"],
+                        json.dumps(batches, separators=(",", ":")).encode(),
+                        MEDIA_TYPES["json"],
+                    )
+                )
+                minecraft_info["commands"] = {
+                    **command_stats,
+                    "anchor": list(options.anchor) if options.anchor else "~ ~ ~ (relative)",
+                    "batch_size": options.batch_size,
+                }
+        if "preview" in wanted:
+            names["preview"] = f"{stem}_preview.png"
+            png = render_png(z_up, build.palette, self.config.preview_size_px)
+            files.append(FileOut(names["preview"], png, MEDIA_TYPES["png"]))
+        payload = sidecar(build, units, up_axis, names)
+        if minecraft_info:
+            payload["minecraft"] = minecraft_info
+            stats["minecraft"] = {
+                k: v for k, v in minecraft_info.items() if k in ("size_xyz", "commands")
+            } | {"block_types": len(minecraft_info["blocks"])}
+        stats["seconds"] = {**build.seconds, "total": round(time.perf_counter() - started, 3)}
+        payload["seconds"] = stats["seconds"]
+        files.insert(0, _json_file(names["sidecar"], payload))
+        return files, stats
 
     def _previews(self, mesh: Any, prefix: str) -> list[Any]:
         """Turntable GIF and PNG thumbnail of the (textured) camera view, whatever the file axes."""
@@ -321,8 +438,9 @@ class ConverterDeployment:
         preview: bool = True,
         prefix: str = "",
         sim: dict[str, Any] | None = None,
+        voxels: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        args = (mesh, mesh_format, formats, collision, preview, prefix, sim)
+        args = (mesh, mesh_format, formats, collision, preview, prefix, sim, voxels)
         if self._workers is None:
             return await asyncio.to_thread(self._converter.convert, *args)
         # In a child process: a cancelled call (stage time-out, job cancel) is killed there.
@@ -358,4 +476,5 @@ def _warm_child() -> None:
 
     import deployments.meshing.export
     import deployments.meshing.preview
-    import deployments.meshing.sim  # noqa: F401
+    import deployments.meshing.sim
+    import deployments.meshing.voxels  # noqa: F401
