@@ -306,6 +306,7 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
                 preview=options.preview,
                 prefix=prefix,
                 sim=options.sim.model_dump() if options.sim is not None else None,
+                voxels=options.voxels.model_dump() if options.voxels is not None else None,
             )
         )
         await asyncio.gather(

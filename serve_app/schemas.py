@@ -146,6 +146,83 @@ class SimOptionsIn(Strict):
     )
 
 
+VoxelAxis = Annotated[int, Field(ge=1, le=256)]
+ColorByte = Annotated[int, Field(ge=0, le=255)]
+WorldCoordinate = Annotated[int, Field(ge=-30_000_000, le=30_000_000)]
+VoxelOutput = Literal["vox", "npz", "schem", "commands", "preview"]
+# namespace:id with optional block states: what a command or a schematic palette may name
+# (no spaces, slashes or quotes: a block id cannot smuggle a second command into a batch).
+BLOCK_ID_PATTERN = (
+    r"^[a-z0-9_.-]{1,32}:[a-z0-9_./-]{1,64}"
+    r"(\[[a-z0-9_]{1,32}=[a-z0-9_]{1,32}(,[a-z0-9_]{1,32}=[a-z0-9_]{1,32}){0,15}\])?$"
+)
+
+
+class BlockColorIn(Strict):
+    block: str = Field(
+        ...,
+        max_length=512,
+        pattern=BLOCK_ID_PATTERN,
+        description='A full, opaque block: "minecraft:oak_planks", "minecraft:oak_log[axis=y]".',
+    )
+    rgb: tuple[ColorByte, ColorByte, ColorByte] = Field(
+        ..., description="Its representative colour (e.g. the mean of its texture)."
+    )
+
+
+class VoxelOptionsIn(Strict):
+    """Voxel build: MagicaVoxel .vox, occupancy .npz + JSON, Minecraft .schem and commands."""
+
+    size: VoxelAxis | tuple[VoxelAxis, VoxelAxis, VoxelAxis] = Field(
+        64,
+        description="Voxels along the longest side, or [x, y, z] (axes of the visual files) the "
+        "build fits in with cubic voxels; at most 256 per axis (.vox) and max_voxels in all.",
+    )
+    stretch: bool = Field(
+        False, description="With [x, y, z]: fill each axis exactly (voxels are then not cubes)."
+    )
+    fill: Literal["solid", "surface"] = Field(
+        "solid", description="solid, or surface only (hollow: voxels with an empty neighbour)."
+    )
+    color_source: Literal["auto", "texture", "vertex", "single"] = Field(
+        "auto", description="auto: the texture, else vertex colours, else `color`."
+    )
+    color: tuple[ColorByte, ColorByte, ColorByte] = Field(
+        (200, 200, 200), description="RGB of a single-colour build."
+    )
+    colors: int = Field(255, ge=1, le=255, description="Palette size of the .vox (k-means).")
+    thin_parts: bool = Field(True, description="Keep parts thinner than a voxel (one voxel thick).")
+    blocks: list[BlockColorIn] | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Minecraft block palette (default: wool, concrete and terracotta).",
+    )
+    anchor: tuple[WorldCoordinate, WorldCoordinate, WorldCoordinate] | None = Field(
+        None,
+        description="Absolute coordinates of the build's minimum corner in the commands; "
+        "default: relative (~ ~ ~ where they run).",
+    )
+    batch_size: int = Field(500, ge=1, le=10_000, description="Commands per batch.")
+    outputs: list[VoxelOutput] = Field(
+        default_factory=lambda: ["vox", "npz", "schem", "commands", "preview"],
+        min_length=1,
+        max_length=5,
+    )
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_outputs(cls, outputs: list[VoxelOutput]) -> list[VoxelOutput]:
+        return list(dict.fromkeys(outputs))
+
+    def requested_voxels(self) -> int | None:
+        """The grid's voxel count when the request alone fixes it ([x, y, z] stretched), else
+        None (it depends on the mesh's proportions: the Converter checks it)."""
+        if isinstance(self.size, tuple) and self.stretch:
+            return self.size[0] * self.size[1] * self.size[2]
+        return None
+
+
 class JobOptions(Strict):
     stages: list[StageName] | None = Field(
         None,
@@ -166,6 +243,11 @@ class JobOptions(Strict):
         default_factory=SimOptionsIn,
         description="Metres, axes, origin, physics sidecar, convex parts, URDF + MJCF; "
         "null: raw mesh only.",
+    )
+    voxels: VoxelOptionsIn | None = Field(
+        None,
+        description="Also a voxel build of each mesh in the convert stage: voxels.vox, "
+        "voxels.npz + voxels.json, voxels.schem, voxels_commands.json, voxels_preview.png.",
     )
     dedup: bool = Field(
         False,

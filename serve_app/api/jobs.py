@@ -72,6 +72,25 @@ async def _check_mesh_faces(data: bytes, fmt: str, limit: int) -> None:
         )
 
 
+def _check_voxels(options: JobOptions, settings: object) -> None:
+    """A voxel grid the request alone sizes ([x, y, z] stretched) over max_voxels is a 413 now;
+    one that depends on the mesh's proportions is checked by the Converter (also a 413)."""
+    count = options.voxels.requested_voxels() if options.voxels is not None else None
+    if count is None:
+        return
+    from deployments.meshing.voxels import DEFAULT_MAX_VOXELS
+
+    limit = int(getattr(settings, "max_voxels", DEFAULT_MAX_VOXELS))
+    if count > limit:
+        x, y, z = options.voxels.size  # type: ignore[union-attr, misc]
+        raise ApiError(
+            413,
+            f"voxel grid {x}×{y}×{z} = {count} voxels; the limit is {limit} (max_voxels)",
+            "payload_too_large",
+            "options.voxels.size",
+        )
+
+
 def request_hash(image: bytes, files: dict[str, tuple[bytes, str]], options: JobOptions) -> str:
     """What an Idempotency-Key is bound to: the inputs' bytes and the options."""
     digest = hashlib.sha256()
@@ -132,6 +151,7 @@ async def create_job(
     queued job without its files). Raises ``Replayed`` for a repeated Idempotency-Key.
     ``owner``: the submitting key's scope (serve_app/auth.py), None with open access."""
     settings = services.settings
+    _check_voxels(options, settings)
     digest = request_hash(image, files, options)
     if idempotency_key is not None:
         idempotency_key = scoped_idempotency_key(idempotency_key, owner)
