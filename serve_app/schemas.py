@@ -152,6 +152,7 @@ WorldCoordinate = Annotated[int, Field(ge=-30_000_000, le=30_000_000)]
 VoxelOutput = Literal["vox", "npz", "schem", "commands", "preview"]
 # namespace:id with optional block states: what a command or a schematic palette may name
 # (no spaces, slashes or quotes: a block id cannot smuggle a second command into a batch).
+# The Converter checks the same pattern (deployments/meshing/voxels.py BLOCK_ID).
 BLOCK_ID_PATTERN = (
     r"^[a-z0-9_.-]{1,32}:[a-z0-9_./-]{1,64}"
     r"(\[[a-z0-9_]{1,32}=[a-z0-9_]{1,32}(,[a-z0-9_]{1,32}=[a-z0-9_]{1,32}){0,15}\])?$"

@@ -21,6 +21,7 @@ their nearest surface voxel. Colours are quantised to at most 255 by weighted k-
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +37,13 @@ VOXEL_OUTPUTS = ("vox", "npz", "schem", "commands", "preview")
 # Jitter of the sampling columns (in voxels): breaks exact ties where a column passes through
 # a shared edge or vertex (it would be counted twice or not at all); far below any accuracy.
 _JITTER = (1.2345e-6, 2.7183e-6, 3.1416e-6)
+# namespace:id[state=value,...], as serve_app.schemas.BLOCK_ID_PATTERN: no spaces, quotes or
+# slashes, so a block id cannot add a second command to a batch (checked here too, for
+# callers of the handle that bypass the HTTP schema).
+BLOCK_ID = re.compile(
+    r"[a-z0-9_.-]{1,32}:[a-z0-9_./-]{1,64}"
+    r"(\[[a-z0-9_]{1,32}=[a-z0-9_]{1,32}(,[a-z0-9_]{1,32}=[a-z0-9_]{1,32}){0,15}\])?"
+)
 _CANDIDATE_BLOCK = 4_000_000  # (triangle, column) pairs tested at once: bounded memory
 
 
@@ -91,6 +99,12 @@ class VoxelOptions:
             raise InvalidInput(
                 f"voxels.size must be 1..{MAX_AXIS} (longest side) or three such [x, y, z]",
                 "voxels.size",
+            )
+        bad = [b.block for b in options.blocks or () if not BLOCK_ID.fullmatch(b.block)]
+        if bad or not (1 <= options.colors <= 255 and 1 <= options.batch_size):
+            raise InvalidInput(
+                f"bad voxels options: block ids {bad[:3]}, colors 1..255, batch_size ≥ 1",
+                "voxels",
             )
         unknown = sorted(set(options.outputs) - set(VOXEL_OUTPUTS))
         if unknown or not options.outputs:

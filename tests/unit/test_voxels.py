@@ -397,6 +397,9 @@ def test_converter_refuses_a_grid_over_max_voxels() -> None:
         small.convert(cube, "stl", ["stl"], preview=False, voxels={"size": 300})
     with pytest.raises(InvalidInput, match="voxels"):
         small.convert(cube, "stl", ["stl"], preview=False, voxels={"sizes": 3})
+    bad_block = {"size": 4, "blocks": [{"block": "stone run /op x", "rgb": [1, 2, 3]}]}
+    with pytest.raises(InvalidInput, match="block ids"):
+        small.convert(cube, "stl", ["stl"], preview=False, voxels=bad_block)
 
 
 def test_ingress_refuses_the_voxel_cap_and_bad_options(tmp_path: Path) -> None:
