@@ -164,6 +164,7 @@ def model_configs(
             preview_frames=settings.preview_frames,
             preview_size_px=settings.preview_size_px,
             max_mesh_faces=settings.max_mesh_faces,
+            max_voxels=settings.max_voxels,
         ),
         DetectorConfig(
             model=settings.detector_model,

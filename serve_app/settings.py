@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     job_max_runs: int = Field(
         5, ge=1, description="Claims of one job (each runner crash re-queues it); then it fails."
     )
+    max_voxels: int = Field(
+        2_097_152,
+        ge=1000,
+        le=16_777_216,
+        description="Voxels (x·y·z) of a voxel build's grid (413): at submit when the request "
+        "fixes the grid, else in the Converter before any voxel is computed.",
+    )
     video_max_decoded_mb: float = Field(
         # Frames are JPEG-encoded as they are decoded, so this bounds decode work, not memory
         # held: 16 GiB ≈ 2,700 frames of 1080p.

@@ -30,6 +30,7 @@ from serve_app.jobstore import TERMINAL, IdempotencyConflict, JobRecord
 from serve_app.pipeline import MESH_INPUT_FORMATS, plan_stages
 from serve_app.schemas import ErrorBody, JobAccepted, JobList, JobOptions, JobPublic
 from serve_app.services import Services, ServicesDep
+from serve_app.settings import Settings
 from serve_app.views import job_or_404, job_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -72,15 +73,13 @@ async def _check_mesh_faces(data: bytes, fmt: str, limit: int) -> None:
         )
 
 
-def _check_voxels(options: JobOptions, settings: object) -> None:
+def _check_voxels(options: JobOptions, settings: Settings) -> None:
     """A voxel grid the request alone sizes ([x, y, z] stretched) over max_voxels is a 413 now;
     one that depends on the mesh's proportions is checked by the Converter (also a 413)."""
     count = options.voxels.requested_voxels() if options.voxels is not None else None
     if count is None:
         return
-    from deployments.meshing.voxels import DEFAULT_MAX_VOXELS
-
-    limit = int(getattr(settings, "max_voxels", DEFAULT_MAX_VOXELS))
+    limit = settings.max_voxels
     if count > limit:
         x, y, z = options.voxels.size  # type: ignore[union-attr, misc]
         raise ApiError(

@@ -14,6 +14,7 @@ from deployments.detector import loaded_models_by_replica, routed_id
 from deployments.errors import InvalidInput
 from deployments.registry import MODEL_ID
 from serve_app.api.inputs import openapi_body, read_inputs
+from serve_app.auth import current_principal
 from serve_app.errors import to_api_error
 from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
 from serve_app.schemas import (
@@ -28,6 +29,7 @@ from serve_app.schemas import (
     SegmentResponse,
 )
 from serve_app.services import Services, ServicesDep
+from serve_app.views import safe_label
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
@@ -119,7 +121,9 @@ async def detect_with_model(
 
 
 @router.get("/models", response_model=ModelList, summary="Registered detector models")
-async def list_models(services: ServicesDep) -> ModelList:
+async def list_models(request: Request, services: ServicesDep) -> ModelList:
+    # Sources may name buckets, hosts or signed queries: admins see them, other keys the file.
+    admin = current_principal(request).admin
     entries = await asyncio.to_thread(services.registry.entries)
     replicas = await asyncio.to_thread(loaded_models_by_replica, services.app_name)
     listed = []
@@ -136,7 +140,7 @@ async def list_models(services: ServicesDep) -> ModelList:
         listed.append(
             ModelPublic(
                 model_id=entry.model_id,
-                source=entry.source,
+                source=entry.source if admin else safe_label(entry.source),
                 origin=entry.origin,  # type: ignore[arg-type]
                 task=info.get("task"),
                 class_names=info.get("names"),

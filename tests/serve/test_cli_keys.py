@@ -327,3 +327,15 @@ def test_client_key_goes_only_to_the_service_origin(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="printable ASCII") as bad:
         MeshlineClient("http://svc.example:8000", api_key="clé secrète")
     assert "clé" not in str(bad.value)
+
+
+def test_model_sources_are_shown_in_full_to_admins_only(keyed_api: str) -> None:
+    """Registry sources may name buckets, hosts or signed queries: a user key sees the file."""
+    with httpx.Client(base_url=keyed_api, timeout=30) as http:
+        as_user = http.get("/v1/models", headers={"Authorization": f"Bearer {ALICE_KEY}"})
+        as_admin = http.get("/v1/models", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert as_user.status_code == as_admin.status_code == 200
+    user = {m["model_id"]: m["source"] for m in as_user.json()["models"]}
+    admin = {m["model_id"]: m["source"] for m in as_admin.json()["models"]}
+    assert user["alpha"] == "alpha.pt" and admin["alpha"].endswith("/models/alpha.pt")
+    assert admin["alpha"].startswith("/")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -60,10 +63,9 @@ def test_the_probe_answers_within_its_deadline_and_reuses_a_late_answer() -> Non
     asyncio.run(scenario())
 
 
-def test_healthz_without_serve_answers_at_once_and_shows_checkpoint_names_only(
-    tmp_path: Path,
-) -> None:
-    services = _services(tmp_path)
+def check_healthz_without_ray(data_dir: str) -> None:
+    """Run in a process of its own (the test session itself has Ray and Serve running)."""
+    services = _services(Path(data_dir))
     services.models = {
         "Segmenter": {"weights": "checkpoint", "model": SIGNED},
         "Detector": {"weights": "random", "model": "yolov8n.yaml"},
@@ -93,6 +95,26 @@ def test_healthz_without_serve_answers_at_once_and_shows_checkpoint_names_only(
     }
     for secret in ("secret-bucket", "AKIA", "Signature", "pw@", "s3://"):
         assert secret not in response.text
+
+
+def test_healthz_without_serve_answers_at_once_and_shows_checkpoint_names_only(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import sys; from tests.unit.test_isolation_health import check_healthz_without_ray; "
+        "check_healthz_without_ray(sys.argv[1])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 def test_database_urls_are_logged_without_their_password() -> None:
