@@ -15,11 +15,10 @@ from tests.conftest import LiveApp
 
 pytestmark = pytest.mark.fuzz
 
-MAX_EXAMPLES = 8  # per operation and phase: a few minutes on 2 cores
+MAX_EXAMPLES = 6  # per operation and phase
 
 
-def test_no_server_errors_on_generated_requests(live_app: LiveApp, tmp_path: Path) -> None:
-    report = tmp_path / "report.json"
+def _schemathesis(live_app: LiveApp, report: Path, *options: str) -> tuple[dict, str]:
     st = Path(sys.executable).with_name("st")
     result = subprocess.run(
         [
@@ -28,35 +27,57 @@ def test_no_server_errors_on_generated_requests(live_app: LiveApp, tmp_path: Pat
             f"{live_app.base_url}/openapi.json",
             "--checks",
             "not_a_server_error",
-            "--max-examples",
-            str(MAX_EXAMPLES),
             "--seed",
             "1",
             "--workers",
             "2",
             "--request-timeout",
-            "60",
+            "30",
+            # Event streams stay open until their job ends: a request/response fuzzer can only
+            # time out on them (tests/serve/test_hostile.py and tests/unit/test_streams.py cover
+            # them).
+            "--exclude-path-regex",
+            "/events$",
             "--report",
             "json",
             "--report-json-path",
             str(report),
             "--no-color",
+            *options,
         ],
         capture_output=True,
         text=True,
         timeout=900,
         check=False,
     )
-    tail = result.stdout[-8000:]
-    summary = json.loads(report.read_text())
-    assert summary["complete"] and summary["failures"] == [], tail
+    out = result.stdout
+    # The failures section (with a curl line per failure), else the end of the output.
+    start = out.find("FAILURES")
+    detail = out[start : start + 8000] if start >= 0 else out[-4000:]
+    return json.loads(report.read_text()), detail
+
+
+def test_no_server_errors_on_generated_requests(live_app: LiveApp, tmp_path: Path) -> None:
+    """Schema-driven phases: every operation, boundary values and random data."""
+    summary, detail = _schemathesis(
+        live_app,
+        tmp_path / "report.json",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+    )
+    assert summary["complete"] and summary["failures"] == [], detail
     operations = summary["operations"]
-    assert operations["tested"] == operations["total"] >= 20, operations
-    assert summary["errors"] == [], tail
-    # Every operation's schema describes what the API accepts, so generated requests reach the
-    # handlers instead of bouncing off validation; the two exceptions are refused for what they
-    # mean, not their shape: random bytes are never a decodable video (415), random model ids
-    # are unknown (404).
-    expected_refusals = {"POST /v1/videos", "POST /v1/models/{model_id}/detect"}
-    assert set(summary["warnings"]["validation_mismatch"]) <= expected_refusals, tail
-    assert result.returncode == 0, tail
+    assert operations["tested"] == operations["selected"] >= 20, operations
+    assert summary["errors"] == [], detail
+
+
+def test_no_server_errors_in_generated_sequences(live_app: LiveApp, tmp_path: Path) -> None:
+    """Stateful phase: sequences that follow the links between operations (submit a job, then
+    read, cancel, download it...) for a bounded time."""
+    summary, detail = _schemathesis(
+        live_app, tmp_path / "report.json", "--phases", "stateful", "--max-time", "150"
+    )
+    assert summary["failures"] == [], detail
+    assert summary["test_cases"]["generated"] > 50, summary["test_cases"]
