@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
-from deployments.checkpoints import SHA256_HEX, ChecksumMismatch, read_sidecar, verify_file
+from deployments.checkpoints import (
+    SHA256_HEX,
+    ChecksumMismatch,
+    read_sidecar,
+    sha256_file,
+    verify_file,
+)
 from deployments.errors import ModelLoadError
 from deployments.netguard import UrlRefused, parse_http_url, parse_networks, resolve_checked
 from deployments.netguard import url_for_display as _display
@@ -138,7 +144,7 @@ def resolve_checkpoint(
     with FileLock(str(target) + ".lock", timeout=600):
         if target.is_file() and checksum.is_file():
             recorded = checksum.read_text().strip()
-            if _sha256(target) == recorded and expected in (None, recorded):
+            if sha256_file(target) == recorded and expected in (None, recorded):
                 os.utime(target)  # recently used: evicted last
                 return target
         fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
@@ -151,7 +157,7 @@ def resolve_checkpoint(
                 _download_http(
                     uri, Path(tmp_name), allow_private, max_download_bytes, download_timeout_s
                 )
-            digest = _sha256(Path(tmp_name))
+            digest = sha256_file(Path(tmp_name))
             if expected is not None and digest != expected:
                 raise ChecksumMismatch(
                     f"checkpoint {_display(uri)} has SHA-256 {digest}, expected {expected}: "
@@ -255,14 +261,6 @@ def _download_http(
             finally:
                 response.close()
     raise ModelLoadError(f"checkpoint {_display(uri)} redirected too many times")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evict_lru(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
