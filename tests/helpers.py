@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,3 +139,48 @@ def zip_frames(video: SyntheticVideo) -> bytes:
             )  # natural order: 2 before 10
         archive.writestr("clip/readme.txt", "not a frame")
     return buffer.getvalue()
+
+
+@contextmanager
+def keyed_api_server(settings: dict, keys: list[dict], owner: str) -> Iterator[str]:
+    """The HTTP API with ``keys`` on the live app's stores (its ingress runs the jobs: replicas
+    share work through the store), served by uvicorn in this process; yields its URL."""
+    import threading
+
+    import uvicorn
+
+    from deployments.registry import ModelRegistry
+    from serve_app.api import create_api
+    from serve_app.artifacts import make_artifact_store
+    from serve_app.jobstore import JobStore
+    from serve_app.pipeline import Handles
+    from serve_app.runner import JobRunner
+    from serve_app.services import Services
+    from serve_app.settings import Settings
+    from tests.conftest import APP_NAME, free_port
+
+    keyed = Settings(**{**settings, "api_keys": keys})
+    store = JobStore(keyed.resolved_db_url)
+    files = make_artifact_store(
+        keyed.artifact_uri,
+        keyed.resolved_artifact_dir,
+        keyed.s3_endpoint_url,
+        keyed.s3_presign_ttl_s,
+    )
+    handles = Handles(None, None, None, None)
+    runner = JobRunner(store, files, handles, keyed, owner=owner)  # never started
+    registry = ModelRegistry(keyed.detector_model, None, keyed.detector_models_dir)
+    services = Services(keyed, store, files, handles, runner, {}, APP_NAME, registry)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

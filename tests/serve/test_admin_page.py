@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveApp
-from tests.helpers import Scene, make_scene
+from tests.helpers import Scene, keyed_api_server, make_scene
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "admin.png"
@@ -73,50 +73,15 @@ def test_admin_page_cancels_a_job(live_app: LiveApp, client: httpx.Client, brows
 
 @pytest.fixture(scope="module")
 def keyed_api(live_app: LiveApp) -> Iterator[str]:
-    """The same API with keys, on the live app's store (its ingress runs the jobs: replicas
-    share work through the store), served by uvicorn in this process."""
-    import threading
-
-    import uvicorn
-
-    from deployments.registry import ModelRegistry
-    from serve_app.api import create_api
-    from serve_app.artifacts import make_artifact_store
+    """The same API with keys, on the live app's stores, served in this process."""
     from serve_app.auth import hash_key
-    from serve_app.jobstore import JobStore
-    from serve_app.pipeline import Handles
-    from serve_app.runner import JobRunner
-    from serve_app.services import Services
-    from serve_app.settings import Settings
-    from tests.conftest import APP_NAME, free_port
 
     keys = [
         {"id": "root", "sha256": hash_key(ADMIN_KEY), "admin": True},
         {"id": "user", "sha256": hash_key(USER_KEY)},
     ]
-    settings = Settings(**{**live_app.settings, "api_keys": keys})
-    store = JobStore(settings.resolved_db_url)
-    files = make_artifact_store(
-        settings.artifact_uri,
-        settings.resolved_artifact_dir,
-        settings.s3_endpoint_url,
-        settings.s3_presign_ttl_s,
-    )
-    handles = Handles(None, None, None, None)
-    runner = JobRunner(store, files, handles, settings, owner="keyed-test")  # never started
-    registry = ModelRegistry(settings.detector_model, None, settings.detector_models_dir)
-    services = Services(settings, store, files, handles, runner, {}, APP_NAME, registry)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with keyed_api_server(live_app.settings, keys, "keyed-test") as url:
+        yield url
 
 
 ADMIN_KEY, USER_KEY = "admin-test-key", "user-test-key"

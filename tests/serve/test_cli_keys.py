@@ -14,7 +14,6 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from clients.client import (
     PermissionDeniedError,
 )
 from tests.conftest import LiveApp
-from tests.helpers import make_scene
+from tests.helpers import keyed_api_server, make_scene
 
 CLI = [sys.executable, "-m", "clients.cli"]
 ADMIN_KEY = "ml_admin_" + secrets.token_urlsafe(16)
@@ -43,47 +42,15 @@ SEGMENT_ONLY = {"stages": ["segment"]}  # the quick stage: these tests are about
 def keyed_api(live_app: LiveApp) -> Iterator[str]:
     """The API with three keys (admin ``root``; users ``alice`` and ``bob``, each its own
     scope), on the live app's stores; its URL."""
-    import uvicorn
-
-    from deployments.registry import ModelRegistry
-    from serve_app.api import create_api
-    from serve_app.artifacts import make_artifact_store
     from serve_app.auth import hash_key
-    from serve_app.jobstore import JobStore
-    from serve_app.pipeline import Handles
-    from serve_app.runner import JobRunner
-    from serve_app.services import Services
-    from serve_app.settings import Settings
-    from tests.conftest import APP_NAME, free_port
 
     keys = [
         {"id": "root", "sha256": hash_key(ADMIN_KEY), "admin": True},
         {"id": "alice", "sha256": hash_key(ALICE_KEY)},
         {"id": "bob", "sha256": hash_key(BOB_KEY)},
     ]
-    settings = Settings(**{**live_app.settings, "api_keys": keys})
-    store = JobStore(settings.resolved_db_url)
-    files = make_artifact_store(
-        settings.artifact_uri,
-        settings.resolved_artifact_dir,
-        settings.s3_endpoint_url,
-        settings.s3_presign_ttl_s,
-    )
-    handles = Handles(None, None, None, None)
-    runner = JobRunner(store, files, handles, settings, owner="keyed-cli-test")  # never started
-    registry = ModelRegistry(settings.detector_model, None, settings.detector_models_dir)
-    services = Services(settings, store, files, handles, runner, {}, APP_NAME, registry)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with keyed_api_server(live_app.settings, keys, "keyed-cli-test") as url:
+        yield url
 
 
 def _env(api_key: str | None = None) -> dict[str, str]:
