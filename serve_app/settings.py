@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(
         32, ge=4, le=512, description="Deepest nesting of a JSON body or options field (422)."
     )
+    max_json_strings: int = Field(
+        10_000, ge=100, description="Strings one JSON body or options field may hold (413)."
+    )
+    max_json_structure_kb: int = Field(
+        256,
+        ge=16,
+        description="KiB of a JSON body outside its strings (brackets, numbers; 413): keeps "
+        "json.loads' memory small.",
+    )
     max_prompt_points: int = Field(
         64, ge=1, le=4096, description="Points (and labels) one SAM2 prompt may carry (422)."
     )
@@ -169,6 +178,12 @@ class Settings(BaseSettings):
         8192,
         gt=0,
         description="SAM2 video-session memory, frames × 3 × image_size² × 4 bytes (413).",
+    )
+    video_max_prompts: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Prompts one video keeps (422): a rebuilt session replays each one.",
     )
     video_max_objects: int = Field(
         64, ge=1, le=255, description="Objects one video may track (422); exports use uint8 ids."

@@ -28,11 +28,6 @@ T = TypeVar("T")
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 
-# What a JSON body or options field may hold besides its strings' characters: the structure
-# (brackets, numbers, literals) and the number of strings. A base64 image is one string; no
-# legitimate options come near either bound, and both keep json.loads' memory small.
-MAX_JSON_STRUCTURE_BYTES = 256 * 1024
-MAX_JSON_STRINGS = 10_000
 # Small JSON bodies (a video prompt, propagate options) are read at most this far.
 MAX_SMALL_JSON_BYTES = 256 * 1024
 
@@ -105,18 +100,21 @@ def load_json(data: bytes | str, settings: Settings, param: str, bad_status: int
             LIMIT_ERROR,
             param,
         )
-    if shape.strings > MAX_JSON_STRINGS:
+    # Besides its strings' characters: the structure (brackets, numbers, literals) and the number
+    # of strings. A base64 image is one string; no legitimate options come near either bound.
+    if shape.strings > settings.max_json_strings:
         raise ApiError(
             413,
-            f"{param} holds {shape.strings} strings; the limit is {MAX_JSON_STRINGS}",
+            f"{param} holds {shape.strings} strings; the limit is {settings.max_json_strings} "
+            "(max_json_strings)",
             "payload_too_large",
             param,
         )
-    if shape.structure_bytes > MAX_JSON_STRUCTURE_BYTES:
+    if shape.structure_bytes > settings.max_json_structure_kb * 1024:
         raise ApiError(
             413,
             f"{param} has {shape.structure_bytes} bytes outside its strings; the limit is "
-            f"{MAX_JSON_STRUCTURE_BYTES}",
+            f"{settings.max_json_structure_kb * 1024} (max_json_structure_kb)",
             "payload_too_large",
             param,
         )

@@ -78,7 +78,6 @@ MAX_MASK_RANGE = 64  # frames per ranged masks request
 PNG_ZIP_MAX_OBJECTS = 255  # palette PNGs: pixel value 1..255 per object, 0 = background
 # Prompts one video keeps. A Segmenter replica that rebuilds a session replays the whole history,
 # one model call per prompt, so the history is bounded like any other request's work.
-MAX_PROMPTS_PER_VIDEO = 256
 
 
 def _videos(services: Services) -> VideoStore:
@@ -339,21 +338,23 @@ def _objects_refused(obj_id: int, limit: int) -> ApiError:
     )
 
 
-def _prompts_refused() -> ApiError:
+def _prompts_refused(limit: int) -> ApiError:
     return ApiError(
         422,
-        f"a video keeps at most {MAX_PROMPTS_PER_VIDEO} prompts (each is replayed when a "
+        f"a video keeps at most {limit} prompts (video_max_prompts; each is replayed when a "
         "session is rebuilt); refine with more points per prompt, or start a new video",
         LIMIT_ERROR,
         "prompts",
     )
 
 
-def check_new_object(prompts: list[dict[str, Any]], obj_id: int, limit: int) -> None:
+def check_new_object(
+    prompts: list[dict[str, Any]], obj_id: int, limit: int, max_prompts: int = 256
+) -> None:
     """422 when ``obj_id`` is not yet in the history and the video already has ``limit``
-    objects, or when the history is full (MAX_PROMPTS_PER_VIDEO)."""
-    if len(prompts) >= MAX_PROMPTS_PER_VIDEO:
-        raise _prompts_refused()
+    objects, or when the history is full (``max_prompts``: video_max_prompts)."""
+    if len(prompts) >= max_prompts:
+        raise _prompts_refused(max_prompts)
     objects = {p["obj_id"] for p in prompts}
     if obj_id not in objects and len(objects) >= limit:
         raise _objects_refused(obj_id, limit)
@@ -384,7 +385,10 @@ async def add_prompt(
     )
     store = _videos(services)
     check_new_object(
-        await asyncio.to_thread(store.prompts, video_id), prompt.obj_id, settings.video_max_objects
+        await asyncio.to_thread(store.prompts, video_id),
+        prompt.obj_id,
+        settings.video_max_objects,
+        settings.video_max_prompts,
     )
     points = [list(p) for p in prompt.points] if prompt.points else None
     labels = list(prompt.labels) if prompt.labels else ([1] * len(points) if points else None)
@@ -401,9 +405,9 @@ async def add_prompt(
     if not objects_within_limit(history, settings.video_max_objects):
         await asyncio.to_thread(store.remove_prompt, video_id, seq)
         raise _objects_refused(prompt.obj_id, settings.video_max_objects)
-    if len(history) > MAX_PROMPTS_PER_VIDEO:
+    if len(history) > settings.video_max_prompts:
         await asyncio.to_thread(store.remove_prompt, video_id, seq)
-        raise _prompts_refused()
+        raise _prompts_refused(settings.video_max_prompts)
     started = time.perf_counter()
     try:
         segmenter = services.handles.segmenter.options(multiplexed_model_id=video_id)

@@ -428,14 +428,13 @@ def test_png_zip_export_with_more_objects_is_a_422_not_a_500(tmp_path: Path) -> 
 
 
 def test_prompt_history_per_video_is_bounded(tmp_path: Path) -> None:
-    from serve_app.api.videos import MAX_PROMPTS_PER_VIDEO
-
-    services = _services(tmp_path)
+    max_prompts = 12
+    services = _services(tmp_path, video_max_prompts=max_prompts)
     app = create_api(services)
     data = encode_video(moving_disk_video(frames=2), "mp4")
     video_id = _call(app, "POST", "/v1/videos", files={"video": ("v.mp4", data)}).json()["video_id"]
     store = video_store_for(services.store.engine)
-    for _ in range(MAX_PROMPTS_PER_VIDEO):
+    for _ in range(max_prompts):
         store.add_prompt(video_id, 0, 1, [[5.0, 5.0]], [1], None)
     response = _call(
         app,
@@ -444,4 +443,4 @@ def test_prompt_history_per_video_is_bounded(tmp_path: Path) -> None:
         json={"frame_idx": 1, "obj_id": 1, "points": [[6, 6]]},
     )
     assert response.status_code == 422 and response.json()["error"]["param"] == "prompts"
-    assert len(store.prompts(video_id)) == MAX_PROMPTS_PER_VIDEO
+    assert len(store.prompts(video_id)) == max_prompts
