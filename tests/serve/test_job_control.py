@@ -122,10 +122,9 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
     """SIGKILL the Converter replica while it is converting: the stage is retried (attempt 2)
     on the replica Serve starts in its place, and the job succeeds. (A request still queued
     on a dead replica is re-routed by Serve itself; this one was already executing.)"""
+    import psutil
     import trimesh
 
-    converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
-    pid = converter.info.remote().result()["pid"]
     sphere = trimesh.creation.icosphere(subdivisions=6)  # 82k faces: seconds of conversion
     job_id = client.post(
         "/v1/jobs",
@@ -144,11 +143,22 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
     else:
         raise AssertionError("the convert stage never started")
     time.sleep(1.0)  # the converter is busy with this mesh now
-    os.kill(pid, signal.SIGKILL)
+    # Every live Converter replica (Ray titles their processes "ray::ServeReplica:<app>:<name>"):
+    # earlier tests may have scaled it past one, and the one converting this mesh must die.
+    title = f"ServeReplica:{APP_NAME}:Converter"
+    replicas = [
+        proc.pid
+        for proc in psutil.process_iter(["cmdline"])
+        if any(title in part for part in proc.info["cmdline"] or [])
+    ]
+    assert replicas
+    for replica in replicas:
+        os.kill(replica, signal.SIGKILL)
     job = wait_for_job(client, job_id, timeout_s=300)
     assert job["status"] == "succeeded", job["error"]
     assert job["stages"][0]["attempts"] == 2
-    assert converter.info.remote().result()["pid"] != pid
+    converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
+    assert converter.info.remote().result()["pid"] not in replicas
 
 
 def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene: Scene) -> None:
