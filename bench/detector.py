@@ -47,7 +47,7 @@ def main() -> None:
     from ray import serve
 
     from deployments.detector import DetectorConfig, DetectorDeployment
-    from tests.conftest import save_yolo
+    from tests.helpers import save_yolo
 
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(

@@ -24,7 +24,7 @@ STAGES = ["segment", "reconstruct", "paint", "convert"]
 
 def store_transitions_per_s(url: str, jobs: int) -> float:
     """create → claim → 4 × (start, finish stage) → finish job: 11 transitions a job."""
-    from serve_app.jobstore import JobStore
+    from serve_app.jobs.store import JobStore
 
     store = JobStore(url)
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Which URLs and addresses a server-side fetch may reach: pure rules, no I/O but DNS.
 
-Shared by the ingress (``serve_app.fetch``: ``image_url``, ``video_url``, ``callback_url``) and
+Shared by the ingress (``serve_app.http.fetch``: ``image_url``, ``video_url``, ``callback_url``) and
 the model deployments (``deployments.common``: http(s) checkpoints), so it imports neither
 serve_app nor torch. Everything that is refused raises ``UrlRefused`` (a ``ValueError``) whose
 ``kind`` is ``invalid_url`` (the text is not a usable http(s) URL) or ``forbidden_url`` (it is,

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 

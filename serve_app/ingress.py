@@ -20,16 +20,17 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.registry import ModelRegistry
 from serve_app.api import create_api
-from serve_app.api.jobs import create_job
-from serve_app.api.videos import expire_idle_videos
-from serve_app.artifacts import make_artifact_store
-from serve_app.jobstore import TERMINAL, JobStore
-from serve_app.pipeline import Handles
-from serve_app.runner import JobRunner
+from serve_app.jobs.pipeline import Handles
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.service import create_job
+from serve_app.jobs.store import TERMINAL, JobStore
+from serve_app.jobs.views import job_or_404, job_public
+from serve_app.redact import safe_db_url
 from serve_app.schemas import JobOptions, request_context
 from serve_app.services import Services
 from serve_app.settings import Settings
-from serve_app.views import job_or_404, job_public, safe_db_url
+from serve_app.storage.artifacts import make_artifact_store
+from serve_app.videos.service import expire_idle
 
 logger = logging.getLogger("meshline.ingress")
 
@@ -99,7 +100,7 @@ class Ingress:
         while True:
             await asyncio.sleep(interval)
             try:
-                expired = await expire_idle_videos(self.services)
+                expired = await expire_idle(self.services)
                 if expired:
                     logger.info("expired %d idle video(s)", len(expired))
             except Exception:
@@ -121,14 +122,15 @@ class Ingress:
         mask: np.ndarray | bytes | None = None,
     ) -> str:
         """Queue a job from an RGB array (or encoded bytes); returns its id."""
-        files: dict[str, tuple[bytes, str]] = {}
+        extra_uploads: dict[str, tuple[bytes, str]] = {}
         if mask is not None:
-            files["mask"] = (_png(mask) if isinstance(mask, np.ndarray) else mask, "mask.png")
+            mask_png = _png(mask) if isinstance(mask, np.ndarray) else mask
+            extra_uploads["mask"] = (mask_png, "mask.png")
         data = _png(image) if isinstance(image, np.ndarray) else image
         return await create_job(
             self.services,
             data,
-            files,
+            extra_uploads,
             JobOptions.model_validate(
                 options or {}, context=request_context(self.services.settings.max_prompt_points)
             ),
@@ -136,7 +138,7 @@ class Ingress:
 
     async def job(self, job_id: str) -> dict[str, Any]:
         record = await asyncio.to_thread(job_or_404, self.services.store, job_id)
-        return job_public(record, self.services.files).model_dump(mode="json")
+        return job_public(record, self.services.artifacts).model_dump(mode="json")
 
     async def wait(
         self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5
@@ -150,7 +152,7 @@ class Ingress:
             await asyncio.sleep(poll_s)
 
     async def artifact(self, job_id: str, name: str) -> bytes:
-        return await asyncio.to_thread(self.services.files.get, job_id, name)
+        return await asyncio.to_thread(self.services.artifacts.get, job_id, name)
 
 
 def stream_cap(configured: int, max_ongoing_requests: int) -> int:

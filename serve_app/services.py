@@ -8,21 +8,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 
 from deployments.registry import ModelRegistry
-from serve_app.artifacts import ArtifactStore
-from serve_app.jobstore import JobStore
-from serve_app.pipeline import Handles
-from serve_app.runner import JobRunner
+from serve_app.jobs.pipeline import Handles
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store import JobStore
 from serve_app.settings import Settings
+from serve_app.storage.artifacts import ArtifactStore
 
 if TYPE_CHECKING:
-    from serve_app.api.streams import StreamHub
+    from serve_app.http.streams import StreamHub
 
 
 @dataclass
 class Services:
     settings: Settings
     store: JobStore
-    files: ArtifactStore
+    artifacts: ArtifactStore
     handles: Handles
     runner: JobRunner
     models: dict[str, dict[str, Any]]  # per deployment: configured weights and model name
@@ -33,7 +33,7 @@ class Services:
 
     def __post_init__(self) -> None:
         if self.streams is None:
-            from serve_app.api.streams import StreamHub  # serve_app.api imports this module
+            from serve_app.http.streams import StreamHub  # serve_app.api imports this module
 
             self.streams = StreamHub(self.store, self.settings)
 

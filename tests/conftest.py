@@ -3,44 +3,30 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import SMALL_SAM2_OVERRIDES, Scene, make_scene
+from tests.helpers import (
+    APP_NAME,
+    ARTIFACT_BUCKET,
+    INPUT_BUCKET,
+    SMALL_SAM2_OVERRIDES,
+    WEBHOOK_SECRET,
+    LiveApp,
+    Scene,
+    free_port,
+    make_scene,
+    save_yolo,
+)
 
 # moto's S3 server accepts any credentials; replicas inherit these from this process.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-APP_NAME = "meshline"
-ARTIFACT_BUCKET = "meshline-artifacts"
-INPUT_BUCKET = "meshline-inputs"
-WEBHOOK_SECRET = "test-webhook-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class LiveApp:
-    base_url: str
-    port: int
-    data_dir: Path
-    settings: dict
-    app_args: dict
-
-    def client(self, timeout_s: float = 120.0) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -112,18 +98,6 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("meshline-data")
-
-
-def save_yolo(path: Path, prefix: str) -> None:
-    """A random-init YOLOv8n checkpoint whose classes are named <prefix>0..79."""
-    from deployments.detector import prepare_ultralytics_env
-
-    prepare_ultralytics_env(path.parent / ".ultralytics")
-    from ultralytics import YOLO
-
-    model = YOLO("yolov8n.yaml")
-    model.model.names = {i: f"{prefix}{i}" for i in range(80)}
-    model.save(str(path))
 
 
 @pytest.fixture(scope="session")
@@ -213,15 +187,3 @@ def client(live_app: LiveApp) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def disk_scene() -> Scene:
     return make_scene("disk")
-
-
-def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = http.get(f"/v1/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        body = response.json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")

@@ -1,14 +1,27 @@
-"""Synthetic scenes with known ground truth, and checks shared by the tests."""
+"""What the tests share (and bench/ reuses): synthetic scenes and videos with known ground
+truth, the live app's constants, local servers, key and metrics helpers. Tests import shared
+code from here (and fixtures from conftest.py), never from another test module."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from serve_app.services import Services
 
 # A 10M-parameter SAM2.1 (same code paths, small sizes) so CPU tests take ~0.2 s a call.
 SMALL_SAM2_OVERRIDES = [
@@ -151,13 +164,12 @@ def keyed_api_server(settings: dict, keys: list[dict], owner: str) -> Iterator[s
 
     from deployments.registry import ModelRegistry
     from serve_app.api import create_api
-    from serve_app.artifacts import make_artifact_store
-    from serve_app.jobstore import JobStore
-    from serve_app.pipeline import Handles
-    from serve_app.runner import JobRunner
+    from serve_app.jobs.pipeline import Handles
+    from serve_app.jobs.runner import JobRunner
+    from serve_app.jobs.store import JobStore
     from serve_app.services import Services
     from serve_app.settings import Settings
-    from tests.conftest import APP_NAME, free_port
+    from serve_app.storage.artifacts import make_artifact_store
 
     keyed = Settings(**{**settings, "api_keys": keys})
     store = JobStore(keyed.resolved_db_url)
@@ -184,3 +196,120 @@ def keyed_api_server(settings: dict, keys: list[dict], owner: str) -> Iterator[s
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# The shared live app and its constants (fixtures in tests/conftest.py) -----------------------
+APP_NAME = "meshline"
+ARTIFACT_BUCKET = "meshline-artifacts"
+INPUT_BUCKET = "meshline-inputs"
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LiveApp:
+    base_url: str
+    port: int
+    data_dir: Path
+    settings: dict
+    app_args: dict
+
+    def client(self, timeout_s: float = 120.0) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+
+def save_yolo(path: Path, prefix: str) -> None:
+    """A random-init YOLOv8n checkpoint whose classes are named <prefix>0..79."""
+    from deployments.detector import prepare_ultralytics_env
+
+    prepare_ultralytics_env(path.parent / ".ultralytics")
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    model.model.names = {i: f"{prefix}{i}" for i in range(80)}
+    model.save(str(path))
+
+
+def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
+
+
+def local_services(tmp_path: Path, **overrides: object) -> Services:
+    """The ingress's services on local disk + SQLite, runner not started: for ASGI tests."""
+    from deployments.registry import ModelRegistry
+    from serve_app.jobs.pipeline import Handles
+    from serve_app.jobs.runner import JobRunner
+    from serve_app.jobs.store import JobStore
+    from serve_app.services import Services
+    from serve_app.settings import Settings
+    from serve_app.storage.artifacts import LocalArtifactStore
+
+    settings = Settings(data_dir=tmp_path, **overrides)
+    store = JobStore(settings.resolved_db_url)
+    artifacts = LocalArtifactStore(settings.resolved_artifact_dir)
+    handles = Handles(None, None, None, None)  # no stage runs here: the runner is not started
+    runner = JobRunner(store, artifacts, handles, settings, owner="test")
+    registry = ModelRegistry(settings.detector_model, None, None)
+    return Services(settings, store, artifacts, handles, runner, {}, "meshline", registry)
+
+
+# API keys of the auth tests ------------------------------------------------------------------
+ALICE, BOB, ROOT = "alice-key", "bob-key", "root-key"
+
+
+def auth_keys() -> list[dict]:
+    from serve_app.auth import hash_key
+
+    return [
+        {"id": "alice", "sha256": hash_key(ALICE)},
+        {"id": "bob", "sha256": hash_key(BOB)},
+        {"id": "root", "sha256": hash_key(ROOT), "admin": True},
+    ]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# Metrics ---------------------------------------------------------------------------------
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    return subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# Job stores on both backends (the `store` fixture: tests/unit/conftest.py) --------------------
+STAGES = ["segment", "reconstruct", "paint", "convert"]
+
+POSTGRES_URL = os.environ.get(
+    "MESHLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)

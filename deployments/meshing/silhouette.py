@@ -23,3 +23,20 @@ def front_silhouette(mesh: trimesh.Trimesh, width: int, height: int) -> np.ndarr
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def silhouette_on_mask(mesh: trimesh.Trimesh, mask: np.ndarray) -> np.ndarray:
+    """Rasterise a camera-frame mesh's front view back onto the mask's pixel grid: the mesh is
+    centred on the mask's bounding box and scaled (uniformly) so that its unit longest side
+    spans the box's longest side, so a wrong aspect ratio shows as lost IoU."""
+    rows, cols = np.nonzero(mask)
+    x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
+    size = max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    px = mesh.vertices[:, 0] * size + cx
+    py = -mesh.vertices[:, 1] * size + cy
+    canvas = Image.new("1", (mask.shape[1], mask.shape[0]), 0)
+    draw = ImageDraw.Draw(canvas)
+    for a, b, c in mesh.faces:
+        draw.polygon([(px[a], py[a]), (px[b], py[b]), (px[c], py[c])], fill=1)
+    return np.asarray(canvas, dtype=bool)

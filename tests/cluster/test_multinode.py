@@ -11,8 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import ARTIFACT_BUCKET
-from tests.unit.test_storage import POSTGRES_URL
+from tests.helpers import ARTIFACT_BUCKET, POSTGRES_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 

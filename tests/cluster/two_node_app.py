@@ -15,8 +15,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from serve_app.app import build_app
-from tests.conftest import free_port
-from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
+from tests.helpers import SMALL_SAM2_OVERRIDES, free_port, make_scene
 
 MODELS = ("Segmenter", "Reconstructor", "Converter", "Detector")
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveApp
-from tests.helpers import Scene, keyed_api_server, make_scene
+from tests.helpers import LiveApp, Scene, keyed_api_server, make_scene
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "admin.png"

@@ -195,8 +195,7 @@ def test_noise_image_never_causes_a_server_error(client) -> None:  # type: ignor
     """Random noise is a valid image: it is accepted, and the job fails cleanly with the reason
     (a client error, not retried), never with a server error."""
     from deployments.meshing.masks import MIN_OBJECT_PIXELS
-    from tests.conftest import wait_for_job
-    from tests.helpers import encode_png
+    from tests.helpers import encode_png, wait_for_job
 
     noise = np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8)
     response = client.post("/v1/jobs", files={"image": ("n.png", encode_png(noise))})

@@ -10,8 +10,7 @@ from pathlib import Path
 import trimesh
 from PIL import Image
 
-from tests.conftest import LiveApp
-from tests.helpers import make_scene
+from tests.helpers import LiveApp, make_scene
 
 CLI = [sys.executable, "-m", "clients.cli"]
 

@@ -26,8 +26,7 @@ from clients.client import (
     MeshlineError,
     PermissionDeniedError,
 )
-from tests.conftest import LiveApp
-from tests.helpers import keyed_api_server, make_scene
+from tests.helpers import LiveApp, keyed_api_server, make_scene
 
 CLI = [sys.executable, "-m", "clients.cli"]
 ADMIN_KEY = "ml_admin_" + secrets.token_urlsafe(16)

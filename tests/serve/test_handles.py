@@ -10,8 +10,7 @@ import trimesh
 from ray import serve
 
 from examples.notebook_handles import main as notebook_main
-from tests.conftest import APP_NAME, LiveApp
-from tests.helpers import make_scene
+from tests.helpers import APP_NAME, LiveApp, make_scene
 
 
 def test_each_deployment_through_its_handle(live_app: LiveApp) -> None:

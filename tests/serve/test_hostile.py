@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import LiveApp
-from tests.helpers import make_scene
+from tests.helpers import LiveApp, make_scene
 
 # Every response a case got, so the last test can say how many there were and that none was 5xx.
 SEEN: list[tuple[str, int]] = []

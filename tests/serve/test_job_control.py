@@ -11,8 +11,7 @@ import time
 import httpx
 from ray import serve
 
-from tests.conftest import APP_NAME, LiveApp, wait_for_job
-from tests.helpers import Scene, make_scene
+from tests.helpers import APP_NAME, LiveApp, Scene, make_scene, wait_for_job
 
 
 def _post_job(
@@ -164,8 +163,8 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
 def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene: Scene) -> None:
     import http.server
 
-    from serve_app.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-    from tests.conftest import WEBHOOK_SECRET
+    from serve_app.jobs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+    from tests.helpers import WEBHOOK_SECRET
 
     received: list[tuple[dict[str, str], bytes]] = []
 

@@ -7,8 +7,7 @@ import json
 import httpx
 from ray import serve
 
-from tests.conftest import APP_NAME, wait_for_job
-from tests.helpers import Scene
+from tests.helpers import APP_NAME, Scene, wait_for_job
 
 
 def _detect(client: httpx.Client, scene: Scene, path: str, **options: object) -> httpx.Response:
@@ -115,7 +114,7 @@ def test_base64_images(client: httpx.Client, disk_scene: Scene) -> None:
 def test_reload_picks_up_a_replaced_file(
     client: httpx.Client, disk_scene: Scene, models_dir
 ) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import save_yolo
+    from tests.helpers import save_yolo
 
     def names(model: str) -> set[str]:
         body = _detect(client, disk_scene, f"/v1/detect?model={model}").json()

@@ -9,9 +9,7 @@ import time
 
 import httpx
 
-from tests.conftest import LiveApp, wait_for_job
-from tests.helpers import Scene
-from tests.unit.test_metrics import _samples, promtool_check
+from tests.helpers import LiveApp, Scene, metric_samples, promtool_check, wait_for_job
 
 
 def test_metrics_endpoint_passes_promtool(client: httpx.Client, disk_scene: Scene) -> None:
@@ -25,7 +23,7 @@ def test_metrics_endpoint_passes_promtool(client: httpx.Client, disk_scene: Scen
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     checked = promtool_check(response.text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    samples = _samples(response.text)
+    samples = metric_samples(response.text)
     assert samples[("meshline_jobs", (("stage", "done"), ("status", "succeeded")))] >= 1
     assert ("meshline_job_queue_depth", ()) in samples and samples[
         ("meshline_jobstore_up", ())

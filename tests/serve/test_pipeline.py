@@ -11,9 +11,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from deployments.meshing.silhouette import front_silhouette, iou
-from serve_app.jobstore import JobStore
-from tests.conftest import LiveApp, wait_for_job
-from tests.helpers import Scene, convex_encloses, make_scene
+from serve_app.jobs.store import JobStore
+from tests.helpers import LiveApp, Scene, convex_encloses, make_scene, wait_for_job
 
 MESH_FILES = {"visual.obj": "obj", "visual.stl": "stl", "visual.glb": "glb", "visual.ply": "ply"}
 
@@ -174,7 +173,7 @@ def test_finished_stages_are_not_run_again_after_a_crash(
 ) -> None:  # type: ignore[no-untyped-def]
     """A job left `running` by a dead ingress (expired lease) resumes at its first
     unfinished stage; the finished stage keeps attempt 1."""
-    from serve_app.artifacts import make_artifact_store
+    from serve_app.storage.artifacts import make_artifact_store
 
     store = JobStore(f"sqlite:///{live_app.data_dir / 'meshline.db'}")
     settings = live_app.settings
@@ -221,7 +220,7 @@ def test_list_jobs(client, disk_scene: Scene) -> None:  # type: ignore[no-untype
 def test_s3_input_and_presigned_artifacts(client, disk_scene: Scene, s3_endpoint: str) -> None:  # type: ignore[no-untyped-def]
     import boto3
 
-    from tests.conftest import INPUT_BUCKET
+    from tests.helpers import INPUT_BUCKET
 
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(
         Bucket=INPUT_BUCKET, Key="uploads/disk.png", Body=disk_scene.png()

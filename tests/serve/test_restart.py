@@ -8,9 +8,8 @@ import time
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.jobstore import JobStore
-from tests.conftest import APP_NAME, LiveApp, wait_for_job
-from tests.helpers import make_scene
+from serve_app.jobs.store import JobStore
+from tests.helpers import APP_NAME, LiveApp, make_scene, wait_for_job
 
 
 def test_jobs_survive_an_app_restart(client, live_app: LiveApp) -> None:  # type: ignore[no-untyped-def]

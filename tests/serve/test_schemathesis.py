@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveApp
+from tests.helpers import LiveApp
 
 pytestmark = pytest.mark.fuzz
 

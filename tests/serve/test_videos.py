@@ -18,8 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from ray import serve
 
-from tests.conftest import APP_NAME, wait_for_job
-from tests.helpers import encode_png, encode_video, moving_disk_video
+from tests.helpers import APP_NAME, encode_png, encode_video, moving_disk_video, wait_for_job
 
 pytestmark = pytest.mark.serve
 
@@ -127,7 +126,7 @@ def test_upload_prompt_propagate_fetch_export_delete(client: httpx.Client) -> No
 def test_frame_urls_and_backward_propagation(client: httpx.Client, live_app: object) -> None:
     import boto3
 
-    from tests.conftest import INPUT_BUCKET
+    from tests.helpers import INPUT_BUCKET
 
     video = moving_disk_video(frames=5)
     s3 = boto3.client("s3", endpoint_url=live_app.settings["s3_endpoint_url"])  # type: ignore[attr-defined]

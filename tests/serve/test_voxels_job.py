@@ -9,8 +9,7 @@ import json
 import numpy as np
 import trimesh
 
-from tests.conftest import wait_for_job
-from tests.helpers import make_scene
+from tests.helpers import make_scene, wait_for_job
 
 
 def test_convert_job_with_voxels_writes_the_voxel_artifacts(client) -> None:  # type: ignore[no-untyped-def]

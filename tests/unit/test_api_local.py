@@ -9,29 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.registry import ModelRegistry
 from serve_app.api import create_api
-from serve_app.artifacts import LocalArtifactStore
-from serve_app.jobstore import JobStore, utcnow
-from serve_app.pipeline import Handles
-from serve_app.runner import JobRunner, sweep_expired
-from serve_app.services import Services
-from serve_app.settings import Settings
-from tests.helpers import make_scene
-
-
-def _services(tmp_path: Path, **overrides: object) -> Services:
-    settings = Settings(data_dir=tmp_path, **overrides)
-    store = JobStore(settings.resolved_db_url)
-    files = LocalArtifactStore(settings.resolved_artifact_dir)
-    handles = Handles(None, None, None, None)  # no stage runs here: the runner is not started
-    runner = JobRunner(store, files, handles, settings, owner="test")
-    registry = ModelRegistry(settings.detector_model, None, None)
-    return Services(settings, store, files, handles, runner, {}, "meshline", registry)
+from serve_app.jobs.runner import sweep_expired
+from serve_app.jobs.store import utcnow
+from tests.helpers import local_services, make_scene
 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
-    services = _services(tmp_path, max_queued_jobs=2, queue_full_retry_after_s=7)
+    services = local_services(tmp_path, max_queued_jobs=2, queue_full_retry_after_s=7)
     app = create_api(services)
 
     async def submit_three() -> list[httpx.Response]:
@@ -47,12 +32,12 @@ def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
     assert third.status_code == 429 and third.headers["retry-after"] == "7"
     assert third.json()["error"]["type"] == "queue_full"
     assert services.store.count("queued") == 2  # nothing was stored for the refused job
-    assert len(list(services.files.root.iterdir())) == 2
+    assert len(list(services.artifacts.root.iterdir())) == 2
 
 
 def test_sweep_deletes_expired_jobs_and_their_files(tmp_path: Path) -> None:
-    services = _services(tmp_path)
-    store, files = services.store, services.files
+    services = local_services(tmp_path)
+    store, files = services.store, services.artifacts
     old = store.create({}, {"image": "input.png"}, ["segment"], [("input.png", "image/png", 3)])
     files.put(old, "input.png", b"abc")
     fresh = store.create({}, {"image": "input.png"}, ["segment"], [("input.png", "image/png", 3)])
@@ -63,7 +48,7 @@ def test_sweep_deletes_expired_jobs_and_their_files(tmp_path: Path) -> None:
     with store.engine.begin() as conn:  # age the first job by eight days
         from sqlalchemy import update
 
-        from serve_app.jobstore import jobs
+        from serve_app.jobs.store import jobs
 
         conn.execute(
             update(jobs).where(jobs.c.id == old).values(finished_at=utcnow() - timedelta(days=8))
@@ -75,7 +60,7 @@ def test_sweep_deletes_expired_jobs_and_their_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", ["/v1/jobs/" + "a" * 32, "/v1/jobs"])
 def test_reads_work_without_any_model(tmp_path: Path, path: str) -> None:
-    app = create_api(_services(tmp_path))
+    app = create_api(local_services(tmp_path))
 
     async def get() -> httpx.Response:
         async with httpx.AsyncClient(
@@ -88,7 +73,7 @@ def test_reads_work_without_any_model(tmp_path: Path, path: str) -> None:
 
 
 def test_dedup_reuses_a_finished_twin(tmp_path: Path) -> None:
-    services = _services(tmp_path)
+    services = local_services(tmp_path)
     app = create_api(services)
     image = make_scene().png()
 

@@ -17,18 +17,14 @@ import yaml
 
 from serve_app.api import create_api
 from serve_app.auth import Principal, can_access, hash_key, is_public, needs_admin
-from tests.helpers import make_scene
-from tests.unit.test_api_local import _services
-
-ALICE, BOB, ROOT = "alice-key", "bob-key", "root-key"
+from tests.helpers import ALICE, BOB, ROOT, auth_keys, bearer, local_services, make_scene
 
 
-def _keys() -> list[dict]:
-    return [
-        {"id": "alice", "sha256": hash_key(ALICE)},
-        {"id": "bob", "sha256": hash_key(BOB)},
-        {"id": "root", "sha256": hash_key(ROOT), "admin": True},
-    ]
+async def _submit(client: httpx.AsyncClient, key: str | None, **headers: str) -> httpx.Response:
+    auth = bearer(key) if key else {}
+    return await client.post(
+        "/v1/jobs", files={"image": ("s.png", make_scene().png())}, headers={**auth, **headers}
+    )
 
 
 def _run(app, calls):  # type: ignore[no-untyped-def]
@@ -43,24 +39,13 @@ def _run(app, calls):  # type: ignore[no-untyped-def]
     return asyncio.run(main())
 
 
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-async def _submit(client: httpx.AsyncClient, key: str | None, **headers: str) -> httpx.Response:
-    auth = _bearer(key) if key else {}
-    return await client.post(
-        "/v1/jobs", files={"image": ("s.png", make_scene().png())}, headers={**auth, **headers}
-    )
-
-
 def test_missing_or_wrong_key_is_401_with_a_bearer_challenge(tmp_path: Path) -> None:
-    app = create_api(_services(tmp_path, api_keys=_keys()))
+    app = create_api(local_services(tmp_path, api_keys=auth_keys()))
 
     async def calls(c: httpx.AsyncClient) -> list[httpx.Response]:
         return [
             await c.get("/v1/jobs"),
-            await c.get("/v1/jobs", headers=_bearer("not-a-key")),
+            await c.get("/v1/jobs", headers=bearer("not-a-key")),
             await c.get("/v1/jobs", headers={"Authorization": f"Basic {ALICE}"}),
             await c.get("/metrics"),
             await c.get("/openapi.json"),
@@ -83,36 +68,36 @@ def test_missing_or_wrong_key_is_401_with_a_bearer_challenge(tmp_path: Path) -> 
 
 
 def test_jobs_are_scoped_to_their_key(tmp_path: Path) -> None:
-    services = _services(tmp_path, api_keys=_keys())
+    services = local_services(tmp_path, api_keys=auth_keys())
     app = create_api(services)
 
     async def calls(c: httpx.AsyncClient) -> dict[str, object]:
         mine = (await _submit(c, ALICE)).json()["job_id"]
         theirs = (await _submit(c, BOB)).json()["job_id"]
         out: dict[str, object] = {"mine": mine, "theirs": theirs}
-        out["own_read"] = (await c.get(f"/v1/jobs/{mine}", headers=_bearer(ALICE))).status_code
-        out["other_read"] = await c.get(f"/v1/jobs/{theirs}", headers=_bearer(ALICE))
+        out["own_read"] = (await c.get(f"/v1/jobs/{mine}", headers=bearer(ALICE))).status_code
+        out["other_read"] = await c.get(f"/v1/jobs/{theirs}", headers=bearer(ALICE))
         out["other_events"] = (
-            await c.get(f"/v1/jobs/{theirs}/events", headers=_bearer(ALICE))
+            await c.get(f"/v1/jobs/{theirs}/events", headers=bearer(ALICE))
         ).status_code
         out["other_artifact"] = (
-            await c.get(f"/v1/jobs/{theirs}/artifacts/input.png", headers=_bearer(ALICE))
+            await c.get(f"/v1/jobs/{theirs}/artifacts/input.png", headers=bearer(ALICE))
         ).status_code
         out["own_artifact"] = (
-            await c.get(f"/v1/jobs/{mine}/artifacts/input.png", headers=_bearer(ALICE))
+            await c.get(f"/v1/jobs/{mine}/artifacts/input.png", headers=bearer(ALICE))
         ).status_code
         out["other_cancel"] = (
-            await c.post(f"/v1/jobs/{theirs}/cancel", headers=_bearer(ALICE))
+            await c.post(f"/v1/jobs/{theirs}/cancel", headers=bearer(ALICE))
         ).status_code
         out["list_alice"] = [
-            j["job_id"] for j in (await c.get("/v1/jobs", headers=_bearer(ALICE))).json()["jobs"]
+            j["job_id"] for j in (await c.get("/v1/jobs", headers=bearer(ALICE))).json()["jobs"]
         ]
         out["list_root"] = [
-            j["job_id"] for j in (await c.get("/v1/jobs", headers=_bearer(ROOT))).json()["jobs"]
+            j["job_id"] for j in (await c.get("/v1/jobs", headers=bearer(ROOT))).json()["jobs"]
         ]
-        out["root_cancel"] = await c.post(f"/v1/jobs/{theirs}/cancel", headers=_bearer(ROOT))
+        out["root_cancel"] = await c.post(f"/v1/jobs/{theirs}/cancel", headers=bearer(ROOT))
         out["own_cancel"] = (
-            await c.post(f"/v1/jobs/{mine}/cancel", headers=_bearer(ALICE))
+            await c.post(f"/v1/jobs/{mine}/cancel", headers=bearer(ALICE))
         ).status_code
         return out
 
@@ -136,15 +121,15 @@ def test_jobs_are_scoped_to_their_key(tmp_path: Path) -> None:
 
 
 def test_admin_routes_need_an_admin_key(tmp_path: Path) -> None:
-    services = _services(tmp_path, api_keys=_keys())
+    services = local_services(tmp_path, api_keys=auth_keys())
     app = create_api(services)
 
     async def calls(c: httpx.AsyncClient) -> list[httpx.Response]:
         return [
-            await c.post("/v1/models/default/reload", headers=_bearer(ALICE)),
-            await c.get("/admin/api/errors", headers=_bearer(ALICE)),
-            await c.post("/v1/models/default/reload", headers=_bearer(ROOT)),
-            await c.get("/admin/api/errors", headers=_bearer(ROOT)),
+            await c.post("/v1/models/default/reload", headers=bearer(ALICE)),
+            await c.get("/admin/api/errors", headers=bearer(ALICE)),
+            await c.post("/v1/models/default/reload", headers=bearer(ROOT)),
+            await c.get("/admin/api/errors", headers=bearer(ROOT)),
             await c.get("/admin"),  # the page shell: public, holds no data
             await c.get("/admin/api/errors"),
         ]
@@ -160,7 +145,7 @@ def test_admin_routes_need_an_admin_key(tmp_path: Path) -> None:
 
 
 def test_idempotency_keys_and_dedup_do_not_cross_owners(tmp_path: Path) -> None:
-    services = _services(tmp_path, api_keys=_keys())
+    services = local_services(tmp_path, api_keys=auth_keys())
     app = create_api(services)
 
     async def calls(c: httpx.AsyncClient) -> list[httpx.Response]:
@@ -204,12 +189,12 @@ def test_key_file_is_reread_and_the_cli_makes_entries(tmp_path: Path) -> None:
 
     keys_file = tmp_path / "keys.yaml"
     keys_file.write_text(yaml.safe_dump({"old": {"sha256": hash_key("old-key")}}))
-    app = create_api(_services(tmp_path, api_keys_file=keys_file))
+    app = create_api(local_services(tmp_path, api_keys_file=keys_file))
 
     async def before(c: httpx.AsyncClient) -> tuple[int, int]:
         return (
-            (await c.get("/v1/jobs", headers=_bearer("old-key"))).status_code,
-            (await c.get("/v1/jobs", headers=_bearer(key))).status_code,
+            (await c.get("/v1/jobs", headers=bearer("old-key"))).status_code,
+            (await c.get("/v1/jobs", headers=bearer(key))).status_code,
         )
 
     assert _run(app, before) == (200, 401)
@@ -218,7 +203,7 @@ def test_key_file_is_reread_and_the_cli_makes_entries(tmp_path: Path) -> None:
 
 
 def test_open_access_without_keys_and_cors_closed_by_default(tmp_path: Path) -> None:
-    app = create_api(_services(tmp_path))
+    app = create_api(local_services(tmp_path))
     origin = {"Origin": "https://evil.example"}
 
     async def calls(c: httpx.AsyncClient) -> list[httpx.Response]:
@@ -241,7 +226,9 @@ def test_open_access_without_keys_and_cors_closed_by_default(tmp_path: Path) -> 
 
 
 def test_cors_origins_are_configurable(tmp_path: Path) -> None:
-    app = create_api(_services(tmp_path, api_keys=_keys(), cors_origins=["https://ui.example"]))
+    app = create_api(
+        local_services(tmp_path, api_keys=auth_keys(), cors_origins=["https://ui.example"])
+    )
 
     async def calls(c: httpx.AsyncClient) -> list[httpx.Response]:
         preflight = {
@@ -253,7 +240,7 @@ def test_cors_origins_are_configurable(tmp_path: Path) -> None:
             await c.get(
                 "/v1/jobs", headers={"Origin": "https://ui.example"}
             ),  # 401, readable by the page
-            await c.get("/v1/jobs", headers={"Origin": "https://evil.example", **_bearer(ALICE)}),
+            await c.get("/v1/jobs", headers={"Origin": "https://evil.example", **bearer(ALICE)}),
         ]
 
     preflight, unauthorized, other = _run(app, calls)
@@ -267,7 +254,9 @@ def test_cors_origins_are_configurable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("chunked", [True, False])
 def test_body_limit_holds_with_and_without_content_length(tmp_path: Path, chunked: bool) -> None:
-    services = _services(tmp_path, max_upload_mb=0.05)  # limit: 3 files x 52 KB + 64 KB of framing
+    services = local_services(
+        tmp_path, max_upload_mb=0.05
+    )  # limit: 3 files x 52 KB + 64 KB of framing
     app = create_api(services)
     boundary = "xyz"
     head = (
@@ -298,7 +287,7 @@ def test_body_limit_holds_with_and_without_content_length(tmp_path: Path, chunke
 
 
 def test_small_chunked_upload_still_works(tmp_path: Path) -> None:
-    app = create_api(_services(tmp_path))
+    app = create_api(local_services(tmp_path))
     png = make_scene().png()
     boundary = "xyz"
     body = (

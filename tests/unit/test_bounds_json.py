@@ -15,10 +15,9 @@ import httpx
 import pytest
 
 from serve_app.api import create_api
-from serve_app.api.inputs import json_shape
+from serve_app.http.inputs import json_shape
 from serve_app.schemas import JobOptions, Prompt, VideoPromptIn, request_context
-from tests.helpers import encode_video, make_scene, moving_disk_video
-from tests.unit.test_api_local import _services
+from tests.helpers import encode_video, local_services, make_scene, moving_disk_video
 
 PNG = make_scene().png()  # 320x240
 
@@ -35,7 +34,7 @@ def _call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Any:
-    return create_api(_services(tmp_path))
+    return create_api(local_services(tmp_path))
 
 
 def _video(app: Any) -> str:
@@ -95,7 +94,7 @@ def test_deep_options_field_is_a_422(app: Any) -> None:
 
 
 def test_depth_limit_is_the_setting(tmp_path: Path) -> None:
-    app = create_api(_services(tmp_path, max_json_depth=5))
+    app = create_api(local_services(tmp_path, max_json_depth=5))
     ok = {"options": {"prompt": {"points": [[1, 2]]}}, "image_url": "s3://nowhere/x.png"}
     too_deep = {"options": {"prompt": {"points": [[[1], 2]]}}, "image_url": "s3://nowhere/x"}
     assert "max_json_depth" not in _call(app, "POST", "/v1/jobs", json=ok).text
@@ -195,7 +194,7 @@ def test_200k_points_are_refused_in_the_ingress_fast(app: Any) -> None:
     ],
 )
 def test_prompt_point_limit_everywhere(tmp_path: Path, path: str, kind: str) -> None:
-    app = create_api(_services(tmp_path, max_prompt_points=3))
+    app = create_api(local_services(tmp_path, max_prompt_points=3))
     prompt = {"points": [[1, 1]] * 4, "labels": [1] * 4}
     options = prompt if path == "/v1/segment" else {"prompt": prompt}
     if kind == "multipart":

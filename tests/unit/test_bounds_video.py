@@ -24,13 +24,19 @@ from PIL import Image
 
 from deployments.video import encode_rle, sam2_image_size, session_bytes
 from serve_app.api import create_api
-from serve_app.api.videos import _export_png_zip, check_new_object, objects_within_limit
-from serve_app.errors import ApiError
-from serve_app.video_ingest import LazyFrame, VideoLimits, _natural_key, _take, decode_upload
-from serve_app.videos import encode_frame_masks, masks_name, video_store_for
-from serve_app.videostore import VideoRecord
-from tests.helpers import SMALL_SAM2_OVERRIDES, encode_png, encode_video, moving_disk_video
-from tests.unit.test_api_local import _services
+from serve_app.http.errors import ApiError
+from serve_app.videos.export import png_zip
+from serve_app.videos.frames import encode_frame_masks, masks_name, video_store_for
+from serve_app.videos.ingest import LazyFrame, VideoLimits, _natural_key, _take, decode_upload
+from serve_app.videos.service import check_new_object, objects_within_limit
+from serve_app.videos.store import VideoRecord
+from tests.helpers import (
+    SMALL_SAM2_OVERRIDES,
+    encode_png,
+    encode_video,
+    local_services,
+    moving_disk_video,
+)
 
 LIMITS = VideoLimits(max_frames=50, max_frame_pixels=200 * 200, max_bytes=20 * 2**20)
 FRAME = encode_png(np.full((12, 16, 3), 90, np.uint8))
@@ -197,7 +203,7 @@ def test_session_memory_is_estimated_from_the_sam2_config() -> None:
 
 def test_upload_refused_by_session_memory_through_the_app(tmp_path: Path) -> None:
     per_frame_mb = session_bytes(1, 256) / 2**20  # 0.75 MiB with the small test config
-    services = _services(
+    services = local_services(
         tmp_path, sam2_overrides=SMALL_SAM2_OVERRIDES, video_session_max_mb=per_frame_mb * 4
     )
     app = create_api(services)
@@ -272,7 +278,9 @@ def frame_server() -> Iterator[str]:
 
 def _frames_app(tmp_path: Path, concurrency: int) -> Any:
     return create_api(
-        _services(tmp_path, url_allow_private=["127.0.0.1/32"], fetch_max_concurrency=concurrency)
+        local_services(
+            tmp_path, url_allow_private=["127.0.0.1/32"], fetch_max_concurrency=concurrency
+        )
     )
 
 
@@ -358,7 +366,7 @@ def test_client_disconnect_cancels_the_fetches(tmp_path: Path, frame_server: str
 
 # Objects per video, exports -----------------------------------------------------------------------
 def test_objects_per_video_are_bounded_at_the_prompt(tmp_path: Path) -> None:
-    services = _services(tmp_path, video_max_objects=2)
+    services = local_services(tmp_path, video_max_objects=2)
     app = create_api(services)
     data = encode_video(moving_disk_video(frames=4), "mp4")
     video_id = _call(app, "POST", "/v1/videos", files={"video": ("v.mp4", data)}).json()["video_id"]
@@ -396,7 +404,7 @@ def test_png_zip_export_holds_255_objects() -> None:
         mask = np.zeros((height, width), bool)
         mask.flat[k + 1] = True
         masks[str(obj)] = encode_rle(mask)
-    data = _export_png_zip(_record(2, width, height), [(0, masks), (1, {})], objects)
+    data = png_zip(_record(2, width, height), [(0, masks), (1, {})], objects)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         values = json.loads(archive.read("objects.json"))["pixel_values"]
         frame = np.asarray(Image.open(io.BytesIO(archive.read("000000.png"))))
@@ -406,11 +414,11 @@ def test_png_zip_export_holds_255_objects() -> None:
     for k, obj in enumerate(objects):
         assert frame.flat[k + 1] == values[str(obj)] == k + 1  # no wrap-around past 255
     with pytest.raises(ValueError):
-        _export_png_zip(_record(1, width, height), [], [*objects, 99_999])
+        png_zip(_record(1, width, height), [], [*objects, 99_999])
 
 
 def test_png_zip_export_with_more_objects_is_a_422_not_a_500(tmp_path: Path) -> None:
-    services = _services(tmp_path)
+    services = local_services(tmp_path)
     app = create_api(services)
     data = encode_video(moving_disk_video(frames=2), "mp4")
     video_id = _call(app, "POST", "/v1/videos", files={"video": ("v.mp4", data)}).json()["video_id"]
@@ -419,7 +427,7 @@ def test_png_zip_export_with_more_objects_is_a_422_not_a_500(tmp_path: Path) -> 
         store.add_prompt(video_id, 0, obj, None, None, [1.0, 1.0, 5.0, 5.0])
     mask = np.zeros((120, 160), bool)
     mask[:5, :5] = True
-    services.files.put(video_id, masks_name(0), encode_frame_masks({"3": encode_rle(mask)}))
+    services.artifacts.put(video_id, masks_name(0), encode_frame_masks({"3": encode_rle(mask)}))
     store.record_mask(video_id, 0, "j" * 32, [3], 10)
     response = _call(app, "GET", f"/v1/videos/{video_id}/export?format=png-zip")
     assert response.status_code == 422 and "format=coco" in response.text
@@ -429,7 +437,7 @@ def test_png_zip_export_with_more_objects_is_a_422_not_a_500(tmp_path: Path) -> 
 
 def test_prompt_history_per_video_is_bounded(tmp_path: Path) -> None:
     max_prompts = 12
-    services = _services(tmp_path, video_max_prompts=max_prompts)
+    services = local_services(tmp_path, video_max_prompts=max_prompts)
     app = create_api(services)
     data = encode_video(moving_disk_video(frames=2), "mp4")
     video_id = _call(app, "POST", "/v1/videos", files={"video": ("v.mp4", data)}).json()["video_id"]

@@ -10,7 +10,7 @@ import pytest
 
 from deployments.common import ChecksumMismatch
 from deployments.detector import DetectorConfig, YoloDetector
-from tests.conftest import save_yolo
+from tests.helpers import save_yolo
 
 
 def test_a_registry_pin_is_enforced_on_load(tmp_path: Path) -> None:

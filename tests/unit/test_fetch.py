@@ -10,8 +10,8 @@ from typing import ClassVar
 
 import pytest
 
-from serve_app.errors import ApiError
-from serve_app.fetch import check_url, fetch_url
+from serve_app.http.errors import ApiError
+from serve_app.http.fetch import check_url, fetch_url
 
 LOOPBACK = ["127.0.0.1/32", "::1/128"]
 

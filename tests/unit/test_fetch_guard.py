@@ -20,8 +20,8 @@ from deployments.netguard import (
     parse_http_url,
     parse_networks,
 )
-from serve_app.errors import ApiError
-from serve_app.fetch import check_url, fetch_url
+from serve_app.http.errors import ApiError
+from serve_app.http.fetch import check_url, fetch_url
 
 NON_PUBLIC = [
     # IPv4

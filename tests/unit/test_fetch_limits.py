@@ -17,11 +17,11 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from serve_app.errors import ApiError
-from serve_app.fetch import fetch_url
-from serve_app.jobstore import JobStore
+from serve_app.http.errors import ApiError
+from serve_app.http.fetch import fetch_url
+from serve_app.jobs.store import JobStore
+from serve_app.jobs.webhooks import deliver
 from serve_app.settings import Settings
-from serve_app.webhooks import deliver
 
 LOOPBACK = ["127.0.0.1/32"]
 IMAGE = bytes(range(256)) * 40  # 10 KiB
@@ -358,10 +358,10 @@ def test_job_submit_with_a_bad_callback_url_is_a_422(tmp_path: Path, callback_ur
 
     from deployments.registry import ModelRegistry
     from serve_app.api import create_api
-    from serve_app.artifacts import LocalArtifactStore
-    from serve_app.pipeline import Handles
-    from serve_app.runner import JobRunner
+    from serve_app.jobs.pipeline import Handles
+    from serve_app.jobs.runner import JobRunner
     from serve_app.services import Services
+    from serve_app.storage.artifacts import LocalArtifactStore
     from tests.helpers import make_scene
 
     settings = Settings(data_dir=tmp_path)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_rle, mask_summary
 from tests.helpers import encode_png, make_scene
 

@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from deployments.errors import ModelLoadError
+from serve_app.admin.health import ServeStatusProbe
 from serve_app.api import create_api
-from serve_app.api.health import ServeStatusProbe
-from serve_app.pipeline import Handles
-from serve_app.runner import JobRunner
-from serve_app.views import redact_locations, safe_db_url, safe_label
-from tests.unit.test_api_local import _services
+from serve_app.jobs.pipeline import Handles
+from serve_app.jobs.runner import JobRunner
+from serve_app.redact import redact_locations, safe_db_url, safe_label
+from tests.helpers import local_services
 
 SIGNED = "s3://secret-bucket/runs/42/best.pt?X-Amz-Credential=AKIA123&X-Amz-Signature=abc"
 
@@ -65,7 +65,7 @@ def test_the_probe_answers_within_its_deadline_and_reuses_a_late_answer() -> Non
 
 def check_healthz_without_ray(data_dir: str) -> None:
     """Run in a process of its own (the test session itself has Ray and Serve running)."""
-    services = _services(Path(data_dir))
+    services = local_services(Path(data_dir))
     services.models = {
         "Segmenter": {"weights": "checkpoint", "model": SIGNED},
         "Detector": {"weights": "random", "model": "yolov8n.yaml"},
@@ -174,8 +174,8 @@ def test_a_stage_error_reaches_users_without_the_checkpoint_uri(
 ) -> None:
     from tests.helpers import make_scene
 
-    services = _services(tmp_path, stage_max_attempts=1, job_poll_interval_s=0.05)
-    store, files = services.store, services.files
+    services = local_services(tmp_path, stage_max_attempts=1, job_poll_interval_s=0.05)
+    store, files = services.store, services.artifacts
     job_id = store.create({}, {"image": "input.png"}, ["segment"])
     files.put(job_id, "input.png", make_scene().png())
     handles = Handles(_FailingSegmenter(), None, None, None)

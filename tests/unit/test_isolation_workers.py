@@ -27,7 +27,7 @@ from deployments.converter import (
 from deployments.meshing.export import TooManyFaces, declared_faces
 from deployments.meshing.isolate import WorkerLost
 from deployments.reconstructor import ReconstructorConfig, ReconstructorDeployment
-from serve_app.errors import to_api_error
+from serve_app.http.errors import to_api_error
 from tests.helpers import make_scene, shape_mask
 
 Converter = ConverterDeployment.func_or_class
@@ -240,12 +240,12 @@ def test_a_submitted_mesh_declaring_too_many_faces_is_a_413_at_once(
     import httpx
 
     from serve_app.api import create_api
-    from tests.unit.test_api_local import _services
+    from tests.helpers import local_services
 
     mesh = trimesh.creation.icosphere(subdivisions=3).export(file_type=fmt)  # 1280 faces
     mesh = mesh.encode() if isinstance(mesh, str) else mesh
     assert declared_faces(mesh, fmt) == 1280
-    services = _services(tmp_path, max_mesh_faces=1000)
+    services = local_services(tmp_path, max_mesh_faces=1000)
     app = create_api(services)
 
     async def submit() -> httpx.Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.mesh_quality import SHAPES, evaluate
+from tests.quality import SHAPES, evaluate
 
 
 @pytest.fixture(scope="module", params=SHAPES)

@@ -4,41 +4,18 @@ and the text checked by promtool; the Ray-side telemetry helpers outside a repli
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from deployments import telemetry
 from serve_app.api import create_api
 from serve_app.auth import hash_key
-from serve_app.jobstore import jobs
-from serve_app.runner import error_kind
-from tests.unit.test_api_local import _services
+from serve_app.jobs.runner import error_kind
+from serve_app.jobs.store import jobs
+from tests.helpers import local_services, metric_samples, promtool_check
 
 STAGES = ["segment", "reconstruct", "paint", "convert"]
-
-
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    return subprocess.run(
-        [promtool, "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def _scrape(app, *paths: str, headers: dict[str, str] | None = None) -> str:  # type: ignore[no-untyped-def]
@@ -57,7 +34,7 @@ def _scrape(app, *paths: str, headers: dict[str, str] | None = None) -> str:  # 
 
 
 def test_job_gauges_count_by_status_and_current_stage(tmp_path: Path) -> None:
-    services = _services(tmp_path)
+    services = local_services(tmp_path)
     store = services.store
     store.create({}, {"image": "i.png"}, STAGES)  # queued at segment
     store.create({}, {"image": "i.png"}, STAGES)
@@ -79,7 +56,7 @@ def test_job_gauges_count_by_status_and_current_stage(tmp_path: Path) -> None:
         ("succeeded", "done"): 1,
     }
     text = _scrape(create_api(services), "/v1/jobs", f"/v1/jobs/{done}", "/nowhere")
-    samples = _samples(text)
+    samples = metric_samples(text)
     assert samples[("meshline_jobs", (("stage", "segment"), ("status", "queued")))] == 2
     assert samples[("meshline_jobs", (("stage", "reconstruct"), ("status", "failed")))] == 1
     assert samples[("meshline_jobs", (("stage", "done"), ("status", "succeeded")))] == 1
@@ -99,7 +76,7 @@ def test_job_gauges_count_by_status_and_current_stage(tmp_path: Path) -> None:
 def test_refused_requests_are_counted_by_template_and_a_broken_store_reads_down(
     tmp_path: Path,
 ) -> None:
-    services = _services(tmp_path, api_keys=[{"id": "ops", "sha256": hash_key("k")}])
+    services = local_services(tmp_path, api_keys=[{"id": "ops", "sha256": hash_key("k")}])
     app = create_api(services)
 
     async def with_key() -> str:
@@ -112,7 +89,7 @@ def test_refused_requests_are_counted_by_template_and_a_broken_store_reads_down(
             jobs.drop(services.store.engine)  # the store breaks: the scrape still answers
             return (await client.get("/metrics", headers={"Authorization": "Bearer k"})).text
 
-    samples = _samples(asyncio.run(with_key()))
+    samples = metric_samples(asyncio.run(with_key()))
     assert (
         samples[
             (
@@ -144,7 +121,7 @@ def test_telemetry_helpers_work_outside_a_replica() -> None:
 
 def test_error_kinds_are_a_small_fixed_vocabulary() -> None:
     from deployments.errors import InvalidInput, ModelLoadError
-    from serve_app.errors import ApiError
+    from serve_app.http.errors import ApiError
 
     assert error_kind(TimeoutError()) == "timeout"
     assert error_kind(InvalidInput("bad mask")) == "invalid_input"

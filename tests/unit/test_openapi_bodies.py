@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from serve_app.api import create_api
-from tests.unit.test_api_local import _services
+from tests.helpers import local_services
 
 BODIES = {
     ("/v1/jobs", "image"): "JobOptions",
@@ -23,7 +23,7 @@ BODIES = {
 
 @pytest.fixture(scope="module")
 def openapi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return create_api(_services(Path(tmp_path_factory.mktemp("openapi")))).openapi()
+    return create_api(local_services(Path(tmp_path_factory.mktemp("openapi")))).openapi()
 
 
 def _refs(node: Any) -> list[str]:

@@ -7,23 +7,23 @@ import asyncio
 import time
 from pathlib import Path
 
-from serve_app.artifacts import LocalArtifactStore
-from serve_app.jobstore import JobStore, poison_reason
-from serve_app.pipeline import Handles
-from serve_app.runner import JobRunner
+from serve_app.jobs.pipeline import Handles
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.store import JobStore, poison_reason
 from serve_app.settings import Settings
-from tests.unit.test_storage import STAGES, store  # noqa: F401 — the dual-backend fixture
+from serve_app.storage.artifacts import LocalArtifactStore
+from tests.helpers import STAGES
 
 LEASE_S = 0.05
 
 
-def _die_mid_stage(store: JobStore, job_id: str) -> None:  # noqa: F811
+def _die_mid_stage(store: JobStore, job_id: str) -> None:
     """What a runner killed mid-stage leaves behind: a running stage and a lease that expires."""
     store.start_stage(job_id, "segment")
     time.sleep(LEASE_S * 2)
 
 
-def test_a_job_claimed_max_runs_times_fails_on_the_next_claim(store: JobStore) -> None:  # noqa: F811
+def test_a_job_claimed_max_runs_times_fails_on_the_next_claim(store: JobStore) -> None:
     poison = store.create({}, {"image": "i.png"}, STAGES)
     for run in range(1, 4):
         failed: list[str] = []
@@ -46,7 +46,7 @@ def test_a_job_claimed_max_runs_times_fails_on_the_next_claim(store: JobStore) -
     assert store.claim_next("runner-5", 30, max_runs=3) is None  # it stays failed
 
 
-def test_without_a_cap_claims_go_on(store: JobStore) -> None:  # noqa: F811
+def test_without_a_cap_claims_go_on(store: JobStore) -> None:
     job_id = store.create({}, {"image": "i.png"}, STAGES)
     for _ in range(4):
         assert store.claim_next("runner", LEASE_S) == job_id
@@ -54,7 +54,7 @@ def test_without_a_cap_claims_go_on(store: JobStore) -> None:  # noqa: F811
     assert store.get(job_id).runs == 4
 
 
-def test_a_graceful_release_is_not_a_run(store: JobStore) -> None:  # noqa: F811
+def test_a_graceful_release_is_not_a_run(store: JobStore) -> None:
     job_id = store.create({}, {"image": "i.png"}, STAGES)
     for _ in range(3):  # three rolling restarts hand the job back
         assert store.claim_next("replica", 60, max_runs=1) == job_id

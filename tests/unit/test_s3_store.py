@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from serve_app.artifacts import LocalArtifactStore, S3ArtifactStore, make_artifact_store
-from serve_app.errors import ApiError
-from serve_app.fetch import fetch_s3
-from tests.conftest import ARTIFACT_BUCKET, INPUT_BUCKET
+from serve_app.http.errors import ApiError
+from serve_app.http.fetch import fetch_s3
+from serve_app.storage.artifacts import LocalArtifactStore, S3ArtifactStore, make_artifact_store
+from tests.helpers import ARTIFACT_BUCKET, INPUT_BUCKET
 
 JOB = "1" * 32
 

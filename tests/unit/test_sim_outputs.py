@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import trimesh
 
-from bench.mesh_quality import drop_in_mujoco
 from deployments.converter import ConverterConfig, MeshConverter
 from deployments.errors import InvalidInput
 from deployments.meshing.sim import inside_union
 from deployments.reconstructor import ReconstructorConfig, SilhouetteReconstructor
 from tests.helpers import make_scene
+from tests.quality import drop_in_mujoco
 
 CONVERTER = MeshConverter(ConverterConfig(preview_frames=2, preview_size_px=64))
 BOX = trimesh.creation.box(extents=(2.0, 1.0, 0.5))  # camera frame: x right, y up, z to camera

@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from serve_app.artifacts import LocalArtifactStore
-from serve_app.errors import ApiError
-from serve_app.jobstore import IdempotencyConflict, JobStore, utcnow
-
-STAGES = ["segment", "reconstruct", "paint", "convert"]
-
-
-POSTGRES_URL = os.environ.get(
-    "MESHLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    """The same suite runs on both backends. PostgreSQL gets a throwaway schema per test."""
-    if request.param == "sqlite":
-        yield JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
-        return
-    import psycopg
-
-    schema = f"meshline_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        job_store = JobStore(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-        assert job_store.engine.dialect.name == "postgresql"
-        yield job_store
-        job_store.engine.dispose()
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+from serve_app.http.errors import ApiError
+from serve_app.jobs.store import IdempotencyConflict, JobStore, utcnow
+from serve_app.storage.artifacts import LocalArtifactStore
+from tests.helpers import STAGES
 
 
 def test_job_lifecycle(store: JobStore) -> None:

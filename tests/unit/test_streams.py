@@ -20,7 +20,7 @@ import uvicorn
 from serve_app.api import create_api
 from serve_app.auth import hash_key
 from serve_app.services import Services
-from tests.unit.test_api_local import _services
+from tests.helpers import local_services
 
 STAGES = ["segment", "reconstruct", "paint", "convert"]
 ALICE, BOB = "alice-admin-key", "bob-admin-key"
@@ -108,7 +108,7 @@ async def _until(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-
 def test_limits_per_key_and_per_replica_and_a_closed_stream_frees_its_slot(
     tmp_path: Path,
 ) -> None:
-    services = _services(
+    services = local_services(
         tmp_path,
         api_keys=[
             {"id": "alice", "sha256": hash_key(ALICE), "admin": True},
@@ -152,7 +152,7 @@ def test_limits_per_key_and_per_replica_and_a_closed_stream_frees_its_slot(
 
 
 def test_a_job_stream_ends_with_the_job_and_frees_its_slot(tmp_path: Path) -> None:
-    services = _services(tmp_path, max_streams_per_key=1, events_poll_interval_s=0.05)
+    services = local_services(tmp_path, max_streams_per_key=1, events_poll_interval_s=0.05)
     store = services.store
     job_id = store.create({}, {"image": "i.png"}, STAGES)
 
@@ -188,7 +188,7 @@ def test_a_job_stream_ends_with_the_job_and_frees_its_slot(tmp_path: Path) -> No
 @pytest.mark.parametrize("kind", ["admin", "job"])
 def test_streams_share_one_store_read_per_interval(tmp_path: Path, kind: str) -> None:
     interval = 0.1
-    services = _services(
+    services = local_services(
         tmp_path,
         max_streams_per_replica=12,
         max_streams_per_key=12,
@@ -228,7 +228,7 @@ def test_healthz_and_reads_answer_while_the_replica_holds_all_its_streams(tmp_pa
     """The issue-13 scenario with the default limits: max_streams_per_replica (32) streams,
     admin listings and job streams, on a store of 25 jobs; /healthz and GET /v1/jobs/{id}
     still answer within 1 s, and one stream more is a 429."""
-    services = _services(tmp_path, max_streams_per_key=32)  # open access: one client address
+    services = local_services(tmp_path, max_streams_per_key=32)  # open access: one client address
     per_replica = services.settings.max_streams_per_replica
     ids = [
         services.store.create({}, {"image": "i.png"}, STAGES, [("i.png", "image/png", 1)])

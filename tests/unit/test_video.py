@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from deployments.video import FrameSource, PropagationRequest, VideoPrompt, decode_rle, frame_name
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
+from serve_app.jobs.store import JobStore
 from serve_app.schemas import PropagateOptions
-from serve_app.video_ingest import VideoLimits, decode_upload, frames_from_images
-from serve_app.videos import Pass, plan_passes, resume_point
-from serve_app.videostore import VideoRecord, VideoStore
+from serve_app.videos.frames import Pass, plan_passes, resume_point
+from serve_app.videos.ingest import VideoLimits, decode_upload, frames_from_images
+from serve_app.videos.store import VideoRecord, VideoStore
 from tests.helpers import (
     SMALL_SAM2_OVERRIDES,
     encode_png,
@@ -24,7 +25,6 @@ from tests.helpers import (
     moving_disk_video,
     zip_frames,
 )
-from tests.unit.test_storage import store as job_store  # noqa: F401  (SQLite + PostgreSQL fixture)
 
 LIMITS = VideoLimits(max_frames=50, max_frame_pixels=200 * 200, max_bytes=20 * 2**20)
 
@@ -109,8 +109,8 @@ def test_limits_are_enforced() -> None:
 
 
 # Store and planning ----------------------------------------------------------------------------
-def test_video_store_roundtrip(job_store) -> None:  # noqa: F811
-    videos = VideoStore(job_store.engine)
+def test_video_store_roundtrip(store: JobStore) -> None:
+    videos = VideoStore(store.engine)
     vid = videos.new_id()
     videos.create(vid, 10, 160, 120, 10.0, "mp4")
     assert videos.get(vid).frames == 10 and videos.get("0" * 32) is None
@@ -284,17 +284,17 @@ def test_session_rejects_changed_frames(segmenter: Any, frames_dir: tuple[Path, 
         )
 
 
-def test_running_stage_reports_frames_and_fps(job_store) -> None:  # noqa: F811
-    job_id = job_store.create({"stages": ["propagate"]}, {"video": "v" * 32}, ["propagate"])
-    assert job_store.claim_next("me", 30) == job_id
-    job_store.start_stage(job_id, "propagate")
-    job_store.set_stage_progress(
+def test_running_stage_reports_frames_and_fps(store: JobStore) -> None:
+    job_id = store.create({"stages": ["propagate"]}, {"video": "v" * 32}, ["propagate"])
+    assert store.claim_next("me", 30) == job_id
+    store.start_stage(job_id, "propagate")
+    store.set_stage_progress(
         job_id, "propagate", 40.0, {"frames_done": 4, "frames": 10, "fps": 7.5}
     )
-    stage = job_store.get(job_id).stage("propagate")
+    stage = store.get(job_id).stage("propagate")
     assert stage.progress == 40.0 and stage.detail == {"frames_done": 4, "frames": 10, "fps": 7.5}
-    job_store.set_stage_progress(job_id, "propagate", 50.0)  # no detail: the last one stays
-    assert job_store.get(job_id).stage("propagate").detail["frames_done"] == 4
+    store.set_stage_progress(job_id, "propagate", 50.0)  # no detail: the last one stays
+    assert store.get(job_id).stage("propagate").detail["frames_done"] == 4
 
 
 def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
@@ -305,11 +305,10 @@ def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
     import httpx
 
     from serve_app.api import create_api
-    from serve_app.videos import video_store_for
-    from tests.unit.test_api_local import _services
-    from tests.unit.test_auth import ALICE, BOB, ROOT, _bearer, _keys
+    from serve_app.videos.frames import video_store_for
+    from tests.helpers import ALICE, BOB, ROOT, auth_keys, bearer, local_services
 
-    services = _services(tmp_path, api_keys=_keys())
+    services = local_services(tmp_path, api_keys=auth_keys())
     app = create_api(services)
     video = moving_disk_video(frames=4)
 
@@ -324,7 +323,7 @@ def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
             created = await c.post(
                 "/v1/videos",
                 files={"video": ("v.mp4", encode_video(video))},
-                headers=_bearer(ALICE),
+                headers=bearer(ALICE),
             )
             vid = created.json()["video_id"]
             video_store_for(services.store.engine).add_prompt(vid, 0, 1, [[20.0, 60.0]], [1], None)
@@ -334,35 +333,35 @@ def test_videos_are_scoped_to_their_key(tmp_path: Path) -> None:
                 f"/v1/videos/{vid}/frames/0",
                 f"/v1/videos/{vid}/export",
             ):
-                out[f"bob {route}"] = (await c.get(route, headers=_bearer(BOB))).status_code
-                out[f"root {route}"] = (await c.get(route, headers=_bearer(ROOT))).status_code
-                out[f"alice {route}"] = (await c.get(route, headers=_bearer(ALICE))).status_code
+                out[f"bob {route}"] = (await c.get(route, headers=bearer(BOB))).status_code
+                out[f"root {route}"] = (await c.get(route, headers=bearer(ROOT))).status_code
+                out[f"alice {route}"] = (await c.get(route, headers=bearer(ALICE))).status_code
             out["bob prompt"] = (
                 await c.post(
                     f"/v1/videos/{vid}/prompts",
-                    headers=_bearer(BOB),
+                    headers=bearer(BOB),
                     json={"frame_idx": 0, "obj_id": 1, "points": [[5, 5]]},
                 )
             ).status_code
             out["bob propagate"] = (
-                await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=_bearer(BOB))
+                await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=bearer(BOB))
             ).status_code
-            job = await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=_bearer(ALICE))
+            job = await c.post(f"/v1/videos/{vid}/propagate", json={}, headers=bearer(ALICE))
             out["alice propagate"] = job.status_code
             out["bob job"] = (
-                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(BOB))
+                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=bearer(BOB))
             ).status_code
             out["alice job"] = (
-                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))
+                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=bearer(ALICE))
             ).status_code
             out["bob delete"] = (
-                await c.delete(f"/v1/videos/{vid}", headers=_bearer(BOB))
+                await c.delete(f"/v1/videos/{vid}", headers=bearer(BOB))
             ).status_code
             out["alice delete"] = (
-                await c.delete(f"/v1/videos/{vid}", headers=_bearer(ALICE))
+                await c.delete(f"/v1/videos/{vid}", headers=bearer(ALICE))
             ).status_code
             out["cancelled"] = (
-                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=_bearer(ALICE))
+                await c.get(f"/v1/jobs/{job.json()['job_id']}", headers=bearer(ALICE))
             ).json()["status"]
             return out
 

@@ -404,10 +404,9 @@ def test_converter_refuses_a_grid_over_max_voxels() -> None:
 
 def test_ingress_refuses_the_voxel_cap_and_bad_options(tmp_path: Path) -> None:
     from serve_app.api import create_api
-    from tests.helpers import make_scene
-    from tests.unit.test_api_local import _services
+    from tests.helpers import local_services, make_scene
 
-    services = _services(tmp_path)
+    services = local_services(tmp_path)
     app = create_api(services)
     mesh = trimesh.creation.box(extents=(1.0, 1.0, 1.0)).export(file_type="stl")
 

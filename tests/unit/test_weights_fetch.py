@@ -169,7 +169,7 @@ def sam2_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def yolo_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from tests.conftest import save_yolo
+    from tests.helpers import save_yolo
 
     path = tmp_path_factory.mktemp("yolo") / "yolov8n.pt"
     save_yolo(path, "weights")

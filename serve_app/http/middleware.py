@@ -13,7 +13,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.auth import OPEN, KeyRing, bearer_token, is_public, needs_admin
-from serve_app.metrics import ApiMetrics
+from serve_app.http.metrics import ApiMetrics
 
 
 def route_path(scope: Scope) -> str:

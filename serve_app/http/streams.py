@@ -34,8 +34,8 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from serve_app.auth import current_principal
-from serve_app.errors import ApiError
-from serve_app.jobstore import JobRecord, JobStore
+from serve_app.http.errors import ApiError
+from serve_app.jobs.store import JobRecord, JobStore
 
 logger = logging.getLogger("meshline.streams")
 

@@ -17,8 +17,8 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from serve_app.errors import ApiError
-from serve_app.fetch import fetch_s3, fetch_url
+from serve_app.http.errors import ApiError
+from serve_app.http.fetch import fetch_input
 from serve_app.schemas import LIMIT_ERROR, request_context
 from serve_app.settings import Settings
 
@@ -178,10 +178,15 @@ async def read_json_model(
     return validate_model(model, payload, settings, "body")
 
 
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lower-case ("" when absent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 @dataclass
 class RequestInputs:
     image: bytes
-    files: dict[str, tuple[bytes, str]]  # extra uploads by field: (data, filename)
+    extra_uploads: dict[str, tuple[bytes, str]]  # by field: (data, file name)
     options: BaseModel
 
 
@@ -265,7 +270,7 @@ async def read_inputs(
     JSON: ``{"image_url": ..., "options": {...}}``; the URL is fetched with SSRF checks.
     """
     limit = int(settings.max_upload_mb * 1024 * 1024)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = media_type(request)
     if content_type == MULTIPART:
         form = await read_form(request, max_files=1 + len(extra_files), max_fields=8)
         upload = form.get("image")
@@ -274,13 +279,16 @@ async def read_inputs(
                 422, "multipart body needs an 'image' file field", "missing_input", "image"
             )
         image = await read_upload(upload, "image", limit)
-        files = {}
+        extra_uploads = {}
         for field in extra_files:
             item = form.get(field)
             if isinstance(item, UploadFile):
-                files[field] = (await read_upload(item, field, limit), item.filename or field)
+                extra_uploads[field] = (
+                    await read_upload(item, field, limit),
+                    item.filename or field,
+                )
         options = options_field(form.get("options"), settings, options_model)
-        return RequestInputs(image, files, options)
+        return RequestInputs(image, extra_uploads, options)
     if content_type == JSON:
         json_limit = limit * 4 // 3 + 65536  # room for a base64 image of `limit` bytes
         body = await read_body(request, json_limit, "JSON body")
@@ -308,19 +316,7 @@ async def read_inputs(
         if sources[0] == "image_base64":
             image = await _off_loop(_decode_base64, payload["image_base64"], limit)
             return RequestInputs(image, {}, options)
-        url = payload["image_url"]
-        if url.startswith("s3://"):
-            image = await asyncio.to_thread(
-                fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets
-            )
-        else:
-            image = await fetch_url(
-                url,
-                limit,
-                settings.url_fetch_timeout_s,
-                settings.url_allow_private,
-                total_timeout_s=settings.fetch_total_timeout_s,
-            )
+        image = await fetch_input(settings, payload["image_url"], limit, "image_url")
         return RequestInputs(image, {}, options)
     if not content_type:
         raise ApiError(400, "request body is empty or has no Content-Type")

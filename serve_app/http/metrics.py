@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from serve_app.jobstore import JobStore
+from serve_app.jobs.store import JobStore
 
 logger = logging.getLogger("meshline.metrics")
 

@@ -10,13 +10,14 @@ from datetime import timedelta
 
 from deployments import telemetry
 from deployments.errors import MeshlineError
-from serve_app.artifacts import ArtifactStore
-from serve_app.errors import ApiError, public_message, to_api_error, unwrap
-from serve_app.jobstore import JobStore, utcnow
-from serve_app.pipeline import STAGE_RUNNERS, Handles, StageContext
+from serve_app.http.errors import ApiError, public_message, to_api_error, unwrap
+from serve_app.jobs.pipeline import STAGE_RUNNERS, Handles, StageContext
+from serve_app.jobs.store import JobStore, utcnow
+from serve_app.jobs.views import job_public
+from serve_app.jobs.webhooks import deliver
+from serve_app.redact import redact_locations
 from serve_app.settings import Settings
-from serve_app.views import job_public, redact_locations
-from serve_app.webhooks import deliver
+from serve_app.storage.artifacts import ArtifactStore
 
 logger = logging.getLogger("meshline.runner")
 

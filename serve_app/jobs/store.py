@@ -422,6 +422,15 @@ class JobStore:
                 counts[key] = counts.get(key, 0) + int(number)
         return counts
 
+    def unfinished_jobs_for_video(self, video_id: str) -> list[str]:
+        """Ids of the queued or running jobs working on ``video_id``."""
+        return [
+            job.id
+            for status in ("queued", "running")
+            for job in self.list(status, 500)
+            if job.inputs.get("video") == video_id
+        ]
+
     def find_by_idempotency_key(self, key: str) -> tuple[str, str | None] | None:
         """(job id, request hash) of the job created with this key, if any."""
         with self.engine.connect() as conn:

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from deployments.detector import routed_id
-from serve_app.artifacts import ArtifactStore
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
-from serve_app.jobstore import JobRecord, JobStore
+from serve_app.jobs.store import JobRecord, JobStore
 from serve_app.schemas import STAGE_ORDER, JobOptions, PropagateOptions
+from serve_app.storage.artifacts import ArtifactStore
 
 # Named inputs each stage needs, and the named outputs it produces for later stages.
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -322,7 +322,7 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
     """Track the video's prompted objects through its frames (one SAM2 pass per direction),
     writing each frame's masks as they arrive. A retried or resumed job keeps the frames it
     already wrote and continues each pass from its last written frame, seeded with its masks."""
-    from serve_app.videos import (
+    from serve_app.videos.frames import (
         decode_frame_masks,
         encode_frame_masks,
         frame_source,

@@ -21,7 +21,7 @@ import logging
 import socket
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -36,7 +36,10 @@ from deployments.netguard import (
     parse_networks,
     url_for_display,
 )
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
+
+if TYPE_CHECKING:
+    from serve_app.settings import Settings
 
 logger = logging.getLogger("meshline.fetch")
 
@@ -306,3 +309,20 @@ def fetch_s3(
         response["Body"].close()
         raise ApiError(413, f"{uri} exceeds {max_bytes} bytes", "payload_too_large", "image_url")
     return response["Body"].read(max_bytes + 1)
+
+
+async def fetch_input(settings: Settings, url: str, limit: int, param: str) -> bytes:
+    """A client-named input (``image_url``, ``video_url``, ``frame_urls[i]``): s3:// from the
+    allowed input buckets, or http(s) under the fetch rules above; bounded by ``limit`` bytes."""
+    if url.startswith("s3://"):
+        return await asyncio.to_thread(
+            fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets
+        )
+    return await fetch_url(
+        url,
+        limit,
+        settings.url_fetch_timeout_s,
+        settings.url_allow_private,
+        total_timeout_s=settings.fetch_total_timeout_s,
+        param=param,
+    )

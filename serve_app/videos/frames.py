@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from deployments.video import FrameSource, frame_name
-from serve_app.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
 from serve_app.schemas import PropagateOptions
-from serve_app.videostore import VideoRecord, VideoStore
+from serve_app.storage.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
+from serve_app.videos.store import VideoRecord, VideoStore
 
 
 def masks_name(frame_idx: int) -> str:

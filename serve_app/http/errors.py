@@ -53,7 +53,7 @@ def public_message(exc: BaseException) -> str:
     """A message safe for clients: domain errors verbatim, anything else generic."""
     original = unwrap(exc)
     if isinstance(original, (MeshlineError, ApiError)):
-        from serve_app.views import redact_locations  # views imports this module
+        from serve_app.redact import redact_locations  # views imports this module
 
         # Checkpoint URIs (buckets, hosts, signed queries) stay in the server log.
         text = str(original.args[0]) if original.args else original.__class__.__name__

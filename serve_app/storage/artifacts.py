@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlparse
 
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
 
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")

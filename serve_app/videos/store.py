@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.jobstore import _aware, utcnow
+from serve_app.jobs.store import _aware, utcnow
 
 metadata = MetaData()
 
@@ -265,6 +265,17 @@ class VideoStore:
                     }
                     for idx, objects, size in frames
                 ],
+            )
+
+    def mask_count(self, video_id: str) -> int:
+        """How many frames of the video have masks (one COUNT on the primary key)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(video_masks)
+                    .where(video_masks.c.video_id == video_id)
+                ).scalar_one()
             )
 
     def masks(self, video_id: str, start: int = 0, end: int | None = None) -> list[MaskRecord]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from serve_app.errors import ApiError
+from serve_app.http.errors import ApiError
 from serve_app.imaging import decode_image
 
 # Demuxers we accept (PyAV's format names); ffmpeg opens far more, images included.

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-from serve_app.errors import ApiError
-from serve_app.fetch import pinned_request
-from serve_app.jobstore import JobStore, utcnow
+from serve_app.http.errors import ApiError
+from serve_app.http.fetch import pinned_request
+from serve_app.jobs.store import JobStore, utcnow
 from serve_app.settings import Settings
 
 logger = logging.getLogger("meshline.webhooks")

@@ -18,9 +18,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from serve_app.redact import safe_label
 from serve_app.schemas import DeploymentHealth, Health
 from serve_app.services import ServicesDep
-from serve_app.views import safe_label
 
 router = APIRouter(tags=["health"])
 HEALTHY = {"HEALTHY", "UPSCALING", "DOWNSCALING", "AUTOSCALING"}

@@ -14,14 +14,18 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
-from serve_app.api import admin, health, jobs, predict, videos
-from serve_app.api.inputs import add_body_schemas
-from serve_app.api.middleware import ApiKeyAuth, BodyLimit, RequestContext
+from serve_app.admin import health
+from serve_app.admin import router as admin
 from serve_app.auth import KeyRing
-from serve_app.errors import install_error_handlers, request_id
-from serve_app.metrics import ApiMetrics
+from serve_app.http.errors import install_error_handlers, request_id
+from serve_app.http.inputs import add_body_schemas
+from serve_app.http.metrics import ApiMetrics
+from serve_app.http.middleware import ApiKeyAuth, BodyLimit, RequestContext
+from serve_app.jobs import router as jobs
+from serve_app.predict import router as predict
 from serve_app.services import Services
 from serve_app.settings import Settings
+from serve_app.videos import router as videos
 
 logger = logging.getLogger("meshline.api")
 

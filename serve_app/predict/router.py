@@ -13,10 +13,11 @@ from pydantic import Field
 from deployments.detector import loaded_models_by_replica, routed_id
 from deployments.errors import InvalidInput
 from deployments.registry import MODEL_ID
-from serve_app.api.inputs import openapi_body, read_inputs
 from serve_app.auth import current_principal
-from serve_app.errors import to_api_error
+from serve_app.http.errors import to_api_error
+from serve_app.http.inputs import openapi_body, read_inputs
 from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
+from serve_app.redact import safe_label
 from serve_app.schemas import (
     MAX_NAME_CHARS,
     DetectOptions,
@@ -29,7 +30,6 @@ from serve_app.schemas import (
     SegmentResponse,
 )
 from serve_app.services import Services, ServicesDep
-from serve_app.views import safe_label
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}

@@ -21,9 +21,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from serve_app.api.health import probe
-from serve_app.api.streams import EventStream, keep_alive_due
-from serve_app.jobstore import JobRecord
+from serve_app.admin.health import probe
+from serve_app.http.streams import EventStream, keep_alive_due
+from serve_app.jobs.store import JobRecord
 from serve_app.services import Services, ServicesDep
 
 router = APIRouter(tags=["admin"])
