@@ -15,10 +15,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-StageName = Literal["segment", "reconstruct", "paint", "convert", "propagate"]
-# The image pipeline; "propagate" is the one stage of a video propagation job.
-STAGE_ORDER: tuple[StageName, ...] = ("segment", "reconstruct", "paint", "convert")
-VIDEO_STAGES: tuple[StageName, ...] = ("propagate",)
+from serve_app.jobs.stages import STAGE_ORDER, VIDEO_STAGES, StageName  # declared once there
+
 MeshFormat = Literal["obj", "stl", "glb", "ply", "usd", "usdz"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]

@@ -18,25 +18,11 @@ import numpy as np
 from deployments.detector import routed_id
 from serve_app.http.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
+from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGES
 from serve_app.jobs.store import JobRecord, JobStore
 from serve_app.schemas import STAGE_ORDER, JobOptions, PropagateOptions
 from serve_app.storage.artifacts import ArtifactStore
 
-# Named inputs each stage needs, and the named outputs it produces for later stages.
-STAGE_NEEDS: dict[str, tuple[str, ...]] = {
-    "segment": ("image",),
-    "reconstruct": ("image", "mask"),
-    "paint": ("image", "mask", "mesh"),
-    "convert": ("mesh",),
-    "propagate": ("video",),
-}
-STAGE_MAKES: dict[str, tuple[str, ...]] = {
-    "segment": ("mask",),
-    "reconstruct": ("mesh",),
-    "paint": ("mesh",),
-    "convert": (),
-    "propagate": (),
-}
 MESH_INPUT_FORMATS = ("ply", "glb", "obj", "stl")
 # Stage outputs that stand for a role, most refined first (paint's mesh supersedes shape's).
 PRODUCED_BY_ROLE: dict[str, tuple[str, ...]] = {
@@ -438,11 +424,6 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-STAGE_RUNNERS = {
-    "segment": run_segment,
-    "reconstruct": run_reconstruct,
-    "paint": run_paint,
-    "convert": run_convert,
-    "propagate": run_propagate,
-}
+# Each stage's runner, by the name its declaration gives (serve_app/jobs/stages.py).
+STAGE_RUNNERS = {stage.name: globals()[stage.runner] for stage in STAGES}
 PROGRESS_INTERVAL_S = 0.5  # store writes of a propagation's progress, at most this often
