@@ -22,7 +22,9 @@ RAY_CLIENT_PORT    ?= 10001
 RAY_AGENT_PORT     ?= 52365
 # The HTTP port of the app (http_options.port of the config); the CLI reads the same variable.
 MESHLINE_PORT ?= 8000
-SERVE_CONFIG ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo configs/serve.yaml || echo configs/serve.cpu.yaml)
+# One config for GPU and CPU machines: the builder sizes the deployments for what it finds
+# (the `accelerator` setting, MESHLINE_ACCELERATOR: auto by default).
+SERVE_CONFIG ?= configs/serve.yaml
 
 # Ray 2.60 turns on token auth for local clusters. The head, every node that joins it and
 # every ray/serve CLI call need the same token: Ray looks in $RAY_AUTH_TOKEN, then

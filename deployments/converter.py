@@ -5,43 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 from ray import serve
 
 from deployments.common import placement
+from deployments.configs import MODEL_AUTOSCALING, ConverterConfig
 from deployments.errors import InvalidInput
-from deployments.meshing.voxels import DEFAULT_MAX_VOXELS
-
-
-class ConverterConfig(BaseModel):
-    preview_frames: int = Field(12, ge=2, le=72)
-    preview_size_px: int = Field(256, ge=64, le=1024)
-    seed: int = Field(0, description="CoACD seed: the same mesh gives the same parts.")
-    max_mesh_faces: int = Field(
-        500_000,
-        ge=1000,
-        description="Faces of a mesh to convert, counted right after parsing, before any work "
-        "(413 beyond).",
-    )
-    isolation: Literal["process", "thread"] = Field(
-        "process",
-        description="process: each call runs in a child process, killed when the call is "
-        "cancelled or times out; thread: in this replica (a cancelled call runs on).",
-    )
-    workers: int = Field(
-        2, ge=1, le=16, description="Calls one replica runs at once (child processes)."
-    )
-    max_voxels: int = Field(
-        DEFAULT_MAX_VOXELS,
-        ge=1000,
-        le=256**3,
-        description="Voxels of a voxel build's grid (x·y·z), checked once the mesh's proportions "
-        "give the grid, before any voxel is computed (413 beyond). Default 128³.",
-    )
-
 
 USD_FORMATS = ("usd", "usdz")
 # open3d's self-intersection test compares all pairs of triangles: 0.6 s at 20k faces, 10 s at
@@ -399,10 +370,11 @@ def _topology(mesh: Any) -> dict[str, Any]:
     }
 
 
-@serve.deployment(
+@serve.deployment(  # resources: set by the builder for the accelerator (deployments/configs.py)
     name="Converter",
-    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    autoscaling_config={"min_replicas": 0, "initial_replicas": 1, "max_replicas": 2},
+    max_ongoing_requests=4,
+    max_queued_requests=128,  # beyond this Serve answers 503 at once
+    autoscaling_config=MODEL_AUTOSCALING,
 )
 class ConverterDeployment:
     def __init__(self, config: ConverterConfig) -> None:

@@ -12,46 +12,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 from ray import serve
 
 from deployments import telemetry
 from deployments.common import pick_device, placement, resolve_checkpoint, use_half
+from deployments.configs import MODEL_AUTOSCALING, DetectorConfig
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.registry import DEFAULT_MODEL_ID, ModelRegistry
 
 logger = logging.getLogger("meshline.detector")
-
-
-class DetectorConfig(BaseModel):
-    model: str = Field("yolov8n.yaml", description="ultralytics config for random init.")
-    checkpoint: str | None = Field(None, description="Local .pt path, s3:// or https:// URI.")
-    checkpoint_sha256: str | None = Field(
-        None, description="SHA-256 a local checkpoint must have (verified on every load)."
-    )
-    registry_file: Path | None = Field(None, description="YAML/JSON registry of model ids.")
-    models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
-    models_s3_prefix: str | None = Field(None, description="s3://bucket/prefix/ of <id>.pt files.")
-    max_models: int = Field(2, ge=1, description="Models one replica keeps loaded (LRU).")
-    max_cache_bytes: int | None = Field(None, description="Bound of the on-disk checkpoint cache.")
-    max_batch_size: int = Field(1, ge=1, le=256, description="@serve.batch size; 1 = no batching.")
-    batch_wait_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "half"] = Field(
-        "auto", description="half = fp16 inference; auto = half on CUDA, fp32 on CPU."
-    )
-    weights_dir: Path = Path(".data/weights")
-    config_dir: Path = Field(Path(".data/ultralytics"), description="YOLO_CONFIG_DIR (writable).")
-    s3_endpoint_url: str | None = None
-    allow_private: list[str] = Field(
-        default_factory=list,
-        description="CIDRs an http(s) checkpoint may come from although not public (an internal "
-        "model server); every other non-global address is refused.",
-    )
 
 
 def prepare_ultralytics_env(config_dir: Path) -> None:
@@ -287,10 +259,11 @@ class DetectParams:
         return (self.conf, self.iou, self.imgsz, self.max_det, tuple(self.classes or ()))
 
 
-@serve.deployment(
+@serve.deployment(  # resources: set by the builder for the accelerator (deployments/configs.py)
     name="Detector",
-    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    autoscaling_config={"min_replicas": 0, "initial_replicas": 1, "max_replicas": 2},
+    max_ongoing_requests=8,
+    max_queued_requests=256,  # beyond this Serve answers 503 at once
+    autoscaling_config={**MODEL_AUTOSCALING, "target_ongoing_requests": 4},
 )
 class DetectorDeployment:
     """Many YOLO models per replica through Serve's model multiplexing: the ingress routes a

@@ -5,54 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 from ray import serve
 
 from deployments.common import placement
+from deployments.configs import MODEL_AUTOSCALING, ReconstructorConfig
 from deployments.errors import InvalidInput
-
-
-class ReconstructorConfig(BaseModel):
-    backend: Literal["inflate", "hunyuan3d", "trellis", "sam3d"] = Field(
-        "inflate", description="inflate: the built-in CPU backend; others: deployments/backends.py."
-    )
-    weights: Path | None = Field(None, description="Local weights of an external backend.")
-    grid: int = Field(96, ge=32, le=512, description="Grid cells along the longest side.")
-    depth_ratio: float = Field(
-        0.5,
-        gt=0,
-        le=2,
-        description="Thickness prior: depth at the thickest point as a fraction of the "
-        "widest inscribed disk (1: a disk becomes a sphere).",
-    )
-    profile_power: float = Field(
-        2.0,
-        ge=1.0,
-        le=8.0,
-        description="Side-view profile: 2 elliptic (round rim); larger is flatter-faced.",
-    )
-    max_faces: int = Field(20000, ge=500, description="Face budget.")
-    texture_px: int = Field(
-        1024, ge=64, le=4096, description="Edge of the baked texture atlas (paint)."
-    )
-    max_mesh_faces: int = Field(
-        500_000,
-        ge=1000,
-        description="Faces of a mesh to paint, counted right after parsing (413 beyond).",
-    )
-    isolation: Literal["process", "thread"] = Field(
-        "process",
-        description="process: the built-in backend's calls run in child processes, killed when "
-        "a call is cancelled or times out; thread: in this replica. External (GPU) backends "
-        "always run in the replica, where their model is loaded.",
-    )
-    workers: int = Field(
-        2, ge=1, le=16, description="Calls one replica runs at once (child processes)."
-    )
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -163,11 +123,12 @@ class SilhouetteReconstructor:
         }
 
 
-@serve.deployment(
+@serve.deployment(  # resources: set by the builder for the accelerator (deployments/configs.py)
     name="Reconstructor",
-    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    autoscaling_config={"min_replicas": 0, "initial_replicas": 1, "max_replicas": 2},
-    graceful_shutdown_timeout_s=60,
+    max_ongoing_requests=4,
+    max_queued_requests=128,  # beyond this Serve answers 503 at once
+    autoscaling_config=MODEL_AUTOSCALING,
+    graceful_shutdown_timeout_s=120,
 )
 class ReconstructorDeployment:
     def __init__(self, config: ReconstructorConfig) -> None:

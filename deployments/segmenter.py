@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 from ray import serve
 
 from deployments.common import pick_device, placement, resolve_checkpoint, use_half
+from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.video import (
     FrameSource,
@@ -33,47 +31,6 @@ from deployments.video import (
 )
 
 logger = logging.getLogger("meshline.segmenter")
-
-
-class SegmenterConfig(BaseModel):
-    config_name: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 Hydra config.")
-    checkpoint: str | None = Field(
-        None, description="Local path or s3:// URI; random init if None."
-    )
-    checkpoint_sha256: str | None = Field(
-        None, description="SHA-256 a local checkpoint must have (verified on every load)."
-    )
-    overrides: list[str] = Field(default_factory=list, description="Extra Hydra overrides.")
-    seed: int = Field(0, description="Seed for random init.")
-    device: str = Field("auto", description="auto | cpu | cuda")
-    precision: Literal["auto", "fp32", "half"] = Field(
-        "auto", description="half = bf16 autocast; auto = half on CUDA, fp32 on CPU."
-    )
-    weights_dir: Path = Field(Path(".data/weights"), description="Cache for s3:// checkpoints.")
-    s3_endpoint_url: str | None = None
-    max_video_sessions: int = Field(2, ge=1, description="Video sessions one replica keeps (LRU).")
-    video_session_idle_s: float = Field(
-        300, gt=0, description="A session unused this long frees its state (rebuilt on next use)."
-    )
-    offload_video_state_to_cpu: bool = Field(
-        False,
-        description="Keep SAM2's per-frame video state in CPU memory "
-        "(less GPU memory, ~10% slower).",
-    )
-    scratch_dir: Path = Field(
-        Path(tempfile.gettempdir()), description="Temporary frame copies (S3)."
-    )
-    # Request bounds (issue 13): the ingress checks them first; these guard every other caller
-    # (handles from notebooks, the job pipeline). None = unbounded.
-    max_prompt_points: int | None = Field(
-        None, ge=1, description="Points one prompt may carry (settings.max_prompt_points)."
-    )
-    video_session_max_mb: float | None = Field(
-        None, gt=0, description="Memory a video session's frames may need (413 beyond)."
-    )
-    video_max_objects: int | None = Field(
-        None, ge=1, le=255, description="Distinct objects one video session tracks (422 beyond)."
-    )
 
 
 def _build_sam2_model(config: SegmenterConfig, device: str) -> Any:
@@ -271,11 +228,12 @@ def _validate_prompt(
     return point_coords, point_labels, box_arr
 
 
-@serve.deployment(
+@serve.deployment(  # resources: set by the builder for the accelerator (deployments/configs.py)
     name="Segmenter",
-    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    autoscaling_config={"min_replicas": 0, "initial_replicas": 1, "max_replicas": 2},
-    graceful_shutdown_timeout_s=60,
+    max_ongoing_requests=4,
+    max_queued_requests=128,  # beyond this Serve answers 503 at once
+    autoscaling_config=MODEL_AUTOSCALING,
+    graceful_shutdown_timeout_s=120,
 )
 class SegmenterDeployment:
     """Thin Ray Serve wrapper: one SAM2 model per replica, calls run off the event loop.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
@@ -18,14 +18,32 @@ from deployments.checkpoints import (
     fetched_checkpoint,
     fetched_dir,
 )
-from deployments.converter import ConverterConfig, ConverterDeployment
-from deployments.detector import DetectorConfig, DetectorDeployment
-from deployments.reconstructor import ReconstructorConfig, ReconstructorDeployment
-from deployments.segmenter import SegmenterConfig, SegmenterDeployment
+from deployments.configs import (
+    DETECTOR_BATCH_SIZE,
+    REPLICA_RESOURCES,
+    Accelerator,
+    ConverterConfig,
+    DetectorConfig,
+    ReconstructorConfig,
+    SegmenterConfig,
+)
+from deployments.converter import ConverterDeployment
+from deployments.detector import DetectorDeployment
+from deployments.reconstructor import ReconstructorDeployment
+from deployments.segmenter import SegmenterDeployment
 from serve_app.ingress import Ingress
 from serve_app.settings import Settings
 
-DEPLOYMENT_NAMES = ("Ingress", "Segmenter", "Reconstructor", "Converter", "Detector")
+DEPLOYMENTS = (
+    Ingress,
+    SegmenterDeployment,
+    ReconstructorDeployment,
+    ConverterDeployment,
+    DetectorDeployment,
+)
+DEPLOYMENT_NAMES = tuple(d.name for d in DEPLOYMENTS)
+# The deployments whose resources follow the accelerator (REPLICA_RESOURCES); not the Ingress.
+MODEL_DEPLOYMENTS = DEPLOYMENT_NAMES[1:]
 
 logger = logging.getLogger("meshline.app")
 
@@ -41,7 +59,9 @@ class MeshlineArgs(BaseModel):
     )
     deployment_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Per-deployment .options() overrides (Python API; YAML uses `deployments`).",
+        description="Per-deployment .options() overrides (Python API; YAML uses `deployments`): "
+        "ray_actor_options are merged over the deployment's own (the accelerator's resources "
+        "for the model deployments), other options replace the @serve.deployment defaults.",
     )
 
 
@@ -129,70 +149,70 @@ def model_table(settings: Settings, weights: ResolvedWeights) -> dict[str, dict[
     }
 
 
+def resolve_accelerator(setting: Literal["auto", "gpu", "cpu"]) -> Accelerator:
+    """The `accelerator` setting, auto resolved: gpu when the cluster has a GPU now (the builder
+    runs in it under `serve run`/`serve deploy`), else cpu."""
+    if setting != "auto":
+        return setting
+    import ray
+
+    return "gpu" if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
 def model_configs(
-    settings: Settings, weights: ResolvedWeights | None = None
+    settings: Settings,
+    weights: ResolvedWeights | None = None,
+    accelerator: Accelerator | None = None,
 ) -> tuple[SegmenterConfig, ReconstructorConfig, ConverterConfig, DetectorConfig]:
+    """The configs the model deployments are bound with: the fields settings fill one to one
+    (``fills`` in serve_app/settings.py), plus the derived ones, computed here only."""
     weights = weights or resolve_weights(settings)
+    accelerator = accelerator or resolve_accelerator(settings.accelerator)
     weights_dir = settings.resolved_weights_dir
     return (
         SegmenterConfig(
-            config_name=settings.sam2_config,
+            **settings.config_values(SegmenterConfig),
             checkpoint=weights.segmenter.checkpoint,
             checkpoint_sha256=weights.segmenter.sha256,
-            overrides=settings.sam2_overrides,
-            seed=settings.seed,
             weights_dir=weights_dir,
-            precision=settings.model_precision,
-            s3_endpoint_url=settings.s3_endpoint_url,
-            max_video_sessions=settings.video_sessions_per_replica,
-            video_session_idle_s=settings.video_session_idle_s,
-            offload_video_state_to_cpu=settings.video_offload_state_to_cpu,
             scratch_dir=(settings.data_dir / "scratch").resolve(),
-            max_prompt_points=settings.max_prompt_points,
-            video_session_max_mb=settings.video_session_max_mb,
-            video_max_objects=settings.video_max_objects,
         ),
-        ReconstructorConfig(
-            backend=settings.reconstruct_backend,
-            weights=settings.reconstruct_weights,
-            grid=settings.reconstruct_grid,
-            depth_ratio=settings.reconstruct_depth_ratio,
-            max_faces=settings.max_faces,
-            max_mesh_faces=settings.max_mesh_faces,
-        ),
-        ConverterConfig(
-            preview_frames=settings.preview_frames,
-            preview_size_px=settings.preview_size_px,
-            max_mesh_faces=settings.max_mesh_faces,
-            max_voxels=settings.max_voxels,
-        ),
+        ReconstructorConfig(**settings.config_values(ReconstructorConfig)),
+        ConverterConfig(**settings.config_values(ConverterConfig)),
         DetectorConfig(
-            model=settings.detector_model,
+            **settings.config_values(DetectorConfig),
             checkpoint=weights.detector.checkpoint,
             checkpoint_sha256=weights.detector.sha256,
-            seed=settings.seed,
-            precision=settings.model_precision,
             weights_dir=weights_dir,
             config_dir=(settings.data_dir / "ultralytics").resolve(),
-            registry_file=settings.detector_registry_file,
-            models_dir=settings.detector_models_dir,
-            models_s3_prefix=settings.detector_models_s3_prefix,
-            max_models=settings.detector_max_models,
-            max_batch_size=settings.detector_batch_size or default_batch_size(),
-            batch_wait_s=settings.detector_batch_wait_s,
+            max_batch_size=settings.detector_batch_size or DETECTOR_BATCH_SIZE[accelerator],
             max_cache_bytes=int(settings.weights_cache_max_mb * 2**20)
             if settings.weights_cache_max_mb
             else None,
-            s3_endpoint_url=settings.s3_endpoint_url,
         ),
     )
 
 
-def default_batch_size() -> int:
-    """Batch on GPU clusters (8), not on CPU ones (1): measured in bench/detector.py."""
-    import ray
-
-    return 8 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 1
+def deployment_options(
+    accelerator: Accelerator, overrides: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """What the builder passes to each deployment's ``.options()`` (its other options are its
+    @serve.deployment defaults): the accelerator's resources for the model deployments, and the
+    caller's options over them (ray_actor_options merged key by key over the deployment's own,
+    any other option replaced). A Serve config file's `deployments` entries override all this
+    in turn (Serve applies them after the builder)."""
+    options: dict[str, dict[str, Any]] = {}
+    for deployment in DEPLOYMENTS:
+        given = dict(overrides.get(deployment.name, {}))
+        if deployment.name in MODEL_DEPLOYMENTS:
+            own = REPLICA_RESOURCES[accelerator]
+        else:
+            own = deployment.ray_actor_options or {}
+        if deployment.name in MODEL_DEPLOYMENTS or "ray_actor_options" in given:
+            given["ray_actor_options"] = {**own, **given.get("ray_actor_options", {})}
+        if given:
+            options[deployment.name] = given
+    return options
 
 
 def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
@@ -202,11 +222,16 @@ def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
         raise ValueError(f"unknown deployments in deployment_options: {sorted(unknown)}")
     settings = Settings(**args.settings)
     weights = resolve_weights(settings)
-    segmenter_cfg, reconstructor_cfg, converter_cfg, detector_cfg = model_configs(settings, weights)
+    accelerator = resolve_accelerator(settings.accelerator)
+    logger.info("accelerator %s (setting: %s)", accelerator, settings.accelerator)
+    segmenter_cfg, reconstructor_cfg, converter_cfg, detector_cfg = model_configs(
+        settings, weights, accelerator
+    )
+    options = deployment_options(accelerator, args.deployment_options)
 
     def with_options(deployment: Any) -> Any:
-        options = args.deployment_options.get(deployment.name)
-        return deployment.options(**options) if options else deployment
+        given = options.get(deployment.name)
+        return deployment.options(**given) if given else deployment
 
     return with_options(Ingress).bind(
         segmenter=with_options(SegmenterDeployment).bind(segmenter_cfg),

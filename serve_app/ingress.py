@@ -42,9 +42,10 @@ MAX_ONGOING_REQUESTS = 64
 
 @serve.deployment(
     name="Ingress",
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},  # never a GPU, whatever the accelerator
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2},
-    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,  # cheap requests; long work is queued as jobs
+    max_queued_requests=512,  # beyond this Serve answers 503 at once
 )
 @serve.ingress()
 class Ingress:

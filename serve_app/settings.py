@@ -6,14 +6,49 @@ deployments through ``.bind()``; nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from deployments.configs import (
+    ConverterConfig,
+    DetectorConfig,
+    Precision,
+    ReconstructBackend,
+    ReconstructorConfig,
+    SegmenterConfig,
+)
 from serve_app.auth import ApiKeyEntry
+
+
+@dataclass(frozen=True)
+class Fills:
+    """Marker on a Settings field: the deployment-config fields (class, field name) it fills."""
+
+    targets: tuple[tuple[type[BaseModel], str], ...]
+
+
+def fills(*targets: tuple[type[BaseModel], str], **field: Any) -> Any:
+    """A setting that fills these deployment-config fields: the builder copies its value there
+    (``Settings.config_values``). Its default and bounds are theirs, written once in
+    deployments/configs.py; ``field`` adds the setting's description (and any stricter bound)."""
+    infos = [cls.model_fields[name] for cls, name in targets]
+    defaults = [info.get_default(call_default_factory=True) for info in infos]
+    if any(default != defaults[0] for default in defaults[1:]):
+        raise TypeError(f"{targets} disagree on their default: {defaults}")
+    first = infos[0]
+    if first.default_factory is not None:
+        info = Field(default_factory=first.default_factory, **field)
+    else:
+        info = Field(first.default, **field)
+    info.metadata[:0] = first.metadata  # the config's bounds (ge, le, ...)
+    info.metadata.append(Fills(tuple(targets)))
+    return info
 
 
 class Settings(BaseSettings):
@@ -45,25 +80,34 @@ class Settings(BaseSettings):
         "official ones (under fetched/); default: data_dir/weights.",
     )
 
-    s3_endpoint_url: str | None = Field(
-        None, description="S3 API endpoint (MinIO, moto, ...); default: AWS."
+    s3_endpoint_url: str | None = fills(
+        (SegmenterConfig, "s3_endpoint_url"),
+        (DetectorConfig, "s3_endpoint_url"),
+        description="S3 API endpoint (MinIO, moto, ...); default: AWS.",
     )
 
     # Models ------------------------------------------------------------------------------
-    sam2_config: str = Field(
-        "configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 packaged Hydra config name."
+    accelerator: Literal["auto", "gpu", "cpu"] = Field(
+        "auto",
+        description="What the four model deployments run on: gpu (a quarter GPU each), cpu "
+        "(CPU shares), or auto: gpu when the cluster has a GPU as the app is built. A cluster "
+        "that adds GPU nodes on demand has none then: set gpu (cluster/ manifests do).",
+    )
+    sam2_config: str = fills(
+        (SegmenterConfig, "config_name"), description="sam2 packaged Hydra config name."
     )
     sam2_checkpoint: str | None = Field(
         None,
         description="Local path or s3:// URI of a SAM2 checkpoint; when unset, the fetched one "
         "that fits sam2_config (see use_fetched_weights), else random init.",
     )
-    sam2_overrides: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+    sam2_overrides: Annotated[list[str], NoDecode] = fills(
+        (SegmenterConfig, "overrides"),
         description="Extra Hydra overrides for the SAM2 model (e.g. a smaller image_size).",
     )
-    detector_model: str = Field(
-        "yolov8n.yaml", description="ultralytics model config used when no checkpoint is set."
+    detector_model: str = fills(
+        (DetectorConfig, "model"),
+        description="ultralytics model config used when no checkpoint is set.",
     )
     detector_checkpoint: str | None = Field(
         None,
@@ -75,17 +119,25 @@ class Settings(BaseSettings):
         description="Load official checkpoints fetched by `meshline weights fetch` (verified by "
         "SHA-256) when no checkpoint is configured; nothing is ever downloaded at run time.",
     )
-    model_precision: Literal["auto", "fp32", "half"] = Field(
-        "auto", description="SAM2/YOLO precision: half (bf16/fp16) on CUDA by default."
+    model_precision: Precision = fills(
+        (SegmenterConfig, "precision"),
+        (DetectorConfig, "precision"),
+        description="SAM2/YOLO precision: half (bf16/fp16) on CUDA by default.",
     )
-    detector_registry_file: Path | None = Field(
-        None, description="YAML/JSON registry: models: {id: {source: path|s3://|https://}}."
+    detector_registry_file: Path | None = fills(
+        (DetectorConfig, "registry_file"),
+        description="YAML/JSON registry: models: {id: {source: path|s3://|https://}}.",
     )
-    detector_models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
-    detector_models_s3_prefix: str | None = Field(
-        None, description="s3://bucket/prefix/: every <id>.pt under it is a model id."
+    detector_models_dir: Path | None = fills(
+        (DetectorConfig, "models_dir"), description="Every <id>.pt here is a model id."
     )
-    detector_max_models: int = Field(2, ge=1, description="YOLO models one replica keeps (LRU).")
+    detector_models_s3_prefix: str | None = fills(
+        (DetectorConfig, "models_s3_prefix"),
+        description="s3://bucket/prefix/: every <id>.pt under it is a model id.",
+    )
+    detector_max_models: int = fills(
+        (DetectorConfig, "max_models"), description="YOLO models one replica keeps (LRU)."
+    )
     detector_batch_size: int | None = Field(
         None,
         ge=1,
@@ -93,26 +145,42 @@ class Settings(BaseSettings):
         description="@serve.batch size for detect; default 8 on a GPU cluster, 1 (off) on CPU, "
         "where batching measured no gain (bench/detector.py).",
     )
-    detector_batch_wait_s: float = Field(0.005, ge=0, description="Batch fill timeout.")
+    detector_batch_wait_s: float = fills(
+        (DetectorConfig, "batch_wait_s"), description="Batch fill timeout."
+    )
     weights_cache_max_mb: float | None = Field(
         None, gt=0, description="Bound of the on-disk checkpoint cache (LRU eviction)."
     )
-    seed: int = Field(0, description="Seed for random-init weights, so runs are repeatable.")
-    reconstruct_grid: int = Field(
-        96, ge=32, le=512, description="Voxel grid resolution (longest side) for the CPU backend."
+    seed: int = fills(
+        (SegmenterConfig, "seed"),
+        (DetectorConfig, "seed"),
+        description="Seed for random-init weights, so runs are repeatable.",
     )
-    reconstruct_backend: Literal["inflate", "hunyuan3d", "trellis", "sam3d"] = Field(
-        "inflate",
+    reconstruct_grid: int = fills(
+        (ReconstructorConfig, "grid"),
+        description="Voxel grid resolution (longest side) for the CPU backend.",
+    )
+    reconstruct_backend: ReconstructBackend = fills(
+        (ReconstructorConfig, "backend"),
         description="Shape backend: the built-in CPU one, or an image-to-3D model "
         "(needs its package in the Reconstructor's runtime_env: configs/backends/).",
     )
-    reconstruct_weights: Path | None = Field(None, description="Local weights of that backend.")
-    reconstruct_depth_ratio: float = Field(
-        0.5, gt=0, le=2, description="Object depth as a fraction of its width (shape prior)."
+    reconstruct_weights: Path | None = fills(
+        (ReconstructorConfig, "weights"), description="Local weights of that backend."
     )
-    max_faces: int = Field(20000, ge=500, description="Face budget of reconstructed meshes.")
-    preview_frames: int = Field(12, ge=2, le=72, description="Frames in the turntable GIF.")
-    preview_size_px: int = Field(256, ge=64, le=1024, description="Preview GIF edge length.")
+    reconstruct_depth_ratio: float = fills(
+        (ReconstructorConfig, "depth_ratio"),
+        description="Object depth as a fraction of its width (shape prior).",
+    )
+    max_faces: int = fills(
+        (ReconstructorConfig, "max_faces"), description="Face budget of reconstructed meshes."
+    )
+    preview_frames: int = fills(
+        (ConverterConfig, "preview_frames"), description="Frames in the turntable GIF."
+    )
+    preview_size_px: int = fills(
+        (ConverterConfig, "preview_size_px"), description="Preview GIF edge length."
+    )
 
     # Inputs ------------------------------------------------------------------------------
     max_upload_mb: float = Field(25, gt=0, description="Largest accepted upload or URL body.")
@@ -139,11 +207,15 @@ class Settings(BaseSettings):
         description="KiB of a JSON body outside its strings (brackets, numbers; 413): keeps "
         "json.loads' memory small.",
     )
-    max_prompt_points: int = Field(
-        64, ge=1, le=4096, description="Points (and labels) one SAM2 prompt may carry (422)."
+    max_prompt_points: int = fills(
+        (SegmenterConfig, "max_prompt_points"),
+        le=4096,
+        description="Points (and labels) one SAM2 prompt may carry (422).",
     )
-    max_mesh_faces: int = Field(
-        500_000, ge=1000, description="Faces of an uploaded mesh (413); checked before any work."
+    max_mesh_faces: int = fills(
+        (ReconstructorConfig, "max_mesh_faces"),
+        (ConverterConfig, "max_mesh_faces"),
+        description="Faces of an uploaded mesh (413); checked before any work.",
     )
     fetch_total_timeout_s: float = Field(
         30, gt=0, description="Deadline of one URL fetch, redirects and body included (504→422)."
@@ -160,10 +232,8 @@ class Settings(BaseSettings):
     job_max_runs: int = Field(
         5, ge=1, description="Claims of one job (each runner crash re-queues it); then it fails."
     )
-    max_voxels: int = Field(
-        2_097_152,
-        ge=1000,
-        le=16_777_216,
+    max_voxels: int = fills(
+        (ConverterConfig, "max_voxels"),
         description="Voxels (x·y·z) of a voxel build's grid (413): at submit when the request "
         "fixes the grid, else in the Converter before any voxel is computed.",
     )
@@ -174,9 +244,8 @@ class Settings(BaseSettings):
         gt=0,
         description="Decoded frame bytes one upload may produce (413).",
     )
-    video_session_max_mb: float = Field(
-        8192,
-        gt=0,
+    video_session_max_mb: float = fills(
+        (SegmenterConfig, "video_session_max_mb"),
         description="SAM2 video-session memory, frames × 3 × image_size² × 4 bytes (413).",
     )
     video_max_prompts: int = Field(
@@ -185,8 +254,9 @@ class Settings(BaseSettings):
         le=100_000,
         description="Prompts one video keeps (422): a rebuilt session replays each one.",
     )
-    video_max_objects: int = Field(
-        64, ge=1, le=255, description="Objects one video may track (422); exports use uint8 ids."
+    video_max_objects: int = fills(
+        (SegmenterConfig, "video_max_objects"),
+        description="Objects one video may track (422); exports use uint8 ids.",
     )
 
     # Jobs --------------------------------------------------------------------------------
@@ -238,16 +308,16 @@ class Settings(BaseSettings):
         gt=0,
         description="A video unused this long is deleted with its frames and masks.",
     )
-    video_sessions_per_replica: int = Field(
-        2,
-        ge=1,
+    video_sessions_per_replica: int = fills(
+        (SegmenterConfig, "max_video_sessions"),
         description="SAM2 video sessions one Segmenter replica keeps (LRU; rebuilt on demand).",
     )
-    video_session_idle_s: float = Field(
-        300, gt=0, description="A replica frees a session's memory after this long unused."
+    video_session_idle_s: float = fills(
+        (SegmenterConfig, "video_session_idle_s"),
+        description="A replica frees a session's memory after this long unused.",
     )
-    video_offload_state_to_cpu: bool = Field(
-        False,
+    video_offload_state_to_cpu: bool = fills(
+        (SegmenterConfig, "offload_video_state_to_cpu"),
         description="Keep SAM2's video state in CPU memory (saves GPU memory, a little slower).",
     )
 
@@ -290,6 +360,14 @@ class Settings(BaseSettings):
         # Replicas run in other processes (and other working directories): pin paths now.
         return value.expanduser().resolve() if value is not None else None
 
+    def config_values(self, config: type[BaseModel]) -> dict[str, Any]:
+        """The fields of a deployment config that settings fill (``fills``), with their values."""
+        return {
+            field: getattr(self, setting)
+            for setting, cls, field in filled_fields()
+            if cls is config
+        }
+
     @property
     def resolved_db_url(self) -> str:
         return self.db_url or f"sqlite:///{(self.data_dir / 'meshline.db').resolve()}"
@@ -301,3 +379,15 @@ class Settings(BaseSettings):
     @property
     def resolved_weights_dir(self) -> Path:
         return (self.weights_cache_dir or self.data_dir / "weights").resolve()
+
+
+@functools.cache
+def filled_fields() -> tuple[tuple[str, type[BaseModel], str], ...]:
+    """(setting, config class, config field) for every ``fills`` marker of Settings."""
+    return tuple(
+        (setting, cls, field)
+        for setting, info in Settings.model_fields.items()
+        for marker in info.metadata
+        if isinstance(marker, Fills)
+        for cls, field in marker.targets
+    )

@@ -16,11 +16,13 @@ import jsonschema
 import pytest
 import yaml
 
+from deployments.configs import REPLICA_RESOURCES
 from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 PREFIX = "MESHLINE_"
+MODEL_DEPLOYMENTS = 4  # Segmenter, Reconstructor, Converter, Detector
 
 
 def _yaml(path: Path) -> dict:
@@ -77,10 +79,19 @@ def test_gpu_workers_autoscale_from_zero() -> None:
     (container,) = group["template"]["spec"]["containers"]
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
     # One GPU pod must hold at least one replica of every model deployment (0.25 GPU each).
-    deployments = _yaml(ROOT / "configs" / "serve.yaml")["applications"][0]["deployments"]
-    assert sum(d["ray_actor_options"]["num_gpus"] for d in deployments) <= int(
+    assert MODEL_DEPLOYMENTS * REPLICA_RESOURCES["gpu"]["num_gpus"] <= int(
         container["resources"]["limits"]["nvidia.com/gpu"]
     )
+
+
+def test_both_clusters_size_the_models_for_their_gpu_nodes() -> None:
+    """The app is built while the GPU group is at zero: `accelerator: auto` would find no GPU
+    and size the model deployments for CPUs (on the head), so both configs say gpu."""
+    for container in _containers(_rayservice()):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["MESHLINE_ACCELERATOR"] == "gpu", container["name"]
+    options = _yaml(CLUSTER / "aws.yaml")["docker"]["run_options"]
+    assert "--env MESHLINE_ACCELERATOR=gpu" in options
     assert 8000 in {p["containerPort"] for p in container["ports"]}
 
 
@@ -437,7 +448,7 @@ def test_telemetry_module_declares_the_dashboards_names() -> None:
     telemetry = (ROOT / "deployments" / "telemetry.py").read_text()
     for name in RAY_SIDE:
         assert f'"{name}"' in telemetry, name
-    metrics = (ROOT / "serve_app" / "metrics.py").read_text()
+    metrics = (ROOT / "serve_app" / "http" / "metrics.py").read_text()
     for name in ("meshline_jobs", "meshline_job_queue_depth", "meshline_http_requests"):
         assert f'"{name}"' in metrics, name
 

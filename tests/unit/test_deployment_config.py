@@ -1,5 +1,6 @@
 """Reconstructor and Converter take Serve's user_config over their bound configs; a backend
-that cannot load fails in reconfigure, i.e. at deploy time."""
+that cannot load fails in reconfigure, i.e. at deploy time. The config classes live in one
+torch-free module, every field described."""
 
 from __future__ import annotations
 
@@ -38,3 +39,22 @@ def test_converter_user_config_overrides_the_bound_config() -> None:
     )
     with pytest.raises(ValidationError):
         replica.reconfigure({"preview_frames": 1000})
+
+
+def test_configs_live_in_the_torch_free_module() -> None:
+    """Each config class is defined once, in deployments/configs.py; the deployment modules use
+    that one."""
+    import importlib
+
+    from deployments import configs
+
+    for module, name in [
+        ("segmenter", "SegmenterConfig"),
+        ("detector", "DetectorConfig"),
+        ("reconstructor", "ReconstructorConfig"),
+        ("converter", "ConverterConfig"),
+    ]:
+        cls = getattr(importlib.import_module(f"deployments.{module}"), name)
+        assert cls is getattr(configs, name) and cls.__module__ == "deployments.configs"
+        for field, info in cls.model_fields.items():
+            assert info.description, f"{name}.{field} has no description"

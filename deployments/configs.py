@@ -1,0 +1,192 @@
+"""What each model deployment is bound with (its config class) and how Serve runs it (the
+options its ``@serve.deployment`` shares with the others, and its resources per accelerator).
+
+No torch and no Ray here, so the settings, the builder and the ingress import it cheaply.
+Each default is written once, in these classes: ``serve_app/settings.py`` declares which
+MESHLINE_* setting fills which field (``fills``) and takes the field's default from here, and
+the builder (``serve_app/app.py``) fills the configs from the settings, computing the derived
+fields (resolved checkpoints, directories under the data dir, MB → bytes) in one place.
+Constructed directly (tests, notebooks, benchmarks), a config runs with the service's defaults.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Precision = Literal["auto", "fp32", "half"]
+ReconstructBackend = Literal["inflate", "hunyuan3d", "trellis", "sam3d"]
+Isolation = Literal["process", "thread"]
+Accelerator = Literal["gpu", "cpu"]
+
+# Shared by the Reconstructor (paint) and the Converter: one setting, max_mesh_faces.
+MAX_MESH_FACES = 500_000
+
+
+class TorchModelConfig(BaseModel):
+    """What both torch model deployments (Segmenter, Detector) take."""
+
+    checkpoint: str | None = Field(
+        None, description="Local path, s3:// or https:// URI of the checkpoint; None: random init."
+    )
+    checkpoint_sha256: str | None = Field(
+        None, description="SHA-256 a local checkpoint must have (verified on every load)."
+    )
+    seed: int = Field(0, description="Seed for random-init weights, so runs are repeatable.")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    precision: Precision = Field(
+        "auto",
+        description="half: reduced precision (SAM2 bf16 autocast, YOLO fp16), CUDA only; "
+        "auto: half on CUDA, fp32 on CPU.",
+    )
+    weights_dir: Path = Field(
+        Path(".data/weights"), description="Cache of downloaded (s3://, https://) checkpoints."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint; None: AWS.")
+
+
+class SegmenterConfig(TorchModelConfig):
+    config_name: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 Hydra config.")
+    overrides: list[str] = Field(default_factory=list, description="Extra Hydra overrides.")
+    max_video_sessions: int = Field(2, ge=1, description="Video sessions one replica keeps (LRU).")
+    video_session_idle_s: float = Field(
+        300, gt=0, description="A session unused this long frees its state (rebuilt on next use)."
+    )
+    offload_video_state_to_cpu: bool = Field(
+        False,
+        description="Keep SAM2's per-frame video state in CPU memory "
+        "(less GPU memory, ~10% slower).",
+    )
+    scratch_dir: Path = Field(
+        Path(tempfile.gettempdir()), description="Temporary frame copies (S3)."
+    )
+    # Request bounds (issue 13): the ingress checks them first; these guard every other caller
+    # (handles from notebooks, the job pipeline). None = unbounded.
+    max_prompt_points: int | None = Field(
+        64, ge=1, description="Points (and labels) one prompt may carry (422 beyond)."
+    )
+    video_session_max_mb: float | None = Field(
+        8192,
+        gt=0,
+        description="Memory a video session's frames may need, frames × 3 × image_size² × 4 "
+        "bytes (413 beyond).",
+    )
+    video_max_objects: int | None = Field(
+        64, ge=1, le=255, description="Distinct objects one video session tracks (422 beyond)."
+    )
+
+
+class DetectorConfig(TorchModelConfig):
+    model: str = Field("yolov8n.yaml", description="ultralytics config for random init.")
+    registry_file: Path | None = Field(None, description="YAML/JSON registry of model ids.")
+    models_dir: Path | None = Field(None, description="Every <id>.pt here is a model id.")
+    models_s3_prefix: str | None = Field(None, description="s3://bucket/prefix/ of <id>.pt files.")
+    max_models: int = Field(2, ge=1, description="Models one replica keeps loaded (LRU).")
+    max_cache_bytes: int | None = Field(None, description="Bound of the on-disk checkpoint cache.")
+    max_batch_size: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="@serve.batch size; 1 = no batching. The builder's default depends on the "
+        "accelerator (DETECTOR_BATCH_SIZE).",
+    )
+    batch_wait_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+    config_dir: Path = Field(Path(".data/ultralytics"), description="YOLO_CONFIG_DIR (writable).")
+    allow_private: list[str] = Field(
+        default_factory=list,
+        description="CIDRs an http(s) checkpoint may come from although not public (an internal "
+        "model server); every other non-global address is refused.",
+    )
+
+
+class ReconstructorConfig(BaseModel):
+    backend: ReconstructBackend = Field(
+        "inflate", description="inflate: the built-in CPU backend; others: deployments/backends.py."
+    )
+    weights: Path | None = Field(None, description="Local weights of an external backend.")
+    grid: int = Field(96, ge=32, le=512, description="Grid cells along the longest side.")
+    depth_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=2,
+        description="Thickness prior: depth at the thickest point as a fraction of the "
+        "widest inscribed disk (1: a disk becomes a sphere).",
+    )
+    profile_power: float = Field(
+        2.0,
+        ge=1.0,
+        le=8.0,
+        description="Side-view profile: 2 elliptic (round rim); larger is flatter-faced.",
+    )
+    max_faces: int = Field(20000, ge=500, description="Face budget.")
+    texture_px: int = Field(
+        1024, ge=64, le=4096, description="Edge of the baked texture atlas (paint)."
+    )
+    max_mesh_faces: int = Field(
+        MAX_MESH_FACES,
+        ge=1000,
+        description="Faces of a mesh to paint, counted right after parsing (413 beyond).",
+    )
+    isolation: Isolation = Field(
+        "process",
+        description="process: the built-in backend's calls run in child processes, killed when "
+        "a call is cancelled or times out; thread: in this replica. External (GPU) backends "
+        "always run in the replica, where their model is loaded.",
+    )
+    workers: int = Field(
+        2, ge=1, le=16, description="Calls one replica runs at once (child processes)."
+    )
+
+
+class ConverterConfig(BaseModel):
+    preview_frames: int = Field(12, ge=2, le=72, description="Frames in the turntable GIF.")
+    preview_size_px: int = Field(256, ge=64, le=1024, description="Preview GIF edge length.")
+    seed: int = Field(0, description="CoACD seed: the same mesh gives the same parts.")
+    max_mesh_faces: int = Field(
+        MAX_MESH_FACES,
+        ge=1000,
+        description="Faces of a mesh to convert, counted right after parsing, before any work "
+        "(413 beyond).",
+    )
+    isolation: Isolation = Field(
+        "process",
+        description="process: each call runs in a child process, killed when the call is "
+        "cancelled or times out; thread: in this replica (a cancelled call runs on).",
+    )
+    workers: int = Field(
+        2, ge=1, le=16, description="Calls one replica runs at once (child processes)."
+    )
+    max_voxels: int = Field(
+        128**3,
+        ge=1000,
+        le=256**3,
+        description="Voxels of a voxel build's grid (x·y·z), checked once the mesh's proportions "
+        "give the grid, before any voxel is computed (413 beyond). Default 128³.",
+    )
+
+
+# Deployment options ---------------------------------------------------------------------------
+# Each deployment's own options (queue bounds, autoscaling, shutdown) are in its
+# @serve.deployment. Its resources depend on where it runs, so the builder sets them from the
+# `accelerator` setting: the four model deployments share one GPU (a quarter each: one GPU node
+# holds a replica of each), or take CPU shares small enough for a 2-core laptop. The Ingress
+# never asks for a GPU (its decorator says so). A Serve config file's ray_actor_options replace
+# these whole; the Python API's deployment_options are merged over them.
+REPLICA_RESOURCES: dict[Accelerator, dict[str, float]] = {
+    "gpu": {"num_cpus": 1, "num_gpus": 0.25},
+    "cpu": {"num_cpus": 0.25, "num_gpus": 0},
+}
+# Batch on GPU clusters, not on CPU ones, where batching measured no gain (bench/detector.py).
+DETECTOR_BATCH_SIZE: dict[Accelerator, int] = {"gpu": 8, "cpu": 1}
+# The model deployments scale to zero when idle; a request to one at zero waits for its cold
+# start (the stage timeout includes it).
+MODEL_AUTOSCALING: dict[str, Any] = {
+    "min_replicas": 0,
+    "initial_replicas": 1,
+    "max_replicas": 4,
+    "target_ongoing_requests": 2,
+    "downscale_to_zero_delay_s": 600,
+}
