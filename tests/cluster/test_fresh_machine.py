@@ -159,6 +159,15 @@ def test_make_serve_on_a_fresh_machine(machine: FreshMachine, tmp_path: Path) ->
     assert httpx.get(dashboard, timeout=30).status_code == 401
     with_token = httpx.get(dashboard, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert with_token.status_code == 200 and "meshline" in with_token.json()["applications"]
+    # One configs/serve.yaml for every machine: the builder sized the models for this one.
+    gpu = (
+        shutil.which("nvidia-smi") is not None
+        and subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
+    )
+    deployments = with_token.json()["applications"]["meshline"]["deployments"]
+    for name in ("Segmenter", "Reconstructor", "Converter", "Detector"):
+        options = deployments[name]["deployment_config"]["ray_actor_options"]
+        assert options.get("num_gpus", 0) == (0.25 if gpu else 0), (name, options)
 
     out = tmp_path / "out"
     photo = bus_jpg()
