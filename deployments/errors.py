@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 
-class MeshlineError(Exception):
-    """Base class: a failure whose message is safe to show to a client."""
+class DeploymentError(Exception):
+    """Base class: a failure whose message is safe to show to a client. (Not the HTTP
+    client's ``clients.MeshlineError``, which is what a caller of the HTTP API catches.)"""
 
     kind = "internal_error"
 
 
-class InvalidInput(MeshlineError):
+class InvalidInput(DeploymentError):
     """The request itself cannot be processed (bad prompt, empty mask, bad mesh)."""
 
     kind = "invalid_input"
@@ -27,7 +28,7 @@ class UnknownModel(InvalidInput):
     status = 404
 
 
-class ModelLoadError(MeshlineError):
+class ModelLoadError(DeploymentError):
     """A configured checkpoint or model config could not be loaded."""
 
     kind = "model_load_error"

@@ -27,12 +27,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from deployments.errors import MeshlineError
+from deployments.errors import DeploymentError
 
 logger = logging.getLogger("meshline.isolate")
 
 
-class WorkerLost(MeshlineError):
+class WorkerLost(DeploymentError):
     """The child process died during the call (killed from outside, out of memory, a crash in
     native code). A server-side error: the job's stage is retried."""
 

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.errors import InvalidInput, MeshlineError
+from deployments.errors import DeploymentError, InvalidInput
 
 logger = logging.getLogger("meshline.api")
 
@@ -52,7 +52,7 @@ def to_api_error(exc: BaseException) -> ApiError | None:
 def public_message(exc: BaseException) -> str:
     """A message safe for clients: domain errors verbatim, anything else generic."""
     original = unwrap(exc)
-    if isinstance(original, (MeshlineError, ApiError)):
+    if isinstance(original, (DeploymentError, ApiError)):
         from serve_app.redact import redact_locations  # views imports this module
 
         # Checkpoint URIs (buckets, hosts, signed queries) stay in the server log.

@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 from deployments import telemetry
-from deployments.errors import MeshlineError
+from deployments.errors import DeploymentError
 from serve_app.http.errors import ApiError, public_message, to_api_error, unwrap
 from serve_app.jobs.pipeline import STAGE_RUNNERS, Handles, StageContext
 from serve_app.jobs.store import JobStore, utcnow
@@ -252,7 +252,7 @@ def error_kind(exc: BaseException) -> str:
         return "timeout"
     if isinstance(original, ApiError):
         return original.type
-    if isinstance(original, MeshlineError):
+    if isinstance(original, DeploymentError):
         return original.kind
     if original.__class__.__module__.startswith("ray."):
         return "ray_error"  # a replica died, an actor was unavailable...
