@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -22,22 +21,26 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
     case,
-    create_engine,
-    event,
     func,
-    inspect,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-metadata = MetaData()
+from serve_app.storage.db import (  # noqa: F401 (make_engine and the pool sizes: re-exported)
+    POOL_OVERFLOW,
+    POOL_SIZE,
+    make_engine,
+    metadata,
+    migrate,
+)
+
+# A change to these tables needs an Alembic revision (serve_app/storage/migrations/versions);
+# tests/unit/test_migrations.py fails while the head revision and the tables differ.
 
 jobs = Table(
     "jobs",
@@ -60,7 +63,9 @@ jobs = Table(
     Column("webhook", JSON),  # delivery state of options.callback_url
     # The API key scope that submitted the job (None: open access); see serve_app/auth.py.
     Column("owner", String(64), index=True),
-    # An index (not a column constraint) so upgrade_schema can add it to older databases.
+    # The video a video job works on (inputs["video"]): a video's unfinished jobs, indexed.
+    Column("video_id", String(32), index=True),
+    # An index, not a column constraint: older databases got it added in place.
     Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
 )
 
@@ -184,67 +189,10 @@ class JobRecord:
         return next(s for s in self.stages if s.name == name)
 
 
-# Connections per engine (one per ingress replica): enough for every thread that may read the
-# store at once (asyncio's default executor: at most 32; the SSE poller's: 2).
-POOL_SIZE = 8
-POOL_OVERFLOW = 32
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith(("postgresql://", "postgres://")):
-        # psycopg 3 is the driver we ship; SQLAlchemy would default to psycopg2.
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url,
-            connect_args={"timeout": 30, "check_same_thread": False},
-            # Every thread that reads the store holds a connection: asyncio's default executor
-            # (up to 32 threads) and the SSE poller's. SQLAlchemy's default (5 + 10 overflow)
-            # made the 16th concurrent reader wait for a free connection (up to 30 s).
-            pool_size=POOL_SIZE,
-            max_overflow=POOL_OVERFLOW,
-        )
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """Bring a store made by an older meshline up to date. Changes so far only add nullable
-    columns and indexes, which both databases apply in place (no data rewrite)."""
-    inspector = inspect(engine)
-    with engine.begin() as conn:
-        for table in metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present:
-                    if not column.nullable:
-                        raise RuntimeError(
-                            f"cannot add NOT NULL column {table.name}.{column.name} in place"
-                        )
-                    column_type = column.type.compile(dialect=engine.dialect)
-                    conn.exec_driver_sql(
-                        f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'
-                    )
-        for table in metadata.sorted_tables:
-            for index in table.indexes:
-                index.create(conn, checkfirst=True)
-
-
 class JobStore:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
-        upgrade_schema(self.engine)
+        migrate(self.engine)  # the schema is the Alembic head (serve_app/storage/migrations)
 
     # Creation and reads ---------------------------------------------------------------
     def create(
@@ -278,6 +226,7 @@ class JobStore:
                         idempotency_key=idempotency_key,
                         request_hash=request_hash,
                         owner=owner,
+                        video_id=_video_id(inputs),
                         webhook={"state": "pending", "attempts": 0}
                         if options.get("callback_url")
                         else None,
@@ -423,13 +372,16 @@ class JobStore:
         return counts
 
     def unfinished_jobs_for_video(self, video_id: str) -> list[str]:
-        """Ids of the queued or running jobs working on ``video_id``."""
-        return [
-            job.id
-            for status in ("queued", "running")
-            for job in self.list(status, 500)
-            if job.inputs.get("video") == video_id
-        ]
+        """Ids of the queued or running jobs working on ``video_id``, oldest first (one query
+        on ix_jobs_video_id)."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(jobs.c.id)
+                    .where(jobs.c.video_id == video_id, jobs.c.status.in_(("queued", "running")))
+                    .order_by(jobs.c.created_at, jobs.c.id)
+                ).scalars()
+            )
 
     def find_by_idempotency_key(self, key: str) -> tuple[str, str | None] | None:
         """(job id, request hash) of the job created with this key, if any."""
@@ -820,6 +772,12 @@ class JobStore:
                     .values(status="cancelled")
                 )
             return True
+
+
+def _video_id(inputs: dict[str, str]) -> str | None:
+    """The video a job's inputs name: video ids are 32 characters, anything else names none."""
+    video = inputs.get("video")
+    return video if isinstance(video, str) and len(video) <= 32 else None
 
 
 def _owned_by(owner: str | None) -> Any:

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
-    MetaData,
     String,
     Table,
     delete,
@@ -31,8 +30,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.jobs.store import _aware, utcnow
+from serve_app.storage.db import metadata, migrate
 
-metadata = MetaData()
+# A change to these tables needs an Alembic revision (serve_app/storage/migrations/versions).
 
 videos = Table(
     "videos",
@@ -99,7 +99,7 @@ class VideoStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        migrate(engine)  # a no-op once the job store has migrated this database
 
     @staticmethod
     def new_id() -> str:
