@@ -204,5 +204,10 @@ def new_revision(url: str, message: str) -> None:
     engine = make_engine(url)
     migrate(engine)
     with _ALEMBIC_LOCK, engine.begin() as conn:
-        command.revision(alembic_config(conn), message=message, autogenerate=True)
+        command.revision(
+            alembic_config(conn),
+            message=message,
+            autogenerate=True,
+            rev_id=f"{int(head_revision()) + 1:04d}",  # revisions are numbered 0001, 0002, ...
+        )
     engine.dispose()
