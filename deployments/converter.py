@@ -13,6 +13,7 @@ from ray import serve
 from deployments.common import placement
 from deployments.configs import MODEL_AUTOSCALING, ConverterConfig
 from deployments.errors import InvalidInput
+from deployments.protocol import ConvertResult
 
 USD_FORMATS = ("usd", "usdz")
 # open3d's self-intersection test compares all pairs of triangles: 0.6 s at 20k faces, 10 s at
@@ -37,8 +38,9 @@ class MeshConverter:
         prefix: str = "",
         sim: dict[str, Any] | None = None,
         voxels: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Returns ``files``: a list of {name, data, media_type}, and ``stats``.
+    ) -> ConvertResult:
+        """``files`` (``OutputFile``s, ``mesh_stats.json`` last) and ``stats`` (its content), for
+        ``ConvertRequest``'s fields.
 
         ``prefix`` namespaces every file name (``obj2_visual.obj``…) for multi-object jobs.
         ``sim`` (SimOptions fields) sets real size, up axis, origin, density and the collision
@@ -118,10 +120,7 @@ class MeshConverter:
             files += voxel_files
         stats["seconds"] = round(time.perf_counter() - started, 3)
         files.append(_json_file(f"{prefix}mesh_stats.json", stats))
-        return {
-            "files": [{"name": f.name, "data": f.data, "media_type": f.media_type} for f in files],
-            "stats": stats,
-        }
+        return ConvertResult(files=files, stats=stats)
 
     def _collision(
         self, visual: Any, options: Any, prefix: str
@@ -411,7 +410,7 @@ class ConverterDeployment:
         prefix: str = "",
         sim: dict[str, Any] | None = None,
         voxels: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ConvertResult:
         args = (mesh, mesh_format, formats, collision, preview, prefix, sim, voxels)
         if self._workers is None:
             return await asyncio.to_thread(self._converter.convert, *args)
@@ -433,7 +432,7 @@ def _workers_for(config: ConverterConfig, start: bool = True) -> Any:
 _CHILD_CONVERTERS: dict[str, MeshConverter] = {}
 
 
-def _convert_in_child(config: ConverterConfig, *args: Any) -> dict[str, Any]:
+def _convert_in_child(config: ConverterConfig, *args: Any) -> ConvertResult:
     key = config.model_dump_json()
     if key not in _CHILD_CONVERTERS:
         _CHILD_CONVERTERS.clear()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,15 @@ from deployments import telemetry
 from deployments.common import pick_device, placement, resolve_checkpoint, use_half
 from deployments.configs import MODEL_AUTOSCALING, DetectorConfig
 from deployments.errors import InvalidInput, ModelLoadError
+from deployments.protocol import (
+    LOADED_MODELS_KV_NAMESPACE,
+    DetectResult,
+    LoadedModelInfo,
+    ReplicaModels,
+    RleMask,
+    loaded_models_key,
+    split_routed_id,
+)
 from deployments.registry import DEFAULT_MODEL_ID, ModelRegistry
 
 logger = logging.getLogger("meshline.detector")
@@ -46,36 +54,8 @@ def is_random_init(source: str) -> bool:
     return source.endswith((".yaml", ".yml"))
 
 
-KV_NAMESPACE = "meshline"
-LOADED_MODELS_PREFIX = "detector-models/"
+# Every replica publishes what it holds this often (protocol.loaded_models_by_replica reads it).
 LOADED_MODELS_REFRESH_S = 5.0
-LOADED_MODELS_STALE_S = 30.0  # a replica that stopped refreshing is gone
-
-
-def loaded_models_by_replica(app_name: str) -> dict[str, dict[str, Any]]:
-    """What each live Detector replica of ``app_name`` holds (read by the ingress)."""
-    from ray.experimental import internal_kv
-
-    prefix = f"{LOADED_MODELS_PREFIX}{app_name}/"
-    found = {}
-    for key in internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE):
-        raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
-        if raw is None:
-            continue
-        entry = json.loads(raw)
-        if time.time() - entry.get("at", 0) < LOADED_MODELS_STALE_S:
-            found[(key.decode() if isinstance(key, bytes) else key)[len(prefix) :]] = entry
-    return found
-
-
-def split_routed_id(routed_id: str) -> tuple[str, int]:
-    """ "chairs@3" → ("chairs", 3): the ingress appends the reload generation."""
-    model_id, _, generation = routed_id.partition("@")
-    return model_id, int(generation) if generation.isdigit() else 0
-
-
-def routed_id(model_id: str, generation: int) -> str:
-    return f"{model_id}@{generation}" if generation else model_id
 
 
 class YoloDetector:
@@ -178,10 +158,11 @@ class YoloDetector:
         imgsz: int = 640,
         max_det: int = 300,
         classes: list[int | str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> DetectResult:
+        """Detections in one image (``DetectRequest``'s fields); ``model_id`` is left unset."""
         return self.detect_many([image], DetectParams(conf, iou, imgsz, max_det, classes))[0]
 
-    def detect_many(self, images: list[np.ndarray], params: DetectParams) -> list[dict[str, Any]]:
+    def detect_many(self, images: list[np.ndarray], params: DetectParams) -> list[DetectResult]:
         """One forward pass over several images that share the same parameters."""
         for image in images:
             if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
@@ -202,30 +183,27 @@ class YoloDetector:
             )
         return [self._answer(result, image) for result, image in zip(results, images, strict=True)]
 
-    def _answer(self, result: Any, image: np.ndarray) -> dict[str, Any]:
+    def _answer(self, result: Any, image: np.ndarray) -> DetectResult:
         height, width = image.shape[:2]
         boxes = result.boxes
         xyxy = boxes.xyxy.cpu().numpy().astype(float) if len(boxes) else np.zeros((0, 4))
         ids = boxes.cls.cpu().numpy().astype(int).tolist() if len(boxes) else []
-        answer = {
-            "boxes": xyxy.round(2).tolist(),
-            "boxes_normalized": (xyxy / [width, height, width, height]).round(6).tolist(),
-            "scores": (
-                boxes.conf.cpu().numpy().astype(float).round(5).tolist() if len(boxes) else []
-            ),
-            "class_ids": ids,
-            "class_names": [self.names[i] for i in ids],
-            "image_size": [int(width), int(height)],
-            "speed_ms": {k: round(float(v), 2) for k, v in (result.speed or {}).items()},
-        }
+        masks_rle = None
         if getattr(result, "masks", None) is not None:
-            answer["masks_rle"] = [
-                polygon_rle(polygon, width, height) for polygon in result.masks.xy
-            ]
-        return answer
+            masks_rle = [polygon_rle(polygon, width, height) for polygon in result.masks.xy]
+        return DetectResult(
+            boxes=xyxy.round(2).tolist(),
+            boxes_normalized=(xyxy / [width, height, width, height]).round(6).tolist(),
+            scores=(boxes.conf.cpu().numpy().astype(float).round(5).tolist() if len(boxes) else []),
+            class_ids=ids,
+            class_names=[self.names[i] for i in ids],
+            image_size=[int(width), int(height)],
+            speed_ms={k: round(float(v), 2) for k, v in (result.speed or {}).items()},
+            masks_rle=masks_rle,
+        )
 
 
-def polygon_rle(polygon: np.ndarray, width: int, height: int) -> dict[str, Any]:
+def polygon_rle(polygon: np.ndarray, width: int, height: int) -> RleMask:
     """An instance mask (ultralytics' polygon in image pixels) as COCO RLE at image size."""
     from PIL import Image, ImageDraw
     from pycocotools import mask as mask_utils
@@ -280,7 +258,7 @@ class DetectorDeployment:
             config.s3_endpoint_url,
         )
         context = serve.get_replica_context()
-        self._kv_key = f"{LOADED_MODELS_PREFIX}{context.app_name}/{context.replica_id.unique_id}"
+        self._kv_key = loaded_models_key(context.app_name, context.replica_id.unique_id)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loaded())
 
         self._latest: dict[str, tuple[int, YoloDetector]] = {}
@@ -312,13 +290,13 @@ class DetectorDeployment:
 
         async def detect_batch(
             items: list[tuple[np.ndarray, DetectParams]],
-        ) -> list[dict[str, Any]]:
+        ) -> list[DetectResult | InvalidInput]:
             # Serve splits batches by multiplexed model id, so one batch = one model.
             model_id, model = await self._current()
             groups: dict[tuple[Any, ...], list[int]] = {}
             for index, (_, params) in enumerate(items):
                 groups.setdefault(params.key(), []).append(index)
-            answers: list[Any] = [None] * len(items)
+            answers: list[Any] = [None] * len(items)  # a result or this caller's error
             for indices in groups.values():
                 params = items[indices[0]][1]
                 try:
@@ -331,7 +309,7 @@ class DetectorDeployment:
                     answers[i] = (
                         result
                         if isinstance(result, Exception)
-                        else {**result, "model_id": model_id}
+                        else replace(result, model_id=model_id)
                     )
             return answers
 
@@ -346,16 +324,16 @@ class DetectorDeployment:
         from ray.experimental import internal_kv
 
         loaded = list(dict.fromkeys([*self.loaded_models(), *extra]))
-        names = {}
+        info = {}
         for routed in loaded:
             model_id = split_routed_id(routed)[0]
             current = self._latest.get(model_id)
             if current is not None and current[1].model is not None:
-                names[model_id] = {"task": current[1].model.task, "names": current[1].names}
-        value = json.dumps(
-            {"models": [split_routed_id(r)[0] for r in loaded], "info": names, "at": time.time()}
+                info[model_id] = LoadedModelInfo(current[1].model.task, current[1].names)
+        value = ReplicaModels([split_routed_id(r)[0] for r in loaded], info).to_json()
+        internal_kv._internal_kv_put(
+            self._kv_key, value, overwrite=True, namespace=LOADED_MODELS_KV_NAMESPACE
         )
-        internal_kv._internal_kv_put(self._kv_key, value, overwrite=True, namespace=KV_NAMESPACE)
 
     async def _refresh_loaded(self) -> None:
         while True:  # also reflects LRU evictions, which happen inside Serve
@@ -368,7 +346,7 @@ class DetectorDeployment:
 
         with contextlib.suppress(Exception):
             self._refresher.cancel()
-            internal_kv._internal_kv_del(self._kv_key, namespace=KV_NAMESPACE)
+            internal_kv._internal_kv_del(self._kv_key, namespace=LOADED_MODELS_KV_NAMESPACE)
 
     def loaded_models(self) -> list[str]:
         # Serve keeps its LRU on the decorated function (ray/serve/multiplex.py).
@@ -404,7 +382,8 @@ class DetectorDeployment:
         imgsz: int = 640,
         max_det: int = 300,
         classes: list[int | str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> DetectResult:
+        """Detections by the routed model (``DetectRequest``'s fields), ``model_id`` set."""
         params = DetectParams(conf, iou, imgsz, max_det, classes)
         if self._batched is not None:
             answer = await self._batched((image, params))
@@ -413,4 +392,4 @@ class DetectorDeployment:
             return answer
         model_id, model = await self._current()
         (result,) = await asyncio.to_thread(model.detect_many, [image], params)
-        return {**result, "model_id": model_id}
+        return replace(result, model_id=model_id)

@@ -13,6 +13,7 @@ from ray import serve
 from deployments.common import placement
 from deployments.configs import MODEL_AUTOSCALING, ReconstructorConfig
 from deployments.errors import InvalidInput
+from deployments.protocol import PaintResult, ReconstructResult
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -20,8 +21,9 @@ def _check_image(image: np.ndarray) -> None:
         raise InvalidInput("image must be an HxWx3 RGB array", param="image")
 
 
-class SilhouetteReconstructor:
-    """The built-in CPU backend: silhouette inflation + photo projection."""
+class MeshReconstructor:
+    """Image + mask → mesh, and its texture: the built-in CPU backend (silhouette inflation +
+    photo projection), or an external learned backend (``config.backend``, backends.py)."""
 
     def __init__(self, config: ReconstructorConfig) -> None:
         from deployments.meshing.inflate import InflateParams
@@ -48,8 +50,8 @@ class SilhouetteReconstructor:
         weights = str(self.config.weights) if self.external is not None else "none (geometric)"
         return {"backend": self.config.backend, "weights": weights, **placement(self.device)}
 
-    def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-        """Returns ``mesh`` (binary PLY bytes) and ``stats``."""
+    def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> ReconstructResult:
+        """``mesh`` (binary PLY bytes) and ``stats`` (``ReconstructRequest``'s fields)."""
         _check_image(image)
         if self.external is not None:
             return self.reconstruct_mask(mask, image.shape, image)
@@ -57,7 +59,7 @@ class SilhouetteReconstructor:
 
     def reconstruct_mask(
         self, mask: np.ndarray, image_shape: tuple[int, ...], image: np.ndarray | None = None
-    ) -> dict[str, Any]:
+    ) -> ReconstructResult:
         """``reconstruct`` for the built-in backend, which needs the mask and the image's shape
         only (what a child process is sent: not the photo). External backends need ``image``."""
         from deployments.meshing.inflate import inflate
@@ -70,10 +72,9 @@ class SilhouetteReconstructor:
             mesh, frame = self.external.reconstruct(image, obj.mask), {}
         else:
             mesh, frame = inflate(obj, self.params)
-        return {
-            "mesh": mesh.export(file_type="ply"),
-            "format": "ply",
-            "stats": {
+        return ReconstructResult(
+            mesh=mesh.export(file_type="ply"),
+            stats={
                 "faces": len(mesh.faces),
                 "vertices": len(mesh.vertices),
                 "watertight": bool(mesh.is_watertight),
@@ -82,7 +83,7 @@ class SilhouetteReconstructor:
                 "seconds": round(time.perf_counter() - started, 3),
                 **frame,
             },
-        }
+        )
 
     def paint(
         self,
@@ -91,9 +92,9 @@ class SilhouetteReconstructor:
         mask: np.ndarray,
         mesh_format: str = "ply",
         prefix: str = "",
-    ) -> dict[str, Any]:
-        """Returns ``mesh`` (textured GLB bytes), ``files`` (``{prefix}textured.obj`` with its MTL
-        and PNG, whose names the OBJ and MTL reference) and ``stats``."""
+    ) -> PaintResult:
+        """``mesh`` (textured GLB bytes), ``files`` (``{prefix}textured.obj`` with its MTL and
+        PNG, whose names the OBJ and MTL reference) and ``stats`` (``PaintRequest``'s fields)."""
         from deployments.meshing.export import export_mesh, load_mesh
         from deployments.meshing.masks import object_mask
         from deployments.meshing.paint import paint
@@ -110,17 +111,16 @@ class SilhouetteReconstructor:
         )
         buffer = io.BytesIO(painted.export(file_type="glb", include_normals=True))
         files = export_mesh(painted, "obj", f"{prefix}textured")
-        return {
-            "mesh": buffer.getvalue(),
-            "format": "glb",
-            "files": [{"name": f.name, "data": f.data, "media_type": f.media_type} for f in files],
-            "stats": {
+        return PaintResult(
+            mesh=buffer.getvalue(),
+            files=files,
+            stats={
                 "texture_size": [int(texture.width), int(texture.height)]
                 if texture is not None
                 else None,
                 "seconds": round(time.perf_counter() - started, 3),
             },
-        }
+        )
 
 
 @serve.deployment(  # resources: set by the builder for the accelerator (deployments/configs.py)
@@ -133,7 +133,7 @@ class SilhouetteReconstructor:
 class ReconstructorDeployment:
     def __init__(self, config: ReconstructorConfig) -> None:
         self._bound = config
-        self._backend = SilhouetteReconstructor(config)
+        self._backend = MeshReconstructor(config)
         self._workers = _workers_for(config)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -143,7 +143,7 @@ class ReconstructorDeployment:
         config = ReconstructorConfig.model_validate({**self._bound.model_dump(), **user_config})
         if config != self._backend.config:
             old = self._backend.config
-            self._backend = SilhouetteReconstructor(config)
+            self._backend = MeshReconstructor(config)
             if _isolation_of(config) != _isolation_of(old):
                 if self._workers is not None:
                     self._workers.close()
@@ -157,7 +157,7 @@ class ReconstructorDeployment:
     async def info(self) -> dict[str, Any]:
         return self._backend.info()
 
-    async def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    async def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> ReconstructResult:
         if self._workers is None or self._backend.external is not None:
             return await asyncio.to_thread(self._backend.reconstruct, image, mask)
         _check_image(image)
@@ -173,7 +173,7 @@ class ReconstructorDeployment:
         mask: np.ndarray,
         mesh_format: str = "ply",
         prefix: str = "",
-    ) -> dict[str, Any]:
+    ) -> PaintResult:
         args = (mesh, image, mask, mesh_format, prefix)
         if self._workers is None or self._backend.external is not None:
             return await asyncio.to_thread(self._backend.paint, *args)
@@ -195,24 +195,24 @@ def _workers_for(config: ReconstructorConfig, start: bool = True) -> Any:
     return workers
 
 
-_CHILD_BACKENDS: dict[str, SilhouetteReconstructor] = {}
+_CHILD_BACKENDS: dict[str, MeshReconstructor] = {}
 
 
-def _backend_in_child(config: ReconstructorConfig) -> SilhouetteReconstructor:
+def _backend_in_child(config: ReconstructorConfig) -> MeshReconstructor:
     key = config.model_dump_json()
     if key not in _CHILD_BACKENDS:
         _CHILD_BACKENDS.clear()
-        _CHILD_BACKENDS[key] = SilhouetteReconstructor(config)
+        _CHILD_BACKENDS[key] = MeshReconstructor(config)
     return _CHILD_BACKENDS[key]
 
 
 def _reconstruct_in_child(
     config: ReconstructorConfig, mask: np.ndarray, image_shape: tuple[int, ...]
-) -> dict[str, Any]:
+) -> ReconstructResult:
     return _backend_in_child(config).reconstruct_mask(mask, image_shape)
 
 
-def _paint_in_child(config: ReconstructorConfig, *args: Any) -> dict[str, Any]:
+def _paint_in_child(config: ReconstructorConfig, *args: Any) -> PaintResult:
     return _backend_in_child(config).paint(*args)
 
 

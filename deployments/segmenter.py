@@ -22,13 +22,17 @@ from ray import serve
 from deployments.common import pick_device, placement, resolve_checkpoint, use_half
 from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
 from deployments.errors import InvalidInput, ModelLoadError
-from deployments.video import (
+from deployments.protocol import (
+    FrameBatch,
+    FrameMasks,
     FrameSource,
-    PropagationRequest,
+    RleMask,
+    SegmentPrompt,
+    SegmentResult,
     VideoPrompt,
-    VideoSession,
-    release_idle,
+    VideoPromptResult,
 )
+from deployments.video import PropagationRequest, VideoSession, release_idle
 
 logger = logging.getLogger("meshline.segmenter")
 
@@ -129,11 +133,9 @@ class Sam2Segmenter:
         labels: list[int] | None = None,
         box: list[float] | None = None,
         multimask: bool = False,
-    ) -> dict[str, Any]:
-        """Masks for one prompt. No prompt means a positive click at the image centre.
-
-        Returns ``masks`` (N,H,W) bool, ``scores`` (N,) best first, and the prompt used.
-        """
+    ) -> SegmentResult:
+        """Masks for one prompt (``SegmentRequest``'s fields). No prompt means a positive click
+        at the image centre. ``masks`` (N,H,W) bool and ``scores`` (N,) best first."""
         import torch
 
         height, width = _check_image(image)
@@ -160,16 +162,16 @@ class Sam2Segmenter:
         masks = np.asarray(masks) > 0
         scores = np.asarray(scores, dtype=np.float32)
         order = np.argsort(-scores)
-        return {
-            "masks": masks[order],
-            "scores": scores[order].tolist(),
-            "seconds": round(seconds, 4),  # model time inside the replica (benchmarks use it)
-            "prompt": {
-                "points": None if point_coords is None else point_coords.tolist(),
-                "labels": None if point_labels is None else point_labels.tolist(),
-                "box": None if box_arr is None else box_arr.tolist(),
-            },
-        }
+        return SegmentResult(
+            masks=masks[order],
+            scores=scores[order].tolist(),
+            seconds=round(seconds, 4),  # model time inside the replica (benchmarks use it)
+            prompt=SegmentPrompt(
+                points=None if point_coords is None else point_coords.tolist(),
+                labels=None if point_labels is None else point_labels.tolist(),
+                box=None if box_arr is None else box_arr.tolist(),
+            ),
+        )
 
 
 def _torch_threads() -> int:
@@ -285,7 +287,7 @@ class SegmenterDeployment:
         labels: list[int] | None = None,
         box: list[float] | None = None,
         multimask: bool = False,
-    ) -> dict[str, Any]:
+    ) -> SegmentResult:
         return await asyncio.to_thread(self._model.segment, image, points, labels, box, multimask)
 
     async def _routed_session(self, video_id: str) -> VideoSession:
@@ -297,24 +299,25 @@ class SegmenterDeployment:
         return await self._session(video_id)
 
     async def video_prompt(
-        self, video_id: str, source: FrameSource, history: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Apply the prompt history (the last one is new); the new prompt's object mask (RLE)."""
+        self, video_id: str, source: FrameSource, history: list[VideoPrompt | dict[str, Any]]
+    ) -> VideoPromptResult:
+        """Apply the prompt history (the last one is new); the new prompt's object mask (RLE).
+        History items may also be stored prompt records (dicts)."""
         session = await self._routed_session(video_id)
-        prompts = [VideoPrompt.from_dict(p) for p in history]
+        prompts = [VideoPrompt.of(p) for p in history]
         return await asyncio.to_thread(session.prompt, source, prompts)
 
     async def video_propagate(
         self,
         video_id: str,
         source: FrameSource,
-        history: list[dict[str, Any]],
+        history: list[VideoPrompt | dict[str, Any]],
         start_frame: int,
         reverse: bool,
         max_frames: int | None = None,
-        seeds: list[dict[str, Any]] | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Stream ``{frames: [{frame_idx, masks: {obj_id: rle}, seconds}, ...]}``.
+        seeds: list[VideoPrompt | dict[str, Any]] | None = None,
+    ) -> AsyncIterator[FrameBatch]:
+        """Stream ``FrameBatch``es: every frame's masks by object, as frames get tracked.
 
         Call with ``stream=True``.
 
@@ -323,11 +326,11 @@ class SegmenterDeployment:
         """
         session = await self._routed_session(video_id)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[int, dict[int, dict[str, Any]], float] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, dict[int, RleMask], float] | None] = asyncio.Queue()
         stop = threading.Event()
         last = time.perf_counter()
 
-        def emit(frame_idx: int, masks: dict[int, dict[str, Any]]) -> None:
+        def emit(frame_idx: int, masks: dict[int, RleMask]) -> None:
             nonlocal last
             now = time.perf_counter()
             loop.call_soon_threadsafe(queue.put_nowait, (frame_idx, masks, now - last))
@@ -337,11 +340,11 @@ class SegmenterDeployment:
             try:
                 return session.propagate(
                     source,
-                    [VideoPrompt.from_dict(p) for p in history],
+                    [VideoPrompt.of(p) for p in history],
                     PropagationRequest(start_frame, reverse, max_frames),
                     emit,
                     stop,
-                    [VideoPrompt.from_dict(p) for p in seeds or []],
+                    [VideoPrompt.of(p) for p in seeds or []],
                 )
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -358,16 +361,12 @@ class SegmenterDeployment:
                     batch.append(queue.get_nowait())
                 finished = batch[-1] is None
                 frames = [
-                    {
-                        "frame_idx": idx,
-                        "masks": {str(k): v for k, v in masks.items()},
-                        "seconds": round(sec, 4),
-                    }
+                    FrameMasks(idx, {str(k): v for k, v in masks.items()}, round(sec, 4))
                     for idx, masks, sec in (item for item in batch if item is not None)
                 ]
                 if frames:
                     count += len(frames)
-                    yield {"frames": frames}
+                    yield FrameBatch(frames)
             await worker  # re-raises a failure in the worker thread
             if count:
                 from deployments.telemetry import set_video_fps

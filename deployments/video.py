@@ -4,7 +4,8 @@ A session is the expensive, replica-local part of a video (decoded frames, image
 per-object memory). Everything needed to rebuild it — the stored JPEG frames and the ordered
 prompt history — lives outside the replica, so a lost or evicted session is rebuilt instead of
 failing: the caller passes the frame source and the full history with every call, and the
-session replays whatever it has not applied yet.
+session replays whatever it has not applied yet. The call types (``FrameSource``,
+``VideoPrompt``, results) are in deployments/protocol.py.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from deployments.errors import InvalidInput
+from deployments.protocol import FrameSource, RleMask, VideoPrompt, VideoPromptResult
 
 logger = logging.getLogger("meshline.video")
 
@@ -81,34 +83,7 @@ def frame_name(index: int) -> str:
     return f"{index:06d}{FRAME_SUFFIX}"
 
 
-@dataclass(frozen=True)
-class FrameSource:
-    """Where a video's JPEG frames are stored: a local folder, or an S3 prefix."""
-
-    kind: Literal["dir", "s3"]
-    location: str  # folder path, or s3://bucket/prefix/ (ends with "/")
-    frames: int
-    endpoint_url: str | None = None
-
-
-@dataclass(frozen=True)
-class VideoPrompt:
-    """One stored prompt (points/labels or box), or a resume seed (a mask)."""
-
-    seq: int
-    frame_idx: int
-    obj_id: int
-    points: list[list[float]] | None = None
-    labels: list[int] | None = None
-    box: list[float] | None = None
-    mask_rle: dict[str, Any] | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VideoPrompt:
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
-
-
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+def encode_rle(mask: np.ndarray) -> RleMask:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {
         "size": [int(rle["size"][0]), int(rle["size"][1])],
@@ -116,7 +91,7 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     }
 
 
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+def decode_rle(rle: RleMask | dict[str, Any]) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(
         bool
     )
@@ -289,7 +264,7 @@ class VideoSession:
     def _guarded(self) -> _Guard:
         return _Guard(self)
 
-    def prompt(self, source: FrameSource, history: list[VideoPrompt]) -> dict[str, Any]:
+    def prompt(self, source: FrameSource, history: list[VideoPrompt]) -> VideoPromptResult:
         """Apply ``history`` (its last entry is the new prompt); that object's mask on its frame."""
         if not history:
             raise InvalidInput("no prompt given", param="prompt")
@@ -300,13 +275,13 @@ class VideoSession:
             masks = self._apply(new)
             self.applied.append(new.seq)
         mask = masks[new.obj_id]
-        return {
-            "frame_idx": new.frame_idx,
-            "obj_id": new.obj_id,
-            "rle": encode_rle(mask),
-            "area": int(mask.sum()),
-            "builds": self.builds,
-        }
+        return VideoPromptResult(
+            frame_idx=new.frame_idx,
+            obj_id=new.obj_id,
+            rle=encode_rle(mask),
+            area=int(mask.sum()),
+            builds=self.builds,
+        )
 
     # -- propagation --------------------------------------------------------------------
     def propagate(
@@ -314,7 +289,7 @@ class VideoSession:
         source: FrameSource,
         history: list[VideoPrompt],
         request: PropagationRequest,
-        emit: Callable[[int, dict[int, dict[str, Any]]], None],
+        emit: Callable[[int, dict[int, RleMask]], None],
         stop: threading.Event,
         seeds: list[VideoPrompt] | None = None,
     ) -> int:

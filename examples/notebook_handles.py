@@ -26,26 +26,25 @@ def synthetic_photo(height: int = 240, width: int = 320) -> tuple[np.ndarray, np
 def main(app_name: str = "meshline") -> dict:
     image, mask = synthetic_photo()
 
-    # One model at a time: handles return DeploymentResponses; .result() waits.
+    # One model at a time: handles return DeploymentResponses; .result() waits. Results are
+    # the dataclasses of deployments/protocol.py (SegmentResult, DetectResult, ...).
     segmenter = serve.get_deployment_handle("Segmenter", app_name=app_name)
-    masks = segmenter.segment.remote(image, points=[[160, 120]], labels=[1]).result()
-    print("segment:", masks["masks"].shape, "scores", masks["scores"])
+    segmented = segmenter.segment.remote(image, points=[[160, 120]], labels=[1]).result()
+    print("segment:", segmented.masks.shape, "scores", segmented.scores)
 
     detector = serve.get_deployment_handle("Detector", app_name=app_name)
     found = detector.detect.remote(image, conf=0.01, max_det=5).result()
-    print("detect:", len(found["boxes"]), "boxes")
+    print("detect:", len(found.boxes), "boxes")
 
     reconstructor = serve.get_deployment_handle("Reconstructor", app_name=app_name)
     shape = reconstructor.reconstruct.remote(image, mask).result()
-    print(
-        "reconstruct:", shape["stats"]["faces"], "faces, watertight:", shape["stats"]["watertight"]
-    )
+    print("reconstruct:", shape.stats["faces"], "faces, watertight:", shape.stats["watertight"])
 
     converter = serve.get_deployment_handle("Converter", app_name=app_name)
     files = converter.convert.remote(
-        shape["mesh"], mesh_format="ply", formats=["stl"], preview=False
+        shape.mesh, mesh_format="ply", formats=["stl"], preview=False
     ).result()
-    print("convert:", [f["name"] for f in files["files"]])
+    print("convert:", [f.name for f in files.files])
 
     # The whole pipeline as a durable job, through the ingress.
     ingress = serve.get_deployment_handle("Ingress", app_name=app_name)
@@ -55,7 +54,7 @@ def main(app_name: str = "meshline") -> dict:
     glb = ingress.artifact.remote(job_id, "visual.glb").result()
     print("visual.glb:", len(glb), "bytes")
     return {
-        "masks": masks,
+        "masks": segmented,
         "detections": found,
         "shape": shape,
         "files": files,

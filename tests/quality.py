@@ -103,28 +103,28 @@ def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
 
     from deployments.converter import ConverterConfig, MeshConverter
     from deployments.meshing.sim import inside_union
-    from deployments.reconstructor import ReconstructorConfig, SilhouetteReconstructor
+    from deployments.reconstructor import MeshReconstructor, ReconstructorConfig
 
     image, mask = scene(kind)
-    reconstructor = SilhouetteReconstructor(ReconstructorConfig(grid=grid, max_faces=6000))
+    reconstructor = MeshReconstructor(ReconstructorConfig(grid=grid, max_faces=6000))
     started = time.perf_counter()
     shape = reconstructor.reconstruct(image, mask)
     t_shape = time.perf_counter() - started
-    mesh = trimesh.load(trimesh.util.wrap_as_stream(shape["mesh"]), file_type="ply", force="mesh")
+    mesh = trimesh.load(trimesh.util.wrap_as_stream(shape.mesh), file_type="ply", force="mesh")
     started = time.perf_counter()
-    painted = reconstructor.paint(shape["mesh"], image, mask)
+    painted = reconstructor.paint(shape.mesh, image, mask)
     t_paint = time.perf_counter() - started
     converter = MeshConverter(ConverterConfig(preview_frames=4, preview_size_px=96))
     started = time.perf_counter()
     out = converter.convert(
-        painted["mesh"],
+        painted.mesh,
         "glb",
         formats=["obj", "glb", "stl"],
         sim={"size_m": size_m, "up_axis": "z", "origin": "base"},
     )
     t_convert = time.perf_counter() - started
-    files = {f["name"]: f["data"] for f in out["files"]}
-    stats = out["stats"]
+    files = {f.name: f.data for f in out.files}
+    stats = out.stats
     sidecar = json.loads(files["object.json"])
     predicted = silhouette_on_mask(mesh, mask)
     iou = float((predicted & mask).sum() / (predicted | mask).sum())
@@ -157,7 +157,7 @@ def evaluate(kind: str, size_m: float = 0.25, grid: int = 64) -> dict[str, Any]:
         "parts_convex": bool(convex),
         "surface_covered": round(covered, 4),
         "mass_kg": round(sidecar["mass_kg"], 4),
-        "gltf_textured": validate_gltf(painted["mesh"]),
+        "gltf_textured": validate_gltf(painted.mesh),
         "gltf_visual": validate_gltf(files["visual.glb"]),
         "mujoco": {k: round(v, 5) for k, v in drop.items()},
         "urdf_links": urdf_links,

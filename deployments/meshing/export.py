@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 import trimesh
 
 from deployments.errors import InvalidInput
+from deployments.protocol import OutputFile as FileOut  # the contract's file type, named here
 
 MESH_FORMATS = ("obj", "stl", "glb", "ply")
 MEDIA_TYPES = {
@@ -21,13 +21,6 @@ MEDIA_TYPES = {
     "gif": "image/gif",
     "json": "application/json",
 }
-
-
-@dataclass(frozen=True)
-class FileOut:
-    name: str
-    data: bytes
-    media_type: str
 
 
 class TooManyFaces(InvalidInput):

@@ -10,12 +10,23 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import numpy as np
 
-from deployments.detector import routed_id
+from deployments.protocol import (
+    ConvertRequest,
+    DetectRequest,
+    DetectResult,
+    FrameMasks,
+    PaintRequest,
+    ReconstructRequest,
+    SegmentRequest,
+    VideoPrompt,
+    VideoPropagateRequest,
+)
+from serve_app.handles import Handles
 from serve_app.http.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
 from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGES
@@ -52,7 +63,10 @@ def plan_stages(options: JobOptions, supplied: set[str]) -> list[str]:
     return names
 
 
-async def replica_call(response: Any) -> Any:
+R = TypeVar("R")
+
+
+async def replica_call(response: Awaitable[R]) -> R:
     """Await a deployment call; when the awaiting task is cancelled (stage time-out, job
     cancel, lost lease), cancel the call in the replica too. Serve only stops waiting (the
     replica went on working, issue 13); cancelled there, the Converter and Reconstructor kill
@@ -64,14 +78,6 @@ async def replica_call(response: Any) -> Any:
         if cancel is not None:
             cancel()
         raise
-
-
-@dataclass
-class Handles:
-    segmenter: Any
-    reconstructor: Any
-    converter: Any
-    detector: Any
 
 
 class StageContext:
@@ -148,34 +154,37 @@ class StageContext:
         return await self.read(name), name.rsplit(".", 1)[-1].lower()
 
 
-async def _detections(ctx: StageContext, image: np.ndarray) -> dict[str, Any]:
+async def _detections(ctx: StageContext, image: np.ndarray) -> DetectResult:
     detect = ctx.options.detect_options
     assert detect is not None
     generation = await asyncio.to_thread(ctx.store.model_generation, detect.model)
-    detector = ctx.handles.detector.options(
-        multiplexed_model_id=routed_id(detect.model, generation)
+    request = DetectRequest(
+        image,
+        conf=detect.conf,
+        iou=detect.iou,
+        imgsz=detect.imgsz,
+        max_det=100,
+        classes=detect.classes,
     )
     found = await replica_call(
-        detector.detect.remote(
-            image,
-            conf=detect.conf,
-            iou=detect.iou,
-            imgsz=detect.imgsz,
-            max_det=100,
-            classes=detect.classes,
-        )
+        ctx.handles.detector_client.detect(request, detect.model, generation)
     )
-    await ctx.write("segment", "detections.json", json.dumps(found).encode(), "application/json")
+    detections = json.dumps(found.to_dict()).encode()
+    await ctx.write("segment", "detections.json", detections, "application/json")
     return found
 
 
 async def _segment_one(
-    ctx: StageContext, image: np.ndarray, prefix: str, **prompt: Any
+    ctx: StageContext,
+    image: np.ndarray,
+    prefix: str,
+    points: list[list[float]] | None = None,
+    labels: list[int] | None = None,
+    box: list[float] | None = None,
 ) -> dict[str, Any]:
-    result = await replica_call(
-        ctx.handles.segmenter.segment.remote(image, multimask=False, **prompt)
-    )
-    mask = np.asarray(result["masks"][0], dtype=bool)
+    request = SegmentRequest(image, points=points, labels=labels, box=box, multimask=False)
+    result = await replica_call(ctx.handles.segmenter_client.segment(request))
+    mask = np.asarray(result.masks[0], dtype=bool)
     if not mask.any():
         raise ApiError(
             422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt"
@@ -190,10 +199,10 @@ async def _segment_one(
         ),
     )
     return {
-        "score": round(float(result["scores"][0]), 5),
+        "score": round(float(result.scores[0]), 5),
         "area": int(mask.sum()),
-        "prompt": result["prompt"],
-        "model_seconds": result["seconds"],
+        "prompt": result.prompt.to_dict(),
+        "model_seconds": result.seconds,
     }
 
 
@@ -210,7 +219,7 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     if detect is None or box is not None or points is not None:
         return await _segment_one(ctx, image, "", points=points, labels=labels, box=box)
     found = await _detections(ctx, image)
-    if not found["boxes"]:
+    if not found.boxes:
         detail = await _segment_one(ctx, image, "")
         return {
             **detail,
@@ -218,23 +227,23 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
             "prompt_from": "image centre (the detector found nothing)",
         }
     if detect.max_objects == 1:
-        detail = await _segment_one(ctx, image, "", box=found["boxes"][0])  # highest score first
-        source = f"detector box ({found['class_names'][0]}, {found['scores'][0]:.3f})"
-        return {**detail, "detections": len(found["boxes"]), "prompt_from": source}
+        detail = await _segment_one(ctx, image, "", box=found.boxes[0])  # highest score first
+        source = f"detector box ({found.class_names[0]}, {found.scores[0]:.3f})"
+        return {**detail, "detections": len(found.boxes), "prompt_from": source}
     objects = []
-    count = min(detect.max_objects, len(found["boxes"]))
+    count = min(detect.max_objects, len(found.boxes))
     for index in range(count):
-        one = await _segment_one(ctx, image, object_prefix(index), box=found["boxes"][index])
+        one = await _segment_one(ctx, image, object_prefix(index), box=found.boxes[index])
         objects.append(
             {
                 **one,
                 "object": index,
-                "class_name": found["class_names"][index],
-                "detector_score": found["scores"][index],
+                "class_name": found.class_names[index],
+                "detector_score": found.scores[index],
             }
         )
         await ctx.progress("segment", 100.0 * (index + 1) / count)
-    return {"detections": len(found["boxes"]), "objects": objects, "prompt_from": "detector boxes"}
+    return {"detections": len(found.boxes), "objects": objects, "prompt_from": "detector boxes"}
 
 
 def object_prefix(index: int) -> str:
@@ -246,9 +255,11 @@ async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
         image, mask = await ctx.image(), await ctx.mask(prefix)
-        result = await replica_call(ctx.handles.reconstructor.reconstruct.remote(image, mask))
-        await ctx.write("reconstruct", f"{prefix}shape.ply", result["mesh"], "application/x-ply")
-        stats[prefix or "object"] = result["stats"]
+        result = await replica_call(
+            ctx.handles.reconstructor_client.reconstruct(ReconstructRequest(image, mask))
+        )
+        await ctx.write("reconstruct", f"{prefix}shape.ply", result.mesh, "application/x-ply")
+        stats[prefix or "object"] = result.stats
         await ctx.progress("reconstruct", 100.0 * done / len(objects))
     return stats if len(stats) > 1 else stats["object"]
 
@@ -259,19 +270,13 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
     for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
         image, mask = await ctx.image(), await ctx.mask(prefix)
-        result = await replica_call(
-            ctx.handles.reconstructor.paint.remote(
-                mesh, image, mask, mesh_format=fmt, prefix=prefix
-            )
-        )
+        request = PaintRequest(mesh, image, mask, mesh_format=fmt, prefix=prefix)
+        result = await replica_call(ctx.handles.reconstructor_client.paint(request))
         await asyncio.gather(
-            ctx.write("paint", f"{prefix}textured.glb", result["mesh"], "model/gltf-binary"),
-            *(
-                ctx.write("paint", f["name"], f["data"], f["media_type"])
-                for f in result.get("files", [])
-            ),
+            ctx.write("paint", f"{prefix}textured.glb", result.mesh, "model/gltf-binary"),
+            *(ctx.write("paint", f.name, f.data, f.media_type) for f in result.files),
         )
-        stats[prefix or "object"] = result["stats"]
+        stats[prefix or "object"] = result.stats
         await ctx.progress("paint", 100.0 * done / len(objects))
     return stats if len(stats) > 1 else stats["object"]
 
@@ -283,23 +288,22 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
-        result = await replica_call(
-            ctx.handles.converter.convert.remote(
-                mesh,
-                mesh_format=fmt,
-                formats=list(options.formats),
-                collision=options.collision,
-                preview=options.preview,
-                prefix=prefix,
-                sim=options.sim.model_dump() if options.sim is not None else None,
-                voxels=options.voxels.model_dump() if options.voxels is not None else None,
-            )
+        request = ConvertRequest(
+            mesh,
+            mesh_format=fmt,
+            formats=list(options.formats),
+            collision=options.collision,
+            preview=options.preview,
+            prefix=prefix,
+            sim=options.sim.model_dump() if options.sim is not None else None,
+            voxels=options.voxels.model_dump() if options.voxels is not None else None,
         )
+        result = await replica_call(ctx.handles.converter_client.convert(request))
         await asyncio.gather(
-            *(ctx.write("convert", f["name"], f["data"], f["media_type"]) for f in result["files"])
+            *(ctx.write("convert", f.name, f.data, f.media_type) for f in result.files)
         )
-        files += [f["name"] for f in result["files"]]
-        seconds += result["stats"]["seconds"]
+        files += result.names
+        seconds += result.seconds
         await ctx.progress("convert", 100.0 * done / len(objects))
     return {"files": files, "seconds": round(seconds, 3)}
 
@@ -336,12 +340,13 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
     writes: set[asyncio.Task[None]] = set()
     objects: set[int] = set()
 
-    def put(frame: dict[str, Any]) -> tuple[int, list[int], int]:
-        data = encode_frame_masks(frame["masks"])
-        ctx.files.put(video_id, masks_name(frame["frame_idx"]), data, "application/json")
-        return frame["frame_idx"], sorted(int(k) for k in frame["masks"]), len(data)
+    def put(frame: FrameMasks) -> tuple[int, list[int], int]:
+        data = encode_frame_masks(frame.masks)
 
-    async def write(frames: list[dict[str, Any]]) -> None:
+        ctx.files.put(video_id, masks_name(frame.frame_idx), data, "application/json")
+        return frame.frame_idx, sorted(int(k) for k in frame.masks), len(data)
+
+    async def write(frames: list[FrameMasks]) -> None:
         """Files first (in parallel), then one DB transaction recording them."""
         async with limiter:
             records = await asyncio.gather(*(asyncio.to_thread(put, f) for f in frames))
@@ -356,7 +361,8 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
         resume = resume_point(one, done)
         if resume is not None and one.frames.index(resume) == 0:
             resume = None  # only the shared start frame (the other pass wrote it): start fresh
-        start, max_frames, seeds = one.start, one.max_frames, []
+        start, max_frames = one.start, one.max_frames
+        seeds: list[VideoPrompt] = []
         if resume is not None:
             remaining = len(one.frames) - one.frames.index(resume) - 1
             if remaining == 0:
@@ -365,19 +371,27 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
                 await asyncio.to_thread(ctx.files.get, video_id, masks_name(resume))
             )
             seeds = [
-                {"seq": -1, "frame_idx": resume, "obj_id": int(k), "mask_rle": rle}
+                VideoPrompt(seq=-1, frame_idx=resume, obj_id=int(k), mask_rle=rle)
                 for k, rle in stored.items()
             ]
             start, max_frames = resume, remaining
             resumed.append(resume)
-        stream = ctx.handles.segmenter.options(
-            multiplexed_model_id=video_id, stream=True
-        ).video_propagate.remote(video_id, source, prompts, start, one.reverse, max_frames, seeds)
+        request = VideoPropagateRequest(
+            video_id,
+            source,
+            [VideoPrompt.from_dict(p) for p in prompts],
+            start,
+            one.reverse,
+            max_frames,
+            seeds,
+        )
+        stream = ctx.handles.segmenter_client.video_propagate(request)
         try:
             async for batch in stream:
-                tracked += len(batch["frames"])
-                objects.update(int(k) for frame in batch["frames"] for k in frame["masks"])
-                task = asyncio.get_running_loop().create_task(write(batch["frames"]))
+                tracked += len(batch.frames)
+                objects.update(int(k) for frame in batch.frames for k in frame.masks)
+                task = asyncio.get_running_loop().create_task(write(batch.frames))
+
                 writes.add(task)
                 task.add_done_callback(writes.discard)
                 if time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pycocotools import mask as mask_utils
 
+from deployments.protocol import VideoPrompt, VideoPromptRequest
 from deployments.video import frame_name, sam2_image_size
 from serve_app.auth import Principal, can_access
 from serve_app.http.errors import ApiError
@@ -194,21 +195,23 @@ async def add_prompt(
         raise _prompts_refused(settings.video_max_prompts)
     started = time.perf_counter()
     try:
-        segmenter = services.handles.segmenter.options(multiplexed_model_id=video_id)
-        result = await segmenter.video_prompt.remote(
-            video_id, frame_source(services.artifacts, video_id, record.frames), history
+        request = VideoPromptRequest(
+            video_id,
+            frame_source(services.artifacts, video_id, record.frames),
+            [VideoPrompt.from_dict(p) for p in history],
         )
+        result = await services.handles.segmenter_client.video_prompt(request)
     except BaseException:
         await asyncio.to_thread(store.remove_prompt, video_id, seq)  # a failed prompt is no history
         raise
-    rle = result["rle"]
+    rle = result.rle
     bbox = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()}).tolist()
     return VideoPromptResult(
         video_id=video_id,
         frame_idx=prompt.frame_idx,
         obj_id=prompt.obj_id,
         seq=seq,
-        area=result["area"],
+        area=result.area,
         bbox=[round(v) for v in bbox],
         rle=rle,
         seconds=round(time.perf_counter() - started, 4),

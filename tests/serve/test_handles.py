@@ -17,29 +17,85 @@ def test_each_deployment_through_its_handle(live_app: LiveApp) -> None:
     scene = make_scene("disk")
     segmenter = serve.get_deployment_handle("Segmenter", app_name=APP_NAME)
     result = segmenter.segment.remote(scene.image, box=[90, 40, 230, 200], multimask=True).result()
-    assert result["masks"].shape == (3, 240, 320)
+    assert result.masks.shape == (3, 240, 320)
     info = segmenter.info.remote().result()
     assert info["weights"] == "random" and info["device"] == "cpu"
 
     reconstructor = serve.get_deployment_handle("Reconstructor", app_name=APP_NAME)
     shape = reconstructor.reconstruct.remote(scene.image, scene.mask).result()
-    mesh = trimesh.load(io.BytesIO(shape["mesh"]), file_type="ply", force="mesh")
+    mesh = trimesh.load(io.BytesIO(shape.mesh), file_type="ply", force="mesh")
     assert (
-        mesh.is_watertight
-        and shape["stats"]["mask_bbox_xyxy"][2] > shape["stats"]["mask_bbox_xyxy"][0]
+        mesh.is_watertight and shape.stats["mask_bbox_xyxy"][2] > shape.stats["mask_bbox_xyxy"][0]
     )
-    painted = reconstructor.paint.remote(shape["mesh"], scene.image, scene.mask).result()
-    assert painted["format"] == "glb" and painted["mesh"][:4] == b"glTF"
+    painted = reconstructor.paint.remote(shape.mesh, scene.image, scene.mask).result()
+    assert painted.format == "glb" and painted.mesh[:4] == b"glTF"
 
     converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
     files = converter.convert.remote(
-        painted["mesh"], formats=["ply"], collision=False, preview=False
+        painted.mesh, formats=["ply"], collision=False, preview=False
     ).result()
-    assert [f["name"] for f in files["files"]] == ["visual.ply", "mesh_stats.json"]
+    assert [f.name for f in files.files] == ["visual.ply", "mesh_stats.json"]
 
     detector = serve.get_deployment_handle("Detector", app_name=APP_NAME)
     found = detector.detect.remote(scene.image, conf=0.0001, max_det=3).result()
-    assert 0 < len(found["boxes"]) <= 3
+    assert 0 < len(found.boxes) <= 3
+
+
+def test_typed_clients_return_the_protocol_types(live_app: LiveApp) -> None:
+    """serve_app.handles' clients (what the ingress calls) over the live handles: requests
+    go out as the methods' keywords, results come back as deployments.protocol types."""
+    import asyncio
+
+    from deployments.protocol import (
+        ConvertRequest,
+        ConvertResult,
+        DetectRequest,
+        DetectResult,
+        OutputFile,
+        PaintRequest,
+        PaintResult,
+        ReconstructRequest,
+        ReconstructResult,
+        SegmentRequest,
+        SegmentResult,
+    )
+    from serve_app.handles import Handles
+
+    scene = make_scene("disk")
+    handles = Handles(
+        *(
+            serve.get_deployment_handle(name, app_name=APP_NAME)
+            for name in ("Segmenter", "Reconstructor", "Converter", "Detector")
+        )
+    )
+
+    async def calls() -> tuple[object, ...]:
+        segmented = await handles.segmenter_client.segment(
+            SegmentRequest(scene.image, points=[[160, 120]])
+        )
+        found = await handles.detector_client.detect(
+            DetectRequest(scene.image, conf=0.0001, max_det=2), "default"
+        )
+        shape = await handles.reconstructor_client.reconstruct(
+            ReconstructRequest(scene.image, scene.mask)
+        )
+        painted = await handles.reconstructor_client.paint(
+            PaintRequest(shape.mesh, scene.image, scene.mask)
+        )
+        converted = await handles.converter_client.convert(
+            ConvertRequest(painted.mesh, formats=["stl"], collision=False, preview=False)
+        )
+        return segmented, found, shape, painted, converted
+
+    segmented, found, shape, painted, converted = asyncio.run(calls())
+    assert isinstance(segmented, SegmentResult) and segmented.masks.shape == (1, 240, 320)
+    assert segmented.prompt.points == [[160.0, 120.0]]
+    assert isinstance(found, DetectResult) and found.model_id == "default"
+    assert isinstance(shape, ReconstructResult) and shape.stats["watertight"]
+    assert isinstance(painted, PaintResult) and painted.mesh[:4] == b"glTF"
+    assert isinstance(converted, ConvertResult)
+    assert converted.names == ["visual.stl", "mesh_stats.json"]
+    assert all(isinstance(f, OutputFile) for f in converted.files + painted.files)
 
 
 def test_domain_errors_cross_the_handle_with_their_type(live_app: LiveApp) -> None:
@@ -59,7 +115,7 @@ def test_notebook_example_runs_against_the_live_app(live_app: LiveApp) -> None:
     out = notebook_main(APP_NAME)
     assert out["job"]["status"] == "succeeded", out["job"]["error"]
     assert out["glb"][:4] == b"glTF"
-    assert out["shape"]["stats"]["watertight"]
+    assert out["shape"].stats["watertight"]
 
 
 def test_deployment_at_zero_replicas_answers_the_first_request(
@@ -90,7 +146,7 @@ def test_deployment_at_zero_replicas_answers_the_first_request(
             timeout_s=300
         )
         cold_start_s = time.monotonic() - started
-        assert 0 < len(found["boxes"]) <= 2
+        assert 0 < len(found.boxes) <= 2
         status = serve.status().applications["zero"].deployments["ZeroDetector"]
         assert status.replica_states.get("RUNNING", 0) == 1
         print(f"cold start from zero replicas: {cold_start_s:.1f} s")

@@ -176,8 +176,8 @@ def test_batched_detector_keeps_answers_apart(live_app, test_settings: dict) -> 
         )
         for model, (w, h), call in calls:
             answer = call.result(timeout_s=120)
-            assert answer["model_id"] == model and answer["image_size"] == [w, h]
-            assert all(name.startswith(model) for name in answer["class_names"])
+            assert answer.model_id == model and answer.image_size == [w, h]
+            assert all(name.startswith(model) for name in answer.class_names)
         try:
             bad.result(timeout_s=120)
         except InvalidInput as exc:

@@ -20,7 +20,7 @@ from deployments.backends import (
     rgba_crop,
 )
 from deployments.errors import ModelLoadError
-from deployments.reconstructor import ReconstructorConfig, SilhouetteReconstructor
+from deployments.reconstructor import MeshReconstructor, ReconstructorConfig
 from tests.helpers import make_scene
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_missing_package_fails_the_replica_constructor(name: str, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as info:
-        SilhouetteReconstructor(ReconstructorConfig(backend=name, weights=tmp_path))
+        MeshReconstructor(ReconstructorConfig(backend=name, weights=tmp_path))
     message = str(info.value)
     assert SPECS[name].package in message and f"configs/backends/{name}.yaml" in message
 
@@ -48,7 +48,7 @@ def test_unknown_backend_and_missing_weights(tmp_path: Path) -> None:
 
 
 def test_default_backend_is_the_builtin_one() -> None:
-    reconstructor = SilhouetteReconstructor(ReconstructorConfig())
+    reconstructor = MeshReconstructor(ReconstructorConfig())
     assert reconstructor.external is None and reconstructor.info()["backend"] == "inflate"
 
 

@@ -106,7 +106,7 @@ def test_a_cancelled_convert_kills_its_process_and_cpu_returns_to_idle(how: str)
         assert replacement.pids != [pid] and workers.pids == replacement.pids
         assert _children_cpu_percent() < 20
         small = asyncio.run(converter.convert(_sphere(2), "ply", ["stl"], False, False))
-        assert [f["name"] for f in small["files"]] == ["visual.stl", "mesh_stats.json"]
+        assert [f.name for f in small.files] == ["visual.stl", "mesh_stats.json"]
         assert workers.pids == replacement.pids  # the same warm child served it
     finally:
         converter.__del__()
@@ -154,7 +154,7 @@ def test_a_worker_killed_from_outside_fails_the_call_as_a_server_error() -> None
         asyncio.run(scenario())
         assert to_api_error(WorkerLost("x")) is None  # retried by the runner, not a 4xx
         small = asyncio.run(converter.convert(_sphere(2), "ply", ["stl"], False, False))
-        assert small["stats"]["visual"]["faces"] == 320
+        assert small.stats["visual"]["faces"] == 320
     finally:
         converter.__del__()
 
@@ -170,10 +170,10 @@ def test_results_are_the_same_in_a_process_and_in_a_thread() -> None:
 
     async def pipeline(converter, reconstructor):  # type: ignore[no-untyped-def]
         shape = await reconstructor.reconstruct(scene.image, scene.mask)
-        painted = await reconstructor.paint(shape["mesh"], scene.image, scene.mask, "ply")
-        converted = await converter.convert(painted["mesh"], "glb", sim={})
-        files = {"shape.ply": shape["mesh"], "textured.glb": painted["mesh"]}
-        files |= {f["name"]: f["data"] for f in painted["files"] + converted["files"]}
+        painted = await reconstructor.paint(shape.mesh, scene.image, scene.mask, "ply")
+        converted = await converter.convert(painted.mesh, "glb", sim={})
+        files = {"shape.ply": shape.mesh, "textured.glb": painted.mesh}
+        files |= {f.name: f.data for f in painted.files + converted.files}
         files.pop("mesh_stats.json")
         return files
 

@@ -16,7 +16,7 @@ from deployments.meshing.export import collision_hull, load_mesh
 from deployments.meshing.inflate import InflateParams, inflate
 from deployments.meshing.masks import object_mask
 from deployments.meshing.silhouette import front_silhouette, iou
-from deployments.reconstructor import ReconstructorConfig, SilhouetteReconstructor
+from deployments.reconstructor import MeshReconstructor, ReconstructorConfig
 from tests.helpers import convex_encloses, make_scene, shape_mask
 
 SHAPES = ("disk", "box", "L", "ring")
@@ -86,16 +86,16 @@ def test_mask_validation() -> None:
 
 def test_reconstruct_paint_convert_roundtrip() -> None:
     scene = make_scene("box")
-    backend = SilhouetteReconstructor(ReconstructorConfig(grid=64, max_faces=5000))
+    backend = MeshReconstructor(ReconstructorConfig(grid=64, max_faces=5000))
     shape = backend.reconstruct(scene.image, scene.mask)
-    mesh = load_mesh(shape["mesh"], "ply")
-    assert mesh.is_watertight and shape["stats"]["watertight"]
+    mesh = load_mesh(shape.mesh, "ply")
+    assert mesh.is_watertight and shape.stats["watertight"]
 
-    painted = backend.paint(shape["mesh"], scene.image, scene.mask)
-    textured = trimesh.load(io.BytesIO(painted["mesh"]), file_type="glb", force="mesh")
+    painted = backend.paint(shape.mesh, scene.image, scene.mask)
+    textured = trimesh.load(io.BytesIO(painted.mesh), file_type="glb", force="mesh")
     assert isinstance(textured.visual, trimesh.visual.TextureVisuals)
     texture = textured.visual.material.baseColorTexture
-    assert texture is not None and texture.size == tuple(painted["stats"]["texture_size"])
+    assert texture is not None and texture.size == tuple(painted.stats["texture_size"])
     # The front centre of the box must carry the object's colour, not the grey background.
     colours = textured.visual.to_color().vertex_colors[:, :3].astype(int)
     front = np.argmax(
@@ -104,9 +104,9 @@ def test_reconstruct_paint_convert_roundtrip() -> None:
     assert colours[front][0] > 120 and colours[front][2] < 100
 
     result = MeshConverter(ConverterConfig(preview_frames=3, preview_size_px=64)).convert(
-        painted["mesh"], "glb", ["obj", "stl", "glb", "ply"]
+        painted.mesh, "glb", ["obj", "stl", "glb", "ply"]
     )
-    files = {f["name"]: f for f in result["files"]}
+    files = {f.name: f for f in result.files}
     assert {
         "visual.obj",
         "visual.mtl",
@@ -119,24 +119,24 @@ def test_reconstruct_paint_convert_roundtrip() -> None:
         "mesh_stats.json",
     } <= set(files)
     assert any(name.endswith(".png") for name in files)  # the OBJ's texture
-    assert "mtllib visual.mtl" in files["visual.obj"]["data"].decode()
+    assert "mtllib visual.mtl" in files["visual.obj"].data.decode()
     for name, fmt in (
         ("visual.stl", "stl"),
         ("visual.glb", "glb"),
         ("visual.ply", "ply"),
         ("visual.obj", "obj"),
     ):
-        loaded = trimesh.load(io.BytesIO(files[name]["data"]), file_type=fmt, force="mesh")
+        loaded = trimesh.load(io.BytesIO(files[name].data), file_type=fmt, force="mesh")
         assert len(loaded.faces) == len(mesh.faces), name
-    stl = trimesh.load(io.BytesIO(files["visual.stl"]["data"]), file_type="stl", force="mesh")
+    stl = trimesh.load(io.BytesIO(files["visual.stl"].data), file_type="stl", force="mesh")
     assert stl.is_watertight
-    for topology in (result["stats"]["visual"], result["stats"]["collision"]["hull"]):
+    for topology in (result.stats["visual"], result.stats["collision"]["hull"]):
         assert topology["edge_manifold"] and topology["vertex_manifold"], topology
         assert not topology["self_intersecting"], topology
-    hull = trimesh.load(io.BytesIO(files["collision.stl"]["data"]), file_type="stl", force="mesh")
+    hull = trimesh.load(io.BytesIO(files["collision.stl"].data), file_type="stl", force="mesh")
     assert hull.is_watertight and hull.is_convex
     assert convex_encloses(hull.vertices, hull.faces, stl.vertices)
-    gif = Image.open(io.BytesIO(files["preview.gif"]["data"]))
+    gif = Image.open(io.BytesIO(files["preview.gif"].data))
     assert gif.n_frames == 3 and gif.size == (64, 64)
 
 

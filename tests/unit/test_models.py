@@ -32,15 +32,15 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> YoloDetector:
 def test_sam2_masks_have_the_image_shape(segmenter: Sam2Segmenter) -> None:
     scene = make_scene("disk", 200, 300)
     single = segmenter.segment(scene.image, points=[[150, 100]], labels=[1])
-    assert single["masks"].shape == (1, 200, 300) and single["masks"].dtype == bool
-    assert len(single["scores"]) == 1
+    assert single.masks.shape == (1, 200, 300) and single.masks.dtype == bool
+    assert len(single.scores) == 1
     multi = segmenter.segment(scene.image, box=[90, 40, 210, 160], multimask=True)
-    assert multi["masks"].shape == (3, 200, 300)
-    assert multi["scores"] == sorted(multi["scores"], reverse=True)
-    assert multi["prompt"]["box"] == [90.0, 40.0, 210.0, 160.0]
+    assert multi.masks.shape == (3, 200, 300)
+    assert multi.scores == sorted(multi.scores, reverse=True)
+    assert multi.prompt.box == [90.0, 40.0, 210.0, 160.0]
     # No prompt: a positive click at the centre.
     default = segmenter.segment(scene.image)
-    assert default["prompt"]["points"] == [[150.0, 100.0]] and default["prompt"]["labels"] == [1]
+    assert default.prompt.points == [[150.0, 100.0]] and default.prompt.labels == [1]
     info = segmenter.info()
     assert info["weights"] == "random" and info["image_size"] == 256 and info["device"] == "cpu"
 
@@ -50,7 +50,7 @@ def test_sam2_is_deterministic_for_a_seed(segmenter: Sam2Segmenter) -> None:
     scene = make_scene("box")
     a = segmenter.segment(scene.image)
     b = again.segment(scene.image)
-    assert np.array_equal(a["masks"], b["masks"])
+    assert np.array_equal(a.masks, b.masks)
 
 
 @pytest.mark.parametrize(
@@ -82,25 +82,21 @@ def test_sam2_checkpoint_roundtrip(segmenter: Sam2Segmenter, tmp_path: Path) -> 
     assert loaded.info()["weights"] == "checkpoint"
     scene = make_scene("L")
     # Different seed, same weights: the checkpoint, not the seed, decides the masks.
-    assert np.array_equal(
-        segmenter.segment(scene.image)["masks"], loaded.segment(scene.image)["masks"]
-    )
+    assert np.array_equal(segmenter.segment(scene.image).masks, loaded.segment(scene.image).masks)
 
 
 def test_yolo_detect_output(detector: YoloDetector) -> None:
     scene = make_scene("disk", 240, 320)
     found = detector.detect(scene.image, conf=0.0001, max_det=7)
-    n = len(found["boxes"])
+    n = len(found.boxes)
     assert 0 < n <= 7
-    assert len(found["scores"]) == len(found["class_ids"]) == len(found["class_names"]) == n
-    boxes = np.asarray(found["boxes"])
+    assert len(found.scores) == len(found.class_ids) == len(found.class_names) == n
+    boxes = np.asarray(found.boxes)
     assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
     assert boxes.min() >= 0 and (boxes[:, [0, 2]] <= 320).all() and (boxes[:, [1, 3]] <= 240).all()
-    assert np.allclose(
-        np.asarray(found["boxes_normalized"]) * [320, 240, 320, 240], boxes, atol=0.05
-    )
-    assert found["image_size"] == [320, 240]
-    assert found["scores"] == sorted(found["scores"], reverse=True)
+    assert np.allclose(np.asarray(found.boxes_normalized) * [320, 240, 320, 240], boxes, atol=0.05)
+    assert found.image_size == [320, 240]
+    assert found.scores == sorted(found.scores, reverse=True)
 
 
 @pytest.mark.parametrize(
@@ -136,8 +132,8 @@ def test_yolo_checkpoint_carries_its_class_names(tmp_path: Path) -> None:
     )
     assert detector.info()["weights"] == "checkpoint"
     found = detector.detect(make_scene().image, conf=0.0001, max_det=5, classes=["widget3", 5])
-    assert set(found["class_ids"]) <= {3, 5}
-    assert all(name in ("widget3", "widget5") for name in found["class_names"])
+    assert set(found.class_ids) <= {3, 5}
+    assert all(name in ("widget3", "widget5") for name in found.class_names)
 
 
 def test_missing_or_bad_checkpoints_fail_clearly(tmp_path: Path) -> None:
@@ -233,8 +229,8 @@ def test_segmentation_models_return_instance_masks(tmp_path: Path) -> None:
     assert detector.info()["task"] == "segment"
     scene = make_scene("disk", 240, 320)
     found = detector.detect(scene.image, conf=0.0, max_det=4)
-    assert found["boxes"], "a zero threshold must give the random model boxes"
-    assert len(found["masks_rle"]) == len(found["boxes"])
-    for rle in found["masks_rle"]:
+    assert found.boxes, "a zero threshold must give the random model boxes"
+    assert len(found.masks_rle) == len(found.boxes)
+    for rle in found.masks_rle:
         decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
         assert decoded.shape == (240, 320)

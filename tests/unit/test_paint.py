@@ -76,18 +76,18 @@ def test_occluded_surface_is_not_painted_with_what_hides_it() -> None:
 
 
 def test_paint_stage_writes_glb_and_obj_mtl_png_that_reference_each_other() -> None:
-    from deployments.reconstructor import ReconstructorConfig, SilhouetteReconstructor
+    from deployments.reconstructor import MeshReconstructor, ReconstructorConfig
     from tests.helpers import make_scene
 
     scene = make_scene("box")
-    backend = SilhouetteReconstructor(ReconstructorConfig(grid=48, max_faces=3000, texture_px=256))
+    backend = MeshReconstructor(ReconstructorConfig(grid=48, max_faces=3000, texture_px=256))
     shape = backend.reconstruct(scene.image, scene.mask)
-    result = backend.paint(shape["mesh"], scene.image, scene.mask, prefix="obj3_")
-    files = {f["name"]: f["data"] for f in result["files"]}
+    result = backend.paint(shape.mesh, scene.image, scene.mask, prefix="obj3_")
+    files = {f.name: f.data for f in result.files}
     assert set(files) == {"obj3_textured.obj", "obj3_textured.mtl", "obj3_textured_texture.png"}
     assert "mtllib obj3_textured.mtl" in files["obj3_textured.obj"].decode()
     mtl = files["obj3_textured.mtl"].decode()
     assert "map_Kd obj3_textured_texture.png" in mtl
     assert "Kd 1.00000000 1.00000000 1.00000000" in mtl  # viewers multiply the texture by Kd
-    glb = trimesh.load(trimesh.util.wrap_as_stream(result["mesh"]), file_type="glb", force="mesh")
+    glb = trimesh.load(trimesh.util.wrap_as_stream(result.mesh), file_type="glb", force="mesh")
     assert glb.visual.material.baseColorTexture.size == (256, 256)

@@ -16,7 +16,7 @@ import trimesh
 from deployments.converter import ConverterConfig, MeshConverter
 from deployments.errors import InvalidInput
 from deployments.meshing.sim import inside_union
-from deployments.reconstructor import ReconstructorConfig, SilhouetteReconstructor
+from deployments.reconstructor import MeshReconstructor, ReconstructorConfig
 from tests.helpers import make_scene
 from tests.quality import drop_in_mujoco
 
@@ -30,7 +30,7 @@ def _convert(mesh: trimesh.Trimesh | bytes, formats: list[str], **sim: Any) -> d
     out = CONVERTER.convert(
         data, "glb", formats, preview=False, prefix=sim.pop("prefix", ""), sim=sim
     )
-    return {f["name"]: f["data"] for f in out["files"]}
+    return {f.name: f.data for f in out.files}
 
 
 def _stl(files: dict[str, bytes], name: str) -> trimesh.Trimesh:
@@ -40,9 +40,9 @@ def _stl(files: dict[str, bytes], name: str) -> trimesh.Trimesh:
 @pytest.fixture(scope="module")
 def painted_l() -> bytes:
     scene = make_scene("L")
-    backend = SilhouetteReconstructor(ReconstructorConfig(grid=56, max_faces=4000, texture_px=256))
+    backend = MeshReconstructor(ReconstructorConfig(grid=56, max_faces=4000, texture_px=256))
     shape = backend.reconstruct(scene.image, scene.mask)
-    return backend.paint(shape["mesh"], scene.image, scene.mask)["mesh"]
+    return backend.paint(shape.mesh, scene.image, scene.mask).mesh
 
 
 @pytest.mark.parametrize(
@@ -121,8 +121,8 @@ def test_target_faces_decimates_closed_and_keeps_colour(painted_l: bytes) -> Non
         collision=False,
         sim={"target_faces": 800, "decomposition": False},
     )
-    files = {f["name"]: f["data"] for f in out["files"]}
-    assert out["stats"]["visual"]["faces"] <= 800 and out["stats"]["visual"]["watertight"]
+    files = {f.name: f.data for f in out.files}
+    assert out.stats["visual"]["faces"] <= 800 and out.stats["visual"]["watertight"]
     glb = trimesh.load(io.BytesIO(files["visual.glb"]), file_type="glb", force="mesh")
     assert len(glb.faces) <= 800
     colours = glb.visual.vertex_colors[:, :3].astype(float)  # the atlas is gone, colours remain

@@ -221,10 +221,10 @@ def test_session_prompt_propagate_and_rebuild(segmenter: Any, frames_dir: tuple[
     history = _history(video)
     session = segmenter.new_session("v1")
     first = session.prompt(source, history[:1])
-    assert first["obj_id"] == 7 and first["builds"] == 1
-    assert decode_rle(first["rle"]).shape == (120, 160)
+    assert first.obj_id == 7 and first.builds == 1
+    assert decode_rle(first.rle).shape == (120, 160)
     result = session.prompt(source, history)
-    assert session.applied == [1, 2] and result["builds"] == 1  # no rebuild: the state was kept
+    assert session.applied == [1, 2] and result.builds == 1  # no rebuild: the state was kept
     tracked = _propagate(session, source, history, PropagationRequest(0, False))
     assert sorted(tracked) == list(range(8))
     assert all(set(masks) == {7, 9} for masks in tracked.values())
@@ -392,7 +392,7 @@ def test_session_refuses_too_many_objects_and_too_much_memory(
     history = _history(video)  # objects 7 and 9
     session = segmenter.new_session("v5")
     session.max_objects = 1
-    assert session.prompt(source, history[:1])["obj_id"] == 7
+    assert session.prompt(source, history[:1]).obj_id == 7
     with pytest.raises(InvalidInput, match="video_max_objects"):
         session.prompt(source, history)
     big = segmenter.new_session("v6")

@@ -48,7 +48,7 @@ def _convert(
         sim=sim if sim is not None else {"decomposition": False},
         voxels=voxels,
     )
-    return {f["name"]: f["data"] for f in out["files"]}
+    return {f.name: f.data for f in out.files}
 
 
 def _npz(files: dict[str, bytes], name: str = "voxels.npz") -> Any:
@@ -392,7 +392,7 @@ def test_converter_refuses_a_grid_over_max_voxels() -> None:
     out = small.convert(
         flat, "stl", ["stl"], collision=False, preview=False, sim=None, voxels={"size": 20}
     )
-    assert out["stats"]["voxels"]["dims"] == [20, 20, 1]
+    assert out.stats["voxels"]["dims"] == [20, 20, 1]
     with pytest.raises(InvalidInput, match="voxels"):
         small.convert(cube, "stl", ["stl"], preview=False, voxels={"size": 300})
     with pytest.raises(InvalidInput, match="voxels"):

@@ -1,0 +1,158 @@
+"""Synchronous model calls for interactive use: one Segmenter or Detector call per request, and
+the detector model registry. What serve_app/predict/router.py calls once it has read the HTTP
+request; every limit is checked here, in the ingress, before a model is called (its time is
+shared by every client)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from pydantic import Field
+
+from deployments.errors import InvalidInput
+from deployments.protocol import DetectRequest, SegmentRequest, loaded_models_by_replica
+from serve_app.http.errors import to_api_error
+from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
+from serve_app.redact import safe_label
+from serve_app.schemas import (
+    DetectOptions,
+    DetectResponse,
+    ModelList,
+    ModelPublic,
+    ModelReloaded,
+    Prompt,
+    SegmentResponse,
+)
+from serve_app.services import Services
+
+
+class SegmentOptions(Prompt):
+    multimask: bool = Field(False, description="Return SAM2's three candidate masks.")
+    png: bool = Field(False, description="Also return each mask as a base64 PNG.")
+
+
+class DetectRequestOptions(DetectOptions):
+    max_det: int = Field(300, ge=1, le=10000)
+
+
+def checked_model(services: Services, model_id: str) -> str:
+    """404 for ids the registry does not know (checked here, before routing)."""
+    try:
+        return services.registry.resolve(model_id).model_id
+    except InvalidInput as exc:
+        error = to_api_error(exc)  # UnknownModel → 404, a malformed id → 422
+        assert error is not None
+        raise error from None
+
+
+async def segment(services: Services, data: bytes, options: SegmentOptions) -> SegmentResponse:
+    image = await asyncio.to_thread(decode_image, data, services.settings.max_image_pixels)
+    # max_prompt_points was checked when the options were read; the prompt must lie in the image.
+    check_prompt_in_image(options.points, options.box, image.width, image.height)
+    started = time.perf_counter()
+    request = SegmentRequest(
+        image.array,
+        points=[list(p) for p in options.points] if options.points else None,
+        labels=list(options.labels) if options.labels else None,
+        box=list(options.box) if options.box else None,
+        multimask=options.multimask,
+    )
+    result = await services.handles.segmenter_client.segment(request)
+    masks = [
+        mask_summary(np.asarray(mask, dtype=bool), score, options.png)
+        for mask, score in zip(result.masks, result.scores, strict=True)
+    ]
+    return SegmentResponse(
+        width=image.width,
+        height=image.height,
+        masks=masks,
+        prompt=result.prompt.to_dict(),
+        weights=services.models["Segmenter"]["weights"],
+        seconds=round(time.perf_counter() - started, 4),
+    )
+
+
+async def detect(
+    services: Services, data: bytes, options: DetectRequestOptions, model_id: str
+) -> DetectResponse:
+    """Detections by registered model ``model_id`` (404 if unknown), as of its last reload."""
+    model_id = checked_model(services, model_id)
+    image = await asyncio.to_thread(decode_image, data, services.settings.max_image_pixels)
+    started = time.perf_counter()
+    generation = await asyncio.to_thread(services.store.model_generation, model_id)
+    request = DetectRequest(
+        image.array,
+        conf=options.conf,
+        iou=options.iou,
+        imgsz=options.imgsz,
+        max_det=options.max_det,
+        classes=options.classes,
+    )
+    found = await services.handles.detector_client.detect(request, model_id, generation)
+    masks = found.masks_rle or [None] * len(found.boxes)
+    detections = [
+        {
+            "box": box,
+            "box_normalized": norm,
+            "score": score,
+            "class_id": cid,
+            "class_name": cname,
+            "mask_rle": rle,
+        }
+        for box, norm, score, cid, cname, rle in zip(
+            found.boxes,
+            found.boxes_normalized,
+            found.scores,
+            found.class_ids,
+            found.class_names,
+            masks,
+            strict=True,
+        )
+    ]
+    return DetectResponse(
+        model=found.model_id or model_id,
+        width=image.width,
+        height=image.height,
+        detections=detections,
+        weights=services.models["Detector"]["weights"],
+        seconds=round(time.perf_counter() - started, 4),
+    )
+
+
+async def list_models(services: Services, admin: bool) -> ModelList:
+    """Every registered detector model, with what the live replicas know of it. Sources may
+    name buckets, hosts or signed queries: ``admin`` callers see them, others the file name."""
+    entries = await asyncio.to_thread(services.registry.entries)
+    replicas = await asyncio.to_thread(loaded_models_by_replica, services.app_name)
+    listed = []
+    for entry in entries.values():
+        holders = sorted(r for r, held in replicas.items() if entry.model_id in held.models)
+        info = next(
+            (
+                held.info[entry.model_id]
+                for held in replicas.values()
+                if entry.model_id in held.info
+            ),
+            None,
+        )
+        listed.append(
+            ModelPublic(
+                model_id=entry.model_id,
+                source=entry.source if admin else safe_label(entry.source),
+                origin=entry.origin,  # type: ignore[arg-type]
+                task=info.task if info else None,
+                class_names=info.names if info else None,
+                loaded_on=holders,
+            )
+        )
+    return ModelList(models=listed)
+
+
+async def reload_model(services: Services, model_id: str) -> ModelReloaded:
+    """Bump the model's generation (the router's docstring says what that does)."""
+
+    checked = checked_model(services, model_id)
+    generation = await asyncio.to_thread(services.store.bump_model_generation, checked)
+    return ModelReloaded(model_id=checked, generation=generation)
