@@ -17,15 +17,10 @@ name that deployment instead of "Ingress".
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 STAGE_SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
 MODEL_LOAD_SECONDS_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
-
-# Which deployment does each job stage's work: declared with the stages
-# (serve_app/jobs/stages.py), which hands it in through ``set_stage_deployments``.
-_STAGE_DEPLOYMENT: dict[str, str] = {}
 
 
 def in_replica() -> bool:
@@ -92,21 +87,9 @@ def _own(deployment: str, **tags: str) -> dict[str, str]:
     return tags if in_replica() else {"deployment": deployment, **tags}
 
 
-def set_stage_deployments(stage_deployment: Mapping[str, str]) -> None:
-    """Stage name → the deployment that serves it (the stage declaration's, passed in: this
-    module is below serve_app and never imports it)."""
-    _STAGE_DEPLOYMENT.clear()
-    _STAGE_DEPLOYMENT.update(stage_deployment)
-
-
-def stage_deployment(stage: str) -> str:
-    """The deployment that serves ``stage`` (the ingress itself for anything unknown)."""
-    return _STAGE_DEPLOYMENT.get(stage, "Ingress")
-
-
 def observe_stage(stage: str, deployment: str, seconds: float) -> None:
-    """One stage attempt took ``seconds`` (succeeded or not) on ``deployment`` (see
-    ``stage_deployment``)."""
+    """One stage attempt took ``seconds`` (succeeded or not) on ``deployment`` (the stage's
+    declaration says which: serve_app/jobs/stages.py)."""
     _metrics()["stage_seconds"].observe(
         max(float(seconds), 0.0), tags={"stage": stage, "deployment": deployment}
     )

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.registry import ModelRegistry
 from serve_app.api import create_api
-from serve_app.jobs.pipeline import Handles
+from serve_app.handles import Handles
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.service import create_job
 from serve_app.jobs.store import TERMINAL, JobStore

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 
 from deployments.registry import ModelRegistry
-from serve_app.jobs.pipeline import Handles
+from serve_app.handles import Handles
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import JobStore
 from serve_app.settings import Settings

@@ -164,7 +164,7 @@ def keyed_api_server(settings: dict, keys: list[dict], owner: str) -> Iterator[s
 
     from deployments.registry import ModelRegistry
     from serve_app.api import create_api
-    from serve_app.jobs.pipeline import Handles
+    from serve_app.handles import Handles
     from serve_app.jobs.runner import JobRunner
     from serve_app.jobs.store import JobStore
     from serve_app.services import Services
@@ -250,7 +250,7 @@ def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 180.0) -> d
 def local_services(tmp_path: Path, **overrides: object) -> Services:
     """The ingress's services on local disk + SQLite, runner not started: for ASGI tests."""
     from deployments.registry import ModelRegistry
-    from serve_app.jobs.pipeline import Handles
+    from serve_app.handles import Handles
     from serve_app.jobs.runner import JobRunner
     from serve_app.jobs.store import JobStore
     from serve_app.services import Services

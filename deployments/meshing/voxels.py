@@ -31,7 +31,6 @@ import trimesh
 
 from deployments.errors import InvalidInput
 
-DEFAULT_MAX_VOXELS = 128**3  # the max_voxels setting's default: 2,097,152
 MAX_AXIS = 256  # .vox stores coordinates in one byte; a Minecraft world is 384 blocks high
 VOXEL_OUTPUTS = ("vox", "npz", "schem", "commands", "preview")
 # Jitter of the sampling columns (in voxels): breaks exact ties where a column passes through

@@ -10,8 +10,10 @@ from datetime import timedelta
 
 from deployments import telemetry
 from deployments.errors import DeploymentError
+from serve_app.handles import Handles
 from serve_app.http.errors import ApiError, public_message, to_api_error, unwrap
-from serve_app.jobs.pipeline import STAGE_RUNNERS, Handles, StageContext
+from serve_app.jobs.pipeline import STAGE_RUNNERS, StageContext
+from serve_app.jobs.stages import STAGE_BY_NAME
 from serve_app.jobs.store import JobStore, utcnow
 from serve_app.jobs.views import job_public
 from serve_app.jobs.webhooks import deliver
@@ -212,7 +214,7 @@ class JobRunner:
                 raise
             except Exception as exc:
                 seconds = time.perf_counter() - started
-                telemetry.observe_stage(name, telemetry.stage_deployment(name), seconds)
+                telemetry.observe_stage(name, STAGE_BY_NAME[name].deployment, seconds)
                 telemetry.count_failure(name, error_kind(exc))
                 client_error = to_api_error(exc)
                 if isinstance(exc, TimeoutError):
@@ -238,7 +240,7 @@ class JobRunner:
                 await asyncio.sleep(settings.stage_retry_backoff_s * 2 ** (attempt - 1))
                 continue
             seconds = time.perf_counter() - started
-            telemetry.observe_stage(name, telemetry.stage_deployment(name), seconds)
+            telemetry.observe_stage(name, STAGE_BY_NAME[name].deployment, seconds)
             await asyncio.to_thread(
                 self.store.finish_stage, job_id, name, "succeeded", seconds, detail=detail
             )

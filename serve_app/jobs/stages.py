@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from deployments import telemetry
-
 # A Literal, for the OpenAPI schema; checked against STAGES below (same names, same order).
 StageName = Literal["segment", "reconstruct", "paint", "convert", "propagate"]
 
@@ -44,7 +42,3 @@ STAGE_ORDER: tuple[StageName, ...] = tuple(s.name for s in STAGES if s.kind == "
 VIDEO_STAGES: tuple[StageName, ...] = tuple(s.name for s in STAGES if s.kind == "video")
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {s.name: s.needs for s in STAGES}
 STAGE_MAKES: dict[str, tuple[str, ...]] = {s.name: s.makes for s in STAGES}
-STAGE_DEPLOYMENT: dict[str, str] = {s.name: s.deployment for s in STAGES}
-
-# deployments/ never imports serve_app: the stage metrics get their labels from here.
-telemetry.set_stage_deployments(STAGE_DEPLOYMENT)

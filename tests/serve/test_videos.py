@@ -79,8 +79,11 @@ def test_upload_prompt_propagate_fetch_export_delete(client: httpx.Client) -> No
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         seen.append(job["progress"])
-        if job["status"] == "running" and job["stages"][0]["detail"]:
-            live.append(job["stages"][0]["detail"])
+        stage = job["stages"][0]
+        # The stage, not the job: between the stage's end and the job's, the job is still
+        # "running" while the stage already shows its final detail.
+        if stage["status"] == "running" and stage["detail"]:
+            live.append(stage["detail"])
         if job["status"] in ("succeeded", "failed", "cancelled"):
             break
         time.sleep(0.05)

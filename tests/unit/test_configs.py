@@ -381,7 +381,6 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_the_stage_declaration_is_the_only_table() -> None:
-    from deployments import telemetry
     from serve_app import schemas
     from serve_app.jobs import pipeline, stages
 
@@ -395,7 +394,6 @@ def test_the_stage_declaration_is_the_only_table() -> None:
         assert pipeline.STAGE_RUNNERS[stage.name] is getattr(pipeline, stage.runner)
         assert pipeline.STAGE_NEEDS[stage.name] == stage.needs
         assert pipeline.STAGE_MAKES[stage.name] == stage.makes
-        assert telemetry.stage_deployment(stage.name) == stage.deployment
         assert stage.deployment in DEPLOYMENT_NAMES
     assert list(pipeline.STAGE_RUNNERS) == list(names)
 

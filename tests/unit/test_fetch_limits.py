@@ -358,7 +358,7 @@ def test_job_submit_with_a_bad_callback_url_is_a_422(tmp_path: Path, callback_ur
 
     from deployments.registry import ModelRegistry
     from serve_app.api import create_api
-    from serve_app.jobs.pipeline import Handles
+    from serve_app.handles import Handles
     from serve_app.jobs.runner import JobRunner
     from serve_app.services import Services
     from serve_app.storage.artifacts import LocalArtifactStore

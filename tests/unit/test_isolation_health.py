@@ -18,7 +18,7 @@ import pytest
 from deployments.errors import ModelLoadError
 from serve_app.admin.health import ServeStatusProbe
 from serve_app.api import create_api
-from serve_app.jobs.pipeline import Handles
+from serve_app.handles import Handles
 from serve_app.jobs.runner import JobRunner
 from serve_app.redact import redact_locations, safe_db_url, safe_label
 from tests.helpers import local_services

@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from serve_app.jobs.pipeline import Handles
+from serve_app.handles import Handles
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import JobStore, poison_reason
 from serve_app.settings import Settings
