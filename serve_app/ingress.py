@@ -22,11 +22,12 @@ from deployments.registry import ModelRegistry
 from serve_app.api import create_api
 from serve_app.handles import Handles
 from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.service import create_job
 from serve_app.jobs.store import TERMINAL, JobStore
 from serve_app.jobs.views import job_or_404, job_public
 from serve_app.redact import safe_db_url
-from serve_app.schemas import JobOptions, request_context
+from serve_app.schemas import request_context
 from serve_app.services import Services
 from serve_app.settings import Settings
 from serve_app.storage.artifacts import make_artifact_store

@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from serve_app.admin.schemas import DeploymentHealth, Health
 from serve_app.redact import safe_label
-from serve_app.schemas import DeploymentHealth, Health
 from serve_app.services import ServicesDep
 
 router = APIRouter(tags=["health"])

@@ -333,11 +333,7 @@ async def read_inputs(
 BODY_MODELS: dict[str, type[BaseModel]] = {}
 
 
-def _schema_ref(model: type[BaseModel] | str) -> dict[str, str]:
-    if isinstance(model, str):
-        from serve_app import schemas
-
-        model = getattr(schemas, model)
+def _schema_ref(model: type[BaseModel]) -> dict[str, str]:
     BODY_MODELS[model.__name__] = model
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
@@ -354,7 +350,7 @@ def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_body(
-    options_model: type[BaseModel] | str,
+    options_model: type[BaseModel],
     extra_files: tuple[str, ...] = (),
     file_field: str = "image",
     json_body: type[BaseModel] | None = None,

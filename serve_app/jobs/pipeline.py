@@ -29,10 +29,11 @@ from deployments.protocol import (
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError
 from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
-from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGES
+from serve_app.jobs.schemas import JobOptions
+from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGE_ORDER, STAGES
 from serve_app.jobs.store import JobRecord, JobStore
-from serve_app.schemas import STAGE_ORDER, JobOptions, PropagateOptions
 from serve_app.storage.artifacts import ArtifactStore
+from serve_app.videos.schemas import PropagateOptions
 
 MESH_INPUT_FORMATS = ("ply", "glb", "obj", "stl")
 # Stage outputs that stand for a role, most refined first (paint's mesh supersedes shape's).

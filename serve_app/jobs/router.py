@@ -17,10 +17,11 @@ from serve_app.auth import current_principal
 from serve_app.http.errors import ApiError
 from serve_app.http.inputs import openapi_body, read_inputs
 from serve_app.http.streams import EventStream, keep_alive_due
+from serve_app.jobs.schemas import JobAccepted, JobList, JobOptions, JobPublic
 from serve_app.jobs.service import Replayed, cancel, create_job, job_for
 from serve_app.jobs.store import TERMINAL, JobRecord
 from serve_app.jobs.views import job_or_404, job_public
-from serve_app.schemas import ErrorBody, JobAccepted, JobList, JobOptions, JobPublic
+from serve_app.schemas import ErrorBody
 from serve_app.services import Services, ServicesDep
 from serve_app.storage.artifacts import ArtifactStore, LocalArtifactStore, check_name
 
@@ -33,7 +34,7 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 
     status_code=202,
     response_model=JobAccepted,
     responses=ERRORS,
-    openapi_extra=openapi_body("JobOptions", ("mask", "mesh")),
+    openapi_extra=openapi_body(JobOptions, ("mask", "mesh")),
     summary="Submit a job (answers 202 at once with its id)",
 )
 async def submit_job(

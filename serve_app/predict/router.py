@@ -11,15 +11,9 @@ from deployments.registry import MODEL_ID
 from serve_app.auth import current_principal
 from serve_app.http.inputs import openapi_body, read_inputs
 from serve_app.predict import service
+from serve_app.predict.schemas import DetectResponse, ModelList, ModelReloaded, SegmentResponse
 from serve_app.predict.service import DetectRequestOptions, SegmentOptions
-from serve_app.schemas import (
-    MAX_NAME_CHARS,
-    DetectResponse,
-    ErrorBody,
-    ModelList,
-    ModelReloaded,
-    SegmentResponse,
-)
+from serve_app.schemas import MAX_NAME_CHARS, ErrorBody
 from serve_app.services import ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["predict"])

@@ -15,16 +15,16 @@ from deployments.errors import InvalidInput
 from deployments.protocol import DetectRequest, SegmentRequest, loaded_models_by_replica
 from serve_app.http.errors import to_api_error
 from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
-from serve_app.redact import safe_label
-from serve_app.schemas import (
+from serve_app.predict.schemas import (
     DetectOptions,
     DetectResponse,
     ModelList,
     ModelPublic,
     ModelReloaded,
-    Prompt,
     SegmentResponse,
 )
+from serve_app.redact import safe_label
+from serve_app.schemas import Prompt
 from serve_app.services import Services
 
 

@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 
 from deployments.video import FrameSource, frame_name
 from serve_app.http.errors import ApiError
-from serve_app.schemas import PropagateOptions
 from serve_app.storage.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
+from serve_app.videos.schemas import PropagateOptions
 from serve_app.videos.store import VideoRecord, VideoStore
 
 

@@ -15,11 +15,13 @@ from fastapi.responses import Response
 
 from serve_app.auth import Principal, current_principal
 from serve_app.http.inputs import openapi_body, openapi_json_body, read_json_model
-from serve_app.schemas import (
-    MAX_INDEX,
-    ErrorBody,
+from serve_app.jobs.schemas import JobAccepted
+from serve_app.schemas import MAX_INDEX, ErrorBody
+from serve_app.services import ServicesDep
+from serve_app.videos import service
+from serve_app.videos.frames import decode_frame_masks
+from serve_app.videos.schemas import (
     FrameMasksRange,
-    JobAccepted,
     PropagateOptions,
     VideoFromUrls,
     VideoPromptIn,
@@ -27,9 +29,6 @@ from serve_app.schemas import (
     VideoPublic,
     VideoUploadOptions,
 )
-from serve_app.services import ServicesDep
-from serve_app.videos import service
-from serve_app.videos.frames import decode_frame_masks
 from serve_app.videos.service import MAX_MASK_RANGE, VIDEO_ID
 from serve_app.videos.store import VideoRecord
 from serve_app.videos.uploads import read_video

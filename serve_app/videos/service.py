@@ -18,17 +18,9 @@ from serve_app.auth import Principal, can_access
 from serve_app.http.errors import ApiError
 from serve_app.imaging import check_prompt_in_image
 from serve_app.jobs import service as jobs
+from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.store import utcnow
-from serve_app.schemas import (
-    LIMIT_ERROR,
-    FrameMasks,
-    FrameMasksRange,
-    JobOptions,
-    PropagateOptions,
-    VideoPromptIn,
-    VideoPromptResult,
-    VideoPublic,
-)
+from serve_app.schemas import LIMIT_ERROR
 from serve_app.services import Services
 from serve_app.settings import Settings
 from serve_app.videos import export
@@ -42,6 +34,14 @@ from serve_app.videos.frames import (
     video_store_for,
 )
 from serve_app.videos.ingest import DecodedVideo, VideoLimits
+from serve_app.videos.schemas import (
+    FrameMasks,
+    FrameMasksRange,
+    PropagateOptions,
+    VideoPromptIn,
+    VideoPromptResult,
+    VideoPublic,
+)
 from serve_app.videos.store import VideoRecord, VideoStore
 
 VIDEO_ID = re.compile(r"^[0-9a-f]{32}$")

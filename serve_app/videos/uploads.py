@@ -20,7 +20,6 @@ from serve_app.http.inputs import (
     read_upload,
     validate_model,
 )
-from serve_app.schemas import VideoFromUrls, VideoUploadOptions
 from serve_app.settings import Settings
 from serve_app.videos.ingest import (
     DecodedVideo,
@@ -29,6 +28,7 @@ from serve_app.videos.ingest import (
     decode_upload,
     frames_from_images,
 )
+from serve_app.videos.schemas import VideoFromUrls, VideoUploadOptions
 
 
 async def _until_disconnected(request: Request, interval_s: float = 0.25) -> None:

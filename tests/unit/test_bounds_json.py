@@ -16,7 +16,9 @@ import pytest
 
 from serve_app.api import create_api
 from serve_app.http.inputs import json_shape
-from serve_app.schemas import JobOptions, Prompt, VideoPromptIn, request_context
+from serve_app.jobs.schemas import JobOptions
+from serve_app.schemas import Prompt, request_context
+from serve_app.videos.schemas import VideoPromptIn
 from tests.helpers import encode_video, local_services, make_scene, moving_disk_video
 
 PNG = make_scene().png()  # 320x240

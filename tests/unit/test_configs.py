@@ -381,8 +381,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_the_stage_declaration_is_the_only_table() -> None:
-    from serve_app import schemas
-    from serve_app.jobs import pipeline, stages
+    from serve_app.jobs import pipeline, schemas, stages
 
     names = tuple(stage.name for stage in stages.STAGES)
     assert get_args(stages.StageName) == names

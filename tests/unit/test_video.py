@@ -14,9 +14,9 @@ import pytest
 from deployments.video import FrameSource, PropagationRequest, VideoPrompt, decode_rle, frame_name
 from serve_app.http.errors import ApiError
 from serve_app.jobs.store import JobStore
-from serve_app.schemas import PropagateOptions
 from serve_app.videos.frames import Pass, plan_passes, resume_point
 from serve_app.videos.ingest import VideoLimits, decode_upload, frames_from_images
+from serve_app.videos.schemas import PropagateOptions
 from serve_app.videos.store import VideoRecord, VideoStore
 from tests.helpers import (
     SMALL_SAM2_OVERRIDES,

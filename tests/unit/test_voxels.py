@@ -447,7 +447,7 @@ def test_ingress_refuses_the_voxel_cap_and_bad_options(tmp_path: Path) -> None:
 def test_voxel_option_names_are_checked_by_the_schema() -> None:
     from pydantic import ValidationError
 
-    from serve_app.schemas import JobOptions
+    from serve_app.jobs.schemas import JobOptions
 
     options = JobOptions.model_validate({"voxels": {"size": [3, 4, 5], "stretch": True}})
     assert options.voxels is not None and options.voxels.requested_voxels() == 60
