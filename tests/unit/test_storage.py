@@ -182,3 +182,26 @@ def test_get_many_and_list_load_stages_and_artifacts_per_job(store: JobStore) ->
     assert store.get_many([]) == {}
     assert [j.id for j in store.list()] == ids[::-1]
     assert store.list() == [store.get(job_id) for job_id in ids[::-1]]
+
+
+def test_reading_many_jobs_takes_three_queries_whatever_their_number(store: JobStore) -> None:
+    """What every open SSE stream costs the store: the shared poller reads all watched jobs
+    with one get_many, three SELECTs (jobs, stages, artifacts) for 1 job or 40, never more
+    per job."""
+    from sqlalchemy import event
+
+    ids = [store.create({}, {"image": "i.png"}, STAGES) for _ in range(40)]
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        for wanted in (ids[:1], ids):
+            statements.clear()
+            assert len(store.get_many(wanted)) == len(wanted)
+            selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+            assert len(selects) == 3, selects
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
