@@ -49,7 +49,25 @@ help:
 	@echo "make stop    shut the local app and Ray head down"
 	@echo "make bench   run every benchmark; one table of ratios in bench/RESULTS.md"
 
-install: $(STAMP)
+install: $(STAMP) $(STUDIO_STAMP)
+
+# Studio's 3D library (GET /studio): three.js from the npm registry, the pinned tarball checked
+# against its SHA-256, unpacked into a git-ignored folder the app serves (the files the page
+# loads, and the licence). cluster/Dockerfile does the same. Nothing is fetched at run time.
+THREE_VERSION := 0.180.0
+THREE_SHA256  := ad66d724565ee29a2467277fa84daa5ed0211d6b8d446e9ef29f6bae0cd14144
+STUDIO_VENDOR := serve_app/static/studio/vendor/three
+STUDIO_STAMP  := $(STUDIO_VENDOR)/.three-$(THREE_VERSION)
+THREE_FILES   := package/LICENSE package/build/three.module.min.js package/build/three.core.min.js \
+  package/examples/jsm/controls/OrbitControls.js package/examples/jsm/loaders/GLTFLoader.js \
+  package/examples/jsm/loaders/STLLoader.js package/examples/jsm/utils/BufferGeometryUtils.js
+$(STUDIO_STAMP):
+	@echo ">> fetching three@$(THREE_VERSION) from the npm registry (Studio's 3D viewer)"
+	rm -rf $(STUDIO_VENDOR) && mkdir -p $(STUDIO_VENDOR)
+	curl -fsSL --retry 3 -o $(STUDIO_VENDOR)/three.tgz https://registry.npmjs.org/three/-/three-$(THREE_VERSION).tgz
+	echo "$(THREE_SHA256)  $(STUDIO_VENDOR)/three.tgz" | sha256sum -c --quiet
+	tar -xzf $(STUDIO_VENDOR)/three.tgz -C $(STUDIO_VENDOR) --strip-components=1 $(THREE_FILES)
+	rm $(STUDIO_VENDOR)/three.tgz && touch $(STUDIO_STAMP)
 
 # Re-runs only when pyproject.toml changes. Order matters: torch/torchvision first (pinned,
 # from local disk where available), then the project, then sam2 without build isolation

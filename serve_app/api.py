@@ -25,6 +25,7 @@ from serve_app.jobs import router as jobs
 from serve_app.predict import router as predict
 from serve_app.services import Services
 from serve_app.settings import Settings
+from serve_app.studio import router as studio
 from serve_app.videos import router as videos
 
 logger = logging.getLogger("meshline.api")
@@ -101,6 +102,7 @@ def create_api(services: Services) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(videos.router)
     app.include_router(admin.router)
+    app.include_router(studio.router)  # the Studio page: a client of the routes above
     return app
 
 

@@ -173,9 +173,14 @@ ADMIN_ROUTES = (
     ("POST", re.compile(r"^/v1/models/[^/]+/reload$")),
     ("*", re.compile(r"^/admin/api(/.*)?$")),
 )
-# No key needed: the liveness probe, and the admin page's static shell (it holds no data; it
-# asks for the key and sends it as a Bearer header on its own API calls).
-PUBLIC_ROUTES = (("GET", re.compile(r"^/healthz$")), ("GET", re.compile(r"^/admin/?$")))
+# No key needed: the liveness probe, and the static shells of the admin page and of Studio
+# (its page, modules and three.js: they hold no data; the page asks for the key and sends it
+# as a Bearer header on its own API calls).
+PUBLIC_ROUTES = (
+    ("GET", re.compile(r"^/healthz$")),
+    ("GET", re.compile(r"^/admin/?$")),
+    ("GET", re.compile(r"^/studio(/[A-Za-z0-9._/-]*)?$")),
+)
 
 
 def _matches(rules: tuple[tuple[str, re.Pattern[str]], ...], method: str, path: str) -> bool:

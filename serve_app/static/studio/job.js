@@ -1,0 +1,160 @@
+// Make the 3D asset: the job's options, POST /v1/jobs (the chosen mask as the job's `mask`, or
+// the prompt), live per-stage progress from the job's SSE stream, cancel; when it ends, the
+// result view: 3D viewer, turntable preview, physics sidecar, every artifact to download.
+import { ApiError, api, base, blob, download, el, followJob } from "./api.js";
+import { createViewer } from "./viewer.js";
+
+const TERMINAL = ["succeeded", "failed", "cancelled"];
+
+export function initJob({ say }) {
+  const $ = id => document.getElementById(id);
+  let source = null, following = null, current = null, viewer = null;
+
+  function options(withMask, prompt) {
+    const checked = name => [...document.querySelectorAll(`input[name="${name}"]:checked`)].map(i => i.value);
+    let stages = checked("stage");
+    if (withMask) stages = stages.filter(s => s !== "segment");
+    const body = {
+      stages,
+      formats: checked("format"),
+      collision: $("collision").checked,
+      preview: $("preview").checked,
+      sim: {
+        size_m: Number($("size-m").value),
+        size_axis: $("size-axis").value,
+        up_axis: $("up-axis").value,
+        decomposition: $("decomposition").checked,
+        max_parts: Number($("max-parts").value),
+      },
+    };
+    if (!withMask && prompt) body.prompt = prompt;
+    return body;
+  }
+
+  $("job-form").addEventListener("submit", async e => {
+    e.preventDefault();
+    const file = source?.file();
+    if (!file) { say("Choose a photo first."); return; }
+    const mask = $("job-input").value === "mask" ? await source.maskPng() : null;
+    if ($("job-input").value === "mask" && !mask) say("No mask chosen yet: the job segments on the server with the prompt (or the image centre).", true);
+    const form = new FormData();
+    form.append("image", file, file.name);
+    if (mask) form.append("mask", mask, "mask.png");
+    form.append("options", JSON.stringify(options(Boolean(mask), source.prompt())));
+    $("submit-job").disabled = true;
+    try {
+      const accepted = await api("/v1/jobs", { method: "POST", body: form });
+      open(accepted.job_id);
+    } catch (err) {
+      say("The job was not accepted: " + (err.hint || err.message));
+    } finally { $("submit-job").disabled = false; }
+  });
+
+  $("cancel-job").addEventListener("click", async () => {
+    if (!current) return;
+    try { render(await api(`/v1/jobs/${current}/cancel`, { method: "POST" })); }
+    catch (err) { say("cancel failed: " + (err.hint || err.message)); }
+  });
+
+  // Show a job (new, or reopened from the history) and follow it until it ends.
+  async function open(jobId) {
+    following?.abort();
+    following = new AbortController();
+    current = jobId;
+    $("job").hidden = false;
+    $("result").hidden = true;
+    $("job-id").textContent = jobId;
+    $("stages").tBodies[0].replaceChildren();
+    $("job-error").textContent = "";
+    let last = null;
+    try {
+      last = await api(`/v1/jobs/${jobId}`);
+      render(last);
+      if (!TERMINAL.includes(last.status)) last = await followJob(jobId, render, following.signal) || last;
+    } catch (err) {
+      if (err instanceof ApiError) $("job-error").textContent = err.hint;
+      return;
+    }
+    if (current !== jobId || !last) return;
+    render(last);
+    if (last.status === "succeeded") showResult(last);
+  }
+
+  function render(job) {
+    if (job.job_id !== current) return;
+    const section = $("job");
+    section.dataset.status = job.status;
+    section.dataset.progress = String(Math.round(job.progress));
+    $("job-status").textContent = `${job.status} · ${Math.round(job.progress)} %`;
+    $("job-status").className = "status-" + job.status;
+    $("job-bar").style.width = `${job.progress}%`;
+    $("job-bar").parentElement.className = "bar " + job.status;
+    $("cancel-job").disabled = TERMINAL.includes(job.status);
+    $("stages").tBodies[0].replaceChildren(...job.stages.flatMap(s => {
+      const row = el("tr", { "data-stage": s.name, "data-status": s.status },
+        el("td", {}, s.name),
+        el("td", { class: "status-" + s.status }, s.status + (s.attempts > 1 ? ` (attempt ${s.attempts})` : "")),
+        el("td", {}, el("div", { class: "bar " + s.status, role: "progressbar", "aria-label": s.name, "aria-valuenow": String(Math.round(s.progress)), "aria-valuemin": "0", "aria-valuemax": "100" },
+          el("span", { style: `width:${s.progress}%` }))),
+        el("td", {}, s.seconds != null ? `${s.seconds.toFixed(1)} s` : ""));
+      return s.error ? [row, el("tr", { class: "stage-error" }, el("td", { colspan: "4", class: "error" }, `${s.name} failed: ${s.error}`))] : [row];
+    }));
+    $("job-error").textContent = job.error || "";
+  }
+
+  // --- the result ---------------------------------------------------------------------------
+  function href(url) { return /^[a-z]+:\/\//i.test(url) ? url : base + url; }
+  function pick(artifacts, ...names) {
+    for (const name of names) {
+      const found = artifacts.find(a => a.name === name) || artifacts.find(a => a.name.endsWith("_" + name));
+      if (found) return found;
+    }
+    return null;
+  }
+
+  async function showResult(job) {
+    const artifacts = job.artifacts;
+    $("result").hidden = false;
+    $("downloads").replaceChildren(...artifacts.map(a => el("li", {},
+      el("a", { href: href(a.url), "data-name": a.name, download: a.name, onclick: e => { e.preventDefault(); download(a.url, a.name).catch(err => say("download failed: " + (err.hint || err.message))); } }, a.name),
+      el("span", { class: "muted" }, ` ${(a.bytes / 1024).toFixed(1)} KB`))));
+
+    const preview = pick(artifacts, "preview.gif", "thumbnail.png");
+    if (preview) $("preview-img").src = URL.createObjectURL(await blob(preview.url));
+    $("preview-img").closest("figure").hidden = !preview;
+
+    const sidecar = pick(artifacts, "object.json");
+    $("physics").tBodies[0].replaceChildren(...(sidecar ? physicsRows(await api(sidecar.url)) : [el("tr", {}, el("td", { class: "muted" }, "no physics sidecar (sim off or convert not run)"))]));
+
+    viewer ??= createViewer($("viewer"));
+    const model = pick(artifacts, "visual.glb", "textured.glb");
+    const collision = pick(artifacts, "collision_parts.glb", "collision.stl");
+    $("show-collision").disabled = !collision;
+    $("show-collision").checked = false;
+    $("viewer-status").textContent = "loading the model…";
+    try {
+      if (!model) throw new Error("no GLB among the artifacts (add GLB to the formats)");
+      const upAxis = job.options?.sim ? job.options.sim.up_axis : "y";
+      await viewer.showModel(await (await blob(model.url)).arrayBuffer(), upAxis);
+      if (collision) await viewer.setCollision(await (await blob(collision.url)).arrayBuffer(), collision.name.endsWith(".stl") ? "stl" : "glb");
+      $("viewer-status").textContent = `${model.name}${collision ? ` · collision: ${collision.name}` : ""}`;
+      $("viewer").dataset.loaded = "1";
+    } catch (err) { $("viewer-status").textContent = "viewer: " + (err.hint || err.message); }
+  }
+  $("show-collision").addEventListener("change", e => viewer?.showCollision(e.target.checked));
+  $("reset-view").addEventListener("click", () => viewer?.reset());
+
+  function physicsRows(sidecar) {
+    const rows = [];
+    const fmt = v => typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : Array.isArray(v) ? "[" + v.map(fmt).join(", ") + "]" : String(v);
+    const add = (key, value) => {
+      if (value && typeof value === "object" && !Array.isArray(value)) { for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, v); return; }
+      if (Array.isArray(value) && JSON.stringify(value).length > 120) return;
+      rows.push(el("tr", { "data-key": key }, el("th", { scope: "row" }, key), el("td", {}, fmt(value))));
+    };
+    for (const [k, v] of Object.entries(sidecar)) add(k, v);
+    return rows;
+  }
+
+  return { setSource: s => { source = s; }, open };
+}

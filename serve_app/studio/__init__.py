@@ -1,0 +1,1 @@
+"""meshline Studio: the page at /studio (a client of the public API only)."""

@@ -1,0 +1,287 @@
+"""meshline Studio (/studio) in a real headless Chromium (Debian's, through playwright), against
+the live app: photo → mask → job → 3D viewer (WebGL through SwiftShader) → downloads; video
+prompts → propagation → masks on a later frame; history; keyed mode. Screenshots of each view
+go to out/studio/."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import LiveApp, encode_video, keyed_api_server, make_scene, moving_disk_video
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "out" / "studio"
+# Headless Chromium has no GPU here: WebGL runs on ANGLE's SwiftShader (software) backend,
+# which recent Chromium only allows with --enable-unsafe-swiftshader.
+WEBGL_ARGS = [
+    "--no-sandbox",
+    "--use-gl=angle",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
+]
+VIEWER_BACKGROUND = (0x2A, 0x31, 0x40)  # viewer.js scene.background
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=WEBGL_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    print(f"studio screenshot: {SHOTS / name}.png")
+
+
+def canvas_pixels(locator) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+
+
+def drag(page, locator, start: tuple[float, float], end: tuple[float, float], size) -> None:  # type: ignore[no-untyped-def]
+    """Drag from image pixel `start` to `end` on a canvas showing an image of `size` (w, h)."""
+    box = locator.bounding_box()
+    sx, sy = box["width"] / size[0], box["height"] / size[1]
+    page.mouse.move(box["x"] + start[0] * sx, box["y"] + start[1] * sy)
+    page.mouse.down()
+    for t in (0.25, 0.5, 0.75, 1.0):
+        page.mouse.move(
+            box["x"] + (start[0] + (end[0] - start[0]) * t) * sx,
+            box["y"] + (start[1] + (end[1] - start[1]) * t) * sy,
+        )
+    page.mouse.up()
+
+
+OVERLAY_BITS = """el => {
+  const d = el.getContext('2d').getImageData(0, 0, el.width, el.height).data;
+  let s = ''; for (let i = 3; i < d.length; i += 4) s += d[i] ? '1' : '0'; return s;
+}"""
+
+
+def test_studio_serves_its_files_and_nothing_else(live_app: LiveApp) -> None:
+    with httpx.Client(base_url=live_app.base_url, timeout=30) as http:
+        page = http.get("/studio")
+        assert page.status_code == 200 and "meshline Studio" in page.text
+        assert http.get("/studio/", follow_redirects=True).url.path == "/studio"
+        for path, kind in [
+            ("/studio/app.js", "text/javascript"),
+            ("/studio/studio.css", "text/css"),
+            ("/studio/vendor/three/build/three.module.min.js", "text/javascript"),
+            ("/studio/vendor/three/examples/jsm/loaders/GLTFLoader.js", "text/javascript"),
+        ]:
+            response = http.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"].startswith(kind), path
+        for path in ["/studio/nope.js", "/studio/vendor/three/LICENSE", "/studio/%2e%2e/api.py"]:
+            assert http.get(path).status_code == 404, path
+
+
+def test_studio_photo_to_mask_to_3d_and_back_from_history(
+    live_app: LiveApp, client: httpx.Client, browser, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from pycocotools import mask as coco_mask
+
+    scene = make_scene("box", 240, 320)
+    photo = tmp_path / "box.png"
+    photo.write_bytes(scene.png())
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_app.base_url}/studio")
+    page.locator("body[data-ready='1']").wait_for(timeout=30_000)
+    page.set_input_files("#photo-file", str(photo))
+    page.locator("body[data-photo='1']").wait_for(timeout=10_000)
+
+    # 1. A box around the object → the overlay is exactly the API's chosen mask.
+    ys, xs = np.nonzero(scene.mask)
+    with page.expect_response(lambda r: r.url.endswith("/v1/segment")) as answer:
+        drag(
+            page,
+            page.locator("#marks"),
+            (xs.min() - 6, ys.min() - 6),
+            (xs.max() + 6, ys.max() + 6),
+            (320, 240),
+        )
+    body = answer.value.json()
+    assert answer.value.status == 200 and len(body["masks"]) == 3  # multimask candidates
+    best = int(np.argmax([m["score"] for m in body["masks"]]))
+    overlay = page.locator(f"#overlay[data-candidate='{best}']")
+    overlay.wait_for(state="attached", timeout=10_000)
+    expected = coco_mask.decode(body["masks"][best]["rle"]).astype(bool)
+    bits = np.frombuffer(overlay.evaluate(OVERLAY_BITS).encode(), np.uint8) == ord("1")
+    assert np.array_equal(bits.reshape(240, 320), expected)
+    assert int(overlay.get_attribute("data-area")) == body["masks"][best]["area"]
+    # Another candidate is one click away.
+    other = (best + 1) % 3
+    page.click(f"#candidates button[data-index='{other}']")
+    page.locator(f"#overlay[data-candidate='{other}']").wait_for(state="attached")
+    assert int(overlay.get_attribute("data-area")) == body["masks"][other]["area"]
+    page.click(f"#candidates button[data-index='{best}']")
+
+    # The detector: the models come from GET /v1/models; a detection's box is a prompt.
+    page.locator("#detector-model option[value='alpha']").wait_for(state="attached")
+    page.click("#detect")
+    page.locator("#detections li").first.wait_for(timeout=120_000)
+    shot(page, "photo")
+
+    # 2. The job from the chosen mask, followed live to the end.
+    page.uncheck("input[name='format'][value='obj']")
+    page.fill("#size-m", "0.3")
+    page.click("#submit-job")
+    job = page.locator("#job[data-status='succeeded']")
+    job.wait_for(timeout=600_000)
+    job_id = page.locator("#job-id").inner_text()
+    stored = client.get(f"/v1/jobs/{job_id}").json()
+    assert [s["name"] for s in stored["stages"]] == ["reconstruct", "paint", "convert"]
+    assert stored["inputs"].get("mask") and stored["options"]["sim"]["size_m"] == 0.3
+    statuses = page.locator("#stages tbody tr[data-stage]").evaluate_all(
+        "rows => rows.map(r => r.dataset.status)"
+    )
+    assert statuses == ["succeeded"] * 3
+
+    # The 3D viewer: the model is drawn, dragging orbits it, the collision toggle shows parts.
+    page.locator("#viewer[data-loaded='1']").wait_for(timeout=60_000)
+    canvas = page.locator("#viewer canvas")
+    page.wait_for_timeout(300)
+    before = canvas_pixels(canvas)
+    drawn = np.abs(before - VIEWER_BACKGROUND).sum(axis=2) > 30
+    assert drawn.mean() > 0.02, drawn.mean()  # the object covers part of the view
+    box = canvas.bounding_box()
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*centre)
+    page.mouse.down()
+    page.mouse.move(centre[0] + 120, centre[1] + 30, steps=6)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    turned = canvas_pixels(canvas)
+    assert np.abs(turned - before).sum(axis=2).astype(bool).mean() > 0.01
+    page.check("#show-collision")
+    page.wait_for_timeout(300)
+    with_parts = canvas_pixels(canvas)
+    assert np.abs(with_parts - turned).sum(axis=2).astype(bool).mean() > 0.01
+    orange = (with_parts[..., 0] > with_parts[..., 2] + 60).mean()
+    assert orange > 0.01, orange  # the parts overlay is orange
+    assert page.locator("#preview-img").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#physics tbody tr[data-key]").count() > 3
+    page.locator("#result").scroll_into_view_if_needed()
+    shot(page, "result")
+
+    # Every artifact link answers 200, and a click downloads the file.
+    links = page.locator("#downloads a").evaluate_all(
+        "links => links.map(a => [a.dataset.name, a.getAttribute('href')])"
+    )
+    names = {name for name, _ in links}
+    assert {a["name"] for a in stored["artifacts"]} == names
+    assert {"visual.glb", "collision_parts.glb", "object.json", "preview.gif"} <= names
+    with httpx.Client(timeout=60) as http:
+        for name, href in links:
+            url = href if href.startswith("http") else live_app.base_url + href
+            assert http.get(url).status_code == 200, name
+    with page.expect_download() as saved:
+        page.click("#downloads a[data-name='object.json']")
+    assert json.loads(Path(saved.value.path()).read_text())
+
+    # 4. History: the job is listed and reopens with its result.
+    page.click("#tab-history")
+    row = page.locator(f"#history tr[data-job-id='{job_id}']")
+    row.wait_for(timeout=30_000)
+    shot(page, "history")
+    row.locator("button").click()
+    page.locator("#job[data-status='succeeded']").wait_for(timeout=30_000)
+    page.locator("#viewer[data-loaded='1']").wait_for(timeout=60_000)
+    assert page.locator("#job-id").inner_text() == job_id
+    assert not errors, errors
+    page.close()
+
+
+def test_studio_video_prompt_propagate_scrub(live_app: LiveApp, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clip = moving_disk_video(frames=8)
+    path = tmp_path / "disk.mp4"
+    path.write_bytes(encode_video(clip))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_app.base_url}/studio")
+    page.locator("body[data-ready='1']").wait_for(timeout=30_000)
+    page.click("#tab-video")
+    page.set_input_files("#video-file", str(path))
+    page.locator("#scrub:not([disabled])").wait_for(timeout=120_000)
+    page.locator("#video-overlay[data-frame='0']").wait_for(state="attached", timeout=30_000)
+    frame = page.locator("#video-frame")
+    box = frame.bounding_box()
+    cx, cy = clip.centres[0]
+    page.mouse.click(box["x"] + cx * box["width"] / 160, box["y"] + cy * box["height"] / 120)
+    page.locator("#video-overlay[data-frame='0'][data-objects='1']").wait_for(
+        state="attached", timeout=120_000
+    )
+    page.click("#propagate")
+    page.locator("#video-bar[data-progress='100']").wait_for(state="attached", timeout=300_000)
+    page.focus("#scrub")
+    page.keyboard.press("End")  # the last frame: its mask comes from the propagation
+    last = page.locator("#video-overlay[data-frame='7'][data-objects='1']")
+    last.wait_for(state="attached", timeout=30_000)
+    assert int(last.get_attribute("data-area")) > 0
+    shot(page, "video")
+    with httpx.Client(timeout=60) as http:
+        for link in ("#export-coco", "#export-png"):
+            href = page.locator(link).get_attribute("href")
+            response = http.get(live_app.base_url + href)
+            assert response.status_code == 200, link
+    assert not errors, errors
+    page.close()
+
+
+ADMIN_KEY, USER_KEY = "studio-admin-key", "studio-user-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_api(live_app: LiveApp) -> Iterator[str]:
+    from serve_app.auth import hash_key
+
+    keys = [
+        {"id": "root", "sha256": hash_key(ADMIN_KEY), "admin": True},
+        {"id": "user", "sha256": hash_key(USER_KEY)},
+    ]
+    with keyed_api_server(live_app.settings, keys, "studio-keyed-test") as url:
+        yield url
+
+
+def test_studio_with_keys_asks_for_one_and_sends_it_as_a_header(keyed_api: str, browser) -> None:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=keyed_api, timeout=30) as http:  # the page itself is public
+        assert http.get("/studio").status_code == 200
+        assert http.get("/studio/vendor/three/build/three.module.min.js").status_code == 200
+        assert http.get("/v1/jobs").status_code == 401
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{keyed_api}/studio")
+    page.locator("body[data-auth='401']").wait_for(timeout=30_000)
+    assert "needs an API key" in page.locator("#notice").inner_text()
+    shot(page, "keyed")
+    page.fill("#key", "wrong-key")
+    page.click("#use-key")
+    page.wait_for_function(
+        "document.querySelector('#notice').textContent.includes('not accepted')", timeout=30_000
+    )
+    page.fill("#key", USER_KEY)
+    page.click("#use-key")
+    page.locator("body[data-auth='ok']").wait_for(timeout=30_000)
+    page.click("#tab-history")
+    page.locator("#history tbody tr").first.wait_for(timeout=30_000)
+    assert not any(USER_KEY in url for url in requests)  # never in a URL
+    page.close()
