@@ -1,10 +1,11 @@
-"""Helpers shared by the model deployments: device choice and checkpoint resolution."""
+"""Helpers shared by the model deployments: device choice, torch threads, checkpoint resolution."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,6 +43,59 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def replica_num_cpus() -> float | None:
+    """The CPUs Ray gave this process (the replica's ``ray_actor_options.num_cpus``), or None
+    outside a Ray worker."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        assigned = ray.get_runtime_context().get_assigned_resources()
+    except Exception:  # noqa: BLE001 — the driver, or a Ray without the call: no assignment
+        return None
+    return float(assigned["CPU"]) if "CPU" in assigned else None
+
+
+def set_torch_threads(num_cpus: float | None = None) -> int:
+    """torch's threads = the CPUs this replica was given (at least 1; a fraction rounds down).
+
+    Ray starts workers with ``OMP_NUM_THREADS=1`` whatever ``num_cpus`` says, so a 2-CPU
+    replica would otherwise compute on one core. ``num_cpus`` defaults to Ray's assignment;
+    outside Ray nothing changes. Sets the OpenMP/MKL variables too, so a torch imported later
+    (replicas that import it lazily) and worker processes started from here follow; and, where
+    torch still allows it (before its first parallel work), the inter-op pool. Returns the
+    thread count in force.
+    """
+    if num_cpus is None:
+        num_cpus = replica_num_cpus()
+    if num_cpus is None:
+        return torch_threads()
+    threads = max(1, int(num_cpus))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:  # the pool already started: the intra-op count is what matters
+            pass
+    logger.info("torch threads: %d (replica num_cpus %s)", threads, num_cpus)
+    return threads
+
+
+def torch_threads() -> int:
+    """torch's intra-op threads here (what a torch imported now would use, if none is yet)."""
+    if "torch" in sys.modules:
+        import torch
+
+        return int(torch.get_num_threads())
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    return int(configured) if configured.isdigit() and int(configured) > 0 else os.cpu_count() or 1
+
+
 def use_half(precision: str, device: str) -> bool:
     """ "half" forces reduced precision (CUDA only); "auto" uses it on CUDA, fp32 on CPU."""
     half = precision == "half" or (precision == "auto" and device == "cuda")
@@ -61,6 +115,7 @@ def placement(device: str) -> dict[str, object]:
         node_id = ray.get_runtime_context().get_node_id()
     info: dict[str, object] = {
         "device": device,
+        "torch_threads": torch_threads(),
         "gpu_ids": gpu_ids,
         "pid": os.getpid(),
         "node_id": node_id,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import placement
+from deployments.common import placement, set_torch_threads
 from deployments.configs import MODEL_AUTOSCALING, ConverterConfig
 from deployments.errors import InvalidInput
 from deployments.protocol import ConvertResult
@@ -377,6 +377,7 @@ def _topology(mesh: Any) -> dict[str, Any]:
 )
 class ConverterDeployment:
     def __init__(self, config: ConverterConfig) -> None:
+        set_torch_threads()  # torch/OpenMP threads = this replica's num_cpus
         self._bound = config
         self._converter = MeshConverter(config)
         self._workers = _workers_for(config)

@@ -17,7 +17,13 @@ import numpy as np
 from ray import serve
 
 from deployments import telemetry
-from deployments.common import pick_device, placement, resolve_checkpoint, use_half
+from deployments.common import (
+    pick_device,
+    placement,
+    resolve_checkpoint,
+    set_torch_threads,
+    use_half,
+)
 from deployments.configs import MODEL_AUTOSCALING, DetectorConfig
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.protocol import (
@@ -48,6 +54,13 @@ def prepare_ultralytics_env(config_dir: Path) -> None:
         dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
         font.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(dejavu, font)
+
+
+def check_imgsz(imgsz: int, stride: Any, min_dim: int) -> Any:
+    """ultralytics' own image-size check (a multiple of the stride), as its predictor applies."""
+    from ultralytics.utils.checks import check_imgsz as check
+
+    return check(imgsz, stride=int(stride), min_dim=min_dim)
 
 
 def is_random_init(source: str) -> bool:
@@ -109,6 +122,16 @@ class YoloDetector:
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
         self.half = use_half(config.precision, self.device)
         self._lock = threading.Lock()
+        # One predict builds ultralytics' predictor (its AutoBackend in our precision, warmed
+        # up); detect_each then runs that backend and the predictor's own postprocess on
+        # batches it prepares on the device itself.
+        self.model.predict(
+            np.zeros((64, 64, 3), np.uint8),
+            device=self.device,
+            quantize=16 if self.half else None,  # fp16 (8.4's replacement for half=True)
+            verbose=False,
+        )
+        self.predictor = self.model.predictor
 
     def info(self) -> dict[str, Any]:
         return {
@@ -123,6 +146,7 @@ class YoloDetector:
     def close(self) -> None:
         """Drop the weights (an evicted or superseded model); GPU memory goes back at once."""
         self.model = None
+        self.predictor = None
         if getattr(self, "device", "cpu") == "cuda":
             import torch
 
@@ -152,39 +176,95 @@ class YoloDetector:
 
     def detect(
         self,
-        image: np.ndarray,
+        image: bytes | np.ndarray,
         conf: float = 0.25,
         iou: float = 0.7,
         imgsz: int = 640,
         max_det: int = 300,
         classes: list[int | str] | None = None,
+        max_pixels: int | None = None,
     ) -> DetectResult:
         """Detections in one image (``DetectRequest``'s fields); ``model_id`` is left unset."""
-        return self.detect_many([image], DetectParams(conf, iou, imgsz, max_det, classes))[0]
+        params = DetectParams(conf, iou, imgsz, max_det, classes)
+        return self.detect_many([image], params, max_pixels)[0]
 
-    def detect_many(self, images: list[np.ndarray], params: DetectParams) -> list[DetectResult]:
-        """One forward pass over several images that share the same parameters."""
-        for image in images:
-            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-                raise InvalidInput("image must be an HxWx3 RGB array", param="image")
+    def detect_many(
+        self, images: list[bytes | np.ndarray], params: DetectParams, max_pixels: int | None = None
+    ) -> list[DetectResult]:
+        """One forward pass over several images that share the same parameters; the first
+        image that cannot be decoded fails the call."""
+        answers = self.detect_each(images, params, max_pixels)
+        for answer in answers:
+            if isinstance(answer, InvalidInput):
+                raise answer
+        return answers  # type: ignore[return-value]
+
+    def detect_each(
+        self, images: list[bytes | np.ndarray], params: DetectParams, max_pixels: int | None = None
+    ) -> list[DetectResult | InvalidInput]:
+        """Decode (encoded bytes, on the model's device: ``yolo_batch``), letterbox and
+        normalise there, one forward for the batch, ultralytics' own postprocess (NMS, boxes
+        scaled back). A result per image, or the error that image is (a bad file fails only
+        its own caller)."""
+        import torch
+
+        from deployments.yolo_batch import decode_images, letterbox_batch
+
         params.validate()
         class_ids = self.class_ids(params.classes)
-        with self._lock:
-            results = self.model.predict(
-                source=[np.ascontiguousarray(image[:, :, ::-1]) for image in images],  # BGR
-                conf=params.conf,
-                iou=params.iou,
-                imgsz=params.imgsz,
-                max_det=params.max_det,
-                classes=class_ids,
-                device=self.device,
-                quantize=16 if self.half else None,  # fp16 (8.4's replacement for half=True)
-                verbose=False,
+        with self._lock, torch.inference_mode():
+            started = time.perf_counter()
+            decoded = decode_images(images, self.device, max_pixels)
+            good = [i for i, item in enumerate(decoded) if not isinstance(item, InvalidInput)]
+            answers: list[Any] = list(decoded)
+            if not good:
+                return answers
+            tensors = [decoded[i].tensor for i in good]  # type: ignore[union-attr]
+            predictor = self.predictor
+            imgsz = check_imgsz(params.imgsz, stride=predictor.model.stride, min_dim=2)
+            batch = letterbox_batch(tensors, imgsz, int(predictor.model.stride), self.half)
+            self._sync()
+            prepared = time.perf_counter()
+            args = predictor.args
+            args.conf, args.iou, args.max_det, args.classes = (
+                params.conf,
+                params.iou,
+                params.max_det,
+                class_ids,
             )
-        return [self._answer(result, image) for result, image in zip(results, images, strict=True)]
+            if getattr(predictor.model, "end2end", False):  # as stream_inference does
+                predictor.model.model.set_head_attr(
+                    max_det=max(params.max_det, 300), agnostic_nms=args.agnostic_nms
+                )
+            preds = predictor.model(batch)
+            self._sync()
+            inferred = time.perf_counter()
+            # Results only read the originals' shapes: zero-stride stand-ins, no copies.
+            originals = [
+                np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (t.shape[1], t.shape[2], 3))
+                for t in tensors
+            ]
+            predictor.batch = ([f"image{i}" for i in good], originals, [""] * len(good))
+            results = predictor.postprocess(preds, batch, originals)
+            finished = time.perf_counter()
+        n = len(good)
+        speed = {
+            "preprocess": (prepared - started) * 1e3 / n,
+            "inference": (inferred - prepared) * 1e3 / n,
+            "postprocess": (finished - inferred) * 1e3 / n,
+        }
+        for index, result in zip(good, results, strict=True):
+            answers[index] = self._answer(result, speed)
+        return answers
 
-    def _answer(self, result: Any, image: np.ndarray) -> DetectResult:
-        height, width = image.shape[:2]
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _answer(self, result: Any, speed: dict[str, float]) -> DetectResult:
+        height, width = result.orig_shape
         boxes = result.boxes
         xyxy = boxes.xyxy.cpu().numpy().astype(float) if len(boxes) else np.zeros((0, 4))
         ids = boxes.cls.cpu().numpy().astype(int).tolist() if len(boxes) else []
@@ -198,7 +278,7 @@ class YoloDetector:
             class_ids=ids,
             class_names=[self.names[i] for i in ids],
             image_size=[int(width), int(height)],
-            speed_ms={k: round(float(v), 2) for k, v in (result.speed or {}).items()},
+            speed_ms={k: round(float(v), 2) for k, v in speed.items()},
             masks_rle=masks_rle,
         )
 
@@ -249,6 +329,7 @@ class DetectorDeployment:
     replica keeps at most ``max_models`` loaded (LRU)."""
 
     async def __init__(self, config: DetectorConfig) -> None:
+        set_torch_threads()  # torch threads = this replica's num_cpus
         self.config = config
         self.registry = ModelRegistry(
             config.checkpoint or config.model,
@@ -289,19 +370,20 @@ class DetectorDeployment:
         self._model = serve.multiplexed(max_num_models_per_replica=config.max_models)(load)
 
         async def detect_batch(
-            items: list[tuple[np.ndarray, DetectParams]],
+            items: list[tuple[bytes | np.ndarray, DetectParams, int | None]],
         ) -> list[DetectResult | InvalidInput]:
-            # Serve splits batches by multiplexed model id, so one batch = one model.
+            # Serve splits batches by multiplexed model id, so one batch = one model; requests
+            # with the same parameters share one decode + letterbox + forward on the device.
             model_id, model = await self._current()
             groups: dict[tuple[Any, ...], list[int]] = {}
-            for index, (_, params) in enumerate(items):
-                groups.setdefault(params.key(), []).append(index)
+            for index, (_, params, max_pixels) in enumerate(items):
+                groups.setdefault((params.key(), max_pixels), []).append(index)
             answers: list[Any] = [None] * len(items)  # a result or this caller's error
             for indices in groups.values():
-                params = items[indices[0]][1]
+                _, params, max_pixels = items[indices[0]]
                 try:
                     results = await asyncio.to_thread(
-                        model.detect_many, [items[i][0] for i in indices], params
+                        model.detect_each, [items[i][0] for i in indices], params, max_pixels
                     )
                 except InvalidInput as exc:
                     results = [exc] * len(indices)  # this group's callers get the error
@@ -376,20 +458,22 @@ class DetectorDeployment:
 
     async def detect(
         self,
-        image: np.ndarray,
+        image: bytes | np.ndarray,
         conf: float = 0.25,
         iou: float = 0.7,
         imgsz: int = 640,
         max_det: int = 300,
         classes: list[int | str] | None = None,
+        max_pixels: int | None = None,
     ) -> DetectResult:
-        """Detections by the routed model (``DetectRequest``'s fields), ``model_id`` set."""
+        """Detections by the routed model (``DetectRequest``'s fields), ``model_id`` set.
+        ``image``: the encoded file (decoded here, on the model's device), or an RGB array."""
         params = DetectParams(conf, iou, imgsz, max_det, classes)
         if self._batched is not None:
-            answer = await self._batched((image, params))
+            answer = await self._batched((image, params, max_pixels))
             if isinstance(answer, Exception):
                 raise answer
             return answer
         model_id, model = await self._current()
-        (result,) = await asyncio.to_thread(model.detect_many, [image], params)
+        (result,) = await asyncio.to_thread(model.detect_many, [image], params, max_pixels)
         return replace(result, model_id=model_id)

@@ -88,14 +88,17 @@ class SegmentResult:
 # -- Detector -------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, eq=False)
 class DetectRequest:
-    """``Detector.detect`` with the model the call is routed to (``multiplexed_model_id``)."""
+    """``Detector.detect`` with the model the call is routed to (``multiplexed_model_id``).
+    The ingress sends the encoded file as it came (checked: format, size, ``max_pixels``); the
+    replica decodes it on the model's device (nvJPEG on CUDA) and checks the bound again."""
 
-    image: np.ndarray  # HxWx3 uint8 RGB
+    image: bytes | np.ndarray  # the encoded image file (or an HxWx3 uint8 RGB array)
     conf: float = 0.25
     iou: float = 0.7
     imgsz: int = 640
     max_det: int = 300
     classes: list[int | str] | None = None  # ids or names; None = every class
+    max_pixels: int | None = None  # the decoded image's pixel bound, checked in the replica
 
     def kwargs(self) -> dict[str, Any]:
         return call_kwargs(self)

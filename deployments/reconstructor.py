@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import placement
+from deployments.common import placement, set_torch_threads
 from deployments.configs import MODEL_AUTOSCALING, ReconstructorConfig
 from deployments.errors import InvalidInput
 from deployments.protocol import PaintResult, ReconstructResult
@@ -132,6 +132,7 @@ class MeshReconstructor:
 )
 class ReconstructorDeployment:
     def __init__(self, config: ReconstructorConfig) -> None:
+        set_torch_threads()  # torch/OpenMP threads = this replica's num_cpus
         self._bound = config
         self._backend = MeshReconstructor(config)
         self._workers = _workers_for(config)

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import pick_device, placement, resolve_checkpoint, use_half
+from deployments.common import (
+    pick_device,
+    placement,
+    resolve_checkpoint,
+    set_torch_threads,
+    use_half,
+)
 from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.protocol import (
@@ -246,6 +252,7 @@ class SegmenterDeployment:
     """
 
     async def __init__(self, config: SegmenterConfig) -> None:
+        set_torch_threads()  # torch threads = this replica's num_cpus
         # Built off the event loop so health checks keep answering during a slow load.
         from deployments.telemetry import observe_model_load
 

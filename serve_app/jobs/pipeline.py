@@ -155,17 +155,22 @@ class StageContext:
         return await self.read(name), name.rsplit(".", 1)[-1].lower()
 
 
-async def _detections(ctx: StageContext, image: np.ndarray) -> DetectResult:
+async def _detections(ctx: StageContext) -> DetectResult:
+    """The job's image file goes to the Detector encoded (it decodes on its device)."""
     detect = ctx.options.detect_options
     assert detect is not None
-    generation = await asyncio.to_thread(ctx.store.model_generation, detect.model)
+    data, generation = await asyncio.gather(
+        ctx.read(ctx.job.inputs["image"]),
+        asyncio.to_thread(ctx.store.model_generation, detect.model),
+    )
     request = DetectRequest(
-        image,
+        data,
         conf=detect.conf,
         iou=detect.iou,
         imgsz=detect.imgsz,
         max_det=100,
         classes=detect.classes,
+        max_pixels=ctx.max_pixels,
     )
     found = await replica_call(
         ctx.handles.detector_client.detect(request, detect.model, generation)
@@ -219,7 +224,7 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     detect = options.detect_options
     if detect is None or box is not None or points is not None:
         return await _segment_one(ctx, image, "", points=points, labels=labels, box=box)
-    found = await _detections(ctx, image)
+    found = await _detections(ctx)
     if not found.boxes:
         detail = await _segment_one(ctx, image, "")
         return {
