@@ -77,6 +77,33 @@ class SegmenterConfig(TorchModelConfig):
     video_max_objects: int | None = Field(
         64, ge=1, le=255, description="Distinct objects one video session tracks (422 beyond)."
     )
+    # Image-embedding cache (issue 12 §1): what set_image computed, per image id, LRU.
+    image_cache_mb: float = Field(
+        1024,
+        ge=0,
+        description="Memory of cached SAM2 image embeddings per replica (LRU by bytes; 0 = off). "
+        "hiera-t at 1024 px: ~12 MiB per image in fp32.",
+    )
+    image_cache_max_images: int = Field(
+        64,
+        ge=1,
+        description="Image ids one replica advertises for routing (and most embeddings it keeps).",
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        gt=0,
+        description="Largest decoded image (width*height) the Segmenter decodes itself (413).",
+    )
+    image_batch_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="First-time images encoded together (@serve.batch + set_image_batch); "
+        "1 = off. For GPUs: on a 2-core CPU it measured no gain.",
+    )
+    image_batch_wait_s: float = Field(
+        0.005, ge=0, description="How long a batch of first-time images waits to fill."
+    )
 
 
 class DetectorConfig(TorchModelConfig):

@@ -28,6 +28,20 @@ class UnknownModel(InvalidInput):
     status = 404
 
 
+class UnknownImage(InvalidInput):
+    """An image id no store holds (never sent, or pruned): 404 naming it."""
+
+    kind = "not_found"
+    status = 404
+
+
+class ImageTooLarge(InvalidInput):
+    """An image with more pixels than allowed, found when decoding it (413)."""
+
+    kind = "payload_too_large"
+    status = 413
+
+
 class ModelLoadError(DeploymentError):
     """A configured checkpoint or model config could not be loaded."""
 

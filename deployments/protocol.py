@@ -20,7 +20,9 @@ generation>``) and the record each Detector replica publishes of the models it h
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
@@ -65,6 +67,49 @@ class SegmentRequest:
         return call_kwargs(self)
 
 
+IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")  # SHA-256 of the encoded image, lower-case hex
+IMAGE_ROUTE_PREFIX = "img:"  # multiplexed ids of images; video ids are 32-hex, never prefixed
+
+
+def image_id_of(data: bytes) -> str:
+    """An encoded image's id: the SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_route(image_id: str) -> str:
+    """The multiplexed model id an image call is routed with (the replica holding its
+    embedding); it shares Serve's routing table with video ids, in its own namespace."""
+    return f"{IMAGE_ROUTE_PREFIX}{image_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSource:
+    """Where an encoded image is stored by id (content-addressed): a file, or an S3 object."""
+
+    kind: Literal["file", "s3"]
+    location: str  # file path, or s3://bucket/key
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SegmentImageRequest:
+    """``Segmenter.segment_image``: masks for one prompt on an image known by id, routed with
+    ``multiplexed_model_id=image_route(image_id)``. ``data`` (the encoded file, decoded in the
+    replica) comes with a first call; a click on a known image sends none: the replica uses
+    its cached embedding, or fetches the file from ``source`` and recomputes it."""
+
+    image_id: str
+    data: bytes | None = None
+    source: ImageSource | None = None
+    points: list[list[float]] | None = None
+    labels: list[int] | None = None
+    box: list[float] | None = None
+    multimask: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        return call_kwargs(self)
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentPrompt:
     """The prompt SAM2 was given (the centre click when the request had none)."""
@@ -83,6 +128,8 @@ class SegmentResult:
     scores: list[float]  # (N,) best first
     seconds: float  # model time inside the replica (benchmarks use it)
     prompt: SegmentPrompt
+    image_id: str | None = None  # segment_image: the id it answered for
+    cached: bool | None = None  # segment_image: the embedding came from the replica's cache
 
 
 # -- Detector -------------------------------------------------------------------------------------

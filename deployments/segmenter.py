@@ -13,7 +13,9 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,15 +30,26 @@ from deployments.common import (
 )
 from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
 from deployments.errors import InvalidInput, ModelLoadError
+from deployments.image_cache import (
+    Embedding,
+    EmbeddingCache,
+    check_image_id,
+    decode_image_bytes,
+    read_image,
+)
 from deployments.protocol import (
+    IMAGE_ROUTE_PREFIX,
     FrameBatch,
     FrameMasks,
     FrameSource,
+    ImageSource,
     RleMask,
     SegmentPrompt,
     SegmentResult,
     VideoPrompt,
     VideoPromptResult,
+    image_id_of,
+    image_route,
 )
 from deployments.video import PropagationRequest, VideoSession, release_idle
 
@@ -101,6 +114,9 @@ class Sam2Segmenter:
         self.predictor._bb_feat_sizes = [(size // 4,) * 2, (size // 8,) * 2, (size // 16,) * 2]
         self.half = use_half(config.precision, self.device)
         self._lock = threading.Lock()
+        self.cache = EmbeddingCache(
+            int(config.image_cache_mb * 2**20), config.image_cache_max_images
+        )
 
     def info(self) -> dict[str, Any]:
         return {
@@ -131,6 +147,146 @@ class Sam2Segmenter:
             max_state_bytes=int(max_mb * 2**20) if max_mb is not None else None,
             max_objects=self.config.video_max_objects,
         )
+
+    def segment_image(
+        self,
+        image_id: str,
+        data: bytes | None = None,
+        source: ImageSource | None = None,
+        points: list[list[float]] | None = None,
+        labels: list[int] | None = None,
+        box: list[float] | None = None,
+        multimask: bool = False,
+    ) -> SegmentResult:
+        """Masks for one prompt on the image ``image_id`` (``SegmentImageRequest``'s fields):
+        its cached embedding when this replica holds it, else the image (``data``, or fetched
+        from ``source``) decoded here and encoded once, then cached."""
+        check_image_id(image_id)
+        embedding = self.cache.get(image_id)
+        cached = embedding is not None
+        encode_seconds = 0.0
+        if embedding is None:
+            image = self.load_image(image_id, data, source)
+            with self._lock:
+                embedding = self.cache.get(image_id)  # a concurrent call may have encoded it
+                if embedding is None:
+                    started = time.perf_counter()
+                    embedding = self._encode(image)
+                    encode_seconds = time.perf_counter() - started
+                    if self.cache.max_bytes > 0:
+                        self.cache.put(image_id, embedding)
+        return self.predict_on(
+            image_id, embedding, cached, points, labels, box, multimask, encode_seconds
+        )
+
+    def load_image(self, image_id: str, data: bytes | None, source: ImageSource | None) -> Any:
+        """The image of ``image_id`` decoded (HxWx3 uint8): from ``data``, which must hash to
+        the id, or from the store."""
+        if data is not None and image_id_of(data) != image_id:
+            raise InvalidInput("image_id is not the SHA-256 of the image sent", "image_id")
+        encoded = data if data is not None else read_image(image_id, source)
+        image = decode_image_bytes(encoded, self.config.max_image_pixels)
+        _check_image(image)
+        return image
+
+    def predict_on(
+        self,
+        image_id: str,
+        embedding: Embedding,
+        cached: bool,
+        points: list[list[float]] | None,
+        labels: list[int] | None,
+        box: list[float] | None,
+        multimask: bool,
+        encode_seconds: float = 0.0,
+    ) -> SegmentResult:
+        result = self._predict(
+            embedding, points, labels, box, multimask, encode_seconds=encode_seconds
+        )
+        return replace(result, image_id=image_id, cached=cached)
+
+    def encode_batch(self, items: list[tuple[str, np.ndarray]]) -> list[Embedding]:
+        """First-time images encoded together (``set_image_batch``: one encoder forward), each
+        embedding cached under its id. Pays on a GPU; on a CPU it measured no gain
+        (bench/segment_cache.py), so ``image_batch_size`` is 1 there."""
+        import torch
+
+        with self._lock, torch.inference_mode(), self._autocast():
+            self.predictor.set_image_batch([image for _, image in items])
+            try:
+                features = self.predictor._features
+                embeddings = []
+                for index, (image_id, _) in enumerate(items):
+                    tensors = {
+                        "image_embed": features["image_embed"][index : index + 1].clone(),
+                        "high_res_feats": [
+                            f[index : index + 1].clone() for f in features["high_res_feats"]
+                        ],
+                    }
+                    nbytes = sum(
+                        int(t.numel()) * int(t.element_size())
+                        for t in [tensors["image_embed"], *tensors["high_res_feats"]]
+                    )
+                    hw = [tuple(self.predictor._orig_hw[index])]
+                    embedding = Embedding(tensors, hw, nbytes)  # type: ignore[arg-type]
+                    if self.cache.max_bytes > 0:
+                        self.cache.put(image_id, embedding)
+                    embeddings.append(embedding)
+            finally:
+                self.predictor.reset_predictor()
+        return embeddings
+
+    def _encode(self, image: np.ndarray) -> Embedding:
+        """``set_image`` on ``image``; the embedding it left (call with the lock held)."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            self.predictor.set_image(image)
+            try:
+                return Embedding.capture(self.predictor)
+            finally:
+                self.predictor.reset_predictor()
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.half:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _predict(
+        self,
+        embedding: Embedding,
+        points: list[list[float]] | None,
+        labels: list[int] | None,
+        box: list[float] | None,
+        multimask: bool,
+        encode_seconds: float = 0.0,
+    ) -> SegmentResult:
+        """The prompt decoder on a computed embedding (``segment``'s prompt rules)."""
+        import torch
+
+        height, width = embedding.height, embedding.width
+        point_coords, point_labels, box_arr = _validate_prompt(
+            points, labels, box, width, height, self.config.max_prompt_points
+        )
+        if point_coords is None and box_arr is None:
+            point_coords = np.array([[width / 2.0, height / 2.0]], dtype=np.float32)
+            point_labels = np.array([1], dtype=np.int32)
+        with self._lock, torch.inference_mode(), self._autocast():
+            started = time.perf_counter()
+            embedding.restore(self.predictor)
+            try:
+                masks, scores, _ = self.predictor.predict(
+                    point_coords=point_coords,
+                    point_labels=point_labels,
+                    box=box_arr,
+                    multimask_output=multimask,
+                )
+            finally:
+                self.predictor.reset_predictor()
+            seconds = time.perf_counter() - started + encode_seconds
+        return _result(masks, scores, seconds, point_coords, point_labels, box_arr)
 
     def segment(
         self,
@@ -165,19 +321,30 @@ class Sam2Segmenter:
             )
             self.predictor.reset_predictor()
             seconds = time.perf_counter() - started
-        masks = np.asarray(masks) > 0
-        scores = np.asarray(scores, dtype=np.float32)
-        order = np.argsort(-scores)
-        return SegmentResult(
-            masks=masks[order],
-            scores=scores[order].tolist(),
-            seconds=round(seconds, 4),  # model time inside the replica (benchmarks use it)
-            prompt=SegmentPrompt(
-                points=None if point_coords is None else point_coords.tolist(),
-                labels=None if point_labels is None else point_labels.tolist(),
-                box=None if box_arr is None else box_arr.tolist(),
-            ),
-        )
+        return _result(masks, scores, seconds, point_coords, point_labels, box_arr)
+
+
+def _result(
+    masks: Any,
+    scores: Any,
+    seconds: float,
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    box_arr: np.ndarray | None,
+) -> SegmentResult:
+    masks = np.asarray(masks) > 0
+    scores = np.asarray(scores, dtype=np.float32)
+    order = np.argsort(-scores)
+    return SegmentResult(
+        masks=masks[order],
+        scores=scores[order].tolist(),
+        seconds=round(seconds, 4),  # model time inside the replica (benchmarks use it)
+        prompt=SegmentPrompt(
+            points=None if point_coords is None else point_coords.tolist(),
+            labels=None if point_labels is None else point_labels.tolist(),
+            box=None if box_arr is None else box_arr.tolist(),
+        ),
+    )
 
 
 def _torch_threads() -> int:
@@ -246,9 +413,17 @@ def _validate_prompt(
 class SegmenterDeployment:
     """Thin Ray Serve wrapper: one SAM2 model per replica, calls run off the event loop.
 
-    Video sessions are multiplexed models: a call routed with ``multiplexed_model_id=<video
-    id>`` reaches the replica holding that video's session when one does; any other replica
-    rebuilds it from the frames and prompt history that come with every call.
+    Routing (Serve's model multiplexing: one routing table per replica, so one loader): a video
+    call is routed with ``multiplexed_model_id=<video id>``, an image call with
+    ``image_route(<image id>)`` (``img:<sha256>``). The multiplexed "models" are only routing
+    entries (the id itself, no memory): video sessions live in the replica's own LRU
+    (``max_video_sessions``) and image embeddings in the byte-bounded ``EmbeddingCache``, so a
+    burst of image clicks never evicts a video session. The routing table holds
+    ``max_video_sessions + image_cache_max_images`` ids, LRU: after that many distinct image
+    clicks a video unused meanwhile may stop being advertised (its session stays here; its next
+    call may land elsewhere and rebuild, as a lost session always could). A call that reaches a
+    replica without the session or the embedding rebuilds it: from the frames and prompt
+    history (video), or from the image it carries or the artifact store (image).
     """
 
     async def __init__(self, config: SegmenterConfig) -> None:
@@ -261,17 +436,41 @@ class SegmenterDeployment:
         observe_model_load("Segmenter", config.config_name, time.perf_counter() - started)
         self._config = config
         self._sessions: weakref.WeakSet[VideoSession] = weakref.WeakSet()
+        self._videos: OrderedDict[str, VideoSession] = OrderedDict()  # LRU, max_video_sessions
 
-        async def load(video_id: str) -> VideoSession:
-            session = self._model.new_session(video_id)
-            self._sessions.add(session)
-            return session
+        async def route(routed_id: str) -> str:
+            return routed_id  # a routing entry only: what it names is held elsewhere
 
-        # Decorated here, not on the class, so the session bound comes from the config.
-        self._session = serve.multiplexed(max_num_models_per_replica=config.max_video_sessions)(
-            load
-        )
+        # Decorated here, not on the class, so the table's bound comes from the config.
+        self._route = serve.multiplexed(
+            max_num_models_per_replica=config.max_video_sessions + config.image_cache_max_images
+        )(route)
         self._sweeper = asyncio.get_running_loop().create_task(self._release_idle_sessions())
+
+        async def encode_many(items: list[tuple[str, np.ndarray]]) -> list[Embedding]:
+            return await asyncio.to_thread(self._model.encode_batch, items)
+
+        self._encode_batched = None
+        if config.image_batch_size > 1:  # GPU only: on CPU set_image_batch measured no gain
+            self._encode_batched = serve.batch(
+                max_batch_size=config.image_batch_size,
+                batch_wait_timeout_s=config.image_batch_wait_s,
+            )(encode_many)
+
+    async def _session(self, video_id: str) -> VideoSession:
+        """This replica's session of ``video_id`` (a new, empty one if it has none), LRU."""
+        await self._route(video_id)  # advertise it: the next call comes here
+        session = self._videos.get(video_id)
+        if session is not None:
+            self._videos.move_to_end(video_id)
+            return session
+        while len(self._videos) >= self._config.max_video_sessions:
+            _, evicted = self._videos.popitem(last=False)
+            await asyncio.to_thread(evicted.release)  # a busy one is freed when its call ends
+        session = self._model.new_session(video_id)
+        self._sessions.add(session)
+        self._videos[video_id] = session
+        return session
 
     async def _release_idle_sessions(self) -> None:
         interval = min(30.0, self._config.video_session_idle_s / 2)
@@ -285,7 +484,11 @@ class SegmenterDeployment:
 
     async def info(self) -> dict[str, Any]:
         live = [s for s in self._sessions if s.state is not None]
-        return {**self._model.info(), "video_sessions": sorted(s.video_id for s in live)}
+        return {
+            **self._model.info(),
+            "video_sessions": sorted(s.video_id for s in live),
+            "image_cache": {**self._model.cache.stats(), "ids": self._model.cache.ids()},
+        }
 
     async def segment(
         self,
@@ -297,9 +500,41 @@ class SegmenterDeployment:
     ) -> SegmentResult:
         return await asyncio.to_thread(self._model.segment, image, points, labels, box, multimask)
 
+    async def segment_image(
+        self,
+        image_id: str,
+        data: bytes | None = None,
+        source: ImageSource | None = None,
+        points: list[list[float]] | None = None,
+        labels: list[int] | None = None,
+        box: list[float] | None = None,
+        multimask: bool = False,
+    ) -> SegmentResult:
+        """``Sam2Segmenter.segment_image``; routed with ``image_route(image_id)``."""
+        check_image_id(image_id)
+        routed = serve.get_multiplexed_model_id()
+        if routed and routed != image_route(image_id):
+            raise InvalidInput(
+                "image calls must be routed with multiplexed_model_id=img:<image id>", "image_id"
+            )
+        await self._route(image_route(image_id))  # advertise it: later clicks come here
+        model = self._model
+        if self._encode_batched is None:
+            return await asyncio.to_thread(
+                model.segment_image, image_id, data, source, points, labels, box, multimask
+            )
+        embedding = model.cache.get(image_id)
+        cached = embedding is not None
+        if embedding is None:  # concurrent first-time images share one encoder forward
+            image = await asyncio.to_thread(model.load_image, image_id, data, source)
+            embedding = await self._encode_batched((image_id, image))
+        return await asyncio.to_thread(
+            model.predict_on, image_id, embedding, cached, points, labels, box, multimask
+        )
+
     async def _routed_session(self, video_id: str) -> VideoSession:
         routed = serve.get_multiplexed_model_id()
-        if routed != video_id:
+        if routed != video_id or routed.startswith(IMAGE_ROUTE_PREFIX):
             raise InvalidInput(
                 "video calls must be routed with multiplexed_model_id=<video id>", "video_id"
             )

@@ -36,11 +36,13 @@ from deployments.protocol import (
     PaintResult,
     ReconstructRequest,
     ReconstructResult,
+    SegmentImageRequest,
     SegmentRequest,
     SegmentResult,
     VideoPromptRequest,
     VideoPromptResult,
     VideoPropagateRequest,
+    image_route,
     routed_id,
 )
 
@@ -52,6 +54,13 @@ class SegmenterClient:
     def segment(self, request: SegmentRequest) -> DeploymentResponse[SegmentResult]:
         return cast(
             DeploymentResponse[SegmentResult], self.handle.segment.remote(**request.kwargs())
+        )
+
+    def segment_image(self, request: SegmentImageRequest) -> DeploymentResponse[SegmentResult]:
+        """Routed to the replica holding the image's embedding (any other one recomputes it)."""
+        routed = self.handle.options(multiplexed_model_id=image_route(request.image_id))
+        return cast(
+            DeploymentResponse[SegmentResult], routed.segment_image.remote(**request.kwargs())
         )
 
     def video_prompt(self, request: VideoPromptRequest) -> DeploymentResponse[VideoPromptResult]:

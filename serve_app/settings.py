@@ -184,8 +184,9 @@ class Settings(BaseSettings):
 
     # Inputs ------------------------------------------------------------------------------
     max_upload_mb: float = Field(25, gt=0, description="Largest accepted upload or URL body.")
-    max_image_pixels: int = Field(
-        40_000_000, gt=0, description="Largest decoded image (width*height); more is a 413."
+    max_image_pixels: int = fills(
+        (SegmenterConfig, "max_image_pixels"),
+        description="Largest decoded image (width*height); more is a 413.",
     )
     url_fetch_timeout_s: float = Field(10, gt=0, description="Timeout for image_url fetches.")
     url_allow_private: Annotated[list[str], NoDecode] = Field(
@@ -307,6 +308,31 @@ class Settings(BaseSettings):
         24 * 3600,
         gt=0,
         description="A video unused this long is deleted with its frames and masks.",
+    )
+    segment_cache_mb: float = fills(
+        (SegmenterConfig, "image_cache_mb"),
+        description="SAM2 image embeddings one Segmenter replica keeps for repeat clicks by "
+        "image_id (LRU by bytes; 0 = off).",
+    )
+    segment_cache_max_images: int = fills(
+        (SegmenterConfig, "image_cache_max_images"),
+        description="Image ids one Segmenter replica keeps embeddings of and advertises for "
+        "routing (with segment_cache_mb, whichever binds first).",
+    )
+    segment_batch_size: int = fills(
+        (SegmenterConfig, "image_batch_size"),
+        description="First-time /v1/segment images one Segmenter replica encodes together "
+        "(set_image_batch); 1 = off. Pays on a GPU only (measured: none on CPU).",
+    )
+    segment_batch_wait_s: float = fills(
+        (SegmenterConfig, "image_batch_wait_s"),
+        description="How long a Segmenter batch of first-time images waits to fill.",
+    )
+    segment_image_store_mb: float = Field(
+        1024,
+        gt=0,
+        description="Encoded images kept content-addressed in the artifact store for image_id "
+        "calls (oldest first beyond this; a pruned id is a 404).",
     )
     video_sessions_per_replica: int = fills(
         (SegmenterConfig, "max_video_sessions"),

@@ -185,9 +185,10 @@ def media_type(request: Request) -> str:
 
 @dataclass
 class RequestInputs:
-    image: bytes
+    image: bytes  # b"" when the JSON body named an image by ``id_field`` instead
     extra_uploads: dict[str, tuple[bytes, str]]  # by field: (data, file name)
     options: BaseModel
+    image_id: str | None = None  # the ``id_field`` value of a JSON body
 
 
 def validation_error(exc: ValidationError, prefix: str) -> ApiError:
@@ -264,10 +265,12 @@ async def read_inputs(
     settings: Settings,
     options_model: type[OptionsT],
     extra_files: tuple[str, ...] = (),
+    id_field: str | None = None,
 ) -> RequestInputs:
     """Multipart: ``image`` file, optional ``options`` JSON field and extra files.
 
-    JSON: ``{"image_url": ..., "options": {...}}``; the URL is fetched with SSRF checks.
+    JSON: ``{"image_url": ..., "options": {...}}``; the URL is fetched with SSRF checks. With
+    ``id_field``, a JSON body may name an image the API already has instead (``image_id``).
     """
     limit = int(settings.max_upload_mb * 1024 * 1024)
     content_type = media_type(request)
@@ -299,20 +302,24 @@ async def read_inputs(
         payload = await _off_loop(load_json, body, settings, "body")
         if not isinstance(payload, dict):
             raise ApiError(422, "JSON body must be an object", "validation_error")
-        sources = [key for key in ("image_url", "image_base64") if key in payload]
+        keys = ("image_url", "image_base64", *((id_field,) if id_field else ()))
+        sources = [key for key in keys if key in payload]
         if len(sources) != 1 or not isinstance(payload[sources[0]], str):
+            named = ", ".join(repr(key) for key in keys[:-1]) + f" or {keys[-1]!r}"
             raise ApiError(
                 422,
-                "JSON body needs exactly one of 'image_url' or 'image_base64' (a string)",
+                f"JSON body needs exactly one of {named} (a string)",
                 "missing_input",
                 "image_url",
             )
-        unknown = set(payload) - {"image_url", "image_base64", "options"}
+        unknown = set(payload) - {*keys, "options"}
         if unknown:
             raise ApiError(
                 422, f"unknown fields: {sorted(unknown)}", "validation_error", min(unknown)
             )
         options = validate_model(options_model, payload.get("options") or {}, settings, "options")
+        if sources[0] == id_field:
+            return RequestInputs(b"", {}, options, image_id=payload[id_field])
         if sources[0] == "image_base64":
             image = await _off_loop(_decode_base64, payload["image_base64"], limit)
             return RequestInputs(image, {}, options)
@@ -354,6 +361,7 @@ def openapi_body(
     extra_files: tuple[str, ...] = (),
     file_field: str = "image",
     json_body: type[BaseModel] | None = None,
+    id_field: dict[str, Any] | None = None,
 ) -> dict:
     """OpenAPI requestBody documenting both accepted content types: multipart (the file, and
     ``options`` as a JSON text part) or JSON (a URL or base64 image, and ``options``)."""
@@ -374,6 +382,7 @@ def openapi_body(
                     "description": "http(s):// or s3:// (allowed buckets)",
                 },
                 "image_base64": {"type": "string", "description": "the image file, base64"},
+                **(id_field or {}),  # read_inputs(id_field=...): an image the API already has
                 "options": options,
             },
         }

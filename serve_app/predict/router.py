@@ -12,7 +12,7 @@ from serve_app.auth import current_principal
 from serve_app.http.inputs import openapi_body, read_inputs
 from serve_app.predict import service
 from serve_app.predict.schemas import DetectResponse, ModelList, ModelReloaded, SegmentResponse
-from serve_app.predict.service import DetectRequestOptions, SegmentOptions
+from serve_app.predict.service import IMAGE_ID_FIELD, DetectRequestOptions, SegmentOptions
 from serve_app.schemas import MAX_NAME_CHARS, ErrorBody
 from serve_app.services import ServicesDep
 
@@ -24,14 +24,16 @@ ModelIdPath = Annotated[str, Path(max_length=MAX_NAME_CHARS, pattern=MODEL_ID.pa
 @router.post(
     "/segment",
     response_model=SegmentResponse,
-    responses=ERRORS,
-    openapi_extra=openapi_body(SegmentOptions),
+    responses={**ERRORS, 404: {"model": ErrorBody}},
+    openapi_extra=openapi_body(SegmentOptions, id_field=IMAGE_ID_FIELD),
     summary="SAM2 masks for a prompt (COCO RLE)",
 )
 async def segment(request: Request, services: ServicesDep) -> SegmentResponse:
-    inputs = await read_inputs(request, services.settings, SegmentOptions)
+    """The answer's ``image_id`` names the image: a JSON body ``{"image_id": ..., "options":
+    {...}}`` prompts it again without sending it (a click on a cached embedding)."""
+    inputs = await read_inputs(request, services.settings, SegmentOptions, id_field="image_id")
     options: SegmentOptions = inputs.options  # type: ignore[assignment]
-    return await service.segment(services, inputs.image, options)
+    return await service.segment(services, inputs.image, options, inputs.image_id)
 
 
 @router.post(

@@ -52,6 +52,13 @@ class SegmentResponse(BaseModel):
     prompt: dict[str, Any]
     weights: str
     seconds: float
+    image_id: str = Field(
+        description='SHA-256 of the image: send {"image_id": ..., "options": ...} to '
+        "prompt the same image again without sending it."
+    )
+    cached: bool = Field(
+        description="The Segmenter reused this image's embedding (a repeat click): no encoder run."
+    )
 
 
 class Detection(BaseModel):

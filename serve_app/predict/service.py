@@ -12,9 +12,16 @@ import numpy as np
 from pydantic import Field
 
 from deployments.errors import InvalidInput
-from deployments.protocol import DetectRequest, SegmentRequest, loaded_models_by_replica
-from serve_app.http.errors import to_api_error
+from deployments.protocol import (
+    IMAGE_ID,
+    DetectRequest,
+    SegmentImageRequest,
+    image_id_of,
+    loaded_models_by_replica,
+)
+from serve_app.http.errors import ApiError, to_api_error
 from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
+from serve_app.predict.images import ImageHeader, image_source, read_header, store_image
 from serve_app.predict.schemas import (
     DetectOptions,
     DetectResponse,
@@ -33,6 +40,17 @@ class SegmentOptions(Prompt):
     png: bool = Field(False, description="Also return each mask as a base64 PNG.")
 
 
+# The JSON body's third image source on /v1/segment (read_inputs(id_field="image_id")).
+IMAGE_ID_FIELD = {
+    "image_id": {
+        "type": "string",
+        "pattern": IMAGE_ID.pattern,
+        "description": "An image sent before (the image_id of its answer): no image is sent "
+        "again; 404 if the service no longer has it.",
+    }
+}
+
+
 class DetectRequestOptions(DetectOptions):
     max_det: int = Field(300, ge=1, le=10000)
 
@@ -47,31 +65,59 @@ def checked_model(services: Services, model_id: str) -> str:
         raise error from None
 
 
-async def segment(services: Services, data: bytes, options: SegmentOptions) -> SegmentResponse:
-    image = await asyncio.to_thread(decode_image, data, services.settings.max_image_pixels)
-    # max_prompt_points was checked when the options were read; the prompt must lie in the image.
-    check_prompt_in_image(options.points, options.box, image.width, image.height)
+async def segment(
+    services: Services, data: bytes, options: SegmentOptions, image_id: str | None = None
+) -> SegmentResponse:
+    """Masks for a prompt on an image sent now (``data``: its header is checked here, the
+    Segmenter decodes it), or on one sent before, named by ``image_id`` (no image crosses: the
+    replica holding its embedding answers; another one fetches the stored file)."""
+    settings = services.settings
     started = time.perf_counter()
-    request = SegmentRequest(
-        image.array,
+    stored: asyncio.Task[None] | None = None
+    if image_id is None:
+        header, image_id = await asyncio.to_thread(_header_and_id, data, settings.max_image_pixels)
+        # max_prompt_points was checked when the options were read; the prompt must lie in
+        # the image (for an id, the replica checks it against the image it holds).
+        check_prompt_in_image(options.points, options.box, header.width, header.height)
+        bound = int(settings.segment_image_store_mb * 2**20)
+        stored = asyncio.create_task(
+            asyncio.to_thread(store_image, services.artifacts, image_id, data, bound)
+        )
+    elif not IMAGE_ID.fullmatch(image_id):
+        raise ApiError(422, "image_id must be 64 lower-case hex digits (SHA-256)", param="image_id")
+    request = SegmentImageRequest(
+        image_id,
+        data=data or None,
+        source=image_source(services.artifacts, image_id),
         points=[list(p) for p in options.points] if options.points else None,
         labels=list(options.labels) if options.labels else None,
         box=list(options.box) if options.box else None,
         multimask=options.multimask,
     )
-    result = await services.handles.segmenter_client.segment(request)
+    try:
+        result = await services.handles.segmenter_client.segment_image(request)
+    finally:
+        if stored is not None:
+            await stored  # the id is usable on every replica once the answer is out
+    height, width = (int(n) for n in result.masks.shape[1:])
     masks = [
         mask_summary(np.asarray(mask, dtype=bool), score, options.png)
         for mask, score in zip(result.masks, result.scores, strict=True)
     ]
     return SegmentResponse(
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         masks=masks,
         prompt=result.prompt.to_dict(),
         weights=services.models["Segmenter"]["weights"],
         seconds=round(time.perf_counter() - started, 4),
+        image_id=image_id,
+        cached=bool(result.cached),
     )
+
+
+def _header_and_id(data: bytes, max_pixels: int) -> tuple[ImageHeader, str]:
+    return read_header(data, max_pixels), image_id_of(data)
 
 
 async def detect(

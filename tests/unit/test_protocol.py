@@ -35,6 +35,7 @@ from deployments.protocol import (
     ReconstructRequest,
     ReconstructResult,
     ReplicaModels,
+    SegmentImageRequest,
     SegmentPrompt,
     SegmentRequest,
     SegmentResult,
@@ -261,6 +262,13 @@ def _deployment_class(name: str) -> type:
                 "deployments.converter.MeshConverter.convert",
             ],
         ),
+        (
+            SegmentImageRequest,
+            [
+                "deployments.segmenter.SegmenterDeployment.segment_image",
+                "deployments.segmenter.Sam2Segmenter.segment_image",
+            ],
+        ),
         (VideoPromptRequest, ["deployments.segmenter.SegmenterDeployment.video_prompt"]),
         (VideoPropagateRequest, ["deployments.segmenter.SegmenterDeployment.video_propagate"]),
     ],
@@ -319,6 +327,7 @@ def test_clients_route_and_send_the_request_fields() -> None:
     )
     handles.reconstructor_client.reconstruct(ReconstructRequest(image, image[:, :, 0]))
     handles.converter_client.convert(ConvertRequest(b"m", "ply", ["stl"]))
+    handles.segmenter_client.segment_image(SegmentImageRequest("ab" * 32, b"png", box=[0, 0, 2, 2]))
     routes = [(opts, method) for opts, method, _ in calls]
     assert routes == [
         ({}, "segment"),
@@ -328,6 +337,7 @@ def test_clients_route_and_send_the_request_fields() -> None:
         ({"multiplexed_model_id": "vid", "stream": True}, "video_propagate"),
         ({}, "reconstruct"),
         ({}, "convert"),
+        ({"multiplexed_model_id": "img:" + "ab" * 32}, "segment_image"),
     ]
     assert calls[1][2]["conf"] == 0.5 and calls[1][2]["image"] is image
     assert calls[3][2] == {"video_id": "vid", "source": source, "history": history}

@@ -1,0 +1,209 @@
+"""The Segmenter's image-embedding cache without Ray (issue 12 §1): a real random-init small
+SAM2; the LRU is bounded in bytes; cached and uncached calls give the same masks; an evicted
+image is recomputed from the store; the replica decodes and re-checks what it is sent."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deployments.errors import ImageTooLarge, InvalidInput, UnknownImage
+from deployments.image_cache import Embedding, EmbeddingCache, decode_image_bytes
+from deployments.protocol import ImageSource, image_id_of, image_route
+from deployments.segmenter import Sam2Segmenter, SegmenterConfig
+from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
+
+
+def _png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _segmenter(cache_mb: float = 64, max_images: int = 8) -> Sam2Segmenter:
+    return Sam2Segmenter(
+        SegmenterConfig(
+            overrides=SMALL_SAM2_OVERRIDES,
+            device="cpu",
+            image_cache_mb=cache_mb,
+            image_cache_max_images=max_images,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Sam2Segmenter:
+    return _segmenter()
+
+
+def _embedding(nbytes: int) -> Embedding:
+    return Embedding({"image_embed": None, "high_res_feats": []}, [(1, 1)], nbytes)
+
+
+def test_lru_is_bounded_in_bytes_and_count() -> None:
+    cache = EmbeddingCache(max_bytes=100, max_items=3)
+    assert cache.put("a", _embedding(40)) == []
+    assert cache.put("b", _embedding(40)) == []
+    assert cache.get("a") is not None  # a is now the most recent
+    assert cache.put("c", _embedding(40)) == ["b"]  # 120 > 100: the LRU one goes
+    assert cache.ids() == ["a", "c"] and cache.nbytes == 80
+    assert cache.put("d", _embedding(10)) == []
+    assert cache.put("e", _embedding(10)) == ["a"]  # count bound: 3 images
+    assert cache.put("huge", _embedding(101)) == []  # larger than the bound: not kept
+    assert "huge" not in cache and cache.ids() == ["c", "d", "e"]
+    assert cache.put("c", _embedding(5)) == [] and cache.nbytes == 25  # replaced, re-counted
+    stats = cache.stats()
+    assert stats["images"] == 3 and stats["hits"] == 1 and stats["evictions"] == 2
+
+
+def test_cached_and_uncached_masks_are_identical(segmenter: Sam2Segmenter) -> None:
+    scene = make_scene("disk", 200, 300)
+    data = _png(scene.image)
+    image_id = image_id_of(data)
+    prompt = {"points": [[150.0, 100.0]], "labels": [1], "multimask": True}
+    plain = segmenter.segment(scene.image, **prompt)  # the array path: no cache
+    first = segmenter.segment_image(image_id, data, **prompt)
+    repeat = segmenter.segment_image(image_id, None, **prompt)  # no image at all
+    assert (first.cached, repeat.cached) == (False, True)
+    assert first.image_id == repeat.image_id == image_id
+    for result in (first, repeat):
+        assert np.array_equal(result.masks, plain.masks)
+        assert result.scores == plain.scores and result.prompt == plain.prompt
+    # Another prompt on the cached embedding matches a full call with that prompt too.
+    box = {"box": [90.0, 40.0, 210.0, 160.0]}
+    assert np.array_equal(
+        segmenter.segment_image(image_id, None, **box).masks,
+        segmenter.segment(scene.image, **box).masks,
+    )
+    # The default prompt (the centre) uses the image size the embedding remembers.
+    assert segmenter.segment_image(image_id).prompt.points == [[150.0, 100.0]]
+    assert image_id in segmenter.cache and segmenter.cache.nbytes > 0
+    assert image_route(image_id) == f"img:{image_id}"
+
+
+def test_an_evicted_image_is_recomputed_from_the_store(tmp_path: Path) -> None:
+    one_image = _segmenter(max_images=1)
+    images = [_png(make_scene(shape).image) for shape in ("disk", "box")]
+    ids = [image_id_of(data) for data in images]
+    stored = tmp_path / f"{ids[0]}.img"
+    stored.write_bytes(images[0])
+    source = ImageSource("file", str(stored))
+    first = one_image.segment_image(ids[0], images[0], source)
+    one_image.segment_image(ids[1], images[1])  # evicts the first (count bound 1)
+    assert ids[0] not in one_image.cache
+    again = one_image.segment_image(ids[0], None, source)  # no bytes: read from the store
+    assert again.cached is False and np.array_equal(again.masks, first.masks)
+    assert one_image.segment_image(ids[0], None, source).cached is True
+    # Neither cached nor stored: a 404 naming the id.
+    one_image.segment_image(ids[1], images[1])
+    stored.unlink()
+    with pytest.raises(UnknownImage, match=ids[0]) as caught:
+        one_image.segment_image(ids[0], None, source)
+    assert caught.value.status == 404
+    with pytest.raises(UnknownImage):
+        one_image.segment_image(ids[0], None, None)
+    # A store that returns other bytes under the id is not trusted.
+    stored.write_bytes(images[1])
+    with pytest.raises(UnknownImage):
+        one_image.segment_image(ids[0], None, source)
+
+
+def test_cache_off_still_answers() -> None:
+    off = _segmenter(cache_mb=0)
+    data = _png(make_scene().image)
+    image_id = image_id_of(data)
+    assert off.segment_image(image_id, data).cached is False
+    assert len(off.cache) == 0
+    with pytest.raises(UnknownImage):
+        off.segment_image(image_id)
+
+
+def test_the_replica_checks_what_it_is_sent(segmenter: Sam2Segmenter) -> None:
+    data = _png(make_scene().image)
+    with pytest.raises(InvalidInput, match="SHA-256"):
+        segmenter.segment_image(image_id_of(b"other"), data)
+    with pytest.raises(InvalidInput, match="64 lower-case hex"):
+        segmenter.segment_image("../etc/passwd", data)
+    with pytest.raises(InvalidInput, match="decoded"):
+        segmenter.segment_image(image_id_of(b"junk"), b"junk")
+    with pytest.raises(InvalidInput, match="inside"):
+        segmenter.segment_image(image_id_of(data), data, points=[[10_000.0, 1.0]])
+    # Pixels are re-checked in the replica, whatever the ingress read from the header.
+    with pytest.raises(ImageTooLarge) as caught:
+        decode_image_bytes(data, max_pixels=100)
+    assert caught.value.status == 413
+    # EXIF orientation is applied, as the ingress's decoder does.
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: a 40x20 file is a 20x40 image
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(out, format="JPEG", exif=exif)
+    assert decode_image_bytes(out.getvalue(), None).shape == (40, 20, 3)
+
+
+# The ingress side: header-only checks and the content-addressed image store ---------------------
+def test_the_ingress_reads_only_the_header() -> None:
+    from serve_app.http.errors import ApiError
+    from serve_app.predict.images import read_header
+
+    png = _png(make_scene("disk", 120, 160).image)
+    header = read_header(png, max_pixels=10**6)
+    assert (header.width, header.height, header.format) == (160, 120, "png")
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the decoder will swap the sides, so does the header check
+    Image.new("RGB", (40, 20)).save(out, format="JPEG", exif=exif)
+    rotated = read_header(out.getvalue(), 10**6)
+    assert (rotated.width, rotated.height) == (20, 40)
+    for data, status in ((b"", 400), (b"not an image", 415), (png, 413)):
+        with pytest.raises(ApiError) as caught:
+            read_header(data, max_pixels=100 if data == png else 10**6)
+        assert caught.value.status == status
+    # A truncated body behind a good header passes here; the Segmenter's decode refuses it.
+    assert read_header(png[: len(png) // 2], 10**6).width == 160
+    with pytest.raises(InvalidInput):
+        decode_image_bytes(png[: len(png) // 2], None)
+
+
+def test_stored_images_are_content_addressed_and_pruned(tmp_path: Path) -> None:
+    import os
+
+    from serve_app.predict import images as store
+    from serve_app.storage.artifacts import LocalArtifactStore
+
+    files = LocalArtifactStore(tmp_path)
+    blobs = [bytes([k]) * 1000 for k in range(4)]
+    ids = [image_id_of(blob) for blob in blobs]
+    for k, (image_id, blob) in enumerate(zip(ids, blobs, strict=True)):
+        store.store_image(files, image_id, blob, max_bytes=10**6)
+        path = Path(store.image_source(files, image_id).location)
+        os.utime(path, (1000 + k, 1000 + k))  # k-th oldest
+    source = store.image_source(files, ids[0])
+    assert source.kind == "file" and Path(source.location).read_bytes() == blobs[0]
+    store.store_image(files, ids[0], blobs[0], max_bytes=10**6)  # sent again: marked used
+    assert store.prune_images(files, max_bytes=2500) == 2  # 4000 → 2000: the two oldest go
+    held = {p.name for p in (tmp_path / store.IMAGES_POOL).glob("*.img")}
+    assert held == {store.image_name(ids[0]), store.image_name(ids[3])}
+    assert store.prune_images(files, max_bytes=0, keep=store.image_name(ids[3])) == 1
+    assert [p.name for p in (tmp_path / store.IMAGES_POOL).glob("*.img")] == [
+        store.image_name(ids[3])
+    ]
+
+
+def test_batched_first_time_images_match_single_ones(segmenter: Sam2Segmenter) -> None:
+    """``encode_batch`` (the GPU path, ``image_batch_size`` > 1): one set_image_batch forward,
+    each embedding cached; masks as with set_image one image at a time."""
+    fresh = _segmenter()
+    scenes = [make_scene("disk", 200, 300).image, make_scene("box").image]
+    ids = [image_id_of(_png(image)) for image in scenes]
+    embeddings = fresh.encode_batch(list(zip(ids, scenes, strict=True)))
+    assert [e.height for e in embeddings] == [200, make_scene("box").image.shape[0]]
+    assert all(image_id in fresh.cache for image_id in ids)
+    for image_id, image in zip(ids, scenes, strict=True):
+        batched = fresh.segment_image(image_id, None, points=[[100.0, 80.0]])
+        single = segmenter.segment(image, points=[[100.0, 80.0]])
+        assert batched.cached is True
+        assert (batched.masks != single.masks).mean() < 1e-3  # float sums in another order
