@@ -153,4 +153,4 @@ bench: install
 	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .data
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .data $(STUDIO_VENDOR)

@@ -70,6 +70,7 @@ export function initPhoto({ say, job }) {
     if (!state.width) return;
     const step = e.altKey ? 1 : Math.max(2, Math.round(state.width / 50));
     const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
+    if (!moves[e.key] && e.key !== "Enter") return;
     state.cursor ??= [Math.round(state.width / 2), Math.round(state.height / 2)];
     if (moves[e.key]) {
       e.preventDefault();
