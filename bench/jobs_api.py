@@ -1,7 +1,11 @@
-"""Job API benchmark: POST /v1/jobs latency under 50 concurrent clients (through Ray Serve),
-and job-store transitions per second on SQLite and PostgreSQL, measured in one run.
+"""Job API benchmark: POST /v1/jobs latency under N concurrent clients (through Ray Serve's
+proxy, while the submitted segment jobs run in the same ingress replica and the Segmenter), and
+job-store transitions per second on SQLite and PostgreSQL, measured in one run.
 
-    python -m bench.jobs_api --clients 50 --requests 10 --out bench/jobs_api.json
+    python -m bench.jobs_api --clients 50,200 --requests 10 --out bench/jobs_api.json
+
+``post_jobs`` is the first client count (what bench/suite.py reads); ``post_jobs_by_clients``
+has every count, with the submits' throughput and how many jobs finished meanwhile.
 """
 
 from __future__ import annotations
@@ -76,6 +80,12 @@ async def post_latencies(base_url: str, image: bytes, clients: int, per_client: 
     return latencies
 
 
+def finished_jobs(base_url: str) -> int:
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        jobs = http.get("/v1/jobs", params={"status": "succeeded", "limit": 500}).json()["jobs"]
+    return len(jobs)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -85,38 +95,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--clients", default="50", help="comma list of client counts")
     parser.add_argument("--requests", type=int, default=10, help="per client")
     parser.add_argument("--store-jobs", type=int, default=200)
+    parser.add_argument("--skip-store", action="store_true", help="only the HTTP measure")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report: dict[str, Any] = {}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        report["store_transitions_per_s_sqlite"] = store_transitions_per_s(
-            f"sqlite:///{tmp}/bench.db", args.store_jobs
-        )
-    url, schema = postgres_schema_url()
-    try:
-        report["store_transitions_per_s_postgresql"] = store_transitions_per_s(url, args.store_jobs)
-    finally:
-        drop_schema(schema)
+    if not args.skip_store:
+        with tempfile.TemporaryDirectory() as tmp:
+            report["store_transitions_per_s_sqlite"] = store_transitions_per_s(
+                f"sqlite:///{tmp}/bench.db", args.store_jobs
+            )
+        url, schema = postgres_schema_url()
+        try:
+            report["store_transitions_per_s_postgresql"] = store_transitions_per_s(
+                url, args.store_jobs
+            )
+        finally:
+            drop_schema(schema)
 
     from bench.pipeline import start_app
     from tests.helpers import make_scene
 
+    by_clients: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base_url, serve = start_app("cpu", Path(tmp), small=True, precision="auto")
         image = make_scene("disk", 64, 64).png()
         asyncio.run(post_latencies(base_url, image, 5, 2))  # warm-up
-        latencies = asyncio.run(post_latencies(base_url, image, args.clients, args.requests))
+        for clients in [int(c) for c in args.clients.split(",")]:
+            done_before = finished_jobs(base_url)
+            started = time.perf_counter()
+            latencies = asyncio.run(post_latencies(base_url, image, clients, args.requests))
+            seconds = time.perf_counter() - started
+            by_clients[str(clients)] = {
+                "clients": clients,
+                "requests": len(latencies),
+                "p50_ms": round(statistics.median(latencies) * 1000, 1),
+                "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+                "submits_per_s": round(len(latencies) / seconds, 1),
+                # Jobs run meanwhile (the list shows at most 500).
+                "jobs_finished_during": finished_jobs(base_url) - done_before,
+            }
         serve.shutdown()
-    report["post_jobs"] = {
-        "clients": args.clients,
-        "requests": len(latencies),
-        "p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
-    }
+    report["post_jobs"] = next(iter(by_clients.values()))
+    report["post_jobs_by_clients"] = by_clients
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

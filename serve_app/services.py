@@ -38,7 +38,9 @@ class Services:
             self.streams = StreamHub(self.store, self.settings)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop (and a wait
+    # for one of anyio's 40 tokens under a burst) on every request for an attribute read.
     return request.app.state.services
 
 

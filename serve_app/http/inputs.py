@@ -36,8 +36,10 @@ MAX_SMALL_JSON_BYTES = 256 * 1024
 # restart inside it: that would be quadratic). Possessive, so it never backtracks.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
 _DEPTH_CHUNK = 1 << 20
+# Below this many brackets a Python loop beats numpy's per-call overhead (an options field's
+# few brackets: ~2 µs instead of ~150 µs of numpy calls on every submit, on the event loop).
+_SMALL_BRACKETS = 256
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,16 @@ def json_shape(data: bytes) -> JsonShape:
     outside, strings = _JSON_STRING.subn(b"", data)
     brackets = outside.translate(None, _NOT_A_BRACKET)
     depth = best = 0
-    if brackets.count(b"[") + brackets.count(b"{") > 0:
+    if len(brackets) <= _SMALL_BRACKETS:
+        for bracket in brackets:
+            depth += 1 if bracket in b"[{" else -1
+            best = max(best, depth)
+    elif brackets.count(b"[") + brackets.count(b"{") > 0:
         # In chunks, carrying the running depth: memory stays small whatever the body's size.
         for start in range(0, len(brackets), _DEPTH_CHUNK):
             steps = np.frombuffer(brackets[start : start + _DEPTH_CHUNK], dtype=np.uint8)
-            delta = np.where(np.isin(steps, _OPENERS), 1, -1).astype(np.int32)
+            opens = (steps == ord("[")) | (steps == ord("{"))
+            delta = opens.astype(np.int32) * 2 - 1
             running = np.cumsum(delta, dtype=np.int64) + depth
             best = max(best, int(running.max()))
             depth = int(running[-1])
@@ -150,6 +157,9 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
         if size > limit:
             raise ApiError(413, f"{what} exceeds {limit} bytes", "payload_too_large")
         chunks.append(chunk)
+    if size >= OFF_LOOP_BYTES and len(chunks) > 1:
+        # A 33 MB body is ~40 ms of copying and page faults: in a thread (join drops the GIL).
+        return await asyncio.to_thread(b"".join, chunks)
     return b"".join(chunks)
 
 
@@ -225,6 +235,9 @@ def _decode_base64(text: str, limit: int) -> bytes:
 
 async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
     data = await upload.read(limit + 1)
+    # Closed now, in the thread pool when spooled to disk (over 1 MB): left to the request's
+    # end, the temporary file is closed and deleted on the event loop (~15 ms for 12 MB).
+    await upload.close()
     if len(data) > limit:
         raise ApiError(413, f"{field} exceeds {limit} bytes", "payload_too_large", field)
     return data
@@ -290,7 +303,11 @@ async def read_inputs(
                     await read_upload(item, field, limit),
                     item.filename or field,
                 )
-        options = options_field(form.get("options"), settings, options_model)
+        raw = form.get("options")
+        if isinstance(raw, str) and len(raw) >= OFF_LOOP_BYTES:  # up to MAX_SMALL_JSON_BYTES
+            options = await asyncio.to_thread(options_field, raw, settings, options_model)
+        else:
+            options = options_field(raw, settings, options_model)
         return RequestInputs(image, extra_uploads, options)
     if content_type == JSON:
         json_limit = limit * 4 // 3 + 65536  # room for a base64 image of `limit` bytes

@@ -44,12 +44,13 @@ def _mesh_format(filename: str) -> str:
     return suffix
 
 
-async def _check_mesh_faces(data: bytes, fmt: str, limit: int) -> None:
+def _check_mesh_faces(data: bytes, fmt: str, limit: int) -> None:
     """A mesh whose file declares more faces than max_mesh_faces is a 413 now, not a job that
-    fails later (the Converter counts every mesh exactly after parsing it: GLB included)."""
+    fails later (the Converter counts every mesh exactly after parsing it: GLB included).
+    Parses the file: run it in a thread."""
     from deployments.meshing.export import declared_faces
 
-    faces = await asyncio.to_thread(declared_faces, data, fmt)
+    faces = declared_faces(data, fmt)
     if faces is not None and faces > limit:
         raise ApiError(
             413,
@@ -126,20 +127,25 @@ def _check_idempotency(services: Services, key: str, digest: str) -> None:
     raise Replayed(job_id)
 
 
-async def admit(services: Services, options: JobOptions) -> None:
-    """What every new job passes before anything of it is stored (image jobs and video
-    propagations alike): room in the queue (429 with Retry-After), and a callback URL that
-    the fetch rules let us call."""
+def _check_queue_room(services: Services) -> None:
+    """A store read (run it in a thread): 429 with Retry-After when the queue is full."""
     settings = services.settings
-    if await asyncio.to_thread(services.store.count, "queued") >= settings.max_queued_jobs:
+    if services.store.count("queued") >= settings.max_queued_jobs:
         raise ApiError(
             429,
             f"{settings.max_queued_jobs} jobs are already queued; retry later",
             "queue_full",
             headers={"Retry-After": str(settings.queue_full_retry_after_s)},
         )
+
+
+async def admit(services: Services, options: JobOptions) -> None:
+    """What every new job passes before anything of it is stored (image jobs and video
+    propagations alike): room in the queue (429 with Retry-After), and a callback URL that
+    the fetch rules let us call."""
+    await asyncio.to_thread(_check_queue_room, services)
     if options.callback_url:
-        await check_url(options.callback_url, settings.url_allow_private, "callback_url")
+        await check_url(options.callback_url, services.settings.url_allow_private, "callback_url")
 
 
 async def cancel(services: Services, job_id: str) -> bool:
@@ -163,21 +169,63 @@ async def create_job(
     """Validate everything, store the inputs, then queue the job (inputs first: never a
     queued job without its files). ``extra_uploads``: field → (bytes, file name) of the
     optional ``mask`` / ``mesh`` uploads. Raises ``Replayed`` for a repeated Idempotency-Key.
-    ``owner``: the submitting key's scope (serve_app/auth.py), None with open access."""
+    ``owner``: the submitting key's scope (serve_app/auth.py), None with open access.
+
+    Nothing here runs on the event loop but cheap checks: hashing the inputs (a 25 MB upload
+    is ~30 ms of SHA-256), every store read and write, decoding and file writes run in two
+    thread hops (before and after the callback URL's async check), not one hop per call:
+    under a burst of submits each hop is a wait in the shared thread pool's queue
+    (tests/unit/test_event_loop.py holds the loop to this)."""
     settings = services.settings
     _check_voxels(options, settings)
-    digest = request_hash(image, extra_uploads, options)
     if idempotency_key is not None:
         idempotency_key = scoped_idempotency_key(idempotency_key, owner)
-        # A store read: off the event loop (it blocked every other request while it ran).
-        await asyncio.to_thread(_check_idempotency, services, idempotency_key, digest)
+    digest = await asyncio.to_thread(
+        _admit_inputs, services, image, extra_uploads, options, idempotency_key, owner
+    )
+    if options.callback_url:
+        await check_url(options.callback_url, settings.url_allow_private, "callback_url")
+    job_id = await asyncio.to_thread(
+        _store_job, services, image, extra_uploads, options, idempotency_key, digest, owner
+    )
+    services.runner.notify()
+    return job_id
+
+
+def _admit_inputs(
+    services: Services,
+    image: bytes,
+    extra_uploads: dict[str, tuple[bytes, str]],
+    options: JobOptions,
+    idempotency_key: str | None,
+    owner: str | None,
+) -> str:
+    """In a thread: the request's hash, a replay (Idempotency-Key, ``dedup`` twin: raises
+    ``Replayed``, or 409 for a key reused with another request), then room in the queue."""
+    digest = request_hash(image, extra_uploads, options)
+    if idempotency_key is not None:
+        _check_idempotency(services, idempotency_key, digest)
     if options.dedup:
-        twin = await asyncio.to_thread(services.store.find_succeeded_by_hash, digest, owner)
+        twin = services.store.find_succeeded_by_hash(digest, owner)
         if twin is not None:
             raise Replayed(twin, deduplicated=True)
-    await admit(services, options)
-    # Decoding (up to max_image_pixels) is CPU work: off the event loop, like every store read.
-    decoded = await asyncio.to_thread(decode_image, image, settings.max_image_pixels)
+    _check_queue_room(services)
+    return digest
+
+
+def _store_job(
+    services: Services,
+    image: bytes,
+    extra_uploads: dict[str, tuple[bytes, str]],
+    options: JobOptions,
+    idempotency_key: str | None,
+    digest: str,
+    owner: str | None,
+) -> str:
+    """In a thread: decode and check the inputs (up to max_image_pixels), plan the stages,
+    store the inputs, then the job row."""
+    settings = services.settings
+    decoded = decode_image(image, settings.max_image_pixels)
     if options.prompt:  # a 422 now, not a job that fails in the Segmenter
         check_prompt_in_image(
             options.prompt.points,
@@ -190,28 +238,22 @@ async def create_job(
         "image": (f"input.{decoded.format}", image, decoded.format)
     }
     if "mask" in extra_uploads:
-        await asyncio.to_thread(
-            decode_mask,
-            extra_uploads["mask"][0],
-            decoded.width,
-            decoded.height,
-            settings.max_image_pixels,
+        decode_mask(
+            extra_uploads["mask"][0], decoded.width, decoded.height, settings.max_image_pixels
         )
         uploads["mask"] = ("input_mask.png", extra_uploads["mask"][0], "png")
     if "mesh" in extra_uploads:
         fmt = _mesh_format(extra_uploads["mesh"][1])
-        await _check_mesh_faces(extra_uploads["mesh"][0], fmt, settings.max_mesh_faces)
+        _check_mesh_faces(extra_uploads["mesh"][0], fmt, settings.max_mesh_faces)
         uploads["mesh"] = (f"input_mesh.{fmt}", extra_uploads["mesh"][0], fmt)
     stage_names = plan_stages(options, set(uploads))
     job_id = uuid.uuid4().hex
     stored = []
     for name, data, fmt in uploads.values():
         media_type = MEDIA_BY_FORMAT.get(fmt, "application/octet-stream")
-        size = await asyncio.to_thread(services.artifacts.put, job_id, name, data, media_type)
-        stored.append((name, media_type, size))
+        stored.append((name, media_type, services.artifacts.put(job_id, name, data, media_type)))
     try:
-        await asyncio.to_thread(
-            services.store.create,
+        services.store.create(
             # exclude_unset, not exclude_none: an explicit null (e.g. "sim": null) must survive.
             options.model_dump(mode="json", exclude_unset=True),
             {role: entry[0] for role, entry in uploads.items()},
@@ -224,9 +266,8 @@ async def create_job(
         )
     except IdempotencyConflict:
         # A concurrent request with the same key won the insert: drop our copy of the inputs.
-        await asyncio.to_thread(services.artifacts.delete_job, job_id)
+        services.artifacts.delete_job(job_id)
         assert idempotency_key is not None
-        await asyncio.to_thread(_check_idempotency, services, idempotency_key, digest)
+        _check_idempotency(services, idempotency_key, digest)
         raise
-    services.runner.notify()
     return job_id
