@@ -89,7 +89,7 @@ def test_repeat_ids_reach_the_replica_that_holds_them(two_replicas) -> None:  # 
     from serve_app.handles import SegmenterClient
 
     client = SegmenterClient(two_replicas)
-    images = [_png(make_scene(shape).image) for shape in ("disk", "box", "torus")]
+    images = [_png(make_scene(shape).image) for shape in ("disk", "box", "L")]
     ids = [image_id_of(data) for data in images]
     for image_id, data in zip(ids, images, strict=True):
         first = client.segment_image(SegmentImageRequest(image_id, data)).result(timeout_s=120)
