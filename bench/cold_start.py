@@ -93,7 +93,6 @@ def _log_time(path: Path, marker: str) -> float | None:
 def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, Any]:
     import psutil
     import ray
-    from ray.util.state import list_actors
 
     from deployments.segmenter import SegmenterConfig, SegmenterDeployment
 
@@ -111,13 +110,16 @@ def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, A
     started = time.time()
     handle.segment.remote(image).result()
     warm = time.time() - started
-    actor = next(
-        a
-        for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-        if f":{name}" in (a.class_name or "") and name in (a.class_name or "")
-    )
-    process_start = psutil.Process(actor.pid).create_time()
     logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
+    # The controller names the replica's process: "... started successfully ... (PID: n)".
+    started_line = next(
+        line
+        for log in logs.glob("controller_*.log")
+        for line in log.read_text(errors="replace").splitlines()
+        if f"app='{name}')" in line and "started successfully" in line
+    )
+    pid = int(re.search(r"PID: (\d+)", started_line).group(1))  # type: ignore[union-attr]
+    process_start = psutil.Process(pid).create_time()
     replica_log = max(logs.glob(f"replica_{name}_{name}_*.log"), key=lambda p: p.stat().st_mtime)
     init_start = _log_time(replica_log, "Started initializing replica")
     init_end = _log_time(replica_log, "Finished initializing replica")
@@ -157,6 +159,7 @@ def main() -> None:
         overrides = list(SMALL_SAM2_OVERRIDES)
 
     report: dict[str, Any] = {"small": args.small, "bare_process": bare_steps(overrides)}
+    print(json.dumps(report), flush=True)
 
     import ray
     from ray import serve

@@ -121,7 +121,14 @@ def main() -> None:
 
     by_clients: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        base_url, serve = start_app("cpu", Path(tmp), small=True, precision="auto")
+        # Submits outpace the jobs (SAM2 on CPU): room for all of them in the queue.
+        base_url, serve = start_app(
+            "cpu",
+            Path(tmp),
+            small=True,
+            precision="auto",
+            extra_settings={"max_queued_jobs": 10**6},
+        )
         image = make_scene("disk", 64, 64).png()
         asyncio.run(post_latencies(base_url, image, 5, 2))  # warm-up
         for clients in [int(c) for c in args.clients.split(",")]:

@@ -43,7 +43,13 @@ def bus_photo() -> Path:
     return Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
 
 
-def start_app(device: str, data_dir: Path, small: bool, precision: str) -> tuple[str, Any]:
+def start_app(
+    device: str,
+    data_dir: Path,
+    small: bool,
+    precision: str,
+    extra_settings: dict[str, Any] | None = None,
+) -> tuple[str, Any]:
     import ray
     from ray import serve
 
@@ -60,6 +66,7 @@ def start_app(device: str, data_dir: Path, small: bool, precision: str) -> tuple
         "data_dir": str(data_dir),
         "job_poll_interval_s": 0.1,
         "model_precision": precision,
+        **(extra_settings or {}),
     }
     if small:
         from tests.helpers import SMALL_SAM2_OVERRIDES
