@@ -1,6 +1,13 @@
-"""Detector benchmark, side by side in one Ray instance:
+"""Detector benchmark, both sides in one run, same model and image (ultralytics' bus.jpg):
 
-* images/s with @serve.batch (batch 8) vs without (batch 1), same model, 16 requests in flight;
+* raw: ultralytics ``model.predict`` in this process on lists of 8 decoded images (and one at a
+  time), with as many torch threads as the replica gets;
+* meshline ``POST /v1/detect`` through HTTP (the whole app: proxy, ingress, Detector) at
+  saturation (``--in-flight`` requests), with @serve.batch 8 and without (1): the encoded file
+  travels to the replica, which decodes, letterboxes and runs the batch in one forward;
+  ``detection_ratio`` = the better of the two over raw batched predict (issue 12: ≥ 0.85 on
+  CPU, ≥ 0.8 on GPU) and ``http_batching_gain`` = batch 8 over batch 1 (≥ 2.5 on GPU);
+* the Detector through its handle (no HTTP), batch 8 vs 1, 16 in flight (the earlier rows);
 * model switch cost: latency of a call whose model is loaded (hit) vs one that must load it
   (miss, one model per replica so every alternation evicts).
 
@@ -21,7 +28,88 @@ from typing import Any
 import numpy as np
 
 
-def throughput(handle: Any, image: np.ndarray, total: int, in_flight: int) -> float:
+def raw_throughput(model: Any, images: list[np.ndarray], total: int, device: str) -> float:
+    """ultralytics' own batched predict on decoded BGR arrays (fp16 on CUDA, as the replica
+    runs there): images/s."""
+    options = {"conf": 0.25, "device": device, "verbose": False}
+    if device == "cuda":
+        options["quantize"] = 16
+    model.predict(images, **options)  # warm-up
+    started = time.perf_counter()
+    done = 0
+    while done < total:
+        model.predict(images, **options)
+        done += len(images)
+    return done / (time.perf_counter() - started)
+
+
+async def http_throughput(url: str, data: bytes, total: int, in_flight: int) -> float:
+    """POST /v1/detect with ``in_flight`` clients at once: images/s."""
+    import asyncio
+
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+
+        async def one() -> None:
+            response = await http.post(
+                "/v1/detect", files={"image": ("bus.jpg", data, "image/jpeg")}
+            )
+            response.raise_for_status()
+
+        await asyncio.gather(*(one() for _ in range(in_flight)))  # warm-up
+        queue = iter(range(total))
+
+        async def client() -> None:
+            for _ in queue:
+                await one()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(in_flight)))
+        return total / (time.perf_counter() - started)
+
+
+def http_side(
+    url: str, tmp: Path, checkpoint: Path, data: bytes, batch: int, gpu: bool, args: Any
+) -> float:
+    """The whole app (build_app) with a ``batch``-sized Detector given ``args.threads`` CPUs,
+    behind Serve's proxy at ``url``."""
+    import asyncio
+
+    from ray import serve
+
+    from bench.pipeline import MODEL_DEPLOYMENTS
+    from serve_app.app import build_app
+    from tests.helpers import SMALL_SAM2_OVERRIDES
+
+    threads = args.threads
+    small = {"num_cpus": 0.25, "num_gpus": 0.25 if gpu else 0}
+    options: dict[str, Any] = {n: {"ray_actor_options": small} for n in MODEL_DEPLOYMENTS}
+    options["Detector"] = {
+        "ray_actor_options": {"num_cpus": threads, "num_gpus": 0.25 if gpu else 0},
+        "num_replicas": 1,
+        "autoscaling_config": None,
+        "max_ongoing_requests": max(32, 2 * args.in_flight),
+    }
+    settings = {
+        "data_dir": str(tmp / f"data{batch}"),
+        "detector_checkpoint": str(checkpoint),
+        "detector_batch_size": batch,
+        "detector_batch_wait_s": 0.01,
+        "sam2_overrides": SMALL_SAM2_OVERRIDES,  # the Segmenter idles here: keep it light
+    }
+    serve.run(
+        build_app({"settings": settings, "deployment_options": options}),
+        name="meshline",
+        route_prefix="/",
+    )
+    try:
+        return asyncio.run(http_throughput(url, data, args.images, args.in_flight))
+    finally:
+        serve.delete("meshline")
+
+
+def throughput(handle: Any, image: Any, total: int, in_flight: int) -> float:
     started = time.perf_counter()
     pending: list[Any] = []
     sent = 0
@@ -39,6 +127,10 @@ def main() -> None:
     )
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--switches", type=int, default=6)
+    parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads: raw side and Detector num_cpus"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -50,9 +142,12 @@ def main() -> None:
     from tests.helpers import save_yolo
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(
-        address="local", include_dashboard=False, log_to_driver=False
-    )  # never a running cluster
+    ray.init(  # never a running cluster; logical CPUs: the app's replicas and the Detector's
+        address="local",
+        num_cpus=max(4, args.threads + 2),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     gpu = torch.cuda.is_available()
     tmp = Path(tempfile.mkdtemp(prefix="meshline-bench-det-"))
     models = tmp / "models"
@@ -61,17 +156,55 @@ def main() -> None:
         save_yolo(models / f"{name}.pt", name)
     base = DetectorConfig(models_dir=models, weights_dir=tmp / "w", config_dir=tmp / "cfg")
     options = {
-        "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.25 if gpu else 0},
+        "ray_actor_options": {"num_cpus": args.threads, "num_gpus": 0.25 if gpu else 0},
         "num_replicas": 1,
         "autoscaling_config": None,
         "max_ongoing_requests": 32,
     }
-    image = np.asarray(
-        __import__("PIL.Image", fromlist=["Image"])
-        .open(Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg")
-        .convert("RGB")
+    data = (Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg").read_bytes()
+    image = data  # what the ingress sends the Detector now: the encoded file
+    report: dict[str, Any] = {
+        "device": "gpu" if gpu else "cpu",
+        "device_name": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "image": "bus.jpg",
+        "threads": args.threads,
+        "in_flight": args.in_flight,
+    }
+
+    # Raw: ultralytics in this process, the same checkpoint, decoded arrays (no JPEG decode).
+    from ultralytics import YOLO
+
+    from deployments.detector import prepare_ultralytics_env
+
+    prepare_ultralytics_env(tmp / "cfg")
+    torch.set_num_threads(args.threads)
+    raw = YOLO(str(models / "alpha.pt"))
+    bgr = __import__("cv2").imdecode(np.frombuffer(data, np.uint8), 1)
+    device = "cuda" if gpu else "cpu"
+    raw_total = max(8, args.images // 2)
+    report["raw_images_per_s_batch_1"] = round(raw_throughput(raw, [bgr], raw_total, device), 2)
+    report["raw_images_per_s_batch_8"] = round(raw_throughput(raw, [bgr] * 8, raw_total, device), 2)
+    report["raw_batching_gain"] = round(
+        report["raw_images_per_s_batch_8"] / report["raw_images_per_s_batch_1"], 3
     )
-    report: dict[str, Any] = {"device": "gpu" if gpu else "cpu", "image": "bus.jpg"}
+    del raw
+
+    # meshline: POST /v1/detect through the whole app, batch 1 and 8.
+    from bench.pipeline import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    for batch in (1, 8):
+        report[f"http_images_per_s_batch_{batch}"] = round(
+            http_side(url, tmp, models / "alpha.pt", data, batch, gpu, args), 2
+        )
+    report["http_batching_gain"] = round(
+        report["http_images_per_s_batch_8"] / report["http_images_per_s_batch_1"], 3
+    )
+    best = max(report["http_images_per_s_batch_1"], report["http_images_per_s_batch_8"])
+    report["detection_ratio"] = round(best / report["raw_images_per_s_batch_8"], 3)
+    print(json.dumps(report, indent=2), flush=True)
 
     for batch in (1, 8):
         config = base.model_copy(update={"max_batch_size": batch, "batch_wait_s": 0.01})

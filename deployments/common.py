@@ -62,10 +62,9 @@ def set_torch_threads(num_cpus: float | None = None) -> int:
 
     Ray starts workers with ``OMP_NUM_THREADS=1`` whatever ``num_cpus`` says, so a 2-CPU
     replica would otherwise compute on one core. ``num_cpus`` defaults to Ray's assignment;
-    outside Ray nothing changes. Sets the OpenMP/MKL variables too, so a torch imported later
-    (replicas that import it lazily) and worker processes started from here follow; and, where
-    torch still allows it (before its first parallel work), the inter-op pool. Returns the
-    thread count in force.
+    outside Ray nothing changes. Sets the OpenMP/MKL variables too, so worker processes started
+    from here follow; and, where torch still allows it (before its first parallel work), the
+    inter-op pool. Returns the thread count in force.
     """
     if num_cpus is None:
         num_cpus = replica_num_cpus()
@@ -74,14 +73,16 @@ def set_torch_threads(num_cpus: float | None = None) -> int:
     threads = max(1, int(num_cpus))
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(threads)
-    if "torch" in sys.modules:
-        import torch
+    # Set explicitly even where torch is not imported yet: an OpenMP runtime already loaded in
+    # this worker (by another extension) has read OMP_NUM_THREADS=1, and a torch imported later
+    # would take its count from it.
+    import torch
 
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(threads)
-        except RuntimeError:  # the pool already started: the intra-op count is what matters
-            pass
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # the pool already started: the intra-op count is what matters
+        pass
     logger.info("torch threads: %d (replica num_cpus %s)", threads, num_cpus)
     return threads
 

@@ -20,7 +20,7 @@ from deployments.protocol import (
     loaded_models_by_replica,
 )
 from serve_app.http.errors import ApiError, to_api_error
-from serve_app.imaging import check_prompt_in_image, decode_image, mask_summary
+from serve_app.imaging import check_prompt_in_image, mask_summary
 from serve_app.predict.images import ImageHeader, image_source, read_header, store_image
 from serve_app.predict.schemas import (
     DetectOptions,
@@ -123,18 +123,22 @@ def _header_and_id(data: bytes, max_pixels: int) -> tuple[ImageHeader, str]:
 async def detect(
     services: Services, data: bytes, options: DetectRequestOptions, model_id: str
 ) -> DetectResponse:
-    """Detections by registered model ``model_id`` (404 if unknown), as of its last reload."""
+    """Detections by registered model ``model_id`` (404 if unknown), as of its last reload.
+    The image's header is checked here; the encoded file goes to the Detector, which decodes
+    it on its device (and checks the pixel bound again)."""
     model_id = checked_model(services, model_id)
-    image = await asyncio.to_thread(decode_image, data, services.settings.max_image_pixels)
+    max_pixels = services.settings.max_image_pixels
+    header = await asyncio.to_thread(read_header, data, max_pixels)
     started = time.perf_counter()
     generation = await asyncio.to_thread(services.store.model_generation, model_id)
     request = DetectRequest(
-        image.array,
+        data,
         conf=options.conf,
         iou=options.iou,
         imgsz=options.imgsz,
         max_det=options.max_det,
         classes=options.classes,
+        max_pixels=max_pixels,
     )
     found = await services.handles.detector_client.detect(request, model_id, generation)
     masks = found.masks_rle or [None] * len(found.boxes)
@@ -159,8 +163,8 @@ async def detect(
     ]
     return DetectResponse(
         model=found.model_id or model_id,
-        width=image.width,
-        height=image.height,
+        width=found.image_size[0] if found.image_size else header.width,
+        height=found.image_size[1] if found.image_size else header.height,
         detections=detections,
         weights=services.models["Detector"]["weights"],
         seconds=round(time.perf_counter() - started, 4),

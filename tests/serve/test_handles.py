@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 import trimesh
 from ray import serve
 
@@ -152,3 +154,38 @@ def test_deployment_at_zero_replicas_answers_the_first_request(
         print(f"cold start from zero replicas: {cold_start_s:.1f} s")
     finally:
         serve.delete("zero")
+
+
+@pytest.mark.xfail(
+    reason="inside a Serve replica set_torch_threads still leaves 1 thread for num_cpus=2 "
+    "(replica_num_cpus finds no CPU assignment there?): open, see the issue 12 report",
+    strict=False,
+)
+def test_replicas_compute_on_the_cpus_they_were_given(
+    live_app: LiveApp, test_settings: dict
+) -> None:
+    """torch threads = the replica's num_cpus (Ray starts workers with OMP_NUM_THREADS=1): the
+    live app's four model deployments (0.25 CPU: one thread), and a Detector given 2 CPUs."""
+    from deployments.detector import DetectorDeployment
+    from serve_app.app import model_configs
+    from serve_app.settings import Settings
+
+    for name in ("Segmenter", "Reconstructor", "Converter", "Detector"):
+        info = serve.get_deployment_handle(name, app_name=APP_NAME).info.remote().result()
+        assert info["torch_threads"] == 1, (name, info)
+
+    detector_cfg = model_configs(Settings(**test_settings))[3]
+    two = DetectorDeployment.options(
+        name="TwoCpuDetector",
+        ray_actor_options={"num_cpus": 2, "num_gpus": 0},
+        num_replicas=1,
+        autoscaling_config=None,
+    )
+    handle = serve.run(two.bind(detector_cfg), name="two-cpus", route_prefix=None)
+    try:
+        assert handle.info.remote().result(timeout_s=120)["torch_threads"] == 2
+        data = (Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg").read_bytes()
+        found = handle.detect.remote(data, conf=0.0001, max_det=2).result(timeout_s=120)
+        assert 0 < len(found.boxes) <= 2 and found.image_size == [810, 1080]
+    finally:
+        serve.delete("two-cpus")
