@@ -152,6 +152,19 @@ class ReconstructorConfig(BaseModel):
     texture_px: int = Field(
         1024, ge=64, le=4096, description="Edge of the baked texture atlas (paint)."
     )
+    reconstruct_budget_s: float | None = Field(
+        1.5,
+        gt=0,
+        description="Time budget of one reconstruct call (built-in backend): a mask predicted "
+        "to cost more is meshed on a coarser grid (stats: budget). None: unbounded.",
+    )
+    paint_budget_s: float | None = Field(
+        2.0,
+        gt=0,
+        description="Time budget of one paint call: xatlas runs against a deadline, past which "
+        "a simple per-face atlas is used, and the texture shrinks when its bake would not fit "
+        "(stats: budget). None: unbounded.",
+    )
     max_mesh_faces: int = Field(
         MAX_MESH_FACES,
         ge=1000,
@@ -169,6 +182,13 @@ class ReconstructorConfig(BaseModel):
 
 
 class ConverterConfig(BaseModel):
+    budget_s: float | None = Field(
+        3.0,
+        gt=0,
+        description="Time budget of one convert call: past its shares, CoACD falls back to a "
+        "coarser search, then to the single hull, and the preview drops frames (stats: budget). "
+        "None: unbounded.",
+    )
     preview_frames: int = Field(12, ge=2, le=72, description="Frames in the turntable GIF.")
     preview_size_px: int = Field(256, ge=64, le=1024, description="Preview GIF edge length.")
     seed: int = Field(0, description="CoACD seed: the same mesh gives the same parts.")
@@ -198,14 +218,35 @@ class ConverterConfig(BaseModel):
 # Deployment options ---------------------------------------------------------------------------
 # Each deployment's own options (queue bounds, autoscaling, shutdown) are in its
 # @serve.deployment. Its resources depend on where it runs, so the builder sets them from the
-# `accelerator` setting: the four model deployments share one GPU (a quarter each: one GPU node
-# holds a replica of each), or take CPU shares small enough for a 2-core laptop. The Ingress
+# `accelerator` setting: the GPU models share one GPU (a quarter each: one GPU node holds a
+# replica of each, and of all four when a learned backend or an override gives the geometry
+# deployments a share), or take CPU shares small enough for a 2-core laptop. The Ingress
 # never asks for a GPU (its decorator says so). A Serve config file's ray_actor_options replace
 # these whole; the Python API's deployment_options are merged over them.
 REPLICA_RESOURCES: dict[Accelerator, dict[str, float]] = {
     "gpu": {"num_cpus": 1, "num_gpus": 0.25},
     "cpu": {"num_cpus": 0.25, "num_gpus": 0},
 }
+# A GPU share only for GPU work (issue 12 §6): on a GPU cluster the Converter (trimesh, CoACD,
+# software previews) and the Reconstructor with the built-in inflate backend (numpy, scikit-
+# image, xatlas) run on CPUs, where a quarter GPU would sit idle and keep a GPU node up; they
+# go to the CPU worker group (cluster/). A learned Reconstructor backend gets the GPU share
+# (its overlay in configs/backends/ sets its own).
+GEOMETRY_RESOURCES: dict[str, float] = {"num_cpus": 1, "num_gpus": 0}
+
+
+def replica_resources(
+    deployment: str, accelerator: Accelerator, reconstruct_backend: str = "inflate"
+) -> dict[str, float]:
+    """A model deployment's ``ray_actor_options`` resources for the accelerator."""
+    if accelerator == "gpu" and (
+        deployment == "Converter"
+        or (deployment == "Reconstructor" and reconstruct_backend == "inflate")
+    ):
+        return dict(GEOMETRY_RESOURCES)
+    return dict(REPLICA_RESOURCES[accelerator])
+
+
 # Batch on GPU clusters, not on CPU ones, where batching measured no gain (bench/detector.py).
 DETECTOR_BATCH_SIZE: dict[Accelerator, int] = {"gpu": 8, "cpu": 1}
 # The model deployments scale to zero when idle; a request to one at zero waits for its cold

@@ -16,14 +16,19 @@ from deployments.errors import InvalidInput
 from deployments.protocol import ConvertResult
 
 USD_FORMATS = ("usd", "usdz")
-# open3d's self-intersection test compares all pairs of triangles: 0.6 s at 20k faces, 10 s at
-# 82k, minutes at 500k. Above this many faces it is skipped (mesh_stats.json says so).
-SELF_INTERSECTION_MAX_FACES = 25_000
+# open3d's exact self-intersection test, run cell by cell (meshing/checks.py: 0.1-0.4 s at 20k
+# faces where all pairs took 0.6-7 s); above this many faces it is skipped (mesh_stats.json
+# says so).
+SELF_INTERSECTION_MAX_FACES = 200_000
 
 
 class MeshConverter:
     def __init__(self, config: ConverterConfig) -> None:
         self.config = config
+        if config.budget_s is not None:  # CoACD runs against the budget in forked children
+            from deployments.meshing import budget
+
+            budget.warm()
 
     def info(self) -> dict[str, Any]:
         return {"backend": "trimesh", "weights": "none (geometric)", **placement("cpu")}
@@ -49,6 +54,7 @@ class MeshConverter:
         ``voxels`` (VoxelOptionsIn fields) adds the voxel build: ``voxels.{vox,npz,json,schem}``,
         ``voxels_commands.json`` and ``voxels_preview.png`` (deployments/meshing/voxels.py).
         """
+        from deployments.meshing.budget import Budget
         from deployments.meshing.export import MESH_FORMATS, load_mesh
         from deployments.meshing.sim import (
             SimOptions,
@@ -59,6 +65,7 @@ class MeshConverter:
         )
 
         started = time.perf_counter()
+        budget = Budget(self.config.budget_s)
         formats = list(dict.fromkeys(formats or MESH_FORMATS))
         unknown = sorted(set(formats) - set(MESH_FORMATS) - set(USD_FORMATS))
         if unknown:
@@ -97,7 +104,9 @@ class MeshConverter:
             stats |= {"units": "m", "up_axis": options.up_axis, "origin": options.origin}
         files, parts = [], []
         if collision:
-            parts, collision_files, stats["collision"] = self._collision(visual, options, prefix)
+            parts, collision_files, stats["collision"] = self._collision(
+                visual, options, prefix, budget
+            )
             files += collision_files
         props = None
         if sim is not None:
@@ -108,7 +117,7 @@ class MeshConverter:
             _visual_files(visual, textured, formats, prefix, options.up_axis, parts, props) + files
         )
         if preview:
-            files += self._previews(textured_camera, prefix)
+            files += self._previews(textured_camera, prefix, budget)
         if voxel_options is not None:
             coloured = source.copy()  # the texture / vertex colours, in the output frame
             coloured.apply_transform(transform)
@@ -119,11 +128,12 @@ class MeshConverter:
             )
             files += voxel_files
         stats["seconds"] = round(time.perf_counter() - started, 3)
+        stats["budget"] = budget.stats()
         files.append(_json_file(f"{prefix}mesh_stats.json", stats))
         return ConvertResult(files=files, stats=stats)
 
     def _collision(
-        self, visual: Any, options: Any, prefix: str
+        self, visual: Any, options: Any, prefix: str, budget: Any = None
     ) -> tuple[list[Any], list[Any], dict[str, Any]]:
         """Convex parts (or the one hull), their union's hull, and the files: one STL per part
         (what URDF/MJCF reference) plus the part set as one GLB and one OBJ."""
@@ -132,7 +142,7 @@ class MeshConverter:
         from deployments.meshing.export import MEDIA_TYPES, FileOut, export_mesh
         from deployments.meshing.sim import bounded_hull, convex_parts
 
-        parts = convex_parts(visual, options, seed=self.config.seed)
+        parts = convex_parts(visual, options, seed=self.config.seed, budget=budget)
         hull = parts[0] if len(parts) == 1 else bounded_hull(np.vstack([p.vertices for p in parts]))
         files = export_mesh(hull, "obj", f"{prefix}collision") + export_mesh(
             hull, "stl", f"{prefix}collision"
@@ -154,7 +164,7 @@ class MeshConverter:
             files.append(FileOut(name, part.export(file_type="stl"), MEDIA_TYPES["stl"]))
         stats = {
             "parts": len(parts),
-            "method": "coacd" if options.decomposition else "convex_hull",
+            "method": "coacd" if options.decomposition and len(parts) > 1 else "convex_hull",
             "hull": _mesh_stats(hull),
             "part_faces": [len(p.faces) for p in parts],
         }
@@ -247,15 +257,16 @@ class MeshConverter:
         files.insert(0, _json_file(names["sidecar"], payload))
         return files, stats
 
-    def _previews(self, mesh: Any, prefix: str) -> list[Any]:
+    def _previews(self, mesh: Any, prefix: str, budget: Any = None) -> list[Any]:
         """Turntable GIF and PNG thumbnail of the (textured) camera view, whatever the file axes."""
         from deployments.meshing.export import MEDIA_TYPES, FileOut
-        from deployments.meshing.preview import thumbnail_png, turntable_gif
+        from deployments.meshing.preview import previews
 
         frames, size = self.config.preview_frames, self.config.preview_size_px
+        gif, png = previews(mesh, frames, size, budget)
         return [
-            FileOut(f"{prefix}preview.gif", turntable_gif(mesh, frames, size), MEDIA_TYPES["gif"]),
-            FileOut(f"{prefix}thumbnail.png", thumbnail_png(mesh, size), MEDIA_TYPES["png"]),
+            FileOut(f"{prefix}preview.gif", gif, MEDIA_TYPES["gif"]),
+            FileOut(f"{prefix}thumbnail.png", png, MEDIA_TYPES["png"]),
         ]
 
 
@@ -353,6 +364,8 @@ def _topology(mesh: Any) -> dict[str, Any]:
     import numpy as np
     import open3d as o3d
 
+    from deployments.meshing.checks import self_intersecting
+
     o3d_mesh = o3d.geometry.TriangleMesh(
         o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float64)),
         o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
@@ -362,10 +375,10 @@ def _topology(mesh: Any) -> dict[str, Any]:
     return {
         "edge_manifold": bool(o3d_mesh.is_edge_manifold(allow_boundary_edges=False)),
         "vertex_manifold": bool(o3d_mesh.is_vertex_manifold()),
-        "self_intersecting": bool(o3d_mesh.is_self_intersecting()) if checked else None,
-        "self_intersection_check": "all triangle pairs"
+        "self_intersecting": self_intersecting(mesh.vertices, mesh.faces) if checked else None,
+        "self_intersection_check": "exact, triangles sharing a grid cell"
         if checked
-        else f"skipped: {faces} faces > {SELF_INTERSECTION_MAX_FACES} (all-pairs test)",
+        else f"skipped: {faces} faces > {SELF_INTERSECTION_MAX_FACES}",
     }
 
 
@@ -445,6 +458,10 @@ def _warm_child() -> None:
     """Imports a convert call needs, done while the child waits for its first call."""
     import coacd  # noqa: F401
     import open3d  # noqa: F401
+
+    from deployments.meshing import budget
+
+    budget.warm(wait=True)  # the forkserver that runs CoACD against the budget's deadline
 
     import deployments.meshing.export
     import deployments.meshing.preview

@@ -37,6 +37,10 @@ class MeshReconstructor:
         )
         self.device = "cpu"
         self.external = None
+        if config.paint_budget_s is not None:  # xatlas runs against the budget in children
+            from deployments.meshing import budget
+
+            budget.warm()
         if (
             config.backend != "inflate"
         ):  # fails here, at deploy time, when package/weights are missing
@@ -62,16 +66,18 @@ class MeshReconstructor:
     ) -> ReconstructResult:
         """``reconstruct`` for the built-in backend, which needs the mask and the image's shape
         only (what a child process is sent: not the photo). External backends need ``image``."""
+        from deployments.meshing.budget import Budget
         from deployments.meshing.inflate import inflate
         from deployments.meshing.masks import object_mask
 
         started = time.perf_counter()
+        budget = Budget(self.config.reconstruct_budget_s)
         obj = object_mask(mask, image_shape)
         if self.external is not None:
             assert image is not None
             mesh, frame = self.external.reconstruct(image, obj.mask), {}
         else:
-            mesh, frame = inflate(obj, self.params)
+            mesh, frame = inflate(obj, self.params, budget)
         return ReconstructResult(
             mesh=mesh.export(file_type="ply"),
             stats={
@@ -82,6 +88,7 @@ class MeshReconstructor:
                 "mask_bbox_xyxy": [obj.x0, obj.y0, obj.x1, obj.y1],
                 "seconds": round(time.perf_counter() - started, 3),
                 **frame,
+                "budget": budget.stats(),
             },
         )
 
@@ -95,17 +102,19 @@ class MeshReconstructor:
     ) -> PaintResult:
         """``mesh`` (textured GLB bytes), ``files`` (``{prefix}textured.obj`` with its MTL and
         PNG, whose names the OBJ and MTL reference) and ``stats`` (``PaintRequest``'s fields)."""
+        from deployments.meshing.budget import Budget
         from deployments.meshing.export import export_mesh, load_mesh
         from deployments.meshing.masks import object_mask
         from deployments.meshing.paint import paint
 
         _check_image(image)
         started = time.perf_counter()
+        budget = Budget(self.config.paint_budget_s)
         obj = object_mask(mask, image.shape)
         shape = load_mesh(mesh, mesh_format, max_faces=self.config.max_mesh_faces)
         painted = self.external.paint(shape, image, obj.mask) if self.external is not None else None
         if painted is None:  # the built-in projection paint (also for backends without a painter)
-            painted = paint(shape, image, obj, self.config.texture_px)
+            painted = paint(shape, image, obj, self.config.texture_px, budget)
         texture = getattr(painted.visual.material, "baseColorTexture", None) or getattr(
             painted.visual.material, "image", None
         )
@@ -119,6 +128,7 @@ class MeshReconstructor:
                 if texture is not None
                 else None,
                 "seconds": round(time.perf_counter() - started, 3),
+                "budget": budget.stats(),
             },
         )
 
@@ -221,6 +231,10 @@ def _warm_child() -> None:
     """Imports reconstruct and paint need, done while the child waits for its first call."""
     import open3d  # noqa: F401
     import xatlas  # noqa: F401
+
+    from deployments.meshing import budget
+
+    budget.warm(wait=True)  # the forkserver that runs xatlas against the paint budget's deadline
 
     import deployments.meshing.inflate
     import deployments.meshing.paint  # noqa: F401

@@ -20,12 +20,12 @@ from deployments.checkpoints import (
 )
 from deployments.configs import (
     DETECTOR_BATCH_SIZE,
-    REPLICA_RESOURCES,
     Accelerator,
     ConverterConfig,
     DetectorConfig,
     ReconstructorConfig,
     SegmenterConfig,
+    replica_resources,
 )
 from deployments.converter import ConverterDeployment
 from deployments.detector import DetectorDeployment
@@ -42,7 +42,7 @@ DEPLOYMENTS = (
     DetectorDeployment,
 )
 DEPLOYMENT_NAMES = tuple(d.name for d in DEPLOYMENTS)
-# The deployments whose resources follow the accelerator (REPLICA_RESOURCES); not the Ingress.
+# The deployments whose resources follow the accelerator (replica_resources); not the Ingress.
 MODEL_DEPLOYMENTS = DEPLOYMENT_NAMES[1:]
 
 logger = logging.getLogger("meshline.app")
@@ -194,7 +194,9 @@ def model_configs(
 
 
 def deployment_options(
-    accelerator: Accelerator, overrides: Mapping[str, Mapping[str, Any]]
+    accelerator: Accelerator,
+    overrides: Mapping[str, Mapping[str, Any]],
+    reconstruct_backend: str = "inflate",
 ) -> dict[str, dict[str, Any]]:
     """What the builder passes to each deployment's ``.options()`` (its other options are its
     @serve.deployment defaults): the accelerator's resources for the model deployments, and the
@@ -205,7 +207,7 @@ def deployment_options(
     for deployment in DEPLOYMENTS:
         given = dict(overrides.get(deployment.name, {}))
         if deployment.name in MODEL_DEPLOYMENTS:
-            own = REPLICA_RESOURCES[accelerator]
+            own = replica_resources(deployment.name, accelerator, reconstruct_backend)
         else:
             own = deployment.ray_actor_options or {}
         if deployment.name in MODEL_DEPLOYMENTS or "ray_actor_options" in given:
@@ -227,7 +229,7 @@ def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
     segmenter_cfg, reconstructor_cfg, converter_cfg, detector_cfg = model_configs(
         settings, weights, accelerator
     )
-    options = deployment_options(accelerator, args.deployment_options)
+    options = deployment_options(accelerator, args.deployment_options, settings.reconstruct_backend)
 
     def with_options(deployment: Any) -> Any:
         given = options.get(deployment.name)

@@ -181,6 +181,21 @@ class Settings(BaseSettings):
     preview_size_px: int = fills(
         (ConverterConfig, "preview_size_px"), description="Preview GIF edge length."
     )
+    # Geometry time budgets (issue 12 §4): past them a stage degrades (stats: budget).
+    reconstruct_budget_s: float | None = fills(
+        (ReconstructorConfig, "reconstruct_budget_s"),
+        description="Seconds a reconstruct call aims at: a costlier mask gets a coarser grid.",
+    )
+    paint_budget_s: float | None = fills(
+        (ReconstructorConfig, "paint_budget_s"),
+        description="Seconds a paint call aims at: xatlas past its share gives way to a "
+        "per-face atlas, and the texture shrinks when its bake would not fit.",
+    )
+    convert_budget_s: float | None = fills(
+        (ConverterConfig, "budget_s"),
+        description="Seconds a convert call aims at: CoACD past its share gives way to a "
+        "coarser search, then the single hull; previews drop frames.",
+    )
 
     # Inputs ------------------------------------------------------------------------------
     max_upload_mb: float = Field(25, gt=0, description="Largest accepted upload or URL body.")

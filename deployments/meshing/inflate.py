@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import measure
 
+from deployments.meshing.budget import Budget
 from deployments.meshing.masks import ObjectMask
 from deployments.meshing.simplify import reduce_closed
 
@@ -85,11 +86,32 @@ def occupancy(sdf: np.ndarray, z: np.ndarray, params: InflateParams) -> np.ndarr
     return field * (dmax / p)  # d(field)/d(distance) = 1 at the rim
 
 
-def inflate(obj: ObjectMask, params: InflateParams) -> tuple[trimesh.Trimesh, dict[str, float]]:
-    """Reconstruct a watertight mesh, scaled so its longest side is 1 and centred at 0."""
+# Seconds per cell of the marching-cubes volume for the whole build (field, marching cubes,
+# smoothing, decimation, checks), measured on 2 cores: what the budget predicts with.
+SECONDS_PER_CELL = 2.5e-6
+
+
+def inflate(
+    obj: ObjectMask, params: InflateParams, budget: Budget | None = None
+) -> tuple[trimesh.Trimesh, dict[str, float]]:
+    """Reconstruct a watertight mesh, scaled so its longest side is 1 and centred at 0. With a
+    bounded ``budget``, a grid whose volume is predicted to cost more is made coarser."""
     sdf, pixels_per_cell = border_distance(obj, params)
     zmax = params.depth_ratio * float(sdf.max())
     nz = int(np.ceil(zmax)) + 2
+    predicted = SECONDS_PER_CELL * sdf.size * (2 * nz + 1)
+    if budget is not None and budget.bounded and params.grid > MIN_GRID:
+        allowed = budget.left()
+        if predicted > allowed:  # cells grow with grid³
+            grid = max(MIN_GRID, int(params.grid * (allowed / predicted) ** (1 / 3)))
+            if grid < params.grid:
+                budget.degrade(
+                    "grid",
+                    f"grid {params.grid} predicted {predicted:.2f} s > {allowed:.2f} s left",
+                    grid=grid,
+                    requested=params.grid,
+                )
+                return inflate(obj, replace(params, grid=grid))
     z = np.arange(-nz, nz + 1, dtype=np.float64)
     volume = occupancy(sdf, z, params)
     volume = np.pad(volume, 1, constant_values=-1.0)  # guarantees a closed surface
@@ -108,10 +130,11 @@ def inflate(obj: ObjectMask, params: InflateParams) -> tuple[trimesh.Trimesh, di
     if len(mesh.faces) > params.max_faces and params.grid > MIN_GRID:
         # No decimation kept it closed: rebuild coarser (faces grow with grid²) to hold the budget.
         shrink = 0.9 * math.sqrt(params.max_faces / len(mesh.faces))
-        return inflate(obj, replace(params, grid=max(MIN_GRID, int(params.grid * shrink))))
+        return inflate(obj, replace(params, grid=max(MIN_GRID, int(params.grid * shrink))), budget)
     return mesh, {
         "pixels_per_unit": float(max(obj.width, obj.height)),
         "grid_cell_px": pixels_per_cell,
+        "grid": params.grid,
     }
 
 
@@ -147,11 +170,8 @@ def _smooth_and_reduce(mesh: trimesh.Trimesh, iterations: int, max_faces: int) -
 
 
 def self_intersecting(mesh: trimesh.Trimesh) -> bool:
-    """open3d's exact triangle-triangle test on float32 vertices (as files store them)."""
-    import open3d as o3d
+    """open3d's exact triangle-triangle test on float32 vertices (as files store them), run
+    cell by cell (checks.py) instead of on all pairs."""
+    from deployments.meshing.checks import self_intersecting as check
 
-    o3d_mesh = o3d.geometry.TriangleMesh(
-        o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float32).astype(np.float64)),
-        o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
-    )
-    return bool(o3d_mesh.is_self_intersecting())
+    return check(mesh.vertices, mesh.faces)

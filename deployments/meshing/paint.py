@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from deployments.errors import InvalidInput
+from deployments.meshing.budget import Budget, DeadlineExceeded, run_with_deadline
 from deployments.meshing.masks import ObjectMask
 
 MAX_TEXTURE_PX = 1024
@@ -50,17 +51,93 @@ def object_texture(image: np.ndarray, obj: ObjectMask) -> Image.Image:
     return texture
 
 
-def paint(
-    mesh: trimesh.Trimesh, image: np.ndarray, obj: ObjectMask, texture_px: int = 1024
-) -> trimesh.Trimesh:
-    """Return a UV-unwrapped copy of ``mesh`` (xatlas) with a baked baseColor texture."""
+def _xatlas(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, ...]:
     import xatlas
 
+    return tuple(xatlas.parametrize(vertices, faces))
+
+
+def face_atlas(faces: np.ndarray, texture_px: int) -> tuple[np.ndarray, ...]:
+    """The budget's fallback atlas, in xatlas' (vmapping, indices, uvs) form: every face its
+    own chart, two right triangles to a square cell of a grid, a texel of gutter around each.
+    Instant, and as faithful where the photo is projected (the texture is baked per texel);
+    its many seams show only as blur at far mip levels."""
+    count = len(faces)
+    cells = int(np.ceil(np.sqrt((count + 1) // 2)))
+    size, pad = 1.0 / cells, 1.0 / texture_px
+    index = np.arange(count)
+    cell, upper = index // 2, index % 2 == 1
+    x0 = (cell % cells) * size
+    y0 = (cell // cells) * size
+    x1, y1 = x0 + size, y0 + size
+    lower_tri = np.stack(
+        [
+            np.column_stack([x0 + pad, y0 + pad]),
+            np.column_stack([x1 - 2 * pad, y0 + pad]),
+            np.column_stack([x0 + pad, y1 - 2 * pad]),
+        ],
+        axis=1,
+    )
+    upper_tri = np.stack(
+        [
+            np.column_stack([x1 - pad, y1 - pad]),
+            np.column_stack([x0 + 2 * pad, y1 - pad]),
+            np.column_stack([x1 - pad, y0 + 2 * pad]),
+        ],
+        axis=1,
+    )
+    uvs = np.where(upper[:, None, None], upper_tri, lower_tri).reshape(-1, 2)
+    return (
+        np.asarray(faces, dtype=np.uint32).ravel(),
+        np.arange(3 * count, dtype=np.uint32).reshape(-1, 3),
+        uvs.astype(np.float32),
+    )
+
+
+# Seconds per texel of baking (rasterising the atlas, visibility, projection, PNG encoding),
+# measured on 2 cores: what the budget uses to shrink the texture when it would not fit.
+BAKE_S_PER_TEXEL = 1.2e-6
+MIN_BUDGET_TEXTURE_PX = 256
+
+
+def paint(
+    mesh: trimesh.Trimesh,
+    image: np.ndarray,
+    obj: ObjectMask,
+    texture_px: int = 1024,
+    budget: Budget | None = None,
+) -> trimesh.Trimesh:
+    """Return a UV-unwrapped copy of ``mesh`` (xatlas) with a baked baseColor texture. With a
+    bounded ``budget``, xatlas runs against a deadline (past it: ``face_atlas``) and the
+    texture shrinks when its bake would not fit what is left."""
     if len(mesh.faces) == 0:
         raise InvalidInput("mesh has no faces", param="mesh")
-    vmapping, indices, uvs = xatlas.parametrize(
-        np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32)
-    )
+    args = (np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
+    if budget is None or not budget.bounded:
+        vmapping, indices, uvs = _xatlas(*args)
+    else:
+        deadline = budget.share(0.6)
+        try:
+            vmapping, indices, uvs = run_with_deadline(_xatlas, args, deadline)
+        except DeadlineExceeded:
+            budget.degrade(
+                "uv_atlas",
+                f"xatlas did not finish within {deadline:.2f} s of the paint budget",
+                fallback="face_atlas",
+            )
+            vmapping, indices, uvs = face_atlas(np.asarray(mesh.faces), texture_px)
+        requested = texture_px
+        while (
+            texture_px > MIN_BUDGET_TEXTURE_PX and BAKE_S_PER_TEXEL * texture_px**2 > budget.left()
+        ):
+            texture_px //= 2
+        if texture_px != requested:
+            budget.degrade(
+                "texture_px",
+                f"a {requested} px bake would not fit the {budget.left():.2f} s left",
+                texture_px=texture_px,
+                requested=requested,
+            )
     vertices = np.asarray(mesh.vertices, dtype=np.float64)[vmapping]
     faces = indices.astype(np.int64)
     photo = np.asarray(object_texture(image, obj), dtype=np.float32)

@@ -18,6 +18,7 @@ import numpy as np
 import trimesh
 
 from deployments.errors import InvalidInput
+from deployments.meshing.budget import Budget, DeadlineExceeded, run_with_deadline
 
 UpAxis = Literal["z", "y"]
 COACD_MAX_FACES = 4_000
@@ -25,6 +26,9 @@ COACD_MAX_FACES = 4_000
 # outlines: 47 s for 16 parts of a noisy mask; these settings took 60 % of that time and
 # gave the same parts on the synthetic shapes (the coverage pass below makes them cover).
 COACD_SEARCH = {"mcts_iterations": 60, "mcts_nodes": 12}
+# The budget's second try: a coarser input and a shallow search (budget.py).
+COACD_COARSE_FACES = 1_500
+COACD_COARSE = {"mcts_iterations": 20, "mcts_nodes": 8, "mcts_max_depth": 2, "resolution": 1000}
 HULL_MAX_VERTICES = 250
 
 
@@ -114,29 +118,72 @@ def repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return out
 
 
-def convex_parts(
-    mesh: trimesh.Trimesh, options: SimOptions, seed: int = 0
-) -> list[trimesh.Trimesh]:
-    """Convex parts whose union covers the mesh: CoACD, then each part's hull is grown to take
-    in the surface samples no part contains (assigned to the nearest part), so a physics engine
-    never lets anything pass through the visual surface."""
-    if not options.decomposition:
-        return [bounded_hull(mesh.vertices)]
+def _run_coacd(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    threshold: float,
+    max_parts: int,
+    seed: int,
+    search: dict,
+) -> list[np.ndarray]:
+    """CoACD's parts as vertex clouds (module level: it may run in a deadline child)."""
     import coacd
 
     coacd.set_log_level("error")
-    # CoACD's cost grows with the input; the coverage pass below uses the full mesh anyway.
-    coarse = decimate(mesh, COACD_MAX_FACES)
     raw = coacd.run_coacd(
-        coacd.Mesh(
-            np.asarray(coarse.vertices, dtype=np.float64), np.asarray(coarse.faces, dtype=np.int64)
-        ),
-        threshold=options.concavity,
-        max_convex_hull=options.max_parts,
+        coacd.Mesh(vertices, faces),
+        threshold=threshold,
+        max_convex_hull=max_parts,
         seed=seed,
-        **COACD_SEARCH,
+        **search,
     )
-    clouds = [np.asarray(v, dtype=np.float64) for v, _f in raw if len(v) >= 4]
+    return [np.asarray(v, dtype=np.float64) for v, _f in raw if len(v) >= 4]
+
+
+def _decompose(
+    mesh: trimesh.Trimesh, options: SimOptions, seed: int, budget: Budget | None
+) -> list[np.ndarray]:
+    """CoACD's clouds; with a bounded budget each attempt runs against a deadline, and the
+    ladder goes on to a cheaper search (coarser input, higher concavity threshold), then to
+    none (the single hull)."""
+    attempts = [
+        ("coacd", COACD_MAX_FACES, options.concavity, COACD_SEARCH, 0.45),
+        ("coacd_coarse", COACD_COARSE_FACES, max(options.concavity, 0.2), COACD_COARSE, 0.25),
+    ]
+    for name, faces, threshold, search, share in attempts:
+        coarse = decimate(mesh, faces)  # CoACD's cost grows with its input
+        args = (
+            np.asarray(coarse.vertices, dtype=np.float64),
+            np.asarray(coarse.faces, dtype=np.int64),
+            threshold,
+            options.max_parts,
+            seed,
+            search,
+        )
+        if budget is None or not budget.bounded:
+            return _run_coacd(*args)
+        deadline = budget.share(share)
+        try:
+            return run_with_deadline(_run_coacd, args, deadline)
+        except DeadlineExceeded:
+            budget.degrade(
+                "collision",
+                f"{name} did not finish within {deadline:.2f} s of the convert budget",
+                fallback="coacd_coarse" if name == "coacd" else "convex_hull",
+            )
+    return []
+
+
+def convex_parts(
+    mesh: trimesh.Trimesh, options: SimOptions, seed: int = 0, budget: Budget | None = None
+) -> list[trimesh.Trimesh]:
+    """Convex parts whose union covers the mesh: CoACD, then each part's hull is grown to take
+    in the surface samples no part contains (assigned to the nearest part), so a physics engine
+    never lets anything pass through the visual surface. With a bounded ``budget`` the
+    decomposition degrades (budget.py) down to the single hull."""
+    if not options.decomposition:
+        return [bounded_hull(mesh.vertices)]
+    clouds = _decompose(mesh, options, seed, budget)
     if not clouds:
         return [bounded_hull(mesh.vertices)]
     samples = np.vstack(

@@ -74,14 +74,35 @@ def test_gpu_workers_autoscale_from_zero() -> None:
     cluster = _rayservice()["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["rayVersion"] == _ray_pin()
-    (group,) = cluster["workerGroupSpecs"]
-    assert group["minReplicas"] == 0 and group["replicas"] == 0 and group["maxReplicas"] >= 1
-    (container,) = group["template"]["spec"]["containers"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"gpu", "geometry"}
+    for group in groups.values():
+        assert group["minReplicas"] == 0 and group["replicas"] == 0 and group["maxReplicas"] >= 1
+    (container,) = groups["gpu"]["template"]["spec"]["containers"]
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    # One GPU pod must hold at least one replica of every model deployment (0.25 GPU each).
+    # One GPU pod can hold one replica of every model deployment, even with a GPU share each.
     assert MODEL_DEPLOYMENTS * REPLICA_RESOURCES["gpu"]["num_gpus"] <= int(
         container["resources"]["limits"]["nvidia.com/gpu"]
     )
+
+
+def test_geometry_runs_on_a_cpu_worker_group() -> None:
+    """Converter and the inflate Reconstructor ask for no GPU (issue 12 §6): a CPU group (and
+    a CPU node type for `ray up`) gives them room without starting a GPU node."""
+    from deployments.configs import replica_resources
+
+    assert replica_resources("Converter", "gpu")["num_gpus"] == 0
+    assert replica_resources("Reconstructor", "gpu", "inflate")["num_gpus"] == 0
+    cluster = _rayservice()["spec"]["rayClusterConfig"]
+    (group,) = [g for g in cluster["workerGroupSpecs"] if g["groupName"] == "geometry"]
+    assert group["rayStartParams"]["num-gpus"] == "0"
+    (container,) = group["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    cpus = int(container["resources"]["limits"]["cpu"])
+    assert cpus >= 2 * replica_resources("Converter", "gpu")["num_cpus"]
+    nodes = _yaml(CLUSTER / "aws.yaml")["available_node_types"]
+    assert nodes["cpu_worker"]["resources"] == {"CPU": 8, "GPU": 0}
+    assert nodes["cpu_worker"]["min_workers"] == 0
 
 
 def test_both_clusters_size_the_models_for_their_gpu_nodes() -> None:
@@ -169,7 +190,9 @@ def test_aws_config_is_valid_for_the_cluster_launcher() -> None:
     head = types[config["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0
     assert not head["node_config"]["InstanceType"].startswith(("g", "p"))
-    gpu_types = [t for name, t in types.items() if name != config["head_node_type"]]
+    gpu_types = [
+        t for name, t in types.items() if name not in (config["head_node_type"], "cpu_worker")
+    ]
     assert gpu_types and all(
         t["resources"]["GPU"] >= 1 and t["min_workers"] == 0 for t in gpu_types
     )

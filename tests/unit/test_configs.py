@@ -77,6 +77,16 @@ RESOURCES = {
     "cpu": {"num_cpus": 0.25, "num_gpus": 0},
 }
 INGRESS_RESOURCES = {"num_cpus": 0.25, "num_gpus": 0}
+# Geometry does no GPU work: CPU only on GPU clusters (issue 12 §6).
+GEOMETRY = {"num_cpus": 1, "num_gpus": 0}
+
+
+def resources_of(name: str, accelerator: str) -> dict[str, float]:
+    if name == "Ingress":
+        return INGRESS_RESOURCES
+    if accelerator == "gpu" and name in ("Converter", "Reconstructor"):
+        return GEOMETRY
+    return RESOURCES[accelerator]
 
 
 def _load(name: str = "serve.yaml") -> dict:
@@ -163,8 +173,7 @@ def test_effective_options_of_every_deployment(tmp_path: Path, accelerator: str)
     assert set(deployments) == set(DEPLOYMENT_NAMES)
     for name, expected in EXPECTED.items():
         options = effective(deployments[name])
-        resources = INGRESS_RESOURCES if name == "Ingress" else RESOURCES[accelerator]
-        assert options["ray_actor_options"] == resources, name
+        assert options["ray_actor_options"] == resources_of(name, accelerator), name
         for option, value in expected.items():
             if option == "autoscaling_config":  # Serve's defaults fill the fields not given
                 assert {k: options[option][k] for k in value} == value, name
@@ -176,9 +185,29 @@ def test_effective_options_of_every_deployment(tmp_path: Path, accelerator: str)
 
 
 def test_the_gpu_sizing_shares_one_gpu() -> None:
+    """All four model deployments still fit one GPU (co-residency) when each holds a share."""
     assert REPLICA_RESOURCES == RESOURCES
     assert len(MODEL_DEPLOYMENTS) * REPLICA_RESOURCES["gpu"]["num_gpus"] <= 1
     assert REPLICA_RESOURCES["cpu"]["num_gpus"] == 0
+
+
+def test_gpu_shares_only_for_gpu_work(tmp_path: Path) -> None:
+    """Converter and the inflate Reconstructor use no GPU: none reserved on GPU clusters; a
+    learned Reconstructor backend gets the share (the builder knows the backend)."""
+    from deployments.configs import replica_resources
+
+    assert replica_resources("Converter", "gpu") == GEOMETRY
+    assert replica_resources("Reconstructor", "gpu", "inflate") == GEOMETRY
+    assert replica_resources("Reconstructor", "gpu", "trellis") == RESOURCES["gpu"]
+    assert replica_resources("Segmenter", "gpu") == RESOURCES["gpu"]
+    assert replica_resources("Converter", "cpu") == RESOURCES["cpu"]
+    built = _built(tmp_path, "gpu")
+    gpus = {name: built[name].ray_actor_options["num_gpus"] for name in MODEL_DEPLOYMENTS}
+    assert gpus == {"Segmenter": 0.25, "Reconstructor": 0, "Converter": 0, "Detector": 0.25}
+    from serve_app.app import deployment_options
+
+    learned = deployment_options("gpu", {}, reconstruct_backend="trellis")
+    assert learned["Reconstructor"]["ray_actor_options"] == RESOURCES["gpu"]
 
 
 def test_auto_follows_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,7 +284,7 @@ def test_yaml_overrides_win_over_the_builder(tmp_path: Path) -> None:
         8,
     )
     assert final["Detector"].replica_config.ray_actor_options["num_gpus"] == 0.25
-    assert final["Converter"].replica_config.ray_actor_options["num_gpus"] == 0.25
+    assert final["Converter"].replica_config.ray_actor_options["num_gpus"] == 0  # CPU work
 
 
 def test_builder_validates_its_args() -> None:

@@ -186,3 +186,93 @@ def test_face_budget_holds_on_a_noisy_many_holed_mask() -> None:
     mesh, _ = inflate(holed, InflateParams(grid=64, max_faces=6000))
     assert len(mesh.faces) <= 6000 and mesh.is_watertight and mesh.is_winding_consistent
     assert mesh.euler_number < -40  # the holes are real tunnels, kept
+
+
+# Geometry within a budget (issue 12 §4) ------------------------------------------------------
+
+
+def test_deadline_child_answers_or_is_killed() -> None:
+    import math
+    import time
+
+    from deployments.meshing.budget import DeadlineExceeded, run_with_deadline
+
+    assert run_with_deadline(math.hypot, (3.0, 4.0), 30.0) == 5.0
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        run_with_deadline(time.sleep, (30.0,), 0.5)
+    assert time.perf_counter() - started < 10
+    with pytest.raises(DeadlineExceeded):  # too little left to be worth a child
+        run_with_deadline(math.hypot, (3.0, 4.0), 0.01)
+
+
+def test_cell_self_intersection_test_agrees_with_open3d_all_pairs() -> None:
+    import open3d as o3d
+
+    from deployments.meshing.checks import self_intersecting
+
+    sphere = trimesh.creation.icosphere(4)  # 5120 faces: the partitioned path
+    overlapping = trimesh.util.concatenate([sphere, sphere.copy().apply_translation([0.6, 0, 0])])
+    apart = trimesh.util.concatenate([sphere, sphere.copy().apply_translation([3.0, 0, 0])])
+    dented = sphere.copy()
+    vertices = dented.vertices.copy()
+    vertices[0] = -0.5 * vertices[0]  # one vertex pulled through the far side
+    dented = trimesh.Trimesh(vertices, sphere.faces, process=False)
+    for mesh in (sphere, overlapping, apart, dented, trimesh.creation.torus(1, 0.3)):
+        o3d_mesh = o3d.geometry.TriangleMesh(
+            o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float32).astype(float)),
+            o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
+        )
+        assert self_intersecting(mesh.vertices, mesh.faces) == o3d_mesh.is_self_intersecting()
+    assert self_intersecting(overlapping.vertices, overlapping.faces)
+
+
+def test_a_spent_convert_budget_degrades_and_says_so() -> None:
+    """With no time left, CoACD is not run (one hull), the turntable keeps 2 frames, and the
+    stats say what was degraded and why; the outputs are still complete and valid."""
+    scene = make_scene("L")
+    reconstructor = MeshReconstructor(ReconstructorConfig(grid=48, max_faces=3000))
+    shape = reconstructor.reconstruct(scene.image, scene.mask)
+    converter = MeshConverter(ConverterConfig(budget_s=0.001, preview_frames=12))
+    out = converter.convert(shape.mesh, "ply", sim={"size_m": 0.2})
+    budget = out.stats["budget"]
+    degraded = {entry["what"] for entry in budget["degraded"]}
+    assert {"collision", "preview_frames"} <= degraded, budget
+    assert out.stats["collision"]["parts"] == 1
+    assert out.stats["collision"]["method"] == "convex_hull"
+    gif = Image.open(io.BytesIO({f.name: f.data for f in out.files}["preview.gif"]))
+    assert gif.n_frames == 2
+    unbounded = MeshConverter(ConverterConfig(budget_s=None)).convert(
+        shape.mesh, "ply", sim={"size_m": 0.2}
+    )
+    assert unbounded.stats["budget"]["degraded"] == []
+    assert unbounded.stats["collision"]["parts"] >= 2  # the L is not one hull
+
+
+def test_a_spent_paint_budget_uses_the_face_atlas_and_a_smaller_texture() -> None:
+    scene = make_scene("disk")
+    reconstructor = MeshReconstructor(
+        ReconstructorConfig(grid=48, max_faces=3000, paint_budget_s=0.001)
+    )
+    shape = reconstructor.reconstruct(scene.image, scene.mask)
+    painted = reconstructor.paint(shape.mesh, scene.image, scene.mask)
+    degraded = {entry["what"]: entry for entry in painted.stats["budget"]["degraded"]}
+    assert degraded["uv_atlas"]["fallback"] == "face_atlas"
+    assert degraded["texture_px"]["texture_px"] == 256
+    assert painted.stats["texture_size"] == [256, 256]
+    glb = trimesh.load(io.BytesIO(painted.mesh), file_type="glb", force="mesh")
+    uv = glb.visual.uv
+    assert uv.min() >= 0 and uv.max() <= 1
+    # The photo still lands on the surface: the texture is the scene's orange object.
+    texture = np.asarray(glb.visual.material.baseColorTexture.convert("RGB"), dtype=float)
+    red, _green, blue = texture.mean(axis=(0, 1))
+    assert red > 2 * blue
+
+
+def test_a_costly_grid_is_coarsened_within_the_reconstruct_budget() -> None:
+    scene = make_scene("disk")
+    config = ReconstructorConfig(grid=256, max_faces=3000, reconstruct_budget_s=0.05)
+    shape = MeshReconstructor(config).reconstruct(scene.image, scene.mask)
+    (entry,) = shape.stats["budget"]["degraded"]
+    assert entry["what"] == "grid" and entry["grid"] < 256 == entry["requested"]
+    assert shape.stats["grid"] == entry["grid"] and shape.stats["watertight"]
