@@ -75,6 +75,17 @@ def run_raw(name: str) -> dict[str, Any]:
     image, mask = scene(name)
     reconstructor = MeshReconstructor(ReconstructorConfig())
     converter = MeshConverter(ConverterConfig())
+    # Imports a warm replica has done already (open3d alone is seconds): not a stage's cost.
+    import coacd  # noqa: F401
+    import open3d  # noqa: F401
+    import xatlas  # noqa: F401
+
+    import deployments.meshing.inflate
+    import deployments.meshing.paint
+    import deployments.meshing.preview
+    import deployments.meshing.sim  # noqa: F401
+
+    time.sleep(3)  # and, after, the forkserver the budgets use has started
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     reconstructed = reconstructor.reconstruct(image, mask)
