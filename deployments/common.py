@@ -66,11 +66,12 @@ def set_torch_threads(num_cpus: float | None = None) -> int:
     from here follow; and, where torch still allows it (before its first parallel work), the
     inter-op pool. Returns the thread count in force.
     """
+    global _replica_threads
     if num_cpus is None:
         num_cpus = replica_num_cpus()
     if num_cpus is None:
         return torch_threads()
-    threads = max(1, int(num_cpus))
+    threads = _replica_threads = max(1, int(num_cpus))
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(threads)
     # Set explicitly even where torch is not imported yet: an OpenMP runtime already loaded in
@@ -85,6 +86,20 @@ def set_torch_threads(num_cpus: float | None = None) -> int:
         pass
     logger.info("torch threads: %d (replica num_cpus %s)", threads, num_cpus)
     return threads
+
+
+# What set_torch_threads settled on in this process (None: never called, or outside Ray).
+_replica_threads: int | None = None
+
+
+def keep_torch_threads() -> None:
+    """Put the replica's thread count back after a library changed it: ultralytics'
+    ``select_device`` (every predictor setup) sets ``min(8, cpu_count - 1)`` threads, one on a
+    2-core machine whatever the replica was given."""
+    if _replica_threads is not None:
+        import torch
+
+        torch.set_num_threads(_replica_threads)
 
 
 def torch_threads() -> int:

@@ -18,6 +18,7 @@ from ray import serve
 
 from deployments import telemetry
 from deployments.common import (
+    keep_torch_threads,
     pick_device,
     placement,
     resolve_checkpoint,
@@ -132,6 +133,7 @@ class YoloDetector:
             verbose=False,
         )
         self.predictor = self.model.predictor
+        keep_torch_threads()  # the predictor's select_device set its own count
 
     def info(self) -> dict[str, Any]:
         return {

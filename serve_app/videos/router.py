@@ -37,7 +37,7 @@ router = APIRouter(prefix="/v1/videos", tags=["videos"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 429)}
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:
     return current_principal(request)
 
 

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import trimesh
 from ray import serve
 
@@ -156,11 +155,6 @@ def test_deployment_at_zero_replicas_answers_the_first_request(
         serve.delete("zero")
 
 
-@pytest.mark.xfail(
-    reason="inside a Serve replica set_torch_threads still leaves 1 thread for num_cpus=2 "
-    "(replica_num_cpus finds no CPU assignment there?): open, see the issue 12 report",
-    strict=False,
-)
 def test_replicas_compute_on_the_cpus_they_were_given(
     live_app: LiveApp, test_settings: dict
 ) -> None:
