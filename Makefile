@@ -49,8 +49,6 @@ help:
 	@echo "make stop    shut the local app and Ray head down"
 	@echo "make bench   run every benchmark; one table of ratios in bench/RESULTS.md"
 
-install: $(STAMP) $(STUDIO_STAMP)
-
 # Studio's 3D library (GET /studio): three.js from the npm registry, the pinned tarball checked
 # against its SHA-256, unpacked into a git-ignored folder the app serves (the files the page
 # loads, and the licence). cluster/Dockerfile does the same. Nothing is fetched at run time.
@@ -68,6 +66,9 @@ $(STUDIO_STAMP):
 	echo "$(THREE_SHA256)  $(STUDIO_VENDOR)/three.tgz" | sha256sum -c --quiet
 	tar -xzf $(STUDIO_VENDOR)/three.tgz -C $(STUDIO_VENDOR) --strip-components=1 $(THREE_FILES)
 	rm $(STUDIO_VENDOR)/three.tgz && touch $(STUDIO_STAMP)
+
+# After the stamps it names: make expands a rule's prerequisites when it reads the rule.
+install: $(STAMP) $(STUDIO_STAMP)
 
 # Re-runs only when pyproject.toml changes. Order matters: torch/torchvision first (pinned,
 # from local disk where available), then the project, then sam2 without build isolation
