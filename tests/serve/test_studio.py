@@ -102,6 +102,7 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: print("studio console:", msg.type, msg.text))
     page.goto(f"{live_app.base_url}/studio")
     page.locator("body[data-ready='1']").wait_for(timeout=30_000)
     page.set_input_files("#photo-file", str(photo))
@@ -109,7 +110,8 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
 
     # 1. A box around the object → the overlay is exactly the API's chosen mask.
     ys, xs = np.nonzero(scene.mask)
-    with page.expect_response(lambda r: r.url.endswith("/v1/segment")) as answer:
+    # (timeout: the first call may wait for the Segmenter's cold start)
+    with page.expect_response(lambda r: r.url.endswith("/v1/segment"), timeout=300_000) as answer:
         drag(
             page,
             page.locator("#marks"),
@@ -129,8 +131,9 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     # Another candidate is one click away.
     other = (best + 1) % 3
     page.click(f"#candidates button[data-index='{other}']")
-    page.locator(f"#overlay[data-candidate='{other}']").wait_for(state="attached")
-    assert int(overlay.get_attribute("data-area")) == body["masks"][other]["area"]
+    switched = page.locator(f"#overlay[data-candidate='{other}']")
+    switched.wait_for(state="attached")
+    assert int(switched.get_attribute("data-area")) == body["masks"][other]["area"]
     page.click(f"#candidates button[data-index='{best}']")
 
     # The detector: the models come from GET /v1/models; a detection's box is a prompt.
