@@ -70,8 +70,8 @@ def run_bench(module: str, args: list[str]) -> dict[str, Any]:
 
 def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """(measure, value, target, how) per line of the table."""
-    pipeline, jobs, detector, video = (
-        results[k] for k in ("pipeline", "jobs_api", "detector", "video")
+    pipeline, jobs, detector, video, clicks = (
+        results[k] for k in ("pipeline", "jobs_api", "detector", "video", "segment_cache")
     )
     hop, cold = pipeline["handle_hop"], pipeline["cold_start"]
     return [
@@ -125,6 +125,26 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             (
                 f"{detector['images_per_s_batch_8']} vs "
                 f"{detector['images_per_s_batch_1']} img/s at 16 in flight"
+            ),
+        ),
+        (
+            "detection through HTTP ÷ raw batched predict",
+            f"{detector['detection_ratio']:.3f}",
+            "≥ 0.85 (CPU), ≥ 0.8 (GPU)",
+            (
+                f"/v1/detect {detector['http_images_per_s_batch_8']} img/s vs ultralytics "
+                f"{detector['raw_images_per_s_batch_8']} img/s (list of 8), same image, one run"
+            ),
+        ),
+        (
+            "repeat click by image_id ÷ first /v1/segment call (speed-up)",
+            f"{clicks['meshline']['speedup']:.1f}×",
+            "≥ 10× (CPU)",
+            (
+                f"first {clicks['meshline']['first_call_s_p50']} s, click "
+                f"{clicks['meshline']['repeat_click_s_p50']} s; raw SAM2 set_image+predict "
+                f"{clicks['raw']['set_image_predict_s_p50']} s vs predict alone "
+                f"{clicks['raw']['predict_only_s_p50']} s ({clicks['model']})"
             ),
         ),
         (
@@ -195,6 +215,7 @@ def main() -> None:
             "jobs_api", ["--clients", "50", "--requests", "4" if args.quick else "10"]
         ),
         "detector": run_bench("detector", ["--images", "32" if args.quick else "64"]),
+        "segment_cache": run_bench("segment_cache", ["--quick"] if args.quick else []),
         "video": run_bench(
             "video",
             [
