@@ -6,6 +6,7 @@ go to out/studio/."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_studio_serves_its_files_and_nothing_else(live_app: LiveApp) -> None:
             assert http.get(path).status_code == 404, path
 
 
-def test_studio_photo_to_mask_and_detector(
+def test_studio_photo_to_mask_to_3d_and_back_from_history(
     live_app: LiveApp, client: httpx.Client, browser, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from pycocotools import mask as coco_mask
@@ -140,7 +141,84 @@ def test_studio_photo_to_mask_and_detector(
     page.click("#detect")
     page.locator("#detections li").first.wait_for(timeout=120_000)
     shot(page, "photo")
+
+    # 2. The job from the chosen mask, followed live to the end.
+    page.uncheck("input[name='format'][value='obj']")
+    page.fill("#size-m", "0.3")
+    page.uncheck("input[name='format'][value='stl']")
+    page.fill("#max-parts", "4")  # a few convex parts: quicker on a shared CPU
+    page.click("#submit-job")
+    job = page.locator("#job[data-status='succeeded']")
+    try:
+        job.wait_for(timeout=600_000)
+    except Exception:
+        print("studio job:", page.locator("#job").inner_text())
+        raise
+    job_id = page.locator("#job-id").inner_text()
+    stored = client.get(f"/v1/jobs/{job_id}").json()
+    assert [s["name"] for s in stored["stages"]] == ["reconstruct", "paint", "convert"]
+    assert stored["inputs"].get("mask") and stored["options"]["sim"]["size_m"] == 0.3
+    statuses = page.locator("#stages tbody tr[data-stage]").evaluate_all(
+        "rows => rows.map(r => r.dataset.status)"
+    )
+    assert statuses == ["succeeded"] * 3
+
+    # The 3D viewer: the model is drawn, dragging orbits it, the collision toggle shows parts.
+    page.locator("#viewer[data-loaded='1']").wait_for(timeout=60_000)
+    canvas = page.locator("#viewer canvas")
+    page.wait_for_timeout(300)
+    before = canvas_pixels(canvas)
+    drawn = np.abs(before - VIEWER_BACKGROUND).sum(axis=2) > 30
+    assert drawn.mean() > 0.02, drawn.mean()  # the object covers part of the view
+    box = canvas.bounding_box()
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*centre)
+    page.mouse.down()
+    page.mouse.move(centre[0] + 120, centre[1] + 30, steps=6)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    turned = canvas_pixels(canvas)
+    assert np.abs(turned - before).sum(axis=2).astype(bool).mean() > 0.01
+    page.check("#show-collision")
+    page.wait_for_timeout(300)
+    with_parts = canvas_pixels(canvas)
+    assert np.abs(with_parts - turned).sum(axis=2).astype(bool).mean() > 0.01
+    page.uncheck("#show-collision")
+    page.wait_for_timeout(300)
+    restored = canvas_pixels(canvas)  # hiding them restores the view
+    assert np.abs(restored - turned).sum(axis=2).astype(bool).mean() < 0.001
+    page.check("#show-collision")
+    assert page.locator("#preview-img").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#physics tbody tr[data-key]").count() > 3
+    page.locator("#result").scroll_into_view_if_needed()
+    shot(page, "result")
+
+    # Every artifact link answers 200, and a click downloads the file.
+    links = page.locator("#downloads a").evaluate_all(
+        "links => links.map(a => [a.dataset.name, a.getAttribute('href')])"
+    )
+    names = {name for name, _ in links}
+    assert {a["name"] for a in stored["artifacts"]} == names
+    assert {"visual.glb", "collision_parts.glb", "object.json", "preview.gif"} <= names
+    with httpx.Client(timeout=60) as http:
+        for name, href in links:
+            url = href if href.startswith("http") else live_app.base_url + href
+            assert http.get(url).status_code == 200, name
+    with page.expect_download() as saved:
+        page.click("#downloads a[data-name='object.json']")
+    assert json.loads(Path(saved.value.path()).read_text())
+
+    # 4. History: the job is listed and reopens with its result.
+    page.click("#tab-history")
+    row = page.locator(f"#history tr[data-job-id='{job_id}']")
+    row.wait_for(timeout=30_000)
+    shot(page, "history")
+    row.locator("button").click()
+    page.locator("#job[data-status='succeeded']").wait_for(timeout=30_000)
+    page.locator("#viewer[data-loaded='1']").wait_for(timeout=60_000)
+    assert page.locator("#job-id").inner_text() == job_id
     assert not errors, errors
+    page.close()
 
 
 def test_studio_video_prompt_propagate_scrub(live_app: LiveApp, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
