@@ -31,7 +31,9 @@ class DecodedImage:
         return int(self.array.shape[0])
 
 
-def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+def open_header(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """The image opened from its header and checked (empty, unknown format, too many pixels),
+    its pixels not decoded yet: what the ingress checks before a replica decodes the file."""
     if not data:
         raise ApiError(400, f"{what} is empty", param=what)
     try:
@@ -61,6 +63,11 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
             "payload_too_large",
             what,
         )
+    return image
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    image = open_header(data, what, max_pixels)
     try:
         image.load()  # the header can lie: decoding the pixels is the real check
     except (OSError, SyntaxError, ValueError) as exc:

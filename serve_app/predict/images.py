@@ -10,19 +10,14 @@ once every ``PRUNE_EVERY_S`` per ingress replica; a pruned id answers 404 until 
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from deployments.protocol import ImageSource
-from serve_app.http.errors import ApiError
-from serve_app.imaging import ACCEPTED_FORMATS
+from serve_app.imaging import open_header
 from serve_app.storage.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 
 IMAGES_POOL = "0" * 32
@@ -42,35 +37,8 @@ def read_header(data: bytes, max_pixels: int, what: str = "image") -> ImageHeade
     """Size and format from the header only (no pixel decode: the Segmenter decodes, and checks
     the pixels again). Same answers as ``imaging.decode_image`` for empty, unknown, oversized
     files; a corrupt body behind a good header is the Segmenter's 422."""
-    if not data:
-        raise ApiError(400, f"{what} is empty", param=what)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, f"{what} has too many pixels", "payload_too_large", what) from None
-    except Exception:  # noqa: BLE001 — whatever a plugin's opener raises on junk
-        raise ApiError(
-            415,
-            f"{what} is not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})",
-            "unsupported_media_type",
-            what,
-        ) from None
-    if image.format not in ACCEPTED_FORMATS:
-        raise ApiError(
-            415, f"{what} format {image.format} is not accepted", "unsupported_media_type", what
-        )
-    if width < 1 or height < 1:
-        raise ApiError(422, f"{what} has no pixels", param=what)
-    if width * height > max_pixels:
-        raise ApiError(
-            413,
-            f"{what} is {width}x{height}; the limit is {max_pixels} pixels",
-            "payload_too_large",
-            what,
-        )
+    image = open_header(data, what, max_pixels)
+    width, height = image.size
     try:  # a PNG's eXIf chunk may sit behind the pixels: unreadable here is "as stored"
         orientation = image.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 — the Segmenter re-checks the prompt on the decoded image
