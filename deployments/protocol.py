@@ -291,6 +291,7 @@ class PaintRequest:
     mask: np.ndarray  # HxW, nonzero = object
     mesh_format: str = "ply"  # of ``mesh``
     prefix: str = ""  # names the OBJ/MTL/PNG files (``obj2_textured.obj``)
+    texture_px: int | None = None  # the baked texture's edge; None: the config's texture_px
 
     def kwargs(self) -> dict[str, Any]:
         return call_kwargs(self)

@@ -99,6 +99,7 @@ class MeshReconstructor:
         mask: np.ndarray,
         mesh_format: str = "ply",
         prefix: str = "",
+        texture_px: int | None = None,
     ) -> PaintResult:
         """``mesh`` (textured GLB bytes), ``files`` (``{prefix}textured.obj`` with its MTL and
         PNG, whose names the OBJ and MTL reference) and ``stats`` (``PaintRequest``'s fields)."""
@@ -114,7 +115,7 @@ class MeshReconstructor:
         shape = load_mesh(mesh, mesh_format, max_faces=self.config.max_mesh_faces)
         painted = self.external.paint(shape, image, obj.mask) if self.external is not None else None
         if painted is None:  # the built-in projection paint (also for backends without a painter)
-            painted = paint(shape, image, obj, self.config.texture_px, budget)
+            painted = paint(shape, image, obj, texture_px or self.config.texture_px, budget)
         texture = getattr(painted.visual.material, "baseColorTexture", None) or getattr(
             painted.visual.material, "image", None
         )
@@ -184,8 +185,9 @@ class ReconstructorDeployment:
         mask: np.ndarray,
         mesh_format: str = "ply",
         prefix: str = "",
+        texture_px: int | None = None,
     ) -> PaintResult:
-        args = (mesh, image, mask, mesh_format, prefix)
+        args = (mesh, image, mask, mesh_format, prefix, texture_px)
         if self._workers is None or self._backend.external is not None:
             return await asyncio.to_thread(self._backend.paint, *args)
         return await self._workers.run(_paint_in_child, self._backend.config, *args)

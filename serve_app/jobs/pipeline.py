@@ -276,7 +276,9 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
     for done, prefix in enumerate(objects, start=1):
         mesh, fmt = await ctx.mesh(prefix)
         image, mask = await ctx.image(), await ctx.mask(prefix)
-        request = PaintRequest(mesh, image, mask, mesh_format=fmt, prefix=prefix)
+        request = PaintRequest(
+            mesh, image, mask, mesh_format=fmt, prefix=prefix, texture_px=ctx.options.texture_size
+        )
         result = await replica_call(ctx.handles.reconstructor_client.paint(request))
         await asyncio.gather(
             ctx.write("paint", f"{prefix}textured.glb", result.mesh, "model/gltf-binary"),

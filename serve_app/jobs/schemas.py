@@ -20,6 +20,8 @@ from serve_app.videos.schemas import PropagateOptions
 MeshFormat = Literal["obj", "stl", "glb", "ply", "usd", "usdz"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+# The Reconstructor's texture_px bounds (deployments/configs.py): what one job may ask for.
+MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE = 64, 4096
 
 
 class SimOptionsIn(Strict):
@@ -140,6 +142,14 @@ class JobOptions(Strict):
     )
     collision: bool = Field(True, description="Write a convex collision mesh.")
     preview: bool = Field(True, description="Render a turntable GIF and a PNG thumbnail.")
+    texture_size: int | None = Field(
+        None,
+        ge=MIN_TEXTURE_SIZE,
+        le=MAX_TEXTURE_SIZE,
+        description=f"Edge in pixels of the baked texture (paint), a power of two from "
+        f"{MIN_TEXTURE_SIZE} to {MAX_TEXTURE_SIZE}; default: the server's texture_px. The paint "
+        "budget may still shrink it (stage detail: texture_size, budget).",
+    )
     sim: SimOptionsIn | None = Field(
         default_factory=SimOptionsIn,
         description="Metres, axes, origin, physics sidecar, convex parts, URDF + MJCF; "
@@ -190,6 +200,16 @@ class JobOptions(Strict):
         if ordered != list(stages):
             raise ValueError(f"stages must follow the pipeline order {list(STAGE_ORDER)}")
         return stages
+
+    @field_validator("texture_size")
+    @classmethod
+    def _power_of_two(cls, size: int | None) -> int | None:
+        if size is not None and size & (size - 1):
+            raise ValueError(
+                f"texture_size must be a power of two from {MIN_TEXTURE_SIZE} to "
+                f"{MAX_TEXTURE_SIZE} (got {size})"
+            )
+        return size
 
     @field_validator("formats")
     @classmethod
