@@ -11,12 +11,19 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 
 from serve_app.auth import current_principal
 from serve_app.http.errors import ApiError
 from serve_app.http.inputs import openapi_body, read_inputs
 from serve_app.http.streams import EventStream, keep_alive_due
+from serve_app.jobs.archive import archive_name, zip_artifacts
 from serve_app.jobs.schemas import JobAccepted, JobList, JobOptions, JobPublic
 from serve_app.jobs.service import Replayed, cancel, create_job, job_for
 from serve_app.jobs.store import TERMINAL, JobRecord
@@ -143,6 +150,31 @@ async def _event_stream(services: Services, job_id: str) -> AsyncIterator[str]:
 
 def _job_json(job: JobRecord, files: ArtifactStore) -> str:
     return job_public(job, files).model_dump_json()
+
+
+@router.get(
+    "/{job_id}/artifacts.zip",
+    responses={**ERRORS, 200: {"content": {"application/zip": {}}}},
+    summary="Every artifact of an ended job in one zip (streamed)",
+)
+async def get_artifacts_zip(job_id: str, request: Request, services: ServicesDep) -> Response:
+    """Members are the artifacts' names, as listed in the job's `artifacts`. Only an ended job
+    (succeeded, failed or cancelled: what its stages wrote) has one; a queued or running job is
+    a 409, since its list still grows: download single artifacts meanwhile."""
+    job = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
+    if job.status not in TERMINAL:
+        raise ApiError(
+            409,
+            f"job {job.id} is {job.status}: its zip exists once it has ended",
+            "conflict",
+            "job_id",
+        )
+    # A sync iterator: Starlette runs each step (store reads, deflate) in a thread.
+    return StreamingResponse(
+        zip_artifacts(services.artifacts, job.id, job.artifacts),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{archive_name(job.id)}"'},
+    )
 
 
 @router.get(

@@ -7,7 +7,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlparse
 
 from serve_app.http.errors import ApiError
@@ -35,6 +35,11 @@ class ArtifactStore(Protocol):
         self, job_id: str, name: str, data: bytes, media_type: str = "application/octet-stream"
     ) -> int: ...
     def get(self, job_id: str, name: str) -> bytes: ...
+    def reader(self, job_id: str, name: str) -> BinaryIO:
+        """The artifact as a stream to ``read(n)`` in chunks (the caller closes it): what a zip
+        of a job's artifacts reads, so that no whole file is held in memory."""
+        ...
+
     def exists(self, job_id: str, name: str) -> bool: ...
     def delete_job(self, job_id: str) -> None: ...
     def download_url(self, job_id: str, name: str) -> str | None:
@@ -86,6 +91,12 @@ class LocalArtifactStore:
         if not path.is_file():
             raise ApiError(404, f"artifact {name!r} not found", "not_found", "name")
         return path.read_bytes()
+
+    def reader(self, job_id: str, name: str) -> BinaryIO:
+        try:
+            return self.path(job_id, name).open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise ApiError(404, f"artifact {name!r} not found", "not_found", "name") from None
 
     def exists(self, job_id: str, name: str) -> bool:
         return self.path(job_id, name).is_file()
@@ -139,6 +150,13 @@ class S3ArtifactStore:
         except self.client.exceptions.NoSuchKey:
             raise ApiError(404, f"artifact {name!r} not found", "not_found", "name") from None
         return response["Body"].read()
+
+    def reader(self, job_id: str, name: str) -> BinaryIO:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key(job_id, name))
+        except self.client.exceptions.NoSuchKey:
+            raise ApiError(404, f"artifact {name!r} not found", "not_found", "name") from None
+        return response["Body"]  # type: ignore[no-any-return]  # botocore's StreamingBody
 
     def exists(self, job_id: str, name: str) -> bool:
         from botocore.exceptions import ClientError
