@@ -24,12 +24,13 @@ from serve_app.videos.schemas import (
     FrameMasksRange,
     PropagateOptions,
     VideoFromUrls,
+    VideoList,
     VideoPromptIn,
     VideoPromptResult,
     VideoPublic,
     VideoUploadOptions,
 )
-from serve_app.videos.service import MAX_MASK_RANGE, VIDEO_ID
+from serve_app.videos.service import MAX_MASK_RANGE, MAX_VIDEO_LIST, VIDEO_ID
 from serve_app.videos.store import VideoRecord
 from serve_app.videos.uploads import read_video
 
@@ -73,6 +74,20 @@ async def create_video(
     video_id = await service.create_video(services, decoded, principal.owner)
     record = await asyncio.to_thread(service.video_or_404, services, video_id, principal)
     return await asyncio.to_thread(service.video_public, services, record)
+
+
+@router.get(
+    "",
+    response_model=VideoList,
+    responses=ERRORS,
+    summary="Recent videos, newest first (a scoped key: its own)",
+)
+async def list_videos(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_VIDEO_LIST)] = 50,
+) -> VideoList:
+    return await asyncio.to_thread(service.list_videos, services, principal, limit)
 
 
 @router.get(

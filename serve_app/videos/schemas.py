@@ -83,6 +83,10 @@ class VideoPublic(BaseModel):
     frames_with_masks: int = 0
 
 
+class VideoList(BaseModel):
+    videos: list[VideoPublic]
+
+
 class VideoPromptIn(Prompt):
     """Body of POST /v1/videos/{id}/prompts: a prompt (same checks as images) on one frame."""
 

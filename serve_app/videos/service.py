@@ -38,6 +38,7 @@ from serve_app.videos.schemas import (
     FrameMasks,
     FrameMasksRange,
     PropagateOptions,
+    VideoList,
     VideoPromptIn,
     VideoPromptResult,
     VideoPublic,
@@ -46,6 +47,7 @@ from serve_app.videos.store import VideoRecord, VideoStore
 
 VIDEO_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_MASK_RANGE = 64  # frames per ranged masks request
+MAX_VIDEO_LIST = 500  # videos per GET /v1/videos (as GET /v1/jobs' limit)
 
 
 def video_store(services: Services) -> VideoStore:
@@ -81,6 +83,11 @@ def video_public(services: Services, record: VideoRecord) -> VideoPublic:
     """Blocking: run it in a thread."""
     store = video_store(services)
     prompts = store.prompts(record.id)
+    objects = sorted({p["obj_id"] for p in prompts})
+    return _public(record, objects, len(prompts), store.mask_count(record.id))
+
+
+def _public(record: VideoRecord, objects: list[int], prompts: int, masks: int) -> VideoPublic:
     return VideoPublic(
         video_id=record.id,
         frames=record.frames,
@@ -90,10 +97,19 @@ def video_public(services: Services, record: VideoRecord) -> VideoPublic:
         source=record.source,
         created_at=record.created_at,
         last_used_at=record.last_used_at,
-        objects=sorted({p["obj_id"] for p in prompts}),
-        prompts=len(prompts),
-        frames_with_masks=store.mask_count(record.id),
+        objects=objects,
+        prompts=prompts,
+        frames_with_masks=masks,
     )
+
+
+def list_videos(services: Services, principal: Principal, limit: int) -> VideoList:
+    """The caller's videos, newest first (an admin key, or open access: everyone's), at most
+    ``limit``. Blocking: run it in a thread."""
+    store = video_store(services)
+    records = store.list(limit, principal.owner, principal.sees_everything)
+    summaries = store.summaries([r.id for r in records])
+    return VideoList(videos=[_public(r, *summaries[r.id]) for r in records])
 
 
 async def create_video(services: Services, decoded: DecodedVideo, owner: str | None) -> str:

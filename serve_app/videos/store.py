@@ -144,6 +144,48 @@ class VideoStore:
             }
         )
 
+    def list(self, limit: int, owner: str | None, any_owner: bool) -> list[VideoRecord]:
+        """Newest first; ``any_owner=False`` keeps only ``owner``'s videos (as jobs' list)."""
+        query = select(videos).order_by(videos.c.created_at.desc(), videos.c.id).limit(limit)
+        if not any_owner:
+            owned = videos.c.owner.is_(None) if owner is None else videos.c.owner == owner
+            query = query.where(owned)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            VideoRecord(
+                **{
+                    **row,
+                    "created_at": _aware(row["created_at"]),
+                    "last_used_at": _aware(row["last_used_at"]),
+                }
+            )
+            for row in rows
+        ]
+
+    def summaries(self, video_ids: list[str]) -> dict[str, tuple[list[int], int, int]]:
+        """Per video: (prompted object ids, prompt count, frames with masks), in two grouped
+        queries for the whole page (not two per video)."""
+        found: dict[str, tuple[list[int], int, int]] = {v: ([], 0, 0) for v in video_ids}
+        if not video_ids:
+            return found
+        with self.engine.connect() as conn:
+            for video_id, obj_id, count in conn.execute(
+                select(video_prompts.c.video_id, video_prompts.c.obj_id, func.count())
+                .where(video_prompts.c.video_id.in_(video_ids))
+                .group_by(video_prompts.c.video_id, video_prompts.c.obj_id)
+            ):
+                objects, prompts, masks = found[video_id]
+                found[video_id] = (sorted([*objects, int(obj_id)]), prompts + int(count), masks)
+            for video_id, count in conn.execute(
+                select(video_masks.c.video_id, func.count())
+                .where(video_masks.c.video_id.in_(video_ids))
+                .group_by(video_masks.c.video_id)
+            ):
+                objects, prompts, _ = found[video_id]
+                found[video_id] = (objects, prompts, int(count))
+        return found
+
     def touch(self, video_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
