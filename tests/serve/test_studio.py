@@ -1,12 +1,13 @@
 """meshline Studio (/studio) in a real headless Chromium (Debian's, through playwright), against
-the live app: photo → mask → job → 3D viewer (WebGL through SwiftShader) → downloads; video
-prompts → propagation → masks on a later frame; history; keyed mode. Screenshots of each view
-go to out/studio/."""
+the live app: photo → mask → job → 3D viewer (WebGL through SwiftShader) → downloads and the
+zip; video prompts → propagation → masks on a later frame; history of jobs and videos; keyed
+mode. Screenshots of each view go to out/studio/."""
 
 from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     page.fill("#size-m", "0.3")
     page.uncheck("input[name='format'][value='stl']")
     page.fill("#max-parts", "4")  # a few convex parts: quicker on a shared CPU
+    page.select_option("#texture-size", "256")  # the default is the server's 1024
     page.click("#submit-job")
     job = page.locator("#job[data-status='succeeded']")
     try:
@@ -158,6 +160,9 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     stored = client.get(f"/v1/jobs/{job_id}").json()
     assert [s["name"] for s in stored["stages"]] == ["reconstruct", "paint", "convert"]
     assert stored["inputs"].get("mask") and stored["options"]["sim"]["size_m"] == 0.3
+    assert stored["options"]["texture_size"] == 256
+    paint = next(s for s in stored["stages"] if s["name"] == "paint")
+    assert paint["detail"]["texture_size"] == [256, 256]
     statuses = page.locator("#stages tbody tr[data-stage]").evaluate_all(
         "rows => rows.map(r => r.dataset.status)"
     )
@@ -207,6 +212,17 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     with page.expect_download() as saved:
         page.click("#downloads a[data-name='object.json']")
     assert json.loads(Path(saved.value.path()).read_text())
+    # "Download all": the zip answers 200 and holds every listed artifact.
+    zip_href = page.locator("#download-zip").get_attribute("href")
+    assert zip_href == f"/v1/jobs/{job_id}/artifacts.zip"
+    with httpx.Client(timeout=60) as http:
+        response = http.get(live_app.base_url + zip_href)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    assert sorted(zipfile.ZipFile(io.BytesIO(response.content)).namelist()) == sorted(names)
+    with page.expect_download() as saved:
+        page.click("#download-zip")
+    assert saved.value.suggested_filename == f"meshline-{job_id}.zip"
+    assert zipfile.ZipFile(saved.value.path()).testzip() is None
 
     # 4. History: the job is listed and reopens with its result.
     page.click("#tab-history")
@@ -262,6 +278,30 @@ def test_studio_video_prompt_propagate_scrub(live_app: LiveApp, browser, tmp_pat
             href = page.locator(link).get_attribute("href")
             response = http.get(live_app.base_url + href)
             assert response.status_code == 200, link
+    assert not errors, errors
+    page.close()
+
+    # History, in a new tab (nothing kept in its session): the video is listed from the API
+    # and reopens in the video view with its propagated masks.
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_app.base_url}/studio")
+    page.locator("body[data-ready='1']").wait_for(timeout=30_000)
+    page.click("#tab-history")
+    row = page.locator(f"#video-history tr[data-video-id='{video_id}']")
+    row.wait_for(timeout=30_000)
+    assert "8" in row.inner_text()  # its frame count
+    shot(page, "history_videos")
+    row.locator("button").click()
+    assert page.locator("#view-video").is_visible()
+    page.locator(f"body[data-video='{video_id}']").wait_for(state="attached", timeout=30_000)
+    page.locator("#video-overlay[data-frame='0']").wait_for(state="attached", timeout=30_000)
+    page.focus("#scrub")
+    page.keyboard.press("End")
+    reopened = page.locator("#video-overlay[data-frame='7'][data-objects='1']")
+    reopened.wait_for(state="attached", timeout=30_000)
+    bits = np.frombuffer(reopened.evaluate(OVERLAY_BITS).encode(), np.uint8) == ord("1")
+    assert np.array_equal(bits.reshape(120, 160), expected.astype(bool))
     assert not errors, errors
     page.close()
 

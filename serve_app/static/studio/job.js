@@ -1,6 +1,7 @@
 // Make the 3D asset: the job's options, POST /v1/jobs (the chosen mask as the job's `mask`, or
 // the prompt), live per-stage progress from the job's SSE stream, cancel; when it ends, the
-// result view: 3D viewer, turntable preview, physics sidecar, every artifact to download.
+// result view: 3D viewer, turntable preview, physics sidecar, every artifact to download (one
+// by one, or all in one zip).
 import { ApiError, api, base, blob, download, el, followJob } from "./api.js";
 import { createViewer } from "./viewer.js";
 
@@ -27,6 +28,7 @@ export function initJob({ say }) {
         max_parts: Number($("max-parts").value),
       },
     };
+    if ($("texture-size").value) body.texture_size = Number($("texture-size").value);
     if (!withMask && prompt) body.prompt = prompt;
     return body;
   }
@@ -115,6 +117,9 @@ export function initJob({ say }) {
   async function showResult(job) {
     const artifacts = job.artifacts;
     $("result").hidden = false;
+    const zip = $("download-zip"), zipUrl = `/v1/jobs/${job.job_id}/artifacts.zip`;
+    zip.href = base + zipUrl;
+    zip.onclick = e => { e.preventDefault(); download(zipUrl, `meshline-${job.job_id}.zip`).catch(err => say("download failed: " + (err.hint || err.message))); };
     $("downloads").replaceChildren(...artifacts.map(a => el("li", {},
       el("a", { href: href(a.url), "data-name": a.name, download: a.name, onclick: e => { e.preventDefault(); download(a.url, a.name).catch(err => say("download failed: " + (err.hint || err.message))); } }, a.name),
       el("span", { class: "muted" }, ` ${(a.bytes / 1024).toFixed(1)} KB`))));

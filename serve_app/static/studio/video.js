@@ -3,10 +3,6 @@
 // object's mask in its own colour, export (COCO JSON, PNG zip).
 import { ApiError, COLOURS, api, base, blob, decodeRle, download, followJob, paintMask, postJson } from "./api.js";
 
-const RECENT = "meshline-videos";
-
-export function recentVideos() { return JSON.parse(sessionStorage.getItem(RECENT) || "[]"); }
-
 export function initVideo({ say }) {
   const $ = id => document.getElementById(id);
   const frame = $("video-frame"), overlay = $("video-overlay"), scrub = $("scrub");
@@ -22,7 +18,6 @@ export function initVideo({ say }) {
     status(`uploading and decoding ${file.name}…`);
     try {
       const meta = await api("/v1/videos", { method: "POST", body: form });
-      sessionStorage.setItem(RECENT, JSON.stringify([meta, ...recentVideos().filter(v => v.video_id !== meta.video_id)].slice(0, 20)));
       open(meta);
     } catch (err) { status("upload failed: " + (err.hint || err.message)); }
   });
