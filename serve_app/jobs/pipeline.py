@@ -22,9 +22,10 @@ from deployments.protocol import (
     FrameMasks,
     PaintRequest,
     ReconstructRequest,
-    SegmentRequest,
+    SegmentImageRequest,
     VideoPrompt,
     VideoPropagateRequest,
+    image_id_of,
 )
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError
@@ -32,6 +33,7 @@ from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGE_ORDER, STAGES
 from serve_app.jobs.store import JobRecord, JobStore
+from serve_app.predict.images import artifact_source
 from serve_app.storage.artifacts import ArtifactStore
 from serve_app.videos.schemas import PropagateOptions
 
@@ -99,6 +101,8 @@ class StageContext:
         self.max_pixels = max_pixels
         self.options = JobOptions.model_validate(job.options)
         self._image: np.ndarray | None = None
+        self._image_id: str | None = None
+        self._image_bytes: bytes | None = None
 
     async def write(self, stage: str, name: str, data: bytes, media_type: str) -> None:
         """Store an output (file first, then its record) off the event loop."""
@@ -131,6 +135,18 @@ class StageContext:
 
     async def read(self, name: str) -> bytes:
         return await asyncio.to_thread(self.files.get, self.job.id, name)
+
+    async def image_ref(self) -> tuple[str, bytes | None]:
+        """The input image's id (SHA-256 of the stored file) and its bytes until a Segmenter
+        call has carried them once (``image_sent``)."""
+        if self._image_id is None:
+            data = await self.read(self.job.inputs["image"])
+            self._image_id = image_id_of(data)
+            self._image_bytes = data
+        return self._image_id, self._image_bytes
+
+    def image_sent(self) -> None:
+        self._image_bytes = None
 
     async def image(self) -> np.ndarray:
         if self._image is None:
@@ -182,14 +198,21 @@ async def _detections(ctx: StageContext) -> DetectResult:
 
 async def _segment_one(
     ctx: StageContext,
-    image: np.ndarray,
     prefix: str,
     points: list[list[float]] | None = None,
     labels: list[int] | None = None,
     box: list[float] | None = None,
 ) -> dict[str, Any]:
-    request = SegmentRequest(image, points=points, labels=labels, box=box, multimask=False)
-    result = await replica_call(ctx.handles.segmenter_client.segment(request))
+    """One mask through ``segment_image``: the job's encoded file goes once (the Segmenter
+    decodes it and caches the embedding); later objects of the same image send only its id and
+    reach the replica holding the embedding, or one that reads the file from the store."""
+    image_id, data = await ctx.image_ref()
+    source = artifact_source(ctx.files, ctx.job.id, ctx.job.inputs["image"])
+    request = SegmentImageRequest(
+        image_id, data=data, source=source, points=points, labels=labels, box=box
+    )
+    result = await replica_call(ctx.handles.segmenter_client.segment_image(request))
+    ctx.image_sent()
     mask = np.asarray(result.masks[0], dtype=bool)
     if not mask.any():
         raise ApiError(
@@ -209,6 +232,7 @@ async def _segment_one(
         "area": int(mask.sum()),
         "prompt": result.prompt.to_dict(),
         "model_seconds": result.seconds,
+        "embedding_cached": bool(result.cached),
     }
 
 
@@ -217,29 +241,28 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     ``detect.max_objects`` > 1 — one mask per detection, named ``obj<k>_mask.png``."""
     options = ctx.options
     prompt = options.prompt
-    image = await ctx.image()
     points = [list(p) for p in prompt.points] if prompt and prompt.points else None
     labels = list(prompt.labels) if prompt and prompt.labels else None
     box = list(prompt.box) if prompt and prompt.box else None
     detect = options.detect_options
     if detect is None or box is not None or points is not None:
-        return await _segment_one(ctx, image, "", points=points, labels=labels, box=box)
+        return await _segment_one(ctx, "", points=points, labels=labels, box=box)
     found = await _detections(ctx)
     if not found.boxes:
-        detail = await _segment_one(ctx, image, "")
+        detail = await _segment_one(ctx, "")
         return {
             **detail,
             "detections": 0,
             "prompt_from": "image centre (the detector found nothing)",
         }
     if detect.max_objects == 1:
-        detail = await _segment_one(ctx, image, "", box=found.boxes[0])  # highest score first
+        detail = await _segment_one(ctx, "", box=found.boxes[0])  # highest score first
         source = f"detector box ({found.class_names[0]}, {found.scores[0]:.3f})"
         return {**detail, "detections": len(found.boxes), "prompt_from": source}
     objects = []
     count = min(detect.max_objects, len(found.boxes))
     for index in range(count):
-        one = await _segment_one(ctx, image, object_prefix(index), box=found.boxes[index])
+        one = await _segment_one(ctx, object_prefix(index), box=found.boxes[index])
         objects.append(
             {
                 **one,

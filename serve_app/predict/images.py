@@ -54,10 +54,16 @@ def image_name(image_id: str) -> str:
 
 def image_source(files: ArtifactStore, image_id: str) -> ImageSource:
     """Tell the Segmenter where the image of ``image_id`` is stored (it reads it itself)."""
+    return artifact_source(files, IMAGES_POOL, image_name(image_id))
+
+
+def artifact_source(files: ArtifactStore, folder: str, name: str) -> ImageSource:
+    """Where a stored artifact (a job's input image, a pooled image) lies, for a replica that
+    reads it itself instead of receiving its bytes."""
     if isinstance(files, LocalArtifactStore):
-        return ImageSource("file", str(files.path(IMAGES_POOL, image_name(image_id))))
+        return ImageSource("file", str(files.path(folder, name)))
     if isinstance(files, S3ArtifactStore):
-        key = files.key(IMAGES_POOL, image_name(image_id))
+        key = files.key(folder, name)
         return ImageSource("s3", f"s3://{files.bucket}/{key}", files.client.meta.endpoint_url)
     raise TypeError(f"no image source for {type(files).__name__}")
 

@@ -254,6 +254,9 @@ def test_detect_segment_3d_per_object(client) -> None:  # type: ignore[no-untype
     objects = segment["detail"]["objects"]
     detections = json.loads(_download(client, job, "detections.json"))
     assert len(objects) == min(3, len(detections["boxes"])) == 3
+    # The image is encoded at most once (earlier tests may have sent the same scene): the later
+    # objects' masks come from its cached embedding.
+    assert [obj["embedding_cached"] for obj in objects[1:]] == [True, True]
     names = {a["name"] for a in job["artifacts"]}
     for k, obj in enumerate(objects):
         assert obj["prompt"]["box"] == [float(v) for v in detections["boxes"][k]]
