@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from deployments import logtail
 from deployments.common import (
     pick_device,
     placement,
@@ -427,6 +428,7 @@ class SegmenterDeployment:
     """
 
     async def __init__(self, config: SegmenterConfig) -> None:
+        logtail.install()  # this replica's log lines on the admin page
         set_torch_threads()  # torch threads = this replica's num_cpus
         # Built off the event loop so health checks keep answering during a slow load.
         from deployments.telemetry import observe_model_load
@@ -520,17 +522,22 @@ class SegmenterDeployment:
         await self._route(image_route(image_id))  # advertise it: later clicks come here
         model = self._model
         if self._encode_batched is None:
-            return await asyncio.to_thread(
+            result = await asyncio.to_thread(
                 model.segment_image, image_id, data, source, points, labels, box, multimask
             )
-        embedding = model.cache.get(image_id)
-        cached = embedding is not None
-        if embedding is None:  # concurrent first-time images share one encoder forward
-            image = await asyncio.to_thread(model.load_image, image_id, data, source)
-            embedding = await self._encode_batched((image_id, image))
-        return await asyncio.to_thread(
-            model.predict_on, image_id, embedding, cached, points, labels, box, multimask
-        )
+        else:
+            embedding = model.cache.get(image_id)
+            cached = embedding is not None
+            if embedding is None:  # concurrent first-time images share one encoder forward
+                image = await asyncio.to_thread(model.load_image, image_id, data, source)
+                embedding = await self._encode_batched((image_id, image))
+            result = await asyncio.to_thread(
+                model.predict_on, image_id, embedding, cached, points, labels, box, multimask
+            )
+        from deployments.telemetry import count_segment_embedding
+
+        count_segment_embedding(bool(result.cached), model.cache.nbytes)
+        return result
 
     async def _routed_session(self, video_id: str) -> VideoSession:
         routed = serve.get_multiplexed_model_id()

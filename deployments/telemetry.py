@@ -74,6 +74,16 @@ def _metrics() -> dict[str, Any]:
             description="Models evicted from a replica's LRU.",
             tag_keys=_replica_tags(),
         ),
+        "segment_embeddings": serve_metrics.Counter(
+            "meshline_segment_embeddings_total",
+            description="Segmenter image calls by embedding source: hit (cached), miss (encoded).",
+            tag_keys=_replica_tags("result"),
+        ),
+        "segment_cache_bytes": serve_metrics.Gauge(
+            "meshline_segment_cache_bytes",
+            description="Bytes of image embeddings held by a Segmenter replica.",
+            tag_keys=_replica_tags(),
+        ),
         "video_fps": serve_metrics.Gauge(
             "meshline_video_fps",
             description="Frames per second of the latest video propagation.",
@@ -119,3 +129,10 @@ def count_eviction(deployment: str, count: int = 1) -> None:
 def set_video_fps(fps: float, deployment: str = "Segmenter") -> None:
     """Frames per second of the latest propagation on this replica."""
     _metrics()["video_fps"].set(max(float(fps), 0.0), tags=_own(deployment))
+
+
+def count_segment_embedding(cached: bool, cache_bytes: int, deployment: str = "Segmenter") -> None:
+    """One ``segment_image`` call answered from a cached embedding (hit) or a fresh encode."""
+    m = _metrics()
+    m["segment_embeddings"].inc(1, tags=_own(deployment, result="hit" if cached else "miss"))
+    m["segment_cache_bytes"].set(max(int(cache_bytes), 0), tags=_own(deployment))

@@ -64,6 +64,7 @@ def test_ray_exports_meshline_metrics_from_the_replicas(
         "ray_meshline_model_evictions_total",
         "ray_meshline_model_load_seconds_bucket",
         "ray_meshline_stage_seconds_bucket",
+        "ray_meshline_segment_embeddings_total",
     )
     deadline = time.monotonic() + 90  # the agent exports every few seconds
     text = ""
@@ -79,6 +80,8 @@ def test_ray_exports_meshline_metrics_from_the_replicas(
     assert any(
         'deployment="Detector"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in evictions
     ), evictions
+    embeddings = [line for line in lines if line.startswith("ray_meshline_segment_embeddings")]
+    assert any('result="miss"' in line for line in embeddings), embeddings  # the job's segment
     stage = [line for line in lines if line.startswith("ray_meshline_stage_seconds_count")]
     assert any('stage="segment"' in line and 'deployment="Segmenter"' in line for line in stage), (
         stage

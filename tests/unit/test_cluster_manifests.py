@@ -326,6 +326,8 @@ RAY_SIDE = {  # deployments/telemetry.py, exported by Ray's metrics agent with t
     "meshline_model_loads_total": "counter",
     "meshline_model_evictions_total": "counter",
     "meshline_video_fps": "gauge",
+    "meshline_segment_embeddings_total": "counter",
+    "meshline_segment_cache_bytes": "gauge",
 }
 INGRESS = {"meshline_jobs", "meshline_job_queue_depth", "meshline_http_requests_total"}
 RAY_OWN = {
