@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from deployments import logtail
 from deployments.common import placement, set_torch_threads
 from deployments.configs import MODEL_AUTOSCALING, ConverterConfig
 from deployments.errors import InvalidInput
@@ -390,6 +391,7 @@ def _topology(mesh: Any) -> dict[str, Any]:
 )
 class ConverterDeployment:
     def __init__(self, config: ConverterConfig) -> None:
+        logtail.install()  # this replica's log lines on the admin page
         set_torch_threads()  # torch/OpenMP threads = this replica's num_cpus
         self._bound = config
         self._converter = MeshConverter(config)

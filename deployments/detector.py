@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments import telemetry
+from deployments import logtail, telemetry
 from deployments.common import (
     keep_torch_threads,
     pick_device,
@@ -331,6 +331,7 @@ class DetectorDeployment:
     replica keeps at most ``max_models`` loaded (LRU)."""
 
     async def __init__(self, config: DetectorConfig) -> None:
+        logtail.install()  # this replica's log lines on the admin page
         set_torch_threads()  # torch threads = this replica's num_cpus
         self.config = config
         self.registry = ModelRegistry(

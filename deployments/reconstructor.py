@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from deployments import logtail
 from deployments.common import placement, set_torch_threads
 from deployments.configs import MODEL_AUTOSCALING, ReconstructorConfig
 from deployments.errors import InvalidInput
@@ -143,6 +144,7 @@ class MeshReconstructor:
 )
 class ReconstructorDeployment:
     def __init__(self, config: ReconstructorConfig) -> None:
+        logtail.install()  # this replica's log lines on the admin page
         set_torch_threads()  # torch/OpenMP threads = this replica's num_cpus
         self._bound = config
         self._backend = MeshReconstructor(config)

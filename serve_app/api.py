@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
-from serve_app.admin import health
+from serve_app.admin import health, ops
 from serve_app.admin import router as admin
 from serve_app.auth import KeyRing
 from serve_app.http.errors import install_error_handlers, request_id
@@ -102,6 +102,7 @@ def create_api(services: Services) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(videos.router)
     app.include_router(admin.router)
+    app.include_router(ops.router)  # /v1/admin: log tail, recent requests
     app.include_router(studio.router)  # the Studio page: a client of the routes above
     return app
 

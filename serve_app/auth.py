@@ -172,6 +172,7 @@ def bearer_token(authorization: str | None) -> str | None:
 ADMIN_ROUTES = (
     ("POST", re.compile(r"^/v1/models/[^/]+/reload$")),
     ("*", re.compile(r"^/admin/api(/.*)?$")),
+    ("*", re.compile(r"^/v1/admin(/.*)?$")),
 )
 # No key needed: the liveness probe, and the static shells of the admin page and of Studio
 # (its page, modules and three.js: they hold no data; the page asks for the key and sends it

@@ -18,6 +18,7 @@ from PIL import Image
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments import logtail
 from deployments.registry import ModelRegistry
 from serve_app.api import create_api
 from serve_app.handles import Handles
@@ -59,6 +60,7 @@ class Ingress:
         settings: Settings,
         models: dict[str, dict[str, Any]],
     ) -> None:
+        logtail.install()  # this replica's log lines and recent requests on the admin page
         context = serve.get_replica_context()
         replica = context.replica_tag if hasattr(context, "replica_tag") else "ingress"
         owner = f"{replica}-{uuid.uuid4().hex[:8]}"
@@ -115,6 +117,7 @@ class Ingress:
         self._janitor.cancel()
         self.services.streams.close()
         await self.services.runner.stop()
+        await asyncio.to_thread(logtail.flush)  # the hand-back lines reach the admin page
 
     # Notebook API ----------------------------------------------------------------------
     async def submit(

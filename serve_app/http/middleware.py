@@ -4,6 +4,7 @@ request ids + request metrics, API-key auth, and request body limits."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.admin import recent
 from serve_app.auth import OPEN, KeyRing, bearer_token, is_public, needs_admin
 from serve_app.http.metrics import ApiMetrics
 
@@ -41,7 +43,8 @@ def error_response(
 
 class RequestContext:
     """Outermost: gives every request an id (echoed as x-request-id) and counts it by route
-    template, method and status code (401s and 413s from the inner middlewares included)."""
+    template, method and status code (401s and 413s from the inner middlewares included); the
+    model calls also go to the admin page's recent requests (serve_app/admin/recent.py)."""
 
     def __init__(self, app: ASGIApp, api: FastAPI, metrics: ApiMetrics) -> None:
         self.app, self.api, self.metrics = app, api, metrics
@@ -55,6 +58,7 @@ class RequestContext:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         _state(scope)["request_id"] = rid
         status = 500
+        started, notes = time.perf_counter(), recent.start()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -69,7 +73,10 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.metrics.count_request(self._template(scope), scope["method"], status)
+            template = self._template(scope)
+            self.metrics.count_request(template, scope["method"], status)
+            seconds = time.perf_counter() - started
+            recent.finish(notes, scope["method"], template, status, seconds, rid)
 
     def _template(self, scope: Scope) -> str:
         """The route's template (/v1/jobs/{job_id}), never the raw path: bounded labels."""

@@ -19,6 +19,7 @@ from deployments.protocol import (
     image_id_of,
     loaded_models_by_replica,
 )
+from serve_app.admin import recent
 from serve_app.http.errors import ApiError, to_api_error
 from serve_app.imaging import check_prompt_in_image, mask_summary
 from serve_app.predict.images import ImageHeader, image_source, read_header, store_image
@@ -100,6 +101,7 @@ async def segment(
         if stored is not None:
             await stored  # the id is usable on every replica once the answer is out
     height, width = (int(n) for n in result.masks.shape[1:])
+    recent.note(recent.model_name(services.models, "Segmenter"), width, height)
     masks = [
         mask_summary(np.asarray(mask, dtype=bool), score, options.png)
         for mask, score in zip(result.masks, result.scores, strict=True)
@@ -129,6 +131,7 @@ async def detect(
     model_id = checked_model(services, model_id)
     max_pixels = services.settings.max_image_pixels
     header = await asyncio.to_thread(read_header, data, max_pixels)
+    recent.note(model_id, header.width, header.height)
     started = time.perf_counter()
     generation = await asyncio.to_thread(services.store.model_generation, model_id)
     request = DetectRequest(

@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from deployments.protocol import VideoPrompt, VideoPromptRequest
 from deployments.video import frame_name, sam2_image_size
+from serve_app.admin import recent
 from serve_app.auth import Principal, can_access
 from serve_app.http.errors import ApiError
 from serve_app.imaging import check_prompt_in_image
@@ -180,6 +181,7 @@ async def add_prompt(
     session) for that frame's mask; a refused or failed prompt is removed from the history."""
     settings = services.settings
     video_id = record.id
+    recent.note(recent.model_name(services.models, "Segmenter"), record.width, record.height)
     check_frame(record, prompt.frame_idx)
     check_prompt_in_image(
         prompt.points, prompt.box, record.width, record.height, prefix="", what="frame"
