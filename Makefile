@@ -139,7 +139,18 @@ $(TOOLS_STAMP): Makefile
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) gltf-validator@2.0.0-dev.3.10
 	touch $(TOOLS_STAMP)
 
-test-tools: $(TOOLS_STAMP)
+# Label Studio (tests/labelstudio drive a real one): pinned, in its own virtualenv (its pins clash
+# with meshline's: numpy, opencv), installed once per version.
+LABEL_STUDIO_VERSION := 1.23.2
+LS_VENV  := $(TOOLS)/labelstudio
+LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+$(LS_STAMP):
+	@echo ">> installing label-studio==$(LABEL_STUDIO_VERSION) into $(LS_VENV) (test tool)"
+	rm -rf $(LS_VENV) && $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q 'label-studio==$(LABEL_STUDIO_VERSION)'
+	touch $(LS_STAMP)
+
+test-tools: $(TOOLS_STAMP) $(LS_STAMP)
 
 # ruff (pinned in the test extras) with the rules in pyproject.toml.
 lint: install

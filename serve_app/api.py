@@ -22,6 +22,7 @@ from serve_app.http.inputs import add_body_schemas
 from serve_app.http.metrics import ApiMetrics
 from serve_app.http.middleware import ApiKeyAuth, BodyLimit, RequestContext
 from serve_app.jobs import router as jobs
+from serve_app.labelstudio import router as labelstudio
 from serve_app.predict import router as predict
 from serve_app.services import Services
 from serve_app.settings import Settings
@@ -101,6 +102,7 @@ def create_api(services: Services) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(predict.router)
     app.include_router(videos.router)
+    app.include_router(labelstudio.router)  # the Label Studio ML-backend protocol
     app.include_router(admin.router)
     app.include_router(ops.router)  # /v1/admin: log tail, recent requests
     app.include_router(studio.router)  # the Studio page: a client of the routes above

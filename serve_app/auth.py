@@ -14,6 +14,7 @@ entry to store); hash an existing one: ``printf %s "$KEY" | python -m serve_app.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -168,6 +169,28 @@ def bearer_token(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+# Label Studio sends an ML backend's credentials only as HTTP Basic auth: under this prefix the
+# Basic password is read as the API key (the user name is ignored).
+BASIC_AUTH_PREFIX = "/labelstudio/"
+
+
+def presented_key(authorization: str | None, path: str) -> str | None:
+    """The API key a request presents: ``Bearer <key>``, or for the Label Studio backend
+    routes ``Basic base64(<any user>:<key>)``."""
+    token = bearer_token(authorization)
+    if token is not None or not path.startswith(BASIC_AUTH_PREFIX) or not authorization:
+        return token
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic" or len(encoded) > 4096:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    _user, sep, password = decoded.partition(":")
+    return password if sep and password else None
+
+
 # Routes that need an admin key once the caller is known; everything else needs any key.
 ADMIN_ROUTES = (
     ("POST", re.compile(r"^/v1/models/[^/]+/reload$")),
@@ -181,6 +204,8 @@ PUBLIC_ROUTES = (
     ("GET", re.compile(r"^/healthz$")),
     ("GET", re.compile(r"^/admin/?$")),
     ("GET", re.compile(r"^/studio(/[A-Za-z0-9._/-]*)?$")),
+    # Label Studio registers <ML backend URL>/webhook without credentials; it reads nothing.
+    ("POST", re.compile(r"^/labelstudio/webhook$")),
 )
 
 

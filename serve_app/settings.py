@@ -362,6 +362,25 @@ class Settings(BaseSettings):
         description="Keep SAM2's video state in CPU memory (saves GPU memory, a little slower).",
     )
 
+    # Label Studio ML backend (/labelstudio) ----------------------------------------------
+    labelstudio_url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://[^/?#]+/?$",
+        description="Base URL of the Label Studio whose task files meshline reads "
+        "(/data/upload/…, storage links): relative task URLs resolve against it, and its host is "
+        "allowed even when private (nothing else is loosened).",
+    )
+    labelstudio_api_token: SecretStr | None = Field(
+        None,
+        description="Label Studio token for reading task files: a personal access token "
+        "(Label Studio 1.23's default) or a legacy token; default: the one Label Studio sends "
+        "at /setup (legacy, where the organisation enables those).",
+    )
+    labelstudio_max_tasks: int = Field(
+        256, ge=1, le=10_000, description="Tasks one /labelstudio/predict call may carry (413)."
+    )
+
     # Security ----------------------------------------------------------------------------
     api_keys: list[ApiKeyEntry] = Field(
         default_factory=list,

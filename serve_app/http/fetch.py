@@ -223,14 +223,16 @@ async def fetch_url(
     *,
     total_timeout_s: float | None = DEFAULT_TOTAL_TIMEOUT_S,
     param: str = "image_url",
+    headers: dict[str, str] | None = None,
 ) -> bytes:
     """GET ``url`` following at most a few redirects, each target checked again.
 
     ``timeout_s`` bounds each network step (connect, each read); ``total_timeout_s`` the whole
-    fetch (DNS, redirects, body); ``max_bytes`` the body as received and as decoded."""
+    fetch (DNS, redirects, body); ``max_bytes`` the body as received and as decoded.
+    ``headers`` (credentials) go only to ``url``'s own origin: a redirect elsewhere drops them."""
     try:
         async with asyncio.timeout(total_timeout_s):
-            return await _fetch(url, max_bytes, timeout_s, allow, param)
+            return await _fetch(url, max_bytes, timeout_s, allow, param, headers or {})
     except TimeoutError:
         logger.info("fetch of %s for %s passed its deadline", url_for_display(url), param)
         raise ApiError(
@@ -241,10 +243,28 @@ async def fetch_url(
         ) from None
 
 
-async def _fetch(url: str, max_bytes: int, timeout_s: float, allow: list[str], param: str) -> bytes:
-    headers = {"Accept-Encoding": "identity"}
+def _origin(url: str) -> tuple[str, str, int | None]:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return "", "", None
+
+
+async def _fetch(
+    url: str,
+    max_bytes: int,
+    timeout_s: float,
+    allow: list[str],
+    param: str,
+    credentials: dict[str, str],
+) -> bytes:
+    origin = _origin(url)
     async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
+            headers = {"Accept-Encoding": "identity"}
+            if credentials and _origin(url) == origin:
+                headers.update(credentials)
             try:
                 response = await pinned_request(client, "GET", url, allow, param, headers=headers)
                 try:

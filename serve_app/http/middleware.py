@@ -14,7 +14,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.admin import recent
-from serve_app.auth import OPEN, KeyRing, bearer_token, is_public, needs_admin
+from serve_app.auth import OPEN, KeyRing, is_public, needs_admin, presented_key
 from serve_app.http.metrics import ApiMetrics
 
 
@@ -124,7 +124,8 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], route_path(scope)
-        token = bearer_token(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        token = presented_key(authorization, path)
         principal = self.keys.authenticate(token) if token else None
         if principal is None and not is_public(method, path):
             message = (

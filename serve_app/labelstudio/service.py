@@ -1,0 +1,349 @@
+"""The Label Studio ML backend: setup, batch pre-annotation (YOLO), interactive smart tools
+(SAM2). What serve_app/labelstudio/router.py calls once it has read the HTTP request.
+
+Which detector model a project uses, in order: the backend's extra params in Label Studio
+(``{"model": "<id>"}``, sent at /setup), a registered model named ``labelstudio-<project id>``
+(a file in the models directory or a registry entry: no redeploy either way), else ``default``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from deployments.errors import InvalidInput
+from deployments.protocol import DetectRequest, DetectResult
+from serve_app.http.errors import ApiError
+from serve_app.labelstudio import projects
+from serve_app.labelstudio.access import LabelStudioAccess
+from serve_app.labelstudio.config import Control, LabelConfig, parse_label_config
+from serve_app.labelstudio.projects import ProjectSetup
+from serve_app.labelstudio.results import brush, detections_to_results
+from serve_app.labelstudio.schemas import (
+    PredictIn,
+    PredictOut,
+    SetupIn,
+    SetupOut,
+    TaskPrediction,
+)
+from serve_app.predict.images import read_header
+from serve_app.predict.service import SegmentOptions, checked_model, segment
+from serve_app.schemas import request_context
+from serve_app.services import Services
+
+logger = logging.getLogger("meshline.labelstudio")
+
+TASK_CONCURRENCY = 4  # task images fetched and detected at once per request
+IMAGE_IDS_KEPT = 4096  # task file URL → image_id, so a repeat click sends no image
+
+
+class Backend:
+    """Per ingress replica: Label Studio access, setup tokens, and which image id each task
+    file had (the Segmenter keeps embeddings by image id)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.access = LabelStudioAccess(services.settings)
+        self.setup_tokens: dict[str, str] = {}  # project key → the token sent at /setup
+        # task file URL → (image_id, width, height)
+        self.image_ids: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
+
+    def remember_image(self, url: str, image_id: str, width: int, height: int) -> None:
+        self.image_ids[url] = (image_id, width, height)
+        self.image_ids.move_to_end(url)
+        while len(self.image_ids) > IMAGE_IDS_KEPT:
+            self.image_ids.popitem(last=False)
+
+
+def backend(services: Services) -> Backend:
+    found = getattr(services, "_labelstudio", None)
+    if found is None:
+        found = Backend(services)
+        services._labelstudio = found  # type: ignore[attr-defined]
+    return found
+
+
+# Setup ------------------------------------------------------------------------------------
+async def setup(services: Services, body: SetupIn, owner: str | None) -> SetupOut:
+    config = parse_label_config(body.schema_)
+    extra = projects.check_extra_params(body.extra_params)
+    record = ProjectSetup(projects.project_id(body.project, owner), body.hostname, extra)
+    model_id = await asyncio.to_thread(_model_for, services, record)
+    _conf(record)  # a bad conf is refused now, where Label Studio shows it
+    version = await model_version(services, config, model_id)
+    record = replace(record, model_version=version)
+    await asyncio.to_thread(projects.save, services.artifacts, record)
+    if body.access_token:
+        backend(services).setup_tokens[record.project_id] = body.access_token
+    return SetupOut(model_version=version)
+
+
+async def versions(services: Services, project: str | None, owner: str | None) -> list[str]:
+    """The project's current model version (meshline keeps no older ones)."""
+    if project is None:
+        return []
+    key = projects.project_id(project, owner)
+    record = await asyncio.to_thread(projects.load, services.artifacts, key)
+    return [record.model_version] if record.model_version else []
+
+
+def _model_for(services: Services, record: ProjectSetup) -> str:
+    """The project's detector model id (module docstring); 422 for an unknown extra param."""
+    wanted = record.extra_params.get("model")
+    if wanted is not None:
+        if not isinstance(wanted, str):
+            raise ApiError(422, "extra_params.model must be a model id", param="extra_params")
+        try:
+            return checked_model(services, wanted)
+        except ApiError as exc:
+            raise ApiError(422, exc.message, exc.type, "extra_params.model") from None
+    ls_id = record.project_id.rsplit("-", 1)[-1]
+    try:
+        return services.registry.resolve(f"labelstudio-{ls_id}").model_id
+    except InvalidInput:
+        return "default"
+
+
+def _conf(record: ProjectSetup) -> tuple[float, int]:
+    """The detector's confidence threshold and most boxes per image (extra params)."""
+    conf, max_det = record.extra_params.get("conf", 0.25), record.extra_params.get("max_det", 100)
+    if isinstance(conf, bool) or not isinstance(conf, int | float) or not 0.0 <= conf <= 1.0:
+        raise ApiError(422, "extra_params.conf must be a number in [0, 1]", param="extra_params")
+    if isinstance(max_det, bool) or not isinstance(max_det, int) or not 1 <= max_det <= 1000:
+        raise ApiError(
+            422,
+            "extra_params.max_det must be an integer in [1, 1000]",
+            "limit_exceeded",
+            "extra_params",
+        )
+    return float(conf), max_det
+
+
+async def model_version(services: Services, config: LabelConfig, model_id: str) -> str:
+    """Changes when the answers would: the detector model's reloads, the Segmenter's weights
+    (Label Studio predicts again only for tasks without a prediction of this version)."""
+    parts = []
+    if config.of_type("rectanglelabels", "polygonlabels", "brushlabels"):
+        generation = await asyncio.to_thread(services.store.model_generation, model_id)
+        parts.append(f"{model_id}@{generation}")
+    if config.of_type("brushlabels", "keypointlabels", "videorectangle"):
+        weights = str(services.models.get("Segmenter", {}).get("weights", "sam2"))
+        parts.append("sam2-" + weights.rsplit("/", 1)[-1][:40])
+    return "meshline-" + "+".join(parts)
+
+
+# Predict ----------------------------------------------------------------------------------
+async def predict(services: Services, body: PredictIn, owner: str | None) -> PredictOut:
+    settings = services.settings
+    if len(body.tasks) > settings.labelstudio_max_tasks:
+        raise ApiError(
+            413,
+            f"{len(body.tasks)} tasks; one request may carry at most "
+            f"{settings.labelstudio_max_tasks} (labelstudio_max_tasks)",
+            "limit_exceeded",
+            "tasks",
+        )
+    config = parse_label_config(body.label_config)
+    key = projects.project_id(body.project or "0", owner)
+    record = await asyncio.to_thread(projects.load, services.artifacts, key)
+    model_id = await asyncio.to_thread(_model_for, services, record)
+    version = await model_version(services, config, model_id)
+    context = body.params.context if body.params else None
+    if context is not None and context.result:
+        one = await interactive(services, config, record, body.tasks[0], context.result)
+        return PredictOut(
+            results=[one.model_copy(update={"model_version": version})], model_version=version
+        )
+    semaphore = asyncio.Semaphore(TASK_CONCURRENCY)
+
+    async def one_task(task: dict[str, Any]) -> TaskPrediction | ApiError:
+        async with semaphore:
+            try:
+                return await pre_annotate(services, config, record, model_id, task, version)
+            except ApiError as exc:
+                logger.info("task %s not predicted: %s", task.get("id"), exc.message)
+                return exc
+
+    answers = await asyncio.gather(*(one_task(task) for task in body.tasks))
+    errors = [a for a in answers if isinstance(a, ApiError)]
+    if len(errors) == len(answers):
+        raise errors[0]  # nothing to show: the first reason, as the caller's error
+    results = [
+        a if isinstance(a, TaskPrediction) else TaskPrediction(result=[], model_version=version)
+        for a in answers
+    ]
+    return PredictOut(results=results, model_version=version)
+
+
+def _task_file(control: Control, task: dict[str, Any]) -> str:
+    data = task.get("data")
+    url = data.get(control.value_key) if isinstance(data, dict) else None
+    if not isinstance(url, str) or not url:
+        raise ApiError(
+            422,
+            f"task {task.get('id')} has no data.{control.value_key} for {control.to_name}",
+            param="tasks",
+        )
+    if len(url) > 4096:
+        raise ApiError(422, "task file URLs are at most 4096 characters", param="tasks")
+    return url
+
+
+async def _fetch(services: Services, record: ProjectSetup, url: str) -> bytes:
+    ls = backend(services)
+    token = ls.setup_tokens.get(record.project_id)
+    return await ls.access.fetch(url, record.hostname, token, "task.data")
+
+
+async def pre_annotate(
+    services: Services,
+    config: LabelConfig,
+    record: ProjectSetup,
+    model_id: str,
+    task: dict[str, Any],
+    version: str,
+) -> TaskPrediction:
+    """Detections of the project's YOLO model as RectangleLabels (and BrushLabels from a
+    -seg model's masks), labels matched by class name."""
+    controls = config.of_type("rectanglelabels", "brushlabels")
+    if not controls:
+        return TaskPrediction(result=[], model_version=version)
+    url = _task_file(controls[0], task)
+    data = await _fetch(services, record, url)
+    conf, max_det = _conf(record)
+    found = await detect(services, data, model_id, conf, max_det)
+    width, height = found.image_size
+    masks = None
+    if found.masks_rle is not None and config.of_type("brushlabels"):
+        masks = [_decode(rle) for rle in found.masks_rle]
+    mine = [c for c in controls if c.to_name == controls[0].to_name]
+    results, skipped = await asyncio.to_thread(
+        detections_to_results, mine, found, width, height, masks
+    )
+    if skipped:
+        logger.info("task %s: classes with no label in the config: %s", task.get("id"), skipped)
+    scores = [r["score"] for r in results]
+    return TaskPrediction(
+        result=results,
+        score=round(float(np.mean(scores)), 4) if scores else None,
+        model_version=version,
+        skipped_classes=dict(skipped),
+    )
+
+
+def _decode(rle: dict[str, Any]) -> np.ndarray:
+    counts = rle["counts"]
+    encoded = {
+        "size": rle["size"],
+        "counts": counts.encode() if isinstance(counts, str) else counts,
+    }
+    return mask_utils.decode(encoded).astype(bool)
+
+
+async def detect(
+    services: Services, data: bytes, model_id: str, conf: float, max_det: int
+) -> DetectResult:
+    max_pixels = services.settings.max_image_pixels
+    await asyncio.to_thread(read_header, data, max_pixels)  # 4xx for what is not an image
+    generation = await asyncio.to_thread(services.store.model_generation, model_id)
+    request = DetectRequest(data, conf=conf, max_det=max_det, max_pixels=max_pixels)
+    return await services.handles.detector_client.detect(request, model_id, generation)
+
+
+# Interactive ------------------------------------------------------------------------------
+def _prompt(
+    context: list[dict[str, Any]], width: int, height: int
+) -> tuple[str | None, str | None, dict[str, Any]]:
+    """Label Studio's smart-tool context (keypoints: clicks, is_positive false for Alt-clicks;
+    a rectangle: a box), in percent, as a SAM2 prompt in pixels; with the to_name and label."""
+    points: list[list[float]] = []
+    labels: list[int] = []
+    box = None
+    to_name = label = None
+    for item in context:
+        kind, value = item.get("type"), item.get("value")
+        if not isinstance(value, dict) or kind not in ("keypointlabels", "rectanglelabels"):
+            continue
+        try:
+            x = float(value["x"]) * width / 100.0
+            y = float(value["y"]) * height / 100.0
+        except (KeyError, TypeError, ValueError):
+            raise ApiError(
+                422, f"context {kind} needs numeric value.x and value.y", param="context"
+            ) from None
+        to_name = to_name or item.get("to_name")
+        names = value.get(kind)
+        if label is None and isinstance(names, list) and names and isinstance(names[0], str):
+            label = names[0]
+        if kind == "keypointlabels":
+            points.append([min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)])
+            labels.append(0 if item.get("is_positive") is False else 1)
+        else:
+            try:
+                w = float(value["width"]) * width / 100.0
+                h = float(value["height"]) * height / 100.0
+            except (KeyError, TypeError, ValueError):
+                raise ApiError(
+                    422, "context rectangle needs value.width and value.height", param="context"
+                ) from None
+            box = [max(x, 0.0), max(y, 0.0), min(x + w, width - 1.0), min(y + h, height - 1.0)]
+    prompt: dict[str, Any] = {}
+    if points:
+        prompt.update(points=points, labels=labels)
+    if box is not None:
+        prompt["box"] = box
+    if not prompt:
+        raise ApiError(
+            422, "context holds no keypointlabels or rectanglelabels result", param="context"
+        )
+    return to_name if isinstance(to_name, str) else None, label, prompt
+
+
+async def interactive(
+    services: Services,
+    config: LabelConfig,
+    record: ProjectSetup,
+    task: dict[str, Any],
+    context: list[dict[str, Any]],
+) -> TaskPrediction:
+    """A SAM2 mask for the annotator's clicks or box, as BrushLabels. A task file seen before
+    is prompted by its image id (no fetch, no upload: the Segmenter's cached embedding)."""
+    brushes = config.of_type("brushlabels")
+    if not brushes:
+        raise ApiError(
+            422, "smart tools need a BrushLabels control in the label config", param="label_config"
+        )
+    url = _task_file(brushes[0], task)
+    ls = backend(services)
+    known = ls.image_ids.get(url)
+    data = b""
+    if known is None:
+        data = await _fetch(services, record, url)
+        header = await asyncio.to_thread(read_header, data, services.settings.max_image_pixels)
+        image_id, width, height = None, header.width, header.height
+    else:
+        image_id, width, height = known
+    to_name, label, prompt = _prompt(context, width, height)
+    control = next((b for b in brushes if b.to_name == to_name), brushes[0])
+    options = SegmentOptions.model_validate(
+        prompt, context=request_context(services.settings.max_prompt_points)
+    )
+    try:
+        answer = await segment(services, data, options, image_id)
+    except ApiError as exc:
+        if exc.status != 404 or not image_id:
+            raise
+        data = await _fetch(services, record, url)  # the service no longer has that image
+        answer = await segment(services, data, options, None)
+    ls.remember_image(url, answer.image_id, answer.width, answer.height)
+    best = answer.masks[0]
+    mask = _decode(best.rle)
+    chosen = label if label in control.labels else (control.labels[0] if control.labels else label)
+    item = await asyncio.to_thread(brush, control, mask, chosen or "object", best.score)
+    return TaskPrediction(result=[item], score=round(float(best.score), 4), model_version="")
