@@ -107,7 +107,9 @@ async def _run_deployments(name: str) -> dict[str, Any]:
     image, mask = scene(name)
     reconstructor = ReconstructorDeployment.func_or_class(ReconstructorConfig())
     converter = ConverterDeployment.func_or_class(ConverterConfig())
-    await asyncio.sleep(8)  # the children warm up (imports), as a replica's do before a job
+    for deployment in (reconstructor, converter):  # warm children, as a replica's before a job
+        if deployment._workers is not None:
+            await deployment._workers.ready()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     reconstructed = await reconstructor.reconstruct(image, mask)

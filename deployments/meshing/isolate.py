@@ -99,6 +99,11 @@ class ProcessWorkers:
         if not self._idle and not self._busy:
             self._idle.append(_Worker(self._context, self._warm))
 
+    async def ready(self) -> None:
+        """Wait until the idle children have finished warming up (their imports)."""
+        for worker in list(self._idle):
+            await asyncio.wrap_future(worker.warming)
+
     @property
     def pids(self) -> list[int]:
         """Live children, idle and busy."""
