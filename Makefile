@@ -82,9 +82,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip setuptools wheel
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[models,test]'
+	$(BIN)/pip install -q -e '.[models,test,hunyuan3d]'
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation 'sam2==1.1.0'
-	$(BIN)/python -c "import torch, torchvision, ray, sam2, ultralytics, open3d, trimesh; print('installed: torch', torch.__version__, 'ray', ray.__version__)"
+	@# Hunyuan3D-2 (the hunyuan3d backend, tested with random weights): its deps are the extra.
+	$(BIN)/pip install -q --no-deps 'hy3dgen==2.0.2'
+	$(BIN)/python -c "import torch, torchvision, ray, sam2, ultralytics, open3d, trimesh, hy3dgen.shapegen; print('installed: torch', torch.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
 ray-token: install

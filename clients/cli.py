@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clients.backends import backends_app
 from clients.client import AuthenticationError, MeshlineClient, MeshlineError
 from clients.weights import weights_app
 
@@ -27,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(weights_app, name="weights")
+app.add_typer(backends_app, name="backends")
 console = Console(stderr=True)
 
 HostOpt = Annotated[str, typer.Option("--host", envvar="MESHLINE_HOST", help="Service host.")]

@@ -134,6 +134,11 @@ class ReconstructorConfig(BaseModel):
         "inflate", description="inflate: the built-in CPU backend; others: deployments/backends.py."
     )
     weights: Path | None = Field(None, description="Local weights of an external backend.")
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the external backend, checked by it (e.g. hunyuan3d: steps, "
+        "octree_resolution; sam3d: repo). See deployments/backends/.",
+    )
     grid: int = Field(96, ge=32, le=512, description="Grid cells along the longest side.")
     depth_ratio: float = Field(
         0.5,

@@ -49,11 +49,18 @@ class MeshReconstructor:
             from deployments.common import pick_device
 
             self.device = pick_device()
-            self.external = load_backend(config.backend, config.weights, self.device)
+            self.external = load_backend(
+                config.backend,
+                config.weights,
+                self.device,
+                config.backend_options,
+                config.max_faces,
+            )
 
     def info(self) -> dict[str, Any]:
         weights = str(self.config.weights) if self.external is not None else "none (geometric)"
-        return {"backend": self.config.backend, "weights": weights, **placement(self.device)}
+        own = self.external.info() if self.external is not None else {}
+        return {"backend": self.config.backend, "weights": weights, **own, **placement(self.device)}
 
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> ReconstructResult:
         """``mesh`` (binary PLY bytes) and ``stats`` (``ReconstructRequest``'s fields)."""

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     reconstruct_weights: Path | None = fills(
         (ReconstructorConfig, "weights"), description="Local weights of that backend."
     )
+    reconstruct_backend_options: dict[str, Any] = fills(
+        (ReconstructorConfig, "backend_options"),
+        description="That backend's options as JSON, e.g. steps and octree_resolution "
+        "(hunyuan3d) or repo, the checkout of its code (sam3d).",
+    )
     reconstruct_depth_ratio: float = fills(
         (ReconstructorConfig, "depth_ratio"),
         description="Object depth as a fraction of its width (shape prior).",

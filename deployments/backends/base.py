@@ -1,18 +1,17 @@
-"""Optional image-to-3D backends for the Reconstructor: Hunyuan3D-2, TRELLIS, SAM-3D-Objects.
+"""What every learned shape backend shares: what it needs (packages, extensions, source files,
+weight folders) and how those are checked, and turning its output into our mesh type.
 
-Each runs from local weights only, in its own Ray ``runtime_env`` (configs/backends/*.yaml:
-the original service ran every model in its own Python environment). Missing packages or
-weights fail the replica's constructor — so ``serve deploy``/``serve status`` show the reason
-at deploy time, not on the first job. Their outputs become our mesh type (a closed
-``trimesh.Trimesh`` in the camera frame, longest front side 1) so paint/convert stay the same.
+No torch at import time: the CLI and the deploy-time check import this module cheaply.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import trimesh
@@ -20,35 +19,45 @@ from PIL import Image
 
 from deployments.errors import ModelLoadError
 
+NeedKind = Literal["package", "extension", "source", "weights"]
+
+
+@dataclass(frozen=True)
+class Need:
+    """One thing a backend needs. ``name`` is an import name (package, extension; ``a|b``:
+    either), a file under the ``repo`` option (source) or a path under the weights folder."""
+
+    kind: NeedKind
+    name: str
+    why: str  # plain words: what it is for and where it comes from
+    optional: str | None = None  # None: required; else what is lost without it
+
+
+@dataclass(frozen=True)
+class Missing:
+    need: Need
+    detail: str  # what was found instead (the import error, the path looked at)
+
+    def sentence(self) -> str:
+        need = self.need
+        what = {
+            "package": f"Python package {need.name!r}",
+            "extension": f"compiled extension {need.name!r}",
+            "source": f"source file {need.name!r}",
+            "weights": f"weight file or folder {need.name!r}",
+        }[need.kind]
+        tail = f" (optional: {need.optional})" if need.optional else ""
+        return f"missing {what}: {need.why}{tail} [{self.detail}]"
+
 
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    package: str  # import name checked at deploy time
-    install: str  # what the runtime_env must provide
+    package: str  # the main import name
+    install: str  # what the runtime_env / image must provide
     weights_hint: str
-
-
-SPECS = {
-    "hunyuan3d": BackendSpec(
-        "hunyuan3d",
-        "hy3dgen",
-        "Hunyuan3D-2 (github.com/Tencent/Hunyuan3D-2, pip install .)",
-        "a local copy of tencent/Hunyuan3D-2 (hunyuan3d-dit-v2-0, hunyuan3d-paint-v2-0)",
-    ),
-    "trellis": BackendSpec(
-        "trellis",
-        "trellis",
-        "TRELLIS (github.com/microsoft/TRELLIS and its CUDA extensions)",
-        "a local copy of JeffreyXiang/TRELLIS-image-large",
-    ),
-    "sam3d": BackendSpec(
-        "sam3d",
-        "sam3d_objects",
-        "SAM 3D Objects (github.com/facebookresearch/sam-3d-objects)",
-        "a local checkpoints/<tag>/ folder holding pipeline.yaml",
-    ),
-}
+    needs: tuple[Need, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)  # set before importing it
 
 
 class ShapeBackend(Protocol):
@@ -58,32 +67,64 @@ class ShapeBackend(Protocol):
         self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
     ) -> trimesh.Trimesh | None: ...
 
-
-def check_available(name: str, weights: Path | None) -> BackendSpec:
-    """The deploy-time check: a clear ModelLoadError naming what is missing."""
-    spec = SPECS.get(name)
-    if spec is None:
-        raise ModelLoadError(
-            f"unknown reconstruction backend {name!r}; choose inflate or {sorted(SPECS)}"
-        )
-    return check_spec(spec, weights)
+    def info(self) -> dict[str, Any]: ...
 
 
-def check_spec(spec: BackendSpec, weights: Path | None) -> BackendSpec:
-    name = spec.name
-    if importlib.util.find_spec(spec.package) is None:
-        raise ModelLoadError(
-            f"backend {name!r} needs the Python package {spec.package!r} ({spec.install}) in the "
-            f"Reconstructor's runtime_env; see configs/backends/{name}.yaml"
-        )
-    if weights is None or not Path(weights).exists():
-        raise ModelLoadError(
-            f"backend {name!r} needs local weights (MESHLINE_RECONSTRUCT_WEIGHTS = "
-            f"{spec.weights_hint}); "
-            f"{'none configured' if weights is None else f'{weights} does not exist'} — weights "
-            "are never downloaded"
-        )
-    return spec
+def import_error(module: str, env: Mapping[str, str]) -> str | None:
+    """Import ``module`` for real (find_spec passes for packages that fail on import);
+    None when it imports, else the error in one line."""
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 — also what a package's __init__ raises
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def diagnose(
+    spec: BackendSpec, weights: Path | None, options: Mapping[str, Any] | None = None
+) -> list[Missing]:
+    """Everything ``spec`` needs that is not here, required and optional, in ``needs`` order.
+    A spec without weights needs only requires its weights folder to exist."""
+    options = options or {}
+    missing: list[Missing] = []
+    for need in spec.needs or (Need("package", spec.package, spec.install),):
+        if need.kind in ("package", "extension"):
+            errors = [import_error(name, spec.env) for name in need.name.split("|")]
+            if all(errors):
+                missing.append(Missing(need, "; ".join(e for e in errors if e)))
+        elif need.kind == "source":
+            repo = options.get("repo")
+            path = Path(repo) / need.name if repo else None
+            if path is None or not path.is_file():
+                detail = "no repo option set" if path is None else f"{path} does not exist"
+                missing.append(Missing(need, detail))
+        elif weights is None:
+            missing.append(Missing(need, "no weights folder configured"))
+        elif not (Path(weights) / need.name).exists():
+            missing.append(Missing(need, f"{Path(weights) / need.name} does not exist"))
+    no_layout = not any(n.kind == "weights" for n in spec.needs)
+    if no_layout and (weights is None or not Path(weights).exists()):
+        root = Need("weights", ".", spec.weights_hint)
+        detail = "none configured" if weights is None else f"{weights} does not exist"
+        missing.append(Missing(root, detail))
+    return missing
+
+
+def check_spec(
+    spec: BackendSpec, weights: Path | None, options: Mapping[str, Any] | None = None
+) -> BackendSpec:
+    """The deploy-time check: a ModelLoadError naming every required thing that is missing."""
+    required = [m for m in diagnose(spec, weights, options) if m.need.optional is None]
+    if not required:
+        return spec
+    lines = "; ".join(m.sentence() for m in required)
+    raise ModelLoadError(
+        f"backend {spec.name!r} cannot load: {lines}. Install: {spec.install}; weights "
+        f"(MESHLINE_RECONSTRUCT_WEIGHTS): {spec.weights_hint} — never downloaded at run time; "
+        f"see configs/backends/{spec.name}.yaml and cluster/backends/README.md"
+    )
 
 
 def rgba_crop(image: np.ndarray, mask: np.ndarray) -> Image.Image:
@@ -105,6 +146,12 @@ def rgba_crop(image: np.ndarray, mask: np.ndarray) -> Image.Image:
         mask[src_y0:src_y1, src_x0:src_x1] * 255
     )
     return Image.fromarray(rgba, mode="RGBA")
+
+
+def largest_part(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The connected part with the most faces: generators leave floaters around the object."""
+    parts = mesh.split(only_watertight=False)
+    return max(parts, key=lambda part: len(part.faces)) if len(parts) > 1 else mesh
 
 
 def as_closed_mesh(result: Any) -> trimesh.Trimesh:
@@ -133,68 +180,27 @@ def as_closed_mesh(result: Any) -> trimesh.Trimesh:
     return mesh
 
 
-class Hunyuan3DBackend:
-    """Hunyuan3D-2: DiT flow-matching shape, then its paint pipeline (texture)."""
+def finish(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
+    """A generator's raw mesh → our mesh type: its largest part, closed, within the face budget
+    (decimation that keeps it closed), then normalised."""
+    mesh = as_closed_mesh(largest_part(mesh))
+    if len(mesh.faces) <= max_faces:
+        return mesh
+    from deployments.meshing.simplify import reduce_closed
 
-    def __init__(self, weights: Path, device: str) -> None:
-        from hy3dgen.shapegen import Hunyuan3DDiTFlowMatchingPipeline  # type: ignore[import-not-found]
-        from hy3dgen.texgen import Hunyuan3DPaintPipeline  # type: ignore[import-not-found]
-
-        self.shape = Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(str(weights), device=device)
-        self.texture = Hunyuan3DPaintPipeline.from_pretrained(str(weights))
-
-    def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh:
-        return as_closed_mesh(self.shape(image=rgba_crop(image, mask))[0])
-
-    def paint(
-        self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
-    ) -> trimesh.Trimesh | None:
-        return self.texture(mesh, image=rgba_crop(image, mask))
+    return as_closed_mesh(reduce_closed(mesh, max_faces) or mesh)
 
 
-class TrellisBackend:
-    """TRELLIS image-large: structured latents → mesh + gaussians, baked to a textured GLB."""
-
-    def __init__(self, weights: Path, device: str) -> None:
-        from trellis.pipelines import TrellisImageTo3DPipeline  # type: ignore[import-not-found]
-
-        self.pipeline = TrellisImageTo3DPipeline.from_pretrained(str(weights))
-        if device == "cuda":
-            self.pipeline.cuda()
-
-    def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh:
-        from trellis.utils import postprocessing_utils  # type: ignore[import-not-found]
-
-        outputs = self.pipeline.run(rgba_crop(image, mask), seed=0)
-        textured = postprocessing_utils.to_glb(
-            outputs["gaussian"][0], outputs["mesh"][0], simplify=0.95, texture_size=1024
-        )
-        return as_closed_mesh(textured)
-
-    def paint(
-        self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
-    ) -> trimesh.Trimesh | None:
-        return None  # TRELLIS textures in reconstruct; the built-in projection paints its mesh
-
-
-class Sam3dObjectsBackend:
-    """SAM 3D Objects: image + mask → gaussian splat; meshed by Poisson on the splat centres."""
-
-    def __init__(self, weights: Path, device: str) -> None:
-        from sam3d_objects.inference import Inference  # type: ignore[import-not-found]
-
-        self.inference = Inference(str(Path(weights) / "pipeline.yaml"), compile=False)
-
-    def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh:
-        output = self.inference(image, mask, seed=0)
-        if output.get("glb") is not None:
-            return as_closed_mesh(output["glb"])
-        return as_closed_mesh(poisson_from_points(np.asarray(output["gs"].get_xyz.detach().cpu())))
-
-    def paint(
-        self, mesh: trimesh.Trimesh, image: np.ndarray, mask: np.ndarray
-    ) -> trimesh.Trimesh | None:
-        return None
+def fit_to(mesh: trimesh.Trimesh, reference: trimesh.Trimesh) -> trimesh.Trimesh:
+    """``mesh`` moved and scaled onto ``reference``'s bounding box: a backend's painter may
+    return its mesh in its own normalised frame."""
+    lo, hi = mesh.bounds
+    ref_lo, ref_hi = reference.bounds
+    scale = float(np.max(ref_hi - ref_lo)) / float(np.max(hi - lo) or 1.0)
+    mesh.apply_translation(-(lo + hi) / 2.0)
+    mesh.apply_scale(scale)
+    mesh.apply_translation((ref_lo + ref_hi) / 2.0)
+    return mesh
 
 
 def poisson_from_points(points: np.ndarray, depth: int = 7) -> trimesh.Trimesh:
@@ -206,15 +212,3 @@ def poisson_from_points(points: np.ndarray, depth: int = 7) -> trimesh.Trimesh:
     cloud.orient_normals_consistent_tangent_plane(16)
     mesh, _densities = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(cloud, depth=depth)
     return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), process=True)
-
-
-BACKENDS = {"hunyuan3d": Hunyuan3DBackend, "trellis": TrellisBackend, "sam3d": Sam3dObjectsBackend}
-
-
-def load_backend(name: str, weights: Path | None, device: str) -> ShapeBackend:
-    check_available(name, weights)
-    assert weights is not None
-    try:
-        return BACKENDS[name](weights, device)
-    except Exception as exc:
-        raise ModelLoadError(f"backend {name!r} failed to load from {weights}: {exc}") from exc

@@ -253,12 +253,18 @@ def _dockerfile_runs() -> list[str]:
 
 
 def _project_extras(req: str) -> set[str]:
-    match = re.fullmatch(r"\.\[([a-z,]+)\]", req)
+    match = re.fullmatch(r"\.\[([a-z0-9,]+)\]", req)
     return set(match.group(1).split(",")) if match else set()
 
 
 def test_dockerfile_installs_like_the_makefile() -> None:
-    make = [s for s in _pip_steps(_makefile_install_recipe()) if "pip" not in s["reqs"]]
+    # hy3dgen (the hunyuan3d backend) reaches clusters through its runtime_env overlay
+    # (configs/backends/hunyuan3d.yaml), not the image.
+    make = [
+        s
+        for s in _pip_steps(_makefile_install_recipe())
+        if "pip" not in s["reqs"] and s["reqs"] != ["hy3dgen==2.0.2"]
+    ]
     docker = _pip_steps(_dockerfile_runs())
     assert len(make) == len(docker) == 3, (make, docker)
     # 1. the same torch/torchvision pins, first
