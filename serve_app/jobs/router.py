@@ -23,6 +23,7 @@ from serve_app.auth import current_principal
 from serve_app.http.errors import ApiError
 from serve_app.http.inputs import openapi_body, read_inputs
 from serve_app.http.streams import EventStream, keep_alive_due
+from serve_app.jobs import export as job_export
 from serve_app.jobs.archive import archive_name, zip_artifacts
 from serve_app.jobs.schemas import JobAccepted, JobList, JobOptions, JobPublic
 from serve_app.jobs.service import Replayed, cancel, create_job, job_for
@@ -174,6 +175,31 @@ async def get_artifacts_zip(job_id: str, request: Request, services: ServicesDep
         zip_artifacts(services.artifacts, job.id, job.artifacts),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{archive_name(job.id)}"'},
+    )
+
+
+JOB_EXPORTS = {"coco": ("application/json", "coco.json"), "yolo": ("text/plain", "yolo.txt")}
+
+
+@router.get(
+    "/{job_id}/export",
+    responses={**ERRORS, 200: {"content": {"application/json": {}, "text/plain": {}}}},
+    summary="Detections and masks: COCO JSON (masks as COCO RLE) or YOLO txt",
+)
+async def export_job(
+    job_id: str,
+    request: Request,
+    services: ServicesDep,
+    format: Annotated[Literal["coco", "yolo"], Query()] = "coco",
+) -> Response:
+    job = await asyncio.to_thread(job_for, services, current_principal(request), job_id)
+    make = job_export.coco_json if format == "coco" else job_export.yolo_txt
+    data = await asyncio.to_thread(make, services.artifacts, job)
+    media_type, suffix = JOB_EXPORTS[format]
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{job.id}.{suffix}"'},
     )
 
 

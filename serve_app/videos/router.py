@@ -200,18 +200,22 @@ async def masks_range(
     return _json(request, payload.model_dump(mode="json"))
 
 
-EXPORTS = {"coco": ("application/json", "coco.json"), "png-zip": ("application/zip", "masks.zip")}
+EXPORTS = {
+    "coco": ("application/json", "coco.json"),
+    "png-zip": ("application/zip", "masks.zip"),
+    "yolo": ("application/zip", "yolo.zip"),
+}
 
 
 @router.get(
     "/{video_id}/export",
     responses={200: {"content": {"application/json": {}, "application/zip": {}}}, **ERRORS},
-    summary="All masks: COCO JSON (RLE, track_id = obj_id) or a zip of palette PNGs",
+    summary="All masks: COCO JSON (RLE, track_id = obj_id), a zip of palette PNGs or of YOLO txt",
 )
 async def export(
     record: VideoDep,
     services: ServicesDep,
-    format: Annotated[Literal["coco", "png-zip"], Query()] = "coco",
+    format: Annotated[Literal["coco", "png-zip", "yolo"], Query()] = "coco",
 ) -> Response:
     data = await service.export_masks(services, record, format)
     media_type, suffix = EXPORTS[format]

@@ -326,7 +326,7 @@ async def masks_range(
 
 
 async def export_masks(services: Services, record: VideoRecord, format: str) -> bytes:
-    """Every stored mask as ``coco`` JSON or a ``png-zip``."""
+    """Every stored mask as ``coco`` JSON, a ``png-zip``, or ``yolo`` txt (boxes of the masks)."""
     objects = sorted({p["obj_id"] for p in await prompts(services, record.id)})
     if format == "png-zip" and len(objects) > export.PNG_ZIP_MAX_OBJECTS:
         raise ApiError(  # videos from before the object limit
@@ -337,7 +337,7 @@ async def export_masks(services: Services, record: VideoRecord, format: str) -> 
             "format",
         )
     frames = await _stored_masks(services, record.id)
-    make = export.coco_json if format == "coco" else export.png_zip
+    make = {"coco": export.coco_json, "png-zip": export.png_zip, "yolo": export.yolo_zip}[format]
     return await asyncio.to_thread(make, record, frames, objects)
 
 
