@@ -88,22 +88,29 @@ def _wait_up(url: str, folder: Path) -> None:
     raise AssertionError(f"Label Studio did not answer /health in {LS_START_TIMEOUT_S} s:\n{tail}")
 
 
+def browser_session(url: str) -> tuple[httpx.Client, dict[str, str]]:
+    """A logged-in session of the env-created user, and the CSRF headers its POSTs need."""
+    session = httpx.Client(base_url=url, timeout=60)
+    session.get("/user/login/")
+    csrf = session.cookies["csrftoken"]
+    login = session.post(
+        "/user/login/",
+        data={"email": LS_EMAIL, "password": LS_PASSWORD, "csrfmiddlewaretoken": csrf},
+        headers={"Referer": f"{url}/user/login/"},
+    )
+    assert login.status_code == 302, login.text[:500]
+    return session, {"X-CSRFToken": session.cookies["csrftoken"], "Referer": f"{url}/"}
+
+
 def _personal_access_token(url: str) -> str:
-    """Log in as the env-created user (a browser session), then create a PAT: the only token
-    kind a new 1.23 organisation accepts."""
-    with httpx.Client(base_url=url, timeout=60) as session:
-        session.get("/user/login/")
-        csrf = session.cookies["csrftoken"]
-        login = session.post(
-            "/user/login/",
-            data={"email": LS_EMAIL, "password": LS_PASSWORD, "csrfmiddlewaretoken": csrf},
-            headers={"Referer": f"{url}/user/login/"},
-        )
-        assert login.status_code == 302, login.text[:500]
-        headers = {"X-CSRFToken": session.cookies["csrftoken"], "Referer": f"{url}/"}
+    """A PAT: the only token kind a new 1.23 organisation accepts."""
+    session, headers = browser_session(url)
+    try:
         made = session.post("/api/token/", headers=headers, json={})
-        assert made.status_code == 201, made.text[:500]
-        return str(made.json()["token"])
+    finally:
+        session.close()
+    assert made.status_code == 201, made.text[:500]
+    return str(made.json()["token"])
 
 
 @pytest.fixture(scope="session")
@@ -180,5 +187,18 @@ def meshline(label_studio: LabelStudio, live_app: LiveApp) -> Iterator[Meshline]
         "api_keys": auth_keys(),
         "labelstudio_url": label_studio.url,
         "labelstudio_api_token": label_studio.pat,
+    }
+    yield from serve_meshline(settings)
+
+
+@pytest.fixture(scope="session")
+def legacy_meshline(label_studio: LabelStudio, live_app: LiveApp) -> Iterator[Meshline]:
+    """Configured with Label Studio's URL but no token: it reads task files with the legacy
+    token Label Studio sends at /setup (the organisation must enable legacy tokens)."""
+    settings = {
+        **live_app.settings,
+        "url_allow_private": [],
+        "api_keys": auth_keys(),
+        "labelstudio_url": label_studio.url,
     }
     yield from serve_meshline(settings)

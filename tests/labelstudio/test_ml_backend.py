@@ -15,7 +15,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from tests.helpers import ALICE, BOB, LiveApp, bearer, make_scene
-from tests.labelstudio.conftest import LS_BIN, LabelStudio, Meshline
+from tests.labelstudio.conftest import LS_BIN, LabelStudio, Meshline, browser_session
 
 pytestmark = pytest.mark.serve
 
@@ -246,3 +246,31 @@ def test_smart_click_gives_the_brush_of_the_segment_api(
     expected = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
     assert expected.any()
     assert np.array_equal(masks[0], expected.astype(bool))
+
+
+def test_legacy_token_sent_at_setup_reads_task_files(
+    label_studio: LabelStudio, legacy_meshline: Meshline
+) -> None:
+    """No token configured in meshline: the legacy token Label Studio hands over at /setup
+    works once the organisation enables legacy tokens, and not before."""
+    ls = label_studio
+    project = new_project(ls, "legacy token", rectangles_config("alpha", range(80)), 1)
+    extra = {"model": "alpha", "conf": 0.0001, "max_det": 5}
+    connect(ls, project, legacy_meshline, ALICE, extra_params=extra)
+    assert retrieve_predictions(ls, project) == []  # 401 on the image: nothing stored
+    session, headers = browser_session(ls.url)
+    enabled = session.post(
+        "/api/jwt/settings", headers=headers, json={"legacy_api_tokens_enabled": True}
+    )
+    assert enabled.status_code in (200, 201), enabled.text
+    try:
+        predictions = retrieve_predictions(ls, project)
+    finally:
+        session.post(
+            "/api/jwt/settings", headers=headers, json={"legacy_api_tokens_enabled": False}
+        )
+        session.close()
+    assert len(predictions) == 1 and predictions[0]["result"]
+    assert all(
+        r["value"]["rectanglelabels"][0].startswith("alpha") for r in predictions[0]["result"]
+    )
