@@ -89,6 +89,7 @@ class MeshReconstructor:
         return ReconstructResult(
             mesh=mesh.export(file_type="ply"),
             stats={
+                "backend": self.config.backend,  # which model made this shape
                 "faces": len(mesh.faces),
                 "vertices": len(mesh.vertices),
                 "watertight": bool(mesh.is_watertight),

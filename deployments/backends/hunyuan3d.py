@@ -97,6 +97,7 @@ class Hunyuan3DBackend:
             variant=self.options.variant,
             use_safetensors=True,
         )
+        self._shape_lock = threading.Lock()  # the pipeline's scheduler keeps per-call state
         self._painter: Any = None
         self._paint_state = "not loaded (loads on the first paint)"
         self._paint_lock = threading.Lock()
@@ -108,15 +109,16 @@ class Hunyuan3DBackend:
         import torch
 
         opts = self.options
-        latents = self.shape(
-            image=rgba_crop(image, mask),
-            num_inference_steps=opts.steps,
-            guidance_scale=opts.guidance_scale,
-            generator=torch.Generator().manual_seed(opts.seed),
-            output_type="latent",
-            enable_pbar=False,
-        )
-        mesh = closed_surface(self.shape.vae, latents, opts)
+        with self._shape_lock, torch.inference_mode():
+            latents = self.shape(
+                image=rgba_crop(image, mask),
+                num_inference_steps=opts.steps,
+                guidance_scale=opts.guidance_scale,
+                generator=torch.Generator().manual_seed(opts.seed),
+                output_type="latent",
+                enable_pbar=False,
+            )
+            mesh = closed_surface(self.shape.vae, latents, opts)
         return finish(mesh, self.max_faces)
 
     def paint(
@@ -125,7 +127,8 @@ class Hunyuan3DBackend:
         painter = self._load_painter()
         if painter is None:
             return None
-        painted = painter(mesh.copy(), image=rgba_crop(image, mask))
+        with self._paint_lock:
+            painted = painter(mesh.copy(), image=rgba_crop(image, mask))
         if isinstance(painted, trimesh.Scene):
             painted = painted.to_geometry()
         return fit_to(painted, mesh)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ class Sam3dObjectsBackend:
             os.environ.setdefault(key, value)
         self.options = Sam3dOptions.model_validate(options)
         self.max_faces = max_faces
+        self._lock = threading.Lock()  # one generation at a time: the pipeline keeps state
         module = load_inference_module(self.options.repo)
         config = Path(weights) / self.options.config
         self.inference = module.Inference(str(config), compile=False)
@@ -83,7 +85,8 @@ class Sam3dObjectsBackend:
         return {"package": "sam3d_objects", "paint": "built-in projection"}
 
     def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> trimesh.Trimesh:
-        output = self.inference(image, mask, seed=self.options.seed)
+        with self._lock:
+            output = self.inference(image, mask, seed=self.options.seed)
         if output.get("glb") is not None:
             mesh = as_closed_mesh(output["glb"])
         else:  # splat only: a surface through its centres

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class TrellisBackend:
 
         self.options = TrellisOptions.model_validate(options)
         self.max_faces = max_faces
+        self._lock = threading.Lock()  # one generation at a time: the pipeline keeps state
         with offline_torch_hub(Path(weights) / HUB_FOLDER):
             self.pipeline = TrellisImageTo3DPipeline.from_pretrained(str(weights))
         if device == "cuda":
@@ -107,13 +109,14 @@ class TrellisBackend:
         opts = self.options
         sparse = {"steps": opts.sparse_steps} if opts.sparse_steps else {}
         slat = {"steps": opts.slat_steps} if opts.slat_steps else {}
-        outputs = self.pipeline.run(
-            rgba_crop(image, mask),  # an alpha channel: TRELLIS skips its rembg pass
-            seed=opts.seed,
-            formats=["mesh"],  # no gaussians/radiance field: only the mesh is used
-            sparse_structure_sampler_params=sparse,
-            slat_sampler_params=slat,
-        )
+        with self._lock:
+            outputs = self.pipeline.run(
+                rgba_crop(image, mask),  # an alpha channel: TRELLIS skips its rembg pass
+                seed=opts.seed,
+                formats=["mesh"],  # no gaussians/radiance field: only the mesh is used
+                sparse_structure_sampler_params=sparse,
+                slat_sampler_params=slat,
+            )
         raw = outputs["mesh"][0]  # MeshExtractResult: vertices, faces (torch)
         vertices = raw.vertices.detach().float().cpu().numpy() @ Z_UP_TO_Y_UP
         faces = raw.faces.detach().cpu().numpy()
