@@ -40,6 +40,12 @@ logger = logging.getLogger("meshline.ingress")
 # Every open SSE stream holds one of these for its whole life: streams get at most half of
 # them (``stream_cap``), or they leave no room for /healthz and reads (issue 13: 70 streams).
 MAX_ONGOING_REQUESTS = 64
+# A replica being replaced (`serve deploy` of a new version) or scaled down finishes its
+# in-flight requests first, for at most this long, then is killed: Serve's 20 s default cut
+# synchronous calls still running (a Segmenter at 1024 px on a CPU, a model replica's cold
+# start) into 500s. As long as the HTTP request_timeout_s (configs/serve.yaml), so any call the
+# proxy still waits for completes. Streams hold it too: the admin stream ends itself sooner.
+GRACEFUL_SHUTDOWN_S = 300
 
 
 @serve.deployment(
@@ -48,6 +54,7 @@ MAX_ONGOING_REQUESTS = 64
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2},
     max_ongoing_requests=MAX_ONGOING_REQUESTS,  # cheap requests; long work is queued as jobs
     max_queued_requests=512,  # beyond this Serve answers 503 at once
+    graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
 )
 @serve.ingress()
 class Ingress:

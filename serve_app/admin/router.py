@@ -27,6 +27,10 @@ from serve_app.jobs.store import JobRecord
 from serve_app.services import Services, ServicesDep
 
 router = APIRouter(tags=["admin"])
+# The admin listing stream ends after this long (the page reconnects at once and gets a fresh
+# listing): a never-ending stream would hold a replica being replaced for its whole graceful
+# shutdown window (serve_app/ingress.py GRACEFUL_SHUTDOWN_S).
+ADMIN_STREAM_MAX_S = 60.0
 
 
 @cache
@@ -150,12 +154,15 @@ async def admin_job_events(
 
 async def _jobs_stream(services: Services, limit: int) -> AsyncIterator[str]:
     """One stream for the whole list (a browser allows ~6 connections per host: not one
-    stream per job). Ends only when the client goes away. The listing comes from the shared
-    poller: one store read per interval, whatever the number of open admin pages."""
+    stream per job). Ends when the client goes away, or after ``ADMIN_STREAM_MAX_S``. The
+    listing comes from the shared poller: one store read per interval, whatever the number of
+    open admin pages."""
     last = None
-    last_sent = time.monotonic()
+    last_sent = opened = time.monotonic()
     async with contextlib.aclosing(services.streams.poller.follow(list_limit=limit)) as ticks:
         async for tick in ticks:
+            if time.monotonic() - opened > ADMIN_STREAM_MAX_S:
+                return
             if tick is not None:
                 snapshot = tick.memo(("jobs", limit), _listing_json, tick.listing[:limit])
                 if snapshot != last:

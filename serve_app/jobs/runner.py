@@ -83,6 +83,12 @@ class JobRunner:
     async def stop(self) -> None:
         """Graceful shutdown: stop claiming, interrupt running jobs and hand them back."""
         running = list(self._active)
+        logger.info(
+            "runner %s stopping: handing back %d running job(s) %s",
+            self.owner,
+            len(running),
+            running,
+        )
         tasks = [
             t for t in (self._loop_task, *self._active.values(), *self._webhooks) if t is not None
         ]

@@ -594,7 +594,10 @@ class JobStore:
 
     def release(self, job_id: str, owner: str) -> bool:
         """Give a running job back to the queue (graceful shutdown): it resumes elsewhere at
-        once instead of after the lease expires. Its interrupted stage is marked pending."""
+        once instead of after the lease expires. Its interrupted stage is marked pending, and
+        the interrupted attempt is not counted: a rolling update can hand a job back once per
+        replica it replaces, and each hand-back used to spend one of the stage's
+        ``stage_max_attempts`` (a later real error then failed the job without a retry)."""
         now = utcnow()
         with self.engine.begin() as conn:
             result = conn.execute(
@@ -613,7 +616,11 @@ class JobStore:
                 conn.execute(
                     update(stages)
                     .where(stages.c.job_id == job_id, stages.c.status == "running")
-                    .values(status="pending", error="interrupted by a shutdown; will resume")
+                    .values(
+                        status="pending",
+                        error="interrupted by a shutdown; will resume",
+                        attempts=case((stages.c.attempts > 0, stages.c.attempts - 1), else_=0),
+                    )
                 )
             return result.rowcount == 1
 

@@ -63,7 +63,14 @@ def test_release_hands_a_job_back(store: JobStore) -> None:
     assert store.claim_next("next", 60) == job_id  # at once, no lease to wait out
     job = store.get(job_id)
     assert [s.status for s in job.stages] == ["succeeded", "pending", "pending", "pending"]
-    assert job.stage("reconstruct").attempts == 1
+    # The interrupted attempt is no attempt: hand-backs never spend the stage's retries.
+    assert job.stage("reconstruct").attempts == 0
+    assert job.stage("segment").attempts == 1
+    for _ in range(3):  # three rolling restarts interrupt the same stage
+        assert store.start_stage(job_id, "reconstruct") == 1
+        assert store.release(job_id, "next")
+        assert store.claim_next("next", 60) == job_id
+    assert store.start_stage(job_id, "reconstruct") == 1
 
 
 def test_concurrent_claims_never_share_a_job(store: JobStore) -> None:
