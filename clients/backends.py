@@ -64,12 +64,16 @@ def check(
     except ModelLoadError as exc:
         console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
-    backend_options: dict[str, Any] = json.loads(options) if options else {}
+    try:
+        backend_options: dict[str, Any] = json.loads(options) if options else {}
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]--options is not JSON: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"[bold]{name}[/bold]: {spec.install}")
     missing = diagnose(spec, weights, backend_options)
-    absent = {id(m.need) for m in missing}
-    for need in spec.needs:
-        if id(need) not in absent:
+    absent = {m.need for m in missing}
+    for need in spec.needs_for(backend_options):
+        if need not in absent:
             console.print(f"  [green]ok[/green]      {need.kind} {need.name}")
     required = [m for m in missing if m.need.optional is None]
     for item in missing:

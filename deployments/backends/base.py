@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -58,6 +58,11 @@ class BackendSpec:
     weights_hint: str
     needs: tuple[Need, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)  # set before importing it
+    # Where the needs depend on the backend's options (e.g. which model subfolder).
+    expand: Callable[[Mapping[str, Any]], tuple[Need, ...]] | None = None
+
+    def needs_for(self, options: Mapping[str, Any] | None = None) -> tuple[Need, ...]:
+        return self.expand(options or {}) if self.expand is not None else self.needs
 
 
 class ShapeBackend(Protocol):
@@ -88,8 +93,9 @@ def diagnose(
     """Everything ``spec`` needs that is not here, required and optional, in ``needs`` order.
     A spec without weights needs only requires its weights folder to exist."""
     options = options or {}
+    needs = spec.needs_for(options)
     missing: list[Missing] = []
-    for need in spec.needs or (Need("package", spec.package, spec.install),):
+    for need in needs or (Need("package", spec.package, spec.install),):
         if need.kind in ("package", "extension"):
             errors = [import_error(name, spec.env) for name in need.name.split("|")]
             if all(errors):
@@ -104,7 +110,7 @@ def diagnose(
             missing.append(Missing(need, "no weights folder configured"))
         elif not (Path(weights) / need.name).exists():
             missing.append(Missing(need, f"{Path(weights) / need.name} does not exist"))
-    no_layout = not any(n.kind == "weights" for n in spec.needs)
+    no_layout = not any(n.kind == "weights" for n in needs)
     if no_layout and (weights is None or not Path(weights).exists()):
         root = Need("weights", ".", spec.weights_hint)
         detail = "none configured" if weights is None else f"{weights} does not exist"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,32 @@ SHAPE_FOLDER = "hunyuan3d-dit-v2-0"
 PAINT_FOLDERS = ("hunyuan3d-paint-v2-0", "hunyuan3d-delight-v2-0")
 NO_PAINT = "paint falls back to meshline's projection paint"
 
+PAINT_NEEDS = (
+    Need(
+        "extension",
+        "custom_rasterizer",
+        "hy3dgen's CUDA rasterizer (built from Hunyuan3D-2's hy3dgen/texgen/custom_rasterizer "
+        "in the backend image; pip never builds it)",
+        optional=NO_PAINT,
+    ),
+    Need("weights", PAINT_FOLDERS[0], "the multiview paint model", optional=NO_PAINT),
+    Need("weights", PAINT_FOLDERS[1], "the delighting model", optional=NO_PAINT),
+)
+
+
+def needs_for(options: Mapping[str, Any]) -> tuple[Need, ...]:
+    """The shape files hy3dgen will open for these options (subfolder, variant)."""
+    subfolder = str(options.get("subfolder", SHAPE_FOLDER))
+    variant = options.get("variant", "fp16")
+    weights = f"model.{variant}.safetensors" if variant else "model.safetensors"
+    return (
+        Need("package", "hy3dgen.shapegen", "Hunyuan3D-2's shape pipeline (pip: hy3dgen==2.0.2)"),
+        Need("weights", f"{subfolder}/config.yaml", "the shape model's config"),
+        Need("weights", f"{subfolder}/{weights}", "the shape model's weights"),
+        *PAINT_NEEDS,
+    )
+
+
 SPEC = BackendSpec(
     "hunyuan3d",
     "hy3dgen",
@@ -44,20 +71,8 @@ SPEC = BackendSpec(
     "hunyuan3d.yaml); paint also needs the custom_rasterizer CUDA extension built in the image",
     "a local copy of tencent/Hunyuan3D-2 (hunyuan3d-dit-v2-0; for paint hunyuan3d-paint-v2-0 "
     "and hunyuan3d-delight-v2-0)",
-    needs=(
-        Need("package", "hy3dgen.shapegen", "Hunyuan3D-2's shape pipeline (pip: hy3dgen==2.0.2)"),
-        Need("weights", f"{SHAPE_FOLDER}/config.yaml", "the shape model's config"),
-        Need("weights", f"{SHAPE_FOLDER}/model.fp16.safetensors", "the shape model's weights"),
-        Need(
-            "extension",
-            "custom_rasterizer",
-            "hy3dgen's CUDA rasterizer (built from Hunyuan3D-2's hy3dgen/texgen/"
-            "custom_rasterizer in the backend image; pip never builds it)",
-            optional=NO_PAINT,
-        ),
-        Need("weights", PAINT_FOLDERS[0], "the multiview paint model", optional=NO_PAINT),
-        Need("weights", PAINT_FOLDERS[1], "the delighting model", optional=NO_PAINT),
-    ),
+    needs=needs_for({}),
+    expand=needs_for,
 )
 
 

@@ -61,6 +61,12 @@ def test_hunyuan3d_without_weights_names_the_missing_files(tmp_path: Path) -> No
     assert "hunyuan3d-dit-v2-0/config.yaml" in message
     assert "model.fp16.safetensors" in message
     assert "extension 'custom_rasterizer'" not in message  # optional: paint falls back, shape loads
+    turbo = {"subfolder": "hunyuan3d-dit-v2-0-turbo", "variant": None}  # the files it opens
+    missing = {m.need.name for m in diagnose(SPECS["hunyuan3d"], tmp_path, turbo)}
+    assert {
+        "hunyuan3d-dit-v2-0-turbo/config.yaml",
+        "hunyuan3d-dit-v2-0-turbo/model.safetensors",
+    } <= missing
 
 
 def test_sam3d_import_needs_lidra_skip_init_and_the_repo_file(tmp_path: Path) -> None:
@@ -240,6 +246,9 @@ def test_cli_backends_check(tiny_hunyuan: Path, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert "watertight" in ok.output and "hunyuan3d works here" in ok.output
     assert "custom_rasterizer" in ok.output and "optional" in ok.output
+    assert "ok      weights hunyuan3d-dit-v2-0/config.yaml" in ok.output
+    assert "ok      package hy3dgen.shapegen" in ok.output
+    assert "ok      extension custom_rasterizer" not in ok.output
     for name, package in (("trellis", "trellis.pipelines"), ("sam3d", "sam3d_objects")):
         failed = runner.invoke(app, ["backends", "check", name, "--weights", str(tmp_path)])
         assert failed.exit_code == 1, failed.output
