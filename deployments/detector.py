@@ -70,6 +70,7 @@ def is_random_init(source: str) -> bool:
 
 # Every replica publishes what it holds this often (protocol.loaded_models_by_replica reads it).
 LOADED_MODELS_REFRESH_S = 5.0
+MAX_POLYGON_POINTS = 100  # vertices per instance outline of a -seg model (simplified)
 
 
 class YoloDetector:
@@ -270,9 +271,11 @@ class YoloDetector:
         boxes = result.boxes
         xyxy = boxes.xyxy.cpu().numpy().astype(float) if len(boxes) else np.zeros((0, 4))
         ids = boxes.cls.cpu().numpy().astype(int).tolist() if len(boxes) else []
-        masks_rle = None
+        masks_rle = polygons = None
         if getattr(result, "masks", None) is not None:
-            masks_rle = [polygon_rle(polygon, width, height) for polygon in result.masks.xy]
+            outlines = result.masks.xy
+            masks_rle = [polygon_rle(polygon, width, height) for polygon in outlines]
+            polygons = [simplify_polygon(polygon, width, height) for polygon in outlines]
         return DetectResult(
             boxes=xyxy.round(2).tolist(),
             boxes_normalized=(xyxy / [width, height, width, height]).round(6).tolist(),
@@ -282,7 +285,30 @@ class YoloDetector:
             image_size=[int(width), int(height)],
             speed_ms={k: round(float(v), 2) for k, v in speed.items()},
             masks_rle=masks_rle,
+            polygons=polygons,
         )
+
+
+def simplify_polygon(
+    polygon: np.ndarray, width: int, height: int, max_points: int = MAX_POLYGON_POINTS
+) -> list[list[float]]:
+    """Ultralytics' outline (every contour pixel, all parts joined) as at most ``max_points``
+    vertices in image pixels: Douglas-Peucker with a growing tolerance, so small masks keep
+    their detail and large ones do not send thousands of points."""
+    import cv2
+
+    points = np.asarray(polygon, dtype=np.float32).reshape(-1, 1, 2)
+    if len(points) < 3:
+        return []
+    epsilon = 0.5
+    simplified = cv2.approxPolyDP(points, epsilon, True)
+    while len(simplified) > max_points:
+        epsilon *= 1.5
+        simplified = cv2.approxPolyDP(points, epsilon, True)
+    flat = simplified.reshape(-1, 2).astype(float)
+    flat[:, 0] = flat[:, 0].clip(0, width)
+    flat[:, 1] = flat[:, 1].clip(0, height)
+    return flat.round(2).tolist() if len(flat) >= 3 else []
 
 
 def polygon_rle(polygon: np.ndarray, width: int, height: int) -> RleMask:

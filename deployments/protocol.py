@@ -162,6 +162,9 @@ class DetectResult:
     speed_ms: dict[str, float]  # ultralytics' preprocess / inference / postprocess times
     masks_rle: list[RleMask] | None = None  # segmentation models only: one per box
     model_id: str | None = None  # the registry id that answered (set by the deployment)
+    # segmentation models only: each mask's outline, [[x, y], ...] in pixels (simplified, at
+    # most the Detector's MAX_POLYGON_POINTS vertices; [] for a mask too small to outline)
+    polygons: list[list[list[float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON the job stores as ``detections.json`` (keys as before this module)."""
@@ -178,6 +181,8 @@ class DetectResult:
             answer["masks_rle"] = self.masks_rle
         if self.model_id is not None:
             answer["model_id"] = self.model_id
+        if self.polygons is not None:
+            answer["polygons"] = self.polygons
         return answer
 
 

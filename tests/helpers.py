@@ -223,14 +223,15 @@ class LiveApp:
         return httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
 
-def save_yolo(path: Path, prefix: str) -> None:
-    """A random-init YOLOv8n checkpoint whose classes are named <prefix>0..79."""
+def save_yolo(path: Path, prefix: str, seg: bool = False) -> None:
+    """A random-init YOLOv8n checkpoint whose classes are named <prefix>0..79 (``seg``: the
+    instance segmentation model, yolov8n-seg)."""
     from deployments.detector import prepare_ultralytics_env
 
     prepare_ultralytics_env(path.parent / ".ultralytics")
     from ultralytics import YOLO
 
-    model = YOLO("yolov8n.yaml")
+    model = YOLO("yolov8n-seg.yaml" if seg else "yolov8n.yaml")
     model.model.names = {i: f"{prefix}{i}" for i in range(80)}
     model.save(str(path))
 

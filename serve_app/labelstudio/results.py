@@ -51,6 +51,23 @@ def rectangle(
     return {**_item(control, width, height, value), "score": round(float(score), 4)}
 
 
+def polygon(
+    control: Control,
+    points: list[list[float]],
+    label: str,
+    score: float,
+    width: int,
+    height: int,
+) -> dict[str, Any]:
+    """A -seg model's outline (pixels, already simplified and bounded by the Detector)."""
+    value = {
+        "points": [[_pct(x, width), _pct(y, height)] for x, y in points],
+        "closed": True,
+        "polygonlabels": [label],
+    }
+    return {**_item(control, width, height, value), "score": round(float(score), 4)}
+
+
 def brush(control: Control, mask: np.ndarray, label: str, score: float) -> dict[str, Any]:
     height, width = (int(n) for n in mask.shape)
     value = {"format": "rle", "rle": brush_rle(mask), "brushlabels": [label]}
@@ -64,8 +81,10 @@ def brush(control: Control, mask: np.ndarray, label: str, score: float) -> dict[
 def detections_to_results(
     controls: list[Control], found: Any, width: int, height: int, masks: list[np.ndarray] | None
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """Each detection on every control that has a Label for its class (rectangles from boxes,
-    brushes from a -seg model's masks); classes no control knows are counted, not guessed."""
+    """Each detection on every control that has a Label for its class (rectangles from boxes;
+    polygons from a -seg model's outlines, brushes from its masks); classes no control knows
+    are counted, not guessed."""
+    polygons = found.polygons
     results: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for index, (box, score, name) in enumerate(
@@ -78,6 +97,9 @@ def detections_to_results(
                 continue
             if control.type == "rectanglelabels":
                 results.append(rectangle(control, box, label, score, width, height))
+                placed = True
+            elif control.type == "polygonlabels" and polygons and polygons[index]:
+                results.append(polygon(control, polygons[index], label, score, width, height))
                 placed = True
             elif control.type == "brushlabels" and masks is not None:
                 results.append(brush(control, masks[index], label, score))

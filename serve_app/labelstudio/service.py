@@ -209,9 +209,9 @@ async def pre_annotate(
     task: dict[str, Any],
     version: str,
 ) -> TaskPrediction:
-    """Detections of the project's YOLO model as RectangleLabels (and BrushLabels from a
-    -seg model's masks), labels matched by class name."""
-    controls = config.of_type("rectanglelabels", "brushlabels")
+    """Detections of the project's YOLO model as RectangleLabels (and PolygonLabels and
+    BrushLabels from a -seg model's outlines and masks), labels matched by class name."""
+    controls = config.of_type("rectanglelabels", "polygonlabels", "brushlabels")
     if not controls:
         return TaskPrediction(result=[], model_version=version)
     url = _task_file(controls[0], task)

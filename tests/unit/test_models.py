@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from deployments.common import resolve_checkpoint
-from deployments.detector import DetectorConfig, YoloDetector
+from deployments.detector import (
+    MAX_POLYGON_POINTS,
+    DetectorConfig,
+    YoloDetector,
+    simplify_polygon,
+)
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.segmenter import Sam2Segmenter, SegmenterConfig
 from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
@@ -234,3 +239,19 @@ def test_segmentation_models_return_instance_masks(tmp_path: Path) -> None:
     for rle in found.masks_rle:
         decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
         assert decoded.shape == (240, 320)
+    # Each mask's outline too (PolygonLabels in Label Studio): bounded, inside the image.
+    assert found.polygons is not None and len(found.polygons) == len(found.boxes)
+    assert any(found.polygons)
+    for outline in found.polygons:
+        assert len(outline) <= MAX_POLYGON_POINTS and (not outline or len(outline) >= 3)
+        assert all(0 <= x <= 320 and 0 <= y <= 240 for x, y in outline)
+
+
+def test_outlines_are_simplified_to_the_bound() -> None:
+    angles = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
+    circle = np.stack([160 + 100 * np.cos(angles), 120 + 100 * np.sin(angles)], axis=1)
+    outline = simplify_polygon(circle, 320, 240, max_points=24)
+    assert 8 <= len(outline) <= 24
+    radii = np.hypot(*(np.array(outline) - [160, 120]).T)
+    assert np.allclose(radii, 100, atol=0.01)  # vertices are points of the outline
+    assert simplify_polygon(circle[:2], 320, 240) == []
