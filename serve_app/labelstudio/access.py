@@ -169,11 +169,16 @@ class LabelStudioAccess:
         return urljoin(base + "/", url.lstrip("/"))
 
     async def fetch(
-        self, url: str, hostname: str | None, setup_token: str | None, param: str
+        self,
+        url: str,
+        hostname: str | None,
+        setup_token: str | None,
+        param: str,
+        limit: int | None = None,
     ) -> bytes:
-        """The bytes of a task's file (bounded by max_upload_mb)."""
+        """The bytes of a task's file (bounded by ``limit``, default max_upload_mb)."""
         settings = self.settings
-        limit = int(settings.max_upload_mb * 2**20)
+        limit = limit or int(settings.max_upload_mb * 2**20)
         absolute = self.resolve(url, hostname)
         if self.origin is None or Origin.of(absolute) != self.origin:
             return await fetch_input(settings, absolute, limit, param)

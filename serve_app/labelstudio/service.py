@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
@@ -20,7 +21,7 @@ from pycocotools import mask as mask_utils
 from deployments.errors import InvalidInput
 from deployments.protocol import DetectRequest, DetectResult
 from serve_app.http.errors import ApiError
-from serve_app.labelstudio import projects
+from serve_app.labelstudio import projects, video
 from serve_app.labelstudio.access import LabelStudioAccess
 from serve_app.labelstudio.config import Control, LabelConfig, parse_label_config
 from serve_app.labelstudio.projects import ProjectSetup
@@ -76,6 +77,7 @@ async def setup(services: Services, body: SetupIn, owner: str | None) -> SetupOu
     record = ProjectSetup(projects.project_id(body.project, owner), body.hostname, extra)
     model_id = await asyncio.to_thread(_model_for, services, record)
     _conf(record)  # a bad conf is refused now, where Label Studio shows it
+    video.wait_s(record)
     version = await model_version(services, config, model_id)
     record = replace(record, model_version=version)
     await asyncio.to_thread(projects.save, services.artifacts, record)
@@ -155,8 +157,17 @@ async def predict(services: Services, body: PredictIn, owner: str | None) -> Pre
     model_id = await asyncio.to_thread(_model_for, services, record)
     version = await model_version(services, config, model_id)
     context = body.params.context if body.params else None
+    tracks = bool(config.of_type("videorectangle"))
+    # Tracking jobs are waited for until one deadline per request (Label Studio waits 100 s).
+    deadline = time.monotonic() + video.wait_s(record) if tracks else 0.0
     if context is not None and context.result:
-        one = await interactive(services, config, record, body.tasks[0], context.result)
+        task = body.tasks[0]
+        if tracks and any(r.get("type") == "videorectangle" for r in context.result):
+            one = await video_track(
+                services, config, record, task, context.result, version, owner, deadline
+            )
+            return PredictOut(results=[one], model_version=version)
+        one = await interactive(services, config, record, task, context.result)
         return PredictOut(
             results=[one.model_copy(update={"model_version": version})], model_version=version
         )
@@ -165,6 +176,10 @@ async def predict(services: Services, body: PredictIn, owner: str | None) -> Pre
     async def one_task(task: dict[str, Any]) -> TaskPrediction | ApiError:
         async with semaphore:
             try:
+                if tracks:
+                    return await video_track(
+                        services, config, record, task, None, version, owner, deadline
+                    )
                 return await pre_annotate(services, config, record, model_id, task, version)
             except ApiError as exc:
                 logger.info("task %s not predicted: %s", task.get("id"), exc.message)
@@ -195,10 +210,42 @@ def _task_file(control: Control, task: dict[str, Any]) -> str:
     return url
 
 
-async def _fetch(services: Services, record: ProjectSetup, url: str) -> bytes:
+async def _fetch(
+    services: Services, record: ProjectSetup, url: str, limit: int | None = None
+) -> bytes:
     ls = backend(services)
     token = ls.setup_tokens.get(record.project_id)
-    return await ls.access.fetch(url, record.hostname, token, "task.data")
+    return await ls.access.fetch(url, record.hostname, token, "task.data", limit)
+
+
+async def video_track(
+    services: Services,
+    config: LabelConfig,
+    record: ProjectSetup,
+    task: dict[str, Any],
+    context: list[dict[str, Any]] | None,
+    version: str,
+    owner: str | None,
+    deadline: float,
+) -> TaskPrediction:
+    """VideoRectangle tracks (serve_app/labelstudio/video.py) for the annotator's keyframes
+    (``context``) or, without context, the task's newest annotation's."""
+    control = config.of_type("videorectangle")[0]
+    url = _task_file(control, task)
+    limit = services.settings.video_max_prompts
+    if context is not None:
+        regions = video.regions_of(context, control, limit)
+    else:
+        regions = video.annotated_regions(task, control, limit)
+    if not regions:  # nothing drawn yet: nothing to track
+        return TaskPrediction(result=[], model_version=version)
+
+    async def fetch(file_url: str, max_bytes: int) -> bytes:
+        return await _fetch(services, record, file_url, max_bytes)
+
+    return await video.track(
+        services, record, control, task, url, regions, owner, fetch, version, deadline
+    )
 
 
 async def pre_annotate(

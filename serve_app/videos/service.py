@@ -295,7 +295,7 @@ async def frame_masks_blob(
     return await asyncio.to_thread(services.artifacts.get, record.id, masks_name(frame_idx))
 
 
-async def _stored_masks(
+async def stored_masks(
     services: Services, video_id: str, start: int = 0, end: int | None = None
 ) -> list[tuple[int, dict[str, dict[str, Any]]]]:
     present = await asyncio.to_thread(video_store(services).masks, video_id, start, end)
@@ -316,7 +316,7 @@ async def masks_range(
         raise ApiError(422, f"need 0 <= start < end <= {record.frames}", param="start")
     if end - start > MAX_MASK_RANGE:
         raise ApiError(422, f"at most {MAX_MASK_RANGE} frames per request", param="end")
-    frames = await _stored_masks(services, record.id, start, end)
+    frames = await stored_masks(services, record.id, start, end)
     return FrameMasksRange(
         video_id=record.id,
         start=start,
@@ -336,7 +336,7 @@ async def export_masks(services: Services, record: VideoRecord, format: str) -> 
             LIMIT_ERROR,
             "format",
         )
-    frames = await _stored_masks(services, record.id)
+    frames = await stored_masks(services, record.id)
     make = {"coco": export.coco_json, "png-zip": export.png_zip, "yolo": export.yolo_zip}[format]
     return await asyncio.to_thread(make, record, frames, objects)
 
