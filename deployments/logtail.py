@@ -335,6 +335,9 @@ def _hub_actor(app: str, create: bool) -> Any:
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
+            # On the head, as Ray Train's state actor: a worker node the autoscaler removes
+            # (idle GPU pods go after 5 min) would take the hub's history with it.
+            resources={"node:__internal_head__": 0.001},
             max_restarts=-1,
         )
         .remote()

@@ -396,6 +396,13 @@ def test_serve_deploy_updates_under_load_lose_nothing(head: Head, tmp_path: Path
             assert stopping, lines
             print(f"replaced Ingress {replica}: {stopping[-1]}")
         assert replica_ids(head.applications())["Ingress"] <= set(by_replica)
+        # The recent requests are merged across every Ingress replica, replaced ones included.
+        recent = httpx.get(f"{base_url}/v1/admin/requests", params={"limit": 2000}, timeout=60)
+        answered_by = {r["replica"] for r in recent.json()["requests"]}
+        assert (
+            len(answered_by & (before["Ingress"] | replica_ids(head.applications())["Ingress"]))
+            >= 3
+        )
     finally:
         load.stop.set()
         for thread in threads[:-1]:
