@@ -152,7 +152,23 @@ $(LS_STAMP):
 	$(LS_VENV)/bin/pip install -q 'label-studio==$(LABEL_STUDIO_VERSION)'
 	touch $(LS_STAMP)
 
-test-tools: $(TOOLS_STAMP) $(LS_STAMP)
+# SAM 3 (the Segmenter's sam3 backend; tests/sam3 run here): sam3 0.1.4 caps numpy, tqdm,
+# typing_extensions and huggingface_hub below the core's, so its pins go into a venv that sees
+# the core's packages (torch included) through a .pth after its own: they shadow, nothing moves.
+# The same file is the replica's pip runtime_env (deployments/configs.py sam3_runtime_env).
+SAM3_VENV  := $(TOOLS)/sam3
+SAM3_REQS  := deployments/sam3-requirements.txt
+SAM3_STAMP := $(SAM3_VENV)/.installed
+$(SAM3_STAMP): $(SAM3_REQS) | $(STAMP)
+	@echo ">> installing $(SAM3_REQS) into $(SAM3_VENV) (over the core venv)"
+	rm -rf $(SAM3_VENV) && $(PYTHON) -m venv $(SAM3_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(SAM3_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_meshline_core.pth"
+	$(SAM3_VENV)/bin/pip install -q -r $(SAM3_REQS)
+	$(SAM3_VENV)/bin/python -c "import sam3, numpy, torch; print('sam3', sam3.__version__, 'numpy', numpy.__version__)"
+	touch $(SAM3_STAMP)
+
+test-tools: $(TOOLS_STAMP) $(LS_STAMP) $(SAM3_STAMP)
 
 # ruff (pinned in the test extras) with the rules in pyproject.toml.
 lint: install

@@ -49,7 +49,8 @@ MIRROR_ENV = "MESHLINE_WEIGHTS_MIRROR"
 ULTRALYTICS_ASSETS_RELEASE = "v8.4.0"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
-Family = Literal["sam2", "yolo"]
+Family = Literal["sam2", "sam3", "yolo"]
+HF_TOKEN_ENV = "HF_TOKEN"  # a Hugging Face token, for gated repos (facebook/sam3)
 DigestSource = Literal["pinned", "hub", "recorded"]
 Progress = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
 
@@ -67,6 +68,7 @@ class KnownCheckpoint:
     sha256: str | None = None  # pinned (PINNED_SHA256); None: the hub's, or the first fetch's
     hub_digest: bool = False  # Hugging Face hub: the server states the LFS SHA-256
     publisher: str = ""
+    gated: bool = False  # the hub serves it to accounts that accepted its licence: HF_TOKEN
 
     @property
     def filename(self) -> str:
@@ -135,6 +137,19 @@ def _yolo(stem: str) -> KnownCheckpoint:
     )
 
 
+# SAM 3 (the Segmenter's sam3 backend): one file for the image and video models. The repo is
+# gated (Meta's SAM licence, accepted on its page), so the fetch sends $HF_TOKEN to the hub.
+SAM3 = KnownCheckpoint(
+    name="sam3",
+    family="sam3",
+    url="https://huggingface.co/facebook/sam3/resolve/main/sam3.pt",
+    configs=("sam3",),
+    hub_digest=True,
+    publisher="Meta, Hugging Face model repo facebook/sam3 (gated)",
+    gated=True,
+)
+
+
 def _catalogue(entries: Iterable[KnownCheckpoint]) -> dict[str, KnownCheckpoint]:
     return {entry.name: entry for entry in entries}
 
@@ -150,6 +165,7 @@ CATALOGUE: dict[str, KnownCheckpoint] = _catalogue(
         for task in ("", "-seg")
         for size in "nsmlx"
     ]
+    + [SAM3]
 )
 
 
@@ -305,7 +321,9 @@ def fetch(
     part = target.with_name(target.name + ".part")
     url = download_url(entry, mirror)
     owns_client = client is None
-    http = client or httpx.Client(timeout=timeout_s, follow_redirects=True)
+    http = client or httpx.Client(
+        timeout=timeout_s, follow_redirects=True, headers=_hub_auth(entry, url)
+    )
     try:
         with FileLock(str(target) + ".lock", timeout=24 * 3600):
             known = None if force and not entry.sha256 else expected_digest(entry, weights_dir)
@@ -349,6 +367,20 @@ def fetch(
     finally:
         if owns_client:
             http.close()
+
+
+def _hub_auth(entry: KnownCheckpoint, url: str) -> dict[str, str]:
+    """$HF_TOKEN for a gated entry fetched from the hub itself (never sent to a mirror; httpx
+    drops it on the redirect to the hub's file CDN, another origin)."""
+    if not entry.gated or urlsplit(url).hostname != "huggingface.co":
+        return {}
+    token = os.environ.get(HF_TOKEN_ENV, "").strip()
+    if not token:
+        raise ModelLoadError(
+            f"{entry.name}: {entry.publisher} serves it only to accounts that accepted its "
+            f"licence on its page: set {HF_TOKEN_ENV} to a token of such an account"
+        )
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _hub_digest(http: httpx.Client, url: str) -> str | None:

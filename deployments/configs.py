@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 Precision = Literal["auto", "fp32", "half"]
 ReconstructBackend = Literal["inflate", "hunyuan3d", "trellis", "sam3d"]
+SegmentBackend = Literal["sam2", "sam3"]
 Isolation = Literal["process", "thread"]
 Accelerator = Literal["gpu", "cpu"]
 
@@ -49,6 +50,16 @@ class TorchModelConfig(BaseModel):
 
 
 class SegmenterConfig(TorchModelConfig):
+    backend: SegmentBackend = Field(
+        "sam2",
+        description="sam2: points/boxes and video; sam3: Meta's SAM 3 — text prompts too, "
+        "images only, in its own runtime_env (deployments/sam3_segmenter.py).",
+    )
+    sam3_bpe_path: str | None = Field(
+        None,
+        description="CLIP's bpe_simple_vocab_16e6.txt.gz for SAM 3's tokenizer; None: the one "
+        "open_clip_torch ships (in the sam3 runtime_env).",
+    )
     config_name: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 Hydra config.")
     overrides: list[str] = Field(default_factory=list, description="Extra Hydra overrides.")
     max_video_sessions: int = Field(2, ge=1, description="Video sessions one replica keeps (LRU).")
@@ -263,3 +274,21 @@ MODEL_AUTOSCALING: dict[str, Any] = {
     "target_ongoing_requests": 2,
     "downscale_to_zero_delay_s": 600,
 }
+
+
+# The sam3 backend's packages: sam3 0.1.4 caps numpy, tqdm, typing_extensions and
+# huggingface_hub below the core's, so they shadow the core ones in its replica only.
+SAM3_REQUIREMENTS = Path(__file__).with_name("sam3-requirements.txt")
+
+
+def sam3_requirements() -> list[str]:
+    """The pinned packages of the sam3 env (comments and blank lines dropped)."""
+    text = SAM3_REQUIREMENTS.read_text()
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def sam3_runtime_env() -> dict[str, Any]:
+    """The Segmenter's runtime_env for segment_backend=sam3: Ray's pip runtime_env installs
+    these over the base env (whose packages it inherits), once per node."""
+    return {"pip": {"packages": sam3_requirements()}, "env_vars": {"HF_HUB_OFFLINE": "1"}}

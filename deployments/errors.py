@@ -28,6 +28,12 @@ class UnknownModel(InvalidInput):
     status = 404
 
 
+class UnsupportedPrompt(InvalidInput):
+    """A prompt kind the configured model cannot take (a text prompt on SAM2): 422 saying so."""
+
+    kind = "unsupported_prompt"
+
+
 class UnknownImage(InvalidInput):
     """An image id no store holds (never sent, or pruned): 404 naming it."""
 

@@ -105,21 +105,30 @@ class SegmentImageRequest:
     labels: list[int] | None = None
     box: list[float] | None = None
     multimask: bool = False
+    # A text prompt (the sam3 backend): every instance of it, best first, at most max_masks
+    # scoring above min_score. Not combined with points or a box.
+    text: str | None = None
+    min_score: float = 0.5
+    max_masks: int = 50
 
     def kwargs(self) -> dict[str, Any]:
         return call_kwargs(self)
 
 
+MAX_TEXT_CHARS = 200  # a text prompt's length (SAM 3's tokenizer keeps 32 tokens anyway)
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentPrompt:
-    """The prompt SAM2 was given (the centre click when the request had none)."""
+    """The prompt the model was given (the centre click when the request had none)."""
 
     points: list[list[float]] | None
     labels: list[int] | None
     box: list[float] | None
+    text: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"points": self.points, "labels": self.labels, "box": self.box}
+        return {"points": self.points, "labels": self.labels, "box": self.box, "text": self.text}
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -30,7 +30,7 @@ from deployments.common import (
     use_half,
 )
 from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
-from deployments.errors import InvalidInput, ModelLoadError
+from deployments.errors import InvalidInput, ModelLoadError, UnsupportedPrompt
 from deployments.image_cache import (
     Embedding,
     EmbeddingCache,
@@ -158,11 +158,15 @@ class Sam2Segmenter:
         labels: list[int] | None = None,
         box: list[float] | None = None,
         multimask: bool = False,
+        text: str | None = None,
+        min_score: float = 0.5,
+        max_masks: int = 50,
     ) -> SegmentResult:
         """Masks for one prompt on the image ``image_id`` (``SegmentImageRequest``'s fields):
         its cached embedding when this replica holds it, else the image (``data``, or fetched
         from ``source``) decoded here and encoded once, then cached."""
         check_image_id(image_id)
+        refuse_text(text)
         embedding = self.cache.get(image_id)
         cached = embedding is not None
         encode_seconds = 0.0
@@ -325,6 +329,25 @@ class Sam2Segmenter:
         return _result(masks, scores, seconds, point_coords, point_labels, box_arr)
 
 
+def refuse_text(text: str | None) -> None:
+    """SAM2 has no text encoder: a text prompt is the client's to fix (or the backend's)."""
+    if text is not None:
+        raise UnsupportedPrompt(
+            "the Segmenter runs SAM2, which takes points and boxes only: text prompts need "
+            "segment_backend=sam3 (MESHLINE_SEGMENT_BACKEND)",
+            "text",
+        )
+
+
+def make_segmenter(config: SegmenterConfig) -> Any:
+    """The replica's model: SAM2, or SAM 3 (whose package is in its runtime_env only)."""
+    if config.backend == "sam3":
+        from deployments.sam3_segmenter import Sam3Segmenter
+
+        return Sam3Segmenter(config)
+    return Sam2Segmenter(config)
+
+
 def _result(
     masks: Any,
     scores: Any,
@@ -434,8 +457,9 @@ class SegmenterDeployment:
         from deployments.telemetry import observe_model_load
 
         started = time.perf_counter()
-        self._model = await asyncio.to_thread(Sam2Segmenter, config)
-        observe_model_load("Segmenter", config.config_name, time.perf_counter() - started)
+        self._model = await asyncio.to_thread(make_segmenter, config)
+        model_name = "sam3" if config.backend == "sam3" else config.config_name
+        observe_model_load("Segmenter", model_name, time.perf_counter() - started)
         self._config = config
         self._sessions: weakref.WeakSet[VideoSession] = weakref.WeakSet()
         self._videos: OrderedDict[str, VideoSession] = OrderedDict()  # LRU, max_video_sessions
@@ -453,7 +477,8 @@ class SegmenterDeployment:
             return await asyncio.to_thread(self._model.encode_batch, items)
 
         self._encode_batched = None
-        if config.image_batch_size > 1:  # GPU only: on CPU set_image_batch measured no gain
+        # GPU only (on CPU set_image_batch measured no gain); SAM2 only.
+        if config.image_batch_size > 1 and config.backend == "sam2":
             self._encode_batched = serve.batch(
                 max_batch_size=config.image_batch_size,
                 batch_wait_timeout_s=config.image_batch_wait_s,
@@ -511,8 +536,12 @@ class SegmenterDeployment:
         labels: list[int] | None = None,
         box: list[float] | None = None,
         multimask: bool = False,
+        text: str | None = None,
+        min_score: float = 0.5,
+        max_masks: int = 50,
     ) -> SegmentResult:
-        """``Sam2Segmenter.segment_image``; routed with ``image_route(image_id)``."""
+        """``Sam2Segmenter.segment_image`` (``Sam3Segmenter``'s with segment_backend=sam3);
+        routed with ``image_route(image_id)``."""
         check_image_id(image_id)
         routed = serve.get_multiplexed_model_id()
         if routed and routed != image_route(image_id):
@@ -522,10 +551,10 @@ class SegmenterDeployment:
         await self._route(image_route(image_id))  # advertise it: later clicks come here
         model = self._model
         if self._encode_batched is None:
-            result = await asyncio.to_thread(
-                model.segment_image, image_id, data, source, points, labels, box, multimask
-            )
+            prompt = (points, labels, box, multimask, text, min_score, max_masks)
+            result = await asyncio.to_thread(model.segment_image, image_id, data, source, *prompt)
         else:
+            refuse_text(text)
             embedding = model.cache.get(image_id)
             cached = embedding is not None
             if embedding is None:  # concurrent first-time images share one encoder forward

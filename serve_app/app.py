@@ -26,6 +26,7 @@ from deployments.configs import (
     ReconstructorConfig,
     SegmenterConfig,
     replica_resources,
+    sam3_runtime_env,
 )
 from deployments.converter import ConverterDeployment
 from deployments.detector import DetectorDeployment
@@ -122,7 +123,9 @@ def resolve_weights(
         return ModelWeights(None)
 
     return ResolvedWeights(
-        segmenter=pick("Segmenter", settings.sam2_checkpoint, settings.sam2_config, "sam2"),
+        segmenter=pick("Segmenter", settings.sam3_checkpoint, "sam3", "sam3")
+        if settings.segment_backend == "sam3"
+        else pick("Segmenter", settings.sam2_checkpoint, settings.sam2_config, "sam2"),
         detector=pick("Detector", settings.detector_checkpoint, settings.detector_model, "yolo"),
     )
 
@@ -135,7 +138,8 @@ def model_table(settings: Settings, weights: ResolvedWeights) -> dict[str, dict[
     return {
         "Segmenter": {
             "weights": "checkpoint" if segmenter.checkpoint else "random",
-            "model": segmenter.checkpoint or settings.sam2_config,
+            "model": segmenter.checkpoint
+            or ("sam3" if settings.segment_backend == "sam3" else settings.sam2_config),
         },
         "Reconstructor": {
             "weights": "none" if settings.reconstruct_backend == "inflate" else "checkpoint",
@@ -217,6 +221,14 @@ def deployment_options(
     return options
 
 
+def with_sam3_env(options: dict[str, dict[str, Any]]) -> None:
+    """The Segmenter replica gets sam3's packages (pinned below the core's numpy & co.) in a
+    pip runtime_env, unless the caller gave it a runtime_env of its own."""
+    actor = options.setdefault("Segmenter", {}).setdefault("ray_actor_options", {})
+    if "runtime_env" not in actor:
+        actor["runtime_env"] = sam3_runtime_env()
+
+
 def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
     args = MeshlineArgs.model_validate(args or {})
     unknown = set(args.deployment_options) - set(DEPLOYMENT_NAMES)
@@ -230,6 +242,8 @@ def build_app(args: MeshlineArgs | dict[str, Any] | None = None) -> Application:
         settings, weights, accelerator
     )
     options = deployment_options(accelerator, args.deployment_options, settings.reconstruct_backend)
+    if settings.segment_backend == "sam3":
+        with_sam3_env(options)
 
     def with_options(deployment: Any) -> Any:
         given = options.get(deployment.name)

@@ -16,6 +16,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from deployments.protocol import MAX_TEXT_CHARS
+
 # Limits of request models (issue 13). Lists carry a static max_length (what pydantic refuses
 # whatever the settings say); the configurable limits (max_prompt_points) come in through the
 # validation context built by ``request_context`` — validating without one (stored job options
@@ -60,6 +62,13 @@ class Prompt(Strict):
     box: tuple[float, float, float, float] | None = Field(
         None, description="[x0, y0, x1, y1] in pixels, inside the image."
     )
+    text: str | None = Field(
+        None,
+        max_length=MAX_TEXT_CHARS,
+        pattern=r"\S",
+        description='A noun phrase ("chair"): a mask for every instance (segment_backend=sam3; '
+        "422 unsupported_prompt on sam2). Not combined with points or a box.",
+    )
 
     @field_validator("points", "labels", mode="before")
     @classmethod
@@ -82,11 +91,13 @@ class Prompt(Strict):
             raise ValueError("labels needs exactly one entry per point")
         if self.box is not None and not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
             raise ValueError("box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+        if self.text is not None and (self.points or self.box is not None):
+            raise ValueError("a text prompt cannot be combined with points or a box")
         return self
 
     @property
     def empty(self) -> bool:
-        return not self.points and self.box is None
+        return not self.points and self.box is None and self.text is None
 
 
 class ErrorDetail(BaseModel):

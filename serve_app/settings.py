@@ -21,6 +21,7 @@ from deployments.configs import (
     Precision,
     ReconstructBackend,
     ReconstructorConfig,
+    SegmentBackend,
     SegmenterConfig,
 )
 from serve_app.auth import ApiKeyEntry
@@ -92,6 +93,20 @@ class Settings(BaseSettings):
         description="What the four model deployments run on: gpu (a quarter GPU each), cpu "
         "(CPU shares), or auto: gpu when the cluster has a GPU as the app is built. A cluster "
         "that adds GPU nodes on demand has none then: set gpu (cluster/ manifests do).",
+    )
+    segment_backend: SegmentBackend = fills(
+        (SegmenterConfig, "backend"),
+        description="The Segmenter's model: sam2 (points/boxes, video) or sam3 (text prompts "
+        "as well; images only; its packages come in the replica's runtime_env).",
+    )
+    sam3_checkpoint: str | None = Field(
+        None,
+        description="Local path or s3:// URI of SAM 3's sam3.pt (segment_backend=sam3); when "
+        "unset, the one `meshline weights fetch sam3` fetched, else random init.",
+    )
+    sam3_bpe_path: str | None = fills(
+        (SegmenterConfig, "sam3_bpe_path"),
+        description="CLIP's BPE vocabulary file for SAM 3; default: open_clip_torch's copy.",
     )
     sam2_config: str = fills(
         (SegmenterConfig, "config_name"), description="sam2 packaged Hydra config name."

@@ -244,6 +244,8 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     points = [list(p) for p in prompt.points] if prompt and prompt.points else None
     labels = list(prompt.labels) if prompt and prompt.labels else None
     box = list(prompt.box) if prompt and prompt.box else None
+    if prompt is not None and prompt.text is not None:
+        return await _segment_text(ctx, prompt.text, prompt.max_objects, prompt.min_score)
     detect = options.detect_options
     if detect is None or box is not None or points is not None:
         return await _segment_one(ctx, "", points=points, labels=labels, box=box)
@@ -273,6 +275,50 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
         )
         await ctx.progress("segment", 100.0 * (index + 1) / count)
     return {"detections": len(found.boxes), "objects": objects, "prompt_from": "detector boxes"}
+
+
+async def _segment_text(
+    ctx: StageContext, text: str, max_objects: int, min_score: float
+) -> dict[str, Any]:
+    """Every instance of ``text`` (sam3 backend) in one call, best first: 1 → one unprefixed
+    mask, more → ``obj<k>_`` masks, one mesh set each (as with detector boxes)."""
+    image_id, data = await ctx.image_ref()
+    source = artifact_source(ctx.files, ctx.job.id, ctx.job.inputs["image"])
+    request = SegmentImageRequest(
+        image_id, data=data, source=source, text=text, min_score=min_score, max_masks=max_objects
+    )
+    result = await replica_call(ctx.handles.segmenter_client.segment_image(request))
+    ctx.image_sent()
+    found = [np.asarray(mask, dtype=bool) for mask in result.masks]
+    kept = [(mask, score) for mask, score in zip(found, result.scores, strict=True) if mask.any()]
+    if not kept:
+        raise ApiError(
+            422,
+            f"the segmenter found no instance of {text!r} scoring above {min_score}",
+            "empty_mask",
+            "prompt.text",
+        )
+    objects = []
+    for index, (mask, score) in enumerate(kept):
+        prefix = "" if max_objects == 1 else object_prefix(index)
+        await _write_mask(ctx, prefix, mask)
+        objects.append({"object": index, "score": round(float(score), 5), "area": int(mask.sum())})
+    detail = {"prompt": result.prompt.to_dict(), "model_seconds": result.seconds}
+    if max_objects == 1:
+        return {**detail, **objects[0], "instances": len(kept), "prompt_from": "text"}
+    return {**detail, "instances": len(kept), "objects": objects, "prompt_from": "text"}
+
+
+async def _write_mask(ctx: StageContext, prefix: str, mask: np.ndarray) -> None:
+    png, rle = await asyncio.gather(
+        asyncio.to_thread(mask_png, mask), asyncio.to_thread(mask_rle, mask)
+    )
+    await asyncio.gather(
+        ctx.write("segment", f"{prefix}mask.png", png, "image/png"),
+        ctx.write(
+            "segment", f"{prefix}mask_rle.json", json.dumps(rle).encode(), "application/json"
+        ),
+    )
 
 
 def object_prefix(index: int) -> str:

@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     Field,
     field_validator,
+    model_validator,
 )
 
 from serve_app.jobs.stages import STAGE_ORDER, VIDEO_STAGES, StageName
@@ -126,6 +127,19 @@ class VoxelOptionsIn(Strict):
         return None
 
 
+class JobPrompt(Prompt):
+    max_objects: int = Field(
+        1,
+        ge=1,
+        le=50,
+        description="Text prompts: 1 = the best instance; more = one mask and mesh set per "
+        "instance, best first (artifacts named obj<k>_…).",
+    )
+    min_score: float = Field(
+        0.5, ge=0.0, le=1.0, description="Text prompts: instances scoring above this."
+    )
+
+
 class JobOptions(Strict):
     stages: list[StageName] | None = Field(
         None,
@@ -133,7 +147,11 @@ class JobOptions(Strict):
         description="Stages to run, in pipeline order. Default: all four, or without "
         "`segment` when a mask is supplied.",
     )
-    prompt: Prompt | None = Field(None, description="SAM2 prompt; default: the image centre.")
+    prompt: JobPrompt | None = Field(
+        None,
+        description="Segmenter prompt: points/box, or text (segment_backend=sam3); default: "
+        "the image centre.",
+    )
     detect: DetectOptions | bool | None = Field(
         None, description="Use the detector's top box as the SAM2 prompt (true or options)."
     )
@@ -180,6 +198,12 @@ class JobOptions(Strict):
     video: PropagateOptions | None = Field(
         None, description="Set on video propagation jobs (POST /v1/videos/{id}/propagate)."
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_find_objects(self) -> JobOptions:
+        if self.prompt is not None and self.prompt.text is not None and self.detect:
+            raise ValueError("prompt.text and detect both find the objects: give one")
+        return self
 
     @field_validator("stages")
     @classmethod

@@ -18,6 +18,7 @@ from serve_app.jobs.pipeline import MESH_INPUT_FORMATS, plan_stages
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.store import IdempotencyConflict, JobRecord
 from serve_app.jobs.views import job_or_404
+from serve_app.predict.service import check_text_supported
 from serve_app.services import Services
 from serve_app.settings import Settings
 
@@ -178,6 +179,8 @@ async def create_job(
     (tests/unit/test_event_loop.py holds the loop to this)."""
     settings = services.settings
     _check_voxels(options, settings)
+    if options.prompt is not None:  # 422 now, not a job that fails in the Segmenter
+        check_text_supported(services, options.prompt.text, "options.prompt.text")
     if idempotency_key is not None:
         idempotency_key = scoped_idempotency_key(idempotency_key, owner)
     digest = await asyncio.to_thread(

@@ -39,6 +39,24 @@ from serve_app.services import Services
 class SegmentOptions(Prompt):
     multimask: bool = Field(False, description="Return SAM2's three candidate masks.")
     png: bool = Field(False, description="Also return each mask as a base64 PNG.")
+    min_score: float = Field(
+        0.5, ge=0.0, le=1.0, description="Text prompts: keep instances scoring above this."
+    )
+    max_masks: int = Field(
+        50, ge=1, le=200, description="Text prompts: at most this many instances, best first."
+    )
+
+
+def check_text_supported(services: Services, text: str | None, param: str) -> None:
+    """A text prompt on a Segmenter without a text encoder: 422 now, not a model call."""
+    if text is not None and services.settings.segment_backend != "sam3":
+        raise ApiError(
+            422,
+            "text prompts need the sam3 segmenter backend (MESHLINE_SEGMENT_BACKEND=sam3); this "
+            f"service runs {services.settings.segment_backend}, which takes points and boxes",
+            "unsupported_prompt",
+            param,
+        )
 
 
 # The JSON body's third image source on /v1/segment (read_inputs(id_field="image_id")).
@@ -73,6 +91,7 @@ async def segment(
     Segmenter decodes it), or on one sent before, named by ``image_id`` (no image crosses: the
     replica holding its embedding answers; another one fetches the stored file)."""
     settings = services.settings
+    check_text_supported(services, options.text, "options.text")
     started = time.perf_counter()
     stored: asyncio.Task[None] | None = None
     if image_id is None:
@@ -94,13 +113,16 @@ async def segment(
         labels=list(options.labels) if options.labels else None,
         box=list(options.box) if options.box else None,
         multimask=options.multimask,
+        text=options.text,
+        min_score=options.min_score,
+        max_masks=options.max_masks,
     )
     try:
         result = await services.handles.segmenter_client.segment_image(request)
     finally:
         if stored is not None:
             await stored  # the id is usable on every replica once the answer is out
-    height, width = (int(n) for n in result.masks.shape[1:])
+    height, width = (int(n) for n in result.masks.shape[1:])  # (0, H, W): no instance found
     recent.note(recent.model_name(services.models, "Segmenter"), width, height)
     masks = [
         mask_summary(np.asarray(mask, dtype=bool), score, options.png)

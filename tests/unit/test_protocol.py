@@ -98,7 +98,12 @@ def test_segmenter_returns_a_segment_result() -> None:
     assert isinstance(result, SegmentResult) and isinstance(result.prompt, SegmentPrompt)
     assert result.masks.shape == (3, 120, 160) and result.masks.dtype == bool
     assert len(result.scores) == 3 and all(isinstance(s, float) for s in result.scores)
-    assert result.prompt.to_dict() == {"points": None, "labels": None, "box": [40, 20, 120, 100]}
+    assert result.prompt.to_dict() == {
+        "points": None,
+        "labels": None,
+        "box": [40, 20, 120, 100],
+        "text": None,
+    }
     assert result.seconds >= 0
     _roundtrip(result)
 

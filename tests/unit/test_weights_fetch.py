@@ -502,6 +502,8 @@ def test_the_catalogue_matches_sam2_and_ultralytics(tmp_path: Path) -> None:
         if entry.family == "yolo":
             assert entry.filename in GITHUB_ASSETS_NAMES
             assert entry.url.endswith(f"/{release}/{entry.filename}")
+        elif entry.family == "sam3":  # the sam3 package's one image/video checkpoint
+            assert entry.url == "https://huggingface.co/facebook/sam3/resolve/main/sam3.pt"
         else:
             assert (sam2_configs / entry.configs[0]).is_file()
             assert entry.url.startswith("https://huggingface.co/facebook/sam2.1-hiera-")
