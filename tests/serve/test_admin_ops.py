@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import LiveApp, Scene, keyed_api_server
+from tests.helpers import LiveApp, Scene, encode_video, keyed_api_server, moving_disk_video
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_KEY, USER_KEY = "admin-ops-key-4b1d", "user-ops-key-93ce"
@@ -62,6 +62,7 @@ def test_recent_requests_record_model_calls_without_data(
     assert 0 < entry["latency_ms"] < 120_000
     assert by_id[bad_rid]["status"] == 422 and by_id[bad_rid]["route"] == "/v1/segment"
     assert f"ops-list-{rid}" not in by_id
+    assert by_id[rid]["replica"]  # which ingress replica answered
     assert set(entry) == {
         "seq",
         "time",
@@ -75,6 +76,33 @@ def test_recent_requests_record_model_calls_without_data(
         "request_id",
         "replica",
     }  # fmt: skip — nothing else is kept: no image, no prompt, no header
+
+
+def test_recent_requests_record_a_video_prompt(client: httpx.Client) -> None:
+    video = moving_disk_video(frames=4)
+    uploaded = client.post("/v1/videos", files={"video": ("c.mp4", encode_video(video))})
+    assert uploaded.status_code == 201, uploaded.text
+    video_id = uploaded.json()["video_id"]
+    rid = f"ops-video-{uuid.uuid4().hex[:8]}"
+    x, y = video.centres[0]
+    prompt = client.post(
+        f"/v1/videos/{video_id}/prompts",
+        json={"frame_idx": 0, "obj_id": 1, "points": [[x, y]], "labels": [1]},
+        headers={"x-request-id": rid},
+    )
+    assert prompt.status_code == 200, prompt.text
+
+    def recorded() -> dict | None:
+        found = client.get("/v1/admin/requests").json()["requests"]
+        return next((r for r in found if r["request_id"] == rid), None)
+
+    entry = wait_for(recorded)
+    assert entry, "the prompt never reached /v1/admin/requests"
+    assert entry["route"] == "/v1/videos/{video_id}/prompts" and entry["status"] == 200
+    assert (entry["width"], entry["height"]) == (160, 120)
+    assert entry["model"] and entry["model"].endswith(".yaml")  # the SAM2 config's name
+    assert video_id not in json.dumps(entry)  # the route's template, never the raw path
+    client.delete(f"/v1/videos/{video_id}")
 
 
 def test_log_tail_is_incremental_filtered_and_downloadable(client: httpx.Client) -> None:
