@@ -362,6 +362,7 @@ SHARED_MODULES = {
     "deployments.registry",  # detector model ids: the ingress 404s unknown ones before routing
     "deployments.netguard",  # the URL/address rule the ingress and checkpoint downloads share
     "deployments.telemetry",  # metric names both sides emit
+    "deployments.logtail",  # the log/request rings every replica publishes, the admin reads
 }
 ALLOWED_NAMES = {
     "deployments.segmenter": {"SegmenterDeployment"},
