@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 Precision = Literal["auto", "fp32", "half"]
 ReconstructBackend = Literal["inflate", "hunyuan3d", "trellis", "sam3d"]
@@ -59,6 +59,14 @@ class SegmenterConfig(TorchModelConfig):
         None,
         description="CLIP's bpe_simple_vocab_16e6.txt.gz for SAM 3's tokenizer; None: the one "
         "open_clip_torch ships (in the sam3 runtime_env).",
+    )
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Options of the sam3 backend (sam2 takes none). "arch": a smaller '
+        "architecture from SAM 3's own modules and builder, random weights only (no checkpoint "
+        "fits it): {} = the CI size (112 px, a 2-block ViT and text encoder), or any of "
+        "resolution, vit_dim, vit_depth, vit_heads, window, text_width, text_layers, "
+        "text_heads (deployments/sam3_segmenter.py Sam3Arch). For CPU tests and smoke checks.",
     )
     config_name: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="sam2 Hydra config.")
     overrides: list[str] = Field(default_factory=list, description="Extra Hydra overrides.")
@@ -115,6 +123,12 @@ class SegmenterConfig(TorchModelConfig):
     image_batch_wait_s: float = Field(
         0.005, ge=0, description="How long a batch of first-time images waits to fill."
     )
+
+    @model_validator(mode="after")
+    def _options_are_sam3s(self) -> SegmenterConfig:
+        if self.backend_options and self.backend != "sam3":
+            raise ValueError("segment backend options are sam3's; sam2 takes none")
+        return self
 
 
 class DetectorConfig(TorchModelConfig):

@@ -13,11 +13,12 @@ so it never enters the core env: its replica runs in a Ray pip runtime_env made 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,9 @@ def bpe_path(configured: str | None) -> str:
 
 @dataclass(frozen=True)
 class Sam3Arch:
-    """A smaller architecture built from the package's own modules and builder (CPU tests):
-    the full model is 840 M parameters at 1008 px. None of it applies to a checkpoint."""
+    """A smaller architecture built from the package's own modules and builder (CPU tests,
+    smoke checks: ``segment_backend_options={"arch": {...}}``): the full model is 840 M
+    parameters at 1008 px. None of it applies to a checkpoint."""
 
     resolution: int = 112  # a multiple of the 14 px patch
     vit_dim: int = 64
@@ -73,6 +75,31 @@ class Sam3Arch:
     text_width: int = 64
     text_layers: int = 2
     text_heads: int = 2
+
+
+def arch_from_options(options: Mapping[str, Any]) -> Sam3Arch | None:
+    """``backend_options["arch"]`` (SegmenterConfig): None for the package's full model, else
+    the smaller architecture it describes ({} = ``Sam3Arch()``, the CI size)."""
+    unknown = set(options) - {"arch"}
+    if unknown:
+        raise ModelLoadError(f"unknown sam3 backend option(s) {sorted(unknown)}; known: arch")
+    given = options.get("arch")
+    if given is None:
+        return None
+    if not isinstance(given, Mapping):
+        raise ModelLoadError(f"sam3 backend option arch must be an object, not {given!r}")
+    names = {f.name for f in dataclasses.fields(Sam3Arch)}
+    if set(given) - names:
+        raise ModelLoadError(
+            f"unknown sam3 arch field(s) {sorted(set(given) - names)}; known: {sorted(names)}"
+        )
+    bad = [k for k, v in given.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    if bad:
+        raise ModelLoadError(f"sam3 arch fields {sorted(bad)} must be positive integers")
+    arch = Sam3Arch(**given)
+    if arch.resolution % 14:
+        raise ModelLoadError(f"sam3 arch resolution {arch.resolution} is not a multiple of 14")
+    return arch
 
 
 @contextlib.contextmanager
@@ -222,6 +249,8 @@ class Sam3Segmenter:
     def __init__(self, config: SegmenterConfig, arch: Sam3Arch | None = None) -> None:
         from sam3.model.sam3_image_processor import Sam3Processor
 
+        if arch is None:
+            arch = arch_from_options(config.backend_options)
         self.config, self.arch = config, arch
         self.device = pick_device(config.device)
         started = time.perf_counter()
@@ -245,9 +274,11 @@ class Sam3Segmenter:
     def info(self) -> dict[str, Any]:
         import torch
 
+        size = "" if self.arch is None else ", smaller arch"
         return {
-            "model": f"sam3 (image, {self.resolution} px)",
+            "model": f"sam3 (image, {self.resolution} px{size})",
             "backend": "sam3",
+            "arch": None if self.arch is None else dataclasses.asdict(self.arch),
             "weights": "checkpoint" if self.config.checkpoint else "random",
             "checkpoint": self.config.checkpoint,
             "image_size": self.resolution,

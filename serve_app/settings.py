@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         (SegmenterConfig, "sam3_bpe_path"),
         description="CLIP's BPE vocabulary file for SAM 3; default: open_clip_torch's copy.",
     )
+    segment_backend_options: dict[str, Any] = fills(
+        (SegmenterConfig, "backend_options"),
+        description='The segment backend\'s options as JSON; sam3: {"arch": {}} builds SAM 3 '
+        "at the CI size (random weights: CPU tests, smoke checks), see SegmenterConfig.",
+    )
     sam2_config: str = fills(
         (SegmenterConfig, "config_name"), description="sam2 packaged Hydra config name."
     )
