@@ -6,9 +6,10 @@ No torch at import time: the CLI and the deploy-time check import this module ch
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -218,3 +219,58 @@ def poisson_from_points(points: np.ndarray, depth: int = 7) -> trimesh.Trimesh:
     cloud.orient_normals_consistent_tangent_plane(16)
     mesh, _densities = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(cloud, depth=depth)
     return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), process=True)
+
+
+DINOV2_REPO = "facebookresearch/dinov2"
+HUB_FOLDER = "torch_hub"  # under a backend's weights: a torch.hub dir prepared offline
+DINOV2_CHECKOUT = f"{HUB_FOLDER}/facebookresearch_dinov2_main"
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (any device, any float dtype) or array-like → a float64/int numpy array."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.double()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+@contextlib.contextmanager
+def offline_torch_hub(hub_dir: Path) -> Iterator[None]:
+    """``torch.hub.load('facebookresearch/dinov2', name, ...)`` served from ``hub_dir`` with no
+    network: its checkout in ``facebookresearch_dinov2_main`` is loaded with
+    ``source='local'`` (a GitHub lookup otherwise: torch.hub asks github.com for the default
+    branch even when the repo is cached), and ``checkpoints/`` is torch.hub's cache, where
+    dinov2's hubconf looks for ``<model>_pretrain.pth`` before downloading it. A download that
+    would still happen raises ModelLoadError naming the file to put there."""
+    import torch
+
+    original_load, original_download = torch.hub.load, torch.hub.download_url_to_file
+    original_dir = torch.hub.get_dir()
+
+    def load(repo_or_dir: str, model: str, *args: Any, **kwargs: Any) -> Any:
+        if repo_or_dir == DINOV2_REPO or repo_or_dir.startswith(DINOV2_REPO + ":"):
+            kwargs.pop("source", None)
+            kwargs.pop("trust_repo", None)
+            kwargs.pop("force_reload", None)
+            checkout = hub_dir / "facebookresearch_dinov2_main"
+            if not (checkout / "hubconf.py").is_file():
+                raise ModelLoadError(f"DINOv2's torch.hub code is not in {checkout}")
+            return original_load(str(checkout), model, *args, source="local", **kwargs)
+        return original_load(repo_or_dir, model, *args, **kwargs)
+
+    def refuse(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
+        raise ModelLoadError(
+            f"torch.hub would download {url}; put that file at {dst} (never downloaded at run time)"
+        )
+
+    torch.hub.set_dir(str(hub_dir))
+    torch.hub.load = load
+    torch.hub.download_url_to_file = refuse
+    try:
+        yield
+    finally:
+        torch.hub.load = original_load
+        torch.hub.download_url_to_file = original_download
+        torch.hub.set_dir(original_dir)

@@ -29,7 +29,7 @@ from deployments.backends import (
     poisson_from_points,
     rgba_crop,
 )
-from deployments.backends.base import Need
+from deployments.backends.base import Need, finish
 from deployments.configs import ConverterConfig
 from deployments.converter import MeshConverter
 from deployments.errors import ModelLoadError
@@ -78,6 +78,168 @@ def test_sam3d_import_needs_lidra_skip_init_and_the_repo_file(tmp_path: Path) ->
     (tmp_path / "notebook" / "inference.py").write_text("")
     missing = {m.need.name for m in diagnose(spec, tmp_path, {"repo": str(tmp_path)})}
     assert "notebook/inference.py" not in missing and "sam3d_objects" in missing
+
+
+def test_needs_name_the_modules_the_pinned_sources_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The import names read in the sources at the pinned commits (sam3d: notebook/inference.py,
+    tdfy_dit's sparse/attention modules, gaussian_render.py; TRELLIS: trellis_image_to_3d.py,
+    modules/sparse, FlexiCubes), and the attention module TRELLIS's ATTN_BACKEND selects."""
+    sam3d = {n.name for n in SPECS["sam3d"].needs_for({}) if n.kind in ("package", "extension")}
+    assert sam3d == {
+        "sam3d_objects", "pytorch3d", "flash_attn", "spconv.pytorch", "kaolin", "gsplat",
+        "moge", "utils3d", "gradio", "seaborn",
+    }  # fmt: skip
+    monkeypatch.setenv("ATTN_BACKEND", "flash_attn")
+    trellis = [n.name for n in SPECS["trellis"].needs_for({}) if n.kind != "weights"]
+    assert trellis == [
+        "trellis.pipelines", "flash_attn", "spconv.pytorch", "kaolin", "utils3d", "rembg",
+    ]  # fmt: skip
+    monkeypatch.setenv("ATTN_BACKEND", "xformers")
+    assert "xformers.ops" in {n.name for n in SPECS["trellis"].needs_for({})}
+    monkeypatch.setenv("ATTN_BACKEND", "sdpa")  # dense only: TRELLIS's sparse attention refuses it
+    assert "ATTN_BACKEND=xformers|flash_attn" in {n.name for n in SPECS["trellis"].needs_for({})}
+
+
+def _marked_object() -> trimesh.Trimesh:
+    """A box (the object, z-up as SAM 3D/TRELLIS decode it) drawn out to a tip on local +x:
+    one closed part, so the tip survives ``finish``."""
+    box = trimesh.creation.box(extents=(0.4, 0.3, 0.2))
+    return trimesh.convex.convex_hull(np.vstack([box.vertices, [[0.6, 0.0, 0.0]]]))
+
+
+def _spike_direction(mesh: trimesh.Trimesh) -> np.ndarray:
+    centre = mesh.vertices.mean(axis=0)
+    far = mesh.vertices[np.argmax(np.linalg.norm(mesh.vertices - centre, axis=1))] - centre
+    return far / np.linalg.norm(far)
+
+
+def test_sam3d_pose_puts_the_object_in_the_camera_frame() -> None:
+    """An output dict shaped as InferencePipelinePointMap.run returns it (glb: to_glb's y-up
+    Trimesh with process=False; rotation (1, 4) w-x-y-z, translation and scale (1, 3) tensors)
+    → the object in meshline's frame. Quaternion: 90° about +z; in PyTorch3D's row-vector
+    convention (v @ R) local +x goes to camera -y, i.e. meshline's -y (x and z flip, y stays)."""
+    import torch
+
+    from deployments.backends.sam3d import Z_UP_TO_Y_UP, camera_frame
+
+    local = _marked_object()
+    glb = trimesh.Trimesh(local.vertices @ Z_UP_TO_Y_UP, local.faces, process=False)
+    half = np.sqrt(0.5)
+    output = {
+        "glb": glb,
+        "rotation": torch.tensor([[half, 0.0, 0.0, half]]),
+        "translation": torch.tensor([[0.1, -0.2, 2.5]]),
+        "scale": torch.tensor([[0.5, 0.5, 0.5]]),
+        "gs": None,
+    }
+    mesh = camera_frame(output)
+    assert np.allclose(_spike_direction(mesh), (0.0, -1.0, 0.0), atol=0.05)
+    assert _spike_direction(glb) == pytest.approx(
+        (1.0, 0.0, 0.0), abs=0.05
+    )  # ignoring the pose: +x
+    # identity rotation: the object's z-up frame seen by PyTorch3D's camera (x left, z in)
+    output["rotation"] = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    assert np.allclose(_spike_direction(camera_frame(output)), (-1.0, 0.0, 0.0), atol=0.05)
+    centre = camera_frame(output).bounds.mean(axis=0)
+    assert centre == pytest.approx((-0.2, -0.2, -2.5), abs=1e-6)  # in front of it
+    closed = finish(camera_frame(output), 5000)
+    assert closed.is_watertight and np.allclose(_spike_direction(closed), (-1, 0, 0), atol=0.05)
+
+
+def test_sam3d_splats_only_use_the_pose_too() -> None:
+    import torch
+
+    from deployments.backends.sam3d import camera_frame
+
+    class Splats:  # the attribute sam3d's Gaussian exposes (gaussian_model.py: get_xyz)
+        def __init__(self, xyz: np.ndarray) -> None:
+            self.get_xyz = torch.tensor(xyz, dtype=torch.float32)
+
+    points = trimesh.creation.icosphere(subdivisions=3).vertices * (1.0, 0.5, 0.5)
+    output = {
+        "glb": None,
+        "gs": Splats(points),
+        "rotation": torch.tensor([[np.sqrt(0.5), 0.0, 0.0, np.sqrt(0.5)]]),
+        "translation": torch.zeros(1, 3),
+        "scale": torch.ones(1, 3),
+    }
+    mesh = camera_frame(output)
+    assert mesh.extents[1] > 1.8 and mesh.extents[0] < 1.2  # the long local x is now along y
+    with pytest.raises(ModelLoadError):
+        camera_frame({**output, "gs": None})
+
+
+def test_sam3d_inference_file_needs_conda_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """notebook/inference.py's first statement, as at the pinned commit, runs outside conda."""
+    from deployments.backends.sam3d import load_inference_module
+
+    monkeypatch.delenv("CONDA_PREFIX", raising=False)
+    monkeypatch.setenv("CUDA_HOME", "/opt/cuda-x")
+    (tmp_path / "notebook").mkdir()
+    (tmp_path / "notebook" / "inference.py").write_text(
+        'import os\nos.environ["CUDA_HOME"] = os.environ["CONDA_PREFIX"]\n'
+        'os.environ["LIDRA_SKIP_INIT"] = "true"\nSEEN = os.environ["CUDA_HOME"]\n'
+    )
+    module = load_inference_module(tmp_path)
+    assert module.SEEN == "/opt/cuda-x"
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_inference_module(tmp_path / "elsewhere")
+
+
+def test_trellis_raw_mesh_and_its_checkpoint_check(tmp_path: Path) -> None:
+    """A MeshExtractResult-shaped output (torch vertices/faces, z-up, open like the flexicubes
+    surface can be) → y-up, closed; pipeline.json entries are checked as the files
+    trellis/models/__init__.py opens (<entry>.json + <entry>.safetensors)."""
+    import torch
+
+    from deployments.backends.trellis import missing_checkpoints, raw_mesh
+
+    local = _marked_object()
+
+    class MeshExtractResult:  # trellis/representations/mesh/cube2mesh.py:8-20
+        def __init__(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
+            self.vertices, self.faces = vertices, faces.long()
+            self.success = vertices.shape[0] != 0 and faces.shape[0] != 0
+
+    upward = local.copy()
+    upward.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, (0, 1, 0)))
+    assert _spike_direction(upward) == pytest.approx((0, 0, 1), abs=0.05)  # TRELLIS's up
+    result = MeshExtractResult(
+        torch.tensor(upward.vertices, dtype=torch.float32),
+        torch.tensor(upward.faces[1:], dtype=torch.int32),  # one face short: open
+    )
+    mesh = finish(raw_mesh(result), 5000)
+    assert mesh.is_watertight and np.allclose(_spike_direction(mesh), (0, 1, 0), atol=0.05)
+    with pytest.raises(ModelLoadError, match="empty mesh"):
+        raw_mesh(MeshExtractResult(torch.zeros(0, 3), torch.zeros(0, 3)))
+
+    models = {
+        "sparse_structure_decoder": "ckpts/ss_dec_conv3d_16l8_fp16",
+        "slat_decoder_mesh": "ckpts/slat_dec_mesh_swin8_B_64l8m256c_fp16",
+    }
+    (tmp_path / "pipeline.json").write_text(
+        json.dumps({"name": "TrellisImageTo3DPipeline", "args": {"models": models}})
+    )
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / "ss_dec_conv3d_16l8_fp16.json").write_text("{}")
+    (tmp_path / "ckpts" / "ss_dec_conv3d_16l8_fp16.safetensors").write_bytes(b"")
+    assert missing_checkpoints(tmp_path) == [
+        "ckpts/slat_dec_mesh_swin8_B_64l8m256c_fp16.json",
+        "ckpts/slat_dec_mesh_swin8_B_64l8m256c_fp16.safetensors",
+    ]
+
+
+def test_backends_are_pinned_to_the_commits_read() -> None:
+    from deployments.backends import sam3d, trellis
+
+    for module, name in ((sam3d, "sam3d"), (trellis, "trellis")):
+        overlay = (ROOT / "configs" / "backends" / f"{name}.yaml").read_text()
+        assert module.COMMIT in overlay and module.COMMIT[:12] in SPECS[name].install
+    recipes = (ROOT / "cluster" / "backends" / "README.md").read_text()
+    for commit in (sam3d.COMMIT, trellis.COMMIT):  # a default, not a required build-arg
+        assert f"ARG REF={commit}\n" in recipes
 
 
 def test_unknown_backend_and_missing_weights(tmp_path: Path) -> None:
@@ -213,26 +375,37 @@ def test_trellis_dinov2_loads_from_the_local_hub_dir(tmp_path: Path) -> None:
     The checkout here is a minimal hubconf with the same entry-point contract."""
     import torch
 
-    from deployments.backends.trellis import DINOV2_REPO, offline_torch_hub
+    from deployments.backends.base import DINOV2_REPO, offline_torch_hub
 
     hub = tmp_path / "torch_hub"
     checkout = hub / "facebookresearch_dinov2_main"
     checkout.mkdir(parents=True)
     (hub / "checkpoints").mkdir()
-    torch.save({"weight": torch.ones(2, 2)}, hub / "checkpoints" / "w.pth")
+    # dinov2's hubconf fetches <model>_pretrain.pth with load_state_dict_from_url, which looks in
+    # torch.hub's checkpoints/ first: the file named as dinov2/hub/backbones.py names it
+    torch.save(
+        {"weight": torch.ones(2, 2)}, hub / "checkpoints" / "dinov2_vitl14_reg4_pretrain.pth"
+    )
     (checkout / "hubconf.py").write_text(
         "import torch\n"
         "def dinov2_vitl14_reg(pretrained=True):\n"
         "    m = torch.nn.Linear(2, 2, bias=False)\n"
         "    if pretrained:  # as dinov2's hubconf: load_state_dict_from_url into the hub dir\n"
         "        m.load_state_dict(torch.hub.load_state_dict_from_url("
-        "'https://invalid.example/w.pth'))\n"
+        "'https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth'))\n"
         "    return m\n"
+        "def dinov2_vitb14(pretrained=True):\n"
+        "    return torch.hub.load_state_dict_from_url("
+        "'https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth')\n"
     )
     before = torch.hub.get_dir()
     with offline_torch_hub(hub):
         model = torch.hub.load(DINOV2_REPO, "dinov2_vitl14_reg", pretrained=True)
+        # sam3d's embedder passes source='github' (dino.py:35-41); a missing file is refused
+        with pytest.raises(ModelLoadError, match="dinov2_vitb14_pretrain.pth"):
+            torch.hub.load(DINOV2_REPO, "dinov2_vitb14", source="github", verbose=False)
     assert torch.equal(model.weight, torch.ones(2, 2))
+    assert not (hub / "checkpoints" / "dinov2_vitb14_pretrain.pth").exists()
     assert torch.hub.get_dir() == before and torch.hub.load.__module__ == "torch.hub"
 
 
