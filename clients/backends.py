@@ -1,4 +1,5 @@
 """``meshline backends check NAME``: on a node, is this learned shape backend usable here?
+(``sam3``, the Segmenter's text-prompt backend: clients/sam3_check.py.)
 
 Imports what it needs for real, looks for its weight files, then loads it and reconstructs one
 synthetic image (a shaded disk) the way the Reconstructor does, and paints it. Prints what is
@@ -18,7 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 
 backends_app = typer.Typer(
-    help="Learned shape backends (hunyuan3d, trellis, sam3d): check one on this node.",
+    help="Learned backends (shape: hunyuan3d, trellis, sam3d; segment: sam3): check one on "
+    "this node.",
     no_args_is_help=True,
 )
 console = Console(stderr=True, soft_wrap=True)
@@ -37,13 +39,15 @@ def synthetic_scene(size: int = 256) -> tuple[np.ndarray, np.ndarray]:
 
 @backends_app.command("check")
 def check(
-    name: Annotated[str, typer.Argument(help="hunyuan3d, trellis or sam3d.")],
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="hunyuan3d, trellis, sam3d or sam3.")],
     weights: Annotated[
         Path | None,
         typer.Option(
             "--weights",
             envvar="MESHLINE_RECONSTRUCT_WEIGHTS",
-            help="The backend's local weights folder.",
+            help="The backend's local weights folder (sam3: its sam3.pt; default "
+            "MESHLINE_SAM3_CHECKPOINT or the fetched one).",
         ),
     ] = None,
     options: Annotated[
@@ -51,7 +55,8 @@ def check(
         typer.Option(
             "--options",
             envvar="MESHLINE_RECONSTRUCT_BACKEND_OPTIONS",
-            help='Backend options as JSON, e.g. \'{"steps": 30}\' or \'{"repo": "/opt/sam3d"}\'.',
+            help='Backend options as JSON, e.g. \'{"steps": 30}\' or \'{"repo": "/opt/sam3d"}\' '
+            "(sam3: '{\"arch\": {}}'; default MESHLINE_SEGMENT_BACKEND_OPTIONS).",
         ),
     ] = None,
 ) -> None:
@@ -59,6 +64,9 @@ def check(
     from deployments.backends import diagnose, spec_for
     from deployments.errors import ModelLoadError
 
+    if name == "sam3":  # the Segmenter's: the MESHLINE_RECONSTRUCT_* defaults are not its own
+        _check_sam3(_typed(ctx, "weights", weights), _typed(ctx, "options", options))
+        return
     try:
         spec = spec_for(name)
     except ModelLoadError as exc:
@@ -86,6 +94,26 @@ def check(
         )
         raise typer.Exit(1)
     _run_once(name, weights, backend_options)
+
+
+def _typed(ctx: typer.Context, param: str, value: Any) -> Any:
+    """``value`` when it was given on the command line (not from an environment variable)."""
+    source = ctx.get_parameter_source(param)  # typer's own click: compared by name
+    return value if getattr(source, "name", None) == "COMMANDLINE" else None
+
+
+def _check_sam3(checkpoint: Path | None, options: str | None) -> None:
+    from clients.sam3_check import check_sam3, sam3_config
+
+    try:
+        parsed: dict[str, Any] | None = json.loads(options) if options else None
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]--options is not JSON: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    if parsed is not None and not isinstance(parsed, dict):
+        console.print("[red]--options must be a JSON object[/red]")
+        raise typer.Exit(2)
+    check_sam3(sam3_config(checkpoint, parsed))
 
 
 def _run_once(name: str, weights: Path | None, options: dict[str, Any]) -> None:
