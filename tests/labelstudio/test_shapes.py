@@ -30,7 +30,7 @@ MAX_POLYGON_POINTS = 100  # deployments.detector.MAX_POLYGON_POINTS
 
 
 def seg_config(classes: range) -> str:
-    labels = "".join(f'<Label value="gamma{i}"/>' for i in classes)
+    labels = "".join(f'<Label value="lsseg{i}"/>' for i in classes)
     return (
         '<View><Image name="image" value="$image"/>'
         f'<PolygonLabels name="outline" toName="image">{labels}</PolygonLabels>'
@@ -52,11 +52,11 @@ def test_polygons_and_brushes_from_a_seg_model(
     detection as a polygon (percent, bounded vertices) and a brush (Label Studio's RLE) of the
     same instance, in detection order."""
     ls = label_studio
-    save_yolo(Path(live_app.settings["detector_models_dir"]) / "gamma.pt", "gamma", seg=True)
+    save_yolo(Path(live_app.settings["detector_models_dir"]) / "lsseg.pt", "lsseg", seg=True)
     project = new_project(ls, "segmentation", seg_config(range(80)), 1)
-    extra = {"model": "gamma", "conf": 0.0001, "max_det": 6}
+    extra = {"model": "lsseg", "conf": 0.0001, "max_det": 6}
     backend = connect(ls, project, meshline, ALICE, extra_params=extra)
-    assert backend["model_version"].startswith("meshline-gamma@")
+    assert backend["model_version"].startswith("meshline-lsseg@")
     (prediction,) = retrieve_predictions(ls, project)
     assert prediction["task"] == tasks_of(ls, project)[0]["id"]
     outlines = [r for r in prediction["result"] if r["type"] == "polygonlabels"]
@@ -67,7 +67,7 @@ def test_polygons_and_brushes_from_a_seg_model(
         assert (outline["from_name"], outline["to_name"]) == ("outline", "image")
         assert (paint["from_name"], paint["to_name"]) == ("paint", "image")
         label = outline["value"]["polygonlabels"]
-        assert label == paint["value"]["brushlabels"] and label[0].startswith("gamma")
+        assert label == paint["value"]["brushlabels"] and label[0].startswith("lsseg")
         assert outline["score"] == paint["score"]
         points = outline["value"]["points"]
         assert 3 <= len(points) <= MAX_POLYGON_POINTS

@@ -166,7 +166,10 @@ class _FailingSegmenter:
         async def remote(self, *args: object, **kwargs: object) -> None:
             raise ModelLoadError(f"could not download checkpoint {SIGNED}: 403 Forbidden")
 
-    segment = _Method()
+    segment = segment_image = _Method()
+
+    def options(self, **_: object) -> _FailingSegmenter:  # routing (multiplexed id): no-op here
+        return self
 
 
 def test_a_stage_error_reaches_users_without_the_checkpoint_uri(
