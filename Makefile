@@ -126,7 +126,10 @@ stop:
 	if pkill -INT -f "$$pattern"; then \
 	  for _ in $$(seq 40); do pgrep -f "$$pattern" >/dev/null || break; sleep 0.5; done; \
 	  pkill -KILL -f "$$pattern" || true; echo ">> stopped serve run"; fi
-	-@$(BIN)/serve shutdown -y >/dev/null 2>&1 && echo ">> meshline app shut down" || true
+	@# Only when the head's GCS port answers: against a dead head `serve shutdown` retries for a
+	@# minute before it gives up.
+	-@if (exec 3<>/dev/tcp/127.0.0.1/$(RAY_PORT)) 2>/dev/null; then \
+	  $(BIN)/serve shutdown -y >/dev/null 2>&1 && echo ">> meshline app shut down" || true; fi
 	@# Only the processes of this head: their command lines name its temp dir. ("[/]" keeps
 	@# pkill from matching this recipe's own shell.)
 	-@pattern="$$(echo $(RAY_TMP) | sed 's/^./[&]/')/"; \

@@ -77,7 +77,7 @@ def test_no_server_errors_in_generated_sequences(live_app: LiveApp, tmp_path: Pa
     """Stateful phase: sequences that follow the links between operations (submit a job, then
     read, cancel, download it...) for a bounded time."""
     summary, detail = _schemathesis(
-        live_app, tmp_path / "report.json", "--phases", "stateful", "--max-time", "150"
+        live_app, tmp_path / "report.json", "--phases", "stateful", "--max-time", "90"
     )
     assert summary["failures"] == [], detail
     assert summary["test_cases"]["generated"] > 50, summary["test_cases"]
