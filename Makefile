@@ -165,7 +165,7 @@ SAM3_STAMP := $(SAM3_VENV)/.installed
 $(SAM3_STAMP): $(SAM3_REQS) | $(STAMP)
 	@echo ">> installing $(SAM3_REQS) into $(SAM3_VENV) (over the core venv)"
 	rm -rf $(SAM3_VENV) && $(PYTHON) -m venv $(SAM3_VENV)
-	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	$(BIN)/python -c "import os, sysconfig; print(os.path.realpath(sysconfig.get_paths()['purelib']))" \
 	  > "$$($(SAM3_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_meshline_core.pth"
 	$(SAM3_VENV)/bin/pip install -q -r $(SAM3_REQS)
 	$(SAM3_VENV)/bin/python -c "import sam3, numpy, torch; print('sam3', sam3.__version__, 'numpy', numpy.__version__)"
