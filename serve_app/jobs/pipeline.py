@@ -23,6 +23,7 @@ from deployments.protocol import (
     PaintRequest,
     ReconstructRequest,
     SegmentImageRequest,
+    SegmentResult,
     VideoPrompt,
     VideoPropagateRequest,
     image_id_of,
@@ -206,27 +207,13 @@ async def _segment_one(
     """One mask through ``segment_image``: the job's encoded file goes once (the Segmenter
     decodes it and caches the embedding); later objects of the same image send only its id and
     reach the replica holding the embedding, or one that reads the file from the store."""
-    image_id, data = await ctx.image_ref()
-    source = artifact_source(ctx.files, ctx.job.id, ctx.job.inputs["image"])
-    request = SegmentImageRequest(
-        image_id, data=data, source=source, points=points, labels=labels, box=box
-    )
-    result = await replica_call(ctx.handles.segmenter_client.segment_image(request))
-    ctx.image_sent()
+    result = await _segment_image(ctx, points=points, labels=labels, box=box)
     mask = np.asarray(result.masks[0], dtype=bool)
     if not mask.any():
         raise ApiError(
             422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt"
         )
-    png, rle = await asyncio.gather(
-        asyncio.to_thread(mask_png, mask), asyncio.to_thread(mask_rle, mask)
-    )
-    await asyncio.gather(
-        ctx.write("segment", f"{prefix}mask.png", png, "image/png"),
-        ctx.write(
-            "segment", f"{prefix}mask_rle.json", json.dumps(rle).encode(), "application/json"
-        ),
-    )
+    await _write_mask(ctx, prefix, mask)
     return {
         "score": round(float(result.scores[0]), 5),
         "area": int(mask.sum()),
@@ -282,13 +269,7 @@ async def _segment_text(
 ) -> dict[str, Any]:
     """Every instance of ``text`` (sam3 backend) in one call, best first: 1 → one unprefixed
     mask, more → ``obj<k>_`` masks, one mesh set each (as with detector boxes)."""
-    image_id, data = await ctx.image_ref()
-    source = artifact_source(ctx.files, ctx.job.id, ctx.job.inputs["image"])
-    request = SegmentImageRequest(
-        image_id, data=data, source=source, text=text, min_score=min_score, max_masks=max_objects
-    )
-    result = await replica_call(ctx.handles.segmenter_client.segment_image(request))
-    ctx.image_sent()
+    result = await _segment_image(ctx, text=text, min_score=min_score, max_masks=max_objects)
     found = [np.asarray(mask, dtype=bool) for mask in result.masks]
     kept = [(mask, score) for mask, score in zip(found, result.scores, strict=True) if mask.any()]
     if not kept:
@@ -307,6 +288,16 @@ async def _segment_text(
     if max_objects == 1:
         return {**detail, **objects[0], "instances": len(kept), "prompt_from": "text"}
     return {**detail, "instances": len(kept), "objects": objects, "prompt_from": "text"}
+
+
+async def _segment_image(ctx: StageContext, **prompt: Any) -> SegmentResult:
+    """``segment_image`` on the job's image with ``prompt`` (SegmentImageRequest's fields)."""
+    image_id, data = await ctx.image_ref()
+    source = artifact_source(ctx.files, ctx.job.id, ctx.job.inputs["image"])
+    request = SegmentImageRequest(image_id, data=data, source=source, **prompt)
+    result = await replica_call(ctx.handles.segmenter_client.segment_image(request))
+    ctx.image_sent()
+    return result
 
 
 async def _write_mask(ctx: StageContext, prefix: str, mask: np.ndarray) -> None:
