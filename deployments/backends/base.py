@@ -210,15 +210,30 @@ def fit_to(mesh: trimesh.Trimesh, reference: trimesh.Trimesh) -> trimesh.Trimesh
     return mesh
 
 
-def poisson_from_points(points: np.ndarray, depth: int = 7) -> trimesh.Trimesh:
-    """A watertight surface through a point cloud (splat centres): normals, Poisson, trim."""
+def poisson_from_points(
+    points: np.ndarray, depth: int = 7, timeout_s: float = 300.0
+) -> trimesh.Trimesh:
+    """A watertight surface through a point cloud (splat centres): normals, Poisson, trim.
+
+    Runs in a child of the meshing forkserver (no torch there): open3d's OpenMP normal
+    estimation and Poisson crashed the whole process (SIGSEGV) in a process that had torch,
+    Ray and their thread pools loaded (the test session; a replica is such a process)."""
+    from deployments.meshing.budget import run_with_deadline
+
+    vertices, faces = run_with_deadline(
+        _poisson_arrays, (np.asarray(points, dtype=np.float64), depth), timeout_s
+    )
+    return trimesh.Trimesh(vertices, faces, process=True)
+
+
+def _poisson_arrays(points: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     import open3d as o3d
 
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
     cloud.estimate_normals()
     cloud.orient_normals_consistent_tangent_plane(16)
     mesh, _densities = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(cloud, depth=depth)
-    return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), process=True)
+    return np.asarray(mesh.vertices), np.asarray(mesh.triangles)
 
 
 DINOV2_REPO = "facebookresearch/dinov2"

@@ -21,7 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-PRELOAD = ["numpy", "coacd", "xatlas", "deployments.meshing.sim", "deployments.meshing.paint"]
+# open3d before coacd: imported after coacd, open3d's pybind module fails (std::bad_cast).
+PRELOAD = [
+    "numpy",
+    "open3d",
+    "coacd",
+    "xatlas",
+    "deployments.meshing.sim",
+    "deployments.meshing.paint",
+]
 _lock = threading.Lock()
 _context: Any = None
 
