@@ -52,7 +52,7 @@ class Backend:
         self.services = services
         self.access = LabelStudioAccess(services.settings)
         self.setup_tokens: dict[str, str] = {}  # project key → the token sent at /setup
-        # task file URL → (image_id, width, height)
+        # "<project id> <task file URL>" → (image_id, width, height)
         self.image_ids: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
 
     def remember_image(self, url: str, image_id: str, width: int, height: int) -> None:
@@ -368,7 +368,10 @@ async def interactive(
         )
     url = _task_file(brushes[0], task)
     ls = backend(services)
-    known = ls.image_ids.get(url)
+    # Per key scope and project: a relative /data/upload/... path names another file in another
+    # Label Studio (or project), and an id must not let one key prompt another's image.
+    seen_as = f"{record.project_id} {url}"
+    known = ls.image_ids.get(seen_as)
     data = b""
     if known is None:
         data = await _fetch(services, record, url)
@@ -388,7 +391,7 @@ async def interactive(
             raise
         data = await _fetch(services, record, url)  # the service no longer has that image
         answer = await segment(services, data, options, None)
-    ls.remember_image(url, answer.image_id, answer.width, answer.height)
+    ls.remember_image(seen_as, answer.image_id, answer.width, answer.height)
     best = answer.masks[0]
     mask = _decode(best.rle)
     chosen = label if label in control.labels else (control.labels[0] if control.labels else label)
