@@ -94,9 +94,15 @@ def face_atlas(faces: np.ndarray, texture_px: int) -> tuple[np.ndarray, ...]:
     )
 
 
-# Seconds per texel of baking (rasterising the atlas, visibility, projection, PNG encoding),
-# measured on 2 cores: what the budget uses to shrink the texture when it would not fit.
-BAKE_S_PER_TEXEL = 1.2e-6
+# Seconds of baking (rasterising the atlas, visibility, projection, PNG encoding): a fixed
+# part and a part per texel, measured on 2 cores with a 20k-face mesh (512 px: 1.1 s, 1024 px:
+# 2.25 s): what the budget uses to shrink the texture when its bake would not fit.
+BAKE_FIXED_S = 0.7
+BAKE_S_PER_TEXEL = 1.5e-6
+# xatlas seconds per face, measured on 2 cores (20k faces: 2.9 s for a disk or an L, 4.7 s for
+# a ragged random-weights mask, 6.5 s for a ring): past its share of the budget it would only
+# be killed, so it is not started (the time goes to the bake instead).
+XATLAS_S_PER_FACE = 1.4e-4
 MIN_BUDGET_TEXTURE_PX = 256
 
 
@@ -117,18 +123,26 @@ def paint(
         vmapping, indices, uvs = _xatlas(*args)
     else:
         deadline = budget.share(0.6)
+        predicted = XATLAS_S_PER_FACE * len(mesh.faces)
         try:
+            if predicted > deadline:
+                raise DeadlineExceeded(
+                    f"xatlas would take about {predicted:.1f} s for {len(mesh.faces)} faces, "
+                    f"more than its {deadline:.2f} s of the paint budget"
+                )
             vmapping, indices, uvs = run_with_deadline(_xatlas, args, deadline)
-        except DeadlineExceeded:
-            budget.degrade(
-                "uv_atlas",
-                f"xatlas did not finish within {deadline:.2f} s of the paint budget",
-                fallback="face_atlas",
+        except DeadlineExceeded as exc:
+            why = (
+                str(exc)
+                if predicted > deadline
+                else (f"xatlas did not finish within {deadline:.2f} s of the paint budget")
             )
+            budget.degrade("uv_atlas", why, fallback="face_atlas")
             vmapping, indices, uvs = face_atlas(np.asarray(mesh.faces), texture_px)
         requested = texture_px
         while (
-            texture_px > MIN_BUDGET_TEXTURE_PX and BAKE_S_PER_TEXEL * texture_px**2 > budget.left()
+            texture_px > MIN_BUDGET_TEXTURE_PX
+            and BAKE_FIXED_S + BAKE_S_PER_TEXEL * texture_px**2 > budget.left()
         ):
             texture_px //= 2
         if texture_px != requested:

@@ -269,6 +269,18 @@ def test_a_spent_paint_budget_uses_the_face_atlas_and_a_smaller_texture() -> Non
     assert red > 2 * blue
 
 
+def test_xatlas_is_not_started_when_it_cannot_finish_within_its_share() -> None:
+    """20k faces take xatlas seconds (2.9-6.5 s measured here): with a 2 s paint budget it
+    would only be killed, so it is skipped and its share goes to the bake."""
+    scene = make_scene("disk")
+    reconstructor = MeshReconstructor(ReconstructorConfig(max_faces=20000, paint_budget_s=2.0))
+    shape = reconstructor.reconstruct(scene.image, scene.mask)
+    assert shape.stats["faces"] > 15000
+    painted = reconstructor.paint(shape.mesh, scene.image, scene.mask)
+    degraded = {entry["what"]: entry for entry in painted.stats["budget"]["degraded"]}
+    assert "would take about" in degraded["uv_atlas"]["why"], degraded
+
+
 def test_a_costly_grid_is_coarsened_within_the_reconstruct_budget() -> None:
     scene = make_scene("disk")
     config = ReconstructorConfig(grid=256, max_faces=3000, reconstruct_budget_s=0.05)
