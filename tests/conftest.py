@@ -134,6 +134,22 @@ def test_settings(data_dir: Path, s3_endpoint: str, models_dir: Path) -> dict:
     }
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, through Playwright: one per test module (the admin page
+    tests; Studio's own fixture adds the WebGL flags)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray

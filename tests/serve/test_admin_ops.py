@@ -14,7 +14,6 @@ import pytest
 
 from tests.helpers import LiveApp, Scene, encode_video, keyed_api_server, moving_disk_video
 
-CHROMIUM = "/usr/bin/chromium"
 ADMIN_KEY, USER_KEY = "admin-ops-key-4b1d", "user-ops-key-93ce"
 
 
@@ -172,20 +171,6 @@ def test_admin_ops_routes_need_an_admin_key_and_never_show_keys(keyed_api: str) 
 
 
 # --- In Chromium -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def test_admin_page_shows_a_request_with_its_latency(
     live_app: LiveApp, client: httpx.Client, browser, disk_scene: Scene
 ) -> None:  # type: ignore[no-untyped-def]

@@ -11,22 +11,7 @@ import pytest
 
 from tests.helpers import LiveApp, Scene, keyed_api_server, make_scene
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "admin.png"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_admin_page_follows_a_job_to_100_percent(
