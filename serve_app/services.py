@@ -16,6 +16,7 @@ from serve_app.storage.artifacts import ArtifactStore
 
 if TYPE_CHECKING:
     from serve_app.http.streams import StreamHub
+    from serve_app.labelstudio.service import Backend
 
 
 @dataclass
@@ -30,6 +31,9 @@ class Services:
     registry: ModelRegistry
     # SSE stream limits and the one store poller all streams share; built from settings.
     streams: StreamHub = None  # type: ignore[assignment]
+    # Label Studio's per-replica state (tokens sent at setup, task file → image id), made on
+    # the first /labelstudio call.
+    labelstudio: Backend | None = None
 
     def __post_init__(self) -> None:
         if self.streams is None:

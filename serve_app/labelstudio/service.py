@@ -63,11 +63,9 @@ class Backend:
 
 
 def backend(services: Services) -> Backend:
-    found = getattr(services, "_labelstudio", None)
-    if found is None:
-        found = Backend(services)
-        services._labelstudio = found  # type: ignore[attr-defined]
-    return found
+    if services.labelstudio is None:
+        services.labelstudio = Backend(services)
+    return services.labelstudio
 
 
 # Setup ------------------------------------------------------------------------------------
