@@ -169,6 +169,17 @@ def read_image(image_id: str, source: ImageSource | None) -> bytes:
     return data
 
 
+def load_image(
+    image_id: str, data: bytes | None, source: ImageSource | None, max_pixels: int | None
+) -> np.ndarray:
+    """The image of ``image_id`` decoded (HxWx3 uint8): from ``data``, which must hash to the
+    id, or read from the store (``source``)."""
+    if data is not None and image_id_of(data) != image_id:
+        raise InvalidInput("image_id is not the SHA-256 of the image sent", "image_id")
+    encoded = data if data is not None else read_image(image_id, source)
+    return decode_image_bytes(encoded, max_pixels)
+
+
 def decode_image_bytes(data: bytes, max_pixels: int | None) -> np.ndarray:
     """An encoded image as HxWx3 uint8 RGB (EXIF orientation applied, as the ingress does).
     The pixel bound is checked on the header and again on the decoded array."""

@@ -32,10 +32,9 @@ from deployments.image_cache import (
     Embedding,
     EmbeddingCache,
     check_image_id,
-    decode_image_bytes,
-    read_image,
+    load_image,
 )
-from deployments.protocol import ImageSource, SegmentPrompt, SegmentResult, image_id_of
+from deployments.protocol import ImageSource, SegmentPrompt, SegmentResult
 
 logger = logging.getLogger("meshline.segmenter")
 
@@ -358,10 +357,7 @@ class Sam3Segmenter:
         return SegmentResult(masks[order], scores[order].tolist(), seconds, prompt)
 
     def _load_image(self, image_id: str, data: bytes | None, source: ImageSource | None) -> Any:
-        if data is not None and image_id_of(data) != image_id:
-            raise InvalidInput("image_id is not the SHA-256 of the image sent", "image_id")
-        encoded = data if data is not None else read_image(image_id, source)
-        return decode_image_bytes(encoded, self.config.max_image_pixels)
+        return load_image(image_id, data, source, self.config.max_image_pixels)
 
     def _encode(self, image: np.ndarray) -> Embedding:
         """The image encoder's output for ``image`` (HxWx3 uint8), as SAM 3's state dict."""

@@ -35,8 +35,7 @@ from deployments.image_cache import (
     Embedding,
     EmbeddingCache,
     check_image_id,
-    decode_image_bytes,
-    read_image,
+    load_image,
 )
 from deployments.protocol import (
     IMAGE_ROUTE_PREFIX,
@@ -49,7 +48,6 @@ from deployments.protocol import (
     SegmentResult,
     VideoPrompt,
     VideoPromptResult,
-    image_id_of,
     image_route,
 )
 from deployments.video import PropagationRequest, VideoSession, release_idle
@@ -187,10 +185,7 @@ class Sam2Segmenter:
     def load_image(self, image_id: str, data: bytes | None, source: ImageSource | None) -> Any:
         """The image of ``image_id`` decoded (HxWx3 uint8): from ``data``, which must hash to
         the id, or from the store."""
-        if data is not None and image_id_of(data) != image_id:
-            raise InvalidInput("image_id is not the SHA-256 of the image sent", "image_id")
-        encoded = data if data is not None else read_image(image_id, source)
-        image = decode_image_bytes(encoded, self.config.max_image_pixels)
+        image = load_image(image_id, data, source, self.config.max_image_pixels)
         _check_image(image)
         return image
 
