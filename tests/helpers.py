@@ -155,9 +155,13 @@ def zip_frames(video: SyntheticVideo) -> bytes:
 
 
 @contextmanager
-def keyed_api_server(settings: dict, keys: list[dict], owner: str) -> Iterator[str]:
+def keyed_api_server(
+    settings: dict, keys: list[dict], owner: str, model_handles: bool = False
+) -> Iterator[str]:
     """The HTTP API with ``keys`` on the live app's stores (its ingress runs the jobs: replicas
-    share work through the store), served by uvicorn in this process; yields its URL."""
+    share work through the store), served by uvicorn in this process; yields its URL.
+    ``model_handles``: synchronous model calls (/v1/segment, /v1/detect, Label Studio's
+    predict) reach the live app's model deployments; otherwise this server has none."""
     import threading
 
     import uvicorn
@@ -179,10 +183,17 @@ def keyed_api_server(settings: dict, keys: list[dict], owner: str) -> Iterator[s
         keyed.s3_endpoint_url,
         keyed.s3_presign_ttl_s,
     )
-    handles = Handles(None, None, None, None)
+    names = ("Segmenter", "Reconstructor", "Converter", "Detector")
+    if model_handles:
+        from ray import serve
+
+        handles = Handles(*(serve.get_deployment_handle(n, app_name=APP_NAME) for n in names))
+        models = {name: {"weights": "random-init"} for name in names}
+    else:
+        handles, models = Handles(None, None, None, None), {}
     runner = JobRunner(store, files, handles, keyed, owner=owner)  # never started
     registry = ModelRegistry(keyed.detector_model, None, keyed.detector_models_dir)
-    services = Services(keyed, store, files, handles, runner, {}, APP_NAME, registry)
+    services = Services(keyed, store, files, handles, runner, models, APP_NAME, registry)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import APP_NAME, LiveApp, auth_keys, free_port
+from tests.helpers import LiveApp, auth_keys, free_port, keyed_api_server
 
 ROOT = Path(__file__).resolve().parents[2]
 LS_BIN = ROOT / ".tools" / "labelstudio" / "bin"
@@ -137,45 +136,11 @@ def serve_meshline(settings: dict) -> Iterator[Meshline]:
     """The keyed HTTP API on the live app's stores and model deployments (real handles),
     served by uvicorn in this process: its own settings (keys, Label Studio URL and token),
     the live app's models."""
-    import uvicorn
-    from ray import serve
-
-    from deployments.registry import ModelRegistry
-    from serve_app.api import create_api
-    from serve_app.handles import Handles
-    from serve_app.jobs.runner import JobRunner
-    from serve_app.jobs.store import JobStore
-    from serve_app.services import Services
-    from serve_app.settings import Settings
-    from serve_app.storage.artifacts import make_artifact_store
-
-    keyed = Settings(**settings)
-    store = JobStore(keyed.resolved_db_url)
-    files = make_artifact_store(
-        keyed.artifact_uri,
-        keyed.resolved_artifact_dir,
-        keyed.s3_endpoint_url,
-        keyed.s3_presign_ttl_s,
-    )
-    names = ("Segmenter", "Reconstructor", "Converter", "Detector")
-    handles = Handles(*(serve.get_deployment_handle(n, app_name=APP_NAME) for n in names))
-    runner = JobRunner(store, files, handles, keyed, owner="labelstudio-tests")  # not started
-    registry = ModelRegistry(keyed.detector_model, None, keyed.detector_models_dir)
-    models = {name: {"weights": "random-init"} for name in names}
-    services = Services(keyed, store, files, handles, runner, models, APP_NAME, registry)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_api(services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    try:
-        yield Meshline(f"http://127.0.0.1:{port}", settings)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    own = {k: v for k, v in settings.items() if k != "api_keys"}
+    with keyed_api_server(
+        own, settings["api_keys"], "labelstudio-tests", model_handles=True
+    ) as url:
+        yield Meshline(url, settings)
 
 
 @pytest.fixture(scope="session")
