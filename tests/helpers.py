@@ -155,6 +155,22 @@ def zip_frames(video: SyntheticVideo) -> bytes:
 
 
 @contextmanager
+def second_app(live_app: LiveApp, name: str, prefix: str, args: dict) -> Iterator[httpx.Client]:
+    """meshline built from ``args`` deployed beside the live app in its Serve instance, under
+    ``prefix``; a client for it, and the app deleted afterwards."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app({**live_app.app_args, **args}), name=name, route_prefix=prefix)
+    try:
+        with httpx.Client(base_url=live_app.base_url + prefix, timeout=120.0) as http:
+            yield http
+    finally:
+        serve.delete(name)
+
+
+@contextmanager
 def keyed_api_server(
     settings: dict, keys: list[dict], owner: str, model_handles: bool = False
 ) -> Iterator[str]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trimesh
 
-from tests.helpers import ARTIFACT_BUCKET, LiveApp, Scene, wait_for_job
+from tests.helpers import ARTIFACT_BUCKET, LiveApp, Scene, second_app, wait_for_job
 from tests.hunyuan_tiny import TINY_OPTIONS, write_tiny_hunyuan
 
 pytestmark = pytest.mark.serve
@@ -26,10 +26,6 @@ PREFIX = "/hunyuan3d"
 def hunyuan_client(
     live_app: LiveApp, test_settings: dict, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[httpx.Client]:
-    from ray import serve
-
-    from serve_app.app import build_app
-
     data = tmp_path_factory.mktemp("hunyuan-data")
     settings = {
         **test_settings,
@@ -39,13 +35,8 @@ def hunyuan_client(
         "reconstruct_weights": str(write_tiny_hunyuan(data / "Hunyuan3D-2")),
         "reconstruct_backend_options": TINY_OPTIONS,
     }
-    args = {**live_app.app_args, "settings": settings}
-    serve.run(build_app(args), name=APP, route_prefix=PREFIX)
-    try:
-        with httpx.Client(base_url=live_app.base_url + PREFIX, timeout=120.0) as http:
-            yield http
-    finally:
-        serve.delete(APP)
+    with second_app(live_app, APP, PREFIX, {"settings": settings}) as http:
+        yield http
 
 
 def test_a_job_reconstructs_with_hunyuan3d(hunyuan_client: httpx.Client, disk_scene: Scene) -> None:

@@ -18,7 +18,7 @@ import trimesh
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests.helpers import ARTIFACT_BUCKET, LiveApp, Scene, wait_for_job
+from tests.helpers import ARTIFACT_BUCKET, LiveApp, Scene, second_app, wait_for_job
 
 pytestmark = pytest.mark.serve
 
@@ -32,10 +32,6 @@ SAM3_PYTHON = ROOT / ".tools" / "sam3" / "bin" / "python"
 def sam3_client(
     live_app: LiveApp, test_settings: dict, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[httpx.Client]:
-    from ray import serve
-
-    from serve_app.app import build_app
-
     assert SAM3_PYTHON.exists(), f"{SAM3_PYTHON} missing: run `make test-tools`"
     data = tmp_path_factory.mktemp("sam3-data")
     settings = {
@@ -56,13 +52,9 @@ def sam3_client(
         **segmenter,
         "ray_actor_options": {**segmenter["ray_actor_options"], "runtime_env": runtime_env},
     }
-    args = {**live_app.app_args, "settings": settings, "deployment_options": options}
-    serve.run(build_app(args), name=APP, route_prefix=PREFIX)
-    try:
-        with httpx.Client(base_url=live_app.base_url + PREFIX, timeout=120.0) as http:
-            yield http
-    finally:
-        serve.delete(APP)
+    args = {"settings": settings, "deployment_options": options}
+    with second_app(live_app, APP, PREFIX, args) as http:
+        yield http
 
 
 def _masks(body: dict) -> list[np.ndarray]:
