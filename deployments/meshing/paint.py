@@ -124,21 +124,21 @@ def paint(
     else:
         deadline = budget.share(0.6)
         predicted = XATLAS_S_PER_FACE * len(mesh.faces)
-        try:
-            if predicted > deadline:
-                raise DeadlineExceeded(
-                    f"xatlas would take about {predicted:.1f} s for {len(mesh.faces)} faces, "
-                    f"more than its {deadline:.2f} s of the paint budget"
-                )
-            vmapping, indices, uvs = run_with_deadline(_xatlas, args, deadline)
-        except DeadlineExceeded as exc:
+        atlas = None
+        if predicted > deadline:
             why = (
-                str(exc)
-                if predicted > deadline
-                else (f"xatlas did not finish within {deadline:.2f} s of the paint budget")
+                f"xatlas would take about {predicted:.1f} s for {len(mesh.faces)} faces, "
+                f"more than its {deadline:.2f} s of the paint budget"
             )
+        else:
+            try:
+                atlas = run_with_deadline(_xatlas, args, deadline)
+            except DeadlineExceeded:
+                why = f"xatlas did not finish within {deadline:.2f} s of the paint budget"
+        if atlas is None:
             budget.degrade("uv_atlas", why, fallback="face_atlas")
-            vmapping, indices, uvs = face_atlas(np.asarray(mesh.faces), texture_px)
+            atlas = face_atlas(np.asarray(mesh.faces), texture_px)
+        vmapping, indices, uvs = atlas
         requested = texture_px
         while (
             texture_px > MIN_BUDGET_TEXTURE_PX
