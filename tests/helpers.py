@@ -238,6 +238,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports, all outside Ray's worker port range (10002-19999): for a
+    second Ray head whose every port must be its own."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        port = free_port()
+        if not 10002 <= port <= 19999:
+            ports.add(port)
+    return sorted(ports)
+
+
 @dataclass(frozen=True)
 class LiveApp:
     base_url: str

@@ -25,23 +25,11 @@ import pytest
 import trimesh
 from PIL import Image
 
+from tests.helpers import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 420.0  # a cold head plus four model replicas on a loaded 2-core machine
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports, all outside Ray's worker port range (10002-19999)."""
-    import socket
-
-    ports: set[int] = set()
-    while len(ports) < count:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not 10002 <= port <= 19999:
-            ports.add(port)
-    return sorted(ports)
 
 
 @dataclass

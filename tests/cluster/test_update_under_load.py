@@ -34,7 +34,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
+from tests.helpers import SMALL_SAM2_OVERRIDES, free_ports, make_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -84,20 +84,6 @@ class Head:
                 if any(str(self.tmp) in arg for arg in proc.info["cmdline"] or []):
                     found.append(proc)
         return found
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports outside Ray's worker port range (10002-19999)."""
-    import socket
-
-    ports: set[int] = set()
-    while len(ports) < count:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not 10002 <= port <= 19999:
-            ports.add(port)
-    return sorted(ports)
 
 
 @pytest.fixture()
