@@ -2,6 +2,13 @@
 proxy, while the submitted segment jobs run in the same ingress replica and the Segmenter), and
 job-store transitions per second on SQLite and PostgreSQL, measured in one run.
 
+Beside each submit figure, the same clients against two floors in the same Serve instance
+(raw counterparts: what any request costs before meshline's code runs):
+
+* ``noop_fastapi``: a bare ``@serve.ingress(FastAPI())`` deployment answering ``{}`` (Serve's
+  proxy, one hop to a replica, FastAPI; no meshline middleware, no store);
+* ``proxy_only``: Serve's own ``/-/healthz``, answered by the HTTP proxy without any replica.
+
     python -m bench.jobs_api --clients 50,200 --requests 10 --out bench/jobs_api.json
 
 ``post_jobs`` is the first client count (what bench/suite.py reads); ``post_jobs_by_clients``
@@ -80,6 +87,63 @@ async def post_latencies(base_url: str, image: bytes, clients: int, per_client: 
     return latencies
 
 
+async def get_latencies(base_url: str, path: str, clients: int, per_client: int) -> list[float]:
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+
+        async def one_client() -> None:
+            for _ in range(per_client):
+                started = time.perf_counter()
+                response = await http.get(path)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return latencies
+
+
+def deploy_noop(serve: Any) -> str:
+    """A bare Serve + FastAPI app beside meshline: the request floor without meshline."""
+    from fastapi import FastAPI
+
+    from serve_app.ingress import MAX_ONGOING_REQUESTS
+
+    api = FastAPI()
+
+    @api.get("/")
+    async def noop() -> dict[str, str]:
+        return {}
+
+    # The Ingress's request bounds (Serve's default of 5 ongoing requests would queue at the proxy).
+    @serve.deployment(
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=MAX_ONGOING_REQUESTS,
+        max_queued_requests=512,
+    )
+    @serve.ingress(api)
+    class Noop:
+        pass
+
+    serve.run(Noop.bind(), name="noop", route_prefix="/bench-noop")
+    return "/bench-noop/"
+
+
+def latency_summary(latencies: list[float], seconds: float) -> dict[str, Any]:
+    return {
+        "requests": len(latencies),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "per_s": round(len(latencies) / seconds, 1),
+    }
+
+
+def timed(coroutine: Any) -> tuple[list[float], float]:
+    started = time.perf_counter()
+    latencies = asyncio.run(coroutine)
+    return latencies, time.perf_counter() - started
+
+
 def finished_jobs(base_url: str) -> int:
     with httpx.Client(base_url=base_url, timeout=60) as http:
         jobs = http.get("/v1/jobs", params={"status": "succeeded", "limit": 500}).json()["jobs"]
@@ -130,20 +194,28 @@ def main() -> None:
             extra_settings={"max_queued_jobs": 10**6},
         )
         image = make_scene("disk", 64, 64).png()
+        noop_path = deploy_noop(serve)
         asyncio.run(post_latencies(base_url, image, 5, 2))  # warm-up
+        asyncio.run(get_latencies(base_url, noop_path, 5, 2))
         for clients in [int(c) for c in args.clients.split(",")]:
             done_before = finished_jobs(base_url)
-            started = time.perf_counter()
-            latencies = asyncio.run(post_latencies(base_url, image, clients, args.requests))
-            seconds = time.perf_counter() - started
+            latencies, seconds = timed(post_latencies(base_url, image, clients, args.requests))
+            done = finished_jobs(base_url) - done_before  # jobs run meanwhile (list: <= 500)
+            noop = latency_summary(
+                *timed(get_latencies(base_url, noop_path, clients, args.requests))
+            )
+            proxy = latency_summary(
+                *timed(get_latencies(base_url, "/-/healthz", clients, args.requests))
+            )
+            submits = latency_summary(latencies, seconds)
             by_clients[str(clients)] = {
                 "clients": clients,
-                "requests": len(latencies),
-                "p50_ms": round(statistics.median(latencies) * 1000, 1),
-                "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
-                "submits_per_s": round(len(latencies) / seconds, 1),
-                # Jobs run meanwhile (the list shows at most 500).
-                "jobs_finished_during": finished_jobs(base_url) - done_before,
+                **submits,
+                "submits_per_s": submits["per_s"],
+                "jobs_finished_during": done,
+                "noop_fastapi": noop,
+                "proxy_only": proxy,
+                "p99_over_noop_p99": round(submits["p99_ms"] / noop["p99_ms"], 2),
             }
         serve.shutdown()
     report["post_jobs"] = next(iter(by_clients.values()))
