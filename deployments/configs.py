@@ -279,6 +279,18 @@ def replica_resources(
 
 # Batch on GPU clusters, not on CPU ones, where batching measured no gain (bench/detector.py).
 DETECTOR_BATCH_SIZE: dict[Accelerator, int] = {"gpu": 8, "cpu": 1}
+# What a GPU (model) node's Ray workers import before they take work, through Ray's
+# experimental RAY_preload_python_modules (cluster/rayservice.yaml's gpu group): a replica
+# scaled up from zero there finds torch and sam2 imported; bench/cold_start.py measures the gain.
+# Not for a single-node laptop: every worker (Ingress, proxy, controller) would import torch.
+MODEL_WORKER_PRELOAD: tuple[str, ...] = (
+    "torch",
+    "torchvision",
+    "hydra",
+    "sam2.build_sam",
+    "sam2.sam2_image_predictor",
+    "ultralytics",
+)
 # The model deployments scale to zero when idle; a request to one at zero waits for its cold
 # start (the stage timeout includes it).
 MODEL_AUTOSCALING: dict[str, Any] = {
