@@ -101,8 +101,13 @@ def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.nda
 
 
 def mask_png(mask: np.ndarray) -> bytes:
+    """8-bit grayscale 0/255 PNG. zlib level 1, not ``optimize``: on a ragged 810x1080 mask
+    (random-weight SAM2) ``optimize`` took ~50 ms and on a speckled one 1.7 s (every zlib
+    setting tried) vs 15 ms at level 1, for files ~1.5x larger; this runs once per mask in a
+    job's segment stage and for each /v1/segment mask asked with ``png``."""
     buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG", optimize=True)
+    image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -16,6 +16,7 @@ from deployments.protocol import (
     IMAGE_ID,
     DetectRequest,
     SegmentImageRequest,
+    SegmentResult,
     image_id_of,
     loaded_models_by_replica,
 )
@@ -124,10 +125,7 @@ async def segment(
             await stored  # the id is usable on every replica once the answer is out
     height, width = (int(n) for n in result.masks.shape[1:])  # (0, H, W): no instance found
     recent.note(recent.model_name(services.models, "Segmenter"), width, height)
-    masks = [
-        mask_summary(np.asarray(mask, dtype=bool), score, options.png)
-        for mask, score in zip(result.masks, result.scores, strict=True)
-    ]
+    masks = await asyncio.to_thread(_mask_summaries, result, options.png)  # RLE/PNG: off the loop
     return SegmentResponse(
         width=width,
         height=height,
@@ -138,6 +136,13 @@ async def segment(
         image_id=image_id,
         cached=bool(result.cached),
     )
+
+
+def _mask_summaries(result: SegmentResult, with_png: bool) -> list[dict[str, object]]:
+    return [
+        mask_summary(np.asarray(mask, dtype=bool), score, with_png)
+        for mask, score in zip(result.masks, result.scores, strict=True)
+    ]
 
 
 def _header_and_id(data: bytes, max_pixels: int) -> tuple[ImageHeader, str]:

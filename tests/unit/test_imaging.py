@@ -10,7 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from serve_app.http.errors import ApiError
-from serve_app.imaging import decode_image, decode_mask, mask_rle, mask_summary
+from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle, mask_summary
 from tests.helpers import encode_png, make_scene
 
 
@@ -67,3 +67,16 @@ def test_rle_roundtrips_through_pycocotools() -> None:
     ys, xs = np.nonzero(mask)
     assert summary["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
     assert summary["png_base64"]
+
+
+def test_mask_png_is_8_bit_and_lossless_on_a_speckled_full_size_mask() -> None:
+    """The stored mask.png / png_base64: 8-bit grayscale, 0 and 255 only, decoding to the
+    exact mask (a speckled 1080x810 one: the worst case for the encoder's speed)."""
+    mask = np.random.default_rng(0).random((1080, 810)) < 0.3
+    data = mask_png(mask)
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "L", (810, 1080))
+        pixels = np.asarray(image)
+    assert set(np.unique(pixels).tolist()) == {0, 255}
+    assert np.array_equal(pixels > 127, mask)
+    assert np.array_equal(decode_mask(data, 810, 1080, 10**7), mask)
