@@ -4,8 +4,10 @@ Two detectors, both robust on a loaded 2-core CI box:
 
 * the CPU time of every loop callback (``Handle._run``), measured with the loop thread's own
   CPU clock: other processes and threads holding the GIL make a callback's wall time long, not
-  its CPU time. Decoding one of the images below on the loop costs >= 100 ms of CPU; every
-  legitimate callback of a burst of submits stays under ~25 ms (measured), the bound is 60 ms;
+  its CPU time. Decoding one of the images below on the loop costs >= 50 ms of CPU (98 ms in
+  a fresh process, where its buffers still page-fault; 54 ms once the allocator is warm, as
+  after the burst test); every legitimate callback of a burst of submits stays under ~3 ms
+  (measured, 2-core box), the bound is 30 ms;
 * the store, the artifact store, hashing and decoding refuse to run on the loop's thread, so
   a blocking call (a SQLite lock wait, an fsync: little CPU, long waits) fails however quick
   it happens to be in this run.
@@ -33,8 +35,8 @@ from serve_app.api import create_api
 from serve_app.jobs import service
 from tests.helpers import local_services
 
-MAX_CALLBACK_CPU_S = 0.06  # a decode on the loop: >= 0.11 s of CPU; legitimate work <= 0.025 s
-IMAGE_SIDE = 2800  # random pixels: a 23.5 MB PNG, 0.11-0.25 s of CPU to decode (by load)
+MAX_CALLBACK_CPU_S = 0.03  # a decode on the loop: >= 0.05 s of CPU; legitimate work <= 0.003 s
+IMAGE_SIDE = 2800  # random pixels: a 23.5 MB PNG, 0.05-0.25 s of CPU to decode (warm/cold, load)
 
 
 class LoopCpu:
@@ -222,7 +224,8 @@ def test_the_detector_sees_a_decode_on_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big_inputs: tuple[bytes, bytes]
 ) -> None:
     """The CPU-time detector catches a regression: decoding on the loop (as the service once
-    did) is well over the bound, however loaded the box."""
+    did) is over the bound, however loaded the box, also in a warm process (run after the
+    burst test: 54 ms against the bound's 30)."""
     image, _ = big_inputs
     loop_cpu = LoopCpu()
 
@@ -232,4 +235,4 @@ def test_the_detector_sees_a_decode_on_the_loop(
 
     loop_cpu.install(monkeypatch)
     asyncio.run(decode_on_loop())
-    assert loop_cpu.worst > 1.5 * MAX_CALLBACK_CPU_S, loop_cpu.worst
+    assert loop_cpu.worst > MAX_CALLBACK_CPU_S, loop_cpu.worst
