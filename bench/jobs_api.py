@@ -2,8 +2,9 @@
 proxy, while the submitted segment jobs run in the same ingress replica and the Segmenter), and
 job-store transitions per second on SQLite and PostgreSQL, measured in one run.
 
-Beside each submit figure, the same clients against two floors in the same Serve instance
-(raw counterparts: what any request costs before meshline's code runs):
+Beside each submit figure, the same clients against two floors in the same Serve instance,
+measured first on the idle app (raw counterparts: what any request costs before meshline's code
+runs; the submits then run while their jobs do):
 
 * ``noop_fastapi``: a bare ``@serve.ingress(FastAPI())`` deployment answering ``{}`` (Serve's
   proxy, one hop to a replica, FastAPI; no meshline middleware, no store);
@@ -197,25 +198,34 @@ def main() -> None:
         noop_path = deploy_noop(serve)
         asyncio.run(post_latencies(base_url, image, 5, 2))  # warm-up
         asyncio.run(get_latencies(base_url, noop_path, 5, 2))
-        for clients in [int(c) for c in args.clients.split(",")]:
+        counts = [int(c) for c in args.clients.split(",")]
+        # The floors first, on an idle app: once submits start, their jobs keep the box busy
+        # for minutes (a floor measured then read slower than the submits themselves).
+        floors = {
+            clients: {
+                "noop_fastapi": latency_summary(
+                    *timed(get_latencies(base_url, noop_path, clients, args.requests))
+                ),
+                "proxy_only": latency_summary(
+                    *timed(get_latencies(base_url, "/-/healthz", clients, args.requests))
+                ),
+            }
+            for clients in counts
+        }
+        for clients in counts:
             done_before = finished_jobs(base_url)
             latencies, seconds = timed(post_latencies(base_url, image, clients, args.requests))
             done = finished_jobs(base_url) - done_before  # jobs run meanwhile (list: <= 500)
-            noop = latency_summary(
-                *timed(get_latencies(base_url, noop_path, clients, args.requests))
-            )
-            proxy = latency_summary(
-                *timed(get_latencies(base_url, "/-/healthz", clients, args.requests))
-            )
             submits = latency_summary(latencies, seconds)
             by_clients[str(clients)] = {
                 "clients": clients,
                 **submits,
                 "submits_per_s": submits["per_s"],
                 "jobs_finished_during": done,
-                "noop_fastapi": noop,
-                "proxy_only": proxy,
-                "p99_over_noop_p99": round(submits["p99_ms"] / noop["p99_ms"], 2),
+                **floors[clients],
+                "p99_over_noop_p99": round(
+                    submits["p99_ms"] / floors[clients]["noop_fastapi"]["p99_ms"], 2
+                ),
             }
         serve.shutdown()
     report["post_jobs"] = next(iter(by_clients.values()))
