@@ -151,7 +151,8 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             "≤ 50 ms",
             (
                 f"p50 {submits['p50_ms']:.0f} ms, {submits['per_s']} submits/s over "
-                f"{submits['requests']} requests; the floors, same clients, same run: a bare "
+                f"{submits['requests']} requests while their jobs run; the floors, same clients "
+                "and run, on the idle app: a bare "
                 f"Serve + FastAPI no-op p99 {noop['p99_ms']:.0f} ms (p50 {noop['p50_ms']:.0f}), "
                 f"Serve's proxy alone (/-/healthz) p99 {proxy['p99_ms']:.0f} ms (p50 "
                 f"{proxy['p50_ms']:.0f})"
