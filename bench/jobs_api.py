@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,15 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-async def post_latencies(base_url: str, image: bytes, clients: int, per_client: int) -> list[float]:
+async def client_latencies(
+    base_url: str,
+    clients: int,
+    per_client: int,
+    send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]],
+    expect: int,
+) -> list[float]:
+    """``clients`` concurrent clients, each sending ``per_client`` requests one after another:
+    every request's latency (each must answer ``expect``)."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
@@ -76,32 +85,27 @@ async def post_latencies(base_url: str, image: bytes, clients: int, per_client: 
         async def one_client() -> None:
             for _ in range(per_client):
                 started = time.perf_counter()
-                response = await http.post(
-                    "/v1/jobs",
-                    files={"image": ("s.png", image)},
-                    data={"options": json.dumps({"stages": ["segment"]})},
-                )
+                response = await send(http)
                 latencies.append(time.perf_counter() - started)
-                assert response.status_code == 202, response.text
+                assert response.status_code == expect, response.text
 
         await asyncio.gather(*(one_client() for _ in range(clients)))
     return latencies
+
+
+async def post_latencies(base_url: str, image: bytes, clients: int, per_client: int) -> list[float]:
+    def submit(http: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return http.post(
+            "/v1/jobs",
+            files={"image": ("s.png", image)},
+            data={"options": json.dumps({"stages": ["segment"]})},
+        )
+
+    return await client_latencies(base_url, clients, per_client, submit, 202)
 
 
 async def get_latencies(base_url: str, path: str, clients: int, per_client: int) -> list[float]:
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
-
-        async def one_client() -> None:
-            for _ in range(per_client):
-                started = time.perf_counter()
-                response = await http.get(path)
-                latencies.append(time.perf_counter() - started)
-                assert response.status_code == 200, response.text
-
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-    return latencies
+    return await client_latencies(base_url, clients, per_client, lambda http: http.get(path), 200)
 
 
 def deploy_noop(serve: Any) -> str:
