@@ -173,7 +173,8 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             "≥ 0.85 (CPU), ≥ 0.8 (GPU)",
             (
                 f"/v1/detect {detector['http_images_per_s_batch_8']} img/s vs ultralytics "
-                f"{detector['raw_images_per_s_batch_8']} img/s (list of 8), same image, one run"
+                f"{detector['raw_images_per_s_batch_8']} img/s (list of 8), same image; medians "
+                f"of {len(detector.get('rounds', [None]))} alternating rounds in one run"
             ),
         ),
         (
@@ -211,14 +212,15 @@ def markdown(
     table: list[tuple[str, str, str, str]],
     seconds: float,
     quick: bool,
+    measured: datetime,
 ) -> str:
     mode = " with `--quick` (the small SAM2 test config everywhere)" if quick else ""
     lines = [
         "# meshline benchmark results",
         "",
         (
-            f"Written by `make bench`{mode} (bench/suite.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} "
-            f"UTC in {seconds:.0f} s."
+            f"Written by `make bench`{mode} (bench/suite.py) on {measured:%Y-%m-%d %H:%M} UTC "
+            f"in {seconds:.0f} s."
         ),
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
         + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU")
@@ -251,8 +253,15 @@ def main() -> None:
     if args.render:
         saved = json.loads(args.render.read_text())
         info, device = saved.pop("machine"), saved.pop("device")
+        written = saved.pop("written", None)  # when the suite measured (older files: mtime)
+        measured = (
+            datetime.fromisoformat(written)
+            if written
+            else datetime.fromtimestamp(args.render.stat().st_mtime, UTC)
+        )
         seconds = sum(report.get("_seconds", 0) for report in saved.values())
-        args.out.write_text(markdown(info, device, rows(saved), seconds, args.quick))
+        table = rows(saved)
+        args.out.write_text(markdown(info, device, table, seconds, args.quick, measured))
         print(f"wrote {args.out} from {args.render}")
         return
     import torch
@@ -293,9 +302,11 @@ def main() -> None:
     width = max(len(r[0]) for r in table)
     for measure, value, target, _how in table:
         print(f"{measure:<{width}}  {value:>10}  {target}")
-    args.out.write_text(markdown(info, device, table, seconds, args.quick))
+    measured = datetime.now(UTC)
+    args.out.write_text(markdown(info, device, table, seconds, args.quick, measured))
     raw = ROOT / "bench" / "results" / f"suite_{device}.json"
-    raw.write_text(json.dumps({"machine": info, "device": device, **results}, indent=2) + "\n")
+    saved = {"machine": info, "device": device, "written": measured.isoformat(), **results}
+    raw.write_text(json.dumps(saved, indent=2) + "\n")
     print(f"\nwrote {args.out} and {raw}")
 
 
