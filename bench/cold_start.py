@@ -1,6 +1,6 @@
 """Cold start from zero: the first SAM2 result after scale-to-zero, broken down.
 
-Two measures, one run:
+Three measures, one run:
 
 * **through Serve**: a Segmenter deployed at zero replicas gets one call; the first result's
   wall time is split with the replica process's start time (psutil), Serve's replica log
