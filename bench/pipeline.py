@@ -85,10 +85,11 @@ def start_app(
 
 
 def model_seconds(stage: dict[str, Any]) -> float:
-    """Compute time the replica measured for a stage (segment reports it as model_seconds)."""
+    """Compute time the replicas measured for a stage (segment reports the Segmenter's as
+    model_seconds and, when it asked the Detector for boxes, the Detector's as detect_seconds)."""
     detail = stage["detail"]
     if "model_seconds" in detail:
-        return float(detail["model_seconds"])
+        return float(detail["model_seconds"]) + float(detail.get("detect_seconds", 0.0))
     return float(detail["seconds"])
 
 

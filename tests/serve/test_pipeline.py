@@ -123,6 +123,9 @@ def test_detector_box_prompts_the_segmenter(client) -> None:  # type: ignore[no-
     detail = job["stages"][0]["detail"]
     assert detail["prompt_from"].startswith("detector box")
     assert detail["prompt"]["box"] == [float(v) for v in detections["boxes"][0]]
+    # Both replicas' own times: the Detector's (its speed_ms, in seconds) and the Segmenter's.
+    assert detail["detect_seconds"] == round(sum(detections["speed_ms"].values()) / 1000, 4) > 0
+    assert detail["model_seconds"] > 0
     assert {a["name"] for a in job["artifacts"]} == {
         "input.png",
         "detections.json",
@@ -257,6 +260,8 @@ def test_detect_segment_3d_per_object(client) -> None:  # type: ignore[no-untype
     # The image is encoded at most once (earlier tests may have sent the same scene): the later
     # objects' masks come from its cached embedding.
     assert [obj["embedding_cached"] for obj in objects[1:]] == [True, True]
+    assert segment["detail"]["model_seconds"] == round(sum(o["model_seconds"] for o in objects), 4)
+    assert segment["detail"]["detect_seconds"] > 0
     names = {a["name"] for a in job["artifacts"]}
     for k, obj in enumerate(objects):
         assert obj["prompt"]["box"] == [float(v) for v in detections["boxes"][k]]
