@@ -261,15 +261,23 @@ class LiveApp:
         return httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
 
+YOLO_SEED = 0  # random-init weights that give boxes (and -seg outlines) at conf 0.0001
+
+
 def save_yolo(path: Path, prefix: str, seg: bool = False) -> None:
     """A random-init YOLOv8n checkpoint whose classes are named <prefix>0..79 (``seg``: the
-    instance segmentation model, yolov8n-seg)."""
+    instance segmentation model, yolov8n-seg). Seeded: unseeded, its weights followed whatever
+    the test process had drawn before, and some draws find nothing at all even at conf 0.0001
+    (a Label Studio test then got no polygon; seed 2122440499 gives no box on the disk scene)."""
     from deployments.detector import prepare_ultralytics_env
 
     prepare_ultralytics_env(path.parent / ".ultralytics")
+    import torch
     from ultralytics import YOLO
 
-    model = YOLO("yolov8n-seg.yaml" if seg else "yolov8n.yaml")
+    with torch.random.fork_rng():  # the caller's random stream stays as it was
+        torch.manual_seed(YOLO_SEED)
+        model = YOLO("yolov8n-seg.yaml" if seg else "yolov8n.yaml")
     model.model.names = {i: f"{prefix}{i}" for i in range(80)}
     model.save(str(path))
 
