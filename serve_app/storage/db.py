@@ -19,7 +19,9 @@ then make the drafted operations idempotent where a legacy database may already 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +52,7 @@ _ALEMBIC_LOCK = threading.Lock()
 # store at once (asyncio's default executor: at most 32; the SSE poller's: 2).
 POOL_SIZE = 8
 POOL_OVERFLOW = 32
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite connection waits for another's lock
 
 
 def make_engine(url: str) -> Engine:
@@ -60,7 +63,7 @@ def make_engine(url: str) -> Engine:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
-            connect_args={"timeout": 30, "check_same_thread": False},
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
             # Every thread that reads the store holds a connection: asyncio's default executor
             # (up to 32 threads) and the SSE poller's. SQLAlchemy's default (5 + 10 overflow)
             # made the 16th concurrent reader wait for a free connection (up to 30 s).
@@ -71,13 +74,30 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+
+
+def _use_wal(cursor: sqlite3.Cursor) -> None:
+    """The database file in WAL mode (it stays so: later connections only read the mode).
+    Switching needs an exclusive lock, and SQLite answers "database is locked" at once, without
+    its busy wait, while another connection holds a lock: several stores opening a new database
+    together (tests/unit/test_migrations.py, ~1 in 80 under load). Retried for the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def target_metadata() -> MetaData:
