@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def latency_summary(latencies: list[float], seconds: float) -> dict[str, Any]:
     }
 
 
-def timed(coroutine: Any) -> tuple[list[float], float]:
+def timed(coroutine: Coroutine[Any, Any, list[float]]) -> tuple[list[float], float]:
     started = time.perf_counter()
     latencies = asyncio.run(coroutine)
     return latencies, time.perf_counter() - started
@@ -224,7 +224,6 @@ def main() -> None:
             by_clients[str(clients)] = {
                 "clients": clients,
                 **submits,
-                "submits_per_s": submits["per_s"],
                 "jobs_finished_during": done,
                 **floors[clients],
                 "p99_over_noop_p99": round(

@@ -238,24 +238,21 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
         return await _segment_one(ctx, "", points=points, labels=labels, box=box)
     found = await _detections(ctx)
     # The Detector's own time (decode, letterbox, forward, NMS) beside the Segmenter's.
-    detect_seconds = round(sum(found.speed_ms.values()) / 1000, 4)
+    detected = {
+        "detections": len(found.boxes),
+        "detect_seconds": round(sum(found.speed_ms.values()) / 1000, 4),
+    }
     if not found.boxes:
         detail = await _segment_one(ctx, "")
         return {
             **detail,
-            "detections": 0,
-            "detect_seconds": detect_seconds,
+            **detected,
             "prompt_from": "image centre (the detector found nothing)",
         }
     if detect.max_objects == 1:
         detail = await _segment_one(ctx, "", box=found.boxes[0])  # highest score first
         source = f"detector box ({found.class_names[0]}, {found.scores[0]:.3f})"
-        return {
-            **detail,
-            "detections": len(found.boxes),
-            "detect_seconds": detect_seconds,
-            "prompt_from": source,
-        }
+        return {**detail, **detected, "prompt_from": source}
     objects = []
     count = min(detect.max_objects, len(found.boxes))
     for index in range(count):
@@ -270,8 +267,7 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
         )
         await ctx.progress("segment", 100.0 * (index + 1) / count)
     return {
-        "detections": len(found.boxes),
-        "detect_seconds": detect_seconds,
+        **detected,
         "model_seconds": round(sum(one["model_seconds"] for one in objects), 4),
         "objects": objects,
         "prompt_from": "detector boxes",
