@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import httpx
 from ray import serve
@@ -141,7 +142,6 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
         time.sleep(0.02)
     else:
         raise AssertionError("the convert stage never started")
-    time.sleep(1.0)  # the converter is busy with this mesh now
     # Every live Converter replica (Ray titles their processes "ray::ServeReplica:<app>:<name>"):
     # earlier tests may have scaled it past one, and the one converting this mesh must die.
     title = f"ServeReplica:{APP_NAME}:Converter"
@@ -151,6 +151,10 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
         if any(title in part for part in proc.info["cmdline"] or [])
     ]
     assert replicas
+    # "running" is set before the request reaches a replica (a fixed sleep here raced a fast
+    # machine: the mesh was converted before the kill, attempts 1). Kill once the conversion
+    # is seen burning CPU in a replica or its worker child (idle, they use none).
+    _wait_until_busy([psutil.Process(pid) for pid in replicas], deadline=time.monotonic() + 60)
     for replica in replicas:
         os.kill(replica, signal.SIGKILL)
     job = wait_for_job(client, job_id, timeout_s=300)
@@ -158,6 +162,35 @@ def test_a_killed_model_replica_is_retried(client: httpx.Client) -> None:
     assert job["stages"][0]["attempts"] == 2
     converter = serve.get_deployment_handle("Converter", app_name=APP_NAME)
     assert converter.info.remote().result()["pid"] not in replicas
+
+
+def _wait_until_busy(replicas: list[Any], deadline: float, window_s: float = 0.1) -> None:
+    """Return once a process in ``replicas`` (or a descendant) used over half a core during
+    ``window_s`` twice in a row."""
+    import psutil
+
+    def cpu_seconds() -> dict[int, float]:
+        seconds: dict[int, float] = {}
+        for replica in replicas:
+            for proc in [replica, *replica.children(recursive=True)]:
+                try:
+                    times = proc.cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                seconds[proc.pid] = times.user + times.system
+        return seconds
+
+    busy_windows = 0
+    before = cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(window_s)
+        after = cpu_seconds()
+        used = max((after[pid] - before.get(pid, after[pid]) for pid in after), default=0.0)
+        busy_windows = busy_windows + 1 if used > window_s / 2 else 0
+        if busy_windows == 2:
+            return
+        before = after
+    raise AssertionError("no Converter process got busy with the mesh")
 
 
 def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene: Scene) -> None:
