@@ -8,7 +8,8 @@ Sides, each in a fresh interpreter so imports and caches do not leak between the
 
 * ``raw``: the meshing library calls without the service: the plain ``MeshReconstructor`` /
   ``MeshConverter`` classes called in this process, with their default configs;
-* ``meshline``: the same calls as a job's stages make them, through the deployment classes
+* ``meshline``: the same calls as a job's stages make them (the image and mask as stored files,
+  decoded in the replica), through the deployment classes
   (``ReconstructorDeployment`` / ``ConverterDeployment``, unwrapped from Serve) with their
   default process isolation: each call runs in a warm child process that a cancelled stage
   kills (deployments/meshing/isolate.py) — the replica-side cost of a job's geometry stages;
@@ -49,6 +50,23 @@ def scene(name: str) -> tuple[Any, Any]:
         mask = Image.fromarray(noisy).resize((bus.width, bus.height), Image.NEAREST)
         return np.asarray(bus), np.asarray(mask)
     raise ValueError(name)
+
+
+def scene_files(name: str) -> tuple[bytes, bytes]:
+    """``scene(name)`` as the files a job stores (lossless PNGs of the same pixels, the mask
+    0/255): what a job's stages send the replicas, which decode them."""
+    import io
+
+    from PIL import Image
+
+    image, mask = scene(name)
+
+    def png(array: Any) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+    return png(image), png(mask.astype("uint8") * 255)
 
 
 def _summary(reconstructed: Any, painted: Any, converted: Any) -> dict[str, Any]:
@@ -104,7 +122,7 @@ async def _run_deployments(name: str) -> dict[str, Any]:
     from deployments.converter import ConverterDeployment
     from deployments.reconstructor import ReconstructorDeployment
 
-    image, mask = scene(name)
+    image, mask = scene_files(name)
     reconstructor = ReconstructorDeployment.func_or_class(ReconstructorConfig())
     converter = ConverterDeployment.func_or_class(ConverterConfig())
     for deployment in (reconstructor, converter):  # warm children, as a replica's before a job

@@ -4,15 +4,13 @@
 ``predict`` (the prompt decoder) is light. ``Embedding`` is what ``set_image`` leaves on the
 predictor (``_features``: the image embedding and the high-resolution features; ``_orig_hw``),
 ``EmbeddingCache`` an LRU of them bounded in bytes and in count. The Segmenter decodes images
-itself (``decode_image_bytes``, which re-checks the pixel bound the ingress read from the
+itself (``decoding.decode_image_bytes``, which re-checks the pixel bound the ingress read from the
 header) and fetches an image it no longer holds from the artifact store (``read_image``).
 """
 
 from __future__ import annotations
 
-import io
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from deployments.errors import ImageTooLarge, InvalidInput, UnknownImage
+from deployments.decoding import decode_image_bytes
+from deployments.errors import InvalidInput, UnknownImage
 from deployments.protocol import IMAGE_ID, ImageSource, image_id_of
 
 
@@ -178,37 +177,3 @@ def load_image(
         raise InvalidInput("image_id is not the SHA-256 of the image sent", "image_id")
     encoded = data if data is not None else read_image(image_id, source)
     return decode_image_bytes(encoded, max_pixels)
-
-
-def decode_image_bytes(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """An encoded image as HxWx3 uint8 RGB (EXIF orientation applied, as the ingress does).
-    The pixel bound is checked on the header and again on the decoded array."""
-    from PIL import Image, ImageOps
-
-    if not data:
-        raise InvalidInput("image is empty", "image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"image is {width}x{height}; the limit is {max_pixels} pixels", "image"
-                )
-            image.load()
-            array = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
-    except InvalidInput:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge("image has too many pixels", "image") from None
-    except Exception as exc:  # noqa: BLE001 — whatever a PIL plugin raises on junk
-        raise InvalidInput(
-            f"image could not be decoded ({exc.__class__.__name__})", "image"
-        ) from None
-    if max_pixels is not None and array.shape[0] * array.shape[1] > max_pixels:
-        raise ImageTooLarge(
-            f"image is {array.shape[1]}x{array.shape[0]}; the limit is {max_pixels} pixels",
-            "image",
-        )
-    return array

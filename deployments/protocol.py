@@ -276,10 +276,13 @@ def loaded_models_by_replica(app_name: str) -> dict[str, ReplicaModels]:
 # -- Reconstructor --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, eq=False)
 class ReconstructRequest:
-    """``Reconstructor.reconstruct``: a closed mesh of the masked object."""
+    """``Reconstructor.reconstruct``: a closed mesh of the masked object. The job pipeline
+    sends the stored files as they are (decoded in the replica, the built-in backend reads
+    only the image's header); arrays are taken too."""
 
-    image: np.ndarray  # HxWx3 uint8 RGB
-    mask: np.ndarray  # HxW, nonzero = object
+    image: bytes | np.ndarray  # the encoded image file, or HxWx3 uint8 RGB
+    mask: bytes | np.ndarray  # an encoded mask image of the image's size (>127 = object), or HxW
+    max_pixels: int | None = None  # the pixel bound, checked again in the replica
 
     def kwargs(self) -> dict[str, Any]:
         return call_kwargs(self)
@@ -301,11 +304,12 @@ class PaintRequest:
     """``Reconstructor.paint``: the photo projected onto a mesh as a texture."""
 
     mesh: bytes
-    image: np.ndarray  # HxWx3 uint8 RGB
-    mask: np.ndarray  # HxW, nonzero = object
+    image: bytes | np.ndarray  # the encoded image file (decoded in the replica), or HxWx3 RGB
+    mask: bytes | np.ndarray  # an encoded mask image (>127 = object), or HxW
     mesh_format: str = "ply"  # of ``mesh``
     prefix: str = ""  # names the OBJ/MTL/PNG files (``obj2_textured.obj``)
     texture_px: int | None = None  # the baked texture's edge; None: the config's texture_px
+    max_pixels: int | None = None  # the pixel bound, checked again in the replica
 
     def kwargs(self) -> dict[str, Any]:
         return call_kwargs(self)

@@ -13,13 +13,8 @@ from ray import serve
 from deployments import logtail
 from deployments.common import placement, set_torch_threads
 from deployments.configs import MODEL_AUTOSCALING, ReconstructorConfig
-from deployments.errors import InvalidInput
+from deployments.decoding import image_shape, mask_array, rgb_image
 from deployments.protocol import PaintResult, ReconstructResult
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidInput("image must be an HxWx3 RGB array", param="image")
 
 
 class MeshReconstructor:
@@ -62,28 +57,26 @@ class MeshReconstructor:
         own = self.external.info() if self.external is not None else {}
         return {"backend": self.config.backend, "weights": weights, **own, **placement(self.device)}
 
-    def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> ReconstructResult:
-        """``mesh`` (binary PLY bytes) and ``stats`` (``ReconstructRequest``'s fields)."""
-        _check_image(image)
-        if self.external is not None:
-            return self.reconstruct_mask(mask, image.shape, image)
-        return self.reconstruct_mask(mask, image.shape)
-
-    def reconstruct_mask(
-        self, mask: np.ndarray, image_shape: tuple[int, ...], image: np.ndarray | None = None
+    def reconstruct(
+        self,
+        image: bytes | np.ndarray,
+        mask: bytes | np.ndarray,
+        max_pixels: int | None = None,
     ) -> ReconstructResult:
-        """``reconstruct`` for the built-in backend, which needs the mask and the image's shape
-        only (what a child process is sent: not the photo). External backends need ``image``."""
+        """``mesh`` (binary PLY bytes) and ``stats`` (``ReconstructRequest``'s fields). The
+        built-in backend reads only the image's size (its header), never its pixels."""
         from deployments.meshing.budget import Budget
         from deployments.meshing.inflate import inflate
         from deployments.meshing.masks import object_mask
 
         started = time.perf_counter()
+        photo = rgb_image(image, max_pixels) if self.external is not None else None
+        shape = photo.shape if photo is not None else image_shape(image, max_pixels)
         budget = Budget(self.config.reconstruct_budget_s)
-        obj = object_mask(mask, image_shape)
+        obj = object_mask(mask_array(mask, max_pixels), shape)
         if self.external is not None:
-            assert image is not None
-            mesh, frame = self.external.reconstruct(image, obj.mask), {}
+            assert photo is not None
+            mesh, frame = self.external.reconstruct(photo, obj.mask), {}
         else:
             mesh, frame = inflate(obj, self.params, budget)
         return ReconstructResult(
@@ -104,11 +97,12 @@ class MeshReconstructor:
     def paint(
         self,
         mesh: bytes,
-        image: np.ndarray,
-        mask: np.ndarray,
+        image: bytes | np.ndarray,
+        mask: bytes | np.ndarray,
         mesh_format: str = "ply",
         prefix: str = "",
         texture_px: int | None = None,
+        max_pixels: int | None = None,
     ) -> PaintResult:
         """``mesh`` (textured GLB bytes), ``files`` (``{prefix}textured.obj`` with its MTL and
         PNG, whose names the OBJ and MTL reference) and ``stats`` (``PaintRequest``'s fields)."""
@@ -117,10 +111,10 @@ class MeshReconstructor:
         from deployments.meshing.masks import object_mask
         from deployments.meshing.paint import paint
 
-        _check_image(image)
         started = time.perf_counter()
+        image = rgb_image(image, max_pixels)
         budget = Budget(self.config.paint_budget_s)
-        obj = object_mask(mask, image.shape)
+        obj = object_mask(mask_array(mask, max_pixels), image.shape)
         shape = load_mesh(mesh, mesh_format, max_faces=self.config.max_mesh_faces)
         painted = self.external.paint(shape, image, obj.mask) if self.external is not None else None
         if painted is None:  # the built-in projection paint (also for backends without a painter)
@@ -179,25 +173,29 @@ class ReconstructorDeployment:
     async def info(self) -> dict[str, Any]:
         return self._backend.info()
 
-    async def reconstruct(self, image: np.ndarray, mask: np.ndarray) -> ReconstructResult:
+    async def reconstruct(
+        self,
+        image: bytes | np.ndarray,
+        mask: bytes | np.ndarray,
+        max_pixels: int | None = None,
+    ) -> ReconstructResult:
+        args = (image, mask, max_pixels)
         if self._workers is None or self._backend.external is not None:
-            return await asyncio.to_thread(self._backend.reconstruct, image, mask)
-        _check_image(image)
-        # In a child process (killed if this call is cancelled); it needs no photo.
-        return await self._workers.run(
-            _reconstruct_in_child, self._backend.config, mask, image.shape
-        )
+            return await asyncio.to_thread(self._backend.reconstruct, *args)
+        # In a child process (killed if this call is cancelled), decoding included.
+        return await self._workers.run(_reconstruct_in_child, self._backend.config, *args)
 
     async def paint(
         self,
         mesh: bytes,
-        image: np.ndarray,
-        mask: np.ndarray,
+        image: bytes | np.ndarray,
+        mask: bytes | np.ndarray,
         mesh_format: str = "ply",
         prefix: str = "",
         texture_px: int | None = None,
+        max_pixels: int | None = None,
     ) -> PaintResult:
-        args = (mesh, image, mask, mesh_format, prefix, texture_px)
+        args = (mesh, image, mask, mesh_format, prefix, texture_px, max_pixels)
         if self._workers is None or self._backend.external is not None:
             return await asyncio.to_thread(self._backend.paint, *args)
         return await self._workers.run(_paint_in_child, self._backend.config, *args)
@@ -229,10 +227,8 @@ def _backend_in_child(config: ReconstructorConfig) -> MeshReconstructor:
     return _CHILD_BACKENDS[key]
 
 
-def _reconstruct_in_child(
-    config: ReconstructorConfig, mask: np.ndarray, image_shape: tuple[int, ...]
-) -> ReconstructResult:
-    return _backend_in_child(config).reconstruct_mask(mask, image_shape)
+def _reconstruct_in_child(config: ReconstructorConfig, *args: Any) -> ReconstructResult:
+    return _backend_in_child(config).reconstruct(*args)
 
 
 def _paint_in_child(config: ReconstructorConfig, *args: Any) -> PaintResult:

@@ -30,7 +30,7 @@ from deployments.protocol import (
 )
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError
-from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle
+from serve_app.imaging import mask_png, mask_rle
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGE_ORDER, STAGES
 from serve_app.jobs.store import JobRecord, JobStore
@@ -101,7 +101,7 @@ class StageContext:
         self.handles = handles
         self.max_pixels = max_pixels
         self.options = JobOptions.model_validate(job.options)
-        self._image: np.ndarray | None = None
+        self._image_file: bytes | None = None
         self._image_id: str | None = None
         self._image_bytes: bytes | None = None
 
@@ -141,7 +141,7 @@ class StageContext:
         """The input image's id (SHA-256 of the stored file) and its bytes until a Segmenter
         call has carried them once (``image_sent``)."""
         if self._image_id is None:
-            data = await self.read(self.job.inputs["image"])
+            data = await self.image_file()
             self._image_id = image_id_of(data)
             self._image_bytes = data
         return self._image_id, self._image_bytes
@@ -149,21 +149,18 @@ class StageContext:
     def image_sent(self) -> None:
         self._image_bytes = None
 
-    async def image(self) -> np.ndarray:
-        if self._image is None:
-            data = await self.read(self.job.inputs["image"])
-            self._image = (await asyncio.to_thread(decode_image, data, self.max_pixels)).array
-        return self._image
+    async def image_file(self) -> bytes:
+        """The stored input image as it came (checked at submit); model replicas decode it."""
+        if self._image_file is None:
+            self._image_file = await self.read(self.job.inputs["image"])
+        return self._image_file
 
-    async def mask(self, prefix: str = "") -> np.ndarray:
+    async def mask_file(self, prefix: str = "") -> bytes:
+        """The object's stored mask image (a segment stage's PNG, or the submitted mask)."""
         name = self.artifact_name("mask", prefix)
         if name is None:
             raise ApiError(422, "job has no mask", "missing_input", "mask")
-        image = await self.image()
-        data = await self.read(name)
-        return await asyncio.to_thread(
-            decode_mask, data, image.shape[1], image.shape[0], self.max_pixels
-        )
+        return await self.read(name)
 
     async def mesh(self, prefix: str = "") -> tuple[bytes, str]:
         name = self.artifact_name("mesh", prefix)
@@ -177,7 +174,7 @@ async def _detections(ctx: StageContext) -> DetectResult:
     detect = ctx.options.detect_options
     assert detect is not None
     data, generation = await asyncio.gather(
-        ctx.read(ctx.job.inputs["image"]),
+        ctx.image_file(),
         asyncio.to_thread(ctx.store.model_generation, detect.model),
     )
     request = DetectRequest(
@@ -330,10 +327,9 @@ async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
     stats = {}
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
-        image, mask = await ctx.image(), await ctx.mask(prefix)
-        result = await replica_call(
-            ctx.handles.reconstructor_client.reconstruct(ReconstructRequest(image, mask))
-        )
+        image, mask = await asyncio.gather(ctx.image_file(), ctx.mask_file(prefix))
+        request = ReconstructRequest(image, mask, max_pixels=ctx.max_pixels)
+        result = await replica_call(ctx.handles.reconstructor_client.reconstruct(request))
         await ctx.write("reconstruct", f"{prefix}shape.ply", result.mesh, "application/x-ply")
         stats[prefix or "object"] = result.stats
         await ctx.progress("reconstruct", 100.0 * done / len(objects))
@@ -344,10 +340,17 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
     stats = {}
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
-        mesh, fmt = await ctx.mesh(prefix)
-        image, mask = await ctx.image(), await ctx.mask(prefix)
+        (mesh, fmt), image, mask = await asyncio.gather(
+            ctx.mesh(prefix), ctx.image_file(), ctx.mask_file(prefix)
+        )
         request = PaintRequest(
-            mesh, image, mask, mesh_format=fmt, prefix=prefix, texture_px=ctx.options.texture_size
+            mesh,
+            image,
+            mask,
+            mesh_format=fmt,
+            prefix=prefix,
+            texture_px=ctx.options.texture_size,
+            max_pixels=ctx.max_pixels,
         )
         result = await replica_call(ctx.handles.reconstructor_client.paint(request))
         await asyncio.gather(
