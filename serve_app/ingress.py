@@ -22,10 +22,11 @@ from deployments import logtail
 from deployments.registry import ModelRegistry
 from serve_app.api import create_api
 from serve_app.handles import Handles
+from serve_app.jobs.records import TERMINAL
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.service import create_job
-from serve_app.jobs.store import TERMINAL, JobStore
+from serve_app.jobs.store import JobStore
 from serve_app.jobs.views import job_or_404, job_public
 from serve_app.redact import safe_db_url
 from serve_app.schemas import request_context

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from serve_app.admin.health import probe
 from serve_app.http.streams import EventStream, keep_alive_due
-from serve_app.jobs.store import JobRecord
+from serve_app.jobs.records import JobRecord
 from serve_app.services import Services, ServicesDep
 
 router = APIRouter(tags=["admin"])

@@ -35,7 +35,8 @@ from starlette.types import Receive, Scope, Send
 
 from serve_app.auth import current_principal
 from serve_app.http.errors import ApiError
-from serve_app.jobs.store import JobRecord, JobStore
+from serve_app.jobs.records import JobRecord
+from serve_app.jobs.store import JobStore
 
 logger = logging.getLogger("meshline.streams")
 

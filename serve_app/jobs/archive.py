@@ -12,7 +12,7 @@ import contextlib
 import zipfile
 from collections.abc import Iterator, Sequence
 
-from serve_app.jobs.store import ArtifactRecord
+from serve_app.jobs.records import ArtifactRecord
 from serve_app.storage.artifacts import ArtifactStore, check_name
 
 CHUNK = 1 << 20

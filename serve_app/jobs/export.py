@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from serve_app.http.errors import ApiError
-from serve_app.jobs.store import JobRecord
+from serve_app.jobs.records import JobRecord
 from serve_app.storage.artifacts import ArtifactStore
 from serve_app.videos.export import rle_annotation, yolo_line
 

@@ -31,9 +31,10 @@ from deployments.protocol import (
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError
 from serve_app.imaging import mask_png, mask_rle
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGE_ORDER, STAGES
-from serve_app.jobs.store import JobRecord, JobStore
+from serve_app.jobs.store import JobStore
 from serve_app.predict.images import artifact_source
 from serve_app.storage.artifacts import ArtifactStore
 from serve_app.videos.schemas import PropagateOptions

@@ -25,9 +25,9 @@ from serve_app.http.inputs import openapi_body, read_inputs
 from serve_app.http.streams import EventStream, keep_alive_due
 from serve_app.jobs import export as job_export
 from serve_app.jobs.archive import archive_name, zip_artifacts
+from serve_app.jobs.records import TERMINAL, JobRecord
 from serve_app.jobs.schemas import JobAccepted, JobList, JobOptions, JobPublic
 from serve_app.jobs.service import Replayed, cancel, create_job, job_for
-from serve_app.jobs.store import TERMINAL, JobRecord
 from serve_app.jobs.views import job_or_404, job_public
 from serve_app.schemas import ErrorBody
 from serve_app.services import Services, ServicesDep

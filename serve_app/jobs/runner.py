@@ -13,8 +13,9 @@ from deployments.errors import DeploymentError
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError, public_message, to_api_error, unwrap
 from serve_app.jobs.pipeline import STAGE_RUNNERS, StageContext
+from serve_app.jobs.records import utcnow
 from serve_app.jobs.stages import STAGE_BY_NAME
-from serve_app.jobs.store import JobStore, utcnow
+from serve_app.jobs.store import JobStore
 from serve_app.jobs.views import job_public
 from serve_app.jobs.webhooks import deliver
 from serve_app.redact import redact_locations

@@ -15,8 +15,9 @@ from serve_app.http.errors import ApiError
 from serve_app.http.fetch import check_url
 from serve_app.imaging import check_prompt_in_image, decode_image, decode_mask
 from serve_app.jobs.pipeline import MESH_INPUT_FORMATS, plan_stages
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.schemas import JobOptions
-from serve_app.jobs.store import IdempotencyConflict, JobRecord
+from serve_app.jobs.store import IdempotencyConflict
 from serve_app.jobs.views import job_or_404
 from serve_app.predict.service import check_text_supported
 from serve_app.services import Services

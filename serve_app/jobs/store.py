@@ -9,104 +9,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    case,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.storage.db import (  # noqa: F401 (make_engine and the pool sizes: re-exported)
-    POOL_OVERFLOW,
-    POOL_SIZE,
-    make_engine,
-    metadata,
-    migrate,
-)
+from serve_app.jobs.records import TERMINAL, ArtifactRecord, JobRecord, StageRecord, as_utc, utcnow
+from serve_app.jobs.tables import artifacts, jobs, model_generations, stages
+from serve_app.storage.db import make_engine, migrate
 
-# A change to these tables needs an Alembic revision (serve_app/storage/migrations/versions);
-# tests/unit/test_migrations.py fails while the head revision and the tables differ.
-
-jobs = Table(
-    "jobs",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("status", String(16), nullable=False, index=True),
-    Column("options", JSON, nullable=False),
-    Column("inputs", JSON, nullable=False),
-    Column("error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("lease_owner", String(64)),
-    Column("lease_expires_at", DateTime(timezone=True), index=True),
-    Column("runs", Integer, nullable=False, default=0),
-    # Idempotency-Key header and a hash of the request it came with (same key, other body: 409).
-    Column("idempotency_key", String(255)),
-    Column("request_hash", String(64), index=True),
-    Column("webhook", JSON),  # delivery state of options.callback_url
-    # The API key scope that submitted the job (None: open access); see serve_app/auth.py.
-    Column("owner", String(64), index=True),
-    # The video a video job works on (inputs["video"]): a video's unfinished jobs, indexed.
-    Column("video_id", String(32), index=True),
-    # An index, not a column constraint: older databases got it added in place.
-    Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
-)
-
-stages = Table(
-    "stages",
-    metadata,
-    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
-    Column("name", String(32), primary_key=True),
-    Column("position", Integer, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("progress", Float, nullable=False, default=0.0),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("started_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("seconds", Float),
-    Column("error", Text),
-    Column("detail", JSON, nullable=False),
-)
-
-artifacts = Table(
-    "artifacts",
-    metadata,
-    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
-    Column("name", String(128), primary_key=True),
-    Column("stage", String(32), nullable=False),
-    Column("media_type", String(64), nullable=False),
-    Column("bytes", Integer, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-# Detector model generations: a reload bumps it; the ingress routes "<id>@<generation>", so
-# every replica loads the new file on its next call instead of serving the old one.
-model_generations = Table(
-    "model_generations",
-    metadata,
-    Column("model_id", String(64), primary_key=True),
-    Column("generation", Integer, nullable=False),
-    Column("reloaded_at", DateTime(timezone=True), nullable=False),
-)
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 # Poison jobs one claim_next call may fail before it gives up until the next poll.
 MAX_POISON_PER_CLAIM = 20
 
@@ -124,69 +36,6 @@ class IdempotencyConflict(Exception):
     def __init__(self, existing: tuple[str, str | None]) -> None:
         super().__init__(existing[0])
         self.existing = existing
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; everything stored is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-@dataclass
-class StageRecord:
-    name: str
-    position: int
-    status: str
-    progress: float
-    attempts: int
-    started_at: datetime | None
-    finished_at: datetime | None
-    seconds: float | None
-    error: str | None
-    detail: dict[str, Any]
-
-
-@dataclass
-class ArtifactRecord:
-    name: str
-    stage: str
-    media_type: str
-    bytes: int
-    created_at: datetime
-
-
-@dataclass
-class JobRecord:
-    id: str
-    status: str
-    options: dict[str, Any]
-    inputs: dict[str, str]
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    runs: int
-    webhook: dict[str, Any] | None = None
-    owner: str | None = None
-    stages: list[StageRecord] = field(default_factory=list)
-    artifacts: list[ArtifactRecord] = field(default_factory=list)
-
-    @property
-    def progress(self) -> float:
-        if not self.stages:
-            return 0.0
-        if self.status == "succeeded":
-            return 100.0
-        return round(sum(s.progress for s in self.stages) / len(self.stages), 2)
-
-    def stage(self, name: str) -> StageRecord:
-        return next(s for s in self.stages if s.name == name)
 
 
 class JobStore:
@@ -460,10 +309,10 @@ class JobStore:
             options=_json(row["options"]),
             inputs=_json(row["inputs"]),
             error=row["error"],
-            created_at=_aware(row["created_at"]),
-            updated_at=_aware(row["updated_at"]),
-            started_at=_aware(row["started_at"]),
-            finished_at=_aware(row["finished_at"]),
+            created_at=as_utc(row["created_at"]),
+            updated_at=as_utc(row["updated_at"]),
+            started_at=as_utc(row["started_at"]),
+            finished_at=as_utc(row["finished_at"]),
             runs=row["runs"],
             webhook=_json(row["webhook"]),
             owner=row["owner"],
@@ -474,8 +323,8 @@ class JobStore:
                     status=s["status"],
                     progress=s["progress"],
                     attempts=s["attempts"],
-                    started_at=_aware(s["started_at"]),
-                    finished_at=_aware(s["finished_at"]),
+                    started_at=as_utc(s["started_at"]),
+                    finished_at=as_utc(s["finished_at"]),
                     seconds=s["seconds"],
                     error=s["error"],
                     detail=_json(s["detail"]),
@@ -484,7 +333,7 @@ class JobStore:
             ],
             artifacts=[
                 ArtifactRecord(
-                    a["name"], a["stage"], a["media_type"], a["bytes"], _aware(a["created_at"])
+                    a["name"], a["stage"], a["media_type"], a["bytes"], as_utc(a["created_at"])
                 )
                 for a in artifact_rows
             ],

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from serve_app.http.errors import ApiError
+from serve_app.jobs.records import JobRecord
 from serve_app.jobs.schemas import ArtifactPublic, JobOptions, JobPublic, StagePublic, WebhookPublic
-from serve_app.jobs.store import JobRecord, JobStore
+from serve_app.jobs.store import JobStore
 from serve_app.storage.artifacts import ArtifactStore, check_job_id
 
 

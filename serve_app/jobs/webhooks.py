@@ -14,7 +14,8 @@ import httpx
 
 from serve_app.http.errors import ApiError
 from serve_app.http.fetch import pinned_request
-from serve_app.jobs.store import JobStore, utcnow
+from serve_app.jobs.records import utcnow
+from serve_app.jobs.store import JobStore
 from serve_app.settings import Settings
 
 logger = logging.getLogger("meshline.webhooks")

@@ -1,6 +1,6 @@
 """The job database: one ``MetaData`` for every table, the engine, and ``migrate()``.
 
-The tables themselves live beside the code that uses them (``serve_app/jobs/store.py``,
+The tables themselves live beside the code that uses them (``serve_app/jobs/tables.py``,
 ``serve_app/videos/store.py``) and register on :data:`metadata`. Their schema is owned by the
 Alembic revisions in ``serve_app/storage/migrations/versions`` (shipped in the wheel); every
 store runs :func:`migrate` when it opens the database, so a database is brought to the head
@@ -102,7 +102,7 @@ def _use_wal(cursor: sqlite3.Cursor) -> None:
 
 def target_metadata() -> MetaData:
     """:data:`metadata` with every table registered (the modules that define them imported)."""
-    import serve_app.jobs.store
+    import serve_app.jobs.tables
     import serve_app.videos.store  # noqa: F401
 
     return metadata

@@ -19,8 +19,8 @@ from serve_app.auth import Principal, can_access
 from serve_app.http.errors import ApiError
 from serve_app.imaging import check_prompt_in_image
 from serve_app.jobs import service as jobs
+from serve_app.jobs.records import utcnow
 from serve_app.jobs.schemas import JobOptions
-from serve_app.jobs.store import utcnow
 from serve_app.schemas import LIMIT_ERROR
 from serve_app.services import Services
 from serve_app.settings import Settings

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.jobs.store import _aware, utcnow
+from serve_app.jobs.records import as_utc, utcnow
 from serve_app.storage.db import metadata, migrate
 
 # A change to these tables needs an Alembic revision (serve_app/storage/migrations/versions).
@@ -139,8 +139,8 @@ class VideoStore:
         return VideoRecord(
             **{
                 **row,
-                "created_at": _aware(row["created_at"]),
-                "last_used_at": _aware(row["last_used_at"]),
+                "created_at": as_utc(row["created_at"]),
+                "last_used_at": as_utc(row["last_used_at"]),
             }
         )
 
@@ -156,8 +156,8 @@ class VideoStore:
             VideoRecord(
                 **{
                     **row,
-                    "created_at": _aware(row["created_at"]),
-                    "last_used_at": _aware(row["last_used_at"]),
+                    "created_at": as_utc(row["created_at"]),
+                    "last_used_at": as_utc(row["last_used_at"]),
                 }
             )
             for row in rows

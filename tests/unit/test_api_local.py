@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from serve_app.api import create_api
+from serve_app.jobs.records import utcnow
 from serve_app.jobs.runner import sweep_expired
-from serve_app.jobs.store import utcnow
 from tests.helpers import local_services, make_scene
 
 
@@ -48,7 +48,7 @@ def test_sweep_deletes_expired_jobs_and_their_files(tmp_path: Path) -> None:
     with store.engine.begin() as conn:  # age the first job by eight days
         from sqlalchemy import update
 
-        from serve_app.jobs.store import jobs
+        from serve_app.jobs.tables import jobs
 
         conn.execute(
             update(jobs).where(jobs.c.id == old).values(finished_at=utcnow() - timedelta(days=8))

@@ -12,7 +12,7 @@ from deployments import telemetry
 from serve_app.api import create_api
 from serve_app.auth import hash_key
 from serve_app.jobs.runner import error_kind
-from serve_app.jobs.store import jobs
+from serve_app.jobs.tables import jobs
 from tests.helpers import local_services, metric_samples, promtool_check
 
 STAGES = ["segment", "reconstruct", "paint", "convert"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from serve_app.http.errors import ApiError
-from serve_app.jobs.store import IdempotencyConflict, JobStore, utcnow
+from serve_app.jobs.records import utcnow
+from serve_app.jobs.store import IdempotencyConflict, JobStore
 from serve_app.storage.artifacts import LocalArtifactStore
 from tests.helpers import STAGES
 
