@@ -3,6 +3,13 @@
 The ingress checked each stored file when it came in (format, size, pixel bound); a replica
 checks the pixel bound again on the header and on the decoded pixels, so a handle caller
 (a notebook, another app) cannot hand it a decompression bomb. Arrays are taken as they are.
+
+* numpy (the geometry deployments): ``rgb_image``, ``image_shape`` (header only), ``mask_array``;
+* on the model's device (``decode_images``, Detector and Segmenter): JPEGs with torchvision's
+  ``decode_jpeg`` there (libjpeg-turbo on CPU, nvJPEG on CUDA: the batch in one call) and
+  turned by their EXIF orientation there; other formats, and any JPEG that decoder refuses
+  (truncated, CMYK on nvJPEG), with PIL. Either way the pixels are what the ingress's
+  ``decode_image`` gives (EXIF-oriented RGB).
 """
 
 from __future__ import annotations
@@ -10,12 +17,17 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deployments.errors import ImageTooLarge, InvalidInput
 
+if TYPE_CHECKING:
+    import torch
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # as the ingress accepts
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -56,7 +68,7 @@ def _decode(image: Any, what: str, pixels: Callable[[Any], np.ndarray]) -> np.nd
         raise ImageTooLarge(f"{what} has too many pixels", what) from None
     except Exception as exc:  # noqa: BLE001 — whatever a PIL plugin raises on junk
         reason = exc.__class__.__name__
-        raise InvalidInput(f"{what} could not be decoded ({reason})", what) from None
+        raise InvalidInput(f"{what} is truncated or corrupt ({reason})", what) from None
 
 
 def _check_decoded(array: np.ndarray, max_pixels: int | None, what: str) -> np.ndarray:
@@ -67,16 +79,22 @@ def _check_decoded(array: np.ndarray, max_pixels: int | None, what: str) -> np.n
     return array
 
 
-def decode_image_bytes(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """An encoded image as HxWx3 uint8 RGB (EXIF orientation applied, as the ingress does)."""
+def _rgb_pixels(image: Any) -> np.ndarray:
+    """A header-checked PIL image decoded to EXIF-oriented RGB (the ingress's decode_image)."""
     from PIL import ImageOps
 
-    array = _decode(
-        _open_bounded(data, max_pixels, "image"),
+    return _decode(
+        image,
         "image",
-        lambda image: np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8),
+        lambda opened: np.asarray(ImageOps.exif_transpose(opened).convert("RGB"), dtype=np.uint8),
     )
-    return _check_decoded(array, max_pixels, "image")
+
+
+def decode_image_bytes(data: bytes, max_pixels: int | None) -> np.ndarray:
+    """An encoded image as HxWx3 uint8 RGB (EXIF orientation applied, as the ingress does)."""
+    return _check_decoded(
+        _rgb_pixels(_open_bounded(data, max_pixels, "image")), max_pixels, "image"
+    )
 
 
 def rgb_image(image: bytes | np.ndarray, max_pixels: int | None = None) -> np.ndarray:
@@ -96,11 +114,7 @@ def image_shape(image: bytes | np.ndarray, max_pixels: int | None = None) -> tup
         return rgb_image(image, max_pixels).shape  # type: ignore[return-value]
     header = _open_bounded(image, max_pixels, "image")
     width, height = header.size
-    try:
-        orientation = header.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # noqa: BLE001 — a broken EXIF block: PIL's exif_transpose ignores it too
-        orientation = None
-    if orientation in ROTATED_ORIENTATIONS:
+    if _orientation(header) in ROTATED_ORIENTATIONS:
         width, height = height, width
     return height, width, 3
 
@@ -116,3 +130,131 @@ def mask_array(mask: bytes | np.ndarray, max_pixels: int | None = None) -> np.nd
         lambda image: np.asarray(image.convert("L"), dtype=np.uint8),
     )
     return _check_decoded(array, max_pixels, "mask")
+
+
+# -- On the model's device (torch) ------------------------------------------------------------
+@dataclass(frozen=True)
+class Decoded:
+    tensor: torch.Tensor  # (3, H, W) uint8 RGB on the device
+    decoder: str  # "nvjpeg", "pil" or "array"
+
+    @property
+    def height(self) -> int:
+        return int(self.tensor.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.tensor.shape[2])
+
+
+def _header(data: bytes, max_pixels: int | None) -> Any:
+    """PIL's lazily opened image (header only): format, size and pixel bound checked."""
+    image = _open_bounded(data, max_pixels, "image")
+    if image.format not in ACCEPTED_FORMATS:
+        raise InvalidInput(f"image format {image.format} is not accepted", param="image")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInput("image has no pixels", param="image")
+    return image
+
+
+def orient(tensor: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (C, H, W) image turned as its EXIF orientation says (PIL's ``exif_transpose``)."""
+    if orientation == 2:  # mirrored
+        return tensor.flip(-1)
+    if orientation == 3:  # upside down
+        return tensor.flip(-2, -1)
+    if orientation == 4:
+        return tensor.flip(-2)
+    if orientation == 5:  # transpose
+        return tensor.transpose(-2, -1)
+    if orientation == 6:  # PIL ROTATE_270: a quarter turn clockwise
+        return tensor.transpose(-2, -1).flip(-1)
+    if orientation == 7:  # transverse
+        return tensor.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:  # PIL ROTATE_90: a quarter turn anticlockwise
+        return tensor.transpose(-2, -1).flip(-2)
+    return tensor
+
+
+def _from_array(image: np.ndarray, device: str) -> torch.Tensor:
+    import torch
+
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInput("image must be an HxWx3 RGB array", param="image")
+    array = np.ascontiguousarray(image, dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a read-only array (PIL's): it is never written to
+        tensor = torch.from_numpy(array)
+    return tensor.to(device).permute(2, 0, 1)
+
+
+def decode_images(
+    images: list[bytes | np.ndarray], device: str, max_pixels: int | None = None
+) -> list[Decoded | InvalidInput]:
+    """Each image as a (3, H, W) uint8 RGB tensor on ``device``, or the error it is (one bad
+    image fails its own caller, not the batch). JPEGs go through torchvision's ``decode_jpeg``
+    on ``device`` (libjpeg-turbo on CPU, nvJPEG on CUDA, the batch in one call) and are turned
+    by their EXIF orientation there; everything else, and any JPEG it refuses, through PIL."""
+    out: list[Decoded | InvalidInput | None] = [None] * len(images)
+    headers: dict[int, Any] = {}
+    jpegs: list[tuple[int, bytes, int]] = []  # (index, data, EXIF orientation)
+    for index, item in enumerate(images):
+        try:
+            if isinstance(item, np.ndarray):
+                if max_pixels is not None and item.size > 3 * max_pixels:
+                    raise InvalidInput("image has too many pixels", param="image")
+                out[index] = Decoded(_from_array(item, device), "array")
+                continue
+            if not isinstance(item, bytes | bytearray | memoryview):
+                raise InvalidInput("image must be encoded image bytes", param="image")
+            data = bytes(item)
+            header = _header(data, max_pixels)
+            headers[index] = header
+            if header.format == "JPEG":
+                jpegs.append((index, data, _orientation(header)))
+        except InvalidInput as exc:
+            out[index] = exc
+    if jpegs:
+        decoder = "nvjpeg" if device.startswith("cuda") else "libjpeg"
+        decoded = decode_jpegs([data for _, data, _ in jpegs], device)
+        for (index, _, orientation), tensor in zip(jpegs, decoded, strict=True):
+            if tensor is not None and tuple(tensor.shape[1:]) == headers[index].size[::-1]:
+                out[index] = Decoded(orient(tensor, orientation), decoder)
+    for index, header in headers.items():
+        if out[index] is None:  # not a JPEG, or one the JPEG decoder refused
+            try:
+                out[index] = Decoded(_from_array(_rgb_pixels(header), device), "pil")
+            except InvalidInput as exc:
+                out[index] = exc
+    return [item for item in out if item is not None]
+
+
+def _orientation(header: Any) -> int:
+    try:
+        value = int(header.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # noqa: BLE001 — a malformed EXIF block: as PIL's exif_transpose, ignore it
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def decode_jpegs(datas: list[bytes], device: str) -> list[torch.Tensor | None]:
+    """JPEGs as (3, H, W) uint8 RGB on ``device`` by torchvision (nvJPEG on CUDA, in one
+    batched call; one by one if the batch fails), EXIF orientation not applied; None for any
+    it refuses (a truncated file, CMYK on nvJPEG): the caller decodes those with PIL."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision.io's deprecation notice
+        try:
+            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        except Exception:  # noqa: BLE001 — one bad file fails the batched call
+            found: list[torch.Tensor | None] = []
+            for one in encoded:
+                try:
+                    found.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+                except Exception:  # noqa: BLE001 — refused: PIL decodes it (or says why not)
+                    found.append(None)
+            return found

@@ -211,7 +211,8 @@ class YoloDetector:
         its own caller)."""
         import torch
 
-        from deployments.yolo_batch import decode_images, letterbox_batch
+        from deployments.decoding import decode_images
+        from deployments.yolo_batch import letterbox_batch
 
         params.validate()
         class_ids = self.class_ids(params.classes)

@@ -50,7 +50,7 @@ def test_bounds_and_junk_are_client_errors() -> None:
             call()
         assert caught.value.status == 413
     truncated = scene.mask_png()[:60]
-    with pytest.raises(InvalidInput, match="mask could not be decoded"):
+    with pytest.raises(InvalidInput, match="mask is truncated or corrupt"):
         mask_array(truncated)
     for junk in (b"", b"not an image"):
         with pytest.raises(InvalidInput, match="image"):

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from deployments.decoding import decode_images
 from deployments.detector import DetectorConfig, DetectParams, YoloDetector
 from deployments.errors import InvalidInput
-from deployments.yolo_batch import decode_images, letterbox_batch, resize_uint8
+from deployments.yolo_batch import letterbox_batch, resize_uint8
 from tests.helpers import save_yolo
 
 ASSETS = Path(__import__("ultralytics").__file__).parent / "assets"
