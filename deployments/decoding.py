@@ -177,7 +177,7 @@ def orient(tensor: torch.Tensor, orientation: int) -> torch.Tensor:
     return tensor
 
 
-def _from_array(image: np.ndarray, device: str) -> torch.Tensor:
+def rgb_tensor(image: np.ndarray, device: str) -> torch.Tensor:
     import torch
 
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
@@ -204,7 +204,7 @@ def decode_images(
             if isinstance(item, np.ndarray):
                 if max_pixels is not None and item.size > 3 * max_pixels:
                     raise InvalidInput("image has too many pixels", param="image")
-                out[index] = Decoded(_from_array(item, device), "array")
+                out[index] = Decoded(rgb_tensor(item, device), "array")
                 continue
             if not isinstance(item, bytes | bytearray | memoryview):
                 raise InvalidInput("image must be encoded image bytes", param="image")
@@ -224,7 +224,7 @@ def decode_images(
     for index, header in headers.items():
         if out[index] is None:  # not a JPEG, or one the JPEG decoder refused
             try:
-                out[index] = Decoded(_from_array(_rgb_pixels(header), device), "pil")
+                out[index] = Decoded(rgb_tensor(_rgb_pixels(header), device), "pil")
             except InvalidInput as exc:
                 out[index] = exc
     return [item for item in out if item is not None]

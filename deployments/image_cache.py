@@ -168,12 +168,16 @@ def read_image(image_id: str, source: ImageSource | None) -> bytes:
     return data
 
 
+def image_bytes(image_id: str, data: bytes | None, source: ImageSource | None) -> bytes:
+    """The encoded image of ``image_id``: ``data``, which must hash to the id, or the stored
+    file (``source``)."""
+    if data is not None and image_id_of(data) != image_id:
+        raise InvalidInput("image_id is not the SHA-256 of the image sent", "image_id")
+    return data if data is not None else read_image(image_id, source)
+
+
 def load_image(
     image_id: str, data: bytes | None, source: ImageSource | None, max_pixels: int | None
 ) -> np.ndarray:
-    """The image of ``image_id`` decoded (HxWx3 uint8): from ``data``, which must hash to the
-    id, or read from the store (``source``)."""
-    if data is not None and image_id_of(data) != image_id:
-        raise InvalidInput("image_id is not the SHA-256 of the image sent", "image_id")
-    encoded = data if data is not None else read_image(image_id, source)
-    return decode_image_bytes(encoded, max_pixels)
+    """The image of ``image_id`` decoded (HxWx3 uint8), from ``data`` or the store."""
+    return decode_image_bytes(image_bytes(image_id, data, source), max_pixels)

@@ -16,7 +16,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
@@ -30,13 +30,9 @@ from deployments.common import (
     use_half,
 )
 from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
+from deployments.decoding import rgb_tensor
 from deployments.errors import InvalidInput, ModelLoadError, UnsupportedPrompt
-from deployments.image_cache import (
-    Embedding,
-    EmbeddingCache,
-    check_image_id,
-    load_image,
-)
+from deployments.image_cache import Embedding, EmbeddingCache, check_image_id, image_bytes
 from deployments.protocol import (
     IMAGE_ROUTE_PREFIX,
     FrameBatch,
@@ -50,7 +46,11 @@ from deployments.protocol import (
     VideoPromptResult,
     image_route,
 )
+from deployments.sam2_input import set_images
 from deployments.video import PropagationRequest, VideoSession, release_idle
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("meshline.segmenter")
 
@@ -183,11 +183,15 @@ class Sam2Segmenter:
         )
 
     def load_image(self, image_id: str, data: bytes | None, source: ImageSource | None) -> Any:
-        """The image of ``image_id`` decoded (HxWx3 uint8): from ``data``, which must hash to
-        the id, or from the store."""
-        image = load_image(image_id, data, source, self.config.max_image_pixels)
-        _check_image(image)
-        return image
+        """The image of ``image_id`` as a (3, H, W) uint8 RGB tensor decoded on the model's
+        device (nvJPEG on CUDA): from ``data``, which must hash to the id, or from the store."""
+        from deployments.decoding import decode_images
+
+        encoded = image_bytes(image_id, data, source)
+        (decoded,) = decode_images([encoded], self.device, self.config.max_image_pixels)
+        if isinstance(decoded, Exception):
+            raise decoded
+        return decoded.tensor
 
     def predict_on(
         self,
@@ -205,14 +209,14 @@ class Sam2Segmenter:
         )
         return replace(result, image_id=image_id, cached=cached)
 
-    def encode_batch(self, items: list[tuple[str, np.ndarray]]) -> list[Embedding]:
+    def encode_batch(self, items: list[tuple[str, torch.Tensor]]) -> list[Embedding]:
         """First-time images encoded together (``set_image_batch``: one encoder forward), each
         embedding cached under its id. Pays on a GPU; on a CPU it measured no gain
         (bench/segment_cache.py), so ``image_batch_size`` is 1 there."""
         import torch
 
         with self._lock, torch.inference_mode(), self._autocast():
-            self.predictor.set_image_batch([image for _, image in items])
+            set_images(self.predictor, [image for _, image in items])
             try:
                 features = self.predictor._features
                 embeddings = []
@@ -236,12 +240,13 @@ class Sam2Segmenter:
                 self.predictor.reset_predictor()
         return embeddings
 
-    def _encode(self, image: np.ndarray) -> Embedding:
-        """``set_image`` on ``image``; the embedding it left (call with the lock held)."""
+    def _encode(self, image: torch.Tensor) -> Embedding:
+        """``set_image`` on ``image`` ((3, H, W) uint8 RGB on the device); the embedding it
+        left (call with the lock held)."""
         import torch
 
         with torch.inference_mode(), self._autocast():
-            self.predictor.set_image(image)
+            set_images(self.predictor, [image])
             try:
                 return Embedding.capture(self.predictor)
             finally:
@@ -312,7 +317,7 @@ class Sam2Segmenter:
         )
         with self._lock, torch.inference_mode(), autocast:
             started = time.perf_counter()
-            self.predictor.set_image(image)
+            set_images(self.predictor, [rgb_tensor(image, self.device)])
             masks, scores, _ = self.predictor.predict(
                 point_coords=point_coords,
                 point_labels=point_labels,
@@ -468,7 +473,7 @@ class SegmenterDeployment:
         )(route)
         self._sweeper = asyncio.get_running_loop().create_task(self._release_idle_sessions())
 
-        async def encode_many(items: list[tuple[str, np.ndarray]]) -> list[Embedding]:
+        async def encode_many(items: list[tuple[str, Any]]) -> list[Embedding]:
             return await asyncio.to_thread(self._model.encode_batch, items)
 
         self._encode_batched = None

@@ -198,8 +198,11 @@ def test_batched_first_time_images_match_single_ones(segmenter: Sam2Segmenter) -
     each embedding cached; masks as with set_image one image at a time."""
     fresh = _segmenter()
     scenes = [make_scene("disk", 200, 300).image, make_scene("box").image]
-    ids = [image_id_of(_png(image)) for image in scenes]
-    embeddings = fresh.encode_batch(list(zip(ids, scenes, strict=True)))
+    files = [_png(image) for image in scenes]
+    ids = [image_id_of(data) for data in files]
+    # As the deployment does: each file decoded on the device, then one encoder forward.
+    decoded = [fresh.load_image(i, data, None) for i, data in zip(ids, files, strict=True)]
+    embeddings = fresh.encode_batch(list(zip(ids, decoded, strict=True)))
     assert [e.height for e in embeddings] == [200, make_scene("box").image.shape[0]]
     assert all(image_id in fresh.cache for image_id in ids)
     for image_id, image in zip(ids, scenes, strict=True):

@@ -1,0 +1,51 @@
+"""SAM2's image embedding from RGB tensors already on the model's device.
+
+``SAM2ImagePredictor.set_image(_batch)`` takes numpy images and runs ``SAM2Transforms``
+(ToTensor, a square resize to the model's resolution, ImageNet normalisation) on the CPU
+before it moves the input to the device: ~20 ms of CPU for an 810x1080 photo at 1024 px,
+most of a first-time call's budget on a GPU. The Segmenter decodes the encoded file on the
+device (``decoding.decode_images``: nvJPEG on CUDA) and ``set_images`` makes the same input
+there with the same torchvision functions (bit-identical on CPU:
+tests/unit/test_sam2_input.py), then runs the rest of ``set_image_batch`` as sam2 1.1.0 does,
+leaving the predictor in the state ``set_image`` (one image) or ``set_image_batch`` leaves.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def model_input(images: list[torch.Tensor], transforms: Any, device: Any) -> torch.Tensor:
+    """(N, 3, R, R) float input from (3, H, W) uint8 RGB tensors: ``SAM2Transforms``'s steps
+    (``transforms``: the predictor's, for its resolution, mean and std) on ``device``."""
+    import torch
+    from torchvision.transforms.functional import normalize, resize
+
+    size = [transforms.resolution, transforms.resolution]
+    mean, std = transforms.mean, transforms.std
+    batch = [
+        normalize(resize(image.to(device).float().div(255.0), size), mean, std) for image in images
+    ]
+    return torch.stack(batch)
+
+
+def set_images(predictor: Any, images: list[torch.Tensor]) -> None:
+    """``predictor.set_image_batch`` for (3, H, W) uint8 RGB tensors (``set_image`` for one)."""
+    predictor.reset_predictor()
+    predictor._orig_hw = [(int(image.shape[1]), int(image.shape[2])) for image in images]
+    batch = model_input(images, predictor._transforms, predictor.device)
+    model = predictor.model
+    backbone_out = model.forward_image(batch)
+    _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
+    if model.directly_add_no_mem_embed:  # as set_image: the no-memory embedding of image mode
+        vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+    feats = [
+        feat.permute(1, 2, 0).view(len(images), -1, *feat_size)
+        for feat, feat_size in zip(vision_feats[::-1], predictor._bb_feat_sizes[::-1], strict=True)
+    ][::-1]
+    predictor._features = {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
+    predictor._is_image_set = True
+    predictor._is_batch = len(images) > 1

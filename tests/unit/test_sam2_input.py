@@ -1,0 +1,80 @@
+"""SAM2's input made from tensors on the model's device (deployments/sam2_input.py) against
+sam2's own ``set_image`` / ``set_image_batch`` on numpy images: the same embedding, bit for bit
+on CPU, for one image and a batch of two of different sizes; the Segmenter decodes the file it
+is sent (EXIF orientation applied) and answers masks of the oriented image's size."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deployments.decoding import rgb_tensor
+from deployments.protocol import image_id_of
+from deployments.sam2_input import set_images
+from deployments.segmenter import Sam2Segmenter, SegmenterConfig
+from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Sam2Segmenter:
+    return Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))
+
+
+def _features(predictor: object) -> list[torch.Tensor]:
+    features = predictor._features  # type: ignore[attr-defined]
+    return [features["image_embed"], *features["high_res_feats"]]
+
+
+def test_one_image_embeds_as_set_image_does(segmenter: Sam2Segmenter) -> None:
+    predictor = segmenter.predictor
+    image = make_scene("box", 180, 260).image
+    with torch.inference_mode():
+        predictor.set_image(image)
+        expected, expected_hw = _features(predictor), list(predictor._orig_hw)
+        set_images(predictor, [rgb_tensor(image, "cpu")])
+        got = _features(predictor)
+    assert predictor._orig_hw == expected_hw == [(180, 260)]
+    assert predictor._is_image_set and not predictor._is_batch
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    # The prompt decoder then answers the same masks.
+    point = np.array([[130.0, 90.0]], dtype=np.float32)
+    with torch.inference_mode():
+        ours = predictor.predict(point_coords=point, point_labels=np.array([1]))
+        predictor.set_image(image)
+        theirs = predictor.predict(point_coords=point, point_labels=np.array([1]))
+    predictor.reset_predictor()
+    assert np.array_equal(ours[0], theirs[0]) and np.allclose(ours[1], theirs[1])
+
+
+def test_a_batch_embeds_as_set_image_batch_does(segmenter: Sam2Segmenter) -> None:
+    predictor = segmenter.predictor
+    images = [make_scene("disk", 120, 160).image, make_scene("box", 200, 150).image]
+    with torch.inference_mode():
+        predictor.set_image_batch(images)
+        expected, expected_hw = _features(predictor), list(predictor._orig_hw)
+        set_images(predictor, [rgb_tensor(image, "cpu") for image in images])
+        got = _features(predictor)
+    predictor.reset_predictor()
+    assert [tuple(hw) for hw in expected_hw] == [(120, 160), (200, 150)]
+    assert [tuple(hw) for hw in segmenter.predictor._orig_hw or expected_hw] == [
+        tuple(hw) for hw in expected_hw
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_the_segmenter_decodes_the_file_on_its_device(segmenter: Sam2Segmenter) -> None:
+    """A JPEG whose EXIF says 'turn a quarter': masks come at the turned size, as the
+    ingress's decoder (and PIL's exif_transpose) sees the image."""
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(make_scene("disk", 120, 200).image).save(out, format="JPEG", exif=exif)
+    data = out.getvalue()
+    tensor = segmenter.load_image(image_id_of(data), data, None)
+    assert tensor.dtype == torch.uint8 and tuple(tensor.shape) == (3, 200, 120)
+    result = segmenter.segment_image(image_id_of(data), data, points=[[60.0, 100.0]])
+    assert result.masks.shape == (1, 200, 120) and result.cached is False
