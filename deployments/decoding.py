@@ -33,7 +33,8 @@ ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and hei
 
 
 def _open_bounded(data: bytes, max_pixels: int | None, what: str) -> Any:
-    """A PIL image with only its header read, refused above ``max_pixels``."""
+    """A PIL image with only its header read: an accepted format (never an exotic PIL plugin
+    on a caller's bytes), at least one pixel, at most ``max_pixels``."""
     from PIL import Image
 
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -49,7 +50,11 @@ def _open_bounded(data: bytes, max_pixels: int | None, what: str) -> Any:
     except Exception as exc:  # noqa: BLE001 — whatever a PIL plugin raises on junk
         reason = exc.__class__.__name__
         raise InvalidInput(f"{what} could not be decoded ({reason})", what) from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise InvalidInput(f"{what} format {image.format} is not accepted", what)
     width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInput(f"{what} has no pixels", what)
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLarge(f"{what} is {width}x{height}; the limit is {max_pixels} pixels", what)
     return image
@@ -147,17 +152,6 @@ class Decoded:
         return int(self.tensor.shape[2])
 
 
-def _header(data: bytes, max_pixels: int | None) -> Any:
-    """PIL's lazily opened image (header only): format, size and pixel bound checked."""
-    image = _open_bounded(data, max_pixels, "image")
-    if image.format not in ACCEPTED_FORMATS:
-        raise InvalidInput(f"image format {image.format} is not accepted", param="image")
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise InvalidInput("image has no pixels", param="image")
-    return image
-
-
 def orient(tensor: torch.Tensor, orientation: int) -> torch.Tensor:
     """A (C, H, W) image turned as its EXIF orientation says (PIL's ``exif_transpose``)."""
     if orientation == 2:  # mirrored
@@ -209,7 +203,7 @@ def decode_images(
             if not isinstance(item, bytes | bytearray | memoryview):
                 raise InvalidInput("image must be encoded image bytes", param="image")
             data = bytes(item)
-            header = _header(data, max_pixels)
+            header = _open_bounded(data, max_pixels, "image")
             headers[index] = header
             if header.format == "JPEG":
                 jpegs.append((index, data, _orientation(header)))

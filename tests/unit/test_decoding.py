@@ -55,6 +55,10 @@ def test_bounds_and_junk_are_client_errors() -> None:
     for junk in (b"", b"not an image"):
         with pytest.raises(InvalidInput, match="image"):
             image_shape(junk)
+    pcx = io.BytesIO()  # a format PIL reads but the service does not take
+    Image.fromarray(scene.mask.astype(np.uint8) * 255).save(pcx, format="PCX")
+    with pytest.raises(InvalidInput, match="mask format PCX is not accepted"):
+        mask_array(pcx.getvalue())
     with pytest.raises(InvalidInput, match="HxWx3"):
         rgb_image(scene.mask)
     with pytest.raises(InvalidInput, match="encoded image file or an array"):
