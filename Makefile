@@ -104,9 +104,14 @@ WEIGHTS ?= sam2.1-tiny yolov8n
 weights: install
 	$(BIN)/meshline weights fetch $(WEIGHTS)
 
+# Ray Serve's high-throughput mode for every process of the head (deployments/configs.py
+# SERVE_PROCESS_ENV, kept equal by tests/unit/test_cluster_manifests.py).
+SERVE_PROCESS_ENV := RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+  RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1
+
 ray-up: install ray-token
 	@if $(BIN)/ray status >/dev/null 2>&1; then echo ">> Ray head already running on $(RAY_ADDRESS)"; \
-	else $(BIN)/ray start --head --port=$(RAY_PORT) --temp-dir=$(RAY_TMP) --dashboard-host=127.0.0.1 \
+	else env $(SERVE_PROCESS_ENV) $(BIN)/ray start --head --port=$(RAY_PORT) --temp-dir=$(RAY_TMP) --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --ray-client-server-port=$(RAY_CLIENT_PORT) \
 	  --dashboard-agent-listen-port=$(RAY_AGENT_PORT) --disable-usage-stats; fi
 

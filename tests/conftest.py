@@ -155,8 +155,12 @@ def ray_session() -> Iterator[None]:
     import ray
     from ray import serve
 
-    # Never attach to a developer's `make serve` cluster: start a private one.
+    from deployments.configs import SERVE_PROCESS_ENV
+
+    # Never attach to a developer's `make serve` cluster: start a private one, with the Serve
+    # process settings every meshline cluster runs with.
     os.environ.pop("RAY_ADDRESS", None)
+    os.environ.update(SERVE_PROCESS_ENV)
     # address="local": a new instance, never a running `make serve` cluster (ray.init() would
     # attach to it).
     ray.init(

