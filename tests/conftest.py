@@ -155,12 +155,13 @@ def ray_session() -> Iterator[None]:
     import ray
     from ray import serve
 
-    from deployments.configs import SERVE_PROCESS_ENV
+    from deployments.configs import serve_process_env
+    from tests.helpers import free_ports
 
     # Never attach to a developer's `make serve` cluster: start a private one, with the Serve
-    # process settings every meshline cluster runs with.
+    # process settings every meshline cluster runs with (HAProxy's ports free ones).
     os.environ.pop("RAY_ADDRESS", None)
-    os.environ.update(SERVE_PROCESS_ENV)
+    os.environ.update(serve_process_env(*free_ports(2)))
     # address="local": a new instance, never a running `make serve` cluster (ray.init() would
     # attach to it).
     ray.init(

@@ -75,7 +75,7 @@ def fresh_machine() -> FreshMachine:
     home = Path(tempfile.mkdtemp(prefix="ml-home-"))
     # Short: Ray's unix sockets live under it (paths are limited to ~107 bytes).
     ray_tmp = Path(tempfile.mkdtemp(prefix="ml-ray-", dir="/tmp"))
-    gcs, dashboard, client, agent, http = free_ports(5)
+    gcs, dashboard, client, agent, http, haproxy_metrics, haproxy_stats = free_ports(7)
     env = {
         # Nothing of this session: no RAY_*, MESHLINE_*, MAKEFLAGS, virtualenv variables.
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -86,6 +86,8 @@ def fresh_machine() -> FreshMachine:
         "RAY_DASHBOARD_PORT": str(dashboard),
         "RAY_CLIENT_PORT": str(client),
         "RAY_AGENT_PORT": str(agent),
+        "HAPROXY_METRICS_PORT": str(haproxy_metrics),
+        "HAPROXY_STATS_PORT": str(haproxy_stats),
         "MESHLINE_PORT": str(http),
         "MESHLINE_DATA_DIR": str(home / "meshline-data"),
     }
@@ -139,9 +141,16 @@ def test_make_serve_on_a_fresh_machine(machine: FreshMachine, tmp_path: Path) ->
     token = token_file.read_text().strip()
     assert "created the Ray auth token" in log.read_text()
 
-    status = machine.make("status")
-    assert status.returncode == 0, status.stderr
-    assert "meshline" in status.stdout and "RUNNING" in status.stdout
+    # /healthz answers once the Ingress runs (HAProxy reaches it directly); the app is RUNNING
+    # when every deployment's first replica is up.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        status = machine.make("status")
+        assert status.returncode == 0, status.stderr
+        if "meshline" in status.stdout and "status: RUNNING" in status.stdout:
+            break
+        assert time.monotonic() < deadline, status.stdout
+        time.sleep(2)
 
     dashboard = f"http://127.0.0.1:{machine.dashboard_port}/api/serve/applications/"
     assert httpx.get(dashboard, timeout=30).status_code == 401

