@@ -3,9 +3,9 @@
 ``SAM2ImagePredictor.set_image`` computes the heavy part of a SAM2 call (the image encoder);
 ``predict`` (the prompt decoder) is light. ``Embedding`` is what ``set_image`` leaves on the
 predictor (``_features``: the image embedding and the high-resolution features; ``_orig_hw``),
-``EmbeddingCache`` an LRU of them bounded in bytes and in count. The Segmenter decodes images
-itself (``decoding.decode_image_bytes``, which re-checks the pixel bound the ingress read from the
-header) and fetches an image it no longer holds from the artifact store (``read_image``).
+``EmbeddingCache`` an LRU of them bounded in bytes and in count. A Segmenter takes an image's
+bytes by id (``image_bytes``: sent, or fetched from the artifact store by ``read_image`` when it
+no longer holds the image) and decodes them itself (``deployments.decoding``).
 """
 
 from __future__ import annotations

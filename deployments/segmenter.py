@@ -30,7 +30,7 @@ from deployments.common import (
     use_half,
 )
 from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
-from deployments.decoding import rgb_tensor
+from deployments.decoding import decode_images, rgb_tensor
 from deployments.errors import InvalidInput, ModelLoadError, UnsupportedPrompt
 from deployments.image_cache import Embedding, EmbeddingCache, check_image_id, image_bytes
 from deployments.protocol import (
@@ -185,8 +185,6 @@ class Sam2Segmenter:
     def load_image(self, image_id: str, data: bytes | None, source: ImageSource | None) -> Any:
         """The image of ``image_id`` as a (3, H, W) uint8 RGB tensor decoded on the model's
         device (nvJPEG on CUDA): from ``data``, which must hash to the id, or from the store."""
-        from deployments.decoding import decode_images
-
         encoded = image_bytes(image_id, data, source)
         (decoded,) = decode_images([encoded], self.device, self.config.max_image_pixels)
         if isinstance(decoded, Exception):
