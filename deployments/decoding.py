@@ -22,19 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deployments.errors import ImageTooLarge, InvalidInput
+from deployments.errors import ImageTooLarge, InvalidInput, UnsupportedImage
 
 if TYPE_CHECKING:
     import torch
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # as the ingress accepts
+# The service's image formats, for uploads (serve_app.imaging) and handle callers alike.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-def _open_bounded(data: bytes, max_pixels: int | None, what: str) -> Any:
-    """A PIL image with only its header read: an accepted format (never an exotic PIL plugin
-    on a caller's bytes), at least one pixel, at most ``max_pixels``."""
+def open_header(data: bytes, max_pixels: int | None, what: str = "image") -> Any:
+    """A PIL image with only its header read, checked: not empty, an accepted format (never an
+    exotic PIL plugin on a caller's bytes; 415), at least one pixel, at most ``max_pixels``
+    (413). The ingress checks uploads with it before anything decodes them (serve_app.imaging)."""
     from PIL import Image
 
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -47,17 +49,28 @@ def _open_bounded(data: bytes, max_pixels: int | None, what: str) -> Any:
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge(f"{what} has too many pixels", what) from None
-    except Exception as exc:  # noqa: BLE001 — whatever a PIL plugin raises on junk
-        reason = exc.__class__.__name__
-        raise InvalidInput(f"{what} could not be decoded ({reason})", what) from None
+    except Exception:  # noqa: BLE001 — UnidentifiedImageError, or whatever a plugin raises on junk
+        accepted = ", ".join(ACCEPTED_FORMATS)
+        raise UnsupportedImage(
+            f"{what} is not a supported image (accepted: {accepted})", what
+        ) from None
     if image.format not in ACCEPTED_FORMATS:
-        raise InvalidInput(f"{what} format {image.format} is not accepted", what)
+        raise UnsupportedImage(f"{what} format {image.format} is not accepted", what)
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidInput(f"{what} has no pixels", what)
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLarge(f"{what} is {width}x{height}; the limit is {max_pixels} pixels", what)
     return image
+
+
+def oriented_size(header: Any) -> tuple[int, int]:
+    """(width, height) of a header-read image as its EXIF orientation turns it (rotations by a
+    quarter turn swap the sides): the size ``rgb_pixels`` will decode to."""
+    width, height = header.size
+    if exif_orientation(header) in ROTATED_ORIENTATIONS:
+        return height, width
+    return width, height
 
 
 def _decode(image: Any, what: str, pixels: Callable[[Any], np.ndarray]) -> np.ndarray:
@@ -84,22 +97,25 @@ def _check_decoded(array: np.ndarray, max_pixels: int | None, what: str) -> np.n
     return array
 
 
-def _rgb_pixels(image: Any) -> np.ndarray:
-    """A header-checked PIL image decoded to EXIF-oriented RGB (the ingress's decode_image)."""
+def rgb_pixels(header: Any, what: str = "image") -> np.ndarray:
+    """A header-checked image (``open_header``) decoded to EXIF-oriented HxWx3 uint8 RGB."""
     from PIL import ImageOps
 
     return _decode(
-        image,
-        "image",
+        header,
+        what,
         lambda opened: np.asarray(ImageOps.exif_transpose(opened).convert("RGB"), dtype=np.uint8),
     )
 
 
-def decode_image_bytes(data: bytes, max_pixels: int | None) -> np.ndarray:
+def gray_pixels(header: Any, what: str = "mask") -> np.ndarray:
+    """A header-checked image decoded to HxW uint8 gray (a mask file, any mode)."""
+    return _decode(header, what, lambda image: np.asarray(image.convert("L"), dtype=np.uint8))
+
+
+def decode_image_bytes(data: bytes, max_pixels: int | None, what: str = "image") -> np.ndarray:
     """An encoded image as HxWx3 uint8 RGB (EXIF orientation applied, as the ingress does)."""
-    return _check_decoded(
-        _rgb_pixels(_open_bounded(data, max_pixels, "image")), max_pixels, "image"
-    )
+    return _check_decoded(rgb_pixels(open_header(data, max_pixels, what), what), max_pixels, what)
 
 
 def rgb_image(image: bytes | np.ndarray, max_pixels: int | None = None) -> np.ndarray:
@@ -117,10 +133,7 @@ def image_shape(image: bytes | np.ndarray, max_pixels: int | None = None) -> tup
     A header that lies costs nothing there: the mask is decoded, and must match it."""
     if isinstance(image, np.ndarray):
         return rgb_image(image, max_pixels).shape  # type: ignore[return-value]
-    header = _open_bounded(image, max_pixels, "image")
-    width, height = header.size
-    if _orientation(header) in ROTATED_ORIENTATIONS:
-        width, height = height, width
+    width, height = oriented_size(open_header(image, max_pixels, "image"))
     return height, width, 3
 
 
@@ -128,13 +141,10 @@ def mask_array(mask: bytes | np.ndarray, max_pixels: int | None = None) -> np.nd
     """``mask`` (an encoded mask image, any mode, >127 = object; or an array) as an array
     ``object_mask`` takes: encoded files give HxW uint8 gray."""
     if isinstance(mask, np.ndarray):
-        return _check_decoded(mask, max_pixels, "mask") if mask.ndim >= 2 else mask
-    array = _decode(
-        _open_bounded(mask, max_pixels, "mask"),
-        "mask",
-        lambda image: np.asarray(image.convert("L"), dtype=np.uint8),
-    )
-    return _check_decoded(array, max_pixels, "mask")
+        if mask.ndim not in (2, 3):
+            raise InvalidInput("mask must be an HxW (or HxWxC) array", param="mask")
+        return _check_decoded(mask, max_pixels, "mask")
+    return _check_decoded(gray_pixels(open_header(mask, max_pixels, "mask")), max_pixels, "mask")
 
 
 # -- On the model's device (torch) ------------------------------------------------------------
@@ -203,10 +213,10 @@ def decode_images(
             if not isinstance(item, bytes | bytearray | memoryview):
                 raise InvalidInput("image must be encoded image bytes", param="image")
             data = bytes(item)
-            header = _open_bounded(data, max_pixels, "image")
+            header = open_header(data, max_pixels, "image")
             headers[index] = header
             if header.format == "JPEG":
-                jpegs.append((index, data, _orientation(header)))
+                jpegs.append((index, data, exif_orientation(header)))
         except InvalidInput as exc:
             out[index] = exc
     if jpegs:
@@ -218,13 +228,13 @@ def decode_images(
     for index, header in headers.items():
         if out[index] is None:  # not a JPEG, or one the JPEG decoder refused
             try:
-                out[index] = Decoded(rgb_tensor(_rgb_pixels(header), device), "pil")
+                out[index] = Decoded(rgb_tensor(rgb_pixels(header), device), "pil")
             except InvalidInput as exc:
                 out[index] = exc
     return [item for item in out if item is not None]
 
 
-def _orientation(header: Any) -> int:
+def exif_orientation(header: Any) -> int:
     try:
         value = int(header.getexif().get(EXIF_ORIENTATION, 1) or 1)
     except Exception:  # noqa: BLE001 — a malformed EXIF block: as PIL's exif_transpose, ignore it

@@ -41,6 +41,13 @@ class UnknownImage(InvalidInput):
     status = 404
 
 
+class UnsupportedImage(InvalidInput):
+    """Bytes that are no image of an accepted format (415)."""
+
+    kind = "unsupported_media_type"
+    status = 415
+
+
 class ImageTooLarge(InvalidInput):
     """An image with more pixels than allowed, found when decoding it (413)."""
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from pycocotools import mask as mask_utils
 
+from deployments import decoding
+from deployments.errors import InvalidInput
 from serve_app.http.errors import ApiError
-
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 
 
 @dataclass(frozen=True)
@@ -31,70 +31,43 @@ class DecodedImage:
         return int(self.array.shape[0])
 
 
+@contextmanager
+def _as_api_error() -> Iterator[None]:
+    """The replicas' decoding checks (deployments/decoding.py) answered as the API answers them:
+    the same limits, messages and status codes on both sides of a handle."""
+    try:
+        yield
+    except InvalidInput as exc:
+        raise ApiError(exc.status, str(exc), exc.kind, exc.param) from None
+
+
 def open_header(data: bytes, what: str, max_pixels: int) -> Image.Image:
     """The image opened from its header and checked (empty, unknown format, too many pixels),
     its pixels not decoded yet: what the ingress checks before a replica decodes the file."""
     if not data:
         raise ApiError(400, f"{what} is empty", param=what)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, f"{what} has too many pixels", "payload_too_large", what) from None
-    except Exception:  # noqa: BLE001 — UnidentifiedImageError, or whatever a plugin's opener raises on junk
-        raise ApiError(
-            415,
-            f"{what} is not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})",
-            "unsupported_media_type",
-            what,
-        ) from None
-    if image.format not in ACCEPTED_FORMATS:
-        raise ApiError(
-            415, f"{what} format {image.format} is not accepted", "unsupported_media_type", what
-        )
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise ApiError(422, f"{what} has no pixels", param=what)
-    if width * height > max_pixels:
-        raise ApiError(
-            413,
-            f"{what} is {width}x{height}; the limit is {max_pixels} pixels",
-            "payload_too_large",
-            what,
-        )
-    return image
-
-
-def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
-    image = open_header(data, what, max_pixels)
-    try:
-        image.load()  # the header can lie: decoding the pixels is the real check
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(
-            422, f"{what} is truncated or corrupt ({exc.__class__.__name__})", param=what
-        ) from None
-    return image
+    with _as_api_error():
+        return decoding.open_header(data, max_pixels, what)
 
 
 def decode_image(data: bytes, max_pixels: int, what: str = "image") -> DecodedImage:
-    image = _open(data, what, max_pixels)
-    fmt = (image.format or "png").lower()
-    image = ImageOps.exif_transpose(image)
-    return DecodedImage(np.asarray(image.convert("RGB"), dtype=np.uint8), fmt)
+    """The pixels decoded: a header can lie, so this is the real check (422 when corrupt)."""
+    header = open_header(data, what, max_pixels)
+    with _as_api_error():
+        return DecodedImage(decoding.rgb_pixels(header, what), (header.format or "png").lower())
 
 
 def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.ndarray:
     """A mask image (any mode; non-zero / >127 is object) of exactly the image's size."""
-    image = _open(data, "mask", max_pixels)
-    if image.size != (width, height):
+    header = open_header(data, "mask", max_pixels)
+    if header.size != (width, height):
         raise ApiError(
             422,
-            f"mask is {image.size[0]}x{image.size[1]} but the image is {width}x{height}",
+            f"mask is {header.size[0]}x{header.size[1]} but the image is {width}x{height}",
             param="mask",
         )
-    gray = np.asarray(image.convert("L"))
-    mask = gray > 127
+    with _as_api_error():
+        mask = decoding.gray_pixels(header, "mask") > 127
     if not mask.any():
         raise ApiError(422, "mask is empty (no pixel above 127)", param="mask")
     return mask

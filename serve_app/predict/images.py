@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployments.decoding import oriented_size
 from deployments.protocol import ImageSource
 from serve_app.imaging import open_header
 from serve_app.storage.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
@@ -38,13 +39,9 @@ def read_header(data: bytes, max_pixels: int, what: str = "image") -> ImageHeade
     the pixels again). Same answers as ``imaging.decode_image`` for empty, unknown, oversized
     files; a corrupt body behind a good header is the Segmenter's 422."""
     image = open_header(data, what, max_pixels)
-    width, height = image.size
-    try:  # a PNG's eXIf chunk may sit behind the pixels: unreadable here is "as stored"
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 — the Segmenter re-checks the prompt on the decoded image
-        orientation = 1
-    if orientation in (5, 6, 7, 8):  # transposed or rotated by 90°: exif_transpose swaps
-        width, height = height, width
+    # An EXIF block unreadable here (a PNG's eXIf chunk behind the pixels) reads as "as stored":
+    # the Segmenter checks the prompt again on the decoded image.
+    width, height = oriented_size(image)
     return ImageHeader(width, height, image.format.lower())
 
 

@@ -63,6 +63,33 @@ def test_bounds_and_junk_are_client_errors() -> None:
         rgb_image(scene.mask)
     with pytest.raises(InvalidInput, match="encoded image file or an array"):
         mask_array("mask.png")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="mask must be an HxW"):
+        mask_array(np.ones(5, dtype=np.uint8))
+
+
+def test_the_ingress_and_the_replicas_answer_bad_files_alike() -> None:
+    """One set of checks (deployments/decoding.py): an upload the ingress refuses, a replica
+    refuses with the same status and message when a handle caller sends it."""
+    from serve_app.http.errors import ApiError
+    from serve_app.imaging import decode_image
+
+    png = make_scene("box", 60, 80).png()
+    pcx = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(pcx, format="PCX")
+    cases = {  # name: (file, pixel bound, status)
+        "not an image": (b"hello, not an image", 10**6, 415),
+        "a format PIL reads but the service does not take": (pcx.getvalue(), 10**6, 415),
+        "truncated": (png[: len(png) // 2], 10**6, 422),
+        "over the pixel bound": (png, 1000, 413),
+    }
+    for name, (data, bound, status) in cases.items():
+        with pytest.raises(InvalidInput) as replica:
+            rgb_image(data, max_pixels=bound)
+        with pytest.raises(ApiError) as ingress:
+            decode_image(data, bound)
+        assert replica.value.status == ingress.value.status == status, name
+        assert str(replica.value) == ingress.value.message, name
+        assert ingress.value.param == "image", name
 
 
 def test_a_bomb_header_is_refused_before_decoding() -> None:

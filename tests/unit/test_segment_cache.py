@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.errors import ImageTooLarge, InvalidInput, UnknownImage
+from deployments.errors import ImageTooLarge, InvalidInput, UnknownImage, UnsupportedImage
 from deployments.image_cache import Embedding, EmbeddingCache, decode_image_bytes
 from deployments.protocol import ImageSource, image_id_of, image_route
 from deployments.segmenter import Sam2Segmenter, SegmenterConfig
@@ -128,8 +128,9 @@ def test_the_replica_checks_what_it_is_sent(segmenter: Sam2Segmenter) -> None:
         segmenter.segment_image(image_id_of(b"other"), data)
     with pytest.raises(InvalidInput, match="64 lower-case hex"):
         segmenter.segment_image("../etc/passwd", data)
-    with pytest.raises(InvalidInput, match="decoded"):
+    with pytest.raises(UnsupportedImage, match="not a supported image") as junk:
         segmenter.segment_image(image_id_of(b"junk"), b"junk")
+    assert junk.value.status == 415  # as the ingress answers an upload of it
     with pytest.raises(InvalidInput, match="inside"):
         segmenter.segment_image(image_id_of(data), data, points=[[10_000.0, 1.0]])
     # Pixels are re-checked in the replica, whatever the ingress read from the header.
