@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from deployments.registry import ModelRegistry
 from serve_app.handles import Handles
+from serve_app.jobs.queue_room import QueueRoom
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import JobStore
 from serve_app.settings import Settings
@@ -34,8 +35,14 @@ class Services:
     # Label Studio's per-replica state (tokens sent at setup, task file → image id), made on
     # the first /labelstudio call.
     labelstudio: Backend | None = None
+    # Room in the job queue, counted in the store at most once a second (jobs/queue_room.py).
+    queue_room: QueueRoom = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if self.queue_room is None:
+            self.queue_room = QueueRoom(
+                lambda: self.store.count("queued"), lambda: self.settings.max_queued_jobs
+            )
         if self.streams is None:
             from serve_app.http.streams import StreamHub  # serve_app.api imports this module
 

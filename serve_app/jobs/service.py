@@ -132,7 +132,7 @@ def _check_idempotency(services: Services, key: str, digest: str) -> None:
 def _check_queue_room(services: Services) -> None:
     """A store read (run it in a thread): 429 with Retry-After when the queue is full."""
     settings = services.settings
-    if services.store.count("queued") >= settings.max_queued_jobs:
+    if not services.queue_room.admit():
         raise ApiError(
             429,
             f"{settings.max_queued_jobs} jobs are already queued; retry later",
@@ -174,9 +174,9 @@ async def create_job(
     ``owner``: the submitting key's scope (serve_app/auth.py), None with open access.
 
     Nothing here runs on the event loop but cheap checks: hashing the inputs (a 25 MB upload
-    is ~30 ms of SHA-256), every store read and write, decoding and file writes run in two
-    thread hops (before and after the callback URL's async check), not one hop per call:
-    under a burst of submits each hop is a wait in the shared thread pool's queue
+    is ~30 ms of SHA-256), every store read and write, decoding and file writes run in one
+    thread hop (two with a callback URL: its async check runs between them), not one hop per
+    call: under a burst of submits each hop is a wait in the shared thread pool's queue
     (tests/unit/test_event_loop.py holds the loop to this)."""
     settings = services.settings
     _check_voxels(options, settings)
@@ -184,16 +184,28 @@ async def create_job(
         check_text_supported(services, options.prompt.text, "options.prompt.text")
     if idempotency_key is not None:
         idempotency_key = scoped_idempotency_key(idempotency_key, owner)
-    digest = await asyncio.to_thread(
-        _admit_inputs, services, image, extra_uploads, options, idempotency_key, owner
-    )
+    inputs = (services, image, extra_uploads, options, idempotency_key)
     if options.callback_url:
+        digest = await asyncio.to_thread(_admit_inputs, *inputs, owner)
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
-    job_id = await asyncio.to_thread(
-        _store_job, services, image, extra_uploads, options, idempotency_key, digest, owner
-    )
+        job_id = await asyncio.to_thread(_store_job, *inputs, digest, owner)
+    else:
+        job_id = await asyncio.to_thread(_admit_and_store, *inputs, owner)
     services.runner.notify()
     return job_id
+
+
+def _admit_and_store(
+    services: Services,
+    image: bytes,
+    extra_uploads: dict[str, tuple[bytes, str]],
+    options: JobOptions,
+    idempotency_key: str | None,
+    owner: str | None,
+) -> str:
+    """In a thread: ``_admit_inputs`` then ``_store_job`` (a job without a callback URL)."""
+    digest = _admit_inputs(services, image, extra_uploads, options, idempotency_key, owner)
+    return _store_job(services, image, extra_uploads, options, idempotency_key, digest, owner)
 
 
 def _admit_inputs(

@@ -63,23 +63,26 @@ class JobStore:
         now = utcnow()
         try:
             with self.engine.begin() as conn:
+                # Values as execute parameters, not .values(): the statement is then one
+                # cached compilation, not rebuilt and coerced per job (the submit path).
                 conn.execute(
-                    jobs.insert().values(
-                        id=job_id,
-                        status="queued",
-                        options=options,
-                        inputs=inputs,
-                        created_at=now,
-                        updated_at=now,
-                        runs=0,
-                        idempotency_key=idempotency_key,
-                        request_hash=request_hash,
-                        owner=owner,
-                        video_id=_video_id(inputs),
-                        webhook={"state": "pending", "attempts": 0}
+                    jobs.insert(),
+                    {
+                        "id": job_id,
+                        "status": "queued",
+                        "options": options,
+                        "inputs": inputs,
+                        "created_at": now,
+                        "updated_at": now,
+                        "runs": 0,
+                        "idempotency_key": idempotency_key,
+                        "request_hash": request_hash,
+                        "owner": owner,
+                        "video_id": _video_id(inputs),
+                        "webhook": {"state": "pending", "attempts": 0}
                         if options.get("callback_url")
                         else None,
-                    )
+                    },
                 )
                 self._insert_children(conn, job_id, stage_names, input_artifacts, now)
         except IntegrityError:
@@ -107,16 +110,20 @@ class JobStore:
                 for i, name in enumerate(stage_names)
             ],
         )
-        for name, media_type, size in input_artifacts:
+        if input_artifacts:
             conn.execute(
-                artifacts.insert().values(
-                    job_id=job_id,
-                    name=name,
-                    stage="input",
-                    media_type=media_type,
-                    bytes=size,
-                    created_at=now,
-                )
+                artifacts.insert(),
+                [
+                    {
+                        "job_id": job_id,
+                        "name": name,
+                        "stage": "input",
+                        "media_type": media_type,
+                        "bytes": size,
+                        "created_at": now,
+                    }
+                    for name, media_type, size in input_artifacts
+                ],
             )
 
     def set_webhook(self, job_id: str, state: dict[str, Any]) -> None:
