@@ -8,11 +8,13 @@ runs; the submits then run while their jobs do):
 
 * ``noop_fastapi``: a bare ``@serve.ingress(FastAPI())`` deployment answering ``{}`` (Serve's
   proxy, one hop to a replica, FastAPI; no meshline middleware, no store);
+* ``noop_upload``: the same deployment taking the submit's multipart form (the image as an
+  ``UploadFile``, the options as a form field) and reading it, nothing stored: a submit's floor;
 * ``proxy_only``: Serve's own ``/-/healthz``, answered by the HTTP proxy without any replica.
 
     python -m bench.jobs_api --clients 50,200 --requests 10 --out bench/jobs_api.json
 
-``post_jobs`` is the first client count (what bench/suite.py reads); ``post_jobs_by_clients``
+``post_jobs`` is the first client count; ``post_jobs_by_clients`` (what bench/suite.py reads)
 has every count, with the submits' throughput and how many jobs finished meanwhile.
 """
 
@@ -27,10 +29,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import httpx
+from fastapi import FastAPI, Form, UploadFile  # module level: the no-op's annotations name them
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STAGES = ["segment", "reconstruct", "paint", "convert"]
@@ -104,14 +107,16 @@ async def _answer(response: aiohttp.ClientResponse) -> tuple[int, str]:
         return response.status, await response.text()
 
 
-async def post_latencies(base_url: str, image: bytes, clients: int, per_client: int) -> list[float]:
+async def post_latencies(
+    base_url: str, image: bytes, clients: int, per_client: int, path: str = "/v1/jobs"
+) -> list[float]:
     options = json.dumps({"stages": ["segment"]})
 
     async def submit(http: aiohttp.ClientSession) -> tuple[int, str]:
         form = aiohttp.FormData()
         form.add_field("image", image, filename="s.png", content_type="image/png")
         form.add_field("options", options)
-        return await _answer(await http.post("/v1/jobs", data=form))
+        return await _answer(await http.post(path, data=form))
 
     return await client_latencies(base_url, clients, per_client, submit, 202)
 
@@ -125,8 +130,6 @@ async def get_latencies(base_url: str, path: str, clients: int, per_client: int)
 
 def deploy_noop(serve: Any) -> str:
     """A bare Serve + FastAPI app beside meshline: the request floor without meshline."""
-    from fastapi import FastAPI
-
     from serve_app.ingress import MAX_ONGOING_REQUESTS
 
     api = FastAPI()
@@ -134,6 +137,11 @@ def deploy_noop(serve: Any) -> str:
     @api.get("/")
     async def noop() -> dict[str, str]:
         return {}
+
+    @api.post("/upload", status_code=202)
+    async def upload(image: UploadFile, options: Annotated[str, Form()]) -> dict[str, int]:
+        """The submit's floor: the same multipart form parsed and the file read, nothing kept."""
+        return {"bytes": len(await image.read()) + len(options)}
 
     # The Ingress's request bounds (Serve's default of 5 ongoing requests would queue at the proxy).
     @serve.deployment(
@@ -217,6 +225,7 @@ def main() -> None:
         noop_path = deploy_noop(serve)
         asyncio.run(post_latencies(base_url, image, 5, 2))  # warm-up
         asyncio.run(get_latencies(base_url, noop_path, 5, 2))
+        asyncio.run(post_latencies(base_url, image, 5, 2, f"{noop_path}upload"))
         counts = [int(c) for c in args.clients.split(",")]
         # The floors first, on an idle app: once submits start, their jobs keep the box busy
         # for minutes (a floor measured then read slower than the submits themselves).
@@ -224,6 +233,13 @@ def main() -> None:
             clients: {
                 "noop_fastapi": latency_summary(
                     *timed(get_latencies(base_url, noop_path, clients, args.requests))
+                ),
+                "noop_upload": latency_summary(
+                    *timed(
+                        post_latencies(
+                            base_url, image, clients, args.requests, f"{noop_path}upload"
+                        )
+                    )
                 ),
                 "proxy_only": latency_summary(
                     *timed(get_latencies(base_url, "/-/healthz", clients, args.requests))
@@ -243,6 +259,9 @@ def main() -> None:
                 **floors[clients],
                 "p99_over_noop_p99": round(
                     submits["p99_ms"] / floors[clients]["noop_fastapi"]["p99_ms"], 2
+                ),
+                "p99_over_noop_upload_p99": round(
+                    submits["p99_ms"] / floors[clients]["noop_upload"]["p99_ms"], 2
                 ),
             }
         serve.shutdown()
