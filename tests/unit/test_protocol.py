@@ -363,6 +363,7 @@ SHARED_MODULES = {
     "deployments.netguard",  # the URL/address rule the ingress and checkpoint downloads share
     "deployments.telemetry",  # metric names both sides emit
     "deployments.logtail",  # the log/request rings every replica publishes, the admin reads
+    "deployments.decoding",  # the image checks uploads and replicas share (torch only lazily)
 }
 ALLOWED_NAMES = {
     "deployments.segmenter": {"SegmenterDeployment"},
