@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 
 from serve_app.auth import Principal, can_access
 from serve_app.http.errors import ApiError
@@ -184,40 +185,38 @@ async def create_job(
         check_text_supported(services, options.prompt.text, "options.prompt.text")
     if idempotency_key is not None:
         idempotency_key = scoped_idempotency_key(idempotency_key, owner)
-    inputs = (services, image, extra_uploads, options, idempotency_key)
+    submission = Submission(image, extra_uploads, options, idempotency_key, owner)
     if options.callback_url:
-        digest = await asyncio.to_thread(_admit_inputs, *inputs, owner)
+        digest = await asyncio.to_thread(_admit_inputs, services, submission)
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
-        job_id = await asyncio.to_thread(_store_job, *inputs, digest, owner)
+        job_id = await asyncio.to_thread(_store_job, services, submission, digest)
     else:
-        job_id = await asyncio.to_thread(_admit_and_store, *inputs, owner)
+        job_id = await asyncio.to_thread(_admit_and_store, services, submission)
     services.runner.notify()
     return job_id
 
 
-def _admit_and_store(
-    services: Services,
-    image: bytes,
-    extra_uploads: dict[str, tuple[bytes, str]],
-    options: JobOptions,
-    idempotency_key: str | None,
-    owner: str | None,
-) -> str:
+@dataclass(frozen=True)
+class Submission:
+    """One POST /v1/jobs as the thread-side steps take it (the key already scoped to owner)."""
+
+    image: bytes
+    extra_uploads: dict[str, tuple[bytes, str]]
+    options: JobOptions
+    idempotency_key: str | None
+    owner: str | None
+
+
+def _admit_and_store(services: Services, submission: Submission) -> str:
     """In a thread: ``_admit_inputs`` then ``_store_job`` (a job without a callback URL)."""
-    digest = _admit_inputs(services, image, extra_uploads, options, idempotency_key, owner)
-    return _store_job(services, image, extra_uploads, options, idempotency_key, digest, owner)
+    return _store_job(services, submission, _admit_inputs(services, submission))
 
 
-def _admit_inputs(
-    services: Services,
-    image: bytes,
-    extra_uploads: dict[str, tuple[bytes, str]],
-    options: JobOptions,
-    idempotency_key: str | None,
-    owner: str | None,
-) -> str:
+def _admit_inputs(services: Services, submission: Submission) -> str:
     """In a thread: the request's hash, a replay (Idempotency-Key, ``dedup`` twin: raises
     ``Replayed``, or 409 for a key reused with another request), then room in the queue."""
+    image, extra_uploads, options = submission.image, submission.extra_uploads, submission.options
+    idempotency_key, owner = submission.idempotency_key, submission.owner
     digest = request_hash(image, extra_uploads, options)
     if idempotency_key is not None:
         _check_idempotency(services, idempotency_key, digest)
@@ -229,17 +228,11 @@ def _admit_inputs(
     return digest
 
 
-def _store_job(
-    services: Services,
-    image: bytes,
-    extra_uploads: dict[str, tuple[bytes, str]],
-    options: JobOptions,
-    idempotency_key: str | None,
-    digest: str,
-    owner: str | None,
-) -> str:
+def _store_job(services: Services, submission: Submission, digest: str) -> str:
     """In a thread: decode and check the inputs (up to max_image_pixels), plan the stages,
     store the inputs, then the job row."""
+    image, extra_uploads, options = submission.image, submission.extra_uploads, submission.options
+    idempotency_key, owner = submission.idempotency_key, submission.owner
     settings = services.settings
     decoded = decode_image(image, settings.max_image_pixels)
     if options.prompt:  # a 422 now, not a job that fails in the Segmenter
