@@ -294,15 +294,21 @@ class JobStore:
         if not rows:
             return []
         ids = [row["id"] for row in rows]
+
+        def of_these_jobs(column: Any) -> Any:
+            # One job (a status poll, the most frequent read): "=", whose statement compiles
+            # once; an IN list is expanded anew on every execution.
+            return column == ids[0] if len(ids) == 1 else column.in_(ids)
+
         stage_rows: dict[str, list[Any]] = {job_id: [] for job_id in ids}
         for s in conn.execute(
-            select(stages).where(stages.c.job_id.in_(ids)).order_by(stages.c.position)
+            select(stages).where(of_these_jobs(stages.c.job_id)).order_by(stages.c.position)
         ).mappings():
             stage_rows[s["job_id"]].append(s)
         artifact_rows: dict[str, list[Any]] = {job_id: [] for job_id in ids}
         for a in conn.execute(
             select(artifacts)
-            .where(artifacts.c.job_id.in_(ids))
+            .where(of_these_jobs(artifacts.c.job_id))
             .order_by(artifacts.c.created_at, artifacts.c.name)
         ).mappings():
             artifact_rows[a["job_id"]].append(a)
