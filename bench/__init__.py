@@ -4,20 +4,8 @@ set here, before any benchmark starts Ray, so every figure is the shipped config
 HAProxy's ports are free ones: the previous benchmark's HAProxy may still be draining."""
 
 import os
-import socket
 
 from deployments.configs import serve_process_env
+from tests.helpers import free_ports
 
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:  # all open at once: distinct ports
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-os.environ.update(serve_process_env(*_free_ports(2)))
+os.environ.update(serve_process_env(*free_ports(2)))

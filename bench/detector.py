@@ -183,7 +183,7 @@ def main() -> None:
     bgr = __import__("cv2").imdecode(np.frombuffer(data, np.uint8), 1)
     device = "cuda" if gpu else "cpu"
     raw_total = max(8, args.images // 2)
-    from bench.pipeline import free_port
+    from tests.helpers import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import time
 from datetime import datetime
@@ -28,13 +27,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from tests.helpers import free_port
+
 MODEL_DEPLOYMENTS = ("Segmenter", "Reconstructor", "Converter", "Detector")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bus_photo() -> Path:

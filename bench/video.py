@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.pipeline import free_port
+from tests.helpers import free_port
 
 
 def synthetic_zip(frames: int, width: int, height: int) -> tuple[bytes, tuple[float, float]]:
