@@ -42,7 +42,7 @@ export YOLO_OFFLINE         := 1
 export YOLO_AUTOINSTALL     := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install test-tools ray-token weights serve ray-up stop status lint test bench clean
+.PHONY: help install test-tools ray-token weights serve ray-up stop status lint test bench device-kit clean
 
 help:
 	@echo "make serve   install (once) and run meshline locally on http://127.0.0.1:8000"
@@ -51,6 +51,7 @@ help:
 	@echo "make status  serve status of the local app"
 	@echo "make stop    shut the local app and Ray head down"
 	@echo "make bench   run every benchmark; one table of ratios in bench/RESULTS.md"
+	@echo "make device-kit  build .kit/ for a GPU machine without registry access (bench/device/run.sh)"
 
 # Studio's 3D library (GET /studio): three.js from the npm registry, the pinned tarball checked
 # against its SHA-256, unpacked into a git-ignored folder the app serves (the files the page
@@ -197,6 +198,10 @@ test: install test-tools ray-token lint
 # Every benchmark, one table of ratios → bench/RESULTS.md (GPU when there is one). BENCH_ARGS=--quick: small models.
 bench: install
 	$(BIN)/python -m bench.suite $(BENCH_ARGS)
+
+# What a GPU machine without registry access lacks for the GPU rows: .kit/ (~53 MiB; bench/device/run.sh runs them there).
+device-kit: install
+	$(BIN)/python -m bench.device.kit
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .data $(STUDIO_VENDOR)

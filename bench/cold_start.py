@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Run in a fresh interpreter: each step's seconds, as a replica would pay them, without Ray.
@@ -65,7 +67,7 @@ print("BARE " + json.dumps({k: round(v, 3) for k, v in out.items()}))
 
 
 def bare_steps(overrides: list[str]) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
     interpreter = time.perf_counter() - started

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import idle_without_geometry
+
 
 def raw_throughput(model: Any, images: list[np.ndarray], total: int, device: str) -> float:
     """ultralytics' own batched predict on decoded BGR arrays (fp16 on CUDA, as the replica
@@ -99,7 +101,7 @@ def http_side(
         "sam2_overrides": SMALL_SAM2_OVERRIDES,  # the Segmenter idles here: keep it light
     }
     serve.run(
-        build_app({"settings": settings, "deployment_options": options}),
+        build_app({"settings": settings, "deployment_options": idle_without_geometry(options)}),
         name="meshline",
         route_prefix="/",
     )

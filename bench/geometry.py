@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("reconstruct", "paint", "convert")
 
@@ -152,7 +154,7 @@ def child(side: str, name: str) -> dict[str, Any]:
 
 
 def in_subprocess(side: str, name: str, root: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = child_env(root)
     code = (
         "import json,sys;sys.path.insert(0,sys.argv[3]);import bench_geometry_child as c;"
         "print('RESULT'+json.dumps(c.child(sys.argv[1],sys.argv[2])))"

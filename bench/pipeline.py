@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench import geometry_installed, idle_without_geometry
 from tests.helpers import free_port
 
 MODEL_DEPLOYMENTS = ("Segmenter", "Reconstructor", "Converter", "Detector")
@@ -72,7 +73,7 @@ def start_app(
         for name in MODEL_DEPLOYMENTS
     }
     serve.run(
-        build_app({"settings": settings, "deployment_options": options}),
+        build_app({"settings": settings, "deployment_options": idle_without_geometry(options)}),
         name="meshline",
         route_prefix="/",
     )
@@ -169,6 +170,8 @@ def run(
     report: dict[str, Any] = {
         "device": device,
         "precision": precision,
+        "jobs": jobs,
+        "stages": stages or [],  # [] = every stage
         "image": "bus.jpg",
         "size": list(image.shape[1::-1]),
     }
@@ -176,6 +179,7 @@ def run(
     report["placement"] = {
         name: serve.get_deployment_handle(name, app_name="meshline").info.remote().result()
         for name in MODEL_DEPLOYMENTS
+        if name != "Reconstructor" or geometry_installed()  # idle there: idle_without_geometry
     }
     segmenter = serve.get_deployment_handle("Segmenter", app_name="meshline")
     detector = serve.get_deployment_handle("Detector", app_name="meshline")

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench import idle_without_geometry
 from tests.helpers import free_port
 
 
@@ -74,7 +75,7 @@ def start(device: str, data_dir: Path, small: bool) -> tuple[str, dict[str, Any]
         for name in ("Reconstructor", "Converter", "Detector")
     }
     serve.run(
-        build_app({"settings": settings, "deployment_options": options}),
+        build_app({"settings": settings, "deployment_options": idle_without_geometry(options)}),
         name="meshline",
         route_prefix="/",
     )
