@@ -92,27 +92,25 @@ def pinned(name: str) -> str:
     return f"{name}=={importlib.metadata.version(name)}"
 
 
+def pip(*args: str, **env: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True, env={**os.environ, **env})
+
+
 def download(requirements: list[str], python_version: str, into: Path) -> None:
+    """Binary wheels for the device: CPython ``python_version`` on manylinux x86-64."""
     platforms = [
         f"--platform=manylinux{tag if tag in ('2014', '1') else '_' + tag}_x86_64"
         for tag in MANYLINUX
     ]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-         f"--python-version={python_version}", "--implementation=cp", *platforms,
-         "--platform=any", "-d", str(into), *requirements],
-        check=True,
-    )  # fmt: skip
+    target = [f"--python-version={python_version}", "--implementation=cp", *platforms]
+    wheels_only = ["--no-deps", "--only-binary=:all:", "--platform=any"]
+    pip("download", "-q", *wheels_only, *target, "-d", str(into), *requirements)
 
 
 def build_sdists(into: Path) -> None:
-    env = {**os.environ, "SAM2_BUILD_CUDA": "0"}
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(into), *map(pinned, SDISTS)],
-        check=True,
-        env=env,
-    )  # fmt: skip
+    sdists = [pinned(name) for name in SDISTS]
+    isolation = "--no-build-isolation"  # sam2's setup.py imports the torch installed here
+    pip("wheel", "-q", "--no-deps", isolation, "-w", str(into), *sdists, SAM2_BUILD_CUDA="0")
 
 
 def pack_ray(wheel: Path, archive: Path) -> None:
@@ -139,7 +137,8 @@ def tree_mib() -> float:
         check=True,
         capture_output=True,
     ).stdout.split(b"\0")
-    return sum((ROOT / os.fsdecode(name)).stat().st_size for name in listed if name) / 2**20
+    files = [ROOT / os.fsdecode(name) for name in listed if name]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
 def main() -> None:
