@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,32 +52,44 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_bench(module: str, args: list[str], logs: Path | None = None) -> dict[str, Any]:
+def run_bench(
+    module: str, args: list[str], logs: Path | None = None, timeout_s: float | None = None
+) -> dict[str, Any]:
     """python -m bench.<module> … --out <tmp>; its JSON report, or {"error": …} when it failed
-    (the other benchmarks still run: one broken row must not cost a GPU lease the rest)."""
+    or ran past ``timeout_s`` (then it is killed with its Ray instance, whose processes share
+    its process group). The other benchmarks still run: one broken or stuck benchmark must not
+    cost a GPU lease the rest."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
     started = time.perf_counter()
     env = child_env()
     env.pop("RAY_ADDRESS", None)  # each benchmark starts its own Ray instance
     log = (logs / f"{module}.log").open("w") if logs else None
+    error = None
     try:
-        finished = subprocess.run(
+        with subprocess.Popen(
             [sys.executable, "-m", f"bench.{module}", *args, "--out", str(out)],
-            check=False,  # a failure becomes the report's error
             cwd=ROOT,
             env=env,
             stdout=log or subprocess.DEVNULL,
             stderr=log,  # None: this terminal
-        )
+            start_new_session=True,
+        ) as child:
+            try:
+                if child.wait(timeout=timeout_s) != 0:
+                    error = f"bench.{module} exited {child.returncode}"
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                error = f"bench.{module} ran past {timeout_s:g} s and was stopped"
     finally:
         if log:
             log.close()
     seconds = round(time.perf_counter() - started, 1)
-    if finished.returncode != 0:
+    if error is not None:
         out.unlink(missing_ok=True)
         where = f"; its output in {logs / f'{module}.log'}" if logs else ""
-        return {"error": f"bench.{module} exited {finished.returncode}{where}", "_seconds": seconds}
+        return {"error": error + where, "_seconds": seconds}
     report = json.loads(out.read_text())
     report["_seconds"] = seconds
     out.unlink()
@@ -380,6 +393,9 @@ def main() -> None:
         "--raw", type=Path, help="the JSON (default bench/results/suite_<device>.json)"
     )
     parser.add_argument("--logs", type=Path, help="each benchmark's output to LOGS/<name>.log")
+    parser.add_argument(
+        "--bench-timeout", type=float, metavar="S", help="stop a benchmark that runs longer"
+    )
     args = parser.parse_args()
     if args.render:
         saved = json.loads(args.render.read_text())
@@ -404,23 +420,24 @@ def main() -> None:
         parser.error(f"no such benchmark: {', '.join(sorted(unknown))}")
     if args.logs:
         args.logs.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    results = {}
-    for name, bench_args in bench_arguments(device, args.quick, args.pipeline_stages).items():
-        if name in wanted:
-            print(f"bench.{name} …", flush=True)
-            results[name] = run_bench(name, bench_args, args.logs)
-    table = rows(results)
     info = machine()
+    raw = args.raw or ROOT / "bench" / "results" / f"suite_{device}.json"
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    for name, bench_args in bench_arguments(device, args.quick, args.pipeline_stages).items():
+        if name not in wanted:
+            continue
+        print(f"bench.{name} …", flush=True)
+        results[name] = run_bench(name, bench_args, args.logs, args.bench_timeout)
+        measured = datetime.now(UTC)
+        saved = {"machine": info, "device": device, "written": measured.isoformat(), **results}
+        raw.write_text(json.dumps(saved, indent=2) + "\n")  # after each: a cut-off run keeps it
+    table = rows(results)
     seconds = time.perf_counter() - started
     width = max(len(r[0]) for r in table)
     for measure, value, target, _how in table:
         print(f"{measure:<{width}}  {value:>10}  {target}")
-    measured = datetime.now(UTC)
     args.out.write_text(markdown(info, device, table, seconds, args.quick, measured))
-    raw = args.raw or ROOT / "bench" / "results" / f"suite_{device}.json"
-    saved = {"machine": info, "device": device, "written": measured.isoformat(), **results}
-    raw.write_text(json.dumps(saved, indent=2) + "\n")
     print(f"\nwrote {args.out} and {raw}")
     failed = [name for name, report in results.items() if "error" in report]
     if failed:

@@ -2,7 +2,7 @@
 # The benchmark's GPU rows on a lent GPU machine (the device tool), from the repository root,
 # with .kit built here first (`make device-kit`):
 #
-#   run(command="bash bench/device/run.sh", carry=[".kit"], timeout_s=540)
+#   run(command="bash bench/device/run.sh", carry=[".kit"], timeout_s=570)
 #
 # Installs the kit beside the machine's own packages (once per machine), then runs the
 # benchmarks with a model deployment on the GPU: the job pipeline (its segment stage: geometry's
@@ -35,7 +35,7 @@ export YOLO_OFFLINE=1  # ultralytics: no update checks or downloads (there is no
 set +e
 "$PYTHON" -m bench.suite \
   --benches "${BENCHES:-pipeline,detector,segment_cache,video,cold_start}" \
-  --pipeline-stages segment \
+  --pipeline-stages segment --bench-timeout "${BENCH_TIMEOUT:-240}" \
   --out "$OUT/RESULTS_gpu.md" --raw "$OUT/suite_gpu.json" --logs "$OUT/logs"
 status=$?
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
