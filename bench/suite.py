@@ -325,13 +325,19 @@ def markdown(
     seconds: float,
     quick: bool,
     measured: datetime,
+    benches: list[str],
 ) -> str:
     mode = " with `--quick` (the small SAM2 test config everywhere)" if quick else ""
+    command = (
+        "`make bench`"
+        if set(benches) >= set(ROWS)
+        else f"`python -m bench.suite --benches {','.join(benches)}`"
+    )
     lines = [
         "# meshline benchmark results",
         "",
         (
-            f"Written by `make bench`{mode} (bench/suite.py) on {measured:%Y-%m-%d %H:%M} UTC "
+            f"Written by {command}{mode} (bench/suite.py) on {measured:%Y-%m-%d %H:%M} UTC "
             f"in {seconds:.0f} s."
         ),
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
@@ -408,7 +414,8 @@ def main() -> None:
         )
         seconds = sum(report.get("_seconds", 0) for report in saved.values())
         table = rows(saved)
-        args.out.write_text(markdown(info, device, table, seconds, args.quick, measured))
+        page = markdown(info, device, table, seconds, args.quick, measured, list(saved))
+        args.out.write_text(page)
         print(f"wrote {args.out} from {args.render}")
         return
     import torch
@@ -437,7 +444,8 @@ def main() -> None:
     width = max(len(r[0]) for r in table)
     for measure, value, target, _how in table:
         print(f"{measure:<{width}}  {value:>10}  {target}")
-    args.out.write_text(markdown(info, device, table, seconds, args.quick, measured))
+    page = markdown(info, device, table, seconds, args.quick, measured, list(results))
+    args.out.write_text(page)
     print(f"\nwrote {args.out} and {raw}")
     failed = [name for name, report in results.items() if "error" in report]
     if failed:
