@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,15 +74,24 @@ def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.nda
     return mask
 
 
-def mask_png(mask: np.ndarray) -> bytes:
-    """8-bit grayscale 0/255 PNG. zlib level 1, not ``optimize``: on a ragged 810x1080 mask
-    (random-weight SAM2) ``optimize`` took ~50 ms and on a speckled one 1.7 s (every zlib
-    setting tried) vs 15 ms at level 1, for files ~1.5x larger; this runs once per mask in a
-    job's segment stage and for each /v1/segment mask asked with ``png``."""
+# Masks and label maps are long runs of one value: zlib's run-length strategy at level 1 (not
+# ``optimize``: ~50 ms on a ragged 810x1080 mask, 1.7 s on a speckled one) gives files 30-55%
+# smaller than the default strategy in the same or less time (that mask: 67 -> 41 KB in ~6 ms;
+# a 1280x720 two-object label map: 4.8 -> 3.4 KB, and 1.6 ms against level 6's 4.2 ms).
+MASK_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
+
+
+def mask_png_bytes(image: Image.Image) -> bytes:
+    """A mask or label-map image as PNG, encoded for runs (MASK_PNG_OPTIONS)."""
     buffer = io.BytesIO()
-    image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    image.save(buffer, format="PNG", compress_level=1)
+    image.save(buffer, format="PNG", **MASK_PNG_OPTIONS)
     return buffer.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """8-bit grayscale 0/255 PNG; this runs once per mask in a job's segment stage and for
+    each /v1/segment mask asked with ``png``."""
+    return mask_png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
 
 
 def mask_rle(mask: np.ndarray) -> dict[str, object]:

@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from deployments.video import decode_rle, frame_name
+from serve_app.imaging import mask_png_bytes
 from serve_app.videos.store import VideoRecord
 
 PNG_ZIP_MAX_OBJECTS = 255  # palette PNGs: pixel value 1..255 per object, 0 = background
@@ -133,7 +134,5 @@ def png_zip(
                 label[decode_rle(rle)] = index.get(int(obj), 0)
             image = Image.fromarray(label, mode="P")
             image.putpalette(palette.flatten().tolist())
-            png = io.BytesIO()
-            image.save(png, format="PNG")
-            archive.writestr(f"{idx:06d}.png", png.getvalue())
+            archive.writestr(f"{idx:06d}.png", mask_png_bytes(image))
     return buffer.getvalue()
