@@ -27,14 +27,28 @@ def geometry_installed() -> bool:
     return importlib.util.find_spec("open3d") is not None
 
 
+# Load their geometry backend when they start (and fail there without it). The Converter needs
+# the geometry libraries only inside a conversion.
+START_WITH_GEOMETRY = ("Reconstructor",)
+
+
+def startable(deployment: str) -> bool:
+    """Whether a deployment of the app can start a replica here."""
+    return deployment not in START_WITH_GEOMETRY or geometry_installed()
+
+
 def idle_without_geometry(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The app's deployment options, with the Reconstructor starting no replica where the
-    geometry libraries are absent (it loads its backend when it starts, and fails there); the
-    benchmarks that run without them call no geometry stage. The Converter needs them only
-    inside a conversion, so it stays as it is."""
-    if geometry_installed():
-        return options
+    """The app's deployment options, with the deployments that cannot start here
+    (``startable``) at zero replicas; the benchmarks that run without the geometry libraries
+    call no geometry stage."""
     from deployments.configs import MODEL_AUTOSCALING
 
     idle = {"autoscaling_config": {**MODEL_AUTOSCALING, "initial_replicas": 0}}
-    return {**options, "Reconstructor": {**options.get("Reconstructor", {}), **idle}}
+    return {
+        **options,
+        **{
+            name: {**options.get(name, {}), **idle}
+            for name in START_WITH_GEOMETRY
+            if not startable(name)
+        },
+    }

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench import geometry_installed, idle_without_geometry
+from bench import idle_without_geometry, startable
 from tests.helpers import free_port
 
 MODEL_DEPLOYMENTS = ("Segmenter", "Reconstructor", "Converter", "Detector")
@@ -179,7 +179,7 @@ def run(
     report["placement"] = {
         name: serve.get_deployment_handle(name, app_name="meshline").info.remote().result()
         for name in MODEL_DEPLOYMENTS
-        if name != "Reconstructor" or geometry_installed()  # idle there: idle_without_geometry
+        if startable(name)  # the others are idle there: idle_without_geometry
     }
     segmenter = serve.get_deployment_handle("Segmenter", app_name="meshline")
     detector = serve.get_deployment_handle("Detector", app_name="meshline")
