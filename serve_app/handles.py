@@ -127,6 +127,16 @@ class Handles:
     converter: DeploymentHandle[Any]
     detector: DeploymentHandle[Any]
 
+    def of(self, deployment: str) -> DeploymentHandle[Any]:
+        """The handle of a model deployment by its name ("Segmenter", "Detector", ...)."""
+        handles = {
+            "Segmenter": self.segmenter,
+            "Reconstructor": self.reconstructor,
+            "Converter": self.converter,
+            "Detector": self.detector,
+        }
+        return handles[deployment]
+
     @property
     def segmenter_client(self) -> SegmenterClient:
         return SegmenterClient(self.segmenter)

@@ -14,9 +14,11 @@ from serve_app.handles import Handles
 from serve_app.http.errors import ApiError, public_message, to_api_error, unwrap
 from serve_app.jobs.pipeline import STAGE_RUNNERS, StageContext
 from serve_app.jobs.records import utcnow
+from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_BY_NAME
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.views import job_public
+from serve_app.jobs.wakeup import DeploymentWaker, deployments_for
 from serve_app.jobs.webhooks import deliver
 from serve_app.redact import redact_locations
 from serve_app.settings import Settings
@@ -52,6 +54,7 @@ class JobRunner:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
         self._webhooks: set[asyncio.Task[None]] = set()
+        self.waker = DeploymentWaker(handles)
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -96,6 +99,7 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.waker.stop()
         for job_id in running:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.store.release, job_id, self.owner)
@@ -185,6 +189,9 @@ class JobRunner:
             job = await asyncio.to_thread(self.store.get, job_id)
             if job is None:
                 return
+            if self.settings.wake_deployments:
+                remaining = [s.name for s in job.stages if s.status != "succeeded"]
+                self.waker.wake(deployments_for(remaining, JobOptions.model_validate(job.options)))
             for stage in job.stages:
                 if stage.status == "succeeded":
                     continue  # finished before a restart: never run twice

@@ -1,0 +1,85 @@
+"""Which deployments a job wakes, and how often (serve_app/jobs/wakeup.py). The calls go through
+real Serve handles in Serve's local testing mode (no Ray), to a deployment counting them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+
+from serve_app.handles import Handles
+from serve_app.jobs.schemas import JobOptions
+from serve_app.jobs.wakeup import DeploymentWaker, deployments_for
+
+
+@serve.deployment
+class Answering:
+    """Counts its ``info`` calls; fails them while ``failing``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failing = False
+
+    async def info(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.failing:
+            raise RuntimeError("replica could not start")
+        return {"calls": self.calls}
+
+    async def count(self) -> int:
+        return self.calls
+
+    async def fail(self, failing: bool) -> None:
+        self.failing = failing
+
+
+def test_a_job_wakes_the_deployments_of_its_remaining_stages_in_order() -> None:
+    photo = JobOptions()
+    assert deployments_for(["segment", "reconstruct", "paint", "convert"], photo) == [
+        "Segmenter",
+        "Reconstructor",
+        "Converter",
+    ]
+    boxes = JobOptions.model_validate({"detect": True})
+    assert deployments_for(["segment", "convert"], boxes) == ["Detector", "Segmenter", "Converter"]
+    # A resumed job whose segment stage succeeded wakes no detector.
+    assert deployments_for(["paint", "convert"], boxes) == ["Reconstructor", "Converter"]
+    assert deployments_for(["propagate"], photo) == ["Segmenter"]
+
+
+def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() -> None:
+    handles = {
+        name: serve.run(Answering.bind(), name=name, _local_testing_mode=True)
+        for name in ("segmenter", "reconstructor", "converter", "detector")
+    }
+
+    async def settle(waker: DeploymentWaker) -> None:
+        await asyncio.gather(*waker._calls)
+
+    async def calls(name: str) -> int:
+        return await handles[name].count.remote()
+
+    async def scenario() -> None:
+        waker = DeploymentWaker(Handles(**handles), interval_s=0.3)
+        assert waker.wake(["Segmenter", "Converter"]) == ["Segmenter", "Converter"]
+        await settle(waker)
+        # Within the interval: nothing more is sent, only the deployment not woken yet.
+        assert waker.wake(["Segmenter", "Converter", "Detector"]) == ["Detector"]
+        await settle(waker)
+        assert [await calls(n) for n in handles] == [1, 0, 1, 1]
+        await asyncio.sleep(0.35)
+        assert waker.wake(["Segmenter"]) == ["Segmenter"]
+        await settle(waker)
+        assert await calls("segmenter") == 2
+        # A wake that failed does not count: the next job tries again at once.
+        await handles["reconstructor"].fail.remote(True)
+        assert waker.wake(["Reconstructor"]) == ["Reconstructor"]
+        await settle(waker)
+        assert await calls("reconstructor") == 1
+        assert waker.wake(["Reconstructor"]) == ["Reconstructor"]
+        await settle(waker)
+        assert await calls("reconstructor") == 2
+        await waker.stop()
+
+    asyncio.run(scenario())
