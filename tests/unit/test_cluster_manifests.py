@@ -538,31 +538,6 @@ def test_prometheus_example_scrapes_ray_and_the_ingress(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_gpu_group_workers_preload_the_model_libraries() -> None:
-    """The GPU group (and only it) gets RAY_preload_python_modules from a ConfigMap equal to
-    MODEL_WORKER_PRELOAD, and every listed module exists here (Ray only logs a failed one)."""
-    from deployments.configs import MODEL_WORKER_PRELOAD
-
-    docs = [d for d in yaml.safe_load_all((CLUSTER / "rayservice.yaml").read_text()) if d]
-    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    preload = config_map["data"]["RAY_preload_python_modules"]
-    assert preload.split(",") == list(MODEL_WORKER_PRELOAD)
-    for module in MODEL_WORKER_PRELOAD:
-        assert importlib.util.find_spec(module) is not None, module
-    cluster = _rayservice()["spec"]["rayClusterConfig"]
-    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
-    refs = {
-        name: [
-            source["configMapRef"]["name"]
-            for source in group["template"]["spec"]["containers"][0].get("envFrom", [])
-        ]
-        for name, group in groups.items()
-    }
-    assert refs["gpu"] == [config_map["metadata"]["name"]]
-    assert all(not names for name, names in refs.items() if name != "gpu")
-    assert "envFrom" not in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
-
-
 def test_every_cluster_runs_serve_in_high_throughput_mode() -> None:
     """SERVE_PROCESS_ENV reaches every Ray process: the Makefile's `ray start`, every KubeRay
     container (head and each worker group) and every `ray up` node's Docker container; the
