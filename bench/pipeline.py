@@ -45,7 +45,10 @@ def start_app(
     small: bool,
     precision: str,
     extra_settings: dict[str, Any] | None = None,
+    from_zero: bool = False,
 ) -> tuple[str, Any]:
+    """Ray + Serve + meshline on a free port; ``from_zero``: every model deployment at zero
+    replicas (Serve starts them on their first request)."""
     import ray
     from ray import serve
 
@@ -68,10 +71,15 @@ def start_app(
         from tests.helpers import SMALL_SAM2_OVERRIDES
 
         settings["sam2_overrides"] = SMALL_SAM2_OVERRIDES
-    options = {
+    options: dict[str, dict[str, Any]] = {
         name: {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}}
         for name in MODEL_DEPLOYMENTS
     }
+    if from_zero:
+        from deployments.configs import MODEL_AUTOSCALING
+
+        zero = {**MODEL_AUTOSCALING, "initial_replicas": 0}
+        options = {name: {**o, "autoscaling_config": zero} for name, o in options.items()}
     serve.run(
         build_app({"settings": settings, "deployment_options": idle_without_geometry(options)}),
         name="meshline",
