@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from serve_app.handles import Handles
 from serve_app.jobs.schemas import JobOptions
@@ -45,15 +45,21 @@ def deployments_for(stages: Iterable[str], options: JobOptions) -> list[str]:
 class DeploymentWaker:
     """Sends the wake calls in the background; at most one per deployment per interval."""
 
-    def __init__(self, handles: Handles, interval_s: float = WAKE_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        handles: Handles,
+        interval_s: float = WAKE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.handles = handles
         self.interval_s = interval_s
+        self.clock = clock
         self._last: dict[str, float] = {}
         self._calls: set[asyncio.Task[None]] = set()
 
     def wake(self, deployments: Iterable[str]) -> list[str]:
         """Wake ``deployments`` (those not woken within the interval); returns those sent."""
-        now = time.monotonic()
+        now = self.clock()
         sent = []
         for name in deployments:
             if now - self._last.get(name, -self.interval_s) < self.interval_s:

@@ -60,15 +60,19 @@ def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() 
     async def calls(name: str) -> int:
         return await handles[name].count.remote()
 
+    now = [100.0]  # the waker's clock, moved by hand: the test does not depend on its speed
+
     async def scenario() -> None:
-        waker = DeploymentWaker(Handles(**handles), interval_s=0.3)
+        waker = DeploymentWaker(Handles(**handles), interval_s=30, clock=lambda: now[0])
         assert waker.wake(["Segmenter", "Converter"]) == ["Segmenter", "Converter"]
         await settle(waker)
         # Within the interval: nothing more is sent, only the deployment not woken yet.
         assert waker.wake(["Segmenter", "Converter", "Detector"]) == ["Detector"]
         await settle(waker)
         assert [await calls(n) for n in handles] == [1, 0, 1, 1]
-        await asyncio.sleep(0.35)
+        now[0] += 29
+        assert waker.wake(["Segmenter"]) == []
+        now[0] += 1
         assert waker.wake(["Segmenter"]) == ["Segmenter"]
         await settle(waker)
         assert await calls("segmenter") == 2
