@@ -76,12 +76,29 @@ async def setup(services: Services, body: SetupIn, owner: str | None) -> SetupOu
     model_id = await asyncio.to_thread(_model_for, services, record)
     _conf(record)  # a bad conf is refused now, where Label Studio shows it
     video.wait_s(record)
+    if services.settings.wake_deployments:
+        # Label Studio calls /setup as a project opens: its models start meanwhile.
+        services.runner.waker.wake(deployments_used(config))
     version = await model_version(services, config, model_id)
     record = replace(record, model_version=version)
     await asyncio.to_thread(projects.save, services.artifacts, record)
     if body.access_token:
         backend(services).setup_tokens[record.project_id] = body.access_token
     return SetupOut(model_version=version)
+
+
+def deployments_used(config: LabelConfig) -> list[str]:
+    """The model deployments a project's predictions call: video rectangles are tracked by the
+    Segmenter; otherwise the Detector pre-annotates rectangles, polygons and brushes, and the
+    Segmenter answers smart-tool prompts, which need a BrushLabels control."""
+    if config.of_type("videorectangle"):
+        return ["Segmenter"]
+    used = []
+    if config.of_type("rectanglelabels", "polygonlabels", "brushlabels"):
+        used.append("Detector")
+    if config.of_type("brushlabels"):
+        used.append("Segmenter")
+    return used
 
 
 async def versions(services: Services, project: str | None, owner: str | None) -> list[str]:

@@ -1,12 +1,16 @@
 """A job from zero replicas wakes the deployments its stages call when it starts (their cold
-starts overlap), and only those: a second app beside the live one, every model deployment at
-zero replicas, its own job database."""
+starts overlap), and only those; so does Label Studio's /setup for the models its project's
+label config uses. A second app beside the live one, every model deployment at zero replicas,
+its own job database; the tests run in file order (each leaves what the next one checks)."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from datetime import datetime
 
+import httpx
 import psutil
 import pytest
 from ray import serve
@@ -25,12 +29,17 @@ def _replicas(deployment: str) -> dict[str, int]:
     return {str(state): count for state, count in status.replica_states.items() if count}
 
 
-def test_a_job_from_zero_starts_its_later_stages_replicas_at_once(
-    live_app: LiveApp,
-    test_settings: dict,
-    disk_scene: Scene,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
+def _wait_running(deployment: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _replicas(deployment) != {"RUNNING": 1}:
+        assert time.monotonic() < deadline, (deployment, _replicas(deployment))
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def zero_app(
+    live_app: LiveApp, test_settings: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
     settings = {
         **test_settings,
         "data_dir": str(tmp_path_factory.mktemp("zero-data")),  # its own runners and jobs
@@ -43,23 +52,50 @@ def test_a_job_from_zero_starts_its_later_stages_replicas_at_once(
         "deployment_options": {name: {**options[name], **zero} for name in MODELS},
     }
     with second_app(live_app, APP, "/zero", args) as http:
-        assert all(_replicas(name) == {} for name in MODELS)
-        files = {
-            "image": ("scene.png", disk_scene.png(), "image/png"),
-            "mask": ("mask.png", disk_scene.mask_png(), "image/png"),
-        }
-        submitted = http.post("/v1/jobs", files=files, data={"options": json.dumps({})})
-        assert submitted.status_code == 202, submitted.text
-        job = wait_for_job(http, submitted.json()["job_id"])
-        assert job["status"] == "succeeded", job["error"]
-        stages = {stage["name"]: stage for stage in job["stages"]}
-        assert list(stages) == ["reconstruct", "paint", "convert"]
+        yield http
 
-        # The Converter's replica was started by the job's wake call, while the Reconstructor
-        # started and worked: before the convert stage (its first real call) began.
-        converter = serve.get_deployment_handle("Converter", app_name=APP).info.remote().result()
-        started = psutil.Process(converter["pid"]).create_time()
-        convert_began = datetime.fromisoformat(stages["convert"]["started_at"]).timestamp()
-        assert started < convert_began - 0.5, (started, convert_began)
-        # A job with its mask supplied calls neither the Segmenter nor the Detector.
-        assert _replicas("Segmenter") == {} and _replicas("Detector") == {}
+
+def test_a_job_from_zero_starts_its_later_stages_replicas_at_once(
+    zero_app: httpx.Client, disk_scene: Scene
+) -> None:
+    assert all(_replicas(name) == {} for name in MODELS)
+    files = {
+        "image": ("scene.png", disk_scene.png(), "image/png"),
+        "mask": ("mask.png", disk_scene.mask_png(), "image/png"),
+    }
+    submitted = zero_app.post("/v1/jobs", files=files, data={"options": json.dumps({})})
+    assert submitted.status_code == 202, submitted.text
+    job = wait_for_job(zero_app, submitted.json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    stages = {stage["name"]: stage for stage in job["stages"]}
+    assert list(stages) == ["reconstruct", "paint", "convert"]
+
+    # The Converter's replica was started by the job's wake call, while the Reconstructor
+    # started and worked: before the convert stage (its first real call) began.
+    converter = serve.get_deployment_handle("Converter", app_name=APP).info.remote().result()
+    started = psutil.Process(converter["pid"]).create_time()
+    convert_began = datetime.fromisoformat(stages["convert"]["started_at"]).timestamp()
+    assert started < convert_began - 0.5, (started, convert_began)
+    # A job with its mask supplied calls neither the Segmenter nor the Detector.
+    assert _replicas("Segmenter") == {} and _replicas("Detector") == {}
+
+
+def _setup(http: httpx.Client, controls: str) -> None:
+    schema = f'<View><Image name="image" value="$image"/>{controls}</View>'
+    answer = http.post("/labelstudio/setup", json={"project": "7.1", "schema": schema})
+    assert answer.status_code == 200, answer.text
+
+
+def test_label_studio_setup_starts_the_models_its_config_uses(zero_app: httpx.Client) -> None:
+    """Rectangles: the Detector pre-annotates them, the Segmenter stays at zero; a BrushLabels
+    control (SAM2 smart tools) then starts the Segmenter, before any prediction is asked."""
+    assert _replicas("Segmenter") == {} and _replicas("Detector") == {}
+    _setup(
+        zero_app,
+        '<RectangleLabels name="box" toName="image"><Label value="bus"/></RectangleLabels>',
+    )
+    _wait_running("Detector")
+    time.sleep(2)  # the Segmenter was not asked for: nothing is starting there
+    assert _replicas("Segmenter") == {}
+    _setup(zero_app, '<BrushLabels name="brush" toName="image"><Label value="bus"/></BrushLabels>')
+    _wait_running("Segmenter")
