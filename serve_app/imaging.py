@@ -51,6 +51,35 @@ def open_header(data: bytes, what: str, max_pixels: int) -> Image.Image:
         return decoding.open_header(data, max_pixels, what)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int  # as the decoder will orient it (EXIF rotations swap the sides)
+    height: int
+    format: str  # lower-case PIL format name, e.g. "jpeg"
+
+
+def read_header(data: bytes, max_pixels: int, what: str = "image") -> ImageHeader:
+    """Size and format from the header only (no pixel decode: the replica decodes, and checks
+    the pixels again). Same answers as ``decode_image`` for empty, unknown, oversized files; a
+    corrupt body behind a good header is the replica's 422."""
+    image = open_header(data, what, max_pixels)
+    # An EXIF block unreadable here (a PNG's eXIf chunk behind the pixels) reads as "as stored":
+    # the replica checks a prompt again on the decoded image.
+    width, height = decoding.oriented_size(image)
+    return ImageHeader(width, height, image.format.lower())
+
+
+def check_image(data: bytes, max_pixels: int, what: str = "image") -> ImageHeader:
+    """``read_header``, and then the whole file decoded (``decoding.check_pixels``, JPEGs at
+    1/8 scale): a truncated or corrupt file is a 422 now, as ``decode_image`` gives it, without
+    the full-size pixels that only a model replica needs."""
+    image = open_header(data, what, max_pixels)
+    width, height = decoding.oriented_size(image)
+    with _as_api_error():
+        decoding.check_pixels(image, what)
+    return ImageHeader(width, height, image.format.lower())
+
+
 def decode_image(data: bytes, max_pixels: int, what: str = "image") -> DecodedImage:
     """The pixels decoded: a header can lie, so this is the real check (422 when corrupt)."""
     header = open_header(data, what, max_pixels)

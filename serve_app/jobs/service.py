@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from serve_app.auth import Principal, can_access
 from serve_app.http.errors import ApiError
 from serve_app.http.fetch import check_url
-from serve_app.imaging import check_prompt_in_image, decode_image, decode_mask
+from serve_app.imaging import check_image, check_prompt_in_image, decode_mask
 from serve_app.jobs.pipeline import MESH_INPUT_FORMATS, plan_stages
 from serve_app.jobs.records import JobRecord
 from serve_app.jobs.schemas import JobOptions
@@ -229,12 +229,12 @@ def _admit_inputs(services: Services, submission: Submission) -> str:
 
 
 def _store_job(services: Services, submission: Submission, digest: str) -> str:
-    """In a thread: decode and check the inputs (up to max_image_pixels), plan the stages,
-    store the inputs, then the job row."""
+    """In a thread: check the inputs decode (up to max_image_pixels), plan the stages, store
+    the inputs, then the job row."""
     image, extra_uploads, options = submission.image, submission.extra_uploads, submission.options
     idempotency_key, owner = submission.idempotency_key, submission.owner
     settings = services.settings
-    decoded = decode_image(image, settings.max_image_pixels)
+    decoded = check_image(image, settings.max_image_pixels)
     if options.prompt:  # a 422 now, not a job that fails in the Segmenter
         check_prompt_in_image(
             options.prompt.points,

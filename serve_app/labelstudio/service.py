@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from deployments.errors import InvalidInput
 from deployments.protocol import DetectRequest, DetectResult
 from serve_app.http.errors import ApiError
+from serve_app.imaging import read_header
 from serve_app.labelstudio import projects, video
 from serve_app.labelstudio.access import LabelStudioAccess
 from serve_app.labelstudio.config import Control, LabelConfig, parse_label_config
@@ -33,7 +34,6 @@ from serve_app.labelstudio.schemas import (
     SetupOut,
     TaskPrediction,
 )
-from serve_app.predict.images import read_header
 from serve_app.predict.service import SegmentOptions, checked_model, segment
 from serve_app.schemas import request_context
 from serve_app.services import Services

@@ -13,36 +13,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.decoding import oriented_size
 from deployments.protocol import ImageSource
-from serve_app.imaging import open_header
 from serve_app.storage.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 
 IMAGES_POOL = "0" * 32
 PRUNE_EVERY_S = 30.0
 _last_prune = 0.0
 _prune_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    width: int  # as the decoder will orient it (EXIF rotations swap the sides)
-    height: int
-    format: str
-
-
-def read_header(data: bytes, max_pixels: int, what: str = "image") -> ImageHeader:
-    """Size and format from the header only (no pixel decode: the Segmenter decodes, and checks
-    the pixels again). Same answers as ``imaging.decode_image`` for empty, unknown, oversized
-    files; a corrupt body behind a good header is the Segmenter's 422."""
-    image = open_header(data, what, max_pixels)
-    # An EXIF block unreadable here (a PNG's eXIf chunk behind the pixels) reads as "as stored":
-    # the Segmenter checks the prompt again on the decoded image.
-    width, height = oriented_size(image)
-    return ImageHeader(width, height, image.format.lower())
 
 
 def image_name(image_id: str) -> str:

@@ -22,8 +22,8 @@ from deployments.protocol import (
 )
 from serve_app.admin import recent
 from serve_app.http.errors import ApiError, to_api_error
-from serve_app.imaging import check_prompt_in_image, mask_summary
-from serve_app.predict.images import ImageHeader, image_source, read_header, store_image
+from serve_app.imaging import ImageHeader, check_prompt_in_image, mask_summary, read_header
+from serve_app.predict.images import image_source, store_image
 from serve_app.predict.schemas import (
     DetectOptions,
     DetectResponse,

@@ -32,6 +32,7 @@ import pytest
 from PIL import Image
 
 from serve_app.api import create_api
+from serve_app.imaging import decode_image
 from serve_app.jobs import service
 from tests.helpers import local_services
 
@@ -151,7 +152,7 @@ def _off_loop_only(function: Callable[..., Any], name: str, calls: list[str]) ->
 @pytest.fixture()
 def on_loop_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     calls: list[str] = []
-    for name in ("request_hash", "decode_image", "decode_mask"):
+    for name in ("request_hash", "check_image", "decode_mask"):
         monkeypatch.setattr(service, name, _off_loop_only(getattr(service, name), name, calls))
     yield calls
 
@@ -231,7 +232,7 @@ def test_the_detector_sees_a_decode_on_the_loop(
 
     async def decode_on_loop() -> None:
         await asyncio.sleep(0)
-        service.decode_image(image, 10**9)
+        decode_image(image, 10**9)
 
     loop_cpu.install(monkeypatch)
     asyncio.run(decode_on_loop())

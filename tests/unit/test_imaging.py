@@ -10,7 +10,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from serve_app.http.errors import ApiError
-from serve_app.imaging import decode_image, decode_mask, mask_png, mask_rle, mask_summary
+from serve_app.imaging import (
+    check_image,
+    decode_image,
+    decode_mask,
+    mask_png,
+    mask_rle,
+    mask_summary,
+)
 from tests.helpers import encode_png, make_scene
 
 
@@ -43,6 +50,55 @@ def test_decode_rejects_bad_images() -> None:
     bomb = io.BytesIO()
     Image.new("1", (30000, 30000)).save(bomb, format="PNG")
     assert _status(lambda: decode_image(bomb.getvalue(), 40_000_000)) == 413
+
+
+def _outcome(call) -> tuple[int, str] | tuple[int, int, str]:  # type: ignore[no-untyped-def]
+    try:
+        found = call()
+    except ApiError as err:
+        return err.status, err.message
+    return found.width, found.height, found.format
+
+
+def test_the_submit_check_answers_every_file_as_a_full_decode_does() -> None:
+    """``check_image`` (what POST /v1/jobs runs: JPEGs decoded at 1/8 scale, no pixels kept)
+    accepts, sizes and refuses exactly the files ``decode_image`` does, corrupt JPEG scans
+    included."""
+    rng = np.random.default_rng(7)
+    photo = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    jpeg = io.BytesIO()
+    photo.save(jpeg, format="JPEG", quality=90)
+    good = jpeg.getvalue()
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90°, so 640x480 stored is 480x640 shown
+    photo.save(rotated, format="JPEG", exif=exif)
+    scan = good.index(b"\xff\xda") + 200  # inside the entropy-coded scan
+    damaged = {
+        "scan cut short": good[: len(good) // 2],
+        "end marker mid-scan": good[:scan] + b"\xff\xd9",
+        "scan bytes overwritten": good[:scan] + bytes(4000) + good[scan + 4000 :],
+        "a marker inside the scan": good[:scan] + b"\xff\xc4\x00\x02" + good[scan:],
+    }
+    files = {
+        "jpeg": good,
+        "rotated jpeg": rotated.getvalue(),
+        "png": make_scene().png(),
+        "truncated png": make_scene().png()[:-400],
+        "not an image": b"hello, not an image",
+        **damaged,
+    }
+    refused = set()
+    for name, data in files.items():
+        full = _outcome(lambda data=data: decode_image(data, 10**7))  # type: ignore[misc]
+        quick = _outcome(lambda data=data: check_image(data, 10**7))  # type: ignore[misc]
+        assert quick == full, (name, quick, full)
+        if len(full) == 2:
+            refused.add(name)
+    # libjpeg fills what it cannot read in a damaged scan and both paths take the file; a file
+    # that ends early, or is no image, both refuse.
+    assert refused == {"scan cut short", "truncated png", "not an image"}
+    assert _outcome(lambda: check_image(files["rotated jpeg"], 10**7)) == (480, 640, "jpeg")
 
 
 def test_mask_checks_size_and_content() -> None:

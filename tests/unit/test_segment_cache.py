@@ -148,7 +148,7 @@ def test_the_replica_checks_what_it_is_sent(segmenter: Sam2Segmenter) -> None:
 # The ingress side: header-only checks and the content-addressed image store ---------------------
 def test_the_ingress_reads_only_the_header() -> None:
     from serve_app.http.errors import ApiError
-    from serve_app.predict.images import read_header
+    from serve_app.imaging import read_header
 
     png = _png(make_scene("disk", 120, 160).image)
     header = read_header(png, max_pixels=10**6)
