@@ -106,13 +106,18 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     page.on("console", lambda msg: print("studio console:", msg.type, msg.text))
     page.goto(f"{live_app.base_url}/studio")
     page.locator("body[data-ready='1']").wait_for(timeout=30_000)
-    page.set_input_files("#photo-file", str(photo))
+    with page.expect_response(lambda r: r.url.endswith("/v1/segment"), timeout=300_000) as first:
+        page.set_input_files("#photo-file", str(photo))
     page.locator("body[data-photo='1']").wait_for(timeout=10_000)
+    # The photo's embedding is computed as it loads (a prompt-less call; the timeout covers the
+    # Segmenter's cold start): the first click sends only its image id.
+    assert first.value.status == 200
+    assert first.value.request.headers["content-type"].startswith("multipart/form-data")
+    page.locator("body[data-prepared='1']").wait_for(timeout=300_000)
 
     # 1. A box around the object → the overlay is exactly the API's chosen mask.
     ys, xs = np.nonzero(scene.mask)
-    # (timeout: the first call may wait for the Segmenter's cold start)
-    with page.expect_response(lambda r: r.url.endswith("/v1/segment"), timeout=300_000) as answer:
+    with page.expect_response(lambda r: r.url.endswith("/v1/segment"), timeout=60_000) as answer:
         drag(
             page,
             page.locator("#marks"),
@@ -122,6 +127,9 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
         )
     body = answer.value.json()
     assert answer.value.status == 200 and len(body["masks"]) == 3  # multimask candidates
+    assert answer.value.request.post_data_json["image_id"] == first.value.json()["image_id"]
+    assert body["cached"] is True
+    page.locator("#segment-status", has_text="(cached embedding)").wait_for(timeout=10_000)
     best = int(np.argmax([m["score"] for m in body["masks"]]))
     overlay = page.locator(f"#overlay[data-candidate='{best}']")
     overlay.wait_for(state="attached", timeout=10_000)

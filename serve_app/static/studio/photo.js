@@ -2,18 +2,22 @@
 // for background) and boxes (drag) prompt POST /v1/segment; its candidates are selectable; a
 // detector's boxes (POST /v1/detect) can be used as the prompt. Repeat clicks on the same photo
 // send the `image_id` the first answer gave (the server keeps the embedding), when it gives one.
+// That first call is made as the photo loads: SAM's image encoder (the heavy part, and the
+// Segmenter's cold start when it is at zero replicas) runs while the annotator aims.
 import { ApiError, api, decodeRle, el, paintMask, postJson } from "./api.js";
 
 export function initPhoto({ say, job }) {
   const $ = id => document.getElementById(id);
   const stage = $("stage"), inner = $("stage-inner"), photo = $("photo"), overlay = $("overlay"), marks = $("marks");
-  const state = { file: null, width: 0, height: 0, points: [], box: null, masks: [], chosen: -1, imageId: null, detections: [], seq: 0, cursor: null };
+  const state = { file: null, width: 0, height: 0, points: [], box: null, masks: [], chosen: -1, imageId: null, preparing: null, detections: [], seq: 0, cursor: null };
 
   // --- loading and zoom ------------------------------------------------------------------
   async function load(file) {
     if (!file || !file.type.startsWith("image/")) { say("That is not an image file."); return; }
     const bitmap = await createImageBitmap(file);
     Object.assign(state, { file, width: bitmap.width, height: bitmap.height, points: [], box: null, masks: [], chosen: -1, imageId: null, detections: [], cursor: null });
+    delete document.body.dataset.prepared;
+    state.preparing = prepare(file);
     for (const canvas of [photo, overlay, marks]) { canvas.width = bitmap.width; canvas.height = bitmap.height; }
     photo.getContext("2d").drawImage(bitmap, 0, 0);
     overlay.getContext("2d").clearRect(0, 0, state.width, state.height);
@@ -26,6 +30,17 @@ export function initPhoto({ say, job }) {
     zoom();
     drawMarks();
     document.body.dataset.photo = "1";
+  }
+  // The photo's embedding, computed now (a prompt-less call: its mask is not shown); clicks
+  // then send its image id. A failure here only means the first click sends the photo.
+  function prepare(file) {
+    const form = new FormData();
+    form.append("image", file, file.name);
+    form.append("options", "{}");
+    return api("/v1/segment", { method: "POST", body: form })
+      .then(answer => { if (state.file === file && answer.image_id) state.imageId = answer.image_id; })
+      .catch(() => {})
+      .finally(() => { if (state.file === file) document.body.dataset.prepared = "1"; });
   }
   function zoom() {
     if (!state.width) return;
@@ -130,6 +145,7 @@ export function initPhoto({ say, job }) {
     const started = performance.now();
     let answer;
     try {
+      if (!state.imageId && state.preparing) await state.preparing;
       if (state.imageId) {
         try { answer = await postJson("/v1/segment", { image_id: state.imageId, options }); }
         catch (err) {  // the server no longer holds it (expired, evicted): send the image again
