@@ -305,9 +305,9 @@ class Settings(BaseSettings):
     job_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner polls.")
     wake_deployments: bool = Field(
         True,
-        description="When a job starts (or Label Studio calls /setup), wake every model "
-        "deployment it will call: their cold starts overlap instead of adding up "
-        "(serve_app/jobs/wakeup.py).",
+        description="When a job starts (also at Label Studio's /setup and a video upload), "
+        "wake every model deployment it will call: their cold starts overlap instead of "
+        "adding up (serve_app/jobs/wakeup.py).",
     )
     events_poll_interval_s: float = Field(0.5, gt=0, description="SSE store polling interval.")
     job_lease_s: float = Field(60, gt=1, description="A claimed job is re-queued after this.")

@@ -1,7 +1,8 @@
 """A job from zero replicas wakes the deployments its stages call when it starts (their cold
 starts overlap), and only those; so does Label Studio's /setup for the models its project's
 label config uses. A second app beside the live one, every model deployment at zero replicas,
-its own job database; the tests run in file order (each leaves what the next one checks)."""
+its own job database; the tests run in file order (each leaves what the next one checks).
+A video upload wakes the Segmenter too."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ import pytest
 from ray import serve
 
 from deployments.configs import MODEL_AUTOSCALING
-from tests.helpers import ARTIFACT_BUCKET, LiveApp, Scene, second_app, wait_for_job
+from tests.helpers import (
+    ARTIFACT_BUCKET,
+    LiveApp,
+    Scene,
+    encode_video,
+    moving_disk_video,
+    second_app,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.serve
 
@@ -87,8 +96,8 @@ def _setup(http: httpx.Client, controls: str) -> None:
 
 
 def test_label_studio_setup_starts_the_models_its_config_uses(zero_app: httpx.Client) -> None:
-    """Rectangles: the Detector pre-annotates them, the Segmenter stays at zero; a BrushLabels
-    control (SAM2 smart tools) then starts the Segmenter, before any prediction is asked."""
+    """Rectangles: the Detector pre-annotates them, and starts before any prediction is asked;
+    the Segmenter (smart tools need a BrushLabels control) stays at zero."""
     assert _replicas("Segmenter") == {} and _replicas("Detector") == {}
     _setup(
         zero_app,
@@ -97,5 +106,11 @@ def test_label_studio_setup_starts_the_models_its_config_uses(zero_app: httpx.Cl
     _wait_running("Detector")
     time.sleep(2)  # the Segmenter was not asked for: nothing is starting there
     assert _replicas("Segmenter") == {}
-    _setup(zero_app, '<BrushLabels name="brush" toName="image"><Label value="bus"/></BrushLabels>')
+
+
+def test_a_video_upload_starts_the_segmenter_before_any_prompt(zero_app: httpx.Client) -> None:
+    assert _replicas("Segmenter") == {}
+    video = encode_video(moving_disk_video(frames=6))
+    answer = zero_app.post("/v1/videos", files={"video": ("disk.mp4", video, "video/mp4")})
+    assert answer.status_code == 201, answer.text
     _wait_running("Segmenter")

@@ -1,5 +1,6 @@
-"""Which deployments a job wakes, and how often (serve_app/jobs/wakeup.py). The calls go through
-real Serve handles in Serve's local testing mode (no Ray), to a deployment counting them."""
+"""Which deployments a job or a Label Studio project wakes, and how often
+(serve_app/jobs/wakeup.py). The calls go through real Serve handles in Serve's local testing
+mode (no Ray), to a deployment counting them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from ray import serve
 from serve_app.handles import Handles
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.wakeup import DeploymentWaker, deployments_for
+from serve_app.labelstudio.config import parse_label_config
+from serve_app.labelstudio.service import deployments_used
 
 
 @serve.deployment
@@ -46,6 +49,28 @@ def test_a_job_wakes_the_deployments_of_its_remaining_stages_in_order() -> None:
     # A resumed job whose segment stage succeeded wakes no detector.
     assert deployments_for(["paint", "convert"], boxes) == ["Reconstructor", "Converter"]
     assert deployments_for(["propagate"], photo) == ["Segmenter"]
+
+
+def test_label_studio_setup_wakes_what_the_label_config_uses() -> None:
+    def used(controls: str) -> list[str]:
+        view = f'<View><Image name="image" value="$image"/>{controls}</View>'
+        return deployments_used(parse_label_config(view))
+
+    label = '<Label value="bus"/>'
+    assert used(f'<RectangleLabels name="r" toName="image">{label}</RectangleLabels>') == [
+        "Detector"
+    ]
+    assert used(f'<PolygonLabels name="p" toName="image">{label}</PolygonLabels>') == ["Detector"]
+    assert used(f'<BrushLabels name="b" toName="image">{label}</BrushLabels>') == [
+        "Detector",
+        "Segmenter",
+    ]
+    video = parse_label_config(
+        '<View><Video name="video" value="$video"/>'
+        f'<VideoRectangle name="box" toName="video"/><Labels name="l" toName="video">{label}'
+        "</Labels></View>"
+    )
+    assert deployments_used(video) == ["Segmenter"]
 
 
 def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() -> None:
