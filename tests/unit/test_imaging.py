@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -80,7 +81,16 @@ def test_the_submit_check_answers_every_file_as_a_full_decode_does() -> None:
         "scan bytes overwritten": good[:scan] + bytes(4000) + good[scan + 4000 :],
         "a marker inside the scan": good[:scan] + b"\xff\xc4\x00\x02" + good[scan:],
     }
+    # A PNG whose EXIF comes after its pixels (PIL decodes them to read it), and the same with
+    # its compressed pixels damaged.
+    png = make_scene().png()
+    exif_chunk = b"eXIf" + exif.tobytes()
+    crc = zlib.crc32(exif_chunk).to_bytes(4, "big")
+    late_exif = png[:-12] + len(exif_chunk[4:]).to_bytes(4, "big") + exif_chunk + crc + png[-12:]
+    pixels = late_exif.index(b"IDAT") + 100
     files = {
+        "png, EXIF after the pixels": late_exif,
+        "png, EXIF after damaged pixels": late_exif[:pixels] + bytes(64) + late_exif[pixels + 64 :],
         "jpeg": good,
         "rotated jpeg": rotated.getvalue(),
         "png": make_scene().png(),
@@ -97,8 +107,14 @@ def test_the_submit_check_answers_every_file_as_a_full_decode_does() -> None:
             refused.add(name)
     # libjpeg fills what it cannot read in a damaged scan and both paths take the file; a file
     # that ends early, or is no image, both refuse.
-    assert refused == {"scan cut short", "truncated png", "not an image"}
+    assert refused == {
+        "scan cut short",
+        "truncated png",
+        "not an image",
+        "png, EXIF after damaged pixels",
+    }
     assert _outcome(lambda: check_image(files["rotated jpeg"], 10**7)) == (480, 640, "jpeg")
+    assert _outcome(lambda: check_image(late_exif, 10**7)) == (240, 320, "png")
 
 
 def test_mask_checks_size_and_content() -> None:
