@@ -191,7 +191,8 @@ def keyed_api_server(
     from serve_app.settings import Settings
     from serve_app.storage.artifacts import make_artifact_store
 
-    keyed = Settings(**{**settings, "api_keys": keys})
+    # Without model handles there is nothing to wake (serve_app/jobs/wakeup.py).
+    keyed = Settings(**{**settings, "api_keys": keys, "wake_deployments": model_handles})
     store = JobStore(keyed.resolved_db_url)
     files = make_artifact_store(
         keyed.artifact_uri,
@@ -304,10 +305,11 @@ def local_services(tmp_path: Path, **overrides: object) -> Services:
     from serve_app.settings import Settings
     from serve_app.storage.artifacts import LocalArtifactStore
 
-    settings = Settings(data_dir=tmp_path, **overrides)
+    # No stage runs here (the runner is not started) and there is nothing to wake.
+    settings = Settings(**{"data_dir": tmp_path, "wake_deployments": False, **overrides})
     store = JobStore(settings.resolved_db_url)
     artifacts = LocalArtifactStore(settings.resolved_artifact_dir)
-    handles = Handles(None, None, None, None)  # no stage runs here: the runner is not started
+    handles = Handles(None, None, None, None)
     runner = JobRunner(store, artifacts, handles, settings, owner="test")
     registry = ModelRegistry(settings.detector_model, None, None)
     return Services(settings, store, artifacts, handles, runner, {}, "meshline", registry)

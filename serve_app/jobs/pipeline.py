@@ -232,7 +232,7 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     if prompt is not None and prompt.text is not None:
         return await _segment_text(ctx, prompt.text, prompt.max_objects, prompt.min_score)
     detect = options.detect_options
-    if detect is None or box is not None or points is not None:
+    if detect is None or not options.detector_prompts:
         return await _segment_one(ctx, "", points=points, labels=labels, box=box)
     found = await _detections(ctx)
     # The Detector's own time (decode, letterbox, forward, NMS) beside the Segmenter's.

@@ -10,10 +10,11 @@ from datetime import timedelta
 
 from deployments import telemetry
 from deployments.errors import DeploymentError
+from deployments.protocol import routed_id
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError, public_message, to_api_error, unwrap
 from serve_app.jobs.pipeline import STAGE_RUNNERS, StageContext
-from serve_app.jobs.records import utcnow
+from serve_app.jobs.records import JobRecord, utcnow
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_BY_NAME
 from serve_app.jobs.store import JobStore
@@ -190,8 +191,7 @@ class JobRunner:
             if job is None:
                 return
             if self.settings.wake_deployments:
-                remaining = [s.name for s in job.stages if s.status != "succeeded"]
-                self.waker.wake(deployments_for(remaining, JobOptions.model_validate(job.options)))
+                await self._wake_for(job)
             for stage in job.stages:
                 if stage.status == "succeeded":
                     continue  # finished before a restart: never run twice
@@ -209,6 +209,22 @@ class JobRunner:
             await self._finish(job_id, "failed", "internal error in the job runner")
         finally:
             lease.cancel()
+
+    async def _wake_for(self, job: JobRecord) -> None:
+        """Wake the deployments the job's remaining stages call (jobs/wakeup.py); the Detector
+        routed to the job's model. Only a speed-up: a failure here is logged, the job goes on."""
+        try:
+            options = JobOptions.model_validate(job.options)
+            remaining = [s.name for s in job.stages if s.status != "succeeded"]
+            names = deployments_for(remaining, options)
+            routes = {}
+            detect = options.detect_options
+            if "Detector" in names and detect is not None:
+                generation = await asyncio.to_thread(self.store.model_generation, detect.model)
+                routes["Detector"] = routed_id(detect.model, generation)
+            self.waker.wake(names, routes)
+        except Exception:
+            logger.warning("job %s: waking its deployments failed", job.id, exc_info=True)
 
     async def _run_stage(self, job_id: str, name: str) -> str | None:
         """Run one stage with retries; return an error message when the job must fail."""

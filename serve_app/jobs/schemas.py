@@ -246,6 +246,16 @@ class JobOptions(Strict):
             return DetectOptions()
         return self.detect or None
 
+    @property
+    def detector_prompts(self) -> bool:
+        """Whether the segment stage asks the Detector for its box(es): detection is on and
+        the prompt gives no text, box or points of its own."""
+        prompt = self.prompt
+        given = prompt is not None and (
+            prompt.text is not None or prompt.box is not None or bool(prompt.points)
+        )
+        return self.detect_options is not None and not given
+
 
 class JobCreate(Strict):
     """JSON body of POST /v1/jobs (the multipart form carries the same `options`)."""

@@ -6,11 +6,14 @@ Reconstructor and the Converter in turn would pay each cold start in turn, each 
 previous stage finished. When the runner starts a job it sends one cheap ``info`` call to every
 deployment the job's remaining stages will call: the replicas that are not running start at
 once, side by side, while the first stage works (on a cluster, one new GPU node serves them
-all). A deployment already running just answers.
+all). A deployment already running just answers. Label Studio's ``/setup`` and a video upload
+wake the models that come next the same way.
 
-Calls are not repeated for a deployment woken less than ``WAKE_INTERVAL_S`` ago: a replica
-stays up far longer than that after a request (``downscale_to_zero_delay_s``, 600 s by
-default), so a busy service sends at most one extra call per deployment per interval.
+Each Ingress replica sends at most one wake call per deployment (and routed model) per
+``WAKE_INTERVAL_S``, and none while its previous one still waits for a replica: a replica stays
+up far longer than that after a request (``downscale_to_zero_delay_s``, 600 s by default), and
+a waiting call already counts as demand for Serve's autoscaler. A Detector wake is routed to
+the model the work will use (its multiplexed id), so the replica loads that one and no other.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from serve_app.handles import Handles
 from serve_app.jobs.schemas import JobOptions
@@ -36,14 +39,14 @@ def deployments_for(stages: Iterable[str], options: JobOptions) -> list[str]:
     """The model deployments that ``stages`` of a job with ``options`` will call, in order."""
     names: list[str] = []
     for stage in stages:
-        if stage == "segment" and options.detect_options is not None:
-            names.append("Detector")  # boxes for the prompt, unless one was given
+        if stage == "segment" and options.detector_prompts:
+            names.append("Detector")
         names.append(STAGE_BY_NAME[stage].deployment)
     return list(dict.fromkeys(names))
 
 
 class DeploymentWaker:
-    """Sends the wake calls in the background; at most one per deployment per interval."""
+    """Sends the wake calls in the background (see the module docstring for how often)."""
 
     def __init__(
         self,
@@ -55,35 +58,45 @@ class DeploymentWaker:
         self.interval_s = interval_s
         self.clock = clock
         self._last: dict[str, float] = {}
-        self._calls: set[asyncio.Task[None]] = set()
+        self._calls: dict[str, asyncio.Task[None]] = {}
 
-    def wake(self, deployments: Iterable[str]) -> list[str]:
-        """Wake ``deployments`` (those not woken within the interval); returns those sent."""
+    def wake(
+        self, deployments: Iterable[str], routes: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """Wake ``deployments``, each routed to its multiplexed model id in ``routes`` if it
+        has one; returns the calls sent (``name`` or ``name@route``)."""
         now = self.clock()
         sent = []
         for name in deployments:
-            if now - self._last.get(name, -self.interval_s) < self.interval_s:
+            route = (routes or {}).get(name)
+            key = f"{name}@{route}" if route else name
+            waiting = key in self._calls
+            if waiting or now - self._last.get(key, -self.interval_s) < self.interval_s:
                 continue
-            self._last[name] = now
-            task = asyncio.get_running_loop().create_task(self._call(name))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
-            sent.append(name)
+            self._last[key] = now
+            task = asyncio.get_running_loop().create_task(self._call(key, name, route))
+            self._calls[key] = task
+            task.add_done_callback(lambda _t, key=key: self._calls.pop(key, None))
+            sent.append(key)
         return sent
 
-    async def _call(self, name: str) -> None:
+    async def _call(self, key: str, name: str, route: str | None) -> None:
+        handle = self.handles.of(name)
+        if route:
+            handle = handle.options(multiplexed_model_id=route)
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(self.handles.of(name).info.remote(), WAKE_TIMEOUT_S)
+            await asyncio.wait_for(handle.info.remote(), WAKE_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the stage's own call reports it to the job too
-            self._last.pop(name, None)
-            logger.warning("waking %s failed", name, exc_info=True)
+        except Exception:  # the work's own call reports it too
+            self._last.pop(key, None)
+            logger.warning("waking %s failed", key, exc_info=True)
             return
-        logger.debug("%s answered its wake call in %.3f s", name, time.perf_counter() - started)
+        logger.debug("%s answered its wake call in %.3f s", key, time.perf_counter() - started)
 
     async def stop(self) -> None:
-        for task in list(self._calls):
+        tasks = list(self._calls.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._calls, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

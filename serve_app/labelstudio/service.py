@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from deployments.errors import InvalidInput
-from deployments.protocol import DetectRequest, DetectResult
+from deployments.protocol import DetectRequest, DetectResult, routed_id
 from serve_app.http.errors import ApiError
 from serve_app.imaging import read_header
 from serve_app.labelstudio import projects, video
@@ -77,8 +77,11 @@ async def setup(services: Services, body: SetupIn, owner: str | None) -> SetupOu
     _conf(record)  # a bad conf is refused now, where Label Studio shows it
     video.wait_s(record)
     if services.settings.wake_deployments:
-        # Label Studio calls /setup as a project opens: its models start meanwhile.
-        services.runner.waker.wake(deployments_used(config))
+        # Label Studio calls /setup as a project opens: its models start meanwhile, the
+        # Detector with the project's model.
+        generation = await asyncio.to_thread(services.store.model_generation, model_id)
+        routes = {"Detector": routed_id(model_id, generation)}
+        services.runner.waker.wake(deployments_used(config), routes)
     version = await model_version(services, config, model_id)
     record = replace(record, model_version=version)
     await asyncio.to_thread(projects.save, services.artifacts, record)

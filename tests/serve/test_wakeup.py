@@ -10,9 +10,9 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from ray import serve
 
@@ -36,6 +36,20 @@ MODELS = ("Segmenter", "Reconstructor", "Converter", "Detector")
 def _replicas(deployment: str) -> dict[str, int]:
     status = serve.status().applications[APP].deployments[deployment]
     return {str(state): count for state, count in status.replica_states.items() if count}
+
+
+def _upscaled_at(deployment: str) -> float:
+    """When the Serve controller's log says it scaled ``deployment`` of the app up from zero."""
+    import ray
+
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
+    marker = f"Upscaling Deployment(name='{deployment}', app='{APP}') from 0"
+    for log in logs.glob("controller_*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if marker in line:
+                stamp = " ".join(line.split()[1:3])  # "INFO 2026-12-07 01:02:03,456 controller"
+                return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    raise AssertionError(f"the controller never scaled {deployment} up")
 
 
 def _wait_running(deployment: str, timeout_s: float = 120.0) -> None:
@@ -79,32 +93,40 @@ def test_a_job_from_zero_starts_its_later_stages_replicas_at_once(
     stages = {stage["name"]: stage for stage in job["stages"]}
     assert list(stages) == ["reconstruct", "paint", "convert"]
 
-    # The Converter's replica was started by the job's wake call, while the Reconstructor
-    # started and worked: before the convert stage (its first real call) began.
-    converter = serve.get_deployment_handle("Converter", app_name=APP).info.remote().result()
-    started = psutil.Process(converter["pid"]).create_time()
+    # Serve scaled the Converter up for the job's wake call, while the Reconstructor started
+    # and worked: before the convert stage (its first real call) began.
+    upscaled = _upscaled_at("Converter")
     convert_began = datetime.fromisoformat(stages["convert"]["started_at"]).timestamp()
-    assert started < convert_began - 0.5, (started, convert_began)
+    assert upscaled < convert_began - 0.5, (upscaled, convert_began)
     # A job with its mask supplied calls neither the Segmenter nor the Detector.
     assert _replicas("Segmenter") == {} and _replicas("Detector") == {}
 
 
-def _setup(http: httpx.Client, controls: str) -> None:
+def _setup(http: httpx.Client, controls: str, extra: dict | None = None) -> None:
     schema = f'<View><Image name="image" value="$image"/>{controls}</View>'
-    answer = http.post("/labelstudio/setup", json={"project": "7.1", "schema": schema})
+    body = {"project": "7.1", "schema": schema, "extra_params": extra or {}}
+    answer = http.post("/labelstudio/setup", json=body)
     assert answer.status_code == 200, answer.text
 
 
 def test_label_studio_setup_starts_the_models_its_config_uses(zero_app: httpx.Client) -> None:
-    """Rectangles: the Detector pre-annotates them, and starts before any prediction is asked;
-    the Segmenter (smart tools need a BrushLabels control) stays at zero."""
+    """Rectangles: the Detector pre-annotates them, and starts before any prediction is asked,
+    with the project's model loaded (not the default); the Segmenter (smart tools need a
+    BrushLabels control) stays at zero."""
     assert _replicas("Segmenter") == {} and _replicas("Detector") == {}
-    _setup(
-        zero_app,
-        '<RectangleLabels name="box" toName="image"><Label value="bus"/></RectangleLabels>',
-    )
+    rectangles = '<RectangleLabels name="box" toName="image"><Label value="bus"/></RectangleLabels>'
+    _setup(zero_app, rectangles, {"model": "alpha"})
     _wait_running("Detector")
-    time.sleep(2)  # the Segmenter was not asked for: nothing is starting there
+    deadline = time.monotonic() + 60
+    while True:  # the replicas publish the models they hold every few seconds
+        loaded = {
+            m["model_id"]: m["loaded_on"] for m in zero_app.get("/v1/models").json()["models"]
+        }
+        if loaded["alpha"]:
+            break
+        assert time.monotonic() < deadline, loaded
+        time.sleep(0.5)
+    assert not any(held for model, held in loaded.items() if model != "alpha"), loaded
     assert _replicas("Segmenter") == {}
 
 

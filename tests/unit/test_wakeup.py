@@ -18,14 +18,16 @@ from serve_app.labelstudio.service import deployments_used
 
 @serve.deployment
 class Answering:
-    """Counts its ``info`` calls; fails them while ``failing``."""
+    """Counts its ``info`` calls; fails them while ``failing``, answers them after ``hold_s``."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.failing = False
+        self.hold_s = 0.0
 
     async def info(self) -> dict[str, Any]:
         self.calls += 1
+        await asyncio.sleep(self.hold_s)
         if self.failing:
             raise RuntimeError("replica could not start")
         return {"calls": self.calls}
@@ -35,6 +37,9 @@ class Answering:
 
     async def fail(self, failing: bool) -> None:
         self.failing = failing
+
+    async def hold(self, seconds: float) -> None:
+        self.hold_s = seconds
 
 
 def test_a_job_wakes_the_deployments_of_its_remaining_stages_in_order() -> None:
@@ -46,6 +51,9 @@ def test_a_job_wakes_the_deployments_of_its_remaining_stages_in_order() -> None:
     ]
     boxes = JobOptions.model_validate({"detect": True})
     assert deployments_for(["segment", "convert"], boxes) == ["Detector", "Segmenter", "Converter"]
+    # A prompt of its own: the segment stage does not ask the Detector.
+    clicked = JobOptions.model_validate({"detect": True, "prompt": {"box": [1, 2, 30, 40]}})
+    assert deployments_for(["segment"], clicked) == ["Segmenter"]
     # A resumed job whose segment stage succeeded wakes no detector.
     assert deployments_for(["paint", "convert"], boxes) == ["Reconstructor", "Converter"]
     assert deployments_for(["propagate"], photo) == ["Segmenter"]
@@ -80,7 +88,7 @@ def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() 
     }
 
     async def settle(waker: DeploymentWaker) -> None:
-        await asyncio.gather(*waker._calls)
+        await asyncio.gather(*waker._calls.values())
 
     async def calls(name: str) -> int:
         return await handles[name].count.remote()
@@ -109,6 +117,24 @@ def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() 
         assert waker.wake(["Reconstructor"]) == ["Reconstructor"]
         await settle(waker)
         assert await calls("reconstructor") == 2
+        # No second call while the first still waits for its replica (a cold start), however
+        # long that takes: a waiting call is already demand for Serve's autoscaler.
+        await handles["converter"].hold.remote(0.5)
+        now[0] += 60
+        assert waker.wake(["Converter"]) == ["Converter"]
+        now[0] += 60
+        assert waker.wake(["Converter"]) == []
+        await settle(waker)
+        assert waker.wake(["Converter"]) == ["Converter"]
+        await settle(waker)
+        # A call routed to a model (the Detector's multiplexed id) counts on its own: another
+        # model is another call. (Which model the replica loads: tests/serve/test_wakeup.py.)
+        assert waker.wake(["Detector"]) == ["Detector"]
+        routes = {"Detector": "chairs@3"}
+        assert waker.wake(["Detector"], routes) == ["Detector@chairs@3"]
+        await settle(waker)
+        assert await calls("detector") == 3
+        assert waker.wake(["Detector"], routes) == []
         await waker.stop()
 
     asyncio.run(scenario())

@@ -15,6 +15,7 @@ export function initPhoto({ say, job }) {
   async function load(file) {
     if (!file || !file.type.startsWith("image/")) { say("That is not an image file."); return; }
     const bitmap = await createImageBitmap(file);
+    state.seq++;  // an answer still on its way is for the previous photo
     Object.assign(state, { file, width: bitmap.width, height: bitmap.height, points: [], box: null, masks: [], chosen: -1, imageId: null, detections: [], cursor: null });
     delete document.body.dataset.prepared;
     state.preparing = prepare(file);
@@ -139,23 +140,25 @@ export function initPhoto({ say, job }) {
   async function segment() {
     drawMarks();
     if (!state.file) return;
-    const seq = ++state.seq;
+    const seq = ++state.seq, file = state.file;
     const options = { ...prompt(), multimask: $("multimask").checked };
     $("segment-status").textContent = "segmenting…";
     const started = performance.now();
     let answer;
     try {
       if (!state.imageId && state.preparing) await state.preparing;
+      if (seq !== state.seq) return;  // another click or photo came meanwhile
       if (state.imageId) {
         try { answer = await postJson("/v1/segment", { image_id: state.imageId, options }); }
         catch (err) {  // the server no longer holds it (expired, evicted): send the image again
           if (!(err instanceof ApiError) || err.status >= 500 || [401, 403].includes(err.status)) throw err;
-          state.imageId = null;
+          if (seq === state.seq) state.imageId = null;
         }
       }
       if (!answer) {
+        if (seq !== state.seq) return;
         const form = new FormData();
-        form.append("image", state.file, state.file.name);
+        form.append("image", file, file.name);
         form.append("options", JSON.stringify(options));
         answer = await api("/v1/segment", { method: "POST", body: form });
       }
@@ -163,7 +166,7 @@ export function initPhoto({ say, job }) {
       if (seq === state.seq) $("segment-status").textContent = "segment failed: " + (err.hint || err.message);
       return;
     }
-    if (seq !== state.seq) return;  // a later click is on its way
+    if (seq !== state.seq) return;  // a later click, or another photo, is on its way
     if (answer.image_id) state.imageId = answer.image_id;
     state.masks = answer.masks.map(m => ({ ...m, pixels: decodeRle(m.rle) }));
     let best = 0;
