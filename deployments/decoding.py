@@ -64,10 +64,11 @@ def open_header(data: bytes, max_pixels: int | None, what: str = "image") -> Any
     return image
 
 
-def oriented_size(header: Any) -> tuple[int, int]:
+def oriented_size(header: Any, size: tuple[int, int] | None = None) -> tuple[int, int]:
     """(width, height) of a header-read image as its EXIF orientation turns it (rotations by a
-    quarter turn swap the sides): the size ``rgb_pixels`` will decode to."""
-    width, height = header.size
+    quarter turn swap the sides): the size ``rgb_pixels`` will decode to. ``size``: the stored
+    size read before a JPEG draft scale changed ``header.size``."""
+    width, height = size or header.size
     if exif_orientation(header) in ROTATED_ORIENTATIONS:
         return height, width
     return width, height

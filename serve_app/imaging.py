@@ -74,13 +74,12 @@ def check_image(data: bytes, max_pixels: int, what: str = "image") -> ImageHeade
     1/8 scale): a truncated or corrupt file is a 422 now, as ``decode_image`` gives it, without
     the full-size pixels that only a model replica needs."""
     image = open_header(data, what, max_pixels)
-    width, height = image.size  # before a JPEG's draft scale changes it
+    stored = image.size  # before a JPEG's draft scale changes it
     with _as_api_error():
         # First: reading a PNG's EXIF loads its pixels, and a failed load there would be
         # swallowed and leave nothing for this check to decode.
         decoding.check_pixels(image, what)
-    if decoding.exif_orientation(image) in decoding.ROTATED_ORIENTATIONS:
-        width, height = height, width
+    width, height = decoding.oriented_size(image, stored)
     return ImageHeader(width, height, image.format.lower())
 
 

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 from deployments import telemetry
 from deployments.errors import DeploymentError
-from deployments.protocol import routed_id
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError, public_message, to_api_error, unwrap
 from serve_app.jobs.pipeline import STAGE_RUNNERS, StageContext
@@ -55,7 +54,7 @@ class JobRunner:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
         self._webhooks: set[asyncio.Task[None]] = set()
-        self.waker = DeploymentWaker(handles)
+        self.waker = DeploymentWaker(handles, store, settings.wake_deployments)
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -190,8 +189,7 @@ class JobRunner:
             job = await asyncio.to_thread(self.store.get, job_id)
             if job is None:
                 return
-            if self.settings.wake_deployments:
-                await self._wake_for(job)
+            await self._wake_for(job)
             for stage in job.stages:
                 if stage.status == "succeeded":
                     continue  # finished before a restart: never run twice
@@ -217,12 +215,11 @@ class JobRunner:
             options = JobOptions.model_validate(job.options)
             remaining = [s.name for s in job.stages if s.status != "succeeded"]
             names = deployments_for(remaining, options)
-            routes = {}
             detect = options.detect_options
-            if "Detector" in names and detect is not None:
-                generation = await asyncio.to_thread(self.store.model_generation, detect.model)
-                routes["Detector"] = routed_id(detect.model, generation)
-            self.waker.wake(names, routes)
+            if detect is None:
+                self.waker.wake(names)
+            else:
+                await self.waker.wake_with_model(names, detect.model)
         except Exception:
             logger.warning("job %s: waking its deployments failed", job.id, exc_info=True)
 

@@ -23,9 +23,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from deployments.protocol import routed_id
 from serve_app.handles import Handles
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_BY_NAME
+from serve_app.jobs.store import JobStore
 
 logger = logging.getLogger("meshline.wakeup")
 
@@ -51,10 +53,14 @@ class DeploymentWaker:
     def __init__(
         self,
         handles: Handles,
+        store: JobStore,
+        enabled: bool = True,  # the wake_deployments setting
         interval_s: float = WAKE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.handles = handles
+        self.store = store
+        self.enabled = enabled
         self.interval_s = interval_s
         self.clock = clock
         self._last: dict[str, float] = {}
@@ -65,6 +71,8 @@ class DeploymentWaker:
     ) -> list[str]:
         """Wake ``deployments``, each routed to its multiplexed model id in ``routes`` if it
         has one; returns the calls sent (``name`` or ``name@route``)."""
+        if not self.enabled:
+            return []
         now = self.clock()
         sent = []
         for name in deployments:
@@ -79,6 +87,14 @@ class DeploymentWaker:
             task.add_done_callback(lambda _t, key=key: self._calls.pop(key, None))
             sent.append(key)
         return sent
+
+    async def wake_with_model(self, deployments: list[str], detector_model: str) -> list[str]:
+        """``wake``, the Detector routed to ``detector_model`` as of its current generation."""
+        routes = {}
+        if self.enabled and "Detector" in deployments:
+            generation = await asyncio.to_thread(self.store.model_generation, detector_model)
+            routes["Detector"] = routed_id(detector_model, generation)
+        return self.wake(deployments, routes)
 
     async def _call(self, key: str, name: str, route: str | None) -> None:
         handle = self.handles.of(name)

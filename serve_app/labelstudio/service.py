@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from deployments.errors import InvalidInput
-from deployments.protocol import DetectRequest, DetectResult, routed_id
+from deployments.protocol import DetectRequest, DetectResult
 from serve_app.http.errors import ApiError
 from serve_app.imaging import read_header
 from serve_app.labelstudio import projects, video
@@ -41,7 +41,13 @@ from serve_app.services import Services
 logger = logging.getLogger("meshline.labelstudio")
 
 TASK_CONCURRENCY = 4  # task images fetched and detected at once per request
-IMAGE_IDS_KEPT = 4096  # task file URL → image_id, so a repeat click sends no image
+IMAGE_IDS_KEPT = 4096
+# Controls the Detector pre-annotates (a -seg model's outlines and masks fill the last two).
+PRE_ANNOTATED = (
+    "rectanglelabels",
+    "polygonlabels",
+    "brushlabels",
+)  # task file URL → image_id, so a repeat click sends no image
 
 
 class Backend:
@@ -76,12 +82,9 @@ async def setup(services: Services, body: SetupIn, owner: str | None) -> SetupOu
     model_id = await asyncio.to_thread(_model_for, services, record)
     _conf(record)  # a bad conf is refused now, where Label Studio shows it
     video.wait_s(record)
-    if services.settings.wake_deployments:
-        # Label Studio calls /setup as a project opens: its models start meanwhile, the
-        # Detector with the project's model.
-        generation = await asyncio.to_thread(services.store.model_generation, model_id)
-        routes = {"Detector": routed_id(model_id, generation)}
-        services.runner.waker.wake(deployments_used(config), routes)
+    # Label Studio calls /setup as a project opens: its models start meanwhile, the Detector
+    # with the project's model.
+    await services.runner.waker.wake_with_model(deployments_used(config), model_id)
     version = await model_version(services, config, model_id)
     record = replace(record, model_version=version)
     await asyncio.to_thread(projects.save, services.artifacts, record)
@@ -97,7 +100,7 @@ def deployments_used(config: LabelConfig) -> list[str]:
     if config.of_type("videorectangle"):
         return ["Segmenter"]
     used = []
-    if config.of_type("rectanglelabels", "polygonlabels", "brushlabels"):
+    if config.of_type(*PRE_ANNOTATED):
         used.append("Detector")
     if config.of_type("brushlabels"):
         used.append("Segmenter")
@@ -149,7 +152,7 @@ async def model_version(services: Services, config: LabelConfig, model_id: str) 
     """Changes when the answers would: the detector model's reloads, the Segmenter's weights
     (Label Studio predicts again only for tasks without a prediction of this version)."""
     parts = []
-    if config.of_type("rectanglelabels", "polygonlabels", "brushlabels"):
+    if config.of_type(*PRE_ANNOTATED):
         generation = await asyncio.to_thread(services.store.model_generation, model_id)
         parts.append(f"{model_id}@{generation}")
     if config.of_type("brushlabels", "keypointlabels", "videorectangle"):
@@ -276,7 +279,7 @@ async def pre_annotate(
 ) -> TaskPrediction:
     """Detections of the project's YOLO model as RectangleLabels (and PolygonLabels and
     BrushLabels from a -seg model's outlines and masks), labels matched by class name."""
-    controls = config.of_type("rectanglelabels", "polygonlabels", "brushlabels")
+    controls = config.of_type(*PRE_ANNOTATED)
     if not controls:
         return TaskPrediction(result=[], model_version=version)
     url = _task_file(controls[0], task)

@@ -116,8 +116,7 @@ def list_videos(services: Services, principal: Principal, limit: int) -> VideoLi
 async def create_video(services: Services, decoded: DecodedVideo, owner: str | None) -> str:
     """Store the frames, then the record (never a record without its frames). Prompts come
     next: the Segmenter is woken now, so its cold start overlaps the frames' storing."""
-    if services.settings.wake_deployments:
-        services.runner.waker.wake(["Segmenter"])
+    services.runner.waker.wake(["Segmenter"])
     video_id = uuid.uuid4().hex
     await asyncio.to_thread(store_frames, services.artifacts, video_id, decoded.frames)
     await asyncio.to_thread(

@@ -5,12 +5,14 @@ mode (no Ray), to a deployment counting them."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from serve_app.handles import Handles
 from serve_app.jobs.schemas import JobOptions
+from serve_app.jobs.store import JobStore
 from serve_app.jobs.wakeup import DeploymentWaker, deployments_for
 from serve_app.labelstudio.config import parse_label_config
 from serve_app.labelstudio.service import deployments_used
@@ -81,7 +83,9 @@ def test_label_studio_setup_wakes_what_the_label_config_uses() -> None:
     assert deployments_used(video) == ["Segmenter"]
 
 
-def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() -> None:
+def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure(
+    tmp_path: Path,
+) -> None:
     handles = {
         name: serve.run(Answering.bind(), name=name, _local_testing_mode=True)
         for name in ("segmenter", "reconstructor", "converter", "detector")
@@ -96,7 +100,8 @@ def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() 
     now = [100.0]  # the waker's clock, moved by hand: the test does not depend on its speed
 
     async def scenario() -> None:
-        waker = DeploymentWaker(Handles(**handles), interval_s=30, clock=lambda: now[0])
+        store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+        waker = DeploymentWaker(Handles(**handles), store, interval_s=30, clock=lambda: now[0])
         assert waker.wake(["Segmenter", "Converter"]) == ["Segmenter", "Converter"]
         await settle(waker)
         # Within the interval: nothing more is sent, only the deployment not woken yet.
@@ -135,6 +140,13 @@ def test_each_deployment_is_woken_once_per_interval_and_again_after_a_failure() 
         await settle(waker)
         assert await calls("detector") == 3
         assert waker.wake(["Detector"], routes) == []
+        # The route of a registered model as of its generation (the job store counts reloads).
+        store.bump_model_generation("chairs")
+        store.bump_model_generation("chairs")
+        assert await waker.wake_with_model(["Detector"], "chairs") == ["Detector@chairs@2"]
         await waker.stop()
+        # Off (the wake_deployments setting): nothing is sent.
+        off = DeploymentWaker(Handles(**handles), store, enabled=False)
+        assert off.wake(["Segmenter"]) == [] and await off.wake_with_model(["Detector"], "x") == []
 
     asyncio.run(scenario())
