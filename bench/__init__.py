@@ -37,18 +37,17 @@ def startable(deployment: str) -> bool:
     return deployment not in START_WITH_GEOMETRY or geometry_installed()
 
 
+def at_zero(options: dict[str, dict[str, Any]], names: Any) -> dict[str, dict[str, Any]]:
+    """The app's deployment options with deployments ``names`` at zero replicas (Serve starts
+    one on their first request)."""
+    from deployments.configs import MODEL_AUTOSCALING
+
+    zero = {"autoscaling_config": {**MODEL_AUTOSCALING, "initial_replicas": 0}}
+    return {**options, **{name: {**options.get(name, {}), **zero} for name in names}}
+
+
 def idle_without_geometry(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The app's deployment options, with the deployments that cannot start here
     (``startable``) at zero replicas; the benchmarks that run without the geometry libraries
     call no geometry stage."""
-    from deployments.configs import MODEL_AUTOSCALING
-
-    idle = {"autoscaling_config": {**MODEL_AUTOSCALING, "initial_replicas": 0}}
-    return {
-        **options,
-        **{
-            name: {**options.get(name, {}), **idle}
-            for name in START_WITH_GEOMETRY
-            if not startable(name)
-        },
-    }
+    return at_zero(options, [name for name in START_WITH_GEOMETRY if not startable(name)])

@@ -162,7 +162,7 @@ def job_from_zero(small: bool, wake: bool) -> dict[str, Any]:
     import torch
 
     from bench import geometry_installed
-    from bench.pipeline import bus_photo, start_app
+    from bench.pipeline import bus_photo, start_app, submit_and_wait
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     stages = None if geometry_installed() else ["segment"]
@@ -173,26 +173,10 @@ def job_from_zero(small: bool, wake: bool) -> dict[str, Any]:
     try:
         with httpx.Client(base_url=base_url, timeout=120) as http:
             options = {"detect": {"conf": 0.01}, "stages": stages}
-            started = time.perf_counter()
-            response = http.post(
-                "/v1/jobs",
-                files={"image": ("bus.jpg", bus_photo().read_bytes(), "image/jpeg")},
-                data={"options": json.dumps(options)},
-            )
-            response.raise_for_status()
-            job_id = response.json()["job_id"]
-            while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-                "succeeded",
-                "failed",
-                "cancelled",
-            ):
-                time.sleep(0.1)
-            wall = time.perf_counter() - started
+            job, wall = submit_and_wait(http, bus_photo().read_bytes(), options)
     finally:
         serve.shutdown()
         ray.shutdown()
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"job failed: {job['error']}")
     created = datetime.fromisoformat(job["created_at"])
     return {
         "wake": wake,

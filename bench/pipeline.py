@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench import idle_without_geometry, startable
+from bench import at_zero, idle_without_geometry, startable
 from tests.helpers import free_port
 
 MODEL_DEPLOYMENTS = ("Segmenter", "Reconstructor", "Converter", "Detector")
@@ -76,10 +76,7 @@ def start_app(
         for name in MODEL_DEPLOYMENTS
     }
     if from_zero:
-        from deployments.configs import MODEL_AUTOSCALING
-
-        zero = {**MODEL_AUTOSCALING, "initial_replicas": 0}
-        options = {name: {**o, "autoscaling_config": zero} for name, o in options.items()}
+        options = at_zero(options, MODEL_DEPLOYMENTS)
     serve.run(
         build_app({"settings": settings, "deployment_options": idle_without_geometry(options)}),
         name="meshline",
@@ -157,6 +154,30 @@ def cold_start(serve: Any, small: bool, device: str) -> dict[str, float]:
     }
 
 
+def submit_and_wait(
+    http: httpx.Client, image_bytes: bytes, options: dict[str, Any]
+) -> tuple[dict[str, Any], float]:
+    """POST /v1/jobs with bus.jpg and ``options``, polled until it ends: the job (succeeded,
+    else RuntimeError) and the client-seen seconds from submit to its end."""
+    started = time.perf_counter()
+    response = http.post(
+        "/v1/jobs",
+        files={"image": ("bus.jpg", image_bytes, "image/jpeg")},
+        data={"options": json.dumps(options)},
+    )
+    response.raise_for_status()
+    job_id = response.json()["job_id"]
+    while True:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.05)
+    wall = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job failed: {job['error']}")
+    return job, wall
+
+
 def p50(values: list[float]) -> float:
     return round(statistics.median(values), 4)
 
@@ -210,22 +231,9 @@ def run(
     overhead: dict[str, list[float]] = {}
     with httpx.Client(base_url=base_url, timeout=120) as http:
         for _ in range(jobs):
-            started = time.perf_counter()
-            response = http.post(
-                "/v1/jobs",
-                files={"image": ("bus.jpg", image_bytes, "image/jpeg")},
-                data={"options": json.dumps({"detect": {"conf": 0.01}, "stages": stages})},
+            job, wall = submit_and_wait(
+                http, image_bytes, {"detect": {"conf": 0.01}, "stages": stages}
             )
-            response.raise_for_status()
-            job_id = response.json()["job_id"]
-            while True:
-                job = http.get(f"/v1/jobs/{job_id}").json()
-                if job["status"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.05)
-            wall = time.perf_counter() - started
-            if job["status"] != "succeeded":
-                raise RuntimeError(f"job failed: {job['error']}")
             for stage in job["stages"]:
                 stage_seconds.setdefault(stage["name"], []).append(stage["seconds"])
                 overhead.setdefault(stage["name"], []).append(
