@@ -74,22 +74,24 @@ $(STUDIO_STAMP):
 # After the stamps it names: make expands a rule's prerequisites when it reads the rule.
 install: $(STAMP) $(STUDIO_STAMP)
 
-# Re-runs only when pyproject.toml changes. Order matters: torch/torchvision first (pinned,
-# from local disk where available), then the project, then sam2 without build isolation
-# (otherwise pip builds it against a second, freshly downloaded torch).
-$(STAMP): pyproject.toml
+# Re-runs only when pyproject.toml or constraints.txt changes. Order matters: torch/torchvision
+# first (pinned, from local disk where available), then the project, then sam2 without build
+# isolation (otherwise pip builds it against a second, freshly downloaded torch). Every step holds
+# to constraints.txt, the versions the tests last passed on.
+CONSTRAINTS := constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@if ! ldconfig -p | grep -q libusb-1.0.so.0; then \
 	  echo ">> installing Debian libusb-1.0-0 (open3d needs it)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libusb-1.0-0 libgl1 libegl1; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq libusb-1.0-0 libgl1 libegl1; fi; \
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip setuptools wheel
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[models,test,hunyuan3d]'
-	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation 'sam2==1.1.0'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -U pip setuptools wheel
+	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[models,test,hunyuan3d]'
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q -c $(CONSTRAINTS) --no-build-isolation 'sam2==1.1.0'
 	@# Hunyuan3D-2 (the hunyuan3d backend, tested with random weights): its deps are the extra.
-	$(BIN)/pip install -q --no-deps 'hy3dgen==2.0.2'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) --no-deps 'hy3dgen==2.0.2'
 	$(BIN)/python -c "import torch, torchvision, ray, sam2, ultralytics, open3d, trimesh, hy3dgen.shapegen; print('installed: torch', torch.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
@@ -159,14 +161,16 @@ $(TOOLS_STAMP): Makefile
 	touch $(TOOLS_STAMP)
 
 # Label Studio (tests/labelstudio drive a real one): pinned, in its own virtualenv (its pins clash
-# with meshline's: numpy, opencv), installed once per version.
+# with meshline's: numpy, opencv), with every dependency held to the lock file (its own loose
+# ranges let a new release break it), installed again when the version or the lock changes.
 LABEL_STUDIO_VERSION := 1.23.2
 LS_VENV  := $(TOOLS)/labelstudio
+LS_LOCK  := tests/labelstudio/constraints.txt
 LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
-$(LS_STAMP):
+$(LS_STAMP): $(LS_LOCK)
 	@echo ">> installing label-studio==$(LABEL_STUDIO_VERSION) into $(LS_VENV) (test tool)"
 	rm -rf $(LS_VENV) && $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install -q 'label-studio==$(LABEL_STUDIO_VERSION)'
+	$(LS_VENV)/bin/pip install -q -c $(LS_LOCK) 'label-studio==$(LABEL_STUDIO_VERSION)'
 	touch $(LS_STAMP)
 
 # SAM 3 (the Segmenter's sam3 backend; tests/sam3 run here): sam3 0.1.4 caps numpy, tqdm,

@@ -235,9 +235,22 @@ def _pip_steps(lines: list[str]) -> list[dict]:
                 if "=" in w
             }
             args = words[words.index("install") + 1 :]
+            constraints = None
+            if "-c" in args:  # -c FILE: the Makefile names it through $(CONSTRAINTS)
+                at = args.index("-c")
+                constraints = args[at + 1].replace("$(CONSTRAINTS)", "constraints.txt")
+                del args[at : at + 2]
             flags = {a for a in args if a.startswith("-") and a not in ("-q", "-U", "-e")}
             reqs = [a for a in args if not a.startswith("-")]
-            steps.append({"env": env, "flags": flags, "reqs": reqs, "editable": "-e" in args})
+            steps.append(
+                {
+                    "env": env,
+                    "flags": flags,
+                    "reqs": reqs,
+                    "editable": "-e" in args,
+                    "constraints": constraints,
+                }
+            )
     return steps
 
 
@@ -267,6 +280,12 @@ def test_dockerfile_installs_like_the_makefile() -> None:
     ]
     docker = _pip_steps(_dockerfile_runs())
     assert len(make) == len(docker) == 3, (make, docker)
+    # every step of both holds to the one constraints file, which the image copies in
+    assert {s["constraints"] for s in _pip_steps(_makefile_install_recipe())} == {"constraints.txt"}
+    assert {s["constraints"] for s in docker} == {"constraints.txt"}
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(r"^COPY\s.*\bconstraints\.txt\s", dockerfile, re.MULTILINE)
+    assert (ROOT / "constraints.txt").is_file()
     # 1. the same torch/torchvision pins, first
     assert sorted(make[0]["reqs"]) == sorted(docker[0]["reqs"])
     assert {r.split("==")[0] for r in docker[0]["reqs"]} == {"torch", "torchvision"}
@@ -315,10 +334,10 @@ def test_dockerfile_base_debian_packages_and_copied_sources() -> None:
     packages = {
         p.rstrip("*") for p in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
     }
-    assert packages | {"pyproject.toml", "README.md", "configs"} <= copied
+    assert packages | {"pyproject.toml", "constraints.txt", "README.md", "configs"} <= copied
     ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore
-    for name in packages | {"pyproject.toml", "README.md", "configs"}:
+    for name in packages | {"pyproject.toml", "constraints.txt", "README.md", "configs"}:
         assert any(line.rstrip("/") == f"!{name}" for line in ignore), name
 
 
