@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from bench import child_env
+from tests.helpers import serve_controller_log
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,20 +85,7 @@ def bare_steps(overrides: list[str]) -> dict[str, float]:
     return {"interpreter_start_s": round(interpreter, 3), **json.loads(line[5:])}
 
 
-LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 READY = re.compile(r"started successfully .* after [\d.]+s \(PID: (\d+)\)\. .* took ([\d.]+)s")
-
-
-def _controller_lines(logs: Path, app: str) -> list[tuple[float, str]]:
-    """The Serve controller's log lines about ``app``'s deployment, with their times."""
-    lines = []
-    for log in logs.glob("controller_*.log"):
-        for line in log.read_text(errors="replace").splitlines():
-            found = LOG_TIME.search(line)
-            if found and f"app='{app}')" in line:
-                stamp = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                lines.append((stamp, line))
-    return sorted(lines)
 
 
 def _first(lines: list[tuple[float, str]], marker: str) -> tuple[float, str]:
@@ -106,7 +94,6 @@ def _first(lines: list[tuple[float, str]], marker: str) -> tuple[float, str]:
 
 def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, Any]:
     import psutil
-    import ray
 
     from deployments.segmenter import SegmenterConfig, SegmenterDeployment
 
@@ -124,13 +111,16 @@ def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, A
     started = time.time()
     handle.segment.remote(image).result()
     warm = time.time() - started
-    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
-    lines = _controller_lines(logs, name)
+    lines = serve_controller_log(name)
     decided, _ = _first(lines, "Upscaling")
     ready, line = _first(lines, "started successfully")
     found = READY.search(line)
     assert found is not None, line
     process_start = psutil.Process(int(found.group(1))).create_time()
+    # Ray may hand the replica a worker it started before the request (its idle pool on the
+    # driver's node): then nothing was spawned, and the boot span starts at the request.
+    prestarted = process_start < sent
+    boot_began = max(process_start, sent)
     constructor = float(found.group(2))
     serve.delete(name)
     load = float(info["load_seconds"])
@@ -140,15 +130,14 @@ def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, A
         "over_model_load_s": round(first - load, 3),
         "warm_call_s": round(warm, 3),
         "breakdown_s": {  # they add up to first_result_s
-            "scale_up_and_worker_spawn": round(process_start - sent, 3),
-            "worker_boot_ray_serve_deployment_module": round(
-                ready - constructor - process_start, 3
-            ),
+            "scale_up_and_worker_spawn": round(boot_began - sent, 3),
+            "worker_boot_ray_serve_deployment_module": round(ready - constructor - boot_began, 3),
             "constructor_imports_torch_sam2_hydra": round(constructor - load, 3),
             "model_build": load,
             "first_call_after_ready": round(sent + first - ready, 3),
         },
         "scale_up_decision_s": round(decided - sent, 3),
+        "worker_prestarted": prestarted,
     }
 
 

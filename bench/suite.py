@@ -162,7 +162,13 @@ def pipeline_rows(pipeline: dict[str, Any], _: dict[str, Any]) -> list[Row]:
 
 
 def cold_start_rows(zero: dict[str, Any], _: dict[str, Any]) -> list[Row]:
-    parts = zero["serve_runs"][0]["breakdown_s"]
+    first = zero["serve_runs"][0]
+    parts = first["breakdown_s"]
+    reused = (
+        " (on a worker Ray had started before the request)"
+        if first.get("worker_prestarted")
+        else ""
+    )
     jobs = zero["job_from_zero"]
     woken, serial = jobs["woken_at_start"], jobs["called_per_stage"]
     woken_s = statistics.mean(run["wall_s"] for run in woken)
@@ -180,7 +186,7 @@ def cold_start_rows(zero: dict[str, Any], _: dict[str, Any]) -> list[Row]:
             (
                 f"first result {zero['first_result_s_median']} s, load "
                 f"{zero['model_load_s_median']} s (median of {len(zero['serve_runs'])} "
-                "scale-ups from zero); the first one's parts: "
+                f"scale-ups from zero); the first one's parts{reused}: "
                 + ", ".join(f"{name.replace('_', ' ')} {value} s" for name, value in parts.items())
             ),
         ),

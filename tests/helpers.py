@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -293,6 +295,26 @@ def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 180.0) -> d
             return body
         time.sleep(0.25)
     raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
+
+
+SERVE_LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+
+
+def serve_controller_log(app: str) -> list[tuple[float, str]]:
+    """The Serve controller's log lines about ``app``'s deployments, with their times (epoch
+    seconds), oldest first: what it decided and when (scale-ups, replicas ready and their
+    constructor seconds). Reads the connected Ray node's log folder."""
+    import ray
+
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
+    lines = []
+    for log in logs.glob("controller_*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            found = SERVE_LOG_TIME.search(line)
+            if found and f"app='{app}')" in line:
+                stamp = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                lines.append((stamp, line))
+    return sorted(lines)
 
 
 def local_services(tmp_path: Path, **overrides: object) -> Services:

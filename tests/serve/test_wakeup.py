@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ from tests.helpers import (
     encode_video,
     moving_disk_video,
     second_app,
+    serve_controller_log,
     wait_for_job,
 )
 
@@ -40,16 +40,10 @@ def _replicas(deployment: str) -> dict[str, int]:
 
 def _upscaled_at(deployment: str) -> float:
     """When the Serve controller's log says it scaled ``deployment`` of the app up from zero."""
-    import ray
-
-    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
     marker = f"Upscaling Deployment(name='{deployment}', app='{APP}') from 0"
-    for log in logs.glob("controller_*.log"):
-        for line in log.read_text(errors="replace").splitlines():
-            if marker in line:
-                stamp = " ".join(line.split()[1:3])  # "INFO 2026-12-07 01:02:03,456 controller"
-                return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    raise AssertionError(f"the controller never scaled {deployment} up")
+    found = [stamp for stamp, line in serve_controller_log(APP) if marker in line]
+    assert found, f"the controller never scaled {deployment} up"
+    return found[0]
 
 
 def _wait_running(deployment: str, timeout_s: float = 120.0) -> None:
