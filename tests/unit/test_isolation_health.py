@@ -36,7 +36,7 @@ def test_the_probe_answers_within_its_deadline_and_reuses_a_late_answer() -> Non
             release.wait(10)
         return {"call": len(calls)}
 
-    probe = ServeStatusProbe(controller)
+    probe = ServeStatusProbe(controller, fresh_s=0.0)  # every probe asks (freshness: below)
 
     async def scenario() -> None:
         started = time.perf_counter()
@@ -59,6 +59,30 @@ def test_the_probe_answers_within_its_deadline_and_reuses_a_late_answer() -> Non
         assert await probe.status(timeout_s=0.3) == ({"call": 2}, None)
         assert time.perf_counter() - started < 1.0
         release.set()
+
+    asyncio.run(scenario())
+
+
+def test_a_fresh_answer_is_reused_without_asking_the_controller() -> None:
+    calls: list[float] = []
+
+    def controller() -> dict:
+        calls.append(time.monotonic())
+        return {"call": len(calls)}
+
+    probe = ServeStatusProbe(controller, fresh_s=0.5)
+
+    async def scenario() -> None:
+        # A burst of probes (sequential and concurrent) inside the window: one call.
+        assert await probe.status() == ({"call": 1}, None)
+        for _ in range(50):
+            assert await probe.status() == ({"call": 1}, None)
+        answers = await asyncio.gather(*(probe.status() for _ in range(50)))
+        assert set(map(str, answers)) == {str(({"call": 1}, None))}
+        assert len(calls) == 1
+        await asyncio.sleep(0.6)  # the window has passed: the next probe asks again
+        assert await probe.status() == ({"call": 2}, None)
+        assert len(calls) == 2
 
     asyncio.run(scenario())
 
