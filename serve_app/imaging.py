@@ -111,6 +111,10 @@ def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.nda
 # smaller than the default strategy in the same or less time (that mask: 67 -> 41 KB in ~6 ms;
 # a 1280x720 two-object label map: 4.8 -> 3.4 KB, and 1.6 ms against level 6's 4.2 ms).
 MASK_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
+# A binary mask (mask_png) goes through OpenCV with the same settings and unfiltered rows:
+# Pillow tries every PNG row filter on every row, which a 0/255 mask does not need (a lightly
+# speckled 810x1080 mask: 6.6 ms and 8.4 KB with Pillow, 1.5 ms and 7.4 KB with OpenCV). A
+# job's segment stage encodes one per object, beside a GPU model call of a few tens of ms.
 
 
 def mask_png_bytes(image: Image.Image) -> bytes:
@@ -121,9 +125,23 @@ def mask_png_bytes(image: Image.Image) -> bytes:
 
 
 def mask_png(mask: np.ndarray) -> bytes:
-    """8-bit grayscale 0/255 PNG; this runs once per mask in a job's segment stage and for
+    """An (H, W) mask as an 8-bit grayscale 0/255 PNG, zlib level 1, run-length strategy, rows
+    unfiltered (see MASK_PNG_OPTIONS); this runs once per mask in a job's segment stage and for
     each /v1/segment mask asked with ``png``."""
-    return mask_png_bytes(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
+    import cv2  # opencv-python: a core dependency, imported where a mask is first encoded
+
+    params = [
+        cv2.IMWRITE_PNG_COMPRESSION,
+        1,
+        cv2.IMWRITE_PNG_STRATEGY,
+        cv2.IMWRITE_PNG_STRATEGY_RLE,
+        cv2.IMWRITE_PNG_FILTER,
+        cv2.IMWRITE_PNG_FILTER_NONE,
+    ]
+    ok, data = cv2.imencode(".png", np.asarray(mask, dtype=np.uint8) * 255, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {mask.shape} mask as PNG")
+    return data.tobytes()
 
 
 def mask_rle(mask: np.ndarray) -> dict[str, object]:
