@@ -135,9 +135,9 @@ def mask_png(mask: np.ndarray) -> bytes:
         1,
         cv2.IMWRITE_PNG_STRATEGY,
         cv2.IMWRITE_PNG_STRATEGY_RLE,
-        cv2.IMWRITE_PNG_FILTER,
-        cv2.IMWRITE_PNG_FILTER_NONE,
     ]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11 (an older one filters: slower)
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
     ok, data = cv2.imencode(".png", np.asarray(mask, dtype=np.uint8) * 255, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {mask.shape} mask as PNG")
