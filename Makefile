@@ -161,16 +161,16 @@ $(TOOLS_STAMP): Makefile
 	touch $(TOOLS_STAMP)
 
 # Label Studio (tests/labelstudio drive a real one): pinned, in its own virtualenv (its pins clash
-# with meshline's: numpy, opencv), with every dependency held to the lock file (its own loose
-# ranges let a new release break it), installed again when the version or the lock changes.
+# with meshline's: numpy, opencv), with every dependency held to its constraints file (its own
+# loose ranges let a new release break it), installed again when the version or that file changes.
 LABEL_STUDIO_VERSION := 1.23.2
 LS_VENV  := $(TOOLS)/labelstudio
-LS_LOCK  := tests/labelstudio/constraints.txt
+LS_CONSTRAINTS := tests/labelstudio/constraints.txt
 LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
-$(LS_STAMP): $(LS_LOCK)
+$(LS_STAMP): $(LS_CONSTRAINTS)
 	@echo ">> installing label-studio==$(LABEL_STUDIO_VERSION) into $(LS_VENV) (test tool)"
 	rm -rf $(LS_VENV) && $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install -q -c $(LS_LOCK) 'label-studio==$(LABEL_STUDIO_VERSION)'
+	$(LS_VENV)/bin/pip install -q -c $(LS_CONSTRAINTS) 'label-studio==$(LABEL_STUDIO_VERSION)'
 	touch $(LS_STAMP)
 
 # SAM 3 (the Segmenter's sam3 backend; tests/sam3 run here): sam3 0.1.4 caps numpy, tqdm,

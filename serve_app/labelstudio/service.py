@@ -41,13 +41,9 @@ from serve_app.services import Services
 logger = logging.getLogger("meshline.labelstudio")
 
 TASK_CONCURRENCY = 4  # task images fetched and detected at once per request
-IMAGE_IDS_KEPT = 4096
+IMAGE_IDS_KEPT = 4096  # task file URL → image_id, so a repeat click sends no image
 # Controls the Detector pre-annotates (a -seg model's outlines and masks fill the last two).
-PRE_ANNOTATED = (
-    "rectanglelabels",
-    "polygonlabels",
-    "brushlabels",
-)  # task file URL → image_id, so a repeat click sends no image
+PRE_ANNOTATED = ("rectanglelabels", "polygonlabels", "brushlabels")
 
 
 class Backend:

@@ -273,15 +273,12 @@ def _project_extras(req: str) -> set[str]:
 def test_dockerfile_installs_like_the_makefile() -> None:
     # hy3dgen (the hunyuan3d backend) reaches clusters through its runtime_env overlay
     # (configs/backends/hunyuan3d.yaml), not the image.
-    make = [
-        s
-        for s in _pip_steps(_makefile_install_recipe())
-        if "pip" not in s["reqs"] and s["reqs"] != ["hy3dgen==2.0.2"]
-    ]
+    make_steps = _pip_steps(_makefile_install_recipe())
+    make = [s for s in make_steps if "pip" not in s["reqs"] and s["reqs"] != ["hy3dgen==2.0.2"]]
     docker = _pip_steps(_dockerfile_runs())
     assert len(make) == len(docker) == 3, (make, docker)
     # every step of both holds to the one constraints file, which the image copies in
-    assert {s["constraints"] for s in _pip_steps(_makefile_install_recipe())} == {"constraints.txt"}
+    assert {s["constraints"] for s in make_steps} == {"constraints.txt"}
     assert {s["constraints"] for s in docker} == {"constraints.txt"}
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert re.search(r"^COPY\s.*\bconstraints\.txt\s", dockerfile, re.MULTILINE)
