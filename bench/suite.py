@@ -139,6 +139,7 @@ def pipeline_rows(pipeline: dict[str, Any], _: dict[str, Any]) -> list[Row]:
             "",
             "client-seen wall ÷ stage seconds (handle hop + model + artifact writes)",
         ),
+        *new_image_rows(pipeline.get("new_image_segment")),
         (
             "handle hop − same call in-process (p50)",
             f"{hop['hop_p50_ms']:.2f} ms",
@@ -158,6 +159,23 @@ def pipeline_rows(pipeline: dict[str, Any], _: dict[str, Any]) -> list[Row]:
                 f"{cold['model_load_s']} s"
             ),
         ),
+    ]
+
+
+def new_image_rows(fresh: dict[str, Any] | None) -> list[Row]:
+    if fresh is None:
+        return []
+    return [
+        (
+            "segment stage on a new image ÷ its Detector + SAM2 time",
+            f"{fresh['stage_over_model_p50']:.3f}",
+            "",
+            (
+                f"{fresh['jobs']} segment-only jobs with detector boxes, a new image each: stage "
+                f"{fresh['stage_s_p50']} s vs Detector {fresh['detect_s_p50']} s + SAM2 "
+                f"{fresh['segment_model_s_p50']} s (the encoder runs while the Detector does)"
+            ),
+        )
     ]
 
 

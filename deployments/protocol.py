@@ -115,6 +115,32 @@ class SegmentImageRequest:
         return call_kwargs(self)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class EncodeImageRequest:
+    """``Segmenter.encode_image``: compute and cache an image's embedding before its prompt is
+    known (a job's segment stage asks while the Detector looks for the boxes), routed like
+    ``SegmentImageRequest``, whose later call by id then finds the embedding."""
+
+    image_id: str
+    data: bytes | None = None
+    source: ImageSource | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return call_kwargs(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEncoded:
+    """What ``encode_image`` did: ``cached`` the replica held the embedding already; ``kept``
+    it holds it now (False when its cache is off: the prompt's call encodes then);
+    ``seconds`` the encoder's time (0 when cached)."""
+
+    image_id: str
+    cached: bool
+    kept: bool
+    seconds: float
+
+
 MAX_TEXT_CHARS = 200  # a text prompt's length (SAM 3's tokenizer keeps 32 tokens anyway)
 
 

@@ -34,7 +34,7 @@ from deployments.image_cache import (
     check_image_id,
     load_image,
 )
-from deployments.protocol import ImageSource, SegmentPrompt, SegmentResult
+from deployments.protocol import ImageEncoded, ImageSource, SegmentPrompt, SegmentResult
 
 logger = logging.getLogger("meshline.segmenter")
 
@@ -336,6 +336,25 @@ class Sam3Segmenter:
             image_id=image_id,
             cached=cached,
         )
+
+    def encode_image(
+        self, image_id: str, data: bytes | None = None, source: ImageSource | None = None
+    ) -> ImageEncoded:
+        """``EncodeImageRequest``: the image's features computed and cached now, so that its
+        prompt's call finds them (nothing to do with the cache off)."""
+        check_image_id(image_id)
+        if self.cache.max_bytes <= 0:
+            return ImageEncoded(image_id, cached=False, kept=False, seconds=0.0)
+        if self.cache.get(image_id) is not None:
+            return ImageEncoded(image_id, cached=True, kept=True, seconds=0.0)
+        image = self._load_image(image_id, data, source)
+        with self._lock, _cpu_compat(self.device):
+            if self.cache.get(image_id) is not None:  # a concurrent call encoded it
+                return ImageEncoded(image_id, cached=True, kept=True, seconds=0.0)
+            started = time.perf_counter()
+            self.cache.put(image_id, self._encode(image))
+            seconds = time.perf_counter() - started
+        return ImageEncoded(image_id, cached=False, kept=True, seconds=round(seconds, 4))
 
     def segment(
         self,

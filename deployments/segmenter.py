@@ -38,6 +38,7 @@ from deployments.protocol import (
     FrameBatch,
     FrameMasks,
     FrameSource,
+    ImageEncoded,
     ImageSource,
     RleMask,
     SegmentPrompt,
@@ -165,22 +166,40 @@ class Sam2Segmenter:
         from ``source``) decoded here and encoded once, then cached."""
         check_image_id(image_id)
         refuse_text(text)
-        embedding = self.cache.get(image_id)
-        cached = embedding is not None
-        encode_seconds = 0.0
-        if embedding is None:
-            image = self.load_image(image_id, data, source)
-            with self._lock:
-                embedding = self.cache.get(image_id)  # a concurrent call may have encoded it
-                if embedding is None:
-                    started = time.perf_counter()
-                    embedding = self._encode(image)
-                    encode_seconds = time.perf_counter() - started
-                    if self.cache.max_bytes > 0:
-                        self.cache.put(image_id, embedding)
+        embedding, cached, encode_seconds = self._embedding(image_id, data, source)
         return self.predict_on(
             image_id, embedding, cached, points, labels, box, multimask, encode_seconds
         )
+
+    def encode_image(
+        self, image_id: str, data: bytes | None = None, source: ImageSource | None = None
+    ) -> ImageEncoded:
+        """``EncodeImageRequest``: the embedding of ``image_id`` computed and cached now, so that
+        its prompt's call finds it (nothing to do with the cache off)."""
+        check_image_id(image_id)
+        if self.cache.max_bytes <= 0:
+            return ImageEncoded(image_id, cached=False, kept=False, seconds=0.0)
+        _, cached, seconds = self._embedding(image_id, data, source)
+        return ImageEncoded(image_id, cached, kept=True, seconds=round(seconds, 4))
+
+    def _embedding(
+        self, image_id: str, data: bytes | None, source: ImageSource | None
+    ) -> tuple[Embedding, bool, float]:
+        """The image's embedding, whether it was cached, and the encoder's seconds."""
+        embedding = self.cache.get(image_id)
+        if embedding is not None:
+            return embedding, True, 0.0
+        image = self.load_image(image_id, data, source)
+        with self._lock:
+            embedding = self.cache.get(image_id)  # a concurrent call may have encoded it
+            if embedding is not None:
+                return embedding, True, 0.0
+            started = time.perf_counter()
+            embedding = self._encode(image)
+            seconds = time.perf_counter() - started
+            if self.cache.max_bytes > 0:
+                self.cache.put(image_id, embedding)
+        return embedding, False, seconds
 
     def load_image(self, image_id: str, data: bytes | None, source: ImageSource | None) -> Any:
         """The image of ``image_id`` as a (3, H, W) uint8 RGB tensor decoded on the model's
@@ -471,8 +490,11 @@ class SegmenterDeployment:
         )(route)
         self._sweeper = asyncio.get_running_loop().create_task(self._release_idle_sessions())
 
-        async def encode_many(items: list[tuple[str, Any]]) -> list[Embedding]:
-            return await asyncio.to_thread(self._model.encode_batch, items)
+        async def encode_many(items: list[tuple[str, Any]]) -> list[tuple[Embedding, float]]:
+            started = time.perf_counter()  # the forward (and the lock), not the batch's wait
+            embeddings = await asyncio.to_thread(self._model.encode_batch, items)
+            seconds = time.perf_counter() - started
+            return [(embedding, seconds) for embedding in embeddings]
 
         self._encode_batched = None
         # GPU only (on CPU set_image_batch measured no gain); SAM2 only.
@@ -540,6 +562,43 @@ class SegmenterDeployment:
     ) -> SegmentResult:
         """``Sam2Segmenter.segment_image`` (``Sam3Segmenter``'s with segment_backend=sam3);
         routed with ``image_route(image_id)``."""
+        await self._route_image(image_id)
+        model = self._model
+        if self._encode_batched is None:
+            prompt = (points, labels, box, multimask, text, min_score, max_masks)
+            result = await asyncio.to_thread(model.segment_image, image_id, data, source, *prompt)
+        else:
+            refuse_text(text)
+            embedding, cached, seconds = await self._batched_embedding(image_id, data, source)
+            result = await asyncio.to_thread(
+                model.predict_on,
+                image_id,
+                embedding,
+                cached,
+                points,
+                labels,
+                box,
+                multimask,
+                seconds,
+            )
+        from deployments.telemetry import count_segment_embedding
+
+        count_segment_embedding(bool(result.cached), model.cache.nbytes)
+        return result
+
+    async def encode_image(
+        self, image_id: str, data: bytes | None = None, source: ImageSource | None = None
+    ) -> ImageEncoded:
+        """``Sam2Segmenter.encode_image`` (``Sam3Segmenter``'s with segment_backend=sam3), routed
+        as ``segment_image``: the prompt's call by id that follows finds the embedding here."""
+        await self._route_image(image_id)
+        model = self._model
+        if self._encode_batched is None or model.cache.max_bytes <= 0:
+            return await asyncio.to_thread(model.encode_image, image_id, data, source)
+        _, cached, seconds = await self._batched_embedding(image_id, data, source)
+        return ImageEncoded(image_id, cached, kept=True, seconds=round(seconds, 4))
+
+    async def _route_image(self, image_id: str) -> None:
         check_image_id(image_id)
         routed = serve.get_multiplexed_model_id()
         if routed and routed != image_route(image_id):
@@ -547,24 +606,19 @@ class SegmenterDeployment:
                 "image calls must be routed with multiplexed_model_id=img:<image id>", "image_id"
             )
         await self._route(image_route(image_id))  # advertise it: later clicks come here
-        model = self._model
-        if self._encode_batched is None:
-            prompt = (points, labels, box, multimask, text, min_score, max_masks)
-            result = await asyncio.to_thread(model.segment_image, image_id, data, source, *prompt)
-        else:
-            refuse_text(text)
-            embedding = model.cache.get(image_id)
-            cached = embedding is not None
-            if embedding is None:  # concurrent first-time images share one encoder forward
-                image = await asyncio.to_thread(model.load_image, image_id, data, source)
-                embedding = await self._encode_batched((image_id, image))
-            result = await asyncio.to_thread(
-                model.predict_on, image_id, embedding, cached, points, labels, box, multimask
-            )
-        from deployments.telemetry import count_segment_embedding
 
-        count_segment_embedding(bool(result.cached), model.cache.nbytes)
-        return result
+    async def _batched_embedding(
+        self, image_id: str, data: bytes | None, source: ImageSource | None
+    ) -> tuple[Embedding, bool, float]:
+        """The cached embedding, or one from an encoder forward that concurrent first-time
+        images share; whether it was cached, and the forward's seconds."""
+        assert self._encode_batched is not None
+        embedding = self._model.cache.get(image_id)
+        if embedding is not None:
+            return embedding, True, 0.0
+        image = await asyncio.to_thread(self._model.load_image, image_id, data, source)
+        embedding, seconds = await self._encode_batched((image_id, image))
+        return embedding, False, seconds
 
     async def _routed_session(self, video_id: str) -> VideoSession:
         routed = serve.get_multiplexed_model_id()

@@ -31,7 +31,9 @@ from deployments.protocol import (
     ConvertResult,
     DetectRequest,
     DetectResult,
+    EncodeImageRequest,
     FrameBatch,
+    ImageEncoded,
     PaintRequest,
     PaintResult,
     ReconstructRequest,
@@ -61,6 +63,13 @@ class SegmenterClient:
         routed = self.handle.options(multiplexed_model_id=image_route(request.image_id))
         return cast(
             DeploymentResponse[SegmentResult], routed.segment_image.remote(**request.kwargs())
+        )
+
+    def encode_image(self, request: EncodeImageRequest) -> DeploymentResponse[ImageEncoded]:
+        """Routed as ``segment_image``: the prompt's call for the same image finds it there."""
+        routed = self.handle.options(multiplexed_model_id=image_route(request.image_id))
+        return cast(
+            DeploymentResponse[ImageEncoded], routed.encode_image.remote(**request.kwargs())
         )
 
     def video_prompt(self, request: VideoPromptRequest) -> DeploymentResponse[VideoPromptResult]:

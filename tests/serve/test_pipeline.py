@@ -127,6 +127,8 @@ def test_detector_box_prompts_the_segmenter(client) -> None:  # type: ignore[no-
     # Both replicas' own times: the Detector's (its speed_ms, in seconds) and the Segmenter's.
     assert detail["detect_seconds"] == round(sum(detections["speed_ms"].values()) / 1000, 4) > 0
     assert detail["model_seconds"] > 0
+    # The Segmenter encoded the image while the Detector looked for boxes (its cache is on).
+    assert detail["encoded_during_detection"] is True
     assert {a["name"] for a in job["artifacts"]} == {
         "input.png",
         "detections.json",

@@ -25,9 +25,12 @@ from deployments.protocol import (
     ConvertResult,
     DetectRequest,
     DetectResult,
+    EncodeImageRequest,
     FrameBatch,
     FrameMasks,
     FrameSource,
+    ImageEncoded,
+    ImageSource,
     LoadedModelInfo,
     OutputFile,
     PaintRequest,
@@ -203,6 +206,8 @@ def test_small_types_roundtrip() -> None:
     _roundtrip(SegmentRequest(image, points=[[1, 1]]))
     _roundtrip(ConvertRequest(b"mesh", sim={"size_m": 0.2}))
     _roundtrip(OutputFile("a.json", b"{}", "application/json"))
+    _roundtrip(EncodeImageRequest("ab" * 32, b"png", ImageSource("file", "/pool/x.img")))
+    _roundtrip(ImageEncoded("ab" * 32, cached=False, kept=True, seconds=0.25))
     # A stored prompt record (extra keys and all) becomes a VideoPrompt; one stays as it is.
     record = {"seq": 2, "frame_idx": 1, "obj_id": 3, "box": [0, 0, 4, 4], "created_at": "x"}
     assert VideoPrompt.of(record) == VideoPrompt(2, 1, 3, box=[0, 0, 4, 4])
@@ -274,6 +279,14 @@ def _deployment_class(name: str) -> type:
                 "deployments.segmenter.Sam2Segmenter.segment_image",
             ],
         ),
+        (
+            EncodeImageRequest,
+            [
+                "deployments.segmenter.SegmenterDeployment.encode_image",
+                "deployments.segmenter.Sam2Segmenter.encode_image",
+                "deployments.sam3_segmenter.Sam3Segmenter.encode_image",
+            ],
+        ),
         (VideoPromptRequest, ["deployments.segmenter.SegmenterDeployment.video_prompt"]),
         (VideoPropagateRequest, ["deployments.segmenter.SegmenterDeployment.video_propagate"]),
     ],
@@ -333,6 +346,7 @@ def test_clients_route_and_send_the_request_fields() -> None:
     handles.reconstructor_client.reconstruct(ReconstructRequest(image, image[:, :, 0]))
     handles.converter_client.convert(ConvertRequest(b"m", "ply", ["stl"]))
     handles.segmenter_client.segment_image(SegmentImageRequest("ab" * 32, b"png", box=[0, 0, 2, 2]))
+    handles.segmenter_client.encode_image(EncodeImageRequest("cd" * 32, b"png"))
     routes = [(opts, method) for opts, method, _ in calls]
     assert routes == [
         ({}, "segment"),
@@ -343,10 +357,12 @@ def test_clients_route_and_send_the_request_fields() -> None:
         ({}, "reconstruct"),
         ({}, "convert"),
         ({"multiplexed_model_id": "img:" + "ab" * 32}, "segment_image"),
+        ({"multiplexed_model_id": "img:" + "cd" * 32}, "encode_image"),
     ]
     assert calls[1][2]["conf"] == 0.5 and calls[1][2]["image"] is image
     assert calls[3][2] == {"video_id": "vid", "source": source, "history": history}
     assert calls[6][2]["formats"] == ["stl"] and calls[6][2]["collision"] is True
+    assert calls[8][2] == {"image_id": "cd" * 32, "data": b"png", "source": None}
 
 
 # Layering ---------------------------------------------------------------------------------------

@@ -112,11 +112,34 @@ def test_an_evicted_image_is_recomputed_from_the_store(tmp_path: Path) -> None:
         one_image.segment_image(ids[0], None, source)
 
 
+def test_an_image_encoded_before_its_prompt(segmenter: Sam2Segmenter) -> None:
+    """``encode_image`` (a job's segment stage, while the Detector runs): the embedding is
+    computed and kept, and the prompt's call by id that follows takes only the decoder."""
+    scene = make_scene("box", 180, 260)
+    data = _png(scene.image)
+    image_id = image_id_of(data)
+    first = segmenter.encode_image(image_id, data)
+    assert (first.image_id, first.cached, first.kept) == (image_id, False, True)
+    assert first.seconds > 0 and image_id in segmenter.cache
+    again = segmenter.encode_image(image_id, None)  # nothing to do, no image needed
+    assert (again.cached, again.kept, again.seconds) == (True, True, 0.0)
+    box = [40.0, 30.0, 200.0, 150.0]
+    prompted = segmenter.segment_image(image_id, None, box=box)
+    assert prompted.cached is True
+    assert np.array_equal(prompted.masks, segmenter.segment(scene.image, box=box).masks)
+    with pytest.raises(InvalidInput, match="SHA-256"):
+        segmenter.encode_image(image_id_of(b"other"), data)
+
+
 def test_cache_off_still_answers() -> None:
     off = _segmenter(cache_mb=0)
     data = _png(make_scene().image)
     image_id = image_id_of(data)
     assert off.segment_image(image_id, data).cached is False
+    assert len(off.cache) == 0
+    # Encoding ahead would be thrown away: nothing is done, and the caller sends the image again.
+    skipped = off.encode_image(image_id, data)
+    assert (skipped.cached, skipped.kept, skipped.seconds) == (False, False, 0.0)
     assert len(off.cache) == 0
     with pytest.raises(UnknownImage):
         off.segment_image(image_id)
