@@ -594,9 +594,15 @@ class SegmenterDeployment:
         await self._route_image(image_id)
         model = self._model
         if self._encode_batched is None or model.cache.max_bytes <= 0:
-            return await asyncio.to_thread(model.encode_image, image_id, data, source)
-        _, cached, seconds = await self._batched_embedding(image_id, data, source)
-        return ImageEncoded(image_id, cached, kept=True, seconds=round(seconds, 4))
+            encoded = await asyncio.to_thread(model.encode_image, image_id, data, source)
+        else:
+            _, cached, seconds = await self._batched_embedding(image_id, data, source)
+            encoded = ImageEncoded(image_id, cached, kept=True, seconds=round(seconds, 4))
+        if encoded.kept and not encoded.cached:
+            from deployments.telemetry import count_segment_embedding
+
+            count_segment_embedding(False, model.cache.nbytes)
+        return encoded
 
     async def _route_image(self, image_id: str) -> None:
         check_image_id(image_id)

@@ -132,7 +132,9 @@ def set_video_fps(fps: float, deployment: str = "Segmenter") -> None:
 
 
 def count_segment_embedding(cached: bool, cache_bytes: int, deployment: str = "Segmenter") -> None:
-    """One ``segment_image`` call answered from a cached embedding (hit) or a fresh encode."""
+    """One ``segment_image`` call answered from a cached embedding (hit) or a fresh encode
+    (miss); an ``encode_image`` call counts only when it ran the encoder (a miss), so the
+    misses are the encoder's runs."""
     m = _metrics()
     m["segment_embeddings"].inc(1, tags=_own(deployment, result="hit" if cached else "miss"))
     m["segment_cache_bytes"].set(max(int(cache_bytes), 0), tags=_own(deployment))
