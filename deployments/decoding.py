@@ -14,6 +14,7 @@ checks the pixel bound again on the header and on the decoded pixels, so a handl
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable
@@ -261,15 +262,48 @@ def decode_jpegs(datas: list[bytes], device: str) -> list[torch.Tensor | None]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+
+    def decode(items: list[torch.Tensor]) -> list[torch.Tensor]:
+        if device.split(":", 1)[0] == "cuda":
+            return _nvjpeg(items, device)
+        return list(decode_jpeg(items, mode=ImageReadMode.RGB, device=device))
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision.io's deprecation notice
         try:
-            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+            return list(decode(encoded))
         except Exception:  # noqa: BLE001 — one bad file fails the batched call
             found: list[torch.Tensor | None] = []
             for one in encoded:
                 try:
-                    found.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+                    found.append(decode([one])[0])
                 except Exception:  # noqa: BLE001 — refused: PIL decodes it (or says why not)
                     found.append(None)
             return found
+
+
+@functools.cache
+def _decode_stream(device: str) -> Any:
+    import torch
+
+    return torch.cuda.Stream(device)
+
+
+def _nvjpeg(encoded: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+    """``decode_jpeg`` on CUDA, its outputs allocated on a stream of their own. torchvision
+    allocates them on the caller's current stream, then writes them from its decoder's stream
+    without waiting for that one: a block that model work still queued there had just freed
+    could be overwritten (pytorch/vision#9606, corrupted outputs on H100). This stream's blocks
+    only ever hold decoded images, each marked as used by the consumer's stream, so the
+    allocator hands none out again before the work reading it is done."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    consumer = torch.cuda.current_stream(device)
+    stream = _decode_stream(device)
+    with torch.cuda.stream(stream):
+        decoded = list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    consumer.wait_stream(stream)  # the model's work starts after the decode
+    for tensor in decoded:
+        tensor.record_stream(consumer)
+    return decoded
