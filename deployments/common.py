@@ -43,6 +43,20 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_cuda(device: str) -> bool:
+    """A CUDA device: ``cuda`` or ``cuda:<index>``."""
+    return device.split(":", 1)[0] == "cuda"
+
+
+def finish_device_work(device: str) -> None:
+    """Wait for the work queued on a CUDA device. Kernels run asynchronously: a timer read
+    right after a call that only launched them measures the launch, not the work."""
+    if is_cuda(device):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 def replica_num_cpus() -> float | None:
     """The CPUs Ray gave this process (the replica's ``ray_actor_options.num_cpus``), or None
     outside a Ray worker."""
@@ -114,8 +128,8 @@ def torch_threads() -> int:
 
 def use_half(precision: str, device: str) -> bool:
     """ "half" forces reduced precision (CUDA only); "auto" uses it on CUDA, fp32 on CPU."""
-    half = precision == "half" or (precision == "auto" and device == "cuda")
-    if half and device != "cuda":
+    half = precision == "half" or (precision == "auto" and is_cuda(device))
+    if half and not is_cuda(device):
         raise ModelLoadError("half precision needs a CUDA device")
     return half
 
@@ -136,7 +150,7 @@ def placement(device: str) -> dict[str, object]:
         "pid": os.getpid(),
         "node_id": node_id,
     }
-    if device == "cuda":
+    if is_cuda(device):
         import torch
 
         info["gpu_name"] = torch.cuda.get_device_name(0)

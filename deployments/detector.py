@@ -18,6 +18,8 @@ from ray import serve
 
 from deployments import logtail, telemetry
 from deployments.common import (
+    finish_device_work,
+    is_cuda,
     keep_torch_threads,
     pick_device,
     placement,
@@ -150,7 +152,7 @@ class YoloDetector:
         """Drop the weights (an evicted or superseded model); GPU memory goes back at once."""
         self.model = None
         self.predictor = None
-        if getattr(self, "device", "cpu") == "cuda":
+        if is_cuda(getattr(self, "device", "cpu")):
             import torch
 
             torch.cuda.empty_cache()
@@ -262,10 +264,7 @@ class YoloDetector:
         return answers
 
     def _sync(self) -> None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
+        finish_device_work(self.device)
 
     def _answer(self, result: Any, speed: dict[str, float]) -> DetectResult:
         height, width = result.orig_shape

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.common import pick_device, placement, resolve_checkpoint
+from deployments.common import finish_device_work, pick_device, placement, resolve_checkpoint
 from deployments.configs import SegmenterConfig
 from deployments.errors import InvalidInput, ModelLoadError
 from deployments.image_cache import (
@@ -384,6 +384,7 @@ class Sam3Segmenter:
 
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         state = self.processor.set_image(tensor)
+        finish_device_work(self.device)  # the caller times the encoder
         nbytes = sum(
             int(t.numel()) * int(t.element_size()) for t in _tensors(state["backbone_out"])
         )

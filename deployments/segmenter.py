@@ -23,6 +23,7 @@ from ray import serve
 
 from deployments import logtail
 from deployments.common import (
+    finish_device_work,
     pick_device,
     placement,
     resolve_checkpoint,
@@ -234,6 +235,7 @@ class Sam2Segmenter:
 
         with self._lock, torch.inference_mode(), self._autocast():
             set_images(self.predictor, [image for _, image in items])
+            finish_device_work(self.device)  # the caller times the forward
             try:
                 features = self.predictor._features
                 embeddings = []
@@ -264,6 +266,7 @@ class Sam2Segmenter:
 
         with torch.inference_mode(), self._autocast():
             set_images(self.predictor, [image])
+            finish_device_work(self.device)  # the encoder's time is the caller's to measure
             try:
                 return Embedding.capture(self.predictor)
             finally:

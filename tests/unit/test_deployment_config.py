@@ -58,3 +58,14 @@ def test_configs_live_in_the_torch_free_module() -> None:
         assert cls is getattr(configs, name) and cls.__module__ == "deployments.configs"
         for field, info in cls.model_fields.items():
             assert info.description, f"{name}.{field} has no description"
+
+
+def test_a_cuda_device_with_an_index_is_cuda() -> None:
+    """``device: cuda:0`` is as CUDA as ``cuda``: half precision by default, placement's GPU."""
+    from deployments.common import is_cuda, use_half
+
+    assert is_cuda("cuda") and is_cuda("cuda:1") and not is_cuda("cpu")
+    assert use_half("auto", "cuda:0") is True and use_half("fp32", "cuda:0") is False
+    assert use_half("auto", "cpu") is False
+    with pytest.raises(ModelLoadError, match="needs a CUDA device"):
+        use_half("half", "cpu")
