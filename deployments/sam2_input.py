@@ -26,10 +26,29 @@ def model_input(images: list[torch.Tensor], transforms: Any, device: Any) -> tor
 
     size = [transforms.resolution, transforms.resolution]
     mean, std = transforms.mean, transforms.std
-    batch = [
-        normalize(resize(image.to(device).float().div(255.0), size), mean, std) for image in images
-    ]
+    batch = []
+    for image in images:
+        where = resize_device(tuple(image.shape[1:]), transforms.resolution, device)
+        pixels = image.to(where).float().div(255.0)
+        batch.append(normalize(resize(pixels, size), mean, std).to(device))
     return torch.stack(batch)
+
+
+# CUDA's antialiased resize keeps its filter in one block's shared memory, which a downscale
+# by ~190x or more overflows ("Please reduce the scale factor"); the CPU kernel has no bound.
+# Such images (a 200000x200 strip fits 40 MP) are resized on the CPU, with the same result.
+MAX_CUDA_DOWNSCALE = 64
+
+
+def resize_device(shape: tuple[int, int], resolution: int, device: Any) -> Any:
+    """Where an image of ``shape`` (H, W) is resized to ``resolution``: its model's device,
+    or the CPU for a downscale CUDA's antialiased kernel cannot do."""
+    import torch
+
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda and max(shape) > MAX_CUDA_DOWNSCALE * resolution:
+        return "cpu"
+    return device
 
 
 def set_images(predictor: Any, images: list[torch.Tensor]) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from deployments.decoding import rgb_tensor
 from deployments.protocol import image_id_of
-from deployments.sam2_input import set_images
+from deployments.sam2_input import MAX_CUDA_DOWNSCALE, model_input, resize_device, set_images
 from deployments.segmenter import Sam2Segmenter, SegmenterConfig
 from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
 
@@ -78,3 +78,20 @@ def test_the_segmenter_decodes_the_file_on_its_device(segmenter: Sam2Segmenter) 
     assert tensor.dtype == torch.uint8 and tuple(tensor.shape) == (3, 200, 120)
     result = segmenter.segment_image(image_id_of(data), data, points=[[60.0, 100.0]])
     assert result.masks.shape == (1, 200, 120) and result.cached is False
+
+
+def test_a_downscale_cuda_cannot_do_is_resized_on_the_cpu(segmenter: Sam2Segmenter) -> None:
+    """CUDA's antialiased resize refuses a downscale of ~190x; a strip that long (it fits the
+    pixel bound) is resized on the CPU there, anything else on the model's device."""
+    resolution = 1024
+    strip = (200, MAX_CUDA_DOWNSCALE * resolution + 1)
+    assert resize_device(strip, resolution, "cuda") == "cpu"
+    assert resize_device(strip[::-1], resolution, torch.device("cuda", 0)) == "cpu"
+    assert resize_device((1080, 810), resolution, "cuda") == "cuda"
+    assert resize_device(strip, resolution, "cpu") == "cpu"
+    # The CPU path takes such a strip (at the test model's resolution), as it takes any image.
+    transforms = segmenter.predictor._transforms
+    long_side = MAX_CUDA_DOWNSCALE * transforms.resolution + 1
+    image = torch.zeros((3, 2, long_side), dtype=torch.uint8)
+    made = model_input([image], transforms, "cpu")
+    assert made.shape == (1, 3, transforms.resolution, transforms.resolution)
