@@ -131,6 +131,21 @@ def test_float_resize_kernel_matches_cv2() -> None:
             assert np.abs(ours.astype(int) - expected).max() <= 1
 
 
+def test_float_resize_takes_a_batch_one_image_at_a_time() -> None:
+    """The float kernel (CUDA's) resizes each image of a batch alone (no float copy of the
+    whole batch): the same pixels as the batch resized in one call."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(2)
+    batch = torch.from_numpy(rng.integers(0, 256, (3, 3, 97, 211), dtype=np.uint8))
+    whole = F.interpolate(batch.float(), size=(40, 90), mode="bilinear", align_corners=False)
+    expected = whole.round_().clamp_(0, 255).to(torch.uint8)
+    ours = resize_uint8(batch, (40, 90), exact_uint8=False)
+    assert ours.shape == (3, 3, 40, 90) and ours.dtype == torch.uint8
+    assert torch.equal(ours, expected)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_as_pil(orientation: int) -> None:
     rng = np.random.default_rng(orientation)
