@@ -418,6 +418,23 @@ def bench_arguments(device: str, quick: bool, stages: str | None) -> dict[str, l
     }  # fmt: skip
 
 
+def merged_reports(paths: list[Path]) -> dict[str, Any]:
+    """suite_*.json files as one: each benchmark's report from the file that has it (the
+    last one wins), the machine and device from the first, the latest time written. Files of
+    different devices are not merged."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        saved = json.loads(path.read_text())
+        if not merged:
+            merged = {key: saved[key] for key in ("machine", "device")}
+        elif saved["device"] != merged["device"]:
+            raise SystemExit(f"{path}: device {saved['device']}, not {merged['device']}")
+        written = [merged.get("written"), saved.get("written")]
+        merged["written"] = max(filter(None, written), default=None)
+        merged.update({k: v for k, v in saved.items() if k not in ("machine", "device", "written")})
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small SAM2 everywhere, fewer jobs")
@@ -425,8 +442,10 @@ def main() -> None:
     parser.add_argument(
         "--render",
         type=Path,
+        nargs="+",
         metavar="SUITE_JSON",
-        help="rewrite the table from a suite_*.json this script wrote (no new measures)",
+        help="rewrite the table from suite_*.json files this script wrote (no new measures); "
+        "several (the GPU rows from two device calls) are merged, the machine from the first",
     )
     parser.add_argument("--benches", help=f"comma list of: {', '.join(ROWS)} (default: all)")
     parser.add_argument(
@@ -442,13 +461,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.render:
-        saved = json.loads(args.render.read_text())
+        saved = merged_reports(args.render)
+        if args.raw:  # the merged reports, as one suite_*.json
+            args.raw.write_text(json.dumps(saved, indent=2) + "\n")
         info, device = saved.pop("machine"), saved.pop("device")
         written = saved.pop("written", None)  # when the suite measured (older files: mtime)
         measured = (
             datetime.fromisoformat(written)
             if written
-            else datetime.fromtimestamp(args.render.stat().st_mtime, UTC)
+            else datetime.fromtimestamp(args.render[0].stat().st_mtime, UTC)
         )
         seconds = sum(report.get("_seconds", 0) for report in saved.values())
         table = rows(saved)
