@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from deployments.errors import ImageTooLarge, InvalidInput, UnsupportedImage
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger("meshline.decoding")
 
 # The service's image formats, for uploads (serve_app.imaging) and handle callers alike.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
@@ -280,6 +283,26 @@ def decode_jpegs(datas: list[bytes], device: str) -> list[torch.Tensor | None]:
                 except Exception:  # noqa: BLE001 — refused: PIL decodes it (or says why not)
                     found.append(None)
             return found
+
+
+@functools.cache
+def jpeg_decoder(device: str) -> str:
+    """Which decoder a JPEG gets on ``device``: "nvjpeg" (CUDA), "libjpeg" (torchvision on
+    CPU), or "pil" when torchvision's refuses a plain JPEG here (a torchvision built without
+    nvJPEG, say): the decode still works, slower and on the CPU, and a benchmark should say so.
+    Probed once per device with a small JPEG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 90)).save(buffer, format="JPEG")
+    try:
+        (decoded,) = decode_jpegs([buffer.getvalue()], device)
+    except Exception:  # noqa: BLE001 — whatever fails, the answer is the fallback's
+        decoded = None
+    if decoded is None or tuple(decoded.shape) != (3, 8, 16):
+        logger.warning("torchvision cannot decode JPEGs on %s: PIL decodes them", device)
+        return "pil"
+    return "nvjpeg" if device.split(":", 1)[0] == "cuda" else "libjpeg"
 
 
 @functools.cache

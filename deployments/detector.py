@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments import logtail, telemetry
+from deployments import decoding, logtail, telemetry
 from deployments.common import (
     finish_device_work,
     is_cuda,
@@ -145,6 +145,7 @@ class YoloDetector:
             "task": self.model.task,
             "num_classes": len(self.names),
             "precision": "fp16" if self.half else "fp32",
+            "jpeg_decoder": decoding.jpeg_decoder(self.device),
             **placement(self.device),
         }
 

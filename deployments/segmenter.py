@@ -31,7 +31,7 @@ from deployments.common import (
     use_half,
 )
 from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
-from deployments.decoding import decode_images, rgb_tensor
+from deployments.decoding import decode_images, jpeg_decoder, rgb_tensor
 from deployments.errors import InvalidInput, ModelLoadError, UnsupportedPrompt
 from deployments.image_cache import Embedding, EmbeddingCache, check_image_id, image_bytes
 from deployments.protocol import (
@@ -128,6 +128,7 @@ class Sam2Segmenter:
             "precision": "bf16-autocast" if self.half else "fp32",
             "torch_threads": _torch_threads(),
             "load_seconds": round(self.load_seconds, 3),
+            "jpeg_decoder": jpeg_decoder(self.device),
             **placement(self.device),
         }
 

@@ -167,6 +167,8 @@ def test_replicas_compute_on_the_cpus_they_were_given(
     for name in ("Segmenter", "Reconstructor", "Converter", "Detector"):
         info = serve.get_deployment_handle(name, app_name=APP_NAME).info.remote().result()
         assert info["torch_threads"] == 1, (name, info)
+        if name in ("Segmenter", "Detector"):  # they decode JPEGs on their device
+            assert info["jpeg_decoder"] == "libjpeg", (name, info)
 
     detector_cfg = model_configs(Settings(**test_settings))[3]
     two = DetectorDeployment.options(

@@ -129,3 +129,13 @@ def test_the_reconstructor_takes_files_or_arrays_alike() -> None:
         backend.reconstruct(scene.png(), other)
     with pytest.raises(ImageTooLarge):
         backend.paint(from_files.mesh, scene.png(), scene.mask_png(), max_pixels=1000)
+
+
+def test_the_replicas_say_which_jpeg_decoder_they_use() -> None:
+    """Probed once per device: torchvision's libjpeg here (nvJPEG on CUDA); a benchmark reads
+    it from the replica's info, so a silent fallback to PIL would show."""
+    from deployments.decoding import decode_images, jpeg_decoder
+
+    assert jpeg_decoder("cpu") == "libjpeg"
+    (decoded,) = decode_images([_rotated_jpeg(20, 10, 1)], "cpu")
+    assert decoded.decoder == jpeg_decoder("cpu")
