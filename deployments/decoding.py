@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deployments.common import is_cuda
 from deployments.errors import ImageTooLarge, InvalidInput, UnsupportedImage
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ def decode_images(
         except InvalidInput as exc:
             out[index] = exc
     if jpegs:
-        decoder = "nvjpeg" if device.startswith("cuda") else "libjpeg"
+        decoder = torchvision_decoder(device)
         decoded = decode_jpegs([data for _, data, _ in jpegs], device)
         for (index, _, orientation), tensor in zip(jpegs, decoded, strict=True):
             if tensor is not None and tuple(tensor.shape[1:]) == headers[index].size[::-1]:
@@ -267,7 +268,7 @@ def decode_jpegs(datas: list[bytes], device: str) -> list[torch.Tensor | None]:
     encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
 
     def decode(items: list[torch.Tensor]) -> list[torch.Tensor]:
-        if device.split(":", 1)[0] == "cuda":
+        if is_cuda(device):
             return _nvjpeg(items, device)
         return list(decode_jpeg(items, mode=ImageReadMode.RGB, device=device))
 
@@ -302,7 +303,12 @@ def jpeg_decoder(device: str) -> str:
     if decoded is None or tuple(decoded.shape) != (3, 8, 16):
         logger.warning("torchvision cannot decode JPEGs on %s: PIL decodes them", device)
         return "pil"
-    return "nvjpeg" if device.split(":", 1)[0] == "cuda" else "libjpeg"
+    return torchvision_decoder(device)
+
+
+def torchvision_decoder(device: str) -> str:
+    """The decoder behind torchvision's ``decode_jpeg`` on ``device``."""
+    return "nvjpeg" if is_cuda(device) else "libjpeg"
 
 
 @functools.cache

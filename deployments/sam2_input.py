@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from deployments.common import is_cuda
+
 if TYPE_CHECKING:
     import torch
 
@@ -43,10 +45,7 @@ MAX_CUDA_DOWNSCALE = 64
 def resize_device(shape: tuple[int, int], resolution: int, device: Any) -> Any:
     """Where an image of ``shape`` (H, W) is resized to ``resolution``: its model's device,
     or the CPU for a downscale CUDA's antialiased kernel cannot do."""
-    import torch
-
-    on_cuda = torch.device(device).type == "cuda"
-    if on_cuda and max(shape) > MAX_CUDA_DOWNSCALE * resolution:
+    if is_cuda(str(device)) and max(shape) > MAX_CUDA_DOWNSCALE * resolution:
         return "cpu"
     return device
 

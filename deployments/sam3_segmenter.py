@@ -315,13 +315,8 @@ class Sam3Segmenter:
         if text is None and not self.interactive:
             raise InvalidInput("this SAM 3 build takes text prompts only", "points")
         started = time.perf_counter()
-        embedding = self.cache.get(image_id)
-        cached = embedding is not None
         with self._lock, _cpu_compat(self.device):
-            if embedding is None:
-                embedding = self._encode(self._load_image(image_id, data, source))
-                if self.cache.max_bytes > 0:
-                    self.cache.put(image_id, embedding)
+            embedding, cached, _ = self._embedding(image_id, data, source)
             if text is not None:
                 masks, scores = self._text(embedding, text, min_score, max_masks)
                 prompt = SegmentPrompt(None, None, None, text=text)
@@ -345,16 +340,25 @@ class Sam3Segmenter:
         check_image_id(image_id)
         if self.cache.max_bytes <= 0:
             return ImageEncoded(image_id, cached=False, kept=False, seconds=0.0)
-        if self.cache.get(image_id) is not None:
-            return ImageEncoded(image_id, cached=True, kept=True, seconds=0.0)
-        image = self._load_image(image_id, data, source)
         with self._lock, _cpu_compat(self.device):
-            if self.cache.get(image_id) is not None:  # a concurrent call encoded it
-                return ImageEncoded(image_id, cached=True, kept=True, seconds=0.0)
-            started = time.perf_counter()
-            self.cache.put(image_id, self._encode(image))
-            seconds = time.perf_counter() - started
-        return ImageEncoded(image_id, cached=False, kept=True, seconds=round(seconds, 4))
+            _, cached, seconds = self._embedding(image_id, data, source)
+        return ImageEncoded(image_id, cached, kept=True, seconds=round(seconds, 4))
+
+    def _embedding(
+        self, image_id: str, data: bytes | None, source: ImageSource | None
+    ) -> tuple[Embedding, bool, float]:
+        """The image's features from the cache, or encoded now (and cached); whether they were
+        cached, and the encoder's seconds. Call with the lock held."""
+        embedding = self.cache.get(image_id)
+        if embedding is not None:
+            return embedding, True, 0.0
+        image = self._load_image(image_id, data, source)
+        started = time.perf_counter()
+        embedding = self._encode(image)
+        seconds = time.perf_counter() - started
+        if self.cache.max_bytes > 0:
+            self.cache.put(image_id, embedding)
+        return embedding, False, seconds
 
     def segment(
         self,

@@ -30,6 +30,7 @@ from deployments.backends.base import (
     import_error,
     rgba_crop,
 )
+from deployments.common import is_cuda
 from deployments.errors import ModelLoadError
 
 logger = logging.getLogger("meshline.backends.hunyuan3d")
@@ -107,7 +108,7 @@ class Hunyuan3DBackend:
         self.shape = Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(
             str(self.weights),
             device=device,
-            dtype=torch.float16 if device == "cuda" else torch.float32,
+            dtype=torch.float16 if is_cuda(device) else torch.float32,
             subfolder=self.options.subfolder,
             variant=self.options.variant,
             use_safetensors=True,

@@ -61,6 +61,7 @@ from deployments.backends.base import (
     rgba_crop,
     to_numpy,
 )
+from deployments.common import is_cuda
 from deployments.errors import ModelLoadError
 
 __all__ = [
@@ -163,7 +164,7 @@ class TrellisBackend:
 
         with offline_torch_hub(Path(weights) / HUB_FOLDER):
             self.pipeline = TrellisImageTo3DPipeline.from_pretrained(str(weights))
-        if device == "cuda":
+        if is_cuda(device):
             self.pipeline.cuda()
 
     def info(self) -> dict[str, Any]:
