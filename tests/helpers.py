@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import shutil
 import socket
@@ -235,21 +236,44 @@ INPUT_BUCKET = "meshline-inputs"
 WEBHOOK_SECRET = "test-webhook-secret"
 
 
+# Ray's worker ports (its default --min/max-worker-port): a test server must not take one.
+RAY_WORKER_PORTS = range(10002, 20000)
+_handed_out: set[int] = set()
+
+
+def ephemeral_port_floor() -> int:
+    """The lowest port the kernel picks for outgoing connections (Linux's default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port for a server a test starts, below the kernel's ephemeral range and
+    above Ray's worker ports. Not a port bound to 0: that comes from the ephemeral range, and
+    between choosing it and the server binding it any outgoing connection (Ray's processes
+    open many) may take it as its source port (seen: HAProxy's stats port "Address already
+    in use", every live test failing at set-up). Below that range only listeners compete."""
+    candidates = list(range(RAY_WORKER_PORTS.stop, ephemeral_port_floor()))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports, all outside Ray's worker port range (10002-19999): for a
-    second Ray head whose every port must be its own."""
-    ports: set[int] = set()
-    while len(ports) < count:
-        port = free_port()
-        if not 10002 <= port <= 19999:
-            ports.add(port)
-    return sorted(ports)
+    """Distinct free loopback ports (``free_port``): e.g. for a second Ray head whose every
+    port must be its own."""
+    return sorted(free_port() for _ in range(count))
 
 
 @dataclass(frozen=True)
