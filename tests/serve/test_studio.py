@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import LiveApp, encode_video, keyed_api_server, make_scene, moving_disk_video
+from tests.helpers import (
+    LiveApp,
+    encode_video,
+    keyed_api_server,
+    make_scene,
+    moving_disk_video,
+    wait_for_job,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "out" / "studio"
@@ -72,6 +79,12 @@ OVERLAY_BITS = """el => {
   const d = el.getContext('2d').getImageData(0, 0, el.width, el.height).data;
   let s = ''; for (let i = 3; i < d.length; i += 4) s += d[i] ? '1' : '0'; return s;
 }"""
+
+
+def overlay_bits(locator, shape: tuple[int, int]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Which pixels of an overlay canvas are painted, as a boolean image of ``shape``."""
+    bits = np.frombuffer(locator.evaluate(OVERLAY_BITS).encode(), np.uint8) == ord("1")
+    return bits.reshape(shape)
 
 
 def test_studio_serves_its_files_and_nothing_else(live_app: LiveApp) -> None:
@@ -134,8 +147,7 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     overlay = page.locator(f"#overlay[data-candidate='{best}']")
     overlay.wait_for(state="attached", timeout=10_000)
     expected = coco_mask.decode(body["masks"][best]["rle"]).astype(bool)
-    bits = np.frombuffer(overlay.evaluate(OVERLAY_BITS).encode(), np.uint8) == ord("1")
-    assert np.array_equal(bits.reshape(240, 320), expected)
+    assert np.array_equal(overlay_bits(overlay, (240, 320)), expected)
     assert int(overlay.get_attribute("data-area")) == body["masks"][best]["area"]
     # Another candidate is one click away.
     other = (best + 1) % 3
@@ -203,6 +215,11 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     page.check("#show-collision")
     assert page.locator("#preview-img").evaluate("img => img.naturalWidth") > 0
     assert page.locator("#physics tbody tr[data-key]").count() > 3
+    # The mask the job used (here the uploaded one) over its photo, pixel for pixel.
+    used = page.locator("#job-mask[data-masks='1']")
+    used.wait_for(state="attached", timeout=30_000)
+    assert np.array_equal(overlay_bits(used, (240, 320)), expected)
+    assert "uploaded mask (input_mask.png) over input.png" in page.inner_text("#mask-caption")
     page.locator("#result").scroll_into_view_if_needed()
     shot(page, "result")
 
@@ -352,4 +369,84 @@ def test_studio_with_keys_asks_for_one_and_sends_it_as_a_header(keyed_api: str, 
     page.click("#tab-history")
     page.locator("#history tbody tr").first.wait_for(timeout=30_000)
     assert not any(USER_KEY in url for url in requests)  # never in a URL
+    page.close()
+
+
+def test_studio_shows_the_masks_a_segment_stage_chose(
+    live_app: LiveApp, client: httpx.Client, browser
+) -> None:  # type: ignore[no-untyped-def]
+    """A job that segmented on the server, reopened from the history: its masks (one per
+    object, each from its COCO RLE artifact) over its photo, at the view's reduced size for a
+    photo larger than the view."""
+    from pycocotools import mask as coco_mask
+
+    scene = make_scene("disk", 1800, 2400)  # over the view's 1600 px: drawn at 2/3
+    ys, xs = np.nonzero(scene.mask)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+    options = {"stages": ["segment"], "prompt": {"box": box}}
+    accepted = client.post(
+        "/v1/jobs",
+        files={"image": ("disk.png", scene.png(), "image/png")},
+        data={"options": json.dumps(options)},
+    )
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    job = wait_for_job(client, job_id)
+    assert job["status"] == "succeeded", job
+    rle = client.get(f"/v1/jobs/{job_id}/artifacts/mask_rle.json", follow_redirects=True).json()
+    full = coco_mask.decode(rle).astype(bool)
+    assert full.shape == (1800, 2400) and full.any()
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_app.base_url}/studio")
+    page.locator("body[data-ready='1']").wait_for(timeout=30_000)
+    page.click("#tab-history")
+    page.locator(f"#history tr[data-job-id='{job_id}'] button").click()
+    shown = page.locator("#job-mask[data-masks='1']")
+    shown.wait_for(state="attached", timeout=60_000)
+    # Sampled at the centre of each view pixel: view pixel (x, y) is photo pixel
+    # (floor((x + 0.5) * 1.5), floor((y + 0.5) * 1.5)).
+    rows = np.minimum(((np.arange(1200) + 0.5) * 1.5).astype(int), 1799)
+    cols = np.minimum(((np.arange(1600) + 0.5) * 1.5).astype(int), 2399)
+    assert np.array_equal(overlay_bits(shown, (1200, 1600)), full[np.ix_(rows, cols)])
+    assert page.locator("#job-photo").evaluate("c => [c.width, c.height]") == [1600, 1200]
+    caption = page.inner_text("#mask-caption")
+    assert "the segment stage's mask (mask.png) over input.png (shown at 67 %)" in caption
+    # No mesh was made: no empty 3D viewer, a line saying why.
+    no_mesh = "This job made no mesh (its stages: segment)."
+    page.locator("#viewer-status", has_text=no_mesh).wait_for()
+    assert not page.locator("#viewer").is_visible()
+    page.locator("#result").scroll_into_view_if_needed()
+    shot(page, "segment_masks")
+
+    # One mask per detection (obj<k>_mask_rle.json), a colour each, all over the photo.
+    small = make_scene("disk", 240, 320)
+    options = {"stages": ["segment"], "detect": {"conf": 0.0001, "max_objects": 2}}
+    accepted = client.post(
+        "/v1/jobs",
+        files={"image": ("disk.png", small.png(), "image/png")},
+        data={"options": json.dumps(options)},
+    )
+    objects_job = wait_for_job(client, accepted.json()["job_id"])
+    assert objects_job["status"] == "succeeded", objects_job
+    names = {a["name"] for a in objects_job["artifacts"]}
+    assert {"obj0_mask_rle.json", "obj1_mask_rle.json"} <= names, names
+    masks = [
+        coco_mask.decode(
+            client.get(
+                f"/v1/jobs/{objects_job['job_id']}/artifacts/obj{k}_mask_rle.json",
+                follow_redirects=True,
+            ).json()
+        ).astype(bool)
+        for k in (0, 1)
+    ]
+    page.click("#tab-history")
+    page.locator(f"#history tr[data-job-id='{objects_job['job_id']}'] button").click()
+    both = page.locator("#job-mask[data-masks='2']")
+    both.wait_for(state="attached", timeout=60_000)
+    assert np.array_equal(overlay_bits(both, (240, 320)), masks[0] | masks[1])
+    assert "2 objects' masks (a colour each) over input.png" in page.inner_text("#mask-caption")
+    assert not errors, errors
     page.close()

@@ -1,8 +1,8 @@
 // Make the 3D asset: the job's options, POST /v1/jobs (the chosen mask as the job's `mask`, or
 // the prompt), live per-stage progress from the job's SSE stream, cancel; when it ends, the
-// result view: 3D viewer, turntable preview, physics sidecar, every artifact to download (one
-// by one, or all in one zip).
-import { ApiError, api, base, blob, download, el, followJob } from "./api.js";
+// result view: the masks it used over its photo, 3D viewer, turntable preview, physics sidecar,
+// every artifact to download (one by one, or all in one zip).
+import { ApiError, COLOURS, api, base, blob, decodeRle, download, el, followJob, paintMask } from "./api.js";
 import { createViewer } from "./viewer.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
@@ -124,6 +124,7 @@ export function initJob({ say }) {
       el("a", { href: href(a.url), "data-name": a.name, download: a.name, onclick: e => { e.preventDefault(); download(a.url, a.name).catch(err => say("download failed: " + (err.hint || err.message))); } }, a.name),
       el("span", { class: "muted" }, ` ${(a.bytes / 1024).toFixed(1)} KB`))));
 
+    showMasks(job).catch(err => { $("mask-caption").textContent = "masks: " + (err.hint || err.message); });
     const preview = pick(artifacts, "preview.gif", "thumbnail.png");
     if (preview) $("preview-img").src = URL.createObjectURL(await blob(preview.url));
     $("preview-img").closest("figure").hidden = !preview;
@@ -137,6 +138,10 @@ export function initJob({ say }) {
     $("show-collision").disabled = !collision;
     $("show-collision").checked = false;
     $("viewer-status").textContent = "loading the model…";
+    // No mesh at all (a segment-only job): no empty viewer, just why.
+    const meshless = !model && !artifacts.some(a => /\.(obj|stl|ply|usdz?)$/.test(a.name));
+    $("result").dataset.meshless = String(meshless);
+    if (meshless) { $("viewer-status").textContent = "This job made no mesh (its stages: " + job.stages.map(s => s.name).join(", ") + ")."; return; }
     try {
       if (!model) throw new Error("no GLB among the artifacts (add GLB to the formats)");
       const upAxis = job.options?.sim ? job.options.sim.up_axis : "y";
@@ -147,6 +152,64 @@ export function initJob({ say }) {
     } catch (err) { $("viewer-status").textContent = "viewer: " + (err.hint || err.message); }
   }
   $("show-collision").addEventListener("change", e => viewer?.showCollision(e.target.checked));
+
+  // --- the masks the job used, over its input photo -------------------------------------------
+  // The segment stage's (mask_rle.json, or obj<k>_mask_rle.json per object: exact, COCO RLE),
+  // else the uploaded mask. A photo is drawn at most MASK_VIEW_PX on its long side: a 40 MP one
+  // is sampled, never painted whole.
+  const MASK_VIEW_PX = 1600;
+  const objectIndex = name => Number(/^obj(\d+)_/.exec(name)?.[1] ?? -1);
+
+  async function showMasks(job) {
+    const figure = $("mask-figure"), overlay = $("job-mask"), photo = $("job-photo");
+    delete overlay.dataset.masks;
+    const byName = new Map(job.artifacts.map(a => [a.name, a]));
+    const input = byName.get(job.inputs?.image);
+    const rles = job.artifacts.filter(a => /^(obj\d+_)?mask_rle\.json$/.test(a.name))
+      .sort((a, b) => objectIndex(a.name) - objectIndex(b.name));
+    const uploaded = rles.length ? null : byName.get(job.inputs?.mask);
+    figure.hidden = !input || !(rles.length || uploaded);
+    if (figure.hidden) return;
+    const bitmap = await createImageBitmap(await blob(input.url), { colorSpaceConversion: "none" });
+    const scale = Math.min(1, MASK_VIEW_PX / Math.max(bitmap.width, bitmap.height));
+    const width = Math.max(1, Math.round(bitmap.width * scale)), height = Math.max(1, Math.round(bitmap.height * scale));
+    for (const canvas of [photo, overlay]) { canvas.width = width; canvas.height = height; }
+    photo.getContext("2d").drawImage(bitmap, 0, 0, width, height);
+    const masks = rles.length
+      ? await Promise.all(rles.map(async a => sampled(decodeRle(await api(a.url)), bitmap.width, bitmap.height, width, height)))
+      : [await pngMask(await blob(uploaded.url), width, height)];
+    if (job.job_id !== current) return;
+    const ctx = overlay.getContext("2d");
+    const areas = masks.map((mask, i) => paintMask(ctx, mask, width, height, COLOURS[i % COLOURS.length], 130));
+    overlay.dataset.masks = String(masks.length);
+    overlay.dataset.area = String(areas.reduce((a, b) => a + b, 0));
+    const what = uploaded ? `the uploaded mask (${uploaded.name})`
+      : masks.length === 1 ? `the segment stage's mask (${rles[0].name.replace("_rle.json", ".png")})`
+      : `${masks.length} objects' masks (a colour each)`;
+    $("mask-caption").textContent = `${what} over ${input.name}` + (scale < 1 ? ` (shown at ${Math.round(scale * 100)} %)` : "");
+  }
+
+  // A row-major mask of w × h, sampled to the view's size (nearest pixel).
+  function sampled(mask, w, h, width, height) {
+    if (w === width && h === height) return mask;
+    const out = new Uint8Array(width * height);
+    for (let y = 0; y < height; y++) {
+      const row = Math.min(h - 1, Math.floor((y + 0.5) * h / height)) * w;
+      for (let x = 0; x < width; x++) out[y * width + x] = mask[row + Math.min(w - 1, Math.floor((x + 0.5) * w / width))];
+    }
+    return out;
+  }
+
+  // An uploaded mask image at the view's size, as the server reads it: grey level > 127.
+  async function pngMask(file, width, height) {
+    const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    const ctx = new OffscreenCanvas(width, height).getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(bitmap, 0, 0, width, height);
+    const rgba = ctx.getImageData(0, 0, width, height).data, out = new Uint8Array(width * height);
+    for (let i = 0; i < out.length; i++) out[i] = 0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2] > 127 ? 1 : 0;
+    return out;
+  }
   $("reset-view").addEventListener("click", () => viewer?.reset());
 
   function physicsRows(sidecar) {
