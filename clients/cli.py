@@ -124,6 +124,8 @@ def submit(
         try:
             job_id = client.submit(image, options=job_options, mask=mask)
             console.print(f"job [bold]{job_id}[/bold] queued")
+            # Its page (progress, masks, 3D, downloads); the key is typed there, never in a URL.
+            console.print(f"Studio: {client.base_url}/studio#job={job_id}", soft_wrap=True)
             if not (wait or out):
                 typer.echo(job_id)
                 return

@@ -98,6 +98,11 @@ def test_admin_page_with_keys_streams_with_a_bearer_header(
     row.wait_for(timeout=180_000)
     assert row.locator(".pct").inner_text() == "100 %"
     assert row.locator("td").nth(1).inner_text() == "user"  # the owner the key's job recorded
+    # Its id links to the job's page in Studio, in this tab, which finds the key it was given.
+    row.locator("td").first.locator("a").click()
+    page.wait_for_url(f"{keyed_api}/studio#job={job_id}")
+    page.locator("#job[data-status='succeeded']").wait_for(timeout=30_000)
+    page.locator("#job-mask[data-masks='1']").wait_for(state="attached", timeout=30_000)
     assert not any(
         ADMIN_KEY in url or USER_KEY in url for url in requests
     )  # keys never go into URLs

@@ -37,6 +37,7 @@ def test_submit_wait_download(live_app: LiveApp, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip().splitlines()[-1]
     assert len(job_id) == 32
+    assert f"Studio: {live_app.base_url}/studio#job={job_id}\n" in result.stderr  # its page
     names = {p.name for p in out.iterdir()}
     assert {
         "mask.png",

@@ -177,6 +177,7 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
         print("studio job:", page.locator("#job").inner_text())
         raise
     job_id = page.locator("#job-id").inner_text()
+    assert page.evaluate("location.hash") == f"#job={job_id}"  # a link to this job
     stored = client.get(f"/v1/jobs/{job_id}").json()
     assert [s["name"] for s in stored["stages"]] == ["reconstruct", "paint", "convert"]
     assert stored["inputs"].get("mask") and stored["options"]["sim"]["size_m"] == 0.3
@@ -327,6 +328,18 @@ def test_studio_video_prompt_propagate_scrub(live_app: LiveApp, browser, tmp_pat
     reopened.wait_for(state="attached", timeout=30_000)
     bits = np.frombuffer(reopened.evaluate(OVERLAY_BITS).encode(), np.uint8) == ord("1")
     assert np.array_equal(bits.reshape(120, 160), expected.astype(bool))
+    assert page.evaluate("location.hash") == f"#video={video_id}"
+    page.close()
+
+    # The video's link opens it in a new tab; a link to no such video says so.
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_app.base_url}/studio#video={video_id}")
+    page.locator(f"body[data-video='{video_id}']").wait_for(state="attached", timeout=30_000)
+    page.locator("#video-overlay[data-frame='0']").wait_for(state="attached", timeout=30_000)
+    assert page.locator("#view-video").is_visible()
+    page.goto(f"{live_app.base_url}/studio#video=nope")
+    page.locator("#notice", has_text="cannot open the video").wait_for(timeout=30_000)
     assert not errors, errors
     page.close()
 
@@ -375,9 +388,9 @@ def test_studio_with_keys_asks_for_one_and_sends_it_as_a_header(keyed_api: str, 
 def test_studio_shows_the_masks_a_segment_stage_chose(
     live_app: LiveApp, client: httpx.Client, browser
 ) -> None:  # type: ignore[no-untyped-def]
-    """A job that segmented on the server, reopened from the history: its masks (one per
-    object, each from its COCO RLE artifact) over its photo, at the view's reduced size for a
-    photo larger than the view."""
+    """A job that segmented on the server, opened by its link and from the history: its masks
+    (one per object, each from its COCO RLE artifact) over its photo, at the view's reduced
+    size for a photo larger than the view."""
     from pycocotools import mask as coco_mask
 
     scene = make_scene("disk", 1800, 2400)  # over the view's 1600 px: drawn at 2/3
@@ -400,10 +413,8 @@ def test_studio_shows_the_masks_a_segment_stage_chose(
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{live_app.base_url}/studio")
+    page.goto(f"{live_app.base_url}/studio#job={job_id}")  # the job's link
     page.locator("body[data-ready='1']").wait_for(timeout=30_000)
-    page.click("#tab-history")
-    page.locator(f"#history tr[data-job-id='{job_id}'] button").click()
     shown = page.locator("#job-mask[data-masks='1']")
     shown.wait_for(state="attached", timeout=60_000)
     # Sampled at the centre of each view pixel: view pixel (x, y) is photo pixel

@@ -58,12 +58,23 @@ document.getElementById("key").value = getKey();
 document.getElementById("key-form").addEventListener("submit", async e => {
   e.preventDefault();
   setKey(document.getElementById("key").value.trim());
-  if (await checkKey()) { photo.loadModels(); history.refresh(); }
+  if (await checkKey()) { photo.loadModels(); history.refresh(); route(); }
 });
 
 const job = initJob({ say });
 const photo = initPhoto({ say, job });
 const video = initVideo({ say });
 const history = initHistory({ say, job, video, showView });
-if (await checkKey()) photo.loadModels();
+
+// Links: /studio#job=<id> opens that job in the Photo view, #video=<id> that video (the admin
+// page and `meshline submit` point here); opening either sets the address, so it can be shared.
+const LINKED_ID = /^[A-Za-z0-9_-]{1,128}$/;
+function route() {
+  const link = new URLSearchParams(location.hash.slice(1));
+  const jobId = link.get("job"), videoId = link.get("video");
+  if (jobId && LINKED_ID.test(jobId)) { showView("photo"); job.open(jobId); }
+  else if (videoId && LINKED_ID.test(videoId)) { showView("video"); video.reopen(videoId); }
+}
+window.addEventListener("hashchange", route);
+if (await checkKey()) { photo.loadModels(); route(); }
 document.body.dataset.ready = "1";

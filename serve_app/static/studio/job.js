@@ -63,6 +63,7 @@ export function initJob({ say }) {
     following?.abort();
     following = new AbortController();
     current = jobId;
+    window.history.replaceState(null, "", "#job=" + encodeURIComponent(jobId));
     $("job").hidden = false;
     $("result").hidden = true;
     $("job-id").textContent = jobId;

@@ -32,6 +32,7 @@ export function initVideo({ say }) {
     delete $("video-bar").dataset.progress;
     for (const a of [$("export-coco"), $("export-png")]) a.href = `${base}/v1/videos/${meta.video_id}/export?format=${a.dataset.format}`;
     document.body.dataset.video = meta.video_id;
+    window.history.replaceState(null, "", "#video=" + encodeURIComponent(meta.video_id));
     status(`${meta.video_id}: ${meta.frames} frames, ${meta.width} × ${meta.height}${meta.fps ? `, ${meta.fps} fps` : ""}. Click the object on any frame.`);
     show(0);
   }
