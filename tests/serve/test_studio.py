@@ -461,3 +461,56 @@ def test_studio_shows_the_masks_a_segment_stage_chose(
     assert "2 objects' masks (a colour each) over input.png" in page.inner_text("#mask-caption")
     assert not errors, errors
     page.close()
+
+
+def test_studio_shows_the_mask_while_the_3d_stages_run(
+    live_app: LiveApp, client: httpx.Client, browser
+) -> None:  # type: ignore[no-untyped-def]
+    """The segment stage's mask appears as soon as that stage ends, before the job does: a
+    wrong one can be cancelled before the 3D stages run on it. The Reconstructor is frozen
+    (SIGSTOP), so the job waits in its reconstruct stage for as long as the test looks."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pycocotools import mask as coco_mask
+    from ray import serve
+
+    from tests.helpers import APP_NAME
+
+    reconstructor = serve.get_deployment_handle("Reconstructor", app_name=APP_NAME)
+    # In a thread of its own: playwright's sync API keeps an event loop in this one, where a
+    # handle refuses to block.
+    with ThreadPoolExecutor(1) as thread:
+        pid = thread.submit(lambda: reconstructor.info.remote().result()["pid"]).result()
+    scene = make_scene("disk", 240, 320)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        accepted = client.post(
+            "/v1/jobs",
+            files={"image": ("disk.png", scene.png(), "image/png")},
+            data={"options": json.dumps({"stages": ["segment", "reconstruct"]})},
+        )
+        job_id = accepted.json()["job_id"]
+        page.goto(f"{live_app.base_url}/studio#job={job_id}")
+        shown = page.locator("#job-mask[data-masks='1']")
+        shown.wait_for(state="attached", timeout=120_000)
+        assert page.locator("#job").get_attribute("data-status") == "running"
+        assert (
+            page.locator("#stages tr[data-stage='reconstruct']").get_attribute("data-status")
+            == "running"
+        )
+        rle = client.get(f"/v1/jobs/{job_id}/artifacts/mask_rle.json", follow_redirects=True).json()
+        assert np.array_equal(overlay_bits(shown, (240, 320)), coco_mask.decode(rle).astype(bool))
+        shot(page, "mask_while_running")
+        page.click("#cancel-job")  # the mask is wrong: stop before the 3D stages
+        page.locator("#job[data-status='cancelled']").wait_for(timeout=30_000)
+        assert page.locator("#job-mask[data-masks='1']").count() == 1  # still shown
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    assert not errors, errors
+    page.close()

@@ -9,7 +9,7 @@ const TERMINAL = ["succeeded", "failed", "cancelled"];
 
 export function initJob({ say }) {
   const $ = id => document.getElementById(id);
-  let source = null, following = null, current = null, viewer = null;
+  let source = null, following = null, current = null, viewer = null, masksShown = "";
 
   function options(withMask, prompt) {
     const checked = name => [...document.querySelectorAll(`input[name="${name}"]:checked`)].map(i => i.value);
@@ -63,6 +63,8 @@ export function initJob({ say }) {
     following?.abort();
     following = new AbortController();
     current = jobId;
+    masksShown = "";
+    $("mask-figure").hidden = true;
     window.history.replaceState(null, "", "#job=" + encodeURIComponent(jobId));
     $("job").hidden = false;
     $("result").hidden = true;
@@ -103,6 +105,13 @@ export function initJob({ say }) {
       return s.error ? [row, el("tr", { class: "stage-error" }, el("td", { colspan: "4", class: "error" }, `${s.name} failed: ${s.error}`))] : [row];
     }));
     $("job-error").textContent = job.error || "";
+    // The masks as soon as they exist (an uploaded one at once, the segment stage's when it
+    // ends): a wrong mask can be cancelled before the 3D stages run on it.
+    const masks = job.artifacts.filter(a => MASK_ARTIFACT.test(a.name) || a.name === job.inputs?.mask).map(a => a.name).join();
+    if (masks && masks !== masksShown) {
+      masksShown = masks;
+      showMasks(job).catch(err => { $("mask-caption").textContent = "masks: " + (err.hint || err.message); });
+    }
   }
 
   // --- the result ---------------------------------------------------------------------------
@@ -125,7 +134,6 @@ export function initJob({ say }) {
       el("a", { href: href(a.url), "data-name": a.name, download: a.name, onclick: e => { e.preventDefault(); download(a.url, a.name).catch(err => say("download failed: " + (err.hint || err.message))); } }, a.name),
       el("span", { class: "muted" }, ` ${(a.bytes / 1024).toFixed(1)} KB`))));
 
-    showMasks(job).catch(err => { $("mask-caption").textContent = "masks: " + (err.hint || err.message); });
     const preview = pick(artifacts, "preview.gif", "thumbnail.png");
     if (preview) $("preview-img").src = URL.createObjectURL(await blob(preview.url));
     $("preview-img").closest("figure").hidden = !preview;
@@ -159,14 +167,17 @@ export function initJob({ say }) {
   // else the uploaded mask. A photo is drawn at most MASK_VIEW_PX on its long side: a 40 MP one
   // is sampled, never painted whole.
   const MASK_VIEW_PX = 1600;
+  const MASK_ARTIFACT = /^(obj\d+_)?mask_rle\.json$/;
+  let maskDrawing = 0;
   const objectIndex = name => Number(/^obj(\d+)_/.exec(name)?.[1] ?? -1);
 
   async function showMasks(job) {
     const figure = $("mask-figure"), overlay = $("job-mask"), photo = $("job-photo");
+    const drawing = ++maskDrawing;
     delete overlay.dataset.masks;
     const byName = new Map(job.artifacts.map(a => [a.name, a]));
     const input = byName.get(job.inputs?.image);
-    const rles = job.artifacts.filter(a => /^(obj\d+_)?mask_rle\.json$/.test(a.name))
+    const rles = job.artifacts.filter(a => MASK_ARTIFACT.test(a.name))
       .sort((a, b) => objectIndex(a.name) - objectIndex(b.name));
     const uploaded = rles.length ? null : byName.get(job.inputs?.mask);
     figure.hidden = !input || !(rles.length || uploaded);
@@ -179,7 +190,7 @@ export function initJob({ say }) {
     const masks = rles.length
       ? await Promise.all(rles.map(async a => sampled(decodeRle(await api(a.url)), bitmap.width, bitmap.height, width, height)))
       : [await pngMask(await blob(uploaded.url), width, height)];
-    if (job.job_id !== current) return;
+    if (job.job_id !== current || drawing !== maskDrawing) return;  // a newer draw has begun
     const ctx = overlay.getContext("2d");
     const areas = masks.map((mask, i) => paintMask(ctx, mask, width, height, COLOURS[i % COLOURS.length], 130));
     overlay.dataset.masks = String(masks.length);
