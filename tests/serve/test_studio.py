@@ -458,7 +458,22 @@ def test_studio_shows_the_masks_a_segment_stage_chose(
     both = page.locator("#job-mask[data-masks='2']")
     both.wait_for(state="attached", timeout=60_000)
     assert np.array_equal(overlay_bits(both, (240, 320)), masks[0] | masks[1])
-    assert "2 objects' masks (a colour each) over input.png" in page.inner_text("#mask-caption")
+    found = client.get(
+        f"/v1/jobs/{objects_job['job_id']}/artifacts/detections.json", follow_redirects=True
+    ).json()
+    caption = page.inner_text("#mask-caption")
+    assert f"2 objects' masks (a colour each), from {len(found['boxes'])} detections" in caption
+    # Each mask's detector box is outlined on the canvas above it (a 2 px line here).
+    boxes = page.locator("#job-boxes[data-boxes='2']")
+    boxes.wait_for(state="attached")
+    drawn = overlay_bits(boxes, (240, 320))
+    for x1, y1, x2, y2 in found["boxes"][:2]:
+        left, right = (min(round(x), 319) for x in (x1, x2))
+        top, bottom = (min(round(y), 239) for y in (y1, y2))
+        assert drawn[top, left : right + 1].all()  # the top edge
+        assert drawn[top : bottom + 1, left].all()  # the left edge
+    page.locator("#job").scroll_into_view_if_needed()
+    shot(page, "detect_masks")
     assert not errors, errors
     page.close()
 

@@ -172,9 +172,10 @@ export function initJob({ say }) {
   const objectIndex = name => Number(/^obj(\d+)_/.exec(name)?.[1] ?? -1);
 
   async function showMasks(job) {
-    const figure = $("mask-figure"), overlay = $("job-mask"), photo = $("job-photo");
+    const figure = $("mask-figure"), overlay = $("job-mask"), photo = $("job-photo"), boxes = $("job-boxes");
     const drawing = ++maskDrawing;
     delete overlay.dataset.masks;
+    delete boxes.dataset.boxes;
     const byName = new Map(job.artifacts.map(a => [a.name, a]));
     const input = byName.get(job.inputs?.image);
     const rles = job.artifacts.filter(a => MASK_ARTIFACT.test(a.name))
@@ -185,20 +186,42 @@ export function initJob({ say }) {
     const bitmap = await createImageBitmap(await blob(input.url), { colorSpaceConversion: "none" });
     const scale = Math.min(1, MASK_VIEW_PX / Math.max(bitmap.width, bitmap.height));
     const width = Math.max(1, Math.round(bitmap.width * scale)), height = Math.max(1, Math.round(bitmap.height * scale));
-    for (const canvas of [photo, overlay]) { canvas.width = width; canvas.height = height; }
+    for (const canvas of [photo, overlay, boxes]) { canvas.width = width; canvas.height = height; }
     photo.getContext("2d").drawImage(bitmap, 0, 0, width, height);
     const masks = rles.length
       ? await Promise.all(rles.map(async a => sampled(decodeRle(await api(a.url)), bitmap.width, bitmap.height, width, height)))
       : [await pngMask(await blob(uploaded.url), width, height)];
+    // A detect job's k-th mask came from the detector's k-th box (detections.json).
+    const found = rles.length && byName.has("detections.json") ? await api(byName.get("detections.json").url) : null;
     if (job.job_id !== current || drawing !== maskDrawing) return;  // a newer draw has begun
     const ctx = overlay.getContext("2d");
     const areas = masks.map((mask, i) => paintMask(ctx, mask, width, height, COLOURS[i % COLOURS.length], 130));
     overlay.dataset.masks = String(masks.length);
     overlay.dataset.area = String(areas.reduce((a, b) => a + b, 0));
+    if (found) drawBoxes(boxes, found, masks.length, scale);
     const what = uploaded ? `the uploaded mask (${uploaded.name})`
       : masks.length === 1 ? `the segment stage's mask (${rles[0].name.replace("_rle.json", ".png")})`
       : `${masks.length} objects' masks (a colour each)`;
-    $("mask-caption").textContent = `${what} over ${input.name}` + (scale < 1 ? ` (shown at ${Math.round(scale * 100)} %)` : "");
+    const detected = found ? `, from ${found.boxes.length} detection${found.boxes.length === 1 ? "" : "s"}` : "";
+    $("mask-caption").textContent = `${what}${detected} over ${input.name}` + (scale < 1 ? ` (shown at ${Math.round(scale * 100)} %)` : "");
+  }
+
+  // The first ``count`` detections' boxes, each in its mask's colour, named and scored. Line and
+  // text sizes follow the canvas, which the page shows a few hundred pixels wide.
+  function drawBoxes(canvas, found, count, scale) {
+    const ctx = canvas.getContext("2d"), unit = Math.max(1, canvas.width / 300);
+    ctx.lineWidth = 2 * unit;
+    ctx.font = `${Math.round(9 * unit)}px sans-serif`;
+    ctx.textBaseline = "bottom";
+    const shown = found.boxes.slice(0, count);
+    shown.forEach(([x1, y1, x2, y2], k) => {
+      const [r, g, b] = COLOURS[k % COLOURS.length];
+      ctx.strokeStyle = ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+      ctx.strokeRect(x1 * scale, y1 * scale, (x2 - x1) * scale, (y2 - y1) * scale);
+      const label = `${found.class_names?.[k] ?? found.class_ids?.[k] ?? "object"} ${(found.scores?.[k] ?? 0).toFixed(2)}`;
+      ctx.fillText(label, x1 * scale + ctx.lineWidth, Math.max(ctx.lineWidth + 9 * unit, y1 * scale - ctx.lineWidth));
+    });
+    canvas.dataset.boxes = String(shown.length);
   }
 
   // A row-major mask of w × h, sampled to the view's size (nearest pixel).
