@@ -81,6 +81,12 @@ OVERLAY_BITS = """el => {
 }"""
 
 
+OPAQUE_BITS = """el => {
+  const d = el.getContext('2d').getImageData(0, 0, el.width, el.height).data;
+  let s = ''; for (let i = 3; i < d.length; i += 4) s += d[i] === 255 ? '1' : '0'; return s;
+}"""
+
+
 def overlay_bits(locator, shape: tuple[int, int]) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Which pixels of an overlay canvas are painted, as a boolean image of ``shape``."""
     bits = np.frombuffer(locator.evaluate(OVERLAY_BITS).encode(), np.uint8) == ord("1")
@@ -421,7 +427,15 @@ def test_studio_shows_the_masks_a_segment_stage_chose(
     # (floor((x + 0.5) * 1.5), floor((y + 0.5) * 1.5)).
     rows = np.minimum(((np.arange(1200) + 0.5) * 1.5).astype(int), 1799)
     cols = np.minimum(((np.arange(1600) + 0.5) * 1.5).astype(int), 2399)
-    assert np.array_equal(overlay_bits(shown, (1200, 1600)), full[np.ix_(rows, cols)])
+    sampled = full[np.ix_(rows, cols)]
+    assert np.array_equal(overlay_bits(shown, (1200, 1600)), sampled)
+    # An opaque band along the mask's inner edge (and the image's), 11 px wide at 1600 px: the
+    # mask less its erosion by a 23 px square; the rest of the mask is translucent.
+    from scipy.ndimage import binary_erosion
+
+    band = sampled & ~binary_erosion(sampled, np.ones((23, 23), bool), border_value=0)
+    opaque = np.frombuffer(shown.evaluate(OPAQUE_BITS).encode(), np.uint8) == ord("1")
+    assert np.array_equal(opaque.reshape(1200, 1600), band)
     assert page.locator("#job-photo").evaluate("c => [c.width, c.height]") == [1600, 1200]
     caption = page.inner_text("#mask-caption")
     assert "the segment stage's mask (mask.png) over input.png (shown at 67 %)" in caption
