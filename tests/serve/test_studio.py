@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import binary_erosion
 
 from tests.helpers import (
     LiveApp,
@@ -154,6 +155,10 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     overlay.wait_for(state="attached", timeout=10_000)
     expected = coco_mask.decode(body["masks"][best]["rle"]).astype(bool)
     assert np.array_equal(overlay_bits(overlay, (240, 320)), expected)
+    # Its edge is an opaque band (1 px at 320 px wide): the mask less its 3x3 erosion.
+    edge = expected & ~binary_erosion(expected, np.ones((3, 3), bool), border_value=0)
+    opaque = np.frombuffer(overlay.evaluate(OPAQUE_BITS).encode(), np.uint8) == ord("1")
+    assert np.array_equal(opaque.reshape(240, 320), edge)
     assert int(overlay.get_attribute("data-area")) == body["masks"][best]["area"]
     # Another candidate is one click away.
     other = (best + 1) % 3
@@ -431,8 +436,6 @@ def test_studio_shows_the_masks_a_segment_stage_chose(
     assert np.array_equal(overlay_bits(shown, (1200, 1600)), sampled)
     # An opaque band along the mask's inner edge (and the image's), 11 px wide at 1600 px: the
     # mask less its erosion by a 23 px square; the rest of the mask is translucent.
-    from scipy.ndimage import binary_erosion
-
     band = sampled & ~binary_erosion(sampled, np.ones((23, 23), bool), border_value=0)
     opaque = np.frombuffer(shown.evaluate(OPAQUE_BITS).encode(), np.uint8) == ord("1")
     assert np.array_equal(opaque.reshape(1200, 1600), band)

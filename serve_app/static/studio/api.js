@@ -127,16 +127,50 @@ export function decodeRle(rle) {
 }
 
 // A mask (Uint8Array, row-major) drawn onto a canvas context in a colour; returns its area.
-export function paintMask(ctx, mask, width, height, rgb, alpha = 120) {
+// ``band`` > 0: the pixels within that many of the mask's edge are opaque over the translucent
+// fill, so a mask stays visible on a photo of its own colour; they lie inside the mask, so the
+// painted pixels are still exactly the mask's.
+export function paintMask(ctx, mask, width, height, rgb, alpha = 120, band = 0) {
   const image = ctx.getImageData(0, 0, width, height);
+  const edge = band > 0 ? innerEdge(mask, width, height, band) : null;
   let area = 0;
   for (let i = 0; i < mask.length; i++) {
     if (!mask[i]) continue;
     area++;
-    image.data.set([rgb[0], rgb[1], rgb[2], alpha], i * 4);
+    image.data.set([rgb[0], rgb[1], rgb[2], edge?.[i] ? 255 : alpha], i * 4);
   }
   ctx.putImageData(image, 0, 0);
   return area;
+}
+
+// The pixels of ``mask`` (row-major, width × height) within ``band`` pixels of its edge (or
+// of the image's): the mask less its erosion by a (2 band + 1)² square, done as two running
+// counts (along rows, then columns), linear in the pixels whatever the band.
+export function innerEdge(mask, width, height, band) {
+  const span = 2 * band + 1, rows = new Uint8Array(mask.length), edge = new Uint8Array(mask.length);
+  for (let y = 0; y < height; y++) {
+    let count = 0;
+    for (let x = 0; x < width + band; x++) {
+      if (x < width && mask[y * width + x]) count++;
+      if (x - span >= 0 && mask[y * width + x - span]) count--;
+      const centre = x - band;
+      if (centre >= 0) rows[y * width + centre] = centre >= band && centre < width - band && count === span ? 1 : 0;
+    }
+  }
+  for (let x = 0; x < width; x++) {
+    let count = 0;
+    for (let y = 0; y < height + band; y++) {
+      if (y < height) count += rows[y * width + x];
+      if (y - span >= 0) count -= rows[(y - span) * width + x];
+      const centre = y - band;
+      if (centre >= 0) {
+        const i = centre * width + x;
+        const kept = centre >= band && centre < height - band && count === span;
+        edge[i] = mask[i] && !kept ? 1 : 0;
+      }
+    }
+  }
+  return edge;
 }
 
 export const COLOURS = [[30, 144, 255], [255, 99, 71], [50, 205, 50], [238, 130, 238], [255, 215, 0], [0, 206, 209], [255, 140, 0], [147, 112, 219]];

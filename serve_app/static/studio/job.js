@@ -195,16 +195,9 @@ export function initJob({ say }) {
     const found = rles.length && byName.has("detections.json") ? await api(byName.get("detections.json").url) : null;
     if (job.job_id !== current || drawing !== maskDrawing) return;  // a newer draw has begun
     const ctx = overlay.getContext("2d");
-    // A translucent fill, and an opaque band along each mask's inner edge (about 1 % of the
-    // view wide: the canvas is shown a few hundred pixels wide), so a mask stays visible on a
-    // photo of its own colour. Both lie inside the mask: the painted pixels are the mask's.
+    // The edge band about 1 % of the view wide: the canvas is shown a few hundred pixels wide.
     const band = Math.max(1, Math.round(width / 150));
-    const areas = masks.map((mask, i) => {
-      const rgb = COLOURS[i % COLOURS.length];
-      const area = paintMask(ctx, mask, width, height, rgb, 110);
-      paintMask(ctx, innerEdge(mask, width, height, band), width, height, rgb, 255);
-      return area;
-    });
+    const areas = masks.map((mask, i) => paintMask(ctx, mask, width, height, COLOURS[i % COLOURS.length], 110, band));
     overlay.dataset.masks = String(masks.length);
     overlay.dataset.area = String(areas.reduce((a, b) => a + b, 0));
     if (found) drawBoxes(boxes, found, masks.length, scale);
@@ -231,36 +224,6 @@ export function initJob({ say }) {
       ctx.fillText(label, x1 * scale + ctx.lineWidth, Math.max(ctx.lineWidth + 9 * unit, y1 * scale - ctx.lineWidth));
     });
     canvas.dataset.boxes = String(shown.length);
-  }
-
-  // The pixels of ``mask`` (row-major, width × height) within ``band`` pixels of its edge (or
-  // of the image's): the mask less its erosion by a (2 band + 1)² square, done as two running
-  // counts (along rows, then columns), linear in the pixels whatever the band.
-  function innerEdge(mask, width, height, band) {
-    const span = 2 * band + 1, rows = new Uint8Array(mask.length), edge = new Uint8Array(mask.length);
-    for (let y = 0; y < height; y++) {
-      let count = 0;
-      for (let x = 0; x < width + band; x++) {
-        if (x < width) count += mask[y * width + x];
-        if (x - span >= 0) count -= mask[y * width + x - span];
-        const centre = x - band;
-        if (centre >= 0) rows[y * width + centre] = centre >= band && centre < width - band && count === span ? 1 : 0;
-      }
-    }
-    for (let x = 0; x < width; x++) {
-      let count = 0;
-      for (let y = 0; y < height + band; y++) {
-        if (y < height) count += rows[y * width + x];
-        if (y - span >= 0) count -= rows[(y - span) * width + x];
-        const centre = y - band;
-        if (centre >= 0) {
-          const i = centre * width + x;
-          const kept = centre >= band && centre < height - band && count === span;
-          edge[i] = mask[i] && !kept ? 1 : 0;
-        }
-      }
-    }
-    return edge;
   }
 
   // A row-major mask of w × h, sampled to the view's size (nearest pixel).

@@ -184,7 +184,8 @@ export function initPhoto({ say, job }) {
     state.chosen = index;
     const ctx = overlay.getContext("2d");
     ctx.clearRect(0, 0, state.width, state.height);
-    const area = paintMask(ctx, state.masks[index].pixels, state.width, state.height, [30, 144, 255], 130);
+    const band = Math.max(1, Math.round(state.width / 300));  // the edge band: shown at ~fit zoom
+    const area = paintMask(ctx, state.masks[index].pixels, state.width, state.height, [30, 144, 255], 130, band);
     overlay.dataset.area = String(area);
     overlay.dataset.candidate = String(index);
     for (const b of $("candidates").children) b.setAttribute("aria-checked", String(Number(b.dataset.index) === index));

@@ -61,7 +61,8 @@ export function initVideo({ say }) {
     const ctx = overlay.getContext("2d");
     ctx.clearRect(0, 0, video.width, video.height);
     let area = 0;
-    for (const [obj, rle] of Object.entries(objects)) area += paintMask(ctx, decodeRle(rle), video.width, video.height, COLOURS[Number(obj) % COLOURS.length], 140);
+    const band = Math.max(1, Math.round(video.width / 300));  // shown ~640 px wide
+    for (const [obj, rle] of Object.entries(objects)) area += paintMask(ctx, decodeRle(rle), video.width, video.height, COLOURS[Number(obj) % COLOURS.length], 140, band);
     for (const [key, list] of points) {
       const [f, obj] = key.split(":").map(Number);
       if (f !== index) continue;
