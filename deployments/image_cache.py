@@ -11,16 +11,20 @@ no longer holds the image) and decodes them itself (``deployments.decoding``).
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from deployments.decoding import decode_image_bytes
 from deployments.errors import InvalidInput, UnknownImage
 from deployments.protocol import IMAGE_ID, ImageSource, image_id_of
+
+Image = TypeVar("Image")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,23 @@ class EmbeddingCache:
             self._items.move_to_end(image_id)
             self.hits += 1
             return found
+
+    def get_or_encode(
+        self, image_id: str, load: Callable[[], Image], encode: Callable[[Image], Embedding]
+    ) -> tuple[Embedding, bool, float]:
+        """The embedding of ``image_id`` from the cache, else ``encode(load())``, kept when
+        caching is on; whether it was cached, and the encoder's seconds (``load``, the image's
+        decode, is not timed). Call with the model's lock held: an image is encoded once."""
+        embedding = self.get(image_id)
+        if embedding is not None:
+            return embedding, True, 0.0
+        image = load()
+        started = time.perf_counter()
+        embedding = encode(image)
+        seconds = time.perf_counter() - started
+        if self.max_bytes > 0:
+            self.put(image_id, embedding)
+        return embedding, False, seconds
 
     def put(self, image_id: str, embedding: Embedding) -> list[str]:
         """Keep ``embedding``; returns the ids evicted to make room."""

@@ -349,16 +349,9 @@ class Sam3Segmenter:
     ) -> tuple[Embedding, bool, float]:
         """The image's features from the cache, or encoded now (and cached); whether they were
         cached, and the encoder's seconds. Call with the lock held."""
-        embedding = self.cache.get(image_id)
-        if embedding is not None:
-            return embedding, True, 0.0
-        image = self._load_image(image_id, data, source)
-        started = time.perf_counter()
-        embedding = self._encode(image)
-        seconds = time.perf_counter() - started
-        if self.cache.max_bytes > 0:
-            self.cache.put(image_id, embedding)
-        return embedding, False, seconds
+        return self.cache.get_or_encode(
+            image_id, lambda: self._load_image(image_id, data, source), self._encode
+        )
 
     def segment(
         self,

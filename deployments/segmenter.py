@@ -191,17 +191,9 @@ class Sam2Segmenter:
         embedding = self.cache.get(image_id)
         if embedding is not None:
             return embedding, True, 0.0
-        image = self.load_image(image_id, data, source)
-        with self._lock:
-            embedding = self.cache.get(image_id)  # a concurrent call may have encoded it
-            if embedding is not None:
-                return embedding, True, 0.0
-            started = time.perf_counter()
-            embedding = self._encode(image)
-            seconds = time.perf_counter() - started
-            if self.cache.max_bytes > 0:
-                self.cache.put(image_id, embedding)
-        return embedding, False, seconds
+        image = self.load_image(image_id, data, source)  # decoded outside the lock
+        with self._lock:  # a concurrent call may have encoded it meanwhile
+            return self.cache.get_or_encode(image_id, lambda: image, self._encode)
 
     def load_image(self, image_id: str, data: bytes | None, source: ImageSource | None) -> Any:
         """The image of ``image_id`` as a (3, H, W) uint8 RGB tensor decoded on the model's
