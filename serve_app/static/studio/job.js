@@ -141,16 +141,16 @@ export function initJob({ say }) {
     const sidecar = pick(artifacts, "object.json");
     $("physics").tBodies[0].replaceChildren(...(sidecar ? physicsRows(await api(sidecar.url)) : [el("tr", {}, el("td", { class: "muted" }, "no physics sidecar (sim off or convert not run)"))]));
 
-    viewer ??= createViewer($("viewer"));
     const model = pick(artifacts, "visual.glb", "textured.glb");
+    // No mesh at all (a segment-only job): no viewer, just why.
+    const meshless = !model && !artifacts.some(a => /\.(obj|stl|ply|usdz?)$/.test(a.name));
+    $("result").dataset.meshless = String(meshless);
+    if (meshless) { $("viewer-status").textContent = "This job made no mesh (its stages: " + job.stages.map(s => s.name).join(", ") + ")."; return; }
+    viewer ??= createViewer($("viewer"));
     const collision = pick(artifacts, "collision_parts.glb", "collision.stl");
     $("show-collision").disabled = !collision;
     $("show-collision").checked = false;
     $("viewer-status").textContent = "loading the model…";
-    // No mesh at all (a segment-only job): no empty viewer, just why.
-    const meshless = !model && !artifacts.some(a => /\.(obj|stl|ply|usdz?)$/.test(a.name));
-    $("result").dataset.meshless = String(meshless);
-    if (meshless) { $("viewer-status").textContent = "This job made no mesh (its stages: " + job.stages.map(s => s.name).join(", ") + ")."; return; }
     try {
       if (!model) throw new Error("no GLB among the artifacts (add GLB to the formats)");
       const upAxis = job.options?.sim ? job.options.sim.up_axis : "y";
@@ -161,6 +161,7 @@ export function initJob({ say }) {
     } catch (err) { $("viewer-status").textContent = "viewer: " + (err.hint || err.message); }
   }
   $("show-collision").addEventListener("change", e => viewer?.showCollision(e.target.checked));
+  $("reset-view").addEventListener("click", () => viewer?.reset());
 
   // --- the masks the job used, over its input photo -------------------------------------------
   // The segment stage's (mask_rle.json, or obj<k>_mask_rle.json per object: exact, COCO RLE),
@@ -168,7 +169,7 @@ export function initJob({ say }) {
   // is sampled, never painted whole.
   const MASK_VIEW_PX = 1600;
   const MASK_ARTIFACT = /^(obj\d+_)?mask_rle\.json$/;
-  let maskDrawing = 0;
+  let maskDrawing = 0, photoOf = { key: "", bitmap: null };
   const objectIndex = name => Number(/^obj(\d+)_/.exec(name)?.[1] ?? -1);
 
   async function showMasks(job) {
@@ -183,7 +184,15 @@ export function initJob({ say }) {
     const uploaded = rles.length ? null : byName.get(job.inputs?.mask);
     figure.hidden = !input || !(rles.length || uploaded);
     if (figure.hidden) return;
-    const bitmap = await createImageBitmap(await blob(input.url), { colorSpaceConversion: "none" });
+    // Fetched and decoded once per job (the masks are drawn again as objects arrive); a
+    // failed fetch is not kept, so the next draw tries again.
+    const key = `${job.job_id}/${input.name}`;
+    if (photoOf.key !== key) {
+      const bitmap = blob(input.url).then(file => createImageBitmap(file, { colorSpaceConversion: "none" }));
+      bitmap.catch(() => { if (photoOf.key === key) photoOf = { key: "", bitmap: null }; });
+      photoOf = { key, bitmap };
+    }
+    const bitmap = await photoOf.bitmap;
     const scale = Math.min(1, MASK_VIEW_PX / Math.max(bitmap.width, bitmap.height));
     const width = Math.max(1, Math.round(bitmap.width * scale)), height = Math.max(1, Math.round(bitmap.height * scale));
     for (const canvas of [photo, overlay, boxes]) { canvas.width = width; canvas.height = height; }
@@ -247,7 +256,6 @@ export function initJob({ say }) {
     for (let i = 0; i < out.length; i++) out[i] = 0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2] > 127 ? 1 : 0;
     return out;
   }
-  $("reset-view").addEventListener("click", () => viewer?.reset());
 
   function physicsRows(sidecar) {
     const rows = [];
