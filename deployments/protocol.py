@@ -37,6 +37,23 @@ class RleMask(TypedDict):
     counts: str
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedMask:
+    """One mask as a replica answers with it when asked for encodings (deployments.mask_codec):
+    a few KB where the dense (H, W) array is H*W bytes through the object store."""
+
+    rle: RleMask
+    area: int  # pixels in the mask
+    bbox: list[int]  # COCO [x, y, width, height]; zeros for an empty mask
+    png: bytes | None = None  # 8-bit 0/255 PNG, when asked
+
+
+# How ``segment_image`` answers its masks: "array" the dense (N, H, W) bool array (notebooks),
+# "rle" EncodedMasks, "rle+png" EncodedMasks with their PNGs (what a job stores).
+MaskFormat = Literal["array", "rle", "rle+png"]
+MASK_FORMATS: tuple[str, ...] = ("array", "rle", "rle+png")
+
+
 def call_kwargs(request: Any) -> dict[str, Any]:
     """A request's fields as the keyword arguments of its deployment method (shallow: nested
     dataclasses such as ``FrameSource`` travel as they are)."""
@@ -110,6 +127,7 @@ class SegmentImageRequest:
     text: str | None = None
     min_score: float = 0.5
     max_masks: int = 50
+    mask_format: MaskFormat = "array"
 
     def kwargs(self) -> dict[str, Any]:
         return call_kwargs(self)
@@ -159,12 +177,35 @@ class SegmentPrompt:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SegmentResult:
-    masks: np.ndarray  # (N, H, W) bool, best score first
+    masks: np.ndarray | None  # (N, H, W) bool, best score first; None when sent ``encoded``
     scores: list[float]  # (N,) best first
     seconds: float  # model time inside the replica (benchmarks use it)
     prompt: SegmentPrompt
     image_id: str | None = None  # segment_image: the id it answered for
     cached: bool | None = None  # segment_image: the embedding came from the replica's cache
+    encoded: list[EncodedMask] | None = None  # mask_format "rle"/"rle+png": the N masks
+    image_size: tuple[int, int] | None = None  # (height, width); set with ``encoded``
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the image the masks cover, whichever form they came in."""
+        if self.masks is not None:
+            return int(self.masks.shape[1]), int(self.masks.shape[2])
+        assert self.image_size is not None, "an encoded SegmentResult carries its image_size"
+        return self.image_size
+
+    def dense(self) -> np.ndarray:
+        """The (N, H, W) bool masks (decoded from RLE when they came encoded)."""
+        if self.masks is not None:
+            return self.masks
+        from deployments.mask_codec import decode_rle
+
+        encoded = self.encoded or []
+        return (
+            np.stack([decode_rle(m.rle) for m in encoded])
+            if encoded
+            else np.zeros((0, *self.size), dtype=bool)
+        )
 
 
 # -- Detector -------------------------------------------------------------------------------------

@@ -34,7 +34,14 @@ from deployments.image_cache import (
     check_image_id,
     load_image,
 )
-from deployments.protocol import ImageEncoded, ImageSource, SegmentPrompt, SegmentResult
+from deployments.mask_codec import check_mask_format, in_format
+from deployments.protocol import (
+    ImageEncoded,
+    ImageSource,
+    MaskFormat,
+    SegmentPrompt,
+    SegmentResult,
+)
 
 logger = logging.getLogger("meshline.segmenter")
 
@@ -306,10 +313,12 @@ class Sam3Segmenter:
         text: str | None = None,
         min_score: float = 0.5,
         max_masks: int = 50,
+        mask_format: MaskFormat = "array",
     ) -> SegmentResult:
         """``SegmentImageRequest``: a text prompt's instances (best score first, at most
         ``max_masks`` scoring ``min_score`` or more), or the point/box prompt's mask."""
         check_image_id(image_id)
+        check_mask_format(mask_format)
         if text is not None and (points or box is not None):
             raise InvalidInput("a text prompt cannot be combined with points or a box", "text")
         if text is None and not self.interactive:
@@ -323,7 +332,7 @@ class Sam3Segmenter:
             else:
                 masks, scores, prompt = self._interactive(embedding, points, labels, box, multimask)
         order = np.argsort(-scores, kind="stable")
-        return SegmentResult(
+        result = SegmentResult(
             masks=masks[order],
             scores=scores[order].tolist(),
             seconds=round(time.perf_counter() - started, 4),
@@ -331,6 +340,7 @@ class Sam3Segmenter:
             image_id=image_id,
             cached=cached,
         )
+        return in_format(result, mask_format)
 
     def encode_image(
         self, image_id: str, data: bytes | None = None, source: ImageSource | None = None

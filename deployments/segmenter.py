@@ -34,6 +34,7 @@ from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
 from deployments.decoding import decode_images, jpeg_decoder, rgb_tensor
 from deployments.errors import InvalidInput, ModelLoadError, UnsupportedPrompt
 from deployments.image_cache import Embedding, EmbeddingCache, check_image_id, image_bytes
+from deployments.mask_codec import check_mask_format, in_format
 from deployments.protocol import (
     IMAGE_ROUTE_PREFIX,
     FrameBatch,
@@ -41,6 +42,7 @@ from deployments.protocol import (
     FrameSource,
     ImageEncoded,
     ImageSource,
+    MaskFormat,
     RleMask,
     SegmentPrompt,
     SegmentResult,
@@ -162,16 +164,19 @@ class Sam2Segmenter:
         text: str | None = None,
         min_score: float = 0.5,
         max_masks: int = 50,
+        mask_format: MaskFormat = "array",
     ) -> SegmentResult:
         """Masks for one prompt on the image ``image_id`` (``SegmentImageRequest``'s fields):
         its cached embedding when this replica holds it, else the image (``data``, or fetched
         from ``source``) decoded here and encoded once, then cached."""
         check_image_id(image_id)
+        check_mask_format(mask_format)
         refuse_text(text)
         embedding, cached, encode_seconds = self._embedding(image_id, data, source)
-        return self.predict_on(
+        result = self.predict_on(
             image_id, embedding, cached, points, labels, box, multimask, encode_seconds
         )
+        return in_format(result, mask_format)
 
     def encode_image(
         self, image_id: str, data: bytes | None = None, source: ImageSource | None = None
@@ -555,27 +560,23 @@ class SegmenterDeployment:
         text: str | None = None,
         min_score: float = 0.5,
         max_masks: int = 50,
+        mask_format: MaskFormat = "array",
     ) -> SegmentResult:
         """``Sam2Segmenter.segment_image`` (``Sam3Segmenter``'s with segment_backend=sam3);
-        routed with ``image_route(image_id)``."""
+        routed with ``image_route(image_id)``. ``mask_format`` "rle" / "rle+png": the masks
+        leave encoded (in the model call's thread), a few KB instead of H*W bytes each."""
+        check_mask_format(mask_format)
         await self._route_image(image_id)
         model = self._model
         if self._encode_batched is None:
-            prompt = (points, labels, box, multimask, text, min_score, max_masks)
+            prompt = (points, labels, box, multimask, text, min_score, max_masks, mask_format)
             result = await asyncio.to_thread(model.segment_image, image_id, data, source, *prompt)
         else:
             refuse_text(text)
             embedding, cached, seconds = await self._batched_embedding(image_id, data, source)
+            after = (cached, points, labels, box, multimask, seconds)
             result = await asyncio.to_thread(
-                model.predict_on,
-                image_id,
-                embedding,
-                cached,
-                points,
-                labels,
-                box,
-                multimask,
-                seconds,
+                lambda: in_format(model.predict_on(image_id, embedding, *after), mask_format)
             )
         from deployments.telemetry import count_segment_embedding
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from deployments.errors import InvalidInput
+from deployments.mask_codec import decode_rle, encode_rle
 from deployments.protocol import FrameSource, RleMask, VideoPrompt, VideoPromptResult
 
 logger = logging.getLogger("meshline.video")
@@ -81,20 +81,6 @@ def session_bytes(frames: int, image_size: int) -> int:
 def frame_name(index: int) -> str:
     """Stored frame names are bare integers: SAM2's loader sorts a folder of JPEGs by int(stem)."""
     return f"{index:06d}{FRAME_SUFFIX}"
-
-
-def encode_rle(mask: np.ndarray) -> RleMask:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": rle["counts"].decode("ascii"),
-    }
-
-
-def decode_rle(rle: RleMask | dict[str, Any]) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(
-        bool
-    )
 
 
 def materialize_frames(source: FrameSource, scratch: Path) -> tuple[Path, bool]:

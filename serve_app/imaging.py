@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import zlib
 from collections.abc import Iterator, Sequence
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from deployments import decoding
 from deployments.errors import InvalidInput
@@ -111,10 +109,7 @@ def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.nda
 # smaller than the default strategy in the same or less time (that mask: 67 -> 41 KB in ~6 ms;
 # a 1280x720 two-object label map: 4.8 -> 3.4 KB, and 1.6 ms against level 6's 4.2 ms).
 MASK_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
-# A binary mask (mask_png) goes through OpenCV with the same settings and unfiltered rows:
-# Pillow tries every PNG row filter on every row, which a 0/255 mask does not need (a lightly
-# speckled 810x1080 mask: 6.6 ms and 8.4 KB with Pillow, 1.5 ms and 7.4 KB with OpenCV). A
-# job's segment stage encodes one per object, beside a GPU model call of a few tens of ms.
+# A binary mask goes through OpenCV instead (deployments.mask_codec.mask_png).
 
 
 def mask_png_bytes(image: Image.Image) -> bytes:
@@ -122,44 +117,6 @@ def mask_png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", **MASK_PNG_OPTIONS)
     return buffer.getvalue()
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    """An (H, W) mask as an 8-bit grayscale 0/255 PNG, zlib level 1, run-length strategy, rows
-    unfiltered (see MASK_PNG_OPTIONS); this runs once per mask in a job's segment stage and for
-    each /v1/segment mask asked with ``png``."""
-    import cv2  # opencv-python: a core dependency, imported where a mask is first encoded
-
-    params = [
-        cv2.IMWRITE_PNG_COMPRESSION,
-        1,
-        cv2.IMWRITE_PNG_STRATEGY,
-        cv2.IMWRITE_PNG_STRATEGY_RLE,
-    ]
-    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11 (an older one filters: slower)
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
-    ok, data = cv2.imencode(".png", np.asarray(mask, dtype=np.uint8) * 255, params)
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {mask.shape} mask as PNG")
-    return data.tobytes()
-
-
-def mask_rle(mask: np.ndarray) -> dict[str, object]:
-    """COCO RLE with a JSON-safe counts string."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def mask_summary(mask: np.ndarray, score: float, with_png: bool) -> dict[str, object]:
-    rle = mask_rle(mask)
-    coco = {"size": rle["size"], "counts": str(rle["counts"]).encode("ascii")}
-    return {
-        "score": round(float(score), 5),
-        "area": int(mask_utils.area(coco)),
-        "bbox": [int(v) for v in mask_utils.toBbox(coco)],
-        "rle": rle,
-        "png_base64": base64.b64encode(mask_png(mask)).decode("ascii") if with_png else None,
-    }
 
 
 def check_prompt_in_image(

@@ -13,12 +13,11 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import numpy as np
-
 from deployments.protocol import (
     ConvertRequest,
     DetectRequest,
     DetectResult,
+    EncodedMask,
     EncodeImageRequest,
     FrameMasks,
     ImageEncoded,
@@ -32,7 +31,6 @@ from deployments.protocol import (
 )
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError
-from serve_app.imaging import mask_png, mask_rle
 from serve_app.jobs.records import JobRecord
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_MAKES, STAGE_NEEDS, STAGE_ORDER, STAGES
@@ -237,15 +235,15 @@ async def _segment_one(
     reach the replica holding the embedding, or one that reads the file from the store.
     ``encoded``: this stage's ``encode_image`` call, whose encoder time counts here."""
     result = await _segment_image(ctx, points=points, labels=labels, box=box)
-    mask = np.asarray(result.masks[0], dtype=bool)
-    if not mask.any():
+    mask = _encoded(result)[0]
+    if not mask.area:
         raise ApiError(
             422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt"
         )
     await _write_mask(ctx, prefix, mask)
     return {
         "score": round(float(result.scores[0]), 5),
-        "area": int(mask.sum()),
+        "area": mask.area,
         "prompt": result.prompt.to_dict(),
         "model_seconds": round(result.seconds + (encoded.seconds if encoded else 0.0), 4),
         # No encoder ran for this mask in this stage.
@@ -316,8 +314,8 @@ async def _segment_text(
     """Every instance of ``text`` (sam3 backend) in one call, best first: 1 → one unprefixed
     mask, more → ``obj<k>_`` masks, one mesh set each (as with detector boxes)."""
     result = await _segment_image(ctx, text=text, min_score=min_score, max_masks=max_objects)
-    found = [np.asarray(mask, dtype=bool) for mask in result.masks]
-    kept = [(mask, score) for mask, score in zip(found, result.scores, strict=True) if mask.any()]
+    found = zip(_encoded(result), result.scores, strict=True)
+    kept = [(mask, score) for mask, score in found if mask.area]
     if not kept:
         raise ApiError(
             422,
@@ -329,7 +327,7 @@ async def _segment_text(
     for index, (mask, score) in enumerate(kept):
         prefix = "" if max_objects == 1 else object_prefix(index)
         await _write_mask(ctx, prefix, mask)
-        objects.append({"object": index, "score": round(float(score), 5), "area": int(mask.sum())})
+        objects.append({"object": index, "score": round(float(score), 5), "area": mask.area})
     detail = {"prompt": result.prompt.to_dict(), "model_seconds": result.seconds}
     if max_objects == 1:
         return {**detail, **objects[0], "instances": len(kept), "prompt_from": "text"}
@@ -337,23 +335,30 @@ async def _segment_text(
 
 
 async def _segment_image(ctx: StageContext, **prompt: Any) -> SegmentResult:
-    """``segment_image`` on the job's image with ``prompt`` (SegmentImageRequest's fields)."""
+    """``segment_image`` on the job's image with ``prompt`` (SegmentImageRequest's fields); the
+    masks come back as the files the stage stores (RLE and PNG, encoded in the replica)."""
     image_id, data = await ctx.image_ref()
     source = artifact_source(ctx.files, ctx.job.id, ctx.job.inputs["image"])
-    request = SegmentImageRequest(image_id, data=data, source=source, **prompt)
+    request = SegmentImageRequest(
+        image_id, data=data, source=source, mask_format="rle+png", **prompt
+    )
     result = await replica_call(ctx.handles.segmenter_client.segment_image(request))
     ctx.image_sent()
     return result
 
 
-async def _write_mask(ctx: StageContext, prefix: str, mask: np.ndarray) -> None:
-    png, rle = await asyncio.gather(
-        asyncio.to_thread(mask_png, mask), asyncio.to_thread(mask_rle, mask)
-    )
+def _encoded(result: SegmentResult) -> list[EncodedMask]:
+    if result.encoded is None:
+        raise RuntimeError("the Segmenter answered dense masks to a mask_format='rle+png' call")
+    return result.encoded
+
+
+async def _write_mask(ctx: StageContext, prefix: str, mask: EncodedMask) -> None:
+    assert mask.png is not None  # asked for with mask_format="rle+png"
     await asyncio.gather(
-        ctx.write("segment", f"{prefix}mask.png", png, "image/png"),
+        ctx.write("segment", f"{prefix}mask.png", mask.png, "image/png"),
         ctx.write(
-            "segment", f"{prefix}mask_rle.json", json.dumps(rle).encode(), "application/json"
+            "segment", f"{prefix}mask_rle.json", json.dumps(mask.rle).encode(), "application/json"
         ),
     )
 

@@ -6,15 +6,16 @@ shared by every client)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
-import numpy as np
 from pydantic import Field
 
 from deployments.errors import InvalidInput
 from deployments.protocol import (
     IMAGE_ID,
     DetectRequest,
+    EncodedMask,
     SegmentImageRequest,
     SegmentResult,
     image_id_of,
@@ -22,7 +23,7 @@ from deployments.protocol import (
 )
 from serve_app.admin import recent
 from serve_app.http.errors import ApiError, to_api_error
-from serve_app.imaging import ImageHeader, check_prompt_in_image, mask_summary, read_header
+from serve_app.imaging import ImageHeader, check_prompt_in_image, read_header
 from serve_app.predict.images import image_source, store_image
 from serve_app.predict.schemas import (
     DetectOptions,
@@ -117,15 +118,16 @@ async def segment(
         text=options.text,
         min_score=options.min_score,
         max_masks=options.max_masks,
+        mask_format="rle+png" if options.png else "rle",  # encoded in the replica
     )
     try:
         result = await services.handles.segmenter_client.segment_image(request)
     finally:
         if stored is not None:
             await stored  # the id is usable on every replica once the answer is out
-    height, width = (int(n) for n in result.masks.shape[1:])  # (0, H, W): no instance found
+    height, width = result.size
     recent.note(recent.model_name(services.models, "Segmenter"), width, height)
-    masks = await asyncio.to_thread(_mask_summaries, result, options.png)  # RLE/PNG: off the loop
+    masks = [_mask_summary(mask, score) for mask, score in _scored(result)]
     return SegmentResponse(
         width=width,
         height=height,
@@ -138,11 +140,20 @@ async def segment(
     )
 
 
-def _mask_summaries(result: SegmentResult, with_png: bool) -> list[dict[str, object]]:
-    return [
-        mask_summary(np.asarray(mask, dtype=bool), score, with_png)
-        for mask, score in zip(result.masks, result.scores, strict=True)
-    ]
+def _scored(result: SegmentResult) -> list[tuple[EncodedMask, float]]:
+    if result.encoded is None:
+        raise RuntimeError("the Segmenter answered dense masks to an encoded mask_format call")
+    return list(zip(result.encoded, result.scores, strict=True))
+
+
+def _mask_summary(mask: EncodedMask, score: float) -> dict[str, object]:
+    return {
+        "score": round(float(score), 5),
+        "area": mask.area,
+        "bbox": mask.bbox,
+        "rle": mask.rle,
+        "png_base64": base64.b64encode(mask.png).decode("ascii") if mask.png else None,
+    }
 
 
 def _header_and_id(data: bytes, max_pixels: int) -> tuple[ImageHeader, str]:

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from deployments.video import decode_rle, frame_name
+from deployments.mask_codec import decode_rle
+from deployments.video import frame_name
 from serve_app.imaging import mask_png_bytes
 from serve_app.videos.store import VideoRecord
 

@@ -52,6 +52,15 @@ def test_text_prompt_gives_instances_with_scores(tiny: Sam3Segmenter) -> None:
     none = tiny.segment_image(image_id, None, text="chair", min_score=1.0)
     assert none.masks.shape == (0, 120, 160) and none.scores == []
 
+    # Encoded (what a job and /v1/segment ask for): the same masks, and the size with none.
+    rle = tiny.segment_image(
+        image_id, None, text="chair", min_score=0.0, max_masks=7, mask_format="rle+png"
+    )
+    assert rle.masks is None and np.array_equal(rle.dense(), result.masks)
+    assert rle.scores == result.scores and all(m.png for m in rle.encoded or [])
+    empty = tiny.segment_image(image_id, None, text="chair", min_score=1.0, mask_format="rle")
+    assert empty.encoded == [] and empty.size == (120, 160)
+
 
 def test_text_is_not_combined_and_small_builds_take_text_only(tiny: Sam3Segmenter) -> None:
     data = _png()

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.video import encode_rle, sam2_image_size, session_bytes
+from deployments.mask_codec import encode_rle
+from deployments.video import sam2_image_size, session_bytes
 from serve_app.api import create_api
 from serve_app.http.errors import ApiError
 from serve_app.videos.export import png_zip

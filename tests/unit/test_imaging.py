@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import io
-import struct
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from serve_app.http.errors import ApiError
-from serve_app.imaging import (
-    check_image,
-    decode_image,
-    decode_mask,
-    mask_png,
-    mask_rle,
-    mask_summary,
-)
+from serve_app.imaging import check_image, decode_image, decode_mask
 from tests.helpers import encode_png, make_scene
 
 
@@ -127,59 +118,3 @@ def test_mask_checks_size_and_content() -> None:
         _status(lambda: decode_mask(encode_png(np.zeros((240, 320), np.uint8)), 320, 240, 10**7))
         == 422
     )
-
-
-def test_mask_png_is_lossless_8bit_and_coded_for_runs() -> None:
-    """Every pixel kept as 0/255 in an 8-bit grayscale PNG, and zlib's run-length strategy pays:
-    a ragged mask's file is well under the same level-1 encode with the default strategy."""
-    rng = np.random.default_rng(0)
-    mask = make_scene("ring").mask ^ (rng.random((240, 320)) < 0.02)
-    data = mask_png(mask)
-    image = Image.open(io.BytesIO(data))
-    pixels = np.asarray(image)
-    assert image.mode == "L" and set(np.unique(pixels).tolist()) == {0, 255}
-    assert np.array_equal(pixels == 255, mask)
-    default = io.BytesIO()
-    Image.fromarray(pixels).save(default, format="PNG", compress_level=1)
-    assert len(data) < 0.7 * len(default.getvalue())
-
-
-def test_rle_roundtrips_through_pycocotools() -> None:
-    mask = make_scene("ring").mask
-    rle = mask_rle(mask)
-    assert rle["size"] == [240, 320] and isinstance(rle["counts"], str)
-    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
-    assert np.array_equal(decoded.astype(bool), mask)
-    summary = mask_summary(mask, 0.5, with_png=True)
-    assert summary["area"] == int(mask.sum())
-    ys, xs = np.nonzero(mask)
-    assert summary["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-    assert summary["png_base64"]
-
-
-def test_mask_png_is_8_bit_and_lossless_on_a_speckled_full_size_mask() -> None:
-    """The stored mask.png / png_base64: 8-bit grayscale, 0 and 255 only, decoding to the
-    exact mask (a speckled 1080x810 one: the worst case for the encoder's speed)."""
-    mask = np.random.default_rng(0).random((1080, 810)) < 0.3
-    data = mask_png(mask)
-    with Image.open(io.BytesIO(data)) as image:
-        assert (image.format, image.mode, image.size) == ("PNG", "L", (810, 1080))
-        pixels = np.asarray(image)
-    assert set(np.unique(pixels).tolist()) == {0, 255}
-    assert np.array_equal(pixels > 127, mask)
-    assert np.array_equal(decode_mask(data, 810, 1080, 10**7), mask)
-
-
-def test_mask_png_rows_are_unfiltered() -> None:
-    """Every row of the mask PNG has filter type 0 (none): the encoder does not try PNG's row
-    filters on a 0/255 mask, the cost that made Pillow's encode 4x slower."""
-    mask = make_scene("ring").mask ^ (np.random.default_rng(1).random((240, 320)) < 0.02)
-    data = mask_png(mask)
-    chunks, pos = [], 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
-        pos += 12 + length
-    rows = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    assert len(rows) == 240 * (1 + 320)  # 8-bit, one channel
-    assert {rows[i * 321] for i in range(240)} == {0}

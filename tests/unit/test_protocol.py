@@ -177,8 +177,9 @@ def test_converter_returns_output_files(shape: ReconstructResult) -> None:
 def test_video_session_returns_a_prompt_result(tmp_path: Path) -> None:
     from PIL import Image
 
+    from deployments.mask_codec import decode_rle
     from deployments.segmenter import Sam2Segmenter, SegmenterConfig
-    from deployments.video import decode_rle, frame_name
+    from deployments.video import frame_name
     from tests.helpers import moving_disk_video
 
     video = moving_disk_video(frames=3)
@@ -380,6 +381,7 @@ SHARED_MODULES = {
     "deployments.telemetry",  # metric names both sides emit
     "deployments.logtail",  # the log/request rings every replica publishes, the admin reads
     "deployments.decoding",  # the image checks uploads and replicas share (torch only lazily)
+    "deployments.mask_codec",  # the mask encodings replicas answer with and the ingress stores
 }
 ALLOWED_NAMES = {
     "deployments.segmenter": {"SegmenterDeployment"},
@@ -387,7 +389,7 @@ ALLOWED_NAMES = {
     "deployments.reconstructor": {"ReconstructorDeployment"},
     "deployments.converter": {"ConverterDeployment"},
     # The stored-frame layout and the session-memory estimate the ingress checks limits with.
-    "deployments.video": {"FrameSource", "frame_name", "decode_rle", "sam2_image_size"},
+    "deployments.video": {"FrameSource", "frame_name", "sam2_image_size"},
     # Face counts read from a mesh upload's header, to refuse a huge one at submit.
     "deployments.meshing.export": {"declared_faces"},
 }

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.video import FrameSource, PropagationRequest, VideoPrompt, decode_rle, frame_name
+from deployments.mask_codec import decode_rle
+from deployments.video import FrameSource, PropagationRequest, VideoPrompt, frame_name
 from serve_app.http.errors import ApiError
 from serve_app.jobs.store import JobStore
 from serve_app.videos.frames import Pass, plan_passes, resume_point
