@@ -7,7 +7,10 @@ through meshline, both sides in one run, on the same image (ultralytics' bus.jpg
   batching the encoder pay on this device?);
 * meshline: ``POST /v1/segment`` with the image (first call: a new image id each time — the
   same pixels with a JPEG comment that changes its bytes) vs ``POST /v1/segment {"image_id"}``
-  (a repeat click: no image sent, the replica's cached embedding).
+  (a repeat click: no image sent, the replica's cached embedding);
+* eight box prompts (a detect job's objects) on the cached image: raw, eight ``predict`` calls
+  vs one with the eight boxes; meshline, eight ``segment_image`` handle calls vs one ``boxes``
+  call (what a job's segment stage sends; the Segmenter batches by ``box_batch_size``).
 
 Random weights either way: the small SAM2 (256 px) with ``--quick``, SAM2.1 hiera-t (1024 px)
 otherwise. Target (CPU): repeat click ≥ 10× faster than the first call.
@@ -44,6 +47,15 @@ def with_comment(jpeg: bytes, text: str) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
+def eight_boxes(image: np.ndarray) -> list[list[float]]:
+    """Eight fixed boxes spread over the image (a detect job's eight objects)."""
+    height, width = image.shape[:2]
+    corners = np.random.default_rng(0).uniform([0, 0], [width * 0.7, height * 0.7], (8, 2))
+    return [
+        [float(x), float(y), float(x + width * 0.25), float(y + height * 0.25)] for x, y in corners
+    ]
+
+
 def raw_figures(config: Any, image: np.ndarray, point: list[float], reps: int) -> dict[str, Any]:
     import torch
 
@@ -53,6 +65,7 @@ def raw_figures(config: Any, image: np.ndarray, point: list[float], reps: int) -
     predictor = segmenter.predictor
     coords = np.array([point], dtype=np.float32)
     labels = np.array([1], dtype=np.int32)
+    boxes = np.array(eight_boxes(image), dtype=np.float32)
 
     def predict() -> None:
         predictor.predict(point_coords=coords, point_labels=labels, multimask_output=False)
@@ -70,6 +83,16 @@ def raw_figures(config: Any, image: np.ndarray, point: list[float], reps: int) -
             started = time.perf_counter()
             predict()
             decoder.append(time.perf_counter() - started)
+        # Eight box prompts (a detect job's objects): one batched decoder call vs eight.
+        singles, batched = [], []
+        for _ in range(max(reps, 3)):
+            started = time.perf_counter()
+            for box in boxes:
+                predictor.predict(box=box, multimask_output=False)
+            singles.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            predictor.predict(box=boxes, multimask_output=False)
+            batched.append(time.perf_counter() - started)
         # Two first-time images: one batched encoder call vs two single ones.
         started = time.perf_counter()
         predictor.set_image_batch([image, image[:, ::-1].copy()])
@@ -83,14 +106,55 @@ def raw_figures(config: Any, image: np.ndarray, point: list[float], reps: int) -
         "set_image_predict_s_p50": p50(full),
         "predict_only_s_p50": p50(decoder),
         "speedup": round(p50(full) / p50(decoder), 1),
+        "boxes_8_single_calls_s_p50": p50(singles),
+        "boxes_8_one_call_s_p50": p50(batched),
+        "box_batch_gain": round(p50(singles) / p50(batched), 2),
         "set_image_batch_2_s": round(batch2, 4),
         "set_image_2_sequential_s": round(single2, 4),
         "batch_gain": round(single2 / batch2, 2),
     }
 
 
+def boxes_figures(image_id: str, image: np.ndarray, rounds: int = 5) -> dict[str, Any]:
+    """A detect job's eight objects through the Segmenter's handle, as its segment stage asks
+    (encoded masks, the image's cached embedding): eight calls, one box each, vs one call with
+    the eight boxes (what the stage sends)."""
+    from ray import serve
+
+    from deployments.protocol import SegmentImageRequest
+    from serve_app.handles import SegmenterClient
+
+    client = SegmenterClient(serve.get_deployment_handle("Segmenter", "meshline"))
+    boxes = eight_boxes(image)
+
+    def call(**prompt: Any) -> Any:
+        request = SegmentImageRequest(image_id, mask_format="rle+png", **prompt)
+        return client.segment_image(request).result(timeout_s=600)
+
+    call(boxes=boxes)  # warm-up
+    singles, batched = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for box in boxes:
+            call(box=box)
+        singles.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        call(boxes=boxes)
+        batched.append(time.perf_counter() - started)
+    return {
+        "boxes_8_single_calls_s_p50": p50(singles),
+        "boxes_8_one_call_s_p50": p50(batched),
+        "box_call_gain": round(p50(singles) / p50(batched), 2),
+    }
+
+
 def meshline_figures(
-    base_url: str, jpeg: bytes, point: list[float], firsts: int, clicks: int
+    base_url: str,
+    jpeg: bytes,
+    point: list[float],
+    firsts: int,
+    clicks: int,
+    boxes_image: np.ndarray,
 ) -> dict[str, Any]:
     options = {"points": [point], "labels": [1]}
     first_s, click_s, replica_first, ids = [], [], [], []
@@ -128,7 +192,9 @@ def meshline_figures(
             body = response.json()
             assert body["cached"] is True, body
         assert body["masks"] == masks  # the same pixels and prompt: the same mask
+    boxes = boxes_figures(ids[0], boxes_image)
     return {
+        **boxes,
         "first_call_s_p50": p50(first_s),
         "first_call_ingress_s_p50": p50(replica_first),
         "repeat_click_s_p50": p50(click_s),
@@ -167,7 +233,7 @@ def main() -> None:
     base_url, serve = start_app(device, data_dir, args.quick, "auto")
     try:
         info = serve.get_deployment_handle("Segmenter", "meshline").info.remote().result()
-        meshline = meshline_figures(base_url, jpeg, point, firsts, args.clicks)
+        meshline = meshline_figures(base_url, jpeg, point, firsts, args.clicks, image)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -25,7 +25,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class EncodedMask:
 # How ``segment_image`` answers its masks: "array" the dense (N, H, W) bool array (notebooks),
 # "rle" EncodedMasks, "rle+png" EncodedMasks with their PNGs (what a job stores).
 MaskFormat = Literal["array", "rle", "rle+png"]
-MASK_FORMATS: tuple[str, ...] = ("array", "rle", "rle+png")
+MASK_FORMATS: tuple[str, ...] = get_args(MaskFormat)
 
 
 def call_kwargs(request: Any) -> dict[str, Any]:
@@ -128,6 +128,9 @@ class SegmentImageRequest:
     min_score: float = 0.5
     max_masks: int = 50
     mask_format: MaskFormat = "array"
+    # Several box prompts at once (a detect job's objects): one mask per box, in the boxes'
+    # order, from batched decoder calls; at most max_masks of them. Not with points, box, text.
+    boxes: list[list[float]] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         return call_kwargs(self)
@@ -170,15 +173,19 @@ class SegmentPrompt:
     labels: list[int] | None
     box: list[float] | None
     text: str | None = None
+    boxes: list[list[float]] | None = None  # a ``boxes`` call: one per mask, in order
 
     def to_dict(self) -> dict[str, Any]:
-        return {"points": self.points, "labels": self.labels, "box": self.box, "text": self.text}
+        found = {"points": self.points, "labels": self.labels, "box": self.box, "text": self.text}
+        return found if self.boxes is None else {**found, "boxes": self.boxes}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SegmentResult:
-    masks: np.ndarray | None  # (N, H, W) bool, best score first; None when sent ``encoded``
-    scores: list[float]  # (N,) best first
+    # (N, H, W) bool, best score first (a ``boxes`` call: in the boxes' order); None when
+    # ``encoded``
+    masks: np.ndarray | None
+    scores: list[float]  # (N,) in the masks' order
     seconds: float  # model time inside the replica (benchmarks use it)
     prompt: SegmentPrompt
     image_id: str | None = None  # segment_image: the id it answered for

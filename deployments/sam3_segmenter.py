@@ -314,24 +314,32 @@ class Sam3Segmenter:
         min_score: float = 0.5,
         max_masks: int = 50,
         mask_format: MaskFormat = "array",
+        boxes: list[list[float]] | None = None,
     ) -> SegmentResult:
         """``SegmentImageRequest``: a text prompt's instances (best score first, at most
-        ``max_masks`` scoring ``min_score`` or more), or the point/box prompt's mask."""
+        ``max_masks`` scoring ``min_score`` or more), the point/box prompt's mask, or one mask
+        per box of ``boxes`` (in their order)."""
+        from deployments.segmenter import check_boxes_call
+
         check_image_id(image_id)
         check_mask_format(mask_format)
-        if text is not None and (points or box is not None):
+        if text is not None and (points or box is not None or boxes is not None):
             raise InvalidInput("a text prompt cannot be combined with points or a box", "text")
         if text is None and not self.interactive:
             raise InvalidInput("this SAM 3 build takes text prompts only", "points")
+        check_boxes_call(boxes, points, labels, box, multimask, max_masks)
         started = time.perf_counter()
         with self._lock, _cpu_compat(self.device):
             embedding, cached, _ = self._embedding(image_id, data, source)
             if text is not None:
                 masks, scores = self._text(embedding, text, min_score, max_masks)
                 prompt = SegmentPrompt(None, None, None, text=text)
+            elif boxes is not None:
+                masks, scores, prompt = self._boxes(embedding, boxes)
             else:
                 masks, scores, prompt = self._interactive(embedding, points, labels, box, multimask)
-        order = np.argsort(-scores, kind="stable")
+        # Best first, except a boxes call's masks, which keep the boxes' order.
+        order = np.argsort(-scores, kind="stable") if boxes is None else np.arange(len(scores))
         result = SegmentResult(
             masks=masks[order],
             scores=scores[order].tolist(),
@@ -411,6 +419,19 @@ class Sam3Segmenter:
         keep = np.argsort(-scores, kind="stable")[:max_masks]
         masks = state["masks"][:, 0].cpu().numpy().astype(bool).reshape(-1, *embedding.orig_hw[0])
         return masks[keep], scores[keep]
+
+    def _boxes(
+        self, embedding: Embedding, boxes: list[list[float]]
+    ) -> tuple[np.ndarray, np.ndarray, SegmentPrompt]:
+        """One mask per box, in the boxes' order (SAM 3's interactive head, a call per box)."""
+        from deployments.segmenter import box_prompts
+
+        checked = box_prompts(boxes, embedding.width, embedding.height)
+        found = [self._interactive(embedding, None, None, b.tolist(), False) for b in checked]
+        masks = np.stack([one[0][0] for one in found])
+        scores = np.array([one[1][0] for one in found], dtype=np.float32)
+        prompt = SegmentPrompt(None, None, None, boxes=[b.tolist() for b in checked])
+        return masks, scores, prompt
 
     def _interactive(
         self,

@@ -34,9 +34,10 @@ from deployments.configs import MODEL_AUTOSCALING, SegmenterConfig
 from deployments.decoding import decode_images, jpeg_decoder, rgb_tensor
 from deployments.errors import InvalidInput, ModelLoadError, UnsupportedPrompt
 from deployments.image_cache import Embedding, EmbeddingCache, check_image_id, image_bytes
-from deployments.mask_codec import check_mask_format, in_format
+from deployments.mask_codec import check_mask_format, encode_mask, in_format
 from deployments.protocol import (
     IMAGE_ROUTE_PREFIX,
+    EncodedMask,
     FrameBatch,
     FrameMasks,
     FrameSource,
@@ -165,6 +166,7 @@ class Sam2Segmenter:
         min_score: float = 0.5,
         max_masks: int = 50,
         mask_format: MaskFormat = "array",
+        boxes: list[list[float]] | None = None,
     ) -> SegmentResult:
         """Masks for one prompt on the image ``image_id`` (``SegmentImageRequest``'s fields):
         its cached embedding when this replica holds it, else the image (``data``, or fetched
@@ -172,7 +174,12 @@ class Sam2Segmenter:
         check_image_id(image_id)
         check_mask_format(mask_format)
         refuse_text(text)
+        check_boxes_call(boxes, points, labels, box, multimask, max_masks)
         embedding, cached, encode_seconds = self._embedding(image_id, data, source)
+        if boxes is not None:
+            return self.predict_boxes(
+                image_id, embedding, cached, boxes, mask_format, encode_seconds
+            )
         result = self.predict_on(
             image_id, embedding, cached, points, labels, box, multimask, encode_seconds
         )
@@ -224,6 +231,67 @@ class Sam2Segmenter:
             embedding, points, labels, box, multimask, encode_seconds=encode_seconds
         )
         return replace(result, image_id=image_id, cached=cached)
+
+    def predict_boxes(
+        self,
+        image_id: str,
+        embedding: Embedding,
+        cached: bool,
+        boxes: list[list[float]],
+        mask_format: MaskFormat,
+        encode_seconds: float = 0.0,
+    ) -> SegmentResult:
+        """One mask per box, in the boxes' order: the prompt decoder on ``box_batch`` boxes per
+        call, each batch's masks encoded before the next runs when ``mask_format`` asks (so at
+        most a batch of full-size masks is held)."""
+        import torch
+
+        height, width = embedding.height, embedding.width
+        prompts = box_prompts(boxes, width, height)
+        masks: list[np.ndarray] = []
+        encoded: list[EncodedMask] = []
+        scores: list[float] = []
+        seconds = encode_seconds
+        step = self.box_batch(height, width)
+        for start in range(0, len(prompts), step):
+            batch = np.stack(prompts[start : start + step])
+            with self._lock, torch.inference_mode(), self._autocast():
+                started = time.perf_counter()
+                embedding.restore(self.predictor)
+                try:
+                    found, found_scores, _ = self.predictor.predict(
+                        box=batch, multimask_output=False
+                    )
+                finally:
+                    self.predictor.reset_predictor()
+                seconds += time.perf_counter() - started
+            # (B, 1, H, W) for B > 1 boxes; SAM2 squeezes a single box's to (1, H, W).
+            dense = np.asarray(found).reshape(len(batch), -1, height, width)[:, 0] > 0
+            scores += (
+                np.asarray(found_scores, dtype=np.float32).reshape(len(batch), -1)[:, 0].tolist()
+            )
+            if mask_format == "array":
+                masks += list(dense)
+            else:
+                encoded += [encode_mask(m, mask_format == "rle+png") for m in dense]
+        as_array = mask_format == "array"
+        return SegmentResult(
+            masks=np.stack(masks) if as_array else None,
+            scores=scores,
+            seconds=round(seconds, 4),
+            prompt=SegmentPrompt(None, None, None, boxes=[box.tolist() for box in prompts]),
+            image_id=image_id,
+            cached=cached,
+            encoded=None if as_array else encoded,
+            image_size=None if as_array else (height, width),
+        )
+
+    def box_batch(self, height: int, width: int) -> int:
+        """Boxes per decoder call: ``box_batch_size`` (0: 8 on CUDA, where one forward for
+        several prompts pays; 1 on CPU, where it measured slower), fewer where that many
+        full-size mask logits (float32) would pass BOX_BATCH_BYTES."""
+        wanted = self.config.box_batch_size or (8 if self.device.startswith("cuda") else 1)
+        return max(1, min(wanted, BOX_BATCH_BYTES // (4 * height * width)))
 
     def encode_batch(self, items: list[tuple[str, torch.Tensor]]) -> list[Embedding]:
         """First-time images encoded together (``set_image_batch``: one encoder forward), each
@@ -403,6 +471,46 @@ def _check_image(image: np.ndarray) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
+# A ``boxes`` call's decoder batches hold their full-size mask logits (B x H x W float32: 28 MB
+# for 8 at 810x1080, 160 MB for one at 40 MP) at most this large; and the most boxes it takes.
+BOX_BATCH_BYTES = 256 * 2**20
+MAX_BOX_PROMPTS = 64
+
+
+def check_boxes_call(
+    boxes: list[list[float]] | None,
+    points: list[list[float]] | None,
+    labels: list[int] | None,
+    box: list[float] | None,
+    multimask: bool,
+    max_masks: int,
+) -> None:
+    """A ``boxes`` call takes the boxes alone (one mask each), at most ``max_masks`` (and
+    MAX_BOX_PROMPTS) of them: checked before any encoder runs."""
+    if boxes is None:
+        return
+    if points or labels or box is not None or multimask:
+        raise InvalidInput("boxes cannot be combined with points, box or multimask", "boxes")
+    if not isinstance(boxes, list) or not boxes:
+        raise InvalidInput("boxes must be a non-empty list of [x0, y0, x1, y1]", "boxes")
+    bound = min(max_masks, MAX_BOX_PROMPTS)
+    if len(boxes) > bound:
+        raise InvalidInput(f"{len(boxes)} boxes; a call takes at most {bound}", "boxes")
+
+
+def box_prompts(boxes: list[list[float]], width: int, height: int) -> list[np.ndarray]:
+    """Each box of a ``boxes`` call checked as a ``box`` prompt is (422 naming its index)."""
+    arrays = []
+    for index, box in enumerate(boxes):
+        try:
+            _, _, array = _validate_prompt(None, None, [] if box is None else box, width, height)
+        except InvalidInput as exc:
+            raise InvalidInput(f"boxes[{index}]: {exc}", "boxes") from None
+        assert array is not None
+        arrays.append(array)
+    return arrays
+
+
 def _validate_prompt(
     points: list[list[float]] | None,
     labels: list[int] | None,
@@ -561,23 +669,35 @@ class SegmenterDeployment:
         min_score: float = 0.5,
         max_masks: int = 50,
         mask_format: MaskFormat = "array",
+        boxes: list[list[float]] | None = None,
     ) -> SegmentResult:
         """``Sam2Segmenter.segment_image`` (``Sam3Segmenter``'s with segment_backend=sam3);
         routed with ``image_route(image_id)``. ``mask_format`` "rle" / "rle+png": the masks
         leave encoded (in the model call's thread), a few KB instead of H*W bytes each."""
         check_mask_format(mask_format)
+        check_boxes_call(boxes, points, labels, box, multimask, max_masks)
         await self._route_image(image_id)
         model = self._model
         if self._encode_batched is None:
             prompt = (points, labels, box, multimask, text, min_score, max_masks, mask_format)
-            result = await asyncio.to_thread(model.segment_image, image_id, data, source, *prompt)
+            result = await asyncio.to_thread(
+                model.segment_image, image_id, data, source, *prompt, boxes
+            )
         else:
             refuse_text(text)
             embedding, cached, seconds = await self._batched_embedding(image_id, data, source)
-            after = (cached, points, labels, box, multimask, seconds)
-            result = await asyncio.to_thread(
-                lambda: in_format(model.predict_on(image_id, embedding, *after), mask_format)
-            )
+
+            def predict() -> SegmentResult:
+                if boxes is not None:
+                    return model.predict_boxes(
+                        image_id, embedding, cached, boxes, mask_format, seconds
+                    )
+                found = model.predict_on(
+                    image_id, embedding, cached, points, labels, box, multimask, seconds
+                )
+                return in_format(found, mask_format)
+
+            result = await asyncio.to_thread(predict)
         from deployments.telemetry import count_segment_embedding
 
         count_segment_embedding(bool(result.cached), model.cache.nbytes)

@@ -374,6 +374,11 @@ class Settings(BaseSettings):
         (SegmenterConfig, "image_batch_wait_s"),
         description="How long a Segmenter batch of first-time images waits to fill.",
     )
+    segment_box_batch_size: int = fills(
+        (SegmenterConfig, "box_batch_size"),
+        description="A detect job's box prompts per SAM2 decoder call (all its objects come in "
+        "one Segmenter call); 0 = by device: 8 on CUDA, 1 on CPU (measured slower batched).",
+    )
     segment_image_store_mb: float = Field(
         1024,
         gt=0,

@@ -24,6 +24,7 @@ from deployments.protocol import (
     PaintRequest,
     ReconstructRequest,
     SegmentImageRequest,
+    SegmentPrompt,
     SegmentResult,
     VideoPrompt,
     VideoPropagateRequest,
@@ -285,16 +286,27 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
         detail = await _segment_one(ctx, "", box=found.boxes[0], encoded=encoded)  # best first
         source = f"detector box ({found.class_names[0]}, {found.scores[0]:.3f})"
         return {**detail, **detected, "prompt_from": source}
-    objects = []
     count = min(detect.max_objects, len(found.boxes))
-    for index in range(count):
-        one = await _segment_one(
-            ctx, object_prefix(index), box=found.boxes[index], encoded=None if index else encoded
-        )
+    # Every box in one call: the decoder runs them in batches on the embedding, one hop.
+    result = await _segment_image(ctx, boxes=found.boxes[:count])
+    masks = _encoded(result)
+    boxes = result.prompt.boxes or []
+    objects = []
+    for index, mask in enumerate(masks):
+        if not mask.area:
+            raise ApiError(
+                422,
+                f"the segmenter returned an empty mask for detector box {index}",
+                "empty_mask",
+                "detect",
+            )
+        await _write_mask(ctx, object_prefix(index), mask)
         objects.append(
             {
-                **one,
                 "object": index,
+                "score": round(float(result.scores[index]), 5),
+                "area": mask.area,
+                "prompt": SegmentPrompt(None, None, boxes[index]).to_dict(),
                 "class_name": found.class_names[index],
                 "detector_score": found.scores[index],
             }
@@ -302,7 +314,9 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
         await ctx.progress("segment", 100.0 * (index + 1) / count)
     return {
         **detected,
-        "model_seconds": round(sum(one["model_seconds"] for one in objects), 4),
+        "model_seconds": round(result.seconds + encoded.seconds, 4),
+        # No encoder ran for these masks in this stage.
+        "embedding_cached": bool(result.cached) and encoded.cached,
         "objects": objects,
         "prompt_from": "detector boxes",
     }

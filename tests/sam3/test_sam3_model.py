@@ -68,6 +68,10 @@ def test_text_is_not_combined_and_small_builds_take_text_only(tiny: Sam3Segmente
         tiny.segment_image(image_id_of(data), data, text="chair", points=[[5, 5]])
     with pytest.raises(InvalidInput, match="text prompts only"):
         tiny.segment_image(image_id_of(data), data, points=[[5, 5]])
+    with pytest.raises(InvalidInput, match="text prompts only"):
+        tiny.segment_image(image_id_of(data), data, boxes=[[5, 5, 20, 20]])
+    with pytest.raises(InvalidInput, match="cannot be combined"):
+        tiny.segment_image(image_id_of(data), data, text="chair", boxes=[[5, 5, 20, 20]])
     with pytest.raises(InvalidInput, match="sam2 segmenter backend"):
         tiny.new_session("a" * 32)
 
@@ -83,3 +87,9 @@ def test_full_model_text_points_and_box() -> None:
     assert click.cached and click.masks.shape == (1, 240, 320) and len(click.scores) == 1
     boxed = model.segment_image(image_id, None, box=[10, 10, 200, 150], multimask=True)
     assert boxed.masks.shape == (3, 240, 320) and boxed.prompt.box == [10, 10, 200, 150]
+    # A boxes call: each box's mask as its own call gives it, in the boxes' order.
+    boxes = [[10, 10, 200, 150], [50, 60, 300, 230], [0, 0, 120, 100]]
+    batched = model.segment_image(image_id, None, boxes=boxes, mask_format="rle")
+    assert batched.prompt.boxes == boxes and len(batched.scores) == 3
+    for mask, box in zip(batched.dense(), boxes, strict=True):
+        assert np.array_equal(mask, model.segment_image(image_id, None, box=box).masks[0])

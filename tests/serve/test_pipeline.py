@@ -266,10 +266,10 @@ def test_detect_segment_3d_per_object(client) -> None:  # type: ignore[no-untype
     objects = segment["detail"]["objects"]
     detections = json.loads(_download(client, job, "detections.json"))
     assert len(objects) == min(3, len(detections["boxes"])) == 3
-    # The image is encoded at most once (earlier tests may have sent the same scene): the later
-    # objects' masks come from its cached embedding.
-    assert [obj["embedding_cached"] for obj in objects[1:]] == [True, True]
-    assert segment["detail"]["model_seconds"] == round(sum(o["model_seconds"] for o in objects), 4)
+    # One Segmenter call for the three boxes: the stage's model time is its (and the encoder's,
+    # unless earlier tests had sent the same scene); the masks are the boxes' in order.
+    assert segment["detail"]["model_seconds"] > 0
+    assert [obj["object"] for obj in objects] == [0, 1, 2]
     assert segment["detail"]["detect_seconds"] > 0
     names = {a["name"] for a in job["artifacts"]}
     for k, obj in enumerate(objects):

@@ -131,6 +131,71 @@ def test_an_image_encoded_before_its_prompt(segmenter: Sam2Segmenter) -> None:
         segmenter.encode_image(image_id_of(b"other"), data)
 
 
+def test_a_boxes_call_gives_each_box_the_mask_of_its_own_call(segmenter: Sam2Segmenter) -> None:
+    """``boxes`` (a detect job's objects): one mask per box, in the boxes' order (not sorted by
+    score), each the mask a call with that box alone gives, whether the decoder takes them one
+    at a time (the CPU default) or four per forward (eleven boxes: 4 + 4 + 3); encoded
+    answers carry the same masks."""
+    scene = make_scene("disk", 200, 300)
+    data = _png(scene.image)
+    image_id = image_id_of(data)
+    rng = np.random.default_rng(3)
+    corners = rng.uniform([0, 0], [200, 120], size=(11, 2))
+    boxes = [[float(x), float(y), float(x + 90), float(y + 75)] for x, y in corners]
+    singles = [segmenter.segment_image(image_id, data, box=box) for box in boxes]
+    by_four = Sam2Segmenter(
+        SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu", box_batch_size=4)
+    )
+    by_four.model.load_state_dict(segmenter.model.state_dict())  # the same random weights
+    assert (segmenter.box_batch(200, 300), by_four.box_batch(200, 300)) == (1, 4)
+    for model in (segmenter, by_four):
+        batched = model.segment_image(image_id, data, boxes=boxes)
+        assert batched.masks is not None and batched.masks.shape == (11, 200, 300)
+        assert batched.prompt.boxes == [one.prompt.box for one in singles]
+        for mask, score, one in zip(batched.masks, batched.scores, singles, strict=True):
+            assert one.masks is not None and np.array_equal(mask, one.masks[0])
+            assert score == pytest.approx(one.scores[0], abs=1e-4)
+        encoded = model.segment_image(image_id, None, boxes=boxes, mask_format="rle+png")
+        assert encoded.cached is True and np.array_equal(encoded.dense(), batched.masks)
+        assert encoded.scores == batched.scores and encoded.size == (200, 300)
+    one_box = by_four.segment_image(image_id, None, boxes=boxes[:1])
+    assert one_box.masks is not None and np.array_equal(one_box.masks[0], singles[0].masks[0])
+
+
+def test_box_batches_are_bounded_in_bytes() -> None:
+    """Eight boxes per forward on CUDA unless their full-size logits would pass 256 MiB: a
+    40 MP image's masks go one at a time."""
+    cuda_like = _segmenter()
+    cuda_like.device = "cuda"  # only what box_batch reads (no GPU here)
+    assert cuda_like.box_batch(1080, 810) == 8
+    assert cuda_like.box_batch(8000, 5000) == 1
+    assert cuda_like.box_batch(4000, 3000) == 5  # 48 MB of logits each
+
+
+def test_a_boxes_call_is_checked_before_the_encoder_runs(segmenter: Sam2Segmenter) -> None:
+    data = _png(make_scene("L").image)
+    image_id = image_id_of(data)
+    box = [10.0, 10.0, 100.0, 100.0]
+    refused = [
+        ({"boxes": [box], "points": [[5.0, 5.0]]}, "cannot be combined"),
+        ({"boxes": [box], "box": box}, "cannot be combined"),
+        ({"boxes": [box], "multimask": True}, "cannot be combined"),
+        ({"boxes": []}, "non-empty"),
+        ({"boxes": [box] * 3, "max_masks": 2}, "at most 2"),
+        ({"boxes": [box] * 65}, "at most 50"),
+    ]
+    for call, message in refused:
+        with pytest.raises(InvalidInput, match=message) as caught:
+            segmenter.segment_image(image_id, data, **call)
+        assert caught.value.param == "boxes"
+    assert image_id not in segmenter.cache  # refused before the image was encoded
+    with pytest.raises(InvalidInput, match=r"boxes\[1\]: box must satisfy") as bad:
+        segmenter.segment_image(image_id, data, boxes=[box, [50.0, 50.0, 10_000.0, 60.0]])
+    assert bad.value.param == "boxes"
+    with pytest.raises(InvalidInput, match=r"boxes\[0\]"):
+        segmenter.segment_image(image_id, data, boxes=[[1.0, float("nan"), 5.0, 5.0]])
+
+
 def test_cache_off_still_answers() -> None:
     off = _segmenter(cache_mb=0)
     data = _png(make_scene().image)
