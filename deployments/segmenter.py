@@ -176,14 +176,8 @@ class Sam2Segmenter:
         refuse_text(text)
         check_boxes_call(boxes, points, labels, box, multimask, max_masks)
         embedding, cached, encode_seconds = self._embedding(image_id, data, source)
-        if boxes is not None:
-            return self.predict_boxes(
-                image_id, embedding, cached, boxes, mask_format, encode_seconds
-            )
-        result = self.predict_on(
-            image_id, embedding, cached, points, labels, box, multimask, encode_seconds
-        )
-        return in_format(result, mask_format)
+        prompt = (points, labels, box, multimask, mask_format, boxes)
+        return self.predict_on(image_id, embedding, cached, *prompt, encode_seconds)
 
     def encode_image(
         self, image_id: str, data: bytes | None = None, source: ImageSource | None = None
@@ -225,14 +219,22 @@ class Sam2Segmenter:
         labels: list[int] | None,
         box: list[float] | None,
         multimask: bool,
+        mask_format: MaskFormat = "array",
+        boxes: list[list[float]] | None = None,
         encode_seconds: float = 0.0,
     ) -> SegmentResult:
+        """The prompt's masks on a computed embedding, as ``mask_format`` asks (``boxes``: one
+        mask per box, in their order)."""
+        if boxes is not None:
+            return self._predict_boxes(
+                image_id, embedding, cached, boxes, mask_format, encode_seconds
+            )
         result = self._predict(
             embedding, points, labels, box, multimask, encode_seconds=encode_seconds
         )
-        return replace(result, image_id=image_id, cached=cached)
+        return in_format(replace(result, image_id=image_id, cached=cached), mask_format)
 
-    def predict_boxes(
+    def _predict_boxes(
         self,
         image_id: str,
         embedding: Embedding,
@@ -686,18 +688,8 @@ class SegmenterDeployment:
         else:
             refuse_text(text)
             embedding, cached, seconds = await self._batched_embedding(image_id, data, source)
-
-            def predict() -> SegmentResult:
-                if boxes is not None:
-                    return model.predict_boxes(
-                        image_id, embedding, cached, boxes, mask_format, seconds
-                    )
-                found = model.predict_on(
-                    image_id, embedding, cached, points, labels, box, multimask, seconds
-                )
-                return in_format(found, mask_format)
-
-            result = await asyncio.to_thread(predict)
+            prompt = (points, labels, box, multimask, mask_format, boxes, seconds)
+            result = await asyncio.to_thread(model.predict_on, image_id, embedding, cached, *prompt)
         from deployments.telemetry import count_segment_embedding
 
         count_segment_embedding(bool(result.cached), model.cache.nbytes)

@@ -105,3 +105,49 @@ def test_repeat_ids_reach_the_replica_that_holds_them(two_replicas) -> None:  # 
         set(two_replicas.info.remote().result(timeout_s=60)["image_cache"]["ids"]) for _ in range(8)
     ]
     assert set().union(*held) == set(ids)
+
+
+def test_the_batched_encoder_path_answers_every_form(live_app) -> None:  # type: ignore[no-untyped-def]
+    """``image_batch_size`` 2 (the GPU path: concurrent first-time images share one
+    set_image_batch forward): first calls sent together, then an encoded answer and a
+    ``boxes`` call on the cached embeddings give the masks the plain calls give."""
+    from ray import serve
+
+    from deployments.configs import SegmenterConfig
+    from deployments.segmenter import SegmenterDeployment
+    from serve_app.handles import SegmenterClient
+
+    config = SegmenterConfig(
+        overrides=SMALL_SAM2_OVERRIDES, device="cpu", image_batch_size=2, image_batch_wait_s=0.2
+    )
+    app = SegmenterDeployment.options(
+        num_replicas=1, autoscaling_config=None, ray_actor_options={"num_cpus": 0.25}
+    ).bind(config)
+    client = SegmenterClient(serve.run(app, name="segment-batched", route_prefix=None))
+    try:
+        images = [_png(make_scene(shape).image) for shape in ("ring", "L")]
+        ids = [image_id_of(data) for data in images]
+        click = {"points": [[160.0, 120.0]], "labels": [1]}
+        sent = [
+            client.segment_image(SegmentImageRequest(image_id, data, **click))
+            for image_id, data in zip(ids, images, strict=True)
+        ]
+        firsts = [response.result(timeout_s=120) for response in sent]
+        assert [first.cached for first in firsts] == [False, False]
+        encoded = client.segment_image(
+            SegmentImageRequest(ids[0], mask_format="rle+png", **click)
+        ).result(timeout_s=120)
+        assert encoded.cached is True and encoded.masks is None
+        assert np.array_equal(encoded.dense(), firsts[0].masks)
+        boxes = [[20.0, 20.0, 150.0, 120.0], [100.0, 60.0, 300.0, 230.0]]
+        batched = client.segment_image(
+            SegmentImageRequest(ids[1], boxes=boxes, mask_format="rle")
+        ).result(timeout_s=120)
+        singles = [
+            client.segment_image(SegmentImageRequest(ids[1], box=box)).result(timeout_s=120)
+            for box in boxes
+        ]
+        assert batched.prompt.boxes == boxes
+        assert np.array_equal(batched.dense(), np.stack([one.masks[0] for one in singles]))
+    finally:
+        serve.delete("segment-batched")
