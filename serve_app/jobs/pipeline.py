@@ -124,8 +124,16 @@ class StageContext:
 
     async def write(self, stage: str, name: str, data: bytes, media_type: str) -> None:
         """Store an output (file first, then its record) off the event loop."""
-        size = await asyncio.to_thread(self.files.put, self.job.id, name, data, media_type)
-        await asyncio.to_thread(self.store.add_artifact, self.job.id, name, stage, media_type, size)
+        await self.write_many(stage, [(name, data, media_type)])
+
+    async def write_many(self, stage: str, files: list[tuple[str, bytes, str]]) -> None:
+        """Store outputs ((name, data, media type)): the files in parallel, then one
+        transaction recording them all (a file is never recorded before it is stored)."""
+        sizes = await asyncio.gather(
+            *(asyncio.to_thread(self.files.put, self.job.id, *file) for file in files)
+        )
+        records = [(name, media, size) for (name, _, media), size in zip(files, sizes, strict=True)]
+        await asyncio.to_thread(self.store.add_artifacts, self.job.id, stage, records)
 
     def artifact_name(self, role: str, prefix: str = "") -> str | None:
         """The artifact for a role (of one object): a stage's output wins over the job's input."""
@@ -291,16 +299,17 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     result = await _segment_image(ctx, boxes=found.boxes[:count])
     masks = _encoded(result)
     boxes = result.prompt.boxes or []
+    empty = [index for index, mask in enumerate(masks) if not mask.area]
+    if empty:
+        raise ApiError(
+            422,
+            f"the segmenter returned an empty mask for detector box {empty[0]}",
+            "empty_mask",
+            "detect",
+        )
+    await _write_masks(ctx, [(object_prefix(k), mask) for k, mask in enumerate(masks)])
     objects = []
     for index, mask in enumerate(masks):
-        if not mask.area:
-            raise ApiError(
-                422,
-                f"the segmenter returned an empty mask for detector box {index}",
-                "empty_mask",
-                "detect",
-            )
-        await _write_mask(ctx, object_prefix(index), mask)
         objects.append(
             {
                 "object": index,
@@ -311,7 +320,6 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
                 "detector_score": found.scores[index],
             }
         )
-        await ctx.progress("segment", 100.0 * (index + 1) / count)
     return {
         **detected,
         "model_seconds": round(result.seconds + encoded.seconds, 4),
@@ -337,11 +345,12 @@ async def _segment_text(
             "empty_mask",
             "prompt.text",
         )
-    objects = []
-    for index, (mask, score) in enumerate(kept):
-        prefix = "" if max_objects == 1 else object_prefix(index)
-        await _write_mask(ctx, prefix, mask)
-        objects.append({"object": index, "score": round(float(score), 5), "area": mask.area})
+    prefixes = [""] if max_objects == 1 else [object_prefix(k) for k in range(len(kept))]
+    await _write_masks(ctx, [(p, mask) for p, (mask, _) in zip(prefixes, kept, strict=True)])
+    objects = [
+        {"object": index, "score": round(float(score), 5), "area": mask.area}
+        for index, (mask, score) in enumerate(kept)
+    ]
     detail = {"prompt": result.prompt.to_dict(), "model_seconds": result.seconds}
     if max_objects == 1:
         return {**detail, **objects[0], "instances": len(kept), "prompt_from": "text"}
@@ -368,13 +377,18 @@ def _encoded(result: SegmentResult) -> list[EncodedMask]:
 
 
 async def _write_mask(ctx: StageContext, prefix: str, mask: EncodedMask) -> None:
-    assert mask.png is not None  # asked for with mask_format="rle+png"
-    await asyncio.gather(
-        ctx.write("segment", f"{prefix}mask.png", mask.png, "image/png"),
-        ctx.write(
-            "segment", f"{prefix}mask_rle.json", json.dumps(mask.rle).encode(), "application/json"
-        ),
-    )
+    await _write_masks(ctx, [(prefix, mask)])
+
+
+async def _write_masks(ctx: StageContext, masks: list[tuple[str, EncodedMask]]) -> None:
+    """Each object's ``mask.png`` and ``mask_rle.json`` (prefixed), stored together."""
+    files = []
+    for prefix, mask in masks:
+        assert mask.png is not None  # asked for with mask_format="rle+png"
+        files.append((f"{prefix}mask.png", mask.png, "image/png"))
+        rle = json.dumps(mask.rle).encode()
+        files.append((f"{prefix}mask_rle.json", rle, "application/json"))
+    await ctx.write_many("segment", files)
 
 
 def object_prefix(index: int) -> str:

@@ -557,20 +557,30 @@ class JobStore:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=utcnow()))
 
     def add_artifact(self, job_id: str, name: str, stage: str, media_type: str, size: int) -> None:
+        self.add_artifacts(job_id, stage, [(name, media_type, size)])
+
+    def add_artifacts(self, job_id: str, stage: str, files: list[tuple[str, str, int]]) -> None:
+        """Record ``files`` ((name, media type, bytes), stored already) in one transaction; a
+        name recorded before is replaced (a retried stage)."""
         now = utcnow()
+        names = [name for name, _, _ in files]
         with self.engine.begin() as conn:
             conn.execute(
-                artifacts.delete().where(artifacts.c.job_id == job_id, artifacts.c.name == name)
+                artifacts.delete().where(artifacts.c.job_id == job_id, artifacts.c.name.in_(names))
             )
             conn.execute(
-                artifacts.insert().values(
-                    job_id=job_id,
-                    name=name,
-                    stage=stage,
-                    media_type=media_type,
-                    bytes=size,
-                    created_at=now,
-                )
+                artifacts.insert(),
+                [
+                    {
+                        "job_id": job_id,
+                        "name": name,
+                        "stage": stage,
+                        "media_type": media_type,
+                        "bytes": size,
+                        "created_at": now,
+                    }
+                    for name, media_type, size in files
+                ],
             )
 
     def cancel(self, job_id: str) -> bool:

@@ -42,6 +42,31 @@ def test_job_lifecycle(store: JobStore) -> None:
     assert store.list(status="queued") == []
 
 
+def test_artifacts_recorded_together_replace_earlier_records(store: JobStore) -> None:
+    """``add_artifacts``: a stage's files in one transaction; a name recorded before (a retried
+    stage) is replaced, not doubled."""
+    job_id = store.create({}, {"image": "input.png"}, STAGES, [("input.png", "image/png", 10)])
+    store.add_artifact(job_id, "obj0_mask.png", "segment", "image/png", 5)
+    store.add_artifacts(
+        job_id,
+        "segment",
+        [
+            ("obj0_mask.png", "image/png", 7),
+            ("obj0_mask_rle.json", "application/json", 3),
+            ("obj1_mask.png", "image/png", 8),
+        ],
+    )
+    job = store.get(job_id)
+    assert job is not None
+    recorded = sorted((a.name, a.stage, a.bytes) for a in job.artifacts)
+    assert recorded == [
+        ("input.png", "input", 10),
+        ("obj0_mask.png", "segment", 7),
+        ("obj0_mask_rle.json", "segment", 3),
+        ("obj1_mask.png", "segment", 8),
+    ]
+
+
 def test_expired_lease_is_taken_over(store: JobStore) -> None:
     job_id = store.create({}, {"image": "input.png"}, STAGES)
     assert store.claim_next("dead-runner", 0.2) == job_id
