@@ -201,6 +201,12 @@ class SegmentResult:
         assert self.image_size is not None, "an encoded SegmentResult carries its image_size"
         return self.image_size
 
+    def encoded_masks(self) -> list[EncodedMask]:
+        """``encoded``, which a call asking mask_format "rle" or "rle+png" must have answered."""
+        if self.encoded is None:
+            raise RuntimeError("the Segmenter answered dense masks to an encoded mask_format call")
+        return self.encoded
+
     def dense(self) -> np.ndarray:
         """The (N, H, W) bool masks (decoded from RLE when they came encoded)."""
         if self.masks is not None:

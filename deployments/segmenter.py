@@ -246,8 +246,6 @@ class Sam2Segmenter:
         """One mask per box, in the boxes' order: the prompt decoder on ``box_batch`` boxes per
         call, each batch's masks encoded before the next runs when ``mask_format`` asks (so at
         most a batch of full-size masks is held)."""
-        import torch
-
         height, width = embedding.height, embedding.width
         prompts = box_prompts(boxes, width, height)
         masks: list[np.ndarray] = []
@@ -257,16 +255,8 @@ class Sam2Segmenter:
         step = self.box_batch(height, width)
         for start in range(0, len(prompts), step):
             batch = np.stack(prompts[start : start + step])
-            with self._lock, torch.inference_mode(), self._autocast():
-                started = time.perf_counter()
-                embedding.restore(self.predictor)
-                try:
-                    found, found_scores, _ = self.predictor.predict(
-                        box=batch, multimask_output=False
-                    )
-                finally:
-                    self.predictor.reset_predictor()
-                seconds += time.perf_counter() - started
+            found, found_scores, took = self._decode(embedding, box=batch, multimask_output=False)
+            seconds += took
             # (B, 1, H, W) for B > 1 boxes; SAM2 squeezes a single box's to (1, H, W).
             dense = np.asarray(found).reshape(len(batch), -1, height, width)[:, 0] > 0
             scores += (
@@ -357,8 +347,6 @@ class Sam2Segmenter:
         encode_seconds: float = 0.0,
     ) -> SegmentResult:
         """The prompt decoder on a computed embedding (``segment``'s prompt rules)."""
-        import torch
-
         height, width = embedding.height, embedding.width
         point_coords, point_labels, box_arr = _validate_prompt(
             points, labels, box, width, height, self.config.max_prompt_points
@@ -366,20 +354,28 @@ class Sam2Segmenter:
         if point_coords is None and box_arr is None:
             point_coords = np.array([[width / 2.0, height / 2.0]], dtype=np.float32)
             point_labels = np.array([1], dtype=np.int32)
+        masks, scores, seconds = self._decode(
+            embedding,
+            point_coords=point_coords,
+            point_labels=point_labels,
+            box=box_arr,
+            multimask_output=multimask,
+        )
+        return _result(masks, scores, seconds + encode_seconds, point_coords, point_labels, box_arr)
+
+    def _decode(self, embedding: Embedding, **prompt: Any) -> tuple[Any, Any, float]:
+        """``predictor.predict(**prompt)`` on ``embedding`` under the lock: masks, scores and
+        the decoder's seconds."""
+        import torch
+
         with self._lock, torch.inference_mode(), self._autocast():
             started = time.perf_counter()
             embedding.restore(self.predictor)
             try:
-                masks, scores, _ = self.predictor.predict(
-                    point_coords=point_coords,
-                    point_labels=point_labels,
-                    box=box_arr,
-                    multimask_output=multimask,
-                )
+                masks, scores, _ = self.predictor.predict(**prompt)
             finally:
                 self.predictor.reset_predictor()
-            seconds = time.perf_counter() - started + encode_seconds
-        return _result(masks, scores, seconds, point_coords, point_labels, box_arr)
+            return masks, scores, time.perf_counter() - started
 
     def segment(
         self,

@@ -244,12 +244,12 @@ async def _segment_one(
     reach the replica holding the embedding, or one that reads the file from the store.
     ``encoded``: this stage's ``encode_image`` call, whose encoder time counts here."""
     result = await _segment_image(ctx, points=points, labels=labels, box=box)
-    mask = _encoded(result)[0]
+    mask = result.encoded_masks()[0]
     if not mask.area:
         raise ApiError(
             422, "the segmenter returned an empty mask for this prompt", "empty_mask", "prompt"
         )
-    await _write_mask(ctx, prefix, mask)
+    await _write_masks(ctx, [(prefix, mask)])
     return {
         "score": round(float(result.scores[0]), 5),
         "area": mask.area,
@@ -297,7 +297,7 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     count = min(detect.max_objects, len(found.boxes))
     # Every box in one call: the decoder runs them in batches on the embedding, one hop.
     result = await _segment_image(ctx, boxes=found.boxes[:count])
-    masks = _encoded(result)
+    masks = result.encoded_masks()
     boxes = result.prompt.boxes or []
     empty = [index for index, mask in enumerate(masks) if not mask.area]
     if empty:
@@ -336,7 +336,7 @@ async def _segment_text(
     """Every instance of ``text`` (sam3 backend) in one call, best first: 1 → one unprefixed
     mask, more → ``obj<k>_`` masks, one mesh set each (as with detector boxes)."""
     result = await _segment_image(ctx, text=text, min_score=min_score, max_masks=max_objects)
-    found = zip(_encoded(result), result.scores, strict=True)
+    found = zip(result.encoded_masks(), result.scores, strict=True)
     kept = [(mask, score) for mask, score in found if mask.area]
     if not kept:
         raise ApiError(
@@ -368,16 +368,6 @@ async def _segment_image(ctx: StageContext, **prompt: Any) -> SegmentResult:
     result = await replica_call(ctx.handles.segmenter_client.segment_image(request))
     ctx.image_sent()
     return result
-
-
-def _encoded(result: SegmentResult) -> list[EncodedMask]:
-    if result.encoded is None:
-        raise RuntimeError("the Segmenter answered dense masks to a mask_format='rle+png' call")
-    return result.encoded
-
-
-async def _write_mask(ctx: StageContext, prefix: str, mask: EncodedMask) -> None:
-    await _write_masks(ctx, [(prefix, mask)])
 
 
 async def _write_masks(ctx: StageContext, masks: list[tuple[str, EncodedMask]]) -> None:

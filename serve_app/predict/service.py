@@ -17,7 +17,6 @@ from deployments.protocol import (
     DetectRequest,
     EncodedMask,
     SegmentImageRequest,
-    SegmentResult,
     image_id_of,
     loaded_models_by_replica,
 )
@@ -127,7 +126,8 @@ async def segment(
             await stored  # the id is usable on every replica once the answer is out
     height, width = result.size
     recent.note(recent.model_name(services.models, "Segmenter"), width, height)
-    masks = [_mask_summary(mask, score) for mask, score in _scored(result)]
+    found = zip(result.encoded_masks(), result.scores, strict=True)
+    masks = [_mask_summary(mask, score) for mask, score in found]
     return SegmentResponse(
         width=width,
         height=height,
@@ -138,12 +138,6 @@ async def segment(
         image_id=image_id,
         cached=bool(result.cached),
     )
-
-
-def _scored(result: SegmentResult) -> list[tuple[EncodedMask, float]]:
-    if result.encoded is None:
-        raise RuntimeError("the Segmenter answered dense masks to an encoded mask_format call")
-    return list(zip(result.encoded, result.scores, strict=True))
 
 
 def _mask_summary(mask: EncodedMask, score: float) -> dict[str, object]:
