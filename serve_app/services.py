@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from deployments.registry import ModelRegistry
 from serve_app.handles import Handles
+from serve_app.jobs.inserts import JobInserts
 from serve_app.jobs.queue_room import QueueRoom
 from serve_app.jobs.runner import JobRunner
 from serve_app.jobs.store import JobStore
@@ -37,12 +38,16 @@ class Services:
     labelstudio: Backend | None = None
     # Room in the job queue, counted in the store at most once a second (jobs/queue_room.py).
     queue_room: QueueRoom = None  # type: ignore[assignment]
+    # New jobs' rows, written by one group-commit writer (jobs/inserts.py).
+    job_inserts: JobInserts = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.queue_room is None:
             self.queue_room = QueueRoom(
                 lambda: self.store.count("queued"), lambda: self.settings.max_queued_jobs
             )
+        if self.job_inserts is None:
+            self.job_inserts = JobInserts(self.store)
         if self.streams is None:
             from serve_app.http.streams import StreamHub  # serve_app.api imports this module
 

@@ -18,7 +18,7 @@ from serve_app.imaging import check_image, check_prompt_in_image, decode_mask
 from serve_app.jobs.pipeline import MESH_INPUT_FORMATS, plan_stages
 from serve_app.jobs.records import JobRecord
 from serve_app.jobs.schemas import JobOptions
-from serve_app.jobs.store import IdempotencyConflict
+from serve_app.jobs.store import IdempotencyConflict, NewJob
 from serve_app.jobs.views import job_or_404
 from serve_app.predict.service import check_text_supported
 from serve_app.services import Services
@@ -175,10 +175,11 @@ async def create_job(
     ``owner``: the submitting key's scope (serve_app/auth.py), None with open access.
 
     Nothing here runs on the event loop but cheap checks: hashing the inputs (a 25 MB upload
-    is ~30 ms of SHA-256), every store read and write, decoding and file writes run in one
-    thread hop (two with a callback URL: its async check runs between them), not one hop per
-    call: under a burst of submits each hop is a wait in the shared thread pool's queue
-    (tests/unit/test_event_loop.py holds the loop to this)."""
+    is ~30 ms of SHA-256), every store read, decoding and file writes run in one thread hop
+    (two with a callback URL: its async check runs between them), not one hop per call: under
+    a burst of submits each hop is a wait in the shared thread pool's queue
+    (tests/unit/test_event_loop.py holds the loop to this). The job's row is then written by
+    the group commit (serve_app/jobs/inserts.py), with the submits that arrive meanwhile."""
     settings = services.settings
     _check_voxels(options, settings)
     if options.prompt is not None:  # 422 now, not a job that fails in the Segmenter
@@ -189,9 +190,16 @@ async def create_job(
     if options.callback_url:
         digest = await asyncio.to_thread(_admit_inputs, services, submission)
         await check_url(options.callback_url, settings.url_allow_private, "callback_url")
-        job_id = await asyncio.to_thread(_store_job, services, submission, digest)
+        new_job = await asyncio.to_thread(_store_inputs, services, submission, digest)
     else:
-        job_id = await asyncio.to_thread(_admit_and_store, services, submission)
+        new_job = await asyncio.to_thread(_admit_and_store_inputs, services, submission)
+    try:
+        job_id = await services.job_inserts.insert(new_job)
+    except IdempotencyConflict:
+        # A concurrent request with the same key won the insert: drop our copy of the inputs
+        # and answer as its replay (or 409 for another request under the same key).
+        await asyncio.to_thread(_lost_to_twin, services, new_job)
+        raise
     services.runner.notify()
     return job_id
 
@@ -207,9 +215,9 @@ class Submission:
     owner: str | None
 
 
-def _admit_and_store(services: Services, submission: Submission) -> str:
-    """In a thread: ``_admit_inputs`` then ``_store_job`` (a job without a callback URL)."""
-    return _store_job(services, submission, _admit_inputs(services, submission))
+def _admit_and_store_inputs(services: Services, submission: Submission) -> NewJob:
+    """In a thread: ``_admit_inputs`` then ``_store_inputs`` (a job without a callback URL)."""
+    return _store_inputs(services, submission, _admit_inputs(services, submission))
 
 
 def _admit_inputs(services: Services, submission: Submission) -> str:
@@ -228,9 +236,9 @@ def _admit_inputs(services: Services, submission: Submission) -> str:
     return digest
 
 
-def _store_job(services: Services, submission: Submission, digest: str) -> str:
+def _store_inputs(services: Services, submission: Submission, digest: str) -> NewJob:
     """In a thread: check the inputs decode (up to max_image_pixels), plan the stages, store
-    the inputs, then the job row."""
+    the inputs; the job row to insert."""
     image, extra_uploads, options = submission.image, submission.extra_uploads, submission.options
     idempotency_key, owner = submission.idempotency_key, submission.owner
     settings = services.settings
@@ -261,22 +269,22 @@ def _store_job(services: Services, submission: Submission, digest: str) -> str:
     for name, data, fmt in uploads.values():
         media_type = MEDIA_BY_FORMAT.get(fmt, "application/octet-stream")
         stored.append((name, media_type, services.artifacts.put(job_id, name, data, media_type)))
-    try:
-        services.store.create(
-            # exclude_unset, not exclude_none: an explicit null (e.g. "sim": null) must survive.
-            options.model_dump(mode="json", exclude_unset=True),
-            {role: entry[0] for role, entry in uploads.items()},
-            stage_names,
-            stored,
-            job_id,
-            idempotency_key,
-            digest,
-            owner,
-        )
-    except IdempotencyConflict:
-        # A concurrent request with the same key won the insert: drop our copy of the inputs.
-        services.artifacts.delete_job(job_id)
-        assert idempotency_key is not None
-        _check_idempotency(services, idempotency_key, digest)
-        raise
-    return job_id
+    return NewJob(
+        # exclude_unset, not exclude_none: an explicit null (e.g. "sim": null) must survive.
+        options.model_dump(mode="json", exclude_unset=True),
+        {role: entry[0] for role, entry in uploads.items()},
+        stage_names,
+        stored,
+        job_id,
+        idempotency_key,
+        digest,
+        owner,
+    )
+
+
+def _lost_to_twin(services: Services, new_job: NewJob) -> None:
+    """In a thread: the inputs of a job whose key another request took first are removed,
+    then that request's job is replayed (``Replayed``) or 409."""
+    services.artifacts.delete_job(new_job.job_id)
+    assert new_job.idempotency_key is not None and new_job.request_hash is not None
+    _check_idempotency(services, new_job.idempotency_key, new_job.request_hash)

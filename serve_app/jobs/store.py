@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,21 @@ class IdempotencyConflict(Exception):
         self.existing = existing
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job to queue. ``input_artifacts``: (name, media_type, bytes) of its inputs, already
+    stored (never a queued job without its files)."""
+
+    options: dict[str, Any]
+    inputs: dict[str, str]
+    stage_names: list[str]
+    input_artifacts: Sequence[tuple[str, str, int]]
+    job_id: str
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    owner: str | None = None
+
+
 class JobStore:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
@@ -49,7 +65,7 @@ class JobStore:
         options: dict[str, Any],
         inputs: dict[str, str],
         stage_names: list[str],
-        input_artifacts: list[tuple[str, str, int]] = (),  # type: ignore[assignment]
+        input_artifacts: Sequence[tuple[str, str, int]] = (),
         job_id: str | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
@@ -59,47 +75,83 @@ class JobStore:
 
         Raises ``IdempotencyConflict`` carrying the existing job when the key is taken.
         """
-        job_id = job_id or uuid.uuid4().hex
+        new_job = NewJob(
+            options,
+            inputs,
+            stage_names,
+            input_artifacts,
+            job_id or uuid.uuid4().hex,
+            idempotency_key,
+            request_hash,
+            owner,
+        )
+        (result,) = self.create_many([new_job])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def create_many(self, new_jobs: Sequence[NewJob]) -> list[str | Exception]:
+        """Queue several jobs in one transaction (a group commit: serve_app/jobs/inserts.py).
+        Each job's id, or the exception its own insert raised: ``IdempotencyConflict`` for a
+        taken key. A conflict rolls the batch back and the jobs are inserted one at a time, so
+        only the job that conflicts fails. Other errors (the database gone) raise for all."""
         now = utcnow()
         try:
             with self.engine.begin() as conn:
-                # Values as execute parameters, not .values(): the statement is then one
-                # cached compilation, not rebuilt and coerced per job (the submit path).
-                conn.execute(
-                    jobs.insert(),
-                    {
-                        "id": job_id,
-                        "status": "queued",
-                        "options": options,
-                        "inputs": inputs,
-                        "created_at": now,
-                        "updated_at": now,
-                        "runs": 0,
-                        "idempotency_key": idempotency_key,
-                        "request_hash": request_hash,
-                        "owner": owner,
-                        "video_id": _video_id(inputs),
-                        "webhook": {"state": "pending", "attempts": 0}
-                        if options.get("callback_url")
-                        else None,
-                    },
-                )
-                self._insert_children(conn, job_id, stage_names, input_artifacts, now)
-        except IntegrityError:
-            existing = self.find_by_idempotency_key(idempotency_key) if idempotency_key else None
-            if existing is None:
-                raise
-            raise IdempotencyConflict(existing) from None
-        return job_id
+                self._insert(conn, new_jobs, now)
+            return [new_job.job_id for new_job in new_jobs]
+        except IntegrityError as exc:
+            if len(new_jobs) == 1:
+                return [self._conflict(new_jobs[0], exc)]
+        results: list[str | Exception] = []
+        for new_job in new_jobs:
+            try:
+                with self.engine.begin() as conn:
+                    self._insert(conn, [new_job], now)
+                results.append(new_job.job_id)
+            except IntegrityError as exc:
+                results.append(self._conflict(new_job, exc))
+        return results
 
-    def _insert_children(
-        self, conn: Any, job_id: str, stage_names: list[str], input_artifacts: Any, now: datetime
-    ) -> None:
+    def _conflict(self, new_job: NewJob, error: IntegrityError) -> Exception:
+        existing = (
+            self.find_by_idempotency_key(new_job.idempotency_key)
+            if new_job.idempotency_key
+            else None
+        )
+        return error if existing is None else IdempotencyConflict(existing)
+
+    @staticmethod
+    def _insert(conn: Any, new_jobs: Sequence[NewJob], now: datetime) -> None:
+        # Values as execute parameters (an executemany), not .values(): each statement is one
+        # cached compilation, not rebuilt and coerced per job (the submit path).
+        conn.execute(
+            jobs.insert(),
+            [
+                {
+                    "id": new_job.job_id,
+                    "status": "queued",
+                    "options": new_job.options,
+                    "inputs": new_job.inputs,
+                    "created_at": now,
+                    "updated_at": now,
+                    "runs": 0,
+                    "idempotency_key": new_job.idempotency_key,
+                    "request_hash": new_job.request_hash,
+                    "owner": new_job.owner,
+                    "video_id": _video_id(new_job.inputs),
+                    "webhook": {"state": "pending", "attempts": 0}
+                    if new_job.options.get("callback_url")
+                    else None,
+                }
+                for new_job in new_jobs
+            ],
+        )
         conn.execute(
             stages.insert(),
             [
                 {
-                    "job_id": job_id,
+                    "job_id": new_job.job_id,
                     "name": name,
                     "position": i,
                     "status": "pending",
@@ -107,24 +159,24 @@ class JobStore:
                     "attempts": 0,
                     "detail": {},
                 }
-                for i, name in enumerate(stage_names)
+                for new_job in new_jobs
+                for i, name in enumerate(new_job.stage_names)
             ],
         )
+        input_artifacts = [
+            {
+                "job_id": new_job.job_id,
+                "name": name,
+                "stage": "input",
+                "media_type": media_type,
+                "bytes": size,
+                "created_at": now,
+            }
+            for new_job in new_jobs
+            for name, media_type, size in new_job.input_artifacts
+        ]
         if input_artifacts:
-            conn.execute(
-                artifacts.insert(),
-                [
-                    {
-                        "job_id": job_id,
-                        "name": name,
-                        "stage": "input",
-                        "media_type": media_type,
-                        "bytes": size,
-                        "created_at": now,
-                    }
-                    for name, media_type, size in input_artifacts
-                ],
-            )
+            conn.execute(artifacts.insert(), input_artifacts)
 
     def set_webhook(self, job_id: str, state: dict[str, Any]) -> None:
         with self.engine.begin() as conn:

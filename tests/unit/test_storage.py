@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from serve_app.http.errors import ApiError
 from serve_app.jobs.records import utcnow
-from serve_app.jobs.store import IdempotencyConflict, JobStore
+from serve_app.jobs.store import IdempotencyConflict, JobStore, NewJob
 from serve_app.storage.artifacts import LocalArtifactStore
 from tests.helpers import STAGES
 
@@ -140,6 +141,38 @@ def test_idempotency_key_is_unique(store: JobStore) -> None:
     assert len(store.list()) == 1  # the losing insert left nothing behind
 
 
+def test_many_jobs_in_one_transaction_only_the_conflicting_one_fails(store: JobStore) -> None:
+    """create_many (the submits' group commit): every job of a batch queued with its stages and
+    inputs; a taken key fails only its own job, the batch's others are queued all the same."""
+    taken = store.create({}, {"image": "i.png"}, STAGES, idempotency_key="k", request_hash="h0")
+
+    def new_job(key: str | None, stages: list[str]) -> NewJob:
+        return NewJob(
+            {"n": key},
+            {"image": "input.png"},
+            stages,
+            [("input.png", "image/png", 7)],
+            uuid.uuid4().hex,
+            key,
+            f"hash-{key}",
+        )
+
+    batch = [new_job("a", STAGES), new_job(None, ["segment"]), new_job("b", STAGES[:2])]
+    assert store.create_many(batch) == [job.job_id for job in batch]
+    for job in batch:
+        record = store.get(job.job_id)
+        assert record is not None and record.status == "queued" and record.options == job.options
+        assert [stage.name for stage in record.stages] == job.stage_names
+        assert [(a.name, a.stage, a.bytes) for a in record.artifacts] == [("input.png", "input", 7)]
+    retry = [new_job("c", STAGES), new_job("k", STAGES), new_job("d", ["segment"])]
+    results = store.create_many(retry)
+    assert results[0] == retry[0].job_id and results[2] == retry[2].job_id
+    assert isinstance(results[1], IdempotencyConflict)
+    assert results[1].existing == (taken, "h0")
+    assert store.get(retry[1].job_id) is None
+    assert len(store.list()) == 6
+
+
 def test_retention_deletes_only_old_finished_jobs(store: JobStore) -> None:
     old = store.create({}, {"image": "i.png"}, STAGES, [("i.png", "image/png", 1)])
     running = store.create({}, {"image": "i.png"}, STAGES)
@@ -197,6 +230,24 @@ def test_artifact_store_refuses_escaping_names(tmp_path: Path) -> None:
     assert err.value.status == 404
     files.delete_job(job_id)
     assert not (tmp_path / "artifacts" / job_id).exists()
+
+
+def test_artifact_links_are_never_followed(tmp_path: Path) -> None:
+    """A link planted in a job's directory: reads refuse it (400), and a write replaces the
+    link itself (put renames a new file onto the name), never the file it points to."""
+    files = LocalArtifactStore(tmp_path / "artifacts")
+    job_id = "1" * 32
+    files.put(job_id, "input.png", b"abc")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"secret")
+    (tmp_path / "artifacts" / job_id / "link.png").symlink_to(outside)
+    with pytest.raises(ApiError) as err:
+        files.get(job_id, "link.png")
+    assert err.value.status == 400
+    assert files.put(job_id, "link.png", b"new") == 3
+    assert outside.read_bytes() == b"secret"
+    assert not (tmp_path / "artifacts" / job_id / "link.png").is_symlink()
+    assert files.get(job_id, "link.png") == b"new"
 
 
 def test_get_many_and_list_load_stages_and_artifacts_per_job(store: JobStore) -> None:
