@@ -121,7 +121,10 @@ class SegmenterConfig(TorchModelConfig):
         "1 = off. For GPUs: on a 2-core CPU it measured no gain.",
     )
     image_batch_wait_s: float = Field(
-        0.005, ge=0, description="How long a batch of first-time images waits to fill."
+        0.005,
+        ge=0,
+        description="How long a batch of first-time images waits to fill while others are "
+        "encoding (an image that finds the encoder idle goes at once: deployments/batching.py).",
     )
     box_batch_size: int = Field(
         0,
@@ -153,7 +156,12 @@ class DetectorConfig(TorchModelConfig):
         description="@serve.batch size; 1 = no batching. The builder's default depends on the "
         "accelerator (DETECTOR_BATCH_SIZE).",
     )
-    batch_wait_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+    batch_wait_s: float = Field(
+        0.005,
+        ge=0,
+        description="How long a batch waits to fill while other detections are in flight (a "
+        "call that finds the replica idle goes at once: deployments/batching.py).",
+    )
     config_dir: Path = Field(Path(".data/ultralytics"), description="YOLO_CONFIG_DIR (writable).")
     allow_private: list[str] = Field(
         default_factory=list,

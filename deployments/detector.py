@@ -17,6 +17,7 @@ import numpy as np
 from ray import serve
 
 from deployments import decoding, logtail, telemetry
+from deployments.batching import BusyWaitBatch
 from deployments.common import (
     finish_device_work,
     is_cuda,
@@ -425,11 +426,9 @@ class DetectorDeployment:
                     )
             return answers
 
-        self._batched = None
+        self._batched: BusyWaitBatch[Any, DetectResult | InvalidInput] | None = None
         if config.max_batch_size > 1:
-            self._batched = serve.batch(
-                max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.batch_wait_s
-            )(detect_batch)
+            self._batched = BusyWaitBatch(detect_batch, config.max_batch_size, config.batch_wait_s)
 
     def _publish_loaded(self, extra: list[str] = ()) -> None:  # type: ignore[assignment]
         """Tell the ingress (GET /v1/models) what this replica holds, via Ray's internal KV."""

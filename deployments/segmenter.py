@@ -22,6 +22,7 @@ import numpy as np
 from ray import serve
 
 from deployments import logtail
+from deployments.batching import BusyWaitBatch
 from deployments.common import (
     finish_device_work,
     pick_device,
@@ -603,13 +604,12 @@ class SegmenterDeployment:
             seconds = time.perf_counter() - started
             return [(embedding, seconds) for embedding in embeddings]
 
-        self._encode_batched = None
+        self._encode_batched: BusyWaitBatch[tuple[str, Any], tuple[Embedding, float]] | None = None
         # GPU only (on CPU set_image_batch measured no gain); SAM2 only.
         if config.image_batch_size > 1 and config.backend == "sam2":
-            self._encode_batched = serve.batch(
-                max_batch_size=config.image_batch_size,
-                batch_wait_timeout_s=config.image_batch_wait_s,
-            )(encode_many)
+            self._encode_batched = BusyWaitBatch(
+                encode_many, config.image_batch_size, config.image_batch_wait_s
+            )
 
     async def _session(self, video_id: str) -> VideoSession:
         """This replica's session of ``video_id`` (a new, empty one if it has none), LRU."""

@@ -166,7 +166,8 @@ class Settings(BaseSettings):
         "where batching measured no gain (bench/detector.py).",
     )
     detector_batch_wait_s: float = fills(
-        (DetectorConfig, "batch_wait_s"), description="Batch fill timeout."
+        (DetectorConfig, "batch_wait_s"),
+        description="How long a detect batch waits to fill while the replica is busy.",
     )
     weights_cache_max_mb: float | None = Field(
         None, gt=0, description="Bound of the on-disk checkpoint cache (LRU eviction)."
@@ -372,7 +373,8 @@ class Settings(BaseSettings):
     )
     segment_batch_wait_s: float = fills(
         (SegmenterConfig, "image_batch_wait_s"),
-        description="How long a Segmenter batch of first-time images waits to fill.",
+        description="How long a Segmenter batch of first-time images waits to fill while "
+        "the encoder is busy.",
     )
     segment_box_batch_size: int = fills(
         (SegmenterConfig, "box_batch_size"),
