@@ -159,6 +159,12 @@ class StageContext:
     ) -> None:
         await asyncio.to_thread(self.store.set_stage_progress, self.job.id, stage, percent, detail)
 
+    async def object_done(self, stage: str, done: int, total: int) -> None:
+        """Progress after the ``done``-th of ``total`` objects; none after the last: the
+        stage's end records 100 % (a store write and a thread hop sooner)."""
+        if done < total:
+            await self.progress(stage, 100.0 * done / total)
+
     async def read(self, name: str) -> bytes:
         return await asyncio.to_thread(self.files.get, self.job.id, name)
 
@@ -394,7 +400,7 @@ async def run_reconstruct(ctx: StageContext) -> dict[str, Any]:
         result = await replica_call(ctx.handles.reconstructor_client.reconstruct(request))
         await ctx.write("reconstruct", f"{prefix}shape.ply", result.mesh, "application/x-ply")
         stats[prefix or "object"] = result.stats
-        await ctx.progress("reconstruct", 100.0 * done / len(objects))
+        await ctx.object_done("reconstruct", done, len(objects))
     return stats if len(stats) > 1 else stats["object"]
 
 
@@ -415,12 +421,12 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
             max_pixels=ctx.max_pixels,
         )
         result = await replica_call(ctx.handles.reconstructor_client.paint(request))
-        await asyncio.gather(
-            ctx.write("paint", f"{prefix}textured.glb", result.mesh, "model/gltf-binary"),
-            *(ctx.write("paint", f.name, f.data, f.media_type) for f in result.files),
+        outputs = [(f"{prefix}textured.glb", result.mesh, "model/gltf-binary")]
+        await ctx.write_many(
+            "paint", outputs + [(f.name, f.data, f.media_type) for f in result.files]
         )
         stats[prefix or "object"] = result.stats
-        await ctx.progress("paint", 100.0 * done / len(objects))
+        await ctx.object_done("paint", done, len(objects))
     return stats if len(stats) > 1 else stats["object"]
 
 
@@ -442,12 +448,10 @@ async def run_convert(ctx: StageContext) -> dict[str, Any]:
             voxels=options.voxels.model_dump() if options.voxels is not None else None,
         )
         result = await replica_call(ctx.handles.converter_client.convert(request))
-        await asyncio.gather(
-            *(ctx.write("convert", f.name, f.data, f.media_type) for f in result.files)
-        )
+        await ctx.write_many("convert", [(f.name, f.data, f.media_type) for f in result.files])
         files += result.names
         seconds += result.seconds
-        await ctx.progress("convert", 100.0 * done / len(objects))
+        await ctx.object_done("convert", done, len(objects))
     return {"files": files, "seconds": round(seconds, 3)}
 
 
