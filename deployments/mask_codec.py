@@ -21,11 +21,17 @@ from deployments.protocol import MASK_FORMATS, EncodedMask, MaskFormat, RleMask,
 
 def encode_rle(mask: np.ndarray) -> RleMask:
     """An (H, W) mask as COCO RLE with ``counts`` as ASCII text (JSON as it is)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(_as_bytes(mask)))
     return {
         "size": [int(rle["size"][0]), int(rle["size"][1])],
         "counts": rle["counts"].decode("ascii"),
     }
+
+
+def _as_bytes(mask: np.ndarray) -> np.ndarray:
+    """A 0/1 uint8 mask: a bool one viewed as bytes, not copied (a few hundred us a mask)."""
+    mask = np.asarray(mask)
+    return mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
 
 
 def decode_rle(rle: RleMask | dict[str, Any]) -> np.ndarray:
@@ -50,7 +56,7 @@ def mask_png(mask: np.ndarray) -> bytes:
     ]
     if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11 (an older one filters: slower)
         params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
-    ok, data = cv2.imencode(".png", np.asarray(mask, dtype=np.uint8) * 255, params)
+    ok, data = cv2.imencode(".png", _as_bytes(mask) * 255, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {mask.shape} mask as PNG")
     return data.tobytes()

@@ -92,6 +92,16 @@ def _result(masks: np.ndarray) -> SegmentResult:
     return SegmentResult(masks, [0.9] * len(masks), 0.1, SegmentPrompt(None, None, None))
 
 
+def test_a_mask_of_any_nonzero_values_encodes_as_its_bool_mask() -> None:
+    """0/255 (an uploaded PNG's values) or 0/1 bytes code the same RLE and PNG as the bool
+    mask: every nonzero pixel is in it (255 * 255 once wrapped to 1 in the PNG's bytes)."""
+    mask = make_scene("L", 120, 160).mask
+    for values in (mask.astype(np.uint8) * 255, mask.astype(np.uint8), mask.astype(np.int32) * 7):
+        assert encode_rle(values) == encode_rle(mask)
+        assert mask_png(values) == mask_png(mask)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(mask_png(mask)))), mask * 255)
+
+
 def test_in_format_keeps_every_mask_and_the_image_size() -> None:
     masks = np.stack([make_scene(shape).mask for shape in ("disk", "ring", "box")])
     encoded = in_format(_result(masks), "rle+png")
