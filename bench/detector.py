@@ -7,7 +7,9 @@
   travels to the replica, which decodes, letterboxes and runs the batch in one forward;
   ``detection_ratio`` = the better of the two over raw batched predict (issue 12: ≥ 0.85 on
   CPU, ≥ 0.8 on GPU) and ``http_batching_gain`` = batch 8 over batch 1 (≥ 2.5 on GPU);
-* the Detector through its handle (no HTTP), batch 8 vs 1, 16 in flight (the earlier rows);
+* the Detector through its handle (no HTTP), batch 8 vs 1, 16 in flight (the earlier rows),
+  and one call at a time on each: a lone call on the batching replica must not wait for a
+  batch to fill;
 * model switch cost: latency of a call whose model is loaded (hit) vs one that must load it
   (miss, one model per replica so every alternation evicts).
 
@@ -109,6 +111,18 @@ def http_side(
         return asyncio.run(http_throughput(url, data, args.images, args.in_flight))
     finally:
         serve.delete("meshline")
+
+
+def lone_call_ms(handle: Any, image: Any, calls: int = 20) -> float:
+    """p50 of one call at a time (nothing else in flight): on a batching replica, whether a
+    lone call waits for a batch to fill (deployments/batching.py: it should not)."""
+    handle.detect.remote(image).result()
+    seconds = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        handle.detect.remote(image).result()
+        seconds.append(time.perf_counter() - started)
+    return round(statistics.median(seconds) * 1000, 2)
 
 
 def throughput(handle: Any, image: Any, total: int, in_flight: int) -> float:
@@ -227,10 +241,12 @@ def main() -> None:
         )
         throughput(handle, image, 8, 8)  # warm-up
         report[f"images_per_s_batch_{batch}"] = round(throughput(handle, image, args.images, 16), 2)
+        report[f"lone_call_ms_p50_batch_{batch}"] = lone_call_ms(handle, image)
         serve.delete(f"det{batch}")
     report["batching_gain"] = round(
         report["images_per_s_batch_8"] / report["images_per_s_batch_1"], 3
     )
+    report["batch_wait_s"] = 0.01
 
     config = base.model_copy(update={"max_models": 1})
     handle = serve.run(

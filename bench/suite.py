@@ -247,6 +247,7 @@ def jobs_api_rows(jobs: dict[str, Any], _: dict[str, Any]) -> list[Row]:
 
 def detector_rows(detector: dict[str, Any], _: dict[str, Any]) -> list[Row]:
     return [
+        *lone_call_rows(detector),
         (
             "detection batching gain (8 vs 1)",
             f"{detector['batching_gain']:.3f}",
@@ -273,6 +274,25 @@ def detector_rows(detector: dict[str, Any], _: dict[str, Any]) -> list[Row]:
             "",
             f"hit {detector['switch_hit_ms_p50']} ms, miss {detector['switch_miss_ms_p50']} ms",
         ),
+    ]
+
+
+def lone_call_rows(detector: dict[str, Any]) -> list[Row]:
+    """One detect call at a time, batching replica vs not (reports before it had no such row)."""
+    if "lone_call_ms_p50_batch_8" not in detector:
+        return []
+    batched, single = detector["lone_call_ms_p50_batch_8"], detector["lone_call_ms_p50_batch_1"]
+    wait_ms = detector["batch_wait_s"] * 1000
+    return [
+        (
+            "a lone detect call on an idle replica: batching (8) − not batching (p50)",
+            f"{batched - single:+.1f} ms",
+            f"< the batch wait ({wait_ms:.0f} ms)",
+            (
+                f"{batched} ms vs {single} ms through the handle, one call at a time (Serve's "
+                f"batcher alone would hold each for the {wait_ms:.0f} ms wait)"
+            ),
+        )
     ]
 
 
