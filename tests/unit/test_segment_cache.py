@@ -134,8 +134,8 @@ def test_an_image_encoded_before_its_prompt(segmenter: Sam2Segmenter) -> None:
 def test_a_boxes_call_gives_each_box_the_mask_of_its_own_call(segmenter: Sam2Segmenter) -> None:
     """``boxes`` (a detect job's objects): one mask per box, in the boxes' order (not sorted by
     score), each the mask a call with that box alone gives, whether the decoder takes them one
-    at a time (the CPU default) or four per forward (eleven boxes: 4 + 4 + 3); encoded
-    answers carry the same masks."""
+    at a time (the CPU default) or four per forward (eleven boxes: 4 + 4 + 3), up to float
+    rounding at the threshold; encoded answers carry the same masks."""
     scene = make_scene("disk", 200, 300)
     data = _png(scene.image)
     image_id = image_id_of(data)
@@ -153,7 +153,9 @@ def test_a_boxes_call_gives_each_box_the_mask_of_its_own_call(segmenter: Sam2Seg
         assert batched.masks is not None and batched.masks.shape == (11, 200, 300)
         assert batched.prompt.boxes == [one.prompt.box for one in singles]
         for mask, score, one in zip(batched.masks, batched.scores, singles, strict=True):
-            assert one.masks is not None and np.array_equal(mask, one.masks[0])
+            # A batched forward may round a logit at the threshold the other way (1 pixel of
+            # 60 000 on an AMD EPYC); another box's mask differs in thousands.
+            assert one.masks is not None and (mask != one.masks[0]).sum() <= mask.size // 2000
             assert score == pytest.approx(one.scores[0], abs=1e-4)
         encoded = model.segment_image(image_id, None, boxes=boxes, mask_format="rle+png")
         assert encoded.cached is True and np.array_equal(encoded.dense(), batched.masks)
