@@ -5,7 +5,7 @@ Three measures, one run:
 * **through Serve**: a Segmenter deployed at zero replicas gets one call; the first result's
   wall time is split with the Serve controller's log (when it decided to scale up, started the
   replica, and found it ready, with the seconds its constructor took), the replica process's
-  start time (psutil) and the model load the replica timed (``info()["load_seconds"]``) into:
+  start time (/proc, to a clock tick) and the model load the replica timed (``info()["load_seconds"]``) into:
   scale-up and worker spawn (request → replica process exists), worker boot (Ray's worker,
   Serve's replica module and ``deployments.segmenter`` imported), the constructor's imports
   (torch, sam2, hydra), the model build and the first call;
@@ -92,9 +92,16 @@ def _first(lines: list[tuple[float, str]], marker: str) -> tuple[float, str]:
     return next((stamp, line) for stamp, line in lines if marker in line)
 
 
-def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, Any]:
-    import psutil
+def process_started_at(pid: int) -> float:
+    """When ``pid`` started, as a ``time.time()`` stamp to a clock tick (10 ms). psutil's
+    ``create_time`` adds the start to the boot time in whole seconds (/proc/stat's btime): up to
+    1 s early, which made a worker spawned for the replica look started before the request."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
+
+def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, Any]:
     from deployments.segmenter import SegmenterConfig, SegmenterDeployment
 
     cold = SegmenterDeployment.options(
@@ -116,7 +123,7 @@ def serve_cold_start(serve: Any, overrides: list[str], name: str) -> dict[str, A
     ready, line = _first(lines, "started successfully")
     found = READY.search(line)
     assert found is not None, line
-    process_start = psutil.Process(int(found.group(1))).create_time()
+    process_start = process_started_at(int(found.group(1)))
     # Ray may hand the replica a worker it started before the request (its idle pool on the
     # driver's node): then nothing was spawned, and the boot span starts at the request.
     prestarted = process_start < sent
