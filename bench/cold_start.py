@@ -5,10 +5,11 @@ Three measures, one run:
 * **through Serve**: a Segmenter deployed at zero replicas gets one call; the first result's
   wall time is split with the Serve controller's log (when it decided to scale up, started the
   replica, and found it ready, with the seconds its constructor took), the replica process's
-  start time (/proc, to a clock tick) and the model load the replica timed (``info()["load_seconds"]``) into:
-  scale-up and worker spawn (request → replica process exists), worker boot (Ray's worker,
-  Serve's replica module and ``deployments.segmenter`` imported), the constructor's imports
-  (torch, sam2, hydra), the model build and the first call;
+  start time (/proc, to a clock tick) and the model load the replica timed
+  (``info()["load_seconds"]``) into: scale-up and worker spawn (request → replica process
+  exists), worker boot (Ray's worker, Serve's replica module and ``deployments.segmenter``
+  imported), the constructor's imports (torch, sam2, hydra), the model build and the first
+  call;
 * **a job from zero**: meshline with every model deployment at zero replicas runs one job on
   bus.jpg (detector boxes, then every stage; the segment stage alone where the geometry
   libraries are absent) in a fresh Ray instance each time: waking the job's deployments when
