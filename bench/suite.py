@@ -289,8 +289,9 @@ def lone_call_rows(detector: dict[str, Any]) -> list[Row]:
             f"{batched - single:+.1f} ms",
             f"< the batch wait ({wait_ms:.0f} ms)",
             (
-                f"{batched} ms vs {single} ms through the handle, one call at a time (Serve's "
-                f"batcher alone would hold each for the {wait_ms:.0f} ms wait)"
+                f"{batched} ms vs {single} ms through the handle, one call at a time, the two "
+                f"replicas' calls alternating (Serve's batcher alone would hold each for the "
+                f"{wait_ms:.0f} ms wait)"
             ),
         )
     ]
