@@ -120,8 +120,8 @@ def lone_calls_ms(handles: dict[int, Any], image: Any, calls: int = 30) -> dict[
     seconds: dict[int, list[float]] = {key: [] for key in handles}
     for handle in handles.values():
         handle.detect.remote(image).result()
+    order = list(handles.items())
     for index in range(calls):
-        order = list(handles.items())
         for key, handle in order if index % 2 == 0 else order[::-1]:
             started = time.perf_counter()
             handle.detect.remote(image).result()

@@ -12,12 +12,12 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import numpy as np
@@ -307,6 +307,20 @@ def save_yolo(path: Path, prefix: str, seg: bool = False) -> None:
         model = YOLO("yolov8n-seg.yaml" if seg else "yolov8n.yaml")
     model.model.names = {i: f"{prefix}{i}" for i in range(80)}
     model.save(str(path))
+
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout_s: float = 20.0, interval_s: float = 0.3) -> T:
+    """``check()`` again every ``interval_s`` until it is truthy or ``timeout_s`` passed: its
+    last value (the caller asserts on it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(interval_s)
 
 
 def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 180.0) -> dict:

@@ -12,7 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import LiveApp, Scene, encode_video, keyed_api_server, moving_disk_video
+from tests.helpers import (
+    LiveApp,
+    Scene,
+    encode_video,
+    keyed_api_server,
+    moving_disk_video,
+    wait_for,
+)
 
 ADMIN_KEY, USER_KEY = "admin-ops-key-4b1d", "user-ops-key-93ce"
 
@@ -21,15 +28,6 @@ def unresolvable_detect(client: httpx.Client, token: str) -> httpx.Response:
     """A /v1/detect whose image URL cannot resolve: the Ingress replica logs a line naming the
     host (meshline.fetch, INFO) and answers 422."""
     return client.post("/v1/detect", json={"image_url": f"http://ml-{token}.invalid/x.png"})
-
-
-def wait_for(check, timeout_s: float = 20.0, interval_s: float = 0.3):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(interval_s)
 
 
 def test_recent_requests_record_model_calls_without_data(

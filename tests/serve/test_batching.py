@@ -6,15 +6,14 @@ has none); the order of arrivals is fixed by the test, not by timing."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import BusyWaitBatch
+from tests.helpers import wait_for
 
-WAIT_S = 60.0  # a call held for the wait would outlast every poll below
+WAIT_S = 60.0  # a call held for the wait would outlast every wait_for below
 
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0})
@@ -44,13 +43,6 @@ class Batching:
         self.released.set()
 
 
-def poll(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_an_idle_replica_batches_at_once_and_a_busy_one_waits_for_the_batch(live_app) -> None:  # type: ignore[no-untyped-def]
     handle = serve.run(Batching.bind(), name="busy-wait-batch", route_prefix=None)
     try:
@@ -60,16 +52,17 @@ def test_an_idle_replica_batches_at_once_and_a_busy_one_waits_for_the_batch(live
 
 
 def check_batches(handle: DeploymentHandle) -> None:
-
     def seen() -> tuple[list[list[str]], int]:
         return handle.seen.remote().result(timeout_s=10)
 
     first = handle.call.remote("first")
-    poll(lambda: seen()[0] == [["first"]])  # went alone, with no wait: the replica was idle
+    # Went alone, with no wait: the replica was idle.
+    assert wait_for(lambda: seen()[0] == [["first"]], interval_s=0.01)
     behind = []
     for count, item in enumerate(["b0", "b1", "b2"], start=2):
         behind.append(handle.call.remote(item))
-        poll(lambda count=count: seen()[1] == count)  # arrived while "first" runs
+        # Arrived while "first" runs.
+        assert wait_for(lambda count=count: seen()[1] == count, interval_s=0.01)
     # Each arrived on its own, yet none went alone: the three fill one batch.
     assert seen()[0] == [["first"]]
     handle.release.remote().result(timeout_s=10)
