@@ -52,7 +52,7 @@ from deployments.protocol import (
     VideoPromptResult,
     image_route,
 )
-from deployments.sam2_input import set_images
+from deployments.sam2_predictor import predict_masks, set_images
 from deployments.video import PropagationRequest, VideoSession, release_idle
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class Sam2Segmenter:
             found, found_scores, took = self._decode(embedding, box=batch, multimask_output=False)
             seconds += took
             # (B, 1, H, W) for B > 1 boxes; SAM2 squeezes a single box's to (1, H, W).
-            dense = np.asarray(found).reshape(len(batch), -1, height, width)[:, 0] > 0
+            dense = found.reshape(len(batch), -1, height, width)[:, 0]
             scores += (
                 np.asarray(found_scores, dtype=np.float32).reshape(len(batch), -1)[:, 0].tolist()
             )
@@ -365,15 +365,15 @@ class Sam2Segmenter:
         return _result(masks, scores, seconds + encode_seconds, point_coords, point_labels, box_arr)
 
     def _decode(self, embedding: Embedding, **prompt: Any) -> tuple[Any, Any, float]:
-        """``predictor.predict(**prompt)`` on ``embedding`` under the lock: masks, scores and
-        the decoder's seconds."""
+        """``predict_masks(**prompt)`` on ``embedding`` under the lock: masks, scores and the
+        decoder's seconds."""
         import torch
 
         with self._lock, torch.inference_mode(), self._autocast():
             started = time.perf_counter()
             embedding.restore(self.predictor)
             try:
-                masks, scores, _ = self.predictor.predict(**prompt)
+                masks, scores = predict_masks(self.predictor, **prompt)
             finally:
                 self.predictor.reset_predictor()
             return masks, scores, time.perf_counter() - started
@@ -403,7 +403,8 @@ class Sam2Segmenter:
         with self._lock, torch.inference_mode(), autocast:
             started = time.perf_counter()
             set_images(self.predictor, [rgb_tensor(image, self.device)])
-            masks, scores, _ = self.predictor.predict(
+            masks, scores = predict_masks(
+                self.predictor,
                 point_coords=point_coords,
                 point_labels=point_labels,
                 box=box_arr,
@@ -441,7 +442,8 @@ def _result(
     point_labels: np.ndarray | None,
     box_arr: np.ndarray | None,
 ) -> SegmentResult:
-    masks = np.asarray(masks) > 0
+    masks = np.asarray(masks)
+    masks = masks if masks.dtype == bool else masks > 0
     scores = np.asarray(scores, dtype=np.float32)
     order = np.argsort(-scores)
     return SegmentResult(

@@ -1,7 +1,9 @@
-"""SAM2's input made from tensors on the model's device (deployments/sam2_input.py) against
-sam2's own ``set_image`` / ``set_image_batch`` on numpy images: the same embedding, bit for bit
-on CPU, for one image and a batch of two of different sizes; the Segmenter decodes the file it
-is sent (EXIF orientation applied) and answers masks of the oriented image's size."""
+"""SAM2's predictor at both ends on the model's device (deployments/sam2_predictor.py) against
+sam2's own calls: ``set_images`` gives ``set_image`` / ``set_image_batch``'s embedding on numpy
+images, bit for bit on CPU, for one image and a batch of two of different sizes;
+``predict_masks`` gives ``predict``'s masks and scores for every prompt shape the Segmenter
+sends; the Segmenter decodes the file it is sent (EXIF orientation applied) and answers masks
+of the oriented image's size."""
 
 from __future__ import annotations
 
@@ -14,7 +16,13 @@ from PIL import Image
 
 from deployments.decoding import rgb_tensor
 from deployments.protocol import image_id_of
-from deployments.sam2_input import MAX_CUDA_DOWNSCALE, model_input, resize_device, set_images
+from deployments.sam2_predictor import (
+    MAX_CUDA_DOWNSCALE,
+    model_input,
+    predict_masks,
+    resize_device,
+    set_images,
+)
 from deployments.segmenter import Sam2Segmenter, SegmenterConfig
 from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
 
@@ -64,6 +72,37 @@ def test_a_batch_embeds_as_set_image_batch_does(segmenter: Sam2Segmenter) -> Non
         tuple(hw) for hw in expected_hw
     ]
     assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_masks_come_back_as_predict_gives_them(segmenter: Sam2Segmenter) -> None:
+    """A click, a click with three candidates, one box and a batch of three boxes: the same
+    masks (bool, thresholded on the device) in the same shapes, and the same scores."""
+    predictor = segmenter.predictor
+    image = make_scene("disk", 150, 210).image
+    boxes = np.array([[10, 10, 120, 100], [60, 40, 200, 140], [0, 0, 209, 149]], np.float32)
+    prompts = [
+        {"point_coords": np.array([[105.0, 75.0]], np.float32), "point_labels": np.array([1])},
+        {
+            "point_coords": np.array([[105.0, 75.0], [20.0, 20.0]], np.float32),
+            "point_labels": np.array([1, 0]),
+            "multimask_output": True,
+        },
+        {"box": boxes[0]},
+        {"box": boxes},
+    ]
+    shapes = []
+    with torch.inference_mode():
+        predictor.set_image(image)
+        for prompt in prompts:
+            multimask = bool(prompt.pop("multimask_output", False))
+            masks, scores = predict_masks(predictor, multimask_output=multimask, **prompt)
+            theirs, their_scores, _ = predictor.predict(multimask_output=multimask, **prompt)
+            assert masks.dtype == np.bool_ and masks.shape == theirs.shape
+            assert np.array_equal(masks, theirs > 0) and masks.any()
+            assert np.allclose(scores, their_scores)
+            shapes.append(masks.shape)
+    predictor.reset_predictor()
+    assert shapes == [(1, 150, 210), (3, 150, 210), (1, 150, 210), (3, 1, 150, 210)]
 
 
 def test_the_segmenter_decodes_the_file_on_its_device(segmenter: Sam2Segmenter) -> None:

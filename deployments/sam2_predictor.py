@@ -1,4 +1,5 @@
-"""SAM2's image embedding from RGB tensors already on the model's device.
+"""SAM2's image predictor at both ends on the model's device: its input from RGB tensors, its
+masks out as bool.
 
 ``SAM2ImagePredictor.set_image(_batch)`` takes numpy images and runs ``SAM2Transforms``
 (ToTensor, a square resize to the model's resolution, ImageNet normalisation) on the CPU
@@ -6,13 +7,16 @@ before it moves the input to the device: ~20 ms of CPU for an 810x1080 photo at 
 most of a first-time call's budget on a GPU. The Segmenter decodes the encoded file on the
 device (``decoding.decode_images``: nvJPEG on CUDA) and ``set_images`` makes the same input
 there with the same torchvision functions (bit-identical on CPU:
-tests/unit/test_sam2_input.py), then runs the rest of ``set_image_batch`` as sam2 1.1.0 does,
-leaving the predictor in the state ``set_image`` (one image) or ``set_image_batch`` leaves.
+tests/unit/test_sam2_predictor.py), then runs the rest of ``set_image_batch`` as sam2 1.1.0
+does, leaving the predictor in the state ``set_image`` (one image) or ``set_image_batch``
+leaves. ``predict_masks`` is ``predict`` without its float32 copies of the masks.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from deployments.common import is_cuda
 
@@ -67,3 +71,25 @@ def set_images(predictor: Any, images: list[torch.Tensor]) -> None:
     predictor._features = {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
     predictor._is_image_set = True
     predictor._is_batch = len(images) > 1
+
+
+def predict_masks(
+    predictor: Any,
+    multimask_output: bool,
+    point_coords: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``SAM2ImagePredictor.predict``'s masks (bool, thresholded on the model's device) and
+    scores, shaped as ``predict`` shapes them. ``predict`` itself copies every full-size mask
+    to the host as float32 (and the low-res logits, which nothing here reads): 4 bytes a pixel
+    across PCIe, then thresholded again on the CPU — 3.5 MB a mask for an 810x1080 photo, 28 MB
+    for a detect job's 8 boxes. The same two steps ``predict`` runs (sam2 1.1.0), 1 byte a
+    pixel back."""
+    mask_input, coords, labels, boxes = predictor._prep_prompts(
+        point_coords, point_labels, box, None, normalize_coords=True
+    )
+    masks, scores, _ = predictor._predict(
+        coords, labels, boxes, mask_input, multimask_output, return_logits=False
+    )
+    return masks.squeeze(0).cpu().numpy(), scores.squeeze(0).float().cpu().numpy()
