@@ -231,9 +231,9 @@ class ConverterConfig(BaseModel):
     budget_s: float | None = Field(
         3.0,
         gt=0,
-        description="Time budget of one convert call: past its shares, CoACD falls back to a "
-        "coarser search, then to the single hull, and the preview drops frames (stats: budget). "
-        "None: unbounded.",
+        description="Time budget of one convert call: CoACD's coarse search runs first (past its "
+        "share: the single hull), the full one only where the coarse one's time predicts it fits "
+        "its share, and the preview drops frames (stats: budget). None: unbounded.",
     )
     preview_frames: int = Field(12, ge=2, le=72, description="Frames in the turntable GIF.")
     preview_size_px: int = Field(256, ge=64, le=1024, description="Preview GIF edge length.")

@@ -219,8 +219,9 @@ class Settings(BaseSettings):
     )
     convert_budget_s: float | None = fills(
         (ConverterConfig, "budget_s"),
-        description="Seconds a convert call aims at: CoACD past its share gives way to a "
-        "coarser search, then the single hull; previews drop frames.",
+        description="Seconds a convert call aims at: CoACD's coarse search first (past its "
+        "share, the single hull), the full one only where it is predicted to fit; previews drop "
+        "frames.",
     )
 
     # Inputs ------------------------------------------------------------------------------

@@ -249,6 +249,52 @@ def test_a_spent_convert_budget_degrades_and_says_so() -> None:
     assert unbounded.stats["collision"]["parts"] >= 2  # the L is not one hull
 
 
+def _noisy_mask_mesh() -> trimesh.Trimesh:
+    """The regression mask (a random-weights SAM2 mask: ragged, ~100 holes) meshed on the
+    default grid (no reconstruct budget: the same mesh on any machine)."""
+    from pathlib import Path
+
+    mask = np.asarray(Image.open(Path(__file__).parents[1] / "data" / "noisy_mask.png")) > 0
+    image = np.full((*mask.shape, 3), 120, np.uint8)
+    shape = MeshReconstructor(ReconstructorConfig(reconstruct_budget_s=None)).reconstruct(
+        image, mask
+    )
+    return shape.mesh
+
+
+def test_a_ragged_outline_gets_coarse_parts_without_the_full_search() -> None:
+    """Under the default 3 s convert budget CoACD's coarse search runs first; on the ragged
+    regression mask it finishes (0.5 s on this 2-core box, 0.9 s on a slower one) with several
+    parts, and its time predicts the full search (19x it, measured: 9.3 s) past that search's
+    1.35 s: the full one is not started. It used to run first and be killed at its deadline,
+    every time, before the coarse search began."""
+    converter = MeshConverter(ConverterConfig(budget_s=3.0, preview_frames=2))
+    out = converter.convert(_noisy_mask_mesh(), "ply", sim={"size_m": 0.2})
+    collision = [e for e in out.stats["budget"]["degraded"] if e["what"] == "collision"]
+    assert len(collision) == 1, out.stats["budget"]
+    assert collision[0]["fallback"] == "coacd_coarse"
+    assert collision[0]["why"].startswith("coacd would take about"), collision
+    assert out.stats["collision"]["parts"] >= 2  # the coarse parts, not the one hull
+
+
+def test_a_shape_whose_full_search_fits_its_deadline_still_gets_it() -> None:
+    """An L: its coarse search (0.2 s here) predicts a full one (1.2 s) well within the share
+    of an 8 s budget (3.6 s), which then gives the same parts as without a budget."""
+    scene = make_scene("L")
+    reconstructor = MeshReconstructor(ReconstructorConfig(grid=48, max_faces=3000))
+    mesh = reconstructor.reconstruct(scene.image, scene.mask).mesh
+    sim = {"size_m": 0.2}
+    bounded = MeshConverter(ConverterConfig(budget_s=8.0, preview_frames=2)).convert(
+        mesh, "ply", sim=sim
+    )
+    unbounded = MeshConverter(ConverterConfig(budget_s=None, preview_frames=2)).convert(
+        mesh, "ply", sim=sim
+    )
+    assert not [e for e in bounded.stats["budget"]["degraded"] if e["what"] == "collision"]
+    assert bounded.stats["collision"]["parts"] == unbounded.stats["collision"]["parts"] >= 2
+    assert bounded.stats["collision"]["part_faces"] == unbounded.stats["collision"]["part_faces"]
+
+
 def test_a_spent_paint_budget_uses_the_face_atlas_and_a_smaller_texture() -> None:
     scene = make_scene("disk")
     reconstructor = MeshReconstructor(
