@@ -364,7 +364,7 @@ class Sam2Segmenter:
         )
         return _result(masks, scores, seconds + encode_seconds, point_coords, point_labels, box_arr)
 
-    def _decode(self, embedding: Embedding, **prompt: Any) -> tuple[Any, Any, float]:
+    def _decode(self, embedding: Embedding, **prompt: Any) -> tuple[np.ndarray, np.ndarray, float]:
         """``predict_masks(**prompt)`` on ``embedding`` under the lock: masks, scores and the
         decoder's seconds."""
         import torch
