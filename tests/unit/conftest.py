@@ -5,11 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from serve_app.jobs.store import JobStore
-from tests.helpers import POSTGRES_URL
+from tests.helpers import POSTGRES_URL, SMALL_SAM2_OVERRIDES
+
+if TYPE_CHECKING:
+    from deployments.segmenter import Sam2Segmenter
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -31,3 +35,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Sam2Segmenter:
+    """The small SAM2 (random weights, 256 px) on the CPU, one per module that asks (torch and
+    sam2 are imported only then)."""
+    from deployments.segmenter import Sam2Segmenter, SegmenterConfig
+
+    return Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))

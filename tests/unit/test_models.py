@@ -22,11 +22,6 @@ from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
 
 
 @pytest.fixture(scope="module")
-def segmenter() -> Sam2Segmenter:
-    return Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))
-
-
-@pytest.fixture(scope="module")
 def detector(tmp_path_factory: pytest.TempPathFactory) -> YoloDetector:
     root = tmp_path_factory.mktemp("yolo")
     return YoloDetector(

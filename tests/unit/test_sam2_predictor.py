@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -23,13 +22,8 @@ from deployments.sam2_predictor import (
     resize_device,
     set_images,
 )
-from deployments.segmenter import Sam2Segmenter, SegmenterConfig
-from tests.helpers import SMALL_SAM2_OVERRIDES, make_scene
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> Sam2Segmenter:
-    return Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))
+from deployments.segmenter import Sam2Segmenter
+from tests.helpers import make_scene
 
 
 def _features(predictor: object) -> list[torch.Tensor]:

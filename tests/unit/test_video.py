@@ -20,7 +20,6 @@ from serve_app.videos.ingest import VideoLimits, decode_upload, frames_from_imag
 from serve_app.videos.schemas import PropagateOptions
 from serve_app.videos.store import VideoRecord, VideoStore
 from tests.helpers import (
-    SMALL_SAM2_OVERRIDES,
     encode_png,
     encode_video,
     moving_disk_video,
@@ -170,13 +169,6 @@ def test_resume_point_uses_the_unbroken_prefix() -> None:
 
 
 # SAM2 sessions ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def segmenter() -> Any:
-    from deployments.segmenter import Sam2Segmenter, SegmenterConfig
-
-    return Sam2Segmenter(SegmenterConfig(overrides=SMALL_SAM2_OVERRIDES, device="cpu"))
-
-
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     from PIL import Image
