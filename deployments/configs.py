@@ -209,7 +209,8 @@ class ReconstructorConfig(BaseModel):
         gt=0,
         description="Time budget of one paint call: xatlas runs against a deadline, past which "
         "a simple per-face atlas is used, and the texture shrinks when its bake would not fit "
-        "(stats: budget). None: unbounded.",
+        "(predicted from the process's own measured bake speed once it has one; stats: budget, "
+        "bake_seconds). None: unbounded.",
     )
     max_mesh_faces: int = Field(
         MAX_MESH_FACES,

@@ -109,7 +109,7 @@ class MeshReconstructor:
         from deployments.meshing.budget import Budget
         from deployments.meshing.export import export_mesh, load_mesh
         from deployments.meshing.masks import object_mask
-        from deployments.meshing.paint import paint
+        from deployments.meshing.paint import BAKE_RATE, paint
 
         started = time.perf_counter()
         image = rgb_image(image, max_pixels)
@@ -124,6 +124,9 @@ class MeshReconstructor:
         )
         buffer = io.BytesIO(painted.export(file_type="glb", include_normals=True))
         files = export_mesh(painted, "obj", f"{prefix}textured")
+        baked = budget.since("bake")  # marked by the built-in paint once its texture is sized
+        if baked is not None and texture is not None:
+            BAKE_RATE.observe(int(texture.width), baked)
         return PaintResult(
             mesh=buffer.getvalue(),
             files=files,
@@ -132,6 +135,7 @@ class MeshReconstructor:
                 if texture is not None
                 else None,
                 "seconds": round(time.perf_counter() - started, 3),
+                "bake_seconds": None if baked is None else round(baked, 3),
                 "budget": budget.stats(),
             },
         )

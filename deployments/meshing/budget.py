@@ -41,6 +41,7 @@ class Budget:
     seconds: float | None
     started: float = field(default_factory=time.perf_counter)
     degraded: list[dict[str, Any]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)  # when a named step began
 
     @property
     def bounded(self) -> bool:
@@ -59,6 +60,14 @@ class Budget:
         if self.seconds is None:
             return float("inf")
         return min(self.left(), self.seconds * fraction)
+
+    def mark(self, step: str) -> None:
+        self.marks[step] = time.perf_counter()
+
+    def since(self, step: str) -> float | None:
+        """Seconds since ``step`` was marked (None: it was not)."""
+        began = self.marks.get(step)
+        return None if began is None else time.perf_counter() - began
 
     def degrade(self, what: str, why: str, **detail: Any) -> None:
         self.degraded.append({"what": what, "why": why, **detail})

@@ -94,11 +94,39 @@ def face_atlas(faces: np.ndarray, texture_px: int) -> tuple[np.ndarray, ...]:
     )
 
 
-# Seconds of baking (rasterising the atlas, visibility, projection, PNG encoding): a fixed
-# part and a part per texel, measured on 2 cores with a 20k-face mesh (512 px: 1.1 s, 1024 px:
-# 2.25 s): what the budget uses to shrink the texture when its bake would not fit.
+# Seconds of baking and exporting (rasterising the atlas, visibility, projection, the GLB and
+# the OBJ with their PNGs): a fixed part and a part per texel, measured on a heavily shared
+# 2-core box with a 20k-face mesh (512 px: 1.1 s, 1024 px: 2.25 s): what the budget uses to
+# shrink the texture when its bake would not fit, until this process has measured its own.
 BAKE_FIXED_S = 0.7
 BAKE_S_PER_TEXEL = 1.5e-6
+
+
+@dataclass
+class BakeRate:
+    """This process's bake-and-export speed as a factor on the BAKE_* model: measured over
+    modelled seconds of its paints (the mean of the last one and those before, halved each
+    time), 1 until one is measured. The same code took 0.77 s for 512 px and 1.5-1.7 s for
+    1024 px on a faster 2-core box (factor ~0.7), twice that on a slower one: with the fixed
+    model the faster box baked 512 px where 1024 fitted its budget."""
+
+    factor: float = 1.0
+    measured: int = 0
+
+    @staticmethod
+    def modelled(texture_px: int) -> float:
+        return BAKE_FIXED_S + BAKE_S_PER_TEXEL * texture_px**2
+
+    def predict(self, texture_px: int) -> float:
+        return self.factor * self.modelled(texture_px)
+
+    def observe(self, texture_px: int, seconds: float) -> None:
+        ratio = seconds / self.modelled(texture_px)
+        self.factor = ratio if not self.measured else (self.factor + ratio) / 2
+        self.measured += 1
+
+
+BAKE_RATE = BakeRate()  # per process: a replica's warm paint child keeps it between calls
 # xatlas seconds per face, measured on 2 cores (20k faces: 2.9 s for a disk or an L, 4.7 s for
 # a ragged random-weights mask, 6.5 s for a ring): past its share of the budget it would only
 # be killed, so it is not started (the time goes to the bake instead).
@@ -140,18 +168,18 @@ def paint(
             atlas = face_atlas(np.asarray(mesh.faces), texture_px)
         vmapping, indices, uvs = atlas
         requested = texture_px
-        while (
-            texture_px > MIN_BUDGET_TEXTURE_PX
-            and BAKE_FIXED_S + BAKE_S_PER_TEXEL * texture_px**2 > budget.left()
-        ):
+        while texture_px > MIN_BUDGET_TEXTURE_PX and BAKE_RATE.predict(texture_px) > budget.left():
             texture_px //= 2
         if texture_px != requested:
             budget.degrade(
                 "texture_px",
-                f"a {requested} px bake would not fit the {budget.left():.2f} s left",
+                f"a {requested} px bake would take about {BAKE_RATE.predict(requested):.1f} s "
+                f"here, more than the {budget.left():.2f} s left",
                 texture_px=texture_px,
                 requested=requested,
             )
+    if budget is not None:
+        budget.mark("bake")  # the caller observes BAKE_RATE once its exports are done
     vertices = np.asarray(mesh.vertices, dtype=np.float64)[vmapping]
     faces = indices.astype(np.int64)
     photo = np.asarray(object_texture(image, obj), dtype=np.float32)

@@ -327,6 +327,45 @@ def test_xatlas_is_not_started_when_it_cannot_finish_within_its_share() -> None:
     assert "would take about" in degraded["uv_atlas"]["why"], degraded
 
 
+def test_the_bake_rate_is_this_process_own_measure() -> None:
+    from deployments.meshing.paint import BakeRate
+
+    rate = BakeRate()
+    assert rate.predict(1024) == rate.modelled(1024)  # nothing measured yet: the model
+    rate.observe(512, 2 * rate.modelled(512))  # this machine took twice the model's time
+    assert rate.factor == 2 and rate.predict(1024) == 2 * rate.modelled(1024)
+    rate.observe(1024, 0.5 * rate.modelled(1024))  # then half of it: the mean of the two
+    assert rate.factor == 1.25 and rate.measured == 2
+
+
+def test_a_paint_measures_its_bake_and_the_next_one_sizes_its_texture_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A paint observes its bake-and-export seconds; what the process measured, not a fixed
+    model, decides whether a 1024 px bake fits a 2 s budget: a process that measured itself
+    slow bakes 256 px, one that measured itself fast keeps the 1024 px asked for."""
+    from deployments.meshing import paint as painting
+
+    scene = make_scene("disk")
+    reconstructor = MeshReconstructor(
+        ReconstructorConfig(max_faces=20000, paint_budget_s=2.0, texture_px=1024)
+    )
+    shape = reconstructor.reconstruct(scene.image, scene.mask)
+    fresh = painting.BakeRate()
+    monkeypatch.setattr(painting, "BAKE_RATE", fresh)
+    painted = reconstructor.paint(shape.mesh, scene.image, scene.mask)
+    size = painted.stats["texture_size"][0]
+    assert fresh.measured == 1
+    expected = painted.stats["bake_seconds"] / fresh.modelled(size)
+    assert fresh.factor == pytest.approx(expected, rel=0.01, abs=1e-3)
+    sizes = {}
+    for name, factor in (("slow", 100.0), ("fast", 0.01)):
+        monkeypatch.setattr(painting, "BAKE_RATE", painting.BakeRate(factor, measured=1))
+        painted = reconstructor.paint(shape.mesh, scene.image, scene.mask)
+        sizes[name] = painted.stats["texture_size"]
+    assert sizes == {"slow": [256, 256], "fast": [1024, 1024]}
+
+
 def test_a_costly_grid_is_coarsened_within_the_reconstruct_budget() -> None:
     scene = make_scene("disk")
     config = ReconstructorConfig(grid=256, max_faces=3000, reconstruct_budget_s=0.05)
