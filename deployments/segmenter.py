@@ -435,15 +435,14 @@ def make_segmenter(config: SegmenterConfig) -> Any:
 
 
 def _result(
-    masks: Any,
-    scores: Any,
+    masks: np.ndarray,
+    scores: np.ndarray,
     seconds: float,
     point_coords: np.ndarray | None,
     point_labels: np.ndarray | None,
     box_arr: np.ndarray | None,
 ) -> SegmentResult:
-    masks = np.asarray(masks)
-    masks = masks if masks.dtype == bool else masks > 0
+    """``predict_masks``'s bool masks and scores, best first."""
     scores = np.asarray(scores, dtype=np.float32)
     order = np.argsort(-scores)
     return SegmentResult(

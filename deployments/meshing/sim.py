@@ -154,17 +154,19 @@ def _timed_coacd(*args: Any) -> tuple[list[np.ndarray], float]:
 
 
 def _coacd_args(
-    mesh: trimesh.Trimesh,
-    faces: int,
-    threshold: float,
-    search: dict,
-    options: SimOptions,
-    seed: int,
+    mesh: trimesh.Trimesh, options: SimOptions, seed: int, coarse: bool
 ) -> tuple[Any, ...]:
-    coarse = decimate(mesh, faces)  # CoACD's cost grows with its input
+    """``_run_coacd``'s arguments for the full search, or the coarse one (coarser input, a
+    concavity threshold of at least 0.2, a shallow tree)."""
+    faces, threshold, search = (
+        (COACD_COARSE_FACES, max(options.concavity, 0.2), COACD_COARSE)
+        if coarse
+        else (COACD_MAX_FACES, options.concavity, COACD_SEARCH)
+    )
+    decimated = decimate(mesh, faces)  # CoACD's cost grows with its input
     return (
-        np.asarray(coarse.vertices, dtype=np.float64),
-        np.asarray(coarse.faces, dtype=np.int64),
+        np.asarray(decimated.vertices, dtype=np.float64),
+        np.asarray(decimated.faces, dtype=np.int64),
         threshold,
         options.max_parts,
         seed,
@@ -183,12 +185,8 @@ def _decompose(
     before, spent its whole deadline on every ragged outline before the coarse one even began
     (1.35 of a 3 s convert budget on the regression mask)."""
     if budget is None or not budget.bounded:
-        return _run_coacd(
-            *_coacd_args(mesh, COACD_MAX_FACES, options.concavity, COACD_SEARCH, options, seed)
-        )
-    coarse_args = _coacd_args(
-        mesh, COACD_COARSE_FACES, max(options.concavity, 0.2), COACD_COARSE, options, seed
-    )
+        return _run_coacd(*_coacd_args(mesh, options, seed, coarse=False))
+    coarse_args = _coacd_args(mesh, options, seed, coarse=True)
     deadline = budget.share(COARSE_SHARE)
     try:
         coarse, took = run_with_deadline(_timed_coacd, coarse_args, deadline)
@@ -209,7 +207,7 @@ def _decompose(
             fallback="coacd_coarse",
         )
         return coarse
-    fine_args = _coacd_args(mesh, COACD_MAX_FACES, options.concavity, COACD_SEARCH, options, seed)
+    fine_args = _coacd_args(mesh, options, seed, coarse=False)
     deadline = budget.share(FINE_SHARE)  # what the decimation left of it
     try:
         return run_with_deadline(_run_coacd, fine_args, deadline)
