@@ -303,37 +303,59 @@ async def run_segment(ctx: StageContext) -> dict[str, Any]:
     count = min(detect.max_objects, len(found.boxes))
     # Every box in one call: the decoder runs them in batches on the embedding, one hop.
     result = await _segment_image(ctx, boxes=found.boxes[:count])
-    masks = result.encoded_masks()
-    boxes = result.prompt.boxes or []
-    empty = [index for index, mask in enumerate(masks) if not mask.area]
-    if empty:
-        raise ApiError(
-            422,
-            f"the segmenter returned an empty mask for detector box {empty[0]}",
-            "empty_mask",
-            "detect",
-        )
-    await _write_masks(ctx, [(object_prefix(k), mask) for k, mask in enumerate(masks)])
-    objects = []
-    for index, mask in enumerate(masks):
-        objects.append(
-            {
-                "object": index,
-                "score": round(float(result.scores[index]), 5),
-                "area": mask.area,
-                "prompt": SegmentPrompt(None, None, boxes[index]).to_dict(),
-                "class_name": found.class_names[index],
-                "detector_score": found.scores[index],
-            }
-        )
+    kept, objects, skipped = detected_objects(
+        result.encoded_masks(), list(result.scores), result.prompt.boxes or [], found
+    )
+    await _write_masks(ctx, [(object_prefix(k), mask) for k, mask in kept])
     return {
         **detected,
         "model_seconds": round(result.seconds + encoded.seconds, 4),
         # No encoder ran for these masks in this stage.
         "embedding_cached": bool(result.cached) and encoded.cached,
         "objects": objects,
+        **({"skipped": skipped} if skipped else {}),
         "prompt_from": "detector boxes",
     }
+
+
+def detected_objects(
+    masks: list[EncodedMask], scores: list[float], boxes: list[list[float]], found: DetectResult
+) -> tuple[list[tuple[int, EncodedMask]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A detect job's objects: the detector boxes (best first) whose mask has pixels, each
+    numbered by its detection (``obj<k>_`` is detection k, as the exports read it), and the
+    boxes whose mask came back empty, as skipped. One unusable box does not cost the job its
+    other objects; a 422 only when every mask is empty."""
+    kept = [(index, mask) for index, mask in enumerate(masks) if mask.area]
+    if not kept:
+        raise ApiError(
+            422,
+            f"the segmenter returned an empty mask for every detector box ({len(masks)})",
+            "empty_mask",
+            "detect",
+        )
+    objects = [
+        {
+            "object": index,
+            "score": round(float(scores[index]), 5),
+            "area": mask.area,
+            "prompt": SegmentPrompt(None, None, boxes[index]).to_dict(),
+            "class_name": found.class_names[index],
+            "detector_score": found.scores[index],
+        }
+        for index, mask in kept
+    ]
+    skipped = [
+        {
+            "object": index,
+            "box": boxes[index],
+            "class_name": found.class_names[index],
+            "detector_score": found.scores[index],
+            "reason": "empty mask",
+        }
+        for index, mask in enumerate(masks)
+        if not mask.area
+    ]
+    return kept, objects, skipped
 
 
 async def _segment_text(
