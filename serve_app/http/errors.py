@@ -8,11 +8,16 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as db_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import DeploymentError, InvalidInput
 
 logger = logging.getLogger("meshline.api")
+# The job store unreachable or refusing for now (connection lost, locked, disk I/O, its pool
+# exhausted): a 503 the client retries, not a 500 bug report.
+STORE_UNAVAILABLE = (db_errors.OperationalError, db_errors.InterfaceError, db_errors.TimeoutError)
+STORE_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -110,5 +115,15 @@ def install_error_handlers(app: FastAPI) -> None:
         rid = request_id(request)
         if mapped is not None:
             return _body(mapped.status, mapped.message, mapped.type, mapped.param, rid)
+        if isinstance(unwrap(exc), STORE_UNAVAILABLE):
+            logger.error("job store unavailable (request %s)", rid, exc_info=exc)
+            return _body(
+                503,
+                f"the job store is unavailable; retry in {STORE_RETRY_AFTER_S} s",
+                "store_unavailable",
+                None,
+                rid,
+                {"Retry-After": str(STORE_RETRY_AFTER_S)},
+            )
         logger.exception("unhandled error (request %s)", rid)
         return _body(500, f"internal error; request id {rid}", "internal_error", None, rid)

@@ -6,6 +6,7 @@ object's mask as COCO RLE) or YOLO txt. Built from what the segment stage stored
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from serve_app.http.errors import ApiError
@@ -14,6 +15,7 @@ from serve_app.storage.artifacts import ArtifactStore
 from serve_app.videos.export import rle_annotation, yolo_line
 
 MASK_ONLY = "object"  # the category of a mask no detection names (a prompted job)
+OBJECT_MASK = re.compile(r"^obj(\d+)_mask_rle\.json$")
 
 
 def _read_json(files: ArtifactStore, job: JobRecord, name: str) -> Any | None:
@@ -23,6 +25,8 @@ def _read_json(files: ArtifactStore, job: JobRecord, name: str) -> Any | None:
 
 
 def _gathered(files: ArtifactStore, job: JobRecord) -> tuple[dict[str, Any], list[Any]]:
+    """The detections and one mask (or None) per detection; without detections (a prompted
+    job: one mask, or a text prompt's ``obj<k>_`` instances) the masks alone, in order."""
     detections = _read_json(files, job, "detections.json") or {}
     count = len(detections.get("boxes", []))
     masks: list[Any] = [_read_json(files, job, f"obj{k}_mask_rle.json") for k in range(count)]
@@ -30,8 +34,13 @@ def _gathered(files: ArtifactStore, job: JobRecord) -> tuple[dict[str, Any], lis
     seg = detections.get("masks_rle") or []
     for k in range(count):
         masks[k] = masks[k] or (single if k == 0 else None) or (seg[k] if k < len(seg) else None)
-    if not count and single is not None:
-        masks = [single]
+    if not count:
+        names = sorted(
+            (int(m.group(1)), a.name) for a in job.artifacts if (m := OBJECT_MASK.match(a.name))
+        )
+        masks = [_read_json(files, job, name) for _, name in names]
+        if single is not None:
+            masks = [single, *masks]
     if not count and not masks:
         raise ApiError(
             409, f"job {job.id} has no detections or masks to export", "conflict", "job_id"
@@ -50,7 +59,10 @@ def _size(detections: dict[str, Any], masks: list[Any]) -> tuple[int, int]:
 def coco_json(files: ArtifactStore, job: JobRecord) -> bytes:
     detections, masks = _gathered(files, job)
     width, height = _size(detections, masks)
-    names = list(detections.get("class_names", [])) or [MASK_ONLY] * len(masks)
+    # Masks no detection names: a text prompt names them, else they are just objects.
+    prompt = job.options.get("prompt") or {}
+    unnamed = prompt.get("text") or MASK_ONLY
+    names = list(detections.get("class_names", [])) or [unnamed] * len(masks)
     categories = {name: i + 1 for i, name in enumerate(dict.fromkeys(names))}
     annotations: list[dict[str, Any]] = []
     boxes, scores = detections.get("boxes", []), detections.get("scores", [])

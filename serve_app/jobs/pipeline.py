@@ -111,12 +111,14 @@ class StageContext:
         files: ArtifactStore,
         handles: Handles,
         max_pixels: int,
+        owner: str | None = None,
     ):
         self.job = job
         self.store = store
         self.files = files
         self.handles = handles
         self.max_pixels = max_pixels
+        self.owner = owner  # the runner holding the job's lease: its writes check it still does
         self.options = JobOptions.model_validate(job.options)
         self._image_file: bytes | None = None
         self._image_id: str | None = None
@@ -133,7 +135,7 @@ class StageContext:
             *(asyncio.to_thread(self.files.put, self.job.id, *file) for file in files)
         )
         records = [(name, media, size) for (name, _, media), size in zip(files, sizes, strict=True)]
-        await asyncio.to_thread(self.store.add_artifacts, self.job.id, stage, records)
+        await asyncio.to_thread(self.store.add_artifacts, self.job.id, stage, records, self.owner)
 
     def artifact_name(self, role: str, prefix: str = "") -> str | None:
         """The artifact for a role (of one object): a stage's output wins over the job's input."""
@@ -157,7 +159,9 @@ class StageContext:
     async def progress(
         self, stage: str, percent: float, detail: dict[str, Any] | None = None
     ) -> None:
-        await asyncio.to_thread(self.store.set_stage_progress, self.job.id, stage, percent, detail)
+        await asyncio.to_thread(
+            self.store.set_stage_progress, self.job.id, stage, percent, detail, self.owner
+        )
 
     async def object_done(self, stage: str, done: int, total: int) -> None:
         """Progress after the ``done``-th of ``total`` objects; none after the last: the

@@ -16,7 +16,7 @@ from serve_app.jobs.pipeline import STAGE_RUNNERS, StageContext
 from serve_app.jobs.records import JobRecord, utcnow
 from serve_app.jobs.schemas import JobOptions
 from serve_app.jobs.stages import STAGE_BY_NAME
-from serve_app.jobs.store import JobStore
+from serve_app.jobs.store import JobStore, LeaseLost
 from serve_app.jobs.views import job_public
 from serve_app.jobs.wakeup import DeploymentWaker, deployments_for
 from serve_app.jobs.webhooks import deliver
@@ -81,7 +81,7 @@ class JobRunner:
         task.add_done_callback(self._webhooks.discard)
 
     async def _finish(self, job_id: str, status: str, error: str | None = None) -> None:
-        if await asyncio.to_thread(self.store.finish_job, job_id, status, error):
+        if await asyncio.to_thread(self.store.finish_job, job_id, status, error, self.owner):
             await self.job_ended(job_id)
 
     async def stop(self) -> None:
@@ -133,15 +133,27 @@ class JobRunner:
                         await self.job_ended(failed_id)
                     if job_id is None:
                         break
-                    task = asyncio.get_running_loop().create_task(self._run_job(job_id))
-                    self._active[job_id] = task
-                    task.add_done_callback(lambda _t, jid=job_id: self._active.pop(jid, None))
+                    self._start_job(job_id)
             except Exception:
                 logger.exception("job claim failed; retrying")
             await self._maybe_sweep()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.job_poll_interval_s)
+
+    def _start_job(self, job_id: str) -> None:
+        """Run a claimed job. The store can hand back a job this runner still has a task for:
+        its lease lapsed (the store was unreachable for a lease) and nobody else took it. That
+        task is being stopped; the new one starts once it has, never beside it."""
+        previous = self._active.get(job_id)
+        task = asyncio.get_running_loop().create_task(self._run_job(job_id, after=previous))
+        self._active[job_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._active.get(job_id) is done:  # not the task that replaced it
+                del self._active[job_id]
+
+        task.add_done_callback(forget)
 
     async def _maybe_sweep(self) -> None:
         now = time.monotonic()
@@ -170,18 +182,39 @@ class JobRunner:
         return True
 
     async def _keep_lease(self, job_id: str, job_task: asyncio.Task[None]) -> None:
-        """Renew the lease; stop the job when it was cancelled or taken over elsewhere."""
-        interval = min(self.settings.job_lease_s / 3, self.settings.cancel_check_interval_s)
+        """Renew the lease; stop the job when it was cancelled or taken over elsewhere. A
+        renewal that fails (the store briefly unreachable, SQLite busy) is retried at the next
+        interval; with none for a whole lease, another runner may have taken the job: stop."""
+        settings = self.settings
+        interval = min(settings.job_lease_s / 3, settings.cancel_check_interval_s)
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(interval)
-            if not await asyncio.to_thread(
-                self.store.renew_lease, job_id, self.owner, self.settings.job_lease_s
-            ):
+            try:
+                held = await asyncio.to_thread(
+                    self.store.renew_lease, job_id, self.owner, settings.job_lease_s
+                )
+            except Exception:
+                if time.monotonic() - renewed < settings.job_lease_s:
+                    logger.warning("job %s: lease renewal failed; retrying", job_id, exc_info=True)
+                    continue
+                logger.error(
+                    "job %s: no lease renewal for %g s (job_lease_s): stopping it here; a "
+                    "runner that reaches the store resumes it",
+                    job_id,
+                    settings.job_lease_s,
+                )
+                job_task.cancel()
+                return
+            if not held:
                 logger.info("job %s was cancelled or taken over: stopping it here", job_id)
                 job_task.cancel()
                 return
+            renewed = time.monotonic()
 
-    async def _run_job(self, job_id: str) -> None:
+    async def _run_job(self, job_id: str, after: asyncio.Task[None] | None = None) -> None:
+        if after is not None:
+            await asyncio.wait({after})  # this runner's earlier task for the job, stopping
         current = asyncio.current_task()
         assert current is not None
         lease = asyncio.get_running_loop().create_task(self._keep_lease(job_id, current))
@@ -202,6 +235,9 @@ class JobRunner:
             # Cancelled by request (the store says so already) or replica shutdown (the
             # lease then expires and another runner resumes the job): nothing to record.
             raise
+        except LeaseLost:
+            # Cancelled, or taken over after our lease lapsed: whoever holds it records it.
+            logger.info("job %s was cancelled or taken over: stopping it here", job_id)
         except Exception:
             logger.exception("job %s crashed in the runner", job_id)
             await self._finish(job_id, "failed", "internal error in the job runner")
@@ -231,13 +267,15 @@ class JobRunner:
                 self.store.get, job_id
             )  # fresh: earlier stages' artifacts
             assert job is not None
-            attempt = await asyncio.to_thread(self.store.start_stage, job_id, name)
+            attempt = await asyncio.to_thread(self.store.start_stage, job_id, name, self.owner)
             started = time.perf_counter()
-            ctx = StageContext(job, self.store, self.files, self.handles, settings.max_image_pixels)
+            ctx = StageContext(
+                job, self.store, self.files, self.handles, settings.max_image_pixels, self.owner
+            )
             timeout_s = ctx.options.stage_timeout_s or settings.stage_timeout_s
             try:
                 detail = await asyncio.wait_for(STAGE_RUNNERS[name](ctx), timeout=timeout_s)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, LeaseLost):
                 raise
             except Exception as exc:
                 seconds = time.perf_counter() - started
@@ -255,7 +293,13 @@ class JobRunner:
                     logger.warning("job %s stage %s failed: %s", job_id, name, message)
                     message = public
                 await asyncio.to_thread(
-                    self.store.finish_stage, job_id, name, "failed", seconds, error=message
+                    self.store.finish_stage,
+                    job_id,
+                    name,
+                    "failed",
+                    seconds,
+                    error=message,
+                    owner=self.owner,
                 )
                 if client_error is None:
                     logger.warning(
@@ -269,7 +313,13 @@ class JobRunner:
             seconds = time.perf_counter() - started
             telemetry.observe_stage(name, STAGE_BY_NAME[name].deployment, seconds)
             await asyncio.to_thread(
-                self.store.finish_stage, job_id, name, "succeeded", seconds, detail=detail
+                self.store.finish_stage,
+                job_id,
+                name,
+                "succeeded",
+                seconds,
+                detail=detail,
+                owner=self.owner,
             )
             return None
 

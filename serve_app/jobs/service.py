@@ -6,6 +6,7 @@ runner (serve_app/jobs/runner.py) then takes queued jobs from the store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import uuid
@@ -199,6 +200,13 @@ async def create_job(
         # A concurrent request with the same key won the insert: drop our copy of the inputs
         # and answer as its replay (or 409 for another request under the same key).
         await asyncio.to_thread(_lost_to_twin, services, new_job)
+        raise
+    except Exception:
+        # The store failed the insert (its transaction rolled back): no job row will ever
+        # name these inputs, so no retention sweep would find them. (A cancelled request is
+        # not this case: its insert goes on in the group commit and the job is queued.)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(services.artifacts.delete_job, new_job.job_id)
         raise
     services.runner.notify()
     return job_id

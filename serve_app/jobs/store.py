@@ -39,6 +39,15 @@ class IdempotencyConflict(Exception):
         self.existing = existing
 
 
+class LeaseLost(Exception):
+    """The runner no longer holds the job: it was cancelled, or its lease expired and another
+    runner took it over. Nothing the runner does for it is recorded any more."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id}: cancelled or taken over by another runner")
+        self.job_id = job_id
+
+
 @dataclass(frozen=True)
 class NewJob:
     """A job to queue. ``input_artifacts``: (name, media_type, bytes) of its inputs, already
@@ -178,20 +187,30 @@ class JobStore:
         if input_artifacts:
             conn.execute(artifacts.insert(), input_artifacts)
 
-    def set_webhook(self, job_id: str, state: dict[str, Any]) -> None:
+    def set_webhook(self, job_id: str, state: dict[str, Any]) -> bool:
+        """Record a callback's delivery state; a delivered one is final (two deliveries of one
+        callback, e.g. replicas re-sending what a restart left pending: the first 2xx stands).
+        False when it was delivered already."""
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(webhook=state))
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, _webhook_state() != "delivered")
+                .values(webhook=state)
+            )
+            return result.rowcount == 1
 
     def pending_webhooks(self, limit: int = 100) -> list[str]:
-        """Ended jobs whose callback is not delivered yet (e.g. after an ingress restart)."""
+        """Ended jobs whose callback is not delivered yet (e.g. after an ingress restart),
+        oldest first. Selected in SQL: every job without a callback has a JSON null there."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(jobs.c.id, jobs.c.webhook)
-                .where(jobs.c.status.in_(TERMINAL), jobs.c.webhook.is_not(None))
-                .order_by(jobs.c.finished_at)
-                .limit(limit * 10)
-            ).all()
-        return [r[0] for r in rows if (_json(r[1]) or {}).get("state") == "pending"][:limit]
+            return list(
+                conn.execute(
+                    select(jobs.c.id)
+                    .where(jobs.c.status.in_(TERMINAL), _webhook_state() == "pending")
+                    .order_by(jobs.c.finished_at)
+                    .limit(limit)
+                ).scalars()
+            )
 
     def find_succeeded_by_hash(self, request_hash: str, owner: str | None = None) -> str | None:
         """The newest succeeded job of ``owner`` made from exactly these inputs and options
@@ -539,9 +558,22 @@ class JobStore:
             return result.rowcount == 1
 
     # Stage and job transitions --------------------------------------------------------
-    def start_stage(self, job_id: str, name: str) -> int:
+    # With ``owner`` (the runner's calls), each transition first touches the job's row where
+    # that owner still holds its lease, and raises LeaseLost if it does not: a runner that was
+    # cancelled or whose lease expired (another runner took the job over) records nothing more,
+    # neither a stage's state nor its files. The touch also locks the row on PostgreSQL for the
+    # transaction, so a cancel or a claim waits for it instead of interleaving.
+    def _touch(self, conn: Any, job_id: str, owner: str | None, now: datetime) -> None:
+        query = update(jobs).where(jobs.c.id == job_id)
+        if owner is not None:
+            query = query.where(jobs.c.lease_owner == owner, jobs.c.status == "running")
+        if conn.execute(query.values(updated_at=now)).rowcount != 1 and owner is not None:
+            raise LeaseLost(job_id)
+
+    def start_stage(self, job_id: str, name: str, owner: str | None = None) -> int:
         now = utcnow()
         with self.engine.begin() as conn:
+            self._touch(conn, job_id, owner, now)
             conn.execute(
                 update(stages)
                 .where(stages.c.job_id == job_id, stages.c.name == name)
@@ -554,7 +586,6 @@ class JobStore:
                     error=None,
                 )
             )
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
             return int(
                 conn.execute(
                     select(stages.c.attempts).where(
@@ -571,6 +602,7 @@ class JobStore:
         seconds: float,
         detail: dict[str, Any] | None = None,
         error: str | None = None,
+        owner: str | None = None,
     ) -> None:
         now = utcnow()
         values: dict[str, Any] = {
@@ -584,21 +616,27 @@ class JobStore:
         if detail is not None:
             values["detail"] = detail
         with self.engine.begin() as conn:
+            self._touch(conn, job_id, owner, now)
             conn.execute(
                 update(stages)
                 .where(stages.c.job_id == job_id, stages.c.name == name)
                 .values(**values)
             )
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=now))
 
     def set_stage_progress(
-        self, job_id: str, name: str, percent: float, detail: dict[str, Any] | None = None
+        self,
+        job_id: str,
+        name: str,
+        percent: float,
+        detail: dict[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         """``detail`` (optional) replaces the running stage's detail, e.g. frames done and fps."""
         values: dict[str, Any] = {"progress": round(min(max(percent, 0.0), 99.9), 2)}
         if detail is not None:
             values["detail"] = detail
         with self.engine.begin() as conn:
+            self._touch(conn, job_id, owner, utcnow())
             conn.execute(
                 update(stages)
                 .where(
@@ -606,17 +644,24 @@ class JobStore:
                 )
                 .values(**values)
             )
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=utcnow()))
 
     def add_artifact(self, job_id: str, name: str, stage: str, media_type: str, size: int) -> None:
         self.add_artifacts(job_id, stage, [(name, media_type, size)])
 
-    def add_artifacts(self, job_id: str, stage: str, files: list[tuple[str, str, int]]) -> None:
+    def add_artifacts(
+        self,
+        job_id: str,
+        stage: str,
+        files: list[tuple[str, str, int]],
+        owner: str | None = None,
+    ) -> None:
         """Record ``files`` ((name, media type, bytes), stored already) in one transaction; a
         name recorded before is replaced (a retried stage)."""
         now = utcnow()
         names = [name for name, _, _ in files]
         with self.engine.begin() as conn:
+            if owner is not None:
+                self._touch(conn, job_id, owner, now)
             conn.execute(
                 artifacts.delete().where(artifacts.c.job_id == job_id, artifacts.c.name.in_(names))
             )
@@ -678,14 +723,18 @@ class JobStore:
                 conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
         return list(ids)
 
-    def finish_job(self, job_id: str, status: str, error: str | None = None) -> bool:
-        """Record the end of a job we run; False if it was cancelled meanwhile (kept so)."""
+    def finish_job(
+        self, job_id: str, status: str, error: str | None = None, owner: str | None = None
+    ) -> bool:
+        """Record the end of a job we run; False if it was cancelled meanwhile (kept so) or,
+        with ``owner``, taken over by another runner (whose end it is to record)."""
         now = utcnow()
+        query = update(jobs).where(jobs.c.id == job_id, jobs.c.status.notin_(TERMINAL))
+        if owner is not None:
+            query = query.where(jobs.c.lease_owner == owner)
         with self.engine.begin() as conn:
             ended = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.notin_(TERMINAL))
-                .values(
+                query.values(
                     status=status,
                     error=error,
                     finished_at=now,
@@ -709,6 +758,11 @@ def _video_id(inputs: dict[str, str]) -> str | None:
     """The video a job's inputs name: video ids are 32 characters, anything else names none."""
     video = inputs.get("video")
     return video if isinstance(video, str) and len(video) <= 32 else None
+
+
+def _webhook_state() -> Any:
+    """The callback's delivery state ("" without one: a JSON null), on SQLite and PostgreSQL."""
+    return func.coalesce(jobs.c.webhook["state"].as_string(), "")
 
 
 def _owned_by(owner: str | None) -> Any:

@@ -37,12 +37,16 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
 async def deliver(
     store: JobStore, settings: Settings, job_id: str, payload: dict[str, Any]
 ) -> None:
-    """POST the payload until a 2xx or the attempts run out; every attempt is recorded."""
-    job = store.get(job_id)
+    """POST the payload until a 2xx or the attempts run out; every attempt is recorded (off
+    the event loop). Stops when the callback turns out delivered already (another delivery of
+    it, e.g. by a replica re-sending what a restart left pending, got its 2xx first)."""
+    job = await asyncio.to_thread(store.get, job_id)
     if job is None or not job.options.get("callback_url"):
         return
     url = job.options["callback_url"]
     state: dict[str, Any] = dict(job.webhook or {"state": "pending", "attempts": 0})
+    if state.get("state") == "delivered":
+        return
     body = json.dumps(payload, default=str).encode()
     while state["attempts"] < settings.webhook_max_attempts:
         state["attempts"] += 1
@@ -59,7 +63,7 @@ async def deliver(
             state["last_status"] = status
             if 200 <= status < 300:
                 state.update(state="delivered", delivered_at=utcnow().isoformat(), error=None)
-                store.set_webhook(job_id, state)
+                await asyncio.to_thread(store.set_webhook, job_id, state)
                 return
             state["error"] = f"HTTP {status}"
         except ApiError as exc:  # the URL itself is refused (checked again at every attempt)
@@ -77,11 +81,13 @@ async def deliver(
                 exc,
             )
             state["error"] = "could not deliver to callback_url"
-        store.set_webhook(job_id, state)
+        if not await asyncio.to_thread(store.set_webhook, job_id, state):
+            return  # delivered meanwhile by another delivery of this callback
         if state["attempts"] < settings.webhook_max_attempts:
             await asyncio.sleep(settings.webhook_backoff_s * 2 ** (state["attempts"] - 1))
     state["state"] = "failed"
-    store.set_webhook(job_id, state)
+    if not await asyncio.to_thread(store.set_webhook, job_id, state):
+        return
     logger.warning(
         "webhook for job %s failed after %d attempts: %s",
         job_id,

@@ -102,3 +102,34 @@ def test_dedup_reuses_a_finished_twin(tmp_path: Path) -> None:
     assert other_options.status_code == 202  # different options: a different job
     no_dedup = asyncio.run(post({}))
     assert no_dedup.status_code == 202
+
+
+def test_a_submit_the_store_fails_leaves_no_inputs_behind(tmp_path: Path) -> None:
+    """The job's insert fails (the database gone mid-request): a 503 the client retries, its
+    stored inputs removed (no job row will ever name them for the retention sweep); the next
+    submit works."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    services = local_services(tmp_path)
+    app = create_api(services)
+    failing = [True]
+
+    @event.listens_for(services.store.engine, "before_cursor_execute")
+    def refuse(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if failing[0] and statement.lstrip().upper().startswith("INSERT INTO JOBS"):
+            raise OperationalError(statement, parameters, Exception("disk I/O error"))
+
+    async def submit() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://meshline") as client:
+            return await client.post("/v1/jobs", files={"image": ("s.png", make_scene().png())})
+
+    refused = asyncio.run(submit())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert refused.json()["error"]["type"] == "store_unavailable"
+    assert list(services.artifacts.root.iterdir()) == []
+    failing[0] = False
+    accepted = asyncio.run(submit())
+    assert accepted.status_code == 202
+    assert [p.name for p in services.artifacts.root.iterdir()] == [accepted.json()["job_id"]]

@@ -1,6 +1,7 @@
-"""A detect job's objects from the Segmenter's masks for the Detector's boxes: a box whose mask
-came back empty is skipped (and said so), the others keep the job and their detection's number
-(the exports read obj<k>_ as detection k); every mask empty is a 422."""
+"""A job's objects. A detect job's from the Segmenter's masks for the Detector's boxes: a box
+whose mask came back empty is skipped (and said so), the others keep the job and their
+detection's number (the exports read obj<k>_ as detection k); every mask empty is a 422. And
+the COCO / YOLO exports of a job with a skipped box and of a text prompt's instances."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from deployments.mask_codec import encode_mask
 from deployments.protocol import DetectResult, EncodedMask
 from serve_app.handles import Handles
 from serve_app.http.errors import ApiError
-from serve_app.jobs.export import coco_json
+from serve_app.jobs.export import coco_json, yolo_txt
 from serve_app.jobs.pipeline import StageContext, detected_objects
 from serve_app.jobs.store import JobStore
 from serve_app.storage.artifacts import LocalArtifactStore
@@ -110,3 +111,33 @@ def test_the_coco_export_keeps_a_skipped_box_as_a_box_and_the_masks_on_their_det
     assert annotations == [("disk", True), ("speck", False), ("square", True)]
     assert coco["annotations"][2]["area"] == 20 * 20
     assert coco["annotations"][1]["bbox"] == [30.0, 4.0, 1.0, 1.0]
+
+
+def test_a_text_prompted_job_exports_its_instances_named_by_the_text(tmp_path: Path) -> None:
+    """A text prompt's instances (obj<k>_, no detections.json) export as one annotation each,
+    their category the prompt's text; the YOLO export has a line per instance."""
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    files = LocalArtifactStore(tmp_path / "artifacts")
+    options = {"prompt": {"text": "disk", "max_objects": 3}}
+    job_id = store.create(options, {"image": "input.png"}, STAGES)
+    job = store.get(job_id)
+    assert job is not None
+    ctx = StageContext(job, store, files, Handles(None, None, None, None), 10**6)
+    masks = [mask_in(BOXES[2]), mask_in(BOXES[0])]  # two instances, best first
+    outputs = [
+        (f"obj{k}_mask_rle.json", json.dumps(mask.rle).encode(), "application/json")
+        for k, mask in enumerate(masks)
+    ]
+    asyncio.run(ctx.write_many("segment", outputs))
+    job = store.get(job_id)
+    assert job is not None
+
+    coco = json.loads(coco_json(files, job))
+    assert coco["categories"] == [{"id": 1, "name": "disk"}]
+    assert [a["area"] for a in coco["annotations"]] == [20 * 20, 18 * 18]
+    assert coco["annotations"][0]["bbox"] == [40.0, 30.0, 20.0, 20.0]
+    lines = yolo_txt(files, job).decode().splitlines()
+    assert lines == [
+        "0 0.781250 0.625000 0.312500 0.312500",
+        "0 0.171875 0.171875 0.281250 0.281250",
+    ]
