@@ -36,6 +36,17 @@ logger = logging.getLogger("meshline.decoding")
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# Decode work a small file can ask for, bounded before anything decodes it (413):
+# * every scan of a progressive JPEG walks every block of the image: 25,000 repeated 311-byte
+#   scans in 9 MB took 44 s to check (a progressive photo has about 10; libjpeg-turbo's djpeg
+#   offers -maxscans for this);
+# * libtiff allocates one tile's buffer from the header's TileWidth x TileLength: a 2 MB file
+#   of 16x16 pixels claiming 32768x21845 tiles took 2.1 GB. A tile larger than the image is
+#   padding; a writer's usual 256-1024 px tiles stay within the floor.
+MAX_JPEG_SCANS = 100
+MAX_TIFF_TILE_PIXELS_FLOOR = 1024 * 1024
+SOS_MARKER = b"\xff\xda"  # entropy-coded data stuffs every 0xFF (FF00) or marks a restart
+TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 322, 323
 
 
 def open_header(data: bytes, max_pixels: int | None, what: str = "image") -> Any:
@@ -66,7 +77,35 @@ def open_header(data: bytes, max_pixels: int | None, what: str = "image") -> Any
         raise InvalidInput(f"{what} has no pixels", what)
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLarge(f"{what} is {width}x{height}; the limit is {max_pixels} pixels", what)
+    _check_decode_work(image, data, what)
     return image
+
+
+def _check_decode_work(image: Any, data: bytes | bytearray | memoryview, what: str) -> None:
+    """Refuse headers that make a small file expensive to decode (see MAX_JPEG_SCANS)."""
+    if image.format == "JPEG":
+        scans = (
+            bytes(data).count(SOS_MARKER)
+            if isinstance(data, memoryview)
+            else data.count(SOS_MARKER)
+        )
+        if scans > MAX_JPEG_SCANS:
+            raise ImageTooLarge(
+                f"{what} is a JPEG of {scans} scans; the limit is {MAX_JPEG_SCANS} (a "
+                "progressive photo has about 10)",
+                what,
+            )
+    elif image.format == "TIFF":
+        tile_width = image.tag_v2.get(TIFF_TILE_WIDTH)
+        tile_length = image.tag_v2.get(TIFF_TILE_LENGTH)
+        width, height = image.size
+        limit = max(width * height, MAX_TIFF_TILE_PIXELS_FLOOR)
+        if tile_width and tile_length and int(tile_width) * int(tile_length) > limit:
+            raise ImageTooLarge(
+                f"{what} is a {width}x{height} TIFF of {tile_width}x{tile_length} tiles; a "
+                f"tile may have at most {limit} pixels",
+                what,
+            )
 
 
 def oriented_size(header: Any, size: tuple[int, int] | None = None) -> tuple[int, int]:

@@ -282,10 +282,13 @@ class Settings(BaseSettings):
     )
     video_max_decoded_mb: float = Field(
         # Frames are JPEG-encoded as they are decoded, so this bounds decode work, not memory
-        # held: 16 GiB ≈ 2,700 frames of 1080p.
-        16384,
+        # held: every frame a container decodes counts, those a stride skips too (ffmpeg
+        # decodes them all). 32 GiB ≈ 5,400 frames of 1080p (3 min at 30 fps), 1,300 of 4K:
+        # 10-20 s of one core.
+        32768,
         gt=0,
-        description="Decoded frame bytes one upload may produce (413).",
+        description="Decoded frame bytes one upload may cost, a stride's skipped frames "
+        "included (413).",
     )
     video_session_max_mb: float = fills(
         (SegmenterConfig, "video_session_max_mb"),

@@ -304,30 +304,37 @@ async def _fetch(
 
 
 def fetch_s3(
-    uri: str, max_bytes: int, endpoint_url: str | None, allowed_buckets: list[str]
+    uri: str,
+    max_bytes: int,
+    endpoint_url: str | None,
+    allowed_buckets: list[str],
+    param: str = "image_url",
 ) -> bytes:
     """Read s3://bucket/key with the service's credentials — only from allow-listed buckets,
     or a client could read anything the service may read."""
     import boto3
     from botocore.exceptions import ClientError
 
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. an unbalanced "[" read as an IPv6 host
+        raise ApiError(422, "s3 URIs look like s3://bucket/key", "invalid_url", param) from None
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket or not key:
-        raise ApiError(422, "s3 URIs look like s3://bucket/key", param="image_url")
+        raise ApiError(422, "s3 URIs look like s3://bucket/key", "invalid_url", param)
     if bucket not in allowed_buckets:
         raise ApiError(
-            422, f"bucket {bucket!r} is not an allowed input bucket", "forbidden_url", "image_url"
+            422, f"bucket {bucket!r} is not an allowed input bucket", "forbidden_url", param
         )
     client = boto3.client("s3", endpoint_url=endpoint_url)
     try:
         response = client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")
-        raise ApiError(422, f"could not read {uri} ({code})", param="image_url") from None
+        raise ApiError(422, f"could not read {uri} ({code})", param=param) from None
     if int(response.get("ContentLength", 0)) > max_bytes:
         response["Body"].close()
-        raise ApiError(413, f"{uri} exceeds {max_bytes} bytes", "payload_too_large", "image_url")
+        raise ApiError(413, f"{uri} exceeds {max_bytes} bytes", "payload_too_large", param)
     return response["Body"].read(max_bytes + 1)
 
 
@@ -336,7 +343,7 @@ async def fetch_input(settings: Settings, url: str, limit: int, param: str) -> b
     allowed input buckets, or http(s) under the fetch rules above; bounded by ``limit`` bytes."""
     if url.startswith("s3://"):
         return await asyncio.to_thread(
-            fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets
+            fetch_s3, url, limit, settings.s3_endpoint_url, settings.s3_input_buckets, param
         )
     return await fetch_url(
         url,

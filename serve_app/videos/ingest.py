@@ -93,6 +93,8 @@ class LazyFrame:
 
     load: Callable[[], np.ndarray]
     size: tuple[int, int] | None = None  # (width, height) when known before loading
+    # Decoded already (a video container's frame): one the stride skips cost its decode too.
+    decoded: bool = False
 
 
 def _jpeg(array: np.ndarray, quality: int) -> bytes:
@@ -102,12 +104,14 @@ def _jpeg(array: np.ndarray, quality: int) -> bytes:
 
 
 class _Budget:
-    """Checks each kept frame's size against the limits before (when known) and after loading."""
+    """Checks each kept frame's size against the limits before (when known) and after loading,
+    and the decode work: every decoded frame counts, a skipped one too."""
 
     def __init__(self, limits: VideoLimits, what: str) -> None:
         self.limits, self.what = limits, what
         self.width = self.height = 0
-        self.decoded = 0
+        self.decoded = 0  # width*height*3 of every frame decoded so far
+        self.frames = 0  # frames decoded so far
         self.kept = 0
 
     def check(self, index: int, width: int, height: int) -> None:
@@ -127,22 +131,34 @@ class _Budget:
                 f"{self.width}x{self.height}; all frames must have one size",
                 param=what,
             )
+        self._check_decode(width, height)
+
+    def _check_decode(self, width: int, height: int) -> None:
+        limits, what = self.limits, self.what
         if (
             limits.max_decoded_bytes is not None
             and self.decoded + width * height * 3 > limits.max_decoded_bytes
         ):
             raise ApiError(
                 413,
-                f"{what}: {self.kept + 1} decoded {width}x{height} frames pass "
+                f"{what}: {self.frames + 1} decoded {width}x{height} frames ({self.kept} kept; "
+                f"a stride's skipped frames are decoded too) pass "
                 f"{_mb(limits.max_decoded_bytes)} (video_max_decoded_mb); pass max_frames "
-                "or a stride",
+                "or a shorter video",
                 "payload_too_large",
                 what,
             )
 
+    def skip(self, width: int, height: int) -> None:
+        """A frame the stride skips, decoded all the same."""
+        self._check_decode(width, height)
+        self.decoded += width * height * 3
+        self.frames += 1
+
     def keep(self, width: int, height: int) -> None:
         self.width, self.height = width, height
         self.decoded += width * height * 3
+        self.frames += 1
         self.kept += 1
 
 
@@ -160,6 +176,8 @@ def _take(
     budget = _Budget(limits, what)
     for index, item in enumerate(frames):
         if index % stride:
+            if item.decoded and item.size is not None:
+                budget.skip(*item.size)
             continue
         if len(out) == cap:
             if max_frames is not None:
@@ -212,6 +230,13 @@ def decode_video_file(
                 "video",
             )
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # a codec this ffmpeg has no decoder for
+            raise ApiError(
+                415,
+                "video codec cannot be decoded here (no decoder for its stream)",
+                "unsupported_media_type",
+                "video",
+            )
         claimed = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
         if claimed > limits.max_frame_pixels:
             raise ApiError(
@@ -238,6 +263,7 @@ def decode_video_file(
                     yield LazyFrame(
                         lambda frame=frame: frame.to_ndarray(format="rgb24"),
                         (int(frame.width), int(frame.height)),
+                        decoded=True,
                     )
             except av.error.FFmpegError as exc:
                 raise ApiError(

@@ -14,6 +14,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -178,7 +179,6 @@ def test_decoded_bytes_are_capped_as_frames_are_kept() -> None:
     )
     error = _refused(data, limits)
     assert error.status == 413 and "video_max_decoded_mb" in error.message
-    assert len(decode_upload(data, limits, stride=3).frames) == 3
     assert len(decode_upload(data, limits, max_frames=4).frames) == 4
     error = _refused(encode_video(moving_disk_video(frames=9), "mp4"), limits, max_frames=5)
     assert error.status == 413
@@ -453,3 +453,37 @@ def test_prompt_history_per_video_is_bounded(tmp_path: Path) -> None:
     )
     assert response.status_code == 422 and response.json()["error"]["param"] == "prompts"
     assert len(store.prompts(video_id)) == max_prompts
+
+
+def test_frames_a_stride_skips_count_as_decode_work() -> None:
+    """A container decodes every frame, the stride's skipped ones too: they count against
+    video_max_decoded_mb, or a long video of small frames at stride 1000 is ~1000 decodes per
+    kept frame that no bound sees (a 482 KB 4K upload: 3000 decodes for 3 frames)."""
+    data = encode_video(moving_disk_video(frames=9), "mp4")  # 160x120: 57,600 bytes a frame
+    limits = VideoLimits(
+        max_frames=50, max_frame_pixels=10**6, max_bytes=10**7, max_decoded_bytes=57_600 * 4
+    )
+    error = _refused(data, limits, stride=3)  # 3 frames kept, 9 decoded
+    assert error.status == 413 and "video_max_decoded_mb" in error.message
+    assert "skipped frames are decoded too" in error.message
+    roomy = replace(limits, max_decoded_bytes=57_600 * 9)
+    assert len(decode_upload(data, roomy, stride=3).frames) == 3
+
+
+def test_a_stream_no_decoder_takes_is_a_415() -> None:
+    """An AVI whose fourcc names no codec ffmpeg has: PyAV gives the stream no codec context
+    (it was read as None: a 500)."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="avi") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        for _ in range(3):
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = buffer.getvalue()
+    assert len(decode_upload(data, LIMITS).frames) == 3  # the file as written decodes
+    error = _refused(data.replace(b"FMP4", b"ZZZZ"), LIMITS)
+    assert (error.status, error.type, error.param) == (415, "unsupported_media_type", "video")

@@ -139,3 +139,70 @@ def test_the_replicas_say_which_jpeg_decoder_they_use() -> None:
     assert jpeg_decoder("cpu") == "libjpeg"
     (decoded,) = decode_images([_rotated_jpeg(20, 10, 1)], "cpu")
     assert decoded.decoder == jpeg_decoder("cpu")
+
+
+def _tiled_tiff(tile: int, width: int = 16, height: int = 16) -> bytes:
+    """An RGB deflate TIFF of one ``tile`` x ``tile`` tile (its data the padded tile itself,
+    zeros), written tag by tag: PIL writes no tiled TIFFs."""
+    import struct
+
+    data = zlib.compress(bytes(tile * tile * 3) if tile <= 1024 else b"\0" * 64, 9)
+    tags = [
+        (256, 3, 1, width),
+        (257, 3, 1, height),
+        (258, 3, 3, 0),  # bits per sample: an offset, filled in below
+        (259, 3, 1, 8),  # deflate
+        (262, 3, 1, 2),  # RGB
+        (277, 3, 1, 3),
+        (284, 3, 1, 1),
+        (322, 4, 1, tile),
+        (323, 4, 1, tile),
+        (324, 4, 1, 0),  # tile offset: filled in below
+        (325, 4, 1, len(data)),
+    ]
+    ifd_size = 2 + len(tags) * 12 + 4
+    bits_at = 8 + ifd_size
+    data_at = bits_at + 6
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)))
+    for tag, kind, count, value in tags:
+        value = {258: bits_at, 324: data_at}.get(tag, value)
+        if kind == 3 and count == 1:
+            out += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, kind, count, value)
+    out += struct.pack("<I", 0) + struct.pack("<HHH", 8, 8, 8) + data
+    return bytes(out)
+
+
+def test_a_tiff_whose_tiles_dwarf_it_is_refused_before_libtiff_allocates_one() -> None:
+    """A 16x16 TIFF claiming 8192x8192-pixel tiles: libtiff would allocate one tile (200 MB;
+    the reviewer's 32768x21845 took 2.1 GB) to decode 256 pixels. Usual tiles (256 px) over a
+    small image still decode."""
+    assert rgb_image(_tiled_tiff(256)).shape == (16, 16, 3)
+    with pytest.raises(ImageTooLarge, match="tiles; a tile may have at most 1048576 pixels"):
+        rgb_image(_tiled_tiff(8192))
+    with pytest.raises(ImageTooLarge):
+        image_shape(_tiled_tiff(2048))  # the header alone is refused
+
+
+def _progressive_jpeg_with_scans(repeats: int) -> bytes:
+    """A progressive JPEG with one of its small refinement scans repeated ``repeats`` times:
+    each repeat walks every block of the image again (a few hundred bytes each)."""
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(
+        out, format="JPEG", progressive=True
+    )
+    data = out.getvalue()
+    scans = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    # the last scan runs to the EOI marker: repeat it before the EOI
+    last = data[scans[-1] : -2]
+    return data[:-2] + last * repeats + b"\xff\xd9"
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding() -> None:
+    ok = _progressive_jpeg_with_scans(50)
+    assert ok.count(b"\xff\xda") <= 100 and rgb_image(ok).shape == (64, 64, 3)
+    bomb = _progressive_jpeg_with_scans(120)
+    with pytest.raises(ImageTooLarge, match="scans; the limit is 100"):
+        rgb_image(bomb)

@@ -88,3 +88,11 @@ def test_registry_lists_models_under_an_s3_prefix(s3_endpoint: str) -> None:
     assert set(entries) == {"default", "chairs", "tables"}
     assert entries["chairs"].source == f"s3://{INPUT_BUCKET}/registry/runs/chairs.pt"
     assert entries["chairs"].origin == "s3_prefix"
+
+
+@pytest.mark.parametrize("uri", ["s3://[x/y", "s3://x]/y", "s3://bucket-only", "s3:///key"])
+def test_malformed_s3_uris_are_a_422_naming_the_field(uri: str) -> None:
+    """Refused before any client is made (nothing listens at the endpoint)."""
+    with pytest.raises(ApiError) as err:
+        fetch_s3(uri, 100, "http://127.0.0.1:9", [INPUT_BUCKET, "x"], "video_url")
+    assert (err.value.status, err.value.type, err.value.param) == (422, "invalid_url", "video_url")
