@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("meshline.decoding")
 
 # The service's image formats, for uploads (serve_app.imaging) and handle callers alike.
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+# MPO (phones' portrait and depth shots, stereo cameras) is a JPEG with more pictures appended:
+# its first picture is the photo, which any JPEG decoder reads; it is stored and served as one.
+JPEG_FORMATS = ("JPEG", "MPO")
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # Decode work a small file can ask for, bounded before anything decodes it (413):
@@ -108,6 +111,11 @@ def _check_decode_work(image: Any, data: bytes | bytearray | memoryview, what: s
             )
 
 
+def format_name(header: Any) -> str:
+    """The stored format of a header-checked image, lower-case: "jpeg" for an MPO too."""
+    return "jpeg" if header.format in JPEG_FORMATS else str(header.format).lower()
+
+
 def oriented_size(header: Any, size: tuple[int, int] | None = None) -> tuple[int, int]:
     """(width, height) of a header-read image as its EXIF orientation turns it (rotations by a
     quarter turn swap the sides): the size ``rgb_pixels`` will decode to. ``size``: the stored
@@ -163,7 +171,7 @@ def check_pixels(header: Any, what: str = "image") -> None:
     corrupt file fails as in ``rgb_pixels``. A JPEG decodes at 1/8 scale (libjpeg's DCT
     scaling still reads every coefficient of every block) in under a third of the time: 4.6 ->
     1.3 ms for an 810x1080 photo, 228 -> 81 ms for a 12 MP one."""
-    if header.format == "JPEG":
+    if header.format in JPEG_FORMATS:
         header.draft(header.mode, (max(1, header.width // 8), max(1, header.height // 8)))
     _decode(header, what, lambda image: np.empty(0, dtype=np.uint8))
 
@@ -270,7 +278,7 @@ def decode_images(
             data = bytes(item)
             header = open_header(data, max_pixels, "image")
             headers[index] = header
-            if header.format == "JPEG":
+            if header.format in JPEG_FORMATS:
                 jpegs.append((index, data, exif_orientation(header)))
         except InvalidInput as exc:
             out[index] = exc

@@ -64,7 +64,7 @@ def read_header(data: bytes, max_pixels: int, what: str = "image") -> ImageHeade
     # An EXIF block unreadable here (a PNG's eXIf chunk behind the pixels) reads as "as stored":
     # the replica checks a prompt again on the decoded image.
     width, height = decoding.oriented_size(image)
-    return ImageHeader(width, height, image.format.lower())
+    return ImageHeader(width, height, decoding.format_name(image))
 
 
 def check_image(data: bytes, max_pixels: int, what: str = "image") -> ImageHeader:
@@ -78,14 +78,14 @@ def check_image(data: bytes, max_pixels: int, what: str = "image") -> ImageHeade
         # swallowed and leave nothing for this check to decode.
         decoding.check_pixels(image, what)
     width, height = decoding.oriented_size(image, stored)
-    return ImageHeader(width, height, image.format.lower())
+    return ImageHeader(width, height, decoding.format_name(image))
 
 
 def decode_image(data: bytes, max_pixels: int, what: str = "image") -> DecodedImage:
     """The pixels decoded: a header can lie, so this is the real check (422 when corrupt)."""
     header = open_header(data, what, max_pixels)
     with _as_api_error():
-        return DecodedImage(decoding.rgb_pixels(header, what), (header.format or "png").lower())
+        return DecodedImage(decoding.rgb_pixels(header, what), decoding.format_name(header))
 
 
 def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.ndarray:

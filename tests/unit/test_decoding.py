@@ -206,3 +206,27 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding() -> None:
     bomb = _progressive_jpeg_with_scans(120)
     with pytest.raises(ImageTooLarge, match="scans; the limit is 100"):
         rgb_image(bomb)
+
+
+def test_an_mpo_photo_is_taken_as_the_jpeg_of_its_first_picture() -> None:
+    """Phones' portrait/depth shots and stereo cameras write MPO: a JPEG with more pictures
+    appended. It is accepted (it was a 415), stored as a JPEG, and decodes to its first
+    picture on both paths (PIL; torchvision's JPEG decoder in the model replicas)."""
+    from deployments.decoding import decode_images
+    from serve_app.imaging import check_image
+
+    photo = make_scene("box", 48, 64).image
+    depth = np.zeros_like(photo)
+    out = io.BytesIO()
+    Image.fromarray(photo).save(
+        out, format="MPO", save_all=True, append_images=[Image.fromarray(depth)], quality=95
+    )
+    data = out.getvalue()
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    header = check_image(data, 10**6)
+    assert (header.width, header.height, header.format) == (64, 48, "jpeg")
+    first = rgb_image(data)
+    assert first.shape == (48, 64, 3) and np.abs(first.astype(int) - photo).mean() < 4
+    [decoded] = decode_images([data], "cpu")
+    assert not isinstance(decoded, InvalidInput) and decoded.decoder == "libjpeg"
+    assert np.abs(decoded.tensor.permute(1, 2, 0).numpy().astype(int) - first).max() <= 2
