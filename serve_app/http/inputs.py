@@ -80,6 +80,17 @@ class NonFiniteNumber(ValueError):
     pass
 
 
+class IntegerOutOfRange(ValueError):
+    pass
+
+
+# Integers a client may send: 64-bit ids (a database's, a Label Studio import's) pass; nothing
+# the service counts or measures comes near, and a 400-digit one overflows float() downstream
+# (a percent, a duration: OverflowError, a 500).
+MAX_JSON_INT = 2**64
+_MAX_JSON_INT_DIGITS = len(str(MAX_JSON_INT))
+
+
 def _refuse_constant(name: str) -> float:
     raise NonFiniteNumber(f"{name} is not a number JSON allows")
 
@@ -91,9 +102,21 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _bounded_int(text: str) -> int:
+    # JSON has no leading zeros: the digit count bounds the value before int() converts it
+    # (int() is quadratic in the digits and refuses more than 4300).
+    if len(text.lstrip("-")) <= _MAX_JSON_INT_DIGITS:
+        value = int(text)
+        if abs(value) <= MAX_JSON_INT:
+            return value
+    shown = text if len(text) <= 24 else f"{text[:16]}… ({len(text)} characters)"
+    raise IntegerOutOfRange(f"integer {shown} is outside [-2**64, 2**64]")
+
+
 def load_json(data: bytes | str, settings: Settings, param: str, bad_status: int = 400) -> Any:
     """Parse client JSON after bounding its depth (max_json_depth), string count and structure
-    size; NaN, Infinity and numbers that overflow to infinity are refused (422).
+    size; NaN, Infinity, numbers that overflow to infinity and integers beyond 2**64 are
+    refused (422).
 
     ``bad_status``: the status of text that is not JSON (400 for a body, 422 for a field).
     """
@@ -126,16 +149,25 @@ def load_json(data: bytes | str, settings: Settings, param: str, bad_status: int
             param,
         )
     try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(
+            raw,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
     except NonFiniteNumber as exc:
         raise ApiError(
             422, f"{param}: {exc} (NaN and Infinity are refused)", "validation_error", param
+        ) from None
+    except IntegerOutOfRange as exc:
+        raise ApiError(
+            422, f"{param}: {exc} (64-bit integers)", "validation_error", param
         ) from None
     except RecursionError:  # unreachable below max_json_depth's bound (512): belt and braces
         raise ApiError(
             422, f"{param} is nested too deeply (max_json_depth)", LIMIT_ERROR, param
         ) from None
-    except ValueError:  # JSONDecodeError, bad UTF-8, an integer of more than 4300 digits
+    except ValueError:  # JSONDecodeError, bad UTF-8
         what = "request body" if param == "body" else param
         raise ApiError(bad_status, f"{what} is not valid JSON", "invalid_request", param) from None
 

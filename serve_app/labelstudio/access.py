@@ -166,7 +166,15 @@ class LabelStudioAccess:
                 "invalid_url",
                 "task.data",
             )
-        return urljoin(base + "/", url.lstrip("/"))
+        try:
+            return urljoin(base + "/", url.lstrip("/"))
+        except ValueError:  # "Invalid IPv6 URL": a hostname stored before setup checked it
+            raise ApiError(
+                422,
+                f"task file {url[:200]!r} cannot be resolved against {base[:200]!r}",
+                "invalid_url",
+                "task.data",
+            ) from None
 
     async def fetch(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -19,8 +20,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from deployments.errors import InvalidInput
+from deployments.netguard import UrlRefused, parse_http_url
 from deployments.protocol import DetectRequest, DetectResult
 from serve_app.http.errors import ApiError
+from serve_app.http.inputs import validate_model
 from serve_app.imaging import read_header
 from serve_app.labelstudio import projects, video
 from serve_app.labelstudio.access import LabelStudioAccess
@@ -35,7 +38,6 @@ from serve_app.labelstudio.schemas import (
     TaskPrediction,
 )
 from serve_app.predict.service import SegmentOptions, checked_model, segment
-from serve_app.schemas import request_context
 from serve_app.services import Services
 
 logger = logging.getLogger("meshline.labelstudio")
@@ -74,7 +76,8 @@ def backend(services: Services) -> Backend:
 async def setup(services: Services, body: SetupIn, owner: str | None) -> SetupOut:
     config = parse_label_config(body.schema_)
     extra = projects.check_extra_params(body.extra_params)
-    record = ProjectSetup(projects.project_id(body.project, owner), body.hostname, extra)
+    hostname = _hostname(body.hostname)
+    record = ProjectSetup(projects.project_id(body.project, owner), hostname, extra)
     model_id = await asyncio.to_thread(_model_for, services, record)
     _conf(record)  # a bad conf is refused now, where Label Studio shows it
     video.wait_s(record)
@@ -87,6 +90,19 @@ async def setup(services: Services, body: SetupIn, owner: str | None) -> SetupOu
     if body.access_token:
         backend(services).setup_tokens[record.project_id] = body.access_token
     return SetupOut(model_version=version)
+
+
+def _hostname(hostname: str | None) -> str | None:
+    """Label Studio's own URL (its HOSTNAME), the base of relative task URLs when
+    labelstudio_url is unset: refused here, where Label Studio shows the error, rather than at
+    every predict."""
+    if not hostname:
+        return None
+    try:
+        parse_http_url(hostname)
+    except UrlRefused as refused:
+        raise ApiError(422, f"hostname: {refused.message}", refused.kind, "hostname") from None
+    return hostname
 
 
 def deployments_used(config: LabelConfig) -> list[str]:
@@ -321,6 +337,18 @@ async def detect(
 
 
 # Interactive ------------------------------------------------------------------------------
+def _pixels(value: dict[str, Any], key: str, size: int) -> float:
+    """``value[key]``, a percent of ``size``, in pixels; ValueError unless a finite number
+    (float() takes "nan", and a huge integer overflows it)."""
+    try:
+        pixels = float(value[key]) * size / 100.0
+    except OverflowError:
+        raise ValueError(key) from None
+    if not math.isfinite(pixels):
+        raise ValueError(key)
+    return pixels
+
+
 def _prompt(
     context: list[dict[str, Any]], width: int, height: int
 ) -> tuple[str | None, str | None, dict[str, Any]]:
@@ -330,33 +358,47 @@ def _prompt(
     labels: list[int] = []
     box = None
     to_name = label = None
+    right, bottom = width - 1.0, height - 1.0
     for item in context:
         kind, value = item.get("type"), item.get("value")
         if not isinstance(value, dict) or kind not in ("keypointlabels", "rectanglelabels"):
             continue
         try:
-            x = float(value["x"]) * width / 100.0
-            y = float(value["y"]) * height / 100.0
+            x, y = _pixels(value, "x", width), _pixels(value, "y", height)
         except (KeyError, TypeError, ValueError):
             raise ApiError(
-                422, f"context {kind} needs numeric value.x and value.y", param="context"
+                422, f"context {kind} needs finite numeric value.x and value.y", param="context"
             ) from None
         to_name = to_name or item.get("to_name")
         names = value.get(kind)
         if label is None and isinstance(names, list) and names and isinstance(names[0], str):
             label = names[0]
         if kind == "keypointlabels":
-            points.append([min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)])
+            points.append([min(max(x, 0.0), right), min(max(y, 0.0), bottom)])
             labels.append(0 if item.get("is_positive") is False else 1)
         else:
             try:
-                w = float(value["width"]) * width / 100.0
-                h = float(value["height"]) * height / 100.0
+                w, h = _pixels(value, "width", width), _pixels(value, "height", height)
             except (KeyError, TypeError, ValueError):
                 raise ApiError(
-                    422, "context rectangle needs value.width and value.height", param="context"
+                    422,
+                    "context rectangle needs finite numeric value.width and value.height",
+                    param="context",
                 ) from None
-            box = [max(x, 0.0), max(y, 0.0), min(x + w, width - 1.0), min(y + h, height - 1.0)]
+            # Clipped to the image: what is left of a box drawn past its edge, or nothing.
+            box = [
+                min(max(x, 0.0), right),
+                min(max(y, 0.0), bottom),
+                min(max(x + w, 0.0), right),
+                min(max(y + h, 0.0), bottom),
+            ]
+            if not (box[0] < box[2] and box[1] < box[3]):
+                raise ApiError(
+                    422,
+                    "context rectangle has no area inside the image (value.x, value.y, "
+                    "value.width, value.height)",
+                    param="context",
+                )
     prompt: dict[str, Any] = {}
     if points:
         prompt.update(points=points, labels=labels)
@@ -398,9 +440,7 @@ async def interactive(
         image_id, width, height = known
     to_name, label, prompt = _prompt(context, width, height)
     control = next((b for b in brushes if b.to_name == to_name), brushes[0])
-    options = SegmentOptions.model_validate(
-        prompt, context=request_context(services.settings.max_prompt_points)
-    )
+    options = validate_model(SegmentOptions, prompt, services.settings, "context")
     try:
         answer = await segment(services, data, options, image_id)
     except ApiError as exc:

@@ -41,6 +41,10 @@ from serve_app.videos.schemas import PropagateOptions, VideoPromptIn
 VIDEO_WAIT_S = 60.0  # default wait for the job inside one predict
 MAX_VIDEO_WAIT_S = 90.0  # under Label Studio's ML_TIMEOUT_PREDICT (100 s)
 POLL_S = 0.25
+# Bounds of Label Studio's frame numbers and counts (over a day at 100 fps) and durations (a
+# week): beyond them the frame map's arithmetic loses meaning (a scale of 0.0, huge floats).
+MAX_LS_FRAMES = 10_000_000
+MAX_DURATION_S = 7 * 24 * 3600.0
 _creating: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
 
@@ -57,9 +61,45 @@ class Region:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ApiError(422, f"videorectangle {what} must be a number", param="context")
-    return float(value)
+    number = math.nan
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a float's range
+            pass
+    if not math.isfinite(number):
+        raise ApiError(422, f"videorectangle {what} must be a finite number", param="context")
+    return number
+
+
+def _frame(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LS_FRAMES:
+        raise ApiError(
+            422,
+            f"videorectangle {what} must be an integer in [1, {MAX_LS_FRAMES}]",
+            param="context",
+        )
+    return value
+
+
+def _unknown(value: Any) -> bool:
+    """Label Studio sends no count or duration, or 0 before the player knows it: unknown."""
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    )
+
+
+def _duration(value: Any) -> float | None:
+    if value is None:  # absent: no times in the answer
+        return None
+    duration = _number(value, "value.duration")
+    if not 0 < duration <= MAX_DURATION_S:
+        raise ApiError(
+            422,
+            f"videorectangle value.duration must be in (0, {MAX_DURATION_S:g}] seconds",
+            param="context",
+        )
+    return duration
 
 
 def regions_of(results: list[dict[str, Any]], control: Control, limit: int) -> list[Region]:
@@ -80,9 +120,7 @@ def regions_of(results: list[dict[str, Any]], control: Control, limit: int) -> l
         for key in sequence:
             if not isinstance(key, dict) or key.get("enabled") is False:
                 continue
-            frame = key.get("frame")
-            if isinstance(frame, bool) or not isinstance(frame, int) or frame < 1:
-                raise ApiError(422, "videorectangle frames are integers from 1", param="context")
+            frame = _frame(key.get("frame"), "frames")
             box = tuple(_number(key.get(k), k) for k in ("x", "y", "width", "height"))
             keyframes.append((frame, *box))
         total += len(keyframes)
@@ -95,7 +133,7 @@ def regions_of(results: list[dict[str, Any]], control: Control, limit: int) -> l
             )
         if not keyframes:
             continue
-        count, duration = value.get("framesCount"), value.get("duration")
+        count = value.get("framesCount")
         labels = value.get("labels")
         regions.append(
             Region(
@@ -104,10 +142,8 @@ def regions_of(results: list[dict[str, Any]], control: Control, limit: int) -> l
                 tuple(v for v in labels[:MAX_LABELS_PER_CONTROL] if isinstance(v, str))
                 if isinstance(labels, list)
                 else (),
-                int(count)
-                if isinstance(count, int) and not isinstance(count, bool) and count > 0
-                else None,
-                float(duration) if isinstance(duration, int | float) and duration > 0 else None,
+                None if _unknown(count) else _frame(count, "value.framesCount"),
+                None if _unknown(value.get("duration")) else _duration(value.get("duration")),
             )
         )
     return regions
@@ -142,6 +178,28 @@ def _frame_map(frames: int, ls_frames: int | None) -> tuple[Any, Any]:
     return to_index, to_frame
 
 
+def _prompts(regions: list[Region], frames: int, width: int, height: int) -> list[VideoPromptIn]:
+    """Each region's keyframes as box prompts on the decoded video (422 for an empty box)."""
+    prompts = []
+    right, bottom = width - 1.0, height - 1.0
+    for obj_id, region in enumerate(regions):
+        to_index, _ = _frame_map(frames, region.frames_count)
+        for frame, x, y, w, h in region.keyframes:
+            box = [
+                min(max(x * width / 100.0, 0.0), right),
+                min(max(y * height / 100.0, 0.0), bottom),
+                min(max((x + w) * width / 100.0, 0.0), right),
+                min(max((y + h) * height / 100.0, 0.0), bottom),
+            ]
+            try:
+                prompts.append(VideoPromptIn(frame_idx=to_index(frame), obj_id=obj_id, box=box))
+            except ValidationError:
+                raise ApiError(
+                    422, f"region {region.id}: the box on frame {frame} is empty", param="context"
+                ) from None
+    return prompts
+
+
 async def _start(
     services: Services,
     url: str,
@@ -162,30 +220,14 @@ async def _start(
         )
     data = await fetch(url, limits.max_bytes)
     decoded = await asyncio.to_thread(decode_upload, data, limits)
+    # Every prompt is checked before the video is stored: a refused one leaves nothing behind.
+    prompts = _prompts(regions, len(decoded.frames), decoded.width, decoded.height)
     video_id = await videos.create_video(services, decoded, owner)
     video = await asyncio.to_thread(videos.video_store(services).get, video_id)
     assert video is not None
-    starts = []
-    for obj_id, region in enumerate(regions):
-        to_index, _ = _frame_map(video.frames, region.frames_count)
-        for frame, x, y, w, h in region.keyframes:
-            right, bottom = video.width - 1.0, video.height - 1.0
-            box = [
-                min(max(x * video.width / 100.0, 0.0), right),
-                min(max(y * video.height / 100.0, 0.0), bottom),
-                min(max((x + w) * video.width / 100.0, 0.0), right),
-                min(max((y + h) * video.height / 100.0, 0.0), bottom),
-            ]
-            index = to_index(frame)
-            try:
-                prompt = VideoPromptIn(frame_idx=index, obj_id=obj_id, box=box)
-            except ValidationError:
-                raise ApiError(
-                    422, f"region {region.id}: the box on frame {frame} is empty", param="context"
-                ) from None
-            await videos.add_prompt(services, video, prompt)
-            starts.append(index)
-    options = PropagateOptions(start_frame=min(starts), direction="forward")
+    for prompt in prompts:
+        await videos.add_prompt(services, video, prompt)
+    options = PropagateOptions(start_frame=min(p.frame_idx for p in prompts), direction="forward")
     job_id = await videos.start_propagation(services, video, options, owner)
     return {"video_id": video_id, "job_id": job_id}
 

@@ -80,3 +80,38 @@ def test_tracks_are_mask_boxes_and_end_where_the_object_is_lost() -> None:
         "time": 0.1,
     }
     assert sequence[2]["enabled"] and sequence[2]["x"] == 25.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("x", 10**400),  # beyond a float: math.isfinite overflowed
+        ("width", float("nan")),
+        ("frame", 10**400),
+        ("frame", 10_000_001),
+        ("framesCount", 10**400),  # a frame scale of 0.0, then a division by it
+        ("framesCount", -3),
+        ("framesCount", 2.5),
+        ("duration", 10**400),
+        ("duration", -1.0),
+        ("duration", float("inf")),
+        ("duration", "2s"),
+    ],
+    ids=lambda v: str(v)[:12],
+)
+def test_keyframe_numbers_out_of_range_are_a_422(key: str, value: object) -> None:
+    item = region([1], framesCount=20, duration=2.0)
+    target = item["value"]["sequence"][0] if key in ("x", "width", "frame") else item["value"]
+    target[key] = value
+    with pytest.raises(ApiError) as refused:
+        regions_of([item], CONTROL, 10)
+    assert (refused.value.status, refused.value.type) == (422, "invalid_request")
+    assert refused.value.param == "context"
+
+
+def test_absent_or_zero_frames_count_and_duration_are_unknown() -> None:
+    (found,) = regions_of([region([10_000_000], framesCount=None)], CONTROL, 10)
+    assert (found.frames_count, found.duration, found.keyframes[0][0]) == (None, None, 10_000_000)
+    # Label Studio's player sends 0 before it knows the video's length.
+    (found,) = regions_of([region([3], framesCount=0, duration=0)], CONTROL, 10)
+    assert (found.frames_count, found.duration) == (None, None)
