@@ -28,11 +28,18 @@ logger = logging.getLogger("meshline.runner")
 
 
 def sweep_expired(store: JobStore, files: ArtifactStore, ttl_s: float) -> list[str]:
-    """Delete jobs that ended more than ``ttl_s`` ago, with their artifacts."""
-    removed = store.delete_finished_before(utcnow() - timedelta(seconds=ttl_s))
-    for job_id in removed:
-        files.delete_job(job_id)
-    return removed
+    """Delete jobs that ended more than ``ttl_s`` ago: their files first, then their rows. A
+    job whose files could not be deleted (S3 unreachable) keeps its row, so the next sweep
+    tries again; rows deleted first would leave such files behind for ever."""
+    cleared = []
+    for job_id in store.finished_before(utcnow() - timedelta(seconds=ttl_s)):
+        try:
+            files.delete_job(job_id)
+        except Exception:
+            logger.warning("retention: the files of job %s stay for now", job_id, exc_info=True)
+            continue
+        cleared.append(job_id)
+    return store.delete_jobs(cleared)
 
 
 class JobRunner:

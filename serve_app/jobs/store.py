@@ -705,23 +705,33 @@ class JobStore:
             )
             return True
 
-    def delete_finished_before(self, cutoff: datetime, limit: int = 500) -> list[str]:
-        """Delete ended jobs that finished before ``cutoff``; returns their ids."""
-        with self.engine.begin() as conn:
-            ids = (
+    def finished_before(self, cutoff: datetime, limit: int = 500) -> list[str]:
+        """Ended jobs that finished before ``cutoff`` (the retention sweep's), oldest first."""
+        with self.engine.connect() as conn:
+            return list(
                 conn.execute(
                     select(jobs.c.id)
                     .where(jobs.c.status.in_(TERMINAL), jobs.c.finished_at < cutoff)
+                    .order_by(jobs.c.finished_at)
                     .limit(limit)
-                )
-                .scalars()
-                .all()
+                ).scalars()
             )
-            if ids:
-                conn.execute(artifacts.delete().where(artifacts.c.job_id.in_(ids)))
-                conn.execute(stages.delete().where(stages.c.job_id.in_(ids)))
-                conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
-        return list(ids)
+
+    def delete_jobs(self, ids: Sequence[str]) -> list[str]:
+        """Delete these ended jobs (their stages and artifact records); returns those deleted."""
+        if not ids:
+            return []
+        with self.engine.begin() as conn:
+            ended = list(
+                conn.execute(
+                    select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.status.in_(TERMINAL))
+                ).scalars()
+            )
+            if ended:
+                conn.execute(artifacts.delete().where(artifacts.c.job_id.in_(ended)))
+                conn.execute(stages.delete().where(stages.c.job_id.in_(ended)))
+                conn.execute(jobs.delete().where(jobs.c.id.in_(ended)))
+        return ended
 
     def finish_job(
         self, job_id: str, status: str, error: str | None = None, owner: str | None = None

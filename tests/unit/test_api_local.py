@@ -133,3 +133,29 @@ def test_a_submit_the_store_fails_leaves_no_inputs_behind(tmp_path: Path) -> Non
     accepted = asyncio.run(submit())
     assert accepted.status_code == 202
     assert [p.name for p in services.artifacts.root.iterdir()] == [accepted.json()["job_id"]]
+
+
+def test_a_job_whose_files_cannot_be_deleted_keeps_its_row_for_the_next_sweep(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """Files first, then the row: the S3 store refusing the delete (here its bucket is gone)
+    leaves the job listed, and the next sweep, with the store back, deletes both."""
+    from sqlalchemy import update
+
+    from serve_app.jobs.tables import jobs
+    from serve_app.storage.artifacts import S3ArtifactStore
+
+    services = local_services(tmp_path)
+    store, files = services.store, services.artifacts
+    old = store.create({}, {"image": "input.png"}, ["segment"], [("input.png", "image/png", 3)])
+    files.put(old, "input.png", b"abc")
+    store.finish_job(old, "succeeded")
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(jobs).where(jobs.c.id == old).values(finished_at=utcnow() - timedelta(days=8))
+        )
+    gone = S3ArtifactStore("s3://no-such-bucket/artifacts", s3_endpoint)
+    assert sweep_expired(store, gone, ttl_s=7 * 24 * 3600) == []
+    assert store.get(old) is not None  # still listed: its files are still to delete
+    assert sweep_expired(store, files, ttl_s=7 * 24 * 3600) == [old]
+    assert store.get(old) is None and not (files.root / old).exists()

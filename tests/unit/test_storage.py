@@ -178,8 +178,9 @@ def test_retention_deletes_only_old_finished_jobs(store: JobStore) -> None:
     running = store.create({}, {"image": "i.png"}, STAGES)
     store.finish_job(old, "succeeded")
     assert store.claim_next("r", 30) == running
-    assert store.delete_finished_before(utcnow() - timedelta(hours=1)) == []
-    assert store.delete_finished_before(utcnow() + timedelta(seconds=1)) == [old]
+    assert store.finished_before(utcnow() - timedelta(hours=1)) == []
+    assert store.finished_before(utcnow() + timedelta(seconds=1)) == [old]
+    assert store.delete_jobs([old, running]) == [old]  # a job still running is kept
     assert store.get(old) is None and store.get(running) is not None
 
 
