@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -111,7 +112,10 @@ class LocalArtifactStore:
         return self.path(job_id, name).is_file()
 
     def delete_job(self, job_id: str) -> None:
-        shutil.rmtree(self.root / check_job_id(job_id), ignore_errors=True)
+        # Gone already is done; any other failure is raised, so the job's row stays for the
+        # next retention sweep (its files would be left behind for ever otherwise).
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.root / check_job_id(job_id))
 
 
 class S3ArtifactStore:
