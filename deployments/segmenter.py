@@ -12,8 +12,6 @@ import contextlib
 import logging
 import threading
 import time
-import weakref
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -53,7 +51,7 @@ from deployments.protocol import (
     image_route,
 )
 from deployments.sam2_predictor import predict_masks, set_images
-from deployments.video import PropagationRequest, VideoSession, release_idle
+from deployments.video import PropagationRequest, VideoSession, VideoSessions, release_idle
 
 if TYPE_CHECKING:
     import torch
@@ -587,8 +585,7 @@ class SegmenterDeployment:
         model_name = "sam3" if config.backend == "sam3" else config.config_name
         observe_model_load("Segmenter", model_name, time.perf_counter() - started)
         self._config = config
-        self._sessions: weakref.WeakSet[VideoSession] = weakref.WeakSet()
-        self._videos: OrderedDict[str, VideoSession] = OrderedDict()  # LRU, max_video_sessions
+        self._videos = VideoSessions(config.max_video_sessions, self._model.new_session)
 
         async def route(routed_id: str) -> str:
             return routed_id  # a routing entry only: what it names is held elsewhere
@@ -615,30 +612,20 @@ class SegmenterDeployment:
     async def _session(self, video_id: str) -> VideoSession:
         """This replica's session of ``video_id`` (a new, empty one if it has none), LRU."""
         await self._route(video_id)  # advertise it: the next call comes here
-        session = self._videos.get(video_id)
-        if session is not None:
-            self._videos.move_to_end(video_id)
-            return session
-        while len(self._videos) >= self._config.max_video_sessions:
-            _, evicted = self._videos.popitem(last=False)
-            await asyncio.to_thread(evicted.release)  # a busy one is freed when its call ends
-        session = self._model.new_session(video_id)
-        self._sessions.add(session)
-        self._videos[video_id] = session
-        return session
+        return await self._videos.get(video_id)
 
     async def _release_idle_sessions(self) -> None:
         interval = min(30.0, self._config.video_session_idle_s / 2)
         while True:
             await asyncio.sleep(interval)
             freed = await asyncio.to_thread(
-                release_idle, list(self._sessions), self._config.video_session_idle_s
+                release_idle, list(self._videos.all), self._config.video_session_idle_s
             )
             if freed:
                 logger.info("freed %d idle video session(s)", freed)
 
     async def info(self) -> dict[str, Any]:
-        live = [s for s in self._sessions if s.state is not None]
+        live = [s for s in self._videos.all if s.state is not None]
         return {
             **self._model.info(),
             "video_sessions": sorted(s.video_id for s in live),

@@ -10,13 +10,18 @@ session replays whatever it has not applied yet. The call types (``FrameSource``
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
 import importlib.util
+import json
 import logging
 import shutil
 import tempfile
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,9 +119,20 @@ class PropagationRequest:
     max_frames: int | None = None  # frames after the start frame; None = to the video's end
 
 
+def applied_as(prompt: VideoPrompt) -> tuple[int, str]:
+    """A prompt as a session remembers applying it: its seq and a digest of what it says. A seq
+    alone can come back naming another prompt (the store removes a prompt whose call failed and
+    gives its seq to the next one) while an orphaned call of the first one still reached this
+    session: matched by seq only, the session went on tracking the withdrawn prompt's object."""
+    content = [prompt.frame_idx, prompt.obj_id, prompt.points, prompt.labels, prompt.box]
+    content.append(prompt.mask_rle)
+    digest = hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=16)
+    return prompt.seq, digest.hexdigest()
+
+
 @dataclass(eq=False)  # identity semantics: sessions are kept in weak sets
 class VideoSession:
-    """SAM2 inference state for one video, with the prompt sequence numbers it has applied."""
+    """SAM2 inference state for one video, with the prompts it has applied (``applied_as``)."""
 
     video_id: str
     predictor: Any  # sam2.sam2_video_predictor.SAM2VideoPredictor
@@ -124,7 +140,7 @@ class VideoSession:
     offload_state_to_cpu: bool = False
     autocast: Callable[[], Any] | None = None  # a fresh autocast context per thread (bf16 on CUDA)
     state: dict[str, Any] | None = None
-    applied: list[int] = field(default_factory=list)
+    applied: list[tuple[int, str]] = field(default_factory=list)  # applied_as of each prompt
     last_used: float = field(default_factory=time.monotonic)
     builds: int = 0
     _dirty: bool = False  # holds inputs that are not in the history (resume seeds)
@@ -155,11 +171,15 @@ class VideoSession:
         self._check_cost(source)
         folder, temporary = materialize_frames(source, self.scratch)
         started = time.perf_counter()
-        self.state = self.predictor.init_state(
-            str(folder), offload_video_to_cpu=True, offload_state_to_cpu=self.offload_state_to_cpu
-        )
-        if temporary:  # SAM2 decoded every frame into memory: the copy is not needed again
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            self.state = self.predictor.init_state(
+                str(folder),
+                offload_video_to_cpu=True,
+                offload_state_to_cpu=self.offload_state_to_cpu,
+            )
+        finally:  # SAM2 decoded every frame into memory (or failed): the copy goes either way
+            if temporary:
+                shutil.rmtree(folder, ignore_errors=True)
         self.applied, self._dirty, self.builds = [], False, self.builds + 1
         logger.info(
             "video %s: session built (%d frames) in %.2f s",
@@ -220,13 +240,13 @@ class VideoSession:
         assert self.state is not None
         if self.state["num_frames"] != source.frames:
             raise InvalidInput("the stored frames changed under this session", param="video_id")
-        seqs = [p.seq for p in history]
-        if self._dirty or seqs[: len(self.applied)] != self.applied:
+        seen = [applied_as(p) for p in history]
+        if self._dirty or seen[: len(self.applied)] != self.applied:
             self.predictor.reset_state(self.state)
             self.applied, self._dirty = [], False
-        for prompt in history[len(self.applied) :]:
+        for prompt, identity in zip(history[len(self.applied) :], seen[len(self.applied) :]):
             self._apply(prompt)
-            self.applied.append(prompt.seq)
+            self.applied.append(identity)
 
     def _apply(self, prompt: VideoPrompt) -> dict[int, np.ndarray]:
         assert self.state is not None
@@ -247,6 +267,10 @@ class VideoSession:
             )
         return _masks_by_object(obj_ids, logits)
 
+    @property
+    def applied_seqs(self) -> list[int]:
+        return [seq for seq, _ in self.applied]
+
     def _guarded(self) -> _Guard:
         return _Guard(self)
 
@@ -259,7 +283,7 @@ class VideoSession:
         with self._guarded():
             self._sync(source, history[:-1])
             masks = self._apply(new)
-            self.applied.append(new.seq)
+            self.applied.append(applied_as(new))
         mask = masks[new.obj_id]
         return VideoPromptResult(
             frame_idx=new.frame_idx,
@@ -343,6 +367,37 @@ def _masks_by_object(obj_ids: list[int], logits: Any) -> dict[int, np.ndarray]:
     """SAM2 returns mask logits (n_obj, 1, H, W) at the video's resolution; > 0 is the mask."""
     array = (logits > 0.0).cpu().numpy()
     return {int(obj): array[i, 0] for i, obj in enumerate(obj_ids)}
+
+
+class VideoSessions:
+    """A replica's sessions by video, LRU, at most ``limit``: a new one evicts the least
+    recently used (freed off the event loop; a busy one when its call ends)."""
+
+    def __init__(self, limit: int, new: Callable[[str], VideoSession]) -> None:
+        self._limit, self._new = limit, new
+        self._lru: OrderedDict[str, VideoSession] = OrderedDict()
+        self.all: weakref.WeakSet[VideoSession] = weakref.WeakSet()  # evicted ones until freed
+
+    def ids(self) -> list[str]:
+        return list(self._lru)
+
+    async def get(self, video_id: str) -> VideoSession:
+        session = self._lru.get(video_id)
+        if session is not None:
+            self._lru.move_to_end(video_id)
+            return session
+        # Evicted and replaced with no await between: a concurrent first call for the same
+        # video finds this session (awaiting each release first let two calls each evict one
+        # and build a session of their own, one of them untracked).
+        evicted = []
+        while len(self._lru) >= self._limit:
+            evicted.append(self._lru.popitem(last=False)[1])
+        session = self._new(video_id)
+        self.all.add(session)
+        self._lru[video_id] = session
+        for old in evicted:
+            await asyncio.to_thread(old.release)
+        return session
 
 
 def release_idle(sessions: list[VideoSession], idle_s: float) -> int:

@@ -20,6 +20,7 @@ from serve_app.videos.ingest import VideoLimits, decode_upload, frames_from_imag
 from serve_app.videos.schemas import PropagateOptions
 from serve_app.videos.store import VideoRecord, VideoStore
 from tests.helpers import (
+    ARTIFACT_BUCKET,
     encode_png,
     encode_video,
     moving_disk_video,
@@ -217,7 +218,7 @@ def test_session_prompt_propagate_and_rebuild(segmenter: Any, frames_dir: tuple[
     assert first.obj_id == 7 and first.builds == 1
     assert decode_rle(first.rle).shape == (120, 160)
     result = session.prompt(source, history)
-    assert session.applied == [1, 2] and result.builds == 1  # no rebuild: the state was kept
+    assert session.applied_seqs == [1, 2] and result.builds == 1  # no rebuild: the state was kept
     tracked = _propagate(session, source, history, PropagationRequest(0, False))
     assert sorted(tracked) == list(range(8))
     assert all(set(masks) == {7, 9} for masks in tracked.values())
@@ -226,7 +227,7 @@ def test_session_prompt_propagate_and_rebuild(segmenter: Any, frames_dir: tuple[
     # Another replica (a fresh session) rebuilds from the stored frames + history: same masks.
     rebuilt = segmenter.new_session("v1")
     again = _propagate(rebuilt, source, history, PropagationRequest(0, False))
-    assert rebuilt.builds == 1 and rebuilt.applied == [1, 2]
+    assert rebuilt.builds == 1 and rebuilt.applied_seqs == [1, 2]
     assert all(again[f][7]["counts"] == tracked[f][7]["counts"] for f in range(8))
 
     # Released (idle/evicted) state is rebuilt on the next call.
@@ -239,7 +240,25 @@ def test_session_prompt_propagate_and_rebuild(segmenter: Any, frames_dir: tuple[
         source,
         [history[0], VideoPrompt(seq=3, frame_idx=2, obj_id=7, points=[[5.0, 5.0]], labels=[0])],
     )
-    assert session.applied == [1, 3]
+    assert session.applied_seqs == [1, 3]
+
+
+def test_a_seq_given_to_another_prompt_is_replayed_not_taken_as_applied(
+    segmenter: Any, frames_dir: tuple[Path, Any]
+) -> None:
+    """The store gives a removed prompt's seq to the next one; a call of the removed prompt
+    that still reached this session must not pass for the new one: it is replayed, and the
+    propagation tracks the new prompt's object, not the withdrawn one's."""
+    folder, video = frames_dir
+    source = FrameSource("dir", str(folder), 8)
+    first, kept = _history(video)  # objects 7 and 9 (seq 2)
+    withdrawn = VideoPrompt(seq=2, frame_idx=0, obj_id=5, box=[60.0, 40.0, 120.0, 100.0])
+    session = segmenter.new_session("v4")
+    session.prompt(source, [first, withdrawn])  # the orphaned call, applied as seq 2
+    tracked = _propagate(session, source, [first, kept], PropagationRequest(0, False, 2))
+    assert sorted(tracked) == [0, 1, 2]
+    assert all(set(masks) == {7, 9} for masks in tracked.values())
+    assert session.applied_seqs == [1, 2] and session.builds == 1
 
 
 def test_stop_and_resume_with_seeds(segmenter: Any, frames_dir: tuple[Path, Any]) -> None:
@@ -260,7 +279,7 @@ def test_stop_and_resume_with_seeds(segmenter: Any, frames_dir: tuple[Path, Any]
     session.prompt(
         source, [*history, VideoPrompt(seq=2, frame_idx=4, obj_id=8, box=[2.0, 2.0, 30.0, 30.0])]
     )
-    assert session.applied == [1, 2]
+    assert session.applied_seqs == [1, 2]
 
 
 def test_session_rejects_changed_frames(segmenter: Any, frames_dir: tuple[Path, Any]) -> None:
@@ -405,3 +424,46 @@ def test_segmenter_refuses_too_many_and_non_finite_points(segmenter: Any) -> Non
         _validate_prompt([[float("nan"), 1.0]], None, None, 100, 100)
     with pytest.raises(InvalidInput):
         _validate_prompt(None, None, [0.0, 0.0, float("nan"), 5.0], 100, 100)
+
+
+def test_a_session_that_fails_to_build_leaves_no_frame_copy(
+    segmenter: Any, frames_dir: tuple[Path, Any], s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Frames in S3 are copied to the scratch folder for SAM2 to read; a build that fails (a
+    corrupt frame here) removes the copy as a successful one does (each retry left one)."""
+    from dataclasses import replace
+
+    import boto3
+
+    folder, _ = frames_dir
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    prefix = f"videos/{tmp_path.name}/"
+    for index in range(8):
+        body = b"not a jpeg" if index == 5 else (folder / frame_name(index)).read_bytes()
+        s3.put_object(Bucket=ARTIFACT_BUCKET, Key=f"{prefix}{frame_name(index)}", Body=body)
+    source = FrameSource("s3", f"s3://{ARTIFACT_BUCKET}/{prefix}", 8, s3_endpoint)
+    session = replace(segmenter.new_session("v5"), scratch=tmp_path / "scratch")
+    with pytest.raises(Exception):  # noqa: B017 — whatever SAM2's frame loader raises
+        session.prompt(source, _history(frames_dir[1])[:1])
+    assert session.state is None
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_concurrent_first_calls_for_one_video_share_one_session(segmenter: Any) -> None:
+    """A full LRU (2 sessions) and two first calls for video c at once: one session for c, one
+    eviction (a). Awaiting each eviction's release before inserting let both calls evict a
+    session each and build two sessions of c, one of them untracked."""
+    import asyncio
+
+    from deployments.video import VideoSessions
+
+    async def run() -> tuple[Any, Any, list[str]]:
+        sessions = VideoSessions(2, segmenter.new_session)
+        await sessions.get("a")
+        await sessions.get("b")
+        first, second = await asyncio.gather(sessions.get("c"), sessions.get("c"))
+        return first, second, sessions.ids()
+
+    first, second, ids = asyncio.run(run())
+    assert first is second
+    assert ids == ["b", "c"]
