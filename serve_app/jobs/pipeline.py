@@ -583,8 +583,9 @@ async def run_propagate(ctx: StageContext) -> dict[str, Any]:
                     finished.result()  # a failed write fails the stage now, not at the end
         except BaseException:
             stream.cancel()  # stop tracking in the replica (cancel, timeout, lost lease)
-            for task in writes:
-                task.cancel()
+            # Writes under way finish (a few ms each; their threads would go on anyway): left
+            # running, they landed after a deleted video's folder was removed, for ever.
+            await asyncio.shield(asyncio.gather(*writes, return_exceptions=True))
             raise
         await asyncio.gather(*writes)
     seconds = time.perf_counter() - started

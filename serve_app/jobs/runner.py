@@ -188,6 +188,14 @@ class JobRunner:
         task.cancel()
         return True
 
+    async def stopped(self, job_id: str, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, for this runner's task of ``job_id`` to end (after a
+        cancel); True when none is running here any more."""
+        task = self._active.get(job_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout_s)
+        return task is None or task.done()
+
     async def _keep_lease(self, job_id: str, job_task: asyncio.Task[None]) -> None:
         """Renew the lease; stop the job when it was cancelled or taken over elsewhere. A
         renewal that fails (the store briefly unreachable, SQLite busy) is retried at the next

@@ -4,6 +4,8 @@ read masks, export, delete, expire. What the routers and the ingress's janitor c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import time
 import uuid
@@ -44,7 +46,9 @@ from serve_app.videos.schemas import (
     VideoPromptResult,
     VideoPublic,
 )
-from serve_app.videos.store import VideoRecord, VideoStore
+from serve_app.videos.store import VideoGone, VideoRecord, VideoStore
+
+logger = logging.getLogger("meshline.videos")
 
 VIDEO_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_MASK_RANGE = 64  # frames per ranged masks request
@@ -118,18 +122,32 @@ async def create_video(services: Services, decoded: DecodedVideo, owner: str | N
     next: the Segmenter is woken now, so its cold start overlaps the frames' storing."""
     services.runner.waker.wake(["Segmenter"])
     video_id = uuid.uuid4().hex
-    await asyncio.to_thread(store_frames, services.artifacts, video_id, decoded.frames)
-    await asyncio.to_thread(
-        video_store(services).create,
-        video_id,
-        len(decoded.frames),
-        decoded.width,
-        decoded.height,
-        decoded.fps,
-        decoded.source,
-        owner,
-    )
+    # One thread for both: a request cancelled meanwhile (the client gone) does not stop it,
+    # so the video is made whole (and expires unused after video_ttl_s) instead of leaving
+    # frames that no record names.
+    await asyncio.to_thread(_store_video, services, video_id, decoded, owner)
     return video_id
+
+
+def _store_video(
+    services: Services, video_id: str, decoded: DecodedVideo, owner: str | None
+) -> None:
+    """In a thread: the frames, then the record; a failure of either removes the frames."""
+    try:
+        store_frames(services.artifacts, video_id, decoded.frames)
+        video_store(services).create(
+            video_id,
+            len(decoded.frames),
+            decoded.width,
+            decoded.height,
+            decoded.fps,
+            decoded.source,
+            owner,
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            services.artifacts.delete_job(video_id)
+        raise
 
 
 async def frame_jpeg(services: Services, record: VideoRecord, frame_idx: int) -> bytes:
@@ -138,6 +156,43 @@ async def frame_jpeg(services: Services, record: VideoRecord, frame_idx: int) ->
 
 
 # Prompts --------------------------------------------------------------------------------------
+_late: set[asyncio.Future[None]] = set()  # cleanups after their request (kept referenced)
+STOP_WAIT_S = 10.0  # a cancelled job's writes under way: a few ms each
+
+
+def _append_prompt(
+    store: VideoStore,
+    video_id: str,
+    entry: tuple[int, int, list[list[float]] | None, list[int] | None, list[float] | None],
+    settings: Settings,
+) -> tuple[int, list[dict[str, Any]]]:
+    """In a thread: insert the prompt, read the history up to it and check the limits after
+    the insert (two racing prompts cannot both take the last object); a refused prompt is
+    removed before this returns. A video deleted meanwhile is a 404."""
+    try:
+        seq = store.add_prompt(video_id, *entry)
+    except VideoGone:
+        raise ApiError(404, f"video {video_id} not found", "not_found", "video_id") from None
+    history = [p for p in store.prompts(video_id) if p["seq"] <= seq]
+    if not objects_within_limit(history, settings.video_max_objects):
+        store.remove_prompt(video_id, seq)
+        raise _objects_refused(entry[1], settings.video_max_objects)
+    if len(history) > settings.video_max_prompts:
+        store.remove_prompt(video_id, seq)
+        raise _prompts_refused(settings.video_max_prompts)
+    return seq, history
+
+
+def _withdraw_late(store: VideoStore, video_id: str, done: asyncio.Future[Any]) -> None:
+    """The insert of a prompt whose request was cancelled, now finished: remove it."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    seq, _ = done.result()
+    removal = asyncio.ensure_future(asyncio.to_thread(store.remove_prompt, video_id, seq))
+    _late.add(removal)
+    removal.add_done_callback(_late.discard)
+
+
 def _objects_refused(obj_id: int, limit: int) -> ApiError:
     return ApiError(
         422,
@@ -197,22 +252,23 @@ async def add_prompt(
     )
     points = [list(p) for p in prompt.points] if prompt.points else None
     labels = list(prompt.labels) if prompt.labels else ([1] * len(points) if points else None)
-    seq = await asyncio.to_thread(
-        store.add_prompt,
-        video_id,
+    entry = (
         prompt.frame_idx,
         prompt.obj_id,
         points,
         labels,
         list(prompt.box) if prompt.box else None,
     )
-    history = [p for p in await asyncio.to_thread(store.prompts, video_id) if p["seq"] <= seq]
-    if not objects_within_limit(history, settings.video_max_objects):
-        await asyncio.to_thread(store.remove_prompt, video_id, seq)
-        raise _objects_refused(prompt.obj_id, settings.video_max_objects)
-    if len(history) > settings.video_max_prompts:
-        await asyncio.to_thread(store.remove_prompt, video_id, seq)
-        raise _prompts_refused(settings.video_max_prompts)
+    # Shielded: a request cancelled while the insert runs (its thread goes on) must not leave
+    # a prompt the Segmenter never saw in the history, counted and replayed for ever.
+    appending = asyncio.ensure_future(
+        asyncio.to_thread(_append_prompt, store, video_id, entry, settings)
+    )
+    try:
+        seq, history = await asyncio.shield(appending)
+    except asyncio.CancelledError:
+        appending.add_done_callback(lambda done: _withdraw_late(store, video_id, done))
+        raise
     started = time.perf_counter()
     try:
         request = VideoPromptRequest(
@@ -222,7 +278,8 @@ async def add_prompt(
         )
         result = await services.handles.segmenter_client.video_prompt(request)
     except BaseException:
-        await asyncio.to_thread(store.remove_prompt, video_id, seq)  # a failed prompt is no history
+        # A failed prompt is no history (shielded: a cancelled request still removes it).
+        await asyncio.shield(asyncio.to_thread(store.remove_prompt, video_id, seq))
         raise
     rle = result.rle
     bbox = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode()}).tolist()
@@ -345,13 +402,31 @@ async def export_masks(services: Services, record: VideoRecord, format: str) -> 
 
 # Deletion -------------------------------------------------------------------------------------
 async def delete_everywhere(services: Services, video_id: str) -> bool:
-    """Cancel the video's unfinished jobs (their callbacks are delivered), then drop its
-    records and files."""
-    for job_id in await asyncio.to_thread(services.store.unfinished_jobs_for_video, video_id):
+    """Cancel the video's unfinished jobs (their callbacks are delivered) and wait for those
+    running here to stop, then drop its records and files. A job another replica runs stops
+    at its next lease check, and a mask it was writing may land after the files went: they
+    are deleted once more after that."""
+    cancelled = await asyncio.to_thread(services.store.unfinished_jobs_for_video, video_id)
+    for job_id in cancelled:
         await jobs.cancel(services, job_id)
+        await services.runner.stopped(job_id, STOP_WAIT_S)
     deleted = await asyncio.to_thread(video_store(services).delete, video_id)
     await asyncio.to_thread(services.artifacts.delete_job, video_id)
+    if cancelled:
+        again = asyncio.ensure_future(
+            _delete_files_later(services, video_id, services.settings.cancel_check_interval_s * 2)
+        )
+        _late.add(again)
+        again.add_done_callback(_late.discard)
     return deleted
+
+
+async def _delete_files_later(services: Services, video_id: str, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    try:
+        await asyncio.to_thread(services.artifacts.delete_job, video_id)
+    except Exception:
+        logger.warning("video %s: its files' second deletion failed", video_id, exc_info=True)
 
 
 async def expire_idle(services: Services) -> list[str]:

@@ -94,6 +94,10 @@ class MaskRecord:
     bytes: int
 
 
+class VideoGone(LookupError):
+    """The video was deleted (or expired) under the call."""
+
+
 class VideoStore:
     """Blocking SQLAlchemy calls: the API runs them in threads."""
 
@@ -215,10 +219,16 @@ class VideoStore:
         labels: list[int] | None,
         box: list[float] | None,
     ) -> int:
-        """Append to the video's prompt history; returns its sequence number."""
+        """Append to the video's prompt history; returns its sequence number. VideoGone when
+        the video was deleted meanwhile (its row is touched first, inside the transaction)."""
         for _ in range(5):  # two concurrent prompts may pick the same next seq: retry
             try:
                 with self.engine.begin() as conn:
+                    touched = conn.execute(
+                        update(videos).where(videos.c.id == video_id).values(last_used_at=utcnow())
+                    )
+                    if touched.rowcount != 1:
+                        raise VideoGone(video_id)
                     seq = (
                         conn.execute(
                             select(func.coalesce(func.max(video_prompts.c.seq), 0)).where(
@@ -238,9 +248,6 @@ class VideoStore:
                             box=box,
                             created_at=utcnow(),
                         )
-                    )
-                    conn.execute(
-                        update(videos).where(videos.c.id == video_id).values(last_used_at=utcnow())
                     )
                 return int(seq)
             except IntegrityError:
