@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from clients.backends import backends_app
 from clients.client import AuthenticationError, MeshlineClient, MeshlineError
@@ -214,12 +215,18 @@ def _print_status(job: dict[str, Any]) -> None:
         table.add_column(column)
     for stage in job["stages"]:
         seconds = "" if stage["seconds"] is None else f"{stage['seconds']:.2f}"
+        # Server text is shown as text: "[/]" in an error is no Rich markup (it crashed the
+        # CLI) and "[link=…]" no link.
         table.add_row(
-            stage["name"], stage["status"], str(stage["attempts"]), seconds, stage["error"] or ""
+            stage["name"],
+            stage["status"],
+            str(stage["attempts"]),
+            seconds,
+            Text(stage["error"] or ""),
         )
     console.print(table)
     if job.get("error"):
-        console.print(f"[red]{job['error']}[/red]")
+        console.print(Text(job["error"], style="red"))
     if job["artifacts"]:
         console.print("artifacts: " + ", ".join(a["name"] for a in job["artifacts"]))
 

@@ -115,7 +115,7 @@ class KeyRing:
     def __init__(self, entries: list[ApiKeyEntry], path: Path | None = None) -> None:
         self._static = list(entries)
         self._path = path
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._from_file: list[ApiKeyEntry] = []
         self._lock = threading.Lock()
         self._check_unique(self._static)
@@ -125,7 +125,9 @@ class KeyRing:
         if self._path is None:
             return
         stat = self._path.stat()  # a missing file is a startup error, not "open access"
-        stamp = (stat.st_mtime, stat.st_size)
+        # Nanoseconds, the change time (which a restored mtime moves too) and the inode: a key
+        # swapped for another of the same length is seen even if the mtime is set back.
+        stamp = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
         if stamp == self._stamp:
             return
         entries = parse_entries(yaml.safe_load(self._path.read_text()) or {}, str(self._path))

@@ -35,7 +35,9 @@ def safe_label(location: str) -> str:
     scheme, bucket, host, credentials, directories or query (``s3://b/runs/7/best.pt?X-Amz-…``
     → ``best.pt``); "checkpoint" when it has no usable name."""
     text = str(location).strip()
-    path = urlsplit(text).path if "://" in text else text
+    # A path without a scheme (urllib3's "url: /bucket/key.pt?X-Amz-Signature=…") has its query
+    # and fragment cut as well as a URL's.
+    path = urlsplit(text).path if "://" in text else re.split(r"[?#]", text, maxsplit=1)[0]
     name = path.rstrip("/").rsplit("/", 1)[-1]
     return name if name and "@" not in name and ":" not in name else "checkpoint"
 

@@ -22,6 +22,8 @@ from prometheus_client.registry import Collector
 
 from serve_app.jobs.store import JobStore
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 logger = logging.getLogger("meshline.metrics")
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -82,7 +84,10 @@ class ApiMetrics:
         )
 
     def count_request(self, route: str, method: str, code: int) -> None:
-        self.http_requests.labels(route=route, method=method, code=str(code)).inc()
+        # The method as the client sent it is any token (counted before auth): a fixed set,
+        # or anyone could add label values (series) for ever.
+        known = method if method in HTTP_METHODS else "OTHER"
+        self.http_requests.labels(route=route, method=known, code=str(code)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

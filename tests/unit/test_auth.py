@@ -313,3 +313,25 @@ def test_small_chunked_upload_still_works(tmp_path: Path) -> None:
     response = _run(app, calls)
     assert response.status_code == 202, response.text
     assert json.loads(response.text)["status"] == "queued"
+
+
+def test_a_key_swapped_in_place_with_its_mtime_set_back_is_seen(tmp_path: Path) -> None:
+    """Revoking a key by swapping its hash for another's (same file size) and restoring the
+    file's mtime (a config tool copying timestamps, a coarse filesystem clock): the ring still
+    sees the change (the change time moves with any write or utime)."""
+    import os
+
+    from serve_app.auth import KeyRing
+
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(yaml.safe_dump({"k": {"sha256": hash_key("revoked-key")}}))
+    ring = KeyRing([], keys_file)
+    assert ring.authenticate("revoked-key") is not None
+    before = keys_file.stat()
+    with keys_file.open("r+") as handle:  # in place: same inode, same size
+        handle.write(yaml.safe_dump({"k": {"sha256": hash_key("granted-key")}}))
+    os.utime(keys_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert keys_file.stat().st_mtime_ns == before.st_mtime_ns
+    assert keys_file.stat().st_size == before.st_size
+    assert ring.authenticate("revoked-key") is None
+    assert ring.authenticate("granted-key") is not None

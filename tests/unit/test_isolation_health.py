@@ -159,6 +159,9 @@ def test_database_urls_are_logged_without_their_password() -> None:
         ("/srv/meshline/weights/fetched/sam2.1_hiera_tiny.pt", "sam2.1_hiera_tiny.pt"),
         ("gs://bucket/", "checkpoint"),
         ("https://host:8080", "checkpoint"),
+        # urllib3's errors name a path without its scheme, query and all
+        ("/bucket/key.pt?X-Amz-Credential=AKIA123&X-Amz-Signature=deadbeef", "key.pt"),
+        ("weights/best.pt#frag", "best.pt"),
     ],
 )
 def test_safe_labels(location: str, label: str) -> None:
@@ -174,6 +177,12 @@ def test_error_texts_lose_locations_but_keep_their_sense() -> None:
         redact_locations("checkpoint not found: /home/alice/models/mine.pt")
         == "checkpoint not found: mine.pt"
     )
+    urllib3 = (
+        "HTTPSConnectionPool(host='minio.internal', port=9000): Max retries exceeded with url: "
+        "/bucket/key.pt?X-Amz-Credential=AKIA123&X-Amz-Signature=deadbeef"
+    )
+    assert "AKIA123" not in redact_locations(urllib3)
+    assert "deadbeef" not in redact_locations(urllib3)
     for kept in (
         "timed out after 900 s",
         "mesh has 600000 faces; the limit is 500000 (max_mesh_faces)",

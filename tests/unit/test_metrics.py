@@ -86,6 +86,8 @@ def test_refused_requests_are_counted_by_template_and_a_broken_store_reads_down(
             refused = await client.get("/metrics")
             assert refused.status_code == 401 and "meshline_jobs" not in refused.text
             await client.get(f"/v1/jobs/{'a' * 32}")  # 401 before routing
+            for n in range(3):  # methods anyone may invent: one fixed label, not one each
+                await client.request(f"X{n}ZZ", "/v1/jobs")
             jobs.drop(services.store.engine)  # the store breaks: the scrape still answers
             return (await client.get("/metrics", headers={"Authorization": "Bearer k"})).text
 
@@ -99,6 +101,9 @@ def test_refused_requests_are_counted_by_template_and_a_broken_store_reads_down(
         ]
         == 1
     )
+    invented = (("code", "401"), ("method", "OTHER"), ("route", "/v1/jobs"))
+    assert samples[("meshline_http_requests_total", invented)] == 3
+    assert not any("ZZ" in str(labels) for _, labels in samples)
     assert samples[("meshline_jobstore_up", ())] == 0
     assert not any(name == "meshline_jobs" for name, _ in samples)
 
