@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
@@ -40,6 +41,9 @@ class Services:
     queue_room: QueueRoom = None  # type: ignore[assignment]
     # New jobs' rows, written by one group-commit writer (jobs/inserts.py).
     job_inserts: JobInserts = None  # type: ignore[assignment]
+    # Video mask exports built at once (a png-zip of a long 4K video is tens of seconds of a
+    # thread): a few, so the shared thread pool every store call uses never fills with them.
+    video_exports: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
     def __post_init__(self) -> None:
         if self.queue_room is None:

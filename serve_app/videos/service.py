@@ -395,9 +395,10 @@ async def export_masks(services: Services, record: VideoRecord, format: str) -> 
             LIMIT_ERROR,
             "format",
         )
-    frames = await stored_masks(services, record.id)
     make = {"coco": export.coco_json, "png-zip": export.png_zip, "yolo": export.yolo_zip}[format]
-    return await asyncio.to_thread(make, record, frames, objects)
+    async with services.video_exports:  # a few at a time (Services.video_exports)
+        frames = await stored_masks(services, record.id)
+        return await asyncio.to_thread(make, record, frames, objects)
 
 
 # Deletion -------------------------------------------------------------------------------------

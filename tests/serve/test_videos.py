@@ -167,6 +167,34 @@ def test_cancel_stops_propagation(client: httpx.Client) -> None:
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
 
 
+def test_a_video_deleted_mid_propagation_leaves_no_files(
+    client: httpx.Client, live_app: object
+) -> None:
+    """DELETE while its propagation job writes masks: the job is stopped and its writes under
+    way land before the video's files are deleted (they used to land after, kept for ever)."""
+    from serve_app.storage.artifacts import S3ArtifactStore, make_artifact_store
+
+    settings = live_app.settings  # type: ignore[attr-defined]
+    files = make_artifact_store(
+        settings["artifact_uri"],
+        live_app.data_dir / "artifacts",  # type: ignore[attr-defined]
+        settings["s3_endpoint_url"],
+        3600,
+    )
+    assert isinstance(files, S3ArtifactStore)  # the live app keeps its files in S3 (moto)
+    info, video = _upload(client, frames=60)
+    video_id = info["video_id"]
+    _prompt_disk(client, video_id, video)
+    job_id = client.post(f"/v1/videos/{video_id}/propagate", json={}).json()["job_id"]
+    assert _wait_progress(client, job_id, above=0)["status"] == "running"
+    assert client.delete(f"/v1/videos/{video_id}").status_code == 204
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    time.sleep(1.0)  # any write still under way would have landed by now
+    prefix = files.key(video_id, "x")[:-1]  # type: ignore[attr-defined]
+    listed = files.client.list_objects_v2(Bucket=files.bucket, Prefix=prefix)  # type: ignore[attr-defined]
+    assert [item["Key"] for item in listed.get("Contents", [])] == []
+
+
 def test_a_killed_segmenter_mid_propagation_resumes(client: httpx.Client) -> None:
     """SIGKILL the replica holding the session mid-propagation: the stage is retried, the new
     replica rebuilds the session from the stored frames and prompts, and tracking resumes from
