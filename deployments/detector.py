@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from deployments.common import (
     use_half,
 )
 from deployments.configs import MODEL_AUTOSCALING, DetectorConfig
-from deployments.errors import InvalidInput, ModelLoadError
+from deployments.errors import DeploymentError, InvalidInput, ModelLoadError
 from deployments.protocol import (
     LOADED_MODELS_KV_NAMESPACE,
     DetectResult,
@@ -37,9 +38,10 @@ from deployments.protocol import (
     ReplicaModels,
     RleMask,
     loaded_models_key,
+    routed_id,
     split_routed_id,
 )
-from deployments.registry import DEFAULT_MODEL_ID, ModelRegistry
+from deployments.registry import DEFAULT_MODEL_ID, ModelRegistry, ModelUnavailable
 
 logger = logging.getLogger("meshline.detector")
 
@@ -74,6 +76,11 @@ def is_random_init(source: str) -> bool:
 # Every replica publishes what it holds this often (protocol.loaded_models_by_replica reads it).
 LOADED_MODELS_REFRESH_S = 5.0
 MAX_POLYGON_POINTS = 100  # vertices per instance outline of a -seg model (simplified)
+# A -seg model's postprocess (ultralytics' process_mask) builds one float mask of the letterboxed
+# input's size per detection: max_det × imgsz² pixels, ~4 bytes each at the peak (measured:
+# imgsz 1280, max_det 300 took 1.8 GiB). Requests asking for more than 300 masks at imgsz 1024
+# (~1.2 GiB) are refused (422) before any decode.
+SEG_MASK_PIXELS = 300 * 1024 * 1024
 
 
 class YoloDetector:
@@ -86,6 +93,13 @@ class YoloDetector:
         cache_tag: str = "",
         sha256: str | None = None,
     ) -> None:
+        self._lock = threading.Lock()  # one forward at a time: the predictor is stateful
+        # Leases: calls in flight (queued on the lock included). close() frees the weights
+        # only once none is left, so an eviction or a reload never pulls them from under a call.
+        self._lease_lock = threading.Lock()
+        self._leases = 0
+        self._closing = False
+        self._freed = False
         prepare_ultralytics_env(config.config_dir)
         import torch
         from ultralytics import YOLO
@@ -125,8 +139,8 @@ class YoloDetector:
         self.model.to(self.device)
         self.model.fuse()
         self.names: dict[int, str] = {int(k): str(v) for k, v in self.model.names.items()}
+        self.task: str = str(self.model.task)  # readable after close (the replica publishes it)
         self.half = use_half(config.precision, self.device)
-        self._lock = threading.Lock()
         # One predict builds ultralytics' predictor (its AutoBackend in our precision, warmed
         # up); detect_each then runs that backend and the predictor's own postprocess on
         # batches it prepares on the device itself.
@@ -143,43 +157,107 @@ class YoloDetector:
         return {
             "model": self.source,
             "weights": "random" if is_random_init(self.source) else "checkpoint",
-            "task": self.model.task,
+            "task": self.task,
             "num_classes": len(self.names),
             "precision": "fp16" if self.half else "fp32",
             "jpeg_decoder": decoding.jpeg_decoder(self.device),
             **placement(self.device),
         }
 
+    def acquire(self) -> bool:
+        """Take a lease: the weights stay until ``release``. False once they were freed."""
+        with self._lease_lock:
+            if self._freed:
+                return False
+            self._leases += 1
+            return True
+
+    def release(self) -> None:
+        with self._lease_lock:
+            self._leases -= 1
+            free = self._closing and self._leases == 0 and not self._freed
+            self._freed = self._freed or free
+        if free:
+            self._free()
+
+    @contextlib.contextmanager
+    def leased(self) -> Iterator[None]:
+        if not self.acquire():
+            raise ModelUnavailable(f"model {Path(self.source).stem} was unloaded; retry")
+        try:
+            yield
+        finally:
+            self.release()
+
+    @property
+    def in_flight(self) -> int:
+        return self._leases
+
     def close(self) -> None:
-        """Drop the weights (an evicted or superseded model); GPU memory goes back at once."""
-        self.model = None
-        self.predictor = None
+        """Drop the weights (an evicted or superseded model), at once if no call holds a lease,
+        else when the last one ends; GPU memory goes back then."""
+        lease_lock = getattr(self, "_lease_lock", None)
+        if lease_lock is None:  # __init__ failed before its first line
+            return
+        with lease_lock:
+            self._closing = True
+            free = self._leases == 0 and not self._freed
+            self._freed = self._freed or free
+        if free:
+            self._free()
+
+    def _free(self) -> None:
+        with self._lock:  # no forward runs (none holds a lease), but never free under one
+            self.model = None
+            self.predictor = None
         if is_cuda(getattr(self, "device", "cpu")):
             import torch
 
             torch.cuda.empty_cache()
 
     def __del__(self) -> None:
-        # Serve's multiplexer calls this when its LRU evicts the model.
+        # Serve's multiplexer calls this when its LRU evicts the model (then GC may, again).
         self.close()
 
     def class_ids(self, classes: list[int | str] | None) -> list[int] | None:
-        """Accept class ids or names; unknown ones are a client error."""
+        """Class names or ids → ids; unknown ones are a client error. A string is a class name
+        first (models whose classes are named "1", "2", ... or "30", "50"), else an id when it is
+        ASCII digits (``"3"`` as before); a JSON int is always an id."""
         if not classes:
             return None
         by_name = {name: idx for idx, name in self.names.items()}
         ids: list[int] = []
         for item in classes:
-            if isinstance(item, str) and not item.isdigit():
-                if item not in by_name:
+            if isinstance(item, str):
+                if item in by_name:
+                    ids.append(by_name[item])
+                    continue
+                # isdigit() alone takes "²" or "①", which int() refuses.
+                if not (item.isascii() and item.isdigit() and len(item) <= 18):
                     raise InvalidInput(f"unknown class name {item!r}", param="classes")
-                ids.append(by_name[item])
-            else:
                 idx = int(item)
-                if idx not in self.names:
-                    raise InvalidInput(f"unknown class id {idx}", param="classes")
-                ids.append(idx)
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                idx = int(item)
+            else:
+                raise InvalidInput(f"class {item!r} is neither a name nor an id", param="classes")
+            if idx not in self.names:
+                raise InvalidInput(f"unknown class id {idx}", param="classes")
+            ids.append(idx)
         return ids
+
+    def check_mask_budget(self, params: DetectParams) -> None:
+        """A -seg model: refuse max_det × imgsz² over ``SEG_MASK_PIXELS`` (422 naming it)."""
+        if self.task != "segment":
+            return
+        side = -(-params.imgsz // 32) * 32  # ultralytics rounds imgsz up to the stride
+        if params.max_det * side * side > SEG_MASK_PIXELS:
+            most = max(SEG_MASK_PIXELS // (side * side), 1)
+            raise InvalidInput(
+                f"a segmentation model makes one imgsz x imgsz mask per detection: max_det x "
+                f"imgsz^2 must be at most {SEG_MASK_PIXELS} (300 masks at imgsz 1024); at imgsz "
+                f"{params.imgsz} max_det may be at most {most}",
+                param="max_det",
+            )
 
     def detect(
         self,
@@ -220,7 +298,8 @@ class YoloDetector:
 
         params.validate()
         class_ids = self.class_ids(params.classes)
-        with self._lock, torch.inference_mode():
+        self.check_mask_budget(params)
+        with self.leased(), self._lock, torch.inference_mode():
             started = time.perf_counter()
             decoded = decode_images(images, self.device, max_pixels)
             good = [i for i, item in enumerate(decoded) if not isinstance(item, InvalidInput)]
@@ -314,14 +393,18 @@ def simplify_polygon(
 
 
 def polygon_rle(polygon: np.ndarray, width: int, height: int) -> RleMask:
-    """An instance mask (ultralytics' polygon in image pixels) as COCO RLE at image size."""
-    from PIL import Image, ImageDraw
+    """An instance mask (ultralytics' polygon in image pixels) as COCO RLE at image size, by
+    pycocotools' own polygon rasteriser: work grows with the outline, not with the image (a
+    canvas of the image per detection was 300 × 40 MP for a large photo)."""
     from pycocotools import mask as mask_utils
 
-    canvas = Image.new("L", (width, height), 0)
     if len(polygon) >= 3:
-        ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in polygon], fill=1)
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(canvas, dtype=np.uint8)))
+        flat = np.asarray(polygon, dtype=np.float64).reshape(-1).tolist()
+        rle = mask_utils.merge(mask_utils.frPyObjects([flat], height, width))
+    else:  # no outline: an empty mask
+        rle = mask_utils.frPyObjects(
+            {"size": [height, width], "counts": [height * width]}, height, width
+        )
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
@@ -345,6 +428,72 @@ class DetectParams:
 
     def key(self) -> tuple[Any, ...]:
         return (self.conf, self.iou, self.imgsz, self.max_det, tuple(self.classes or ()))
+
+
+BatchItem = tuple[bytes | np.ndarray, DetectParams, int | None]  # image, params, max_pixels
+
+
+async def detect_groups(
+    model: YoloDetector, model_id: str, items: list[BatchItem]
+) -> list[DetectResult | Exception]:
+    """A batch on one model: requests with the same parameters share one decode + letterbox +
+    forward on the device. An answer per item: its result, or the error of its group (bad
+    parameters, anything raised) or of its own image; other groups are not affected."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, (_, params, max_pixels) in enumerate(items):
+        groups.setdefault((params.key(), max_pixels), []).append(index)
+    answers: list[Any] = [None] * len(items)
+    for indices in groups.values():
+        _, params, max_pixels = items[indices[0]]
+        try:
+            results: list[Any] = await asyncio.to_thread(
+                model.detect_each, [items[i][0] for i in indices], params, max_pixels
+            )
+        except Exception as exc:  # only this group's callers get it
+            if not isinstance(exc, DeploymentError):
+                logger.exception("Detector: a batch group failed")
+            results = [exc] * len(indices)
+        for i, result in zip(indices, results, strict=True):
+            answers[i] = (
+                result if isinstance(result, Exception) else replace(result, model_id=model_id)
+            )
+    return answers
+
+
+class Generations:
+    """Which generation of each model id this replica serves. ``POST /v1/models/{id}/reload``
+    bumps it: requests then come routed ``id@N+1`` and the replica loads the current file. The
+    generation it replaces is closed: its weights go once the calls already on it finish
+    (``YoloDetector.close``). A request still routed to an older generation (it read the number
+    just before the reload) is served by the newest one: the reload asked for those weights,
+    and a Serve client expects a routed call to be answered, not to be told to retry."""
+
+    def __init__(self) -> None:
+        self._newest: dict[str, tuple[int, YoloDetector]] = {}
+
+    def route(self, routed: str) -> str:
+        """The multiplexed id to serve ``routed`` with: its newest generation on this replica."""
+        model_id, generation = split_routed_id(routed)
+        newest = self._newest.get(model_id)
+        if newest is not None and newest[0] > generation:
+            return routed_id(model_id, newest[0])
+        return routed
+
+    def loaded(self, routed: str, model: YoloDetector) -> None:
+        model_id, generation = split_routed_id(routed)
+        previous = self._newest.get(model_id)
+        if previous is not None and previous[0] > generation:
+            # An older generation whose load queued behind a newer one: never used (the caller
+            # finds it freed and takes the newest, ``route``).
+            model.close()
+            return
+        if previous is not None and previous[1] is not model:
+            previous[1].close()  # superseded: freed when its in-flight calls are done
+        self._newest[model_id] = (generation, model)
+
+    def newest(self, model_id: str) -> YoloDetector | None:
+        found = self._newest.get(model_id)
+        return found[1] if found is not None else None
 
 
 @serve.deployment(  # resources: set by the builder for the accelerator (deployments/configs.py)
@@ -373,8 +522,7 @@ class DetectorDeployment:
         self._kv_key = loaded_models_key(context.app_name, context.replica_id.unique_id)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loaded())
 
-        self._latest: dict[str, tuple[int, YoloDetector]] = {}
-
+        self._generations = Generations()
         self._held: set[str] = set()
 
         async def load(routed_id: str) -> YoloDetector:
@@ -382,17 +530,14 @@ class DetectorDeployment:
             # Serve's LRU evicts before it calls us: whatever we held that is gone was evicted.
             held_now = set(self.loaded_models())
             telemetry.count_eviction("Detector", len(self._held - held_now))
-            entry = self.registry.resolve(model_id)
+            entry = await asyncio.to_thread(self.registry.resolve, model_id)  # may list S3
             started = time.perf_counter()
             model = await asyncio.to_thread(
                 YoloDetector, config, entry.source, str(generation), entry.sha256
             )
             telemetry.observe_model_load("Detector", model_id, time.perf_counter() - started)
             self._held = held_now | {routed_id}
-            previous = self._latest.get(model_id)
-            if previous is not None and previous[0] < generation:
-                previous[1].close()  # reloaded: the old weights are not used again
-            self._latest[model_id] = (generation, model)
+            self._generations.loaded(routed_id, model)
             await asyncio.to_thread(self._publish_loaded, [routed_id])
             return model
 
@@ -400,33 +545,13 @@ class DetectorDeployment:
         self._loader = load
         self._model = serve.multiplexed(max_num_models_per_replica=config.max_models)(load)
 
-        async def detect_batch(
-            items: list[tuple[bytes | np.ndarray, DetectParams, int | None]],
-        ) -> list[DetectResult | InvalidInput]:
-            # Serve splits batches by multiplexed model id, so one batch = one model; requests
-            # with the same parameters share one decode + letterbox + forward on the device.
-            model_id, model = await self._current()
-            groups: dict[tuple[Any, ...], list[int]] = {}
-            for index, (_, params, max_pixels) in enumerate(items):
-                groups.setdefault((params.key(), max_pixels), []).append(index)
-            answers: list[Any] = [None] * len(items)  # a result or this caller's error
-            for indices in groups.values():
-                _, params, max_pixels = items[indices[0]]
-                try:
-                    results = await asyncio.to_thread(
-                        model.detect_each, [items[i][0] for i in indices], params, max_pixels
-                    )
-                except InvalidInput as exc:
-                    results = [exc] * len(indices)  # this group's callers get the error
-                for i, result in zip(indices, results, strict=True):
-                    answers[i] = (
-                        result
-                        if isinstance(result, Exception)
-                        else replace(result, model_id=model_id)
-                    )
-            return answers
+        async def detect_batch(items: list[BatchItem]) -> list[DetectResult | Exception]:
+            # Serve splits batches by multiplexed model id, so one batch = one model. The lease
+            # keeps it for every group, even if the LRU evicts it meanwhile.
+            async with self._leased() as (model_id, model):
+                return await detect_groups(model, model_id, items)
 
-        self._batched: BusyWaitBatch[Any, DetectResult | InvalidInput] | None = None
+        self._batched: BusyWaitBatch[Any, DetectResult | Exception] | None = None
         if config.max_batch_size > 1:
             self._batched = BusyWaitBatch(detect_batch, config.max_batch_size, config.batch_wait_s)
 
@@ -438,9 +563,9 @@ class DetectorDeployment:
         info = {}
         for routed in loaded:
             model_id = split_routed_id(routed)[0]
-            current = self._latest.get(model_id)
-            if current is not None and current[1].model is not None:
-                info[model_id] = LoadedModelInfo(current[1].model.task, current[1].names)
+            current = self._generations.newest(model_id)
+            if current is not None:
+                info[model_id] = LoadedModelInfo(current.task, current.names)
         value = ReplicaModels([split_routed_id(r)[0] for r in loaded], info).to_json()
         internal_kv._internal_kv_put(
             self._kv_key, value, overwrite=True, namespace=LOADED_MODELS_KV_NAMESPACE
@@ -464,26 +589,37 @@ class DetectorDeployment:
         wrapper = getattr(self._loader, "__serve_multiplex_wrapper", None)
         return list(getattr(wrapper, "models", {}).keys()) if wrapper is not None else []
 
-    async def _current(self) -> tuple[str, YoloDetector]:
-        routed_id = serve.get_multiplexed_model_id() or DEFAULT_MODEL_ID
-        model = await self._model(routed_id)
-        if model.model is None:  # closed by a reload that this route predates
-            raise ModelLoadError(f"model {routed_id} was reloaded; retry")
-        return split_routed_id(routed_id)[0], model
+    @contextlib.asynccontextmanager
+    async def _leased(self) -> AsyncIterator[tuple[str, YoloDetector]]:
+        """The routed model (its newest generation here: ``Generations``), leased while the
+        caller uses it: an LRU eviction or a reload meanwhile frees it only afterwards."""
+        routed = serve.get_multiplexed_model_id() or DEFAULT_MODEL_ID
+        for _ in range(3):
+            model = await self._model(self._generations.route(routed))
+            # No await between the LRU handing the model out and the lease: an eviction
+            # (which takes it out of the LRU first) cannot come in between.
+            if model.acquire():
+                break
+        else:  # freed three times over: loads racing with reloads; the client may retry
+            raise ModelUnavailable(f"model {routed} is being reloaded; retry")
+        try:
+            yield split_routed_id(routed)[0], model
+        finally:
+            model.release()
 
     async def info(self) -> dict[str, Any]:
-        model_id, model = await self._current()
-        return {**model.info(), "model_id": model_id, "loaded_models": self.loaded_models()}
+        async with self._leased() as (model_id, model):
+            return {**model.info(), "model_id": model_id, "loaded_models": self.loaded_models()}
 
     async def describe(self) -> dict[str, Any]:
         """The routed model's id, task and class names (loads it if needed)."""
-        model_id, model = await self._current()
-        return {
-            "model_id": model_id,
-            "task": model.model.task,
-            "names": model.names,
-            "loaded_models": self.loaded_models(),
-        }
+        async with self._leased() as (model_id, model):
+            return {
+                "model_id": model_id,
+                "task": model.task,
+                "names": model.names,
+                "loaded_models": self.loaded_models(),
+            }
 
     async def detect(
         self,
@@ -503,6 +639,6 @@ class DetectorDeployment:
             if isinstance(answer, Exception):
                 raise answer
             return answer
-        model_id, model = await self._current()
-        (result,) = await asyncio.to_thread(model.detect_many, [image], params, max_pixels)
+        async with self._leased() as (model_id, model):
+            (result,) = await asyncio.to_thread(model.detect_many, [image], params, max_pixels)
         return replace(result, model_id=model_id)

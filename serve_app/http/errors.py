@@ -12,6 +12,7 @@ from sqlalchemy import exc as db_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import DeploymentError, InvalidInput
+from deployments.registry import ModelUnavailable
 
 logger = logging.getLogger("meshline.api")
 # The job store unreachable or refusing for now (connection lost, locked, disk I/O, its pool
@@ -115,7 +116,11 @@ def install_error_handlers(app: FastAPI) -> None:
         rid = request_id(request)
         if mapped is not None:
             return _body(mapped.status, mapped.message, mapped.type, mapped.param, rid)
-        if isinstance(unwrap(exc), STORE_UNAVAILABLE):
+        original = unwrap(exc)
+        if isinstance(original, ModelUnavailable):  # a reload, the S3 listing down: retry
+            retry = {"Retry-After": str(original.retry_after_s)}
+            return _body(503, public_message(original), original.kind, None, rid, retry)
+        if isinstance(original, STORE_UNAVAILABLE):
             logger.error("job store unavailable (request %s)", rid, exc_info=exc)
             return _body(
                 503,

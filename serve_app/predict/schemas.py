@@ -67,6 +67,11 @@ class Detection(BaseModel):
     score: float
     class_id: int
     class_name: str
+    mask_rle: dict[str, Any] | None = Field(
+        None,
+        description="Segmentation (-seg) models: the instance's mask, COCO RLE "
+        "{size: [h, w], counts: str}; null for detection models.",
+    )
 
 
 class ModelPublic(BaseModel):

@@ -160,7 +160,8 @@ async def detect(
     """Detections by registered model ``model_id`` (404 if unknown), as of its last reload.
     The image's header is checked here; the encoded file goes to the Detector, which decodes
     it on its device (and checks the pixel bound again)."""
-    model_id = checked_model(services, model_id)
+    # Resolving may list S3 (cached): never on the event loop.
+    model_id = await asyncio.to_thread(checked_model, services, model_id)
     max_pixels = services.settings.max_image_pixels
     header = await asyncio.to_thread(read_header, data, max_pixels)
     recent.note(model_id, header.width, header.height)
@@ -238,6 +239,6 @@ async def list_models(services: Services, admin: bool) -> ModelList:
 async def reload_model(services: Services, model_id: str) -> ModelReloaded:
     """Bump the model's generation (the router's docstring says what that does)."""
 
-    checked = checked_model(services, model_id)
+    checked = await asyncio.to_thread(checked_model, services, model_id)
     generation = await asyncio.to_thread(services.store.bump_model_generation, checked)
     return ModelReloaded(model_id=checked, generation=generation)

@@ -250,3 +250,36 @@ def test_outlines_are_simplified_to_the_bound() -> None:
     radii = np.hypot(*(np.array(outline) - [160, 120]).T)
     assert np.allclose(radii, 100, atol=0.01)  # vertices are points of the outline
     assert simplify_polygon(circle[:2], 320, 240) == []
+
+
+def test_class_strings_are_names_first_then_ids(tmp_path: Path) -> None:
+    """Numeric class names (jersey numbers, speed signs): "1" is the class named "1" (id 0
+    here), not id 1; a JSON int is an id; a digit string no class is named is an id as before."""
+    path = tmp_path / "jersey.pt"
+    _save_named_yolo(path, {i: str(i + 1) for i in range(80)})
+    detector = YoloDetector(
+        DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg")
+    )
+    assert detector.class_ids(["1", "80"]) == [0, 79]
+    assert detector.class_ids([1, "0"]) == [1, 0]  # no class is named "0": id 0
+    with pytest.raises(InvalidInput, match="unknown class id 81"):
+        detector.class_ids(["81"])
+    found = detector.detect(make_scene().image, conf=0.0001, classes=["1"])
+    assert found.boxes and set(found.class_names) == {"1"} and set(found.class_ids) == {0}
+
+
+def test_class_ids_keep_digit_strings_on_named_models(tmp_path: Path) -> None:
+    path = tmp_path / "widgets.pt"
+    _save_named_yolo(path, {i: f"widget{i}" for i in range(80)})
+    detector = YoloDetector(
+        DetectorConfig(checkpoint=str(path), device="cpu", config_dir=tmp_path / "cfg")
+    )
+    assert detector.class_ids(["3", 5, "widget0"]) == [3, 5, 0]
+
+
+@pytest.mark.parametrize("item", ["²", "①", "٣", "3.0", "-1", " 1", "9" * 5000])
+def test_unparseable_class_entries_are_a_422(detector: YoloDetector, item: str) -> None:
+    """str.isdigit() takes "²" and "①" (int() then raised ValueError: a 500)."""
+    with pytest.raises(InvalidInput) as refused:
+        detector.class_ids([item])
+    assert refused.value.param == "classes"
