@@ -18,8 +18,8 @@ from deployments.protocol import ConvertResult
 
 USD_FORMATS = ("usd", "usdz")
 # open3d's exact self-intersection test, run cell by cell (meshing/checks.py: 0.1-0.4 s at 20k
-# faces where all pairs took 0.6-7 s); above this many faces it is skipped (mesh_stats.json
-# says so).
+# faces where all pairs took 0.6-7 s); above this many faces, or past checks.py's limits on
+# the pairs it would test, it is skipped (mesh_stats.json says so).
 SELF_INTERSECTION_MAX_FACES = 200_000
 
 
@@ -59,6 +59,7 @@ class MeshConverter:
         from deployments.meshing.export import MESH_FORMATS, load_mesh
         from deployments.meshing.sim import (
             SimOptions,
+            check_solid,
             decimate,
             repair,
             sim_transform,
@@ -87,7 +88,10 @@ class MeshConverter:
         # Geometry (welded, closed, maybe decimated) drives STL, collision and physics; the
         # textured mesh (split along UV seams, or coloured per vertex once decimated) is what
         # OBJ/GLB/PLY/USD carry, in the same frame.
-        camera_frame = decimate(repair(source), options.target_faces)
+        repaired = repair(source)  # InvalidInput when no face has an area
+        if collision or sim is not None:  # both need a volume: refused before any work
+            check_solid(repaired)
+        camera_frame = decimate(repaired, options.target_faces)
         textured_camera = textured_like(camera_frame, source)
         transform = sim_transform(camera_frame, options) if sim is not None else np.eye(4)
         visual, textured = camera_frame.copy(), textured_camera.copy()
@@ -359,27 +363,36 @@ def _mesh_stats(mesh: Any) -> dict[str, Any]:
 def _topology(mesh: Any) -> dict[str, Any]:
     """Checks simulators care about that trimesh lacks: manifoldness and self-intersection.
 
-    The self-intersection test is all-pairs: above SELF_INTERSECTION_MAX_FACES faces it is
-    skipped, ``self_intersecting`` is null and ``self_intersection_check`` says why (decimate
-    with ``sim.target_faces`` to have it checked)."""
+    The self-intersection test is exact but bounded: above SELF_INTERSECTION_MAX_FACES faces,
+    or past checks.py's limits on the pairs of triangles it would test (triangles packed into
+    few grid cells), it is skipped, ``self_intersecting`` is null and
+    ``self_intersection_check`` says why (decimate with ``sim.target_faces`` to have it
+    checked)."""
     import numpy as np
     import open3d as o3d
 
-    from deployments.meshing.checks import self_intersecting
+    from deployments.meshing.checks import MAX_CELL_ENTRIES, MAX_PAIRS, self_intersection
 
     o3d_mesh = o3d.geometry.TriangleMesh(
         o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float64)),
         o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)),
     )
     faces = len(mesh.faces)
-    checked = faces <= SELF_INTERSECTION_MAX_FACES
+    if faces > SELF_INTERSECTION_MAX_FACES:
+        intersecting, check = None, f"skipped: {faces} faces > {SELF_INTERSECTION_MAX_FACES}"
+    else:
+        intersecting = self_intersection(mesh.vertices, mesh.faces, MAX_PAIRS)
+        check = (
+            "exact, triangles sharing a grid cell"
+            if intersecting is not None
+            else f"skipped: over {MAX_PAIRS} triangle pairs or {MAX_CELL_ENTRIES} cell entries "
+            "to test (triangles packed into few grid cells)"
+        )
     return {
         "edge_manifold": bool(o3d_mesh.is_edge_manifold(allow_boundary_edges=False)),
         "vertex_manifold": bool(o3d_mesh.is_vertex_manifold()),
-        "self_intersecting": self_intersecting(mesh.vertices, mesh.faces) if checked else None,
-        "self_intersection_check": "exact, triangles sharing a grid cell"
-        if checked
-        else f"skipped: {faces} faces > {SELF_INTERSECTION_MAX_FACES}",
+        "self_intersecting": intersecting,
+        "self_intersection_check": check,
     }
 
 

@@ -265,7 +265,12 @@ def visibility(
 ) -> np.ndarray:
     """How much the camera (orthographic, looking down -Z) sees each point, in [0, 1]: faces
     turned away are 0, grazing faces ramp up, and points behind the front depth buffer are 0."""
-    normals = trimesh.triangles.normals(vertices[faces])[0]
+    # trimesh returns normals for the non-degenerate faces only (and which those are):
+    # indexed by face they shifted past a zero-area face and overran at the end. A
+    # zero-area face has no direction: a zero normal, unseen.
+    unit, valid = trimesh.triangles.normals(vertices[faces])
+    normals = np.zeros((len(faces), 3))
+    normals[valid] = unit
     facing = np.clip(normals[face, 2] / FACING, 0.0, 1.0)
     lo, hi = vertices.min(axis=0), vertices.max(axis=0)
     span = float(max(hi[0] - lo[0], hi[1] - lo[1])) or 1.0

@@ -50,6 +50,47 @@ class SimOptions:
     concavity: float = 0.05  # CoACD threshold: smaller → more, tighter parts
     target_faces: int | None = None  # decimate the visual mesh to at most this many faces
 
+    def __post_init__(self) -> None:
+        """SimOptionsIn's bounds again: a call through a handle skips the ingress's pydantic,
+        and a NaN size or concavity reached CoACD (whose child then aborted). Concavity only
+        needs to be positive here (callers in-process may ask CoACD for finer parts)."""
+        highs = {"size_m": 1000.0, "density_kg_m3": 30000.0, "concavity": 1.0}
+        for name, high in highs.items():
+            number = _number(getattr(self, name))
+            if number is None or not 0.0 < number <= high:
+                raise InvalidInput(
+                    f"sim.{name} must be a finite number in (0, {high:g}]", f"sim.{name}"
+                )
+        choices = {
+            "size_axis": ("longest", "height"),
+            "up_axis": ("z", "y"),
+            "origin": ("base", "com"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidInput(f"sim.{name} must be one of {list(allowed)}", f"sim.{name}")
+        if not isinstance(self.decomposition, bool):
+            raise InvalidInput("sim.decomposition must be true or false", "sim.decomposition")
+        if not _is_int(self.max_parts) or not 1 <= self.max_parts <= 64:
+            raise InvalidInput("sim.max_parts must be an integer in [1, 64]", "sim.max_parts")
+        if self.target_faces is not None and not (
+            _is_int(self.target_faces) and 100 <= self.target_faces <= 1_000_000
+        ):
+            raise InvalidInput(
+                "sim.target_faces must be null or an integer in [100, 1000000]", "sim.target_faces"
+            )
+
+
+def _number(value: object) -> float | None:
+    """A finite real number (bools are not), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 def sim_transform(mesh: trimesh.Trimesh, options: SimOptions) -> np.ndarray:
     """The 4x4 transform to metres, the up-axis convention and the requested origin."""
@@ -118,10 +159,41 @@ def repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     out.update_faces(out.nondegenerate_faces())
     out.update_faces(out.unique_faces())
     out.remove_unreferenced_vertices()
+    if len(out.faces) == 0:  # nothing left to bound, hull or voxelise: bounds are None
+        raise InvalidInput(
+            "mesh has no non-degenerate faces (every face has zero area once vertices closer "
+            "than 1e-8 are merged)",
+            param="mesh",
+        )
     if not out.is_watertight:
         trimesh.repair.fill_holes(out)
     trimesh.repair.fix_normals(out)
     return out
+
+
+# Flat: the smallest spread of the vertices (singular value of the centred points) below this
+# fraction of the largest. Exactly coplanar points, rotated, measure ~1e-16; a sheet 1e-6 of
+# its width thick still has a finite hull, mass and inertia.
+FLAT_RATIO = 1e-9
+
+
+def check_solid(mesh: trimesh.Trimesh) -> None:
+    """Collision hulls and mass properties need a volume. Vertices on one plane (a line, a
+    point) have none: qhull fails on fewer than 4 of them, and a flat hull gave mass 0, a NaN
+    centre of mass and inertia in URDF/MJCF, and a LinAlgError in USD."""
+    points = np.asarray(mesh.vertices, dtype=np.float64)
+    spread = (
+        np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+        if len(points) >= 4
+        else np.zeros(3)
+    )
+    if spread[2] <= FLAT_RATIO * spread[0]:
+        raise InvalidInput(
+            "mesh is flat (its vertices lie on one plane, line or point): no volume for a "
+            "collision hull or mass/inertia; give it thickness, or convert it with collision "
+            "off and no sim options",
+            param="mesh",
+        )
 
 
 def _run_coacd(
@@ -290,6 +362,13 @@ def physical_properties(mesh: trimesh.Trimesh, density: float) -> PhysicalProper
     """Mass properties of the closed visual mesh at ``density`` (hull's when it is not closed)."""
     solid = mesh if mesh.is_watertight and mesh.volume > 0 else mesh.convex_hull
     props = trimesh.triangles.mass_properties(solid.triangles, density=density)
+    values = np.concatenate([[props.mass, props.volume], props.center_mass, props.inertia.ravel()])
+    if not (np.isfinite(values).all() and props.mass > 0):  # URDF/MJCF/USD must not get them
+        raise InvalidInput(
+            f"mesh gives no finite mass properties (volume {float(props.volume):.3g}): it is "
+            "too thin or too small to simulate",
+            param="mesh",
+        )
     return PhysicalProperties(
         mass_kg=float(props.mass),
         volume_m3=float(props.volume),

@@ -50,8 +50,9 @@ def _mesh_format(filename: str) -> str:
 
 def _check_mesh_faces(data: bytes, fmt: str, limit: int) -> None:
     """A mesh whose file declares more faces than max_mesh_faces is a 413 now, not a job that
-    fails later (the Converter counts every mesh exactly after parsing it: GLB included).
-    Parses the file: run it in a thread."""
+    fails later: a PLY/STL header's count, an OBJ's polygons as triangles, a GLB's meshes
+    times the nodes that instance them (the Converter also counts every mesh exactly after
+    parsing it). Scans the file: run it in a thread."""
     from deployments.meshing.export import declared_faces
 
     faces = declared_faces(data, fmt)
