@@ -134,20 +134,39 @@ def test_settings(data_dir: Path, s3_endpoint: str, models_dir: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    """Debian's Chromium, headless, through Playwright: one per test module (the admin page
-    tests; Studio's own fixture adds the WebGL flags)."""
+CHROMIUM = "/usr/bin/chromium"
+# Headless Chromium has no GPU here: WebGL (Studio's 3D viewer) runs on ANGLE's SwiftShader
+# (software) backend, which recent Chromium only allows with --enable-unsafe-swiftshader.
+WEBGL_ARGS = [
+    "--no-sandbox",
+    "--use-gl=angle",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
+]
+
+
+def _chromium(args: list[str]) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
-        )
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, through Playwright: one per test module (the admin page)."""
+    yield from _chromium(["--no-sandbox"])
+
+
+@pytest.fixture(scope="module")
+def webgl_browser() -> Iterator[object]:
+    """The same with WebGL (Studio's pages: the 3D viewer)."""
+    yield from _chromium(WEBGL_ARGS)
 
 
 @pytest.fixture(scope="session")

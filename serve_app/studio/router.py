@@ -53,7 +53,11 @@ async def studio_file(path: str) -> FileResponse:
     if not path:  # /studio/ → /studio (the page's relative URLs are written for that)
         return RedirectResponse("../studio", status_code=307)  # type: ignore[return-value]
     root = studio_root().resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or target.suffix not in MEDIA_TYPES or not target.is_file():
+    try:
+        target = (root / path).resolve()
+        found = target.is_relative_to(root) and target.suffix in MEDIA_TYPES and target.is_file()
+    except (OSError, ValueError):  # a NUL byte (ValueError), a name too long for the OS (OSError)
+        found = False
+    if not found:
         raise ApiError(404, f"no studio file {path!r}", "not_found", "path")
     return FileResponse(target, media_type=MEDIA_TYPES[target.suffix], headers=NO_STORE)

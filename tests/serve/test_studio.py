@@ -26,30 +26,8 @@ from tests.helpers import (
     wait_for_job,
 )
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "out" / "studio"
-# Headless Chromium has no GPU here: WebGL runs on ANGLE's SwiftShader (software) backend,
-# which recent Chromium only allows with --enable-unsafe-swiftshader.
-WEBGL_ARGS = [
-    "--no-sandbox",
-    "--use-gl=angle",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--ignore-gpu-blocklist",
-]
 VIEWER_BACKGROUND = (0x2A, 0x31, 0x40)  # viewer.js scene.background
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=WEBGL_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -113,14 +91,14 @@ def test_studio_serves_its_files_and_nothing_else(live_app: LiveApp) -> None:
 
 
 def test_studio_photo_to_mask_to_3d_and_back_from_history(
-    live_app: LiveApp, client: httpx.Client, browser, tmp_path: Path
+    live_app: LiveApp, client: httpx.Client, webgl_browser, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from pycocotools import mask as coco_mask
 
     scene = make_scene("box", 240, 320)
     photo = tmp_path / "box.png"
     photo.write_bytes(scene.png())
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = webgl_browser.new_page(viewport={"width": 1280, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: print("studio console:", msg.type, msg.text))
@@ -274,13 +252,15 @@ def test_studio_photo_to_mask_to_3d_and_back_from_history(
     page.close()
 
 
-def test_studio_video_prompt_propagate_scrub(live_app: LiveApp, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_studio_video_prompt_propagate_scrub(
+    live_app: LiveApp, webgl_browser, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from pycocotools import mask as coco_mask
 
     clip = moving_disk_video(frames=8)
     path = tmp_path / "disk.mp4"
     path.write_bytes(encode_video(clip))
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = webgl_browser.new_page(viewport={"width": 1280, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{live_app.base_url}/studio")
@@ -320,7 +300,7 @@ def test_studio_video_prompt_propagate_scrub(live_app: LiveApp, browser, tmp_pat
 
     # History, in a new tab (nothing kept in its session): the video is listed from the API
     # and reopens in the video view with its propagated masks.
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = webgl_browser.new_page(viewport={"width": 1280, "height": 800})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{live_app.base_url}/studio")
     page.locator("body[data-ready='1']").wait_for(timeout=30_000)
@@ -343,7 +323,7 @@ def test_studio_video_prompt_propagate_scrub(live_app: LiveApp, browser, tmp_pat
     page.close()
 
     # The video's link opens it in a new tab; a link to no such video says so.
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = webgl_browser.new_page(viewport={"width": 1280, "height": 800})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{live_app.base_url}/studio#video={video_id}")
     page.locator(f"body[data-video='{video_id}']").wait_for(state="attached", timeout=30_000)
@@ -370,12 +350,14 @@ def keyed_api(live_app: LiveApp) -> Iterator[str]:
         yield url
 
 
-def test_studio_with_keys_asks_for_one_and_sends_it_as_a_header(keyed_api: str, browser) -> None:  # type: ignore[no-untyped-def]
+def test_studio_with_keys_asks_for_one_and_sends_it_as_a_header(
+    keyed_api: str, webgl_browser
+) -> None:  # type: ignore[no-untyped-def]
     with httpx.Client(base_url=keyed_api, timeout=30) as http:  # the page itself is public
         assert http.get("/studio").status_code == 200
         assert http.get("/studio/vendor/three/build/three.module.min.js").status_code == 200
         assert http.get("/v1/jobs").status_code == 401
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = webgl_browser.new_page(viewport={"width": 1280, "height": 800})
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     page.goto(f"{keyed_api}/studio")
@@ -397,7 +379,7 @@ def test_studio_with_keys_asks_for_one_and_sends_it_as_a_header(keyed_api: str, 
 
 
 def test_studio_shows_the_masks_a_segment_stage_chose(
-    live_app: LiveApp, client: httpx.Client, browser
+    live_app: LiveApp, client: httpx.Client, webgl_browser
 ) -> None:  # type: ignore[no-untyped-def]
     """A job that segmented on the server, opened by its link and from the history: its masks
     (one per object, each from its COCO RLE artifact) over its photo, at the view's reduced
@@ -421,7 +403,7 @@ def test_studio_shows_the_masks_a_segment_stage_chose(
     full = coco_mask.decode(rle).astype(bool)
     assert full.shape == (1800, 2400) and full.any()
 
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = webgl_browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{live_app.base_url}/studio#job={job_id}")  # the job's link
@@ -496,7 +478,7 @@ def test_studio_shows_the_masks_a_segment_stage_chose(
 
 
 def test_studio_shows_the_mask_while_the_3d_stages_run(
-    live_app: LiveApp, client: httpx.Client, browser
+    live_app: LiveApp, client: httpx.Client, webgl_browser
 ) -> None:  # type: ignore[no-untyped-def]
     """The segment stage's mask appears as soon as that stage ends, before the job does: a
     wrong one can be cancelled before the 3D stages run on it. The Reconstructor is frozen
@@ -516,7 +498,7 @@ def test_studio_shows_the_mask_while_the_3d_stages_run(
     with ThreadPoolExecutor(1) as thread:
         pid = thread.submit(lambda: reconstructor.info.remote().result()["pid"]).result()
     scene = make_scene("disk", 240, 320)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = webgl_browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     os.kill(pid, signal.SIGSTOP)

@@ -77,7 +77,7 @@ export function initJob({ say }) {
       render(last);
       if (!TERMINAL.includes(last.status)) last = await followJob(jobId, render, following.signal) || last;
     } catch (err) {
-      if (err instanceof ApiError) $("job-error").textContent = err.hint;
+      if (err instanceof ApiError && current === jobId) $("job-error").textContent = err.hint;
       return;
     }
     if (current !== jobId || !last) return;
@@ -110,7 +110,7 @@ export function initJob({ say }) {
     const masks = job.artifacts.filter(a => MASK_ARTIFACT.test(a.name) || a.name === job.inputs?.mask).map(a => a.name).join();
     if (masks && masks !== masksShown) {
       masksShown = masks;
-      showMasks(job).catch(err => { $("mask-caption").textContent = "masks: " + (err.hint || err.message); });
+      showMasks(job).catch(err => { if (job.job_id === current) $("mask-caption").textContent = "masks: " + (err.hint || err.message); });
     }
   }
 
@@ -124,8 +124,10 @@ export function initJob({ say }) {
     return null;
   }
 
+  // Every await may end after another job was opened (its files were slow): each is followed
+  // by a check, so a job left behind never writes into the one now shown.
   async function showResult(job) {
-    const artifacts = job.artifacts;
+    const artifacts = job.artifacts, stale = () => job.job_id !== current;
     $("result").hidden = false;
     const zip = $("download-zip"), zipUrl = `/v1/jobs/${job.job_id}/artifacts.zip`;
     zip.href = base + zipUrl;
@@ -135,11 +137,17 @@ export function initJob({ say }) {
       el("span", { class: "muted" }, ` ${(a.bytes / 1024).toFixed(1)} KB`))));
 
     const preview = pick(artifacts, "preview.gif", "thumbnail.png");
-    if (preview) $("preview-img").src = URL.createObjectURL(await blob(preview.url));
     $("preview-img").closest("figure").hidden = !preview;
+    if (preview) {
+      const image = await blob(preview.url);
+      if (stale()) return;
+      $("preview-img").src = URL.createObjectURL(image);
+    }
 
     const sidecar = pick(artifacts, "object.json");
-    $("physics").tBodies[0].replaceChildren(...(sidecar ? physicsRows(await api(sidecar.url)) : [el("tr", {}, el("td", { class: "muted" }, "no physics sidecar (sim off or convert not run)"))]));
+    const physics = sidecar ? await api(sidecar.url) : null;
+    if (stale()) return;
+    $("physics").tBodies[0].replaceChildren(...(physics ? physicsRows(physics) : [el("tr", {}, el("td", { class: "muted" }, "no physics sidecar (sim off or convert not run)"))]));
 
     const model = pick(artifacts, "visual.glb", "textured.glb");
     // No mesh at all (a segment-only job): no viewer, just why.
@@ -154,11 +162,19 @@ export function initJob({ say }) {
     try {
       if (!model) throw new Error("no GLB among the artifacts (add GLB to the formats)");
       const upAxis = job.options?.sim ? job.options.sim.up_axis : "y";
-      await viewer.showModel(await (await blob(model.url)).arrayBuffer(), upAxis);
-      if (collision) await viewer.setCollision(await (await blob(collision.url)).arrayBuffer(), collision.name.endsWith(".stl") ? "stl" : "glb");
+      const glb = await (await blob(model.url)).arrayBuffer();
+      if (stale()) return;
+      await viewer.showModel(glb, upAxis);
+      if (stale()) return;
+      if (collision) {
+        const parts = await (await blob(collision.url)).arrayBuffer();
+        if (stale()) return;
+        await viewer.setCollision(parts, collision.name.endsWith(".stl") ? "stl" : "glb");
+        if (stale()) return;
+      }
       $("viewer-status").textContent = `${model.name}${collision ? ` · collision: ${collision.name}` : ""}`;
       $("viewer").dataset.loaded = "1";
-    } catch (err) { $("viewer-status").textContent = "viewer: " + (err.hint || err.message); }
+    } catch (err) { if (!stale()) $("viewer-status").textContent = "viewer: " + (err.hint || err.message); }
   }
   $("show-collision").addEventListener("change", e => viewer?.showCollision(e.target.checked));
   $("reset-view").addEventListener("click", () => viewer?.reset());
@@ -192,7 +208,11 @@ export function initJob({ say }) {
       bitmap.catch(() => { if (photoOf.key === key) photoOf = { key: "", bitmap: null }; });
       photoOf = { key, bitmap };
     }
+    // After every await: another job opened, or a newer draw begun, meanwhile leaves the canvases
+    // alone (resizing them clears them).
+    const stale = () => job.job_id !== current || drawing !== maskDrawing;
     const bitmap = await photoOf.bitmap;
+    if (stale()) return;
     const scale = Math.min(1, MASK_VIEW_PX / Math.max(bitmap.width, bitmap.height));
     const width = Math.max(1, Math.round(bitmap.width * scale)), height = Math.max(1, Math.round(bitmap.height * scale));
     for (const canvas of [photo, overlay, boxes]) { canvas.width = width; canvas.height = height; }
@@ -202,7 +222,7 @@ export function initJob({ say }) {
       : [await pngMask(await blob(uploaded.url), width, height)];
     // A detect job's k-th mask came from the detector's k-th box (detections.json).
     const found = rles.length && byName.has("detections.json") ? await api(byName.get("detections.json").url) : null;
-    if (job.job_id !== current || drawing !== maskDrawing) return;  // a newer draw has begun
+    if (stale()) return;
     const ctx = overlay.getContext("2d");
     // The edge band about 1 % of the view wide: the canvas is shown a few hundred pixels wide.
     const band = Math.max(1, Math.round(width / 150));

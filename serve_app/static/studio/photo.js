@@ -9,12 +9,20 @@ import { ApiError, api, decodeRle, el, paintMask, postJson } from "./api.js";
 export function initPhoto({ say, job }) {
   const $ = id => document.getElementById(id);
   const stage = $("stage"), inner = $("stage-inner"), photo = $("photo"), overlay = $("overlay"), marks = $("marks");
+  let loading = 0;  // load()s begun: a photo that decodes after a later one was chosen is dropped
   const state = { file: null, width: 0, height: 0, points: [], box: null, masks: [], chosen: -1, imageId: null, preparing: null, detections: [], seq: 0, cursor: null };
 
   // --- loading and zoom ------------------------------------------------------------------
   async function load(file) {
     if (!file || !file.type.startsWith("image/")) { say("That is not an image file."); return; }
-    const bitmap = await createImageBitmap(file);
+    const mine = ++loading;
+    let bitmap;
+    try { bitmap = await createImageBitmap(file); }
+    catch (_) {  // the type says image, the browser cannot read it (HEIC, a broken file)
+      if (mine === loading) say(`cannot decode ${file.name} — convert to JPEG or PNG`);
+      return;
+    }
+    if (mine !== loading) return;
     state.seq++;  // an answer still on its way is for the previous photo
     Object.assign(state, { file, width: bitmap.width, height: bitmap.height, points: [], box: null, masks: [], chosen: -1, imageId: null, detections: [], cursor: null });
     delete document.body.dataset.prepared;
@@ -202,18 +210,20 @@ export function initPhoto({ say, job }) {
   }
   $("detect").addEventListener("click", async () => {
     if (!state.file) { say("Choose a photo first."); return; }
+    const file = state.file;  // the answer is for this photo: dropped if another is chosen meanwhile
     const form = new FormData();
-    form.append("image", state.file, state.file.name);
+    form.append("image", file, file.name);
     form.append("options", JSON.stringify({ conf: Number($("detector-conf").value) }));
     $("detect").disabled = true;
     try {
       const answer = await api(`/v1/detect?model=${encodeURIComponent($("detector-model").value)}`, { method: "POST", body: form });
+      if (state.file !== file) return;
       state.detections = answer.detections;
       $("detections").replaceChildren(...(answer.detections.length ? answer.detections.map((d, i) => el("li", {},
         el("button", { type: "button", "data-index": String(i), onclick: () => { state.box = d.box.map(Math.round); state.points = []; segment(); } },
           `${d.class_name} ${(d.score * 100).toFixed(0)} % — use its box`))) : [el("li", { class: "muted" }, "no detections")]));
       drawMarks();
-    } catch (err) { say("detect failed: " + (err.hint || err.message)); }
+    } catch (err) { if (state.file === file) say("detect failed: " + (err.hint || err.message)); }
     finally { $("detect").disabled = false; }
   });
 

@@ -37,26 +37,36 @@ export function initVideo({ say }) {
     show(0);
   }
 
+  // Per video (open() replaces both maps); a failed fetch is not kept, so the next look tries again.
   async function frameImage(index) {
-    if (!frames.has(index)) frames.set(index, blob(`/v1/videos/${video.video_id}/frames/${index}`).then(b => createImageBitmap(b)));
+    if (!frames.has(index)) {
+      const cache = frames;
+      cache.set(index, blob(`/v1/videos/${video.video_id}/frames/${index}`).then(b => createImageBitmap(b)).catch(err => {
+        cache.delete(index); throw err;
+      }));
+    }
     return frames.get(index);
   }
   async function frameMasks(index) {
     if (!masks.has(index)) {
-      masks.set(index, api(`/v1/videos/${video.video_id}/frames/${index}/masks`).catch(err => {
+      const cache = masks;
+      cache.set(index, api(`/v1/videos/${video.video_id}/frames/${index}/masks`).catch(err => {
         if (err instanceof ApiError && err.status === 404) return {};
-        masks.delete(index); throw err;
+        cache.delete(index); throw err;
       }));
     }
     return masks.get(index);
   }
 
+  // Every await below may end after another video was opened (both start at frame 0): each is
+  // followed by a check of the video it began with.
   async function show(index) {
     if (!video) return;
+    const v = video;
     shown = index;
     $("frame-label").textContent = `${index + 1} / ${video.frames}`;
     const [image, objects] = await Promise.all([frameImage(index), frameMasks(index)]);
-    if (shown !== index) return;
+    if (video !== v || shown !== index) return;
     frame.getContext("2d").drawImage(image, 0, 0);
     const ctx = overlay.getContext("2d");
     ctx.clearRect(0, 0, video.width, video.height);
@@ -85,20 +95,26 @@ export function initVideo({ say }) {
   });
 
   async function prompt(x, y, label) {
+    const v = video, mine = points;  // the answer is for this video: dropped if another is opened
     const index = Number(scrub.value), obj = Number($("obj-id").value);
     const key = `${index}:${obj}`;
     const list = [...(points.get(key) || []), [x, y, label]];
     points.set(key, list);
     status(`object ${obj} on frame ${index + 1}…`);
     try {
-      const answer = await postJson(`/v1/videos/${video.video_id}/prompts`, {
+      const answer = await postJson(`/v1/videos/${v.video_id}/prompts`, {
         frame_idx: index, obj_id: obj, points: list.map(p => [p[0], p[1]]), labels: list.map(p => p[2]),
       });
+      if (video !== v) return;
       const current = await frameMasks(index);
+      if (video !== v) return;
       masks.set(index, Promise.resolve({ ...current, [String(obj)]: answer.rle }));
       status(`object ${obj} on frame ${index + 1}: ${answer.area} px in ${(answer.seconds * 1000).toFixed(0)} ms. Propagate when every object is prompted.`);
       show(index);
-    } catch (err) { points.set(key, list.slice(0, -1)); status("prompt failed: " + (err.hint || err.message)); }
+    } catch (err) {
+      mine.set(key, list.slice(0, -1));
+      if (video === v) status("prompt failed: " + (err.hint || err.message));
+    }
   }
 
   $("new-object").addEventListener("click", () => {
@@ -110,13 +126,17 @@ export function initVideo({ say }) {
   $("propagate").addEventListener("click", async () => {
     if (!video) return;
     following?.abort();
-    following = new AbortController();
+    const v = video, ctrl = following = new AbortController();
     const bar = $("video-bar");
     $("propagate").disabled = true;
+    // Another video opened (or Propagate pressed again) meanwhile: this run writes nothing more.
+    const stale = () => video !== v || ctrl.signal.aborted;
     try {
-      const accepted = await postJson(`/v1/videos/${video.video_id}/propagate`, { direction: "both" });
+      const accepted = await postJson(`/v1/videos/${v.video_id}/propagate`, { direction: "both" });
+      if (stale()) return;
       status("propagating…");
       const job = await followJob(accepted.job_id, job => {
+        if (stale()) return;
         const stage = job.stages[0] || {};
         const detail = stage.detail || {};
         const pct = detail.frames ? 100 * (detail.frames_done || 0) / detail.frames : job.progress;
@@ -124,15 +144,16 @@ export function initVideo({ say }) {
         bar.dataset.progress = String(Math.round(job.status === "succeeded" ? 100 : pct));
         status(`propagating: ${detail.frames_done ?? "…"} / ${detail.frames ?? "…"} frames${detail.fps ? `, ${Number(detail.fps).toFixed(1)} fps` : ""}`);
         if (job.status === "failed") status("propagation failed: " + (stage.error || job.error));
-      }, following.signal);
+      }, ctrl.signal);
+      if (stale()) return;
       if (job?.status === "succeeded") {
         bar.style.width = "100%"; bar.dataset.progress = "100";
         masks = new Map();  // read the propagated masks afresh
         status("propagated: scrub to see every object's mask.");
         show(Number(scrub.value));
       } else if (job) status(`propagation ${job.status}${job.error ? ": " + job.error : ""}`);
-    } catch (err) { status("propagate failed: " + (err.hint || err.message)); }
-    finally { $("propagate").disabled = false; }
+    } catch (err) { if (!stale()) status("propagate failed: " + (err.hint || err.message)); }
+    finally { if (video === v) $("propagate").disabled = false; }
   });
 
   for (const a of [$("export-coco"), $("export-png")]) {

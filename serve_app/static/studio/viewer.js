@@ -23,6 +23,9 @@ export function createViewer(container) {
   const root = new THREE.Group();  // the files' frame; turned so that their up axis is up
   scene.add(root);
   let model = null, collision = null, home = null;
+  // Bumped by each showModel: a parse that ends after a later model began (another job was
+  // opened meanwhile) is dropped, as is a collision overlay meant for an earlier model.
+  let generation = 0;
 
   const render = () => renderer.render(scene, camera);
   controls.addEventListener("change", render);
@@ -55,7 +58,9 @@ export function createViewer(container) {
   }
 
   async function showModel(buffer, upAxis = "y") {
+    const mine = ++generation;
     const gltf = await new GLTFLoader().parseAsync(buffer, "");
+    if (mine !== generation) return;
     clear(model); clear(collision); collision = null;
     model = gltf.scene;
     root.rotation.set(upAxis === "z" ? -Math.PI / 2 : 0, 0, 0);
@@ -65,13 +70,16 @@ export function createViewer(container) {
   }
 
   async function setCollision(buffer, kind) {
-    clear(collision);
+    const mine = generation;
+    clear(collision); collision = null;
     const material = new THREE.MeshBasicMaterial({ color: 0xff5a1f, transparent: true, opacity: 0.5, depthWrite: false, side: THREE.DoubleSide });
     const edges = new THREE.LineBasicMaterial({ color: 0xffd0b0 });
     const group = new THREE.Group();
     const addMesh = geometry => { group.add(new THREE.Mesh(geometry, material)); group.add(new THREE.LineSegments(new THREE.EdgesGeometry(geometry, 20), edges)); };
     if (kind === "stl") addMesh(new STLLoader().parse(buffer));
     else (await new GLTFLoader().parseAsync(buffer, "")).scene.traverse(o => { if (o.isMesh) { o.updateWorldMatrix(true, false); addMesh(o.geometry.clone().applyMatrix4(o.matrixWorld)); } });
+    if (mine !== generation) { clear(group); return; }
+    clear(collision);  // another setCollision for this model may have ended meanwhile
     group.visible = false;
     collision = group;
     root.add(group);
