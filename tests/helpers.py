@@ -249,6 +249,33 @@ def ephemeral_port_floor() -> int:
         return 32768
 
 
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """A callback URL on loopback that answers the first POST 500 and the next ones 204, and
+    the (lower-cased headers, body) of every POST it got."""
+    import http.server
+    import threading
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(500 if len(received) == 1 else 204)  # fail once, then accept
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+
+
 def free_port() -> int:
     """A free loopback port for a server a test starts, below the kernel's ephemeral range and
     above Ray's worker ports. Not a port bound to 0: that comes from the ephemeral range, and

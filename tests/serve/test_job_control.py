@@ -194,27 +194,10 @@ def _wait_until_busy(replicas: list[Any], deadline: float, window_s: float = 0.1
 
 
 def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene: Scene) -> None:
-    import http.server
-
     from serve_app.jobs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-    from tests.helpers import WEBHOOK_SECRET
+    from tests.helpers import WEBHOOK_SECRET, webhook_receiver
 
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(500 if len(received) == 1 else 204)  # fail once, then accept
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook_receiver() as (url, received):
         job_id = _post_job(client, disk_scene, {"stages": ["segment"], "callback_url": url}).json()[
             "job_id"
         ]
@@ -225,8 +208,6 @@ def test_signed_webhook_is_retried_and_recorded(client: httpx.Client, disk_scene
             if webhook["state"] != "pending":
                 break
             time.sleep(0.1)
-    finally:
-        server.shutdown()
     assert (
         webhook["state"] == "delivered"
         and webhook["attempts"] == 2

@@ -5,7 +5,6 @@ delivered callback stays delivered, and delivery never calls the store on the ev
 from __future__ import annotations
 
 import asyncio
-import http.server
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from serve_app.jobs.store import JobStore, NewJob
 from serve_app.jobs.tables import jobs
 from serve_app.jobs.webhooks import deliver
 from serve_app.settings import Settings
-from tests.helpers import STAGES
+from tests.helpers import STAGES, webhook_receiver
 
 
 def ended_jobs(store: JobStore, count: int, options: dict[str, str] | None = None) -> list[str]:
@@ -59,28 +58,13 @@ def test_a_delivered_callback_stays_delivered(store: JobStore) -> None:
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[bytes]]]:
-    received: list[bytes] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(500 if len(received) == 1 else 204)  # fail once, then accept
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    finally:
-        server.shutdown()
+def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    with webhook_receiver() as answering:
+        yield answering
 
 
 def test_delivery_reads_and_writes_the_store_off_the_event_loop(
-    store: JobStore, tmp_path: Path, receiver: tuple[str, list[bytes]]
+    store: JobStore, tmp_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> None:
     url, received = receiver
     [job_id] = ended_jobs(store, 1, {"callback_url": url})
