@@ -66,7 +66,26 @@ def plan_stages(options: JobOptions, supplied: set[str]) -> list[str]:
                 missing[0],
             )
         available.update(STAGE_MAKES[name])
+    if "mesh" in supplied and "segment" in names and "reconstruct" not in names:
+        _check_one_object_for_the_mesh(options)
     return names
+
+
+def _check_one_object_for_the_mesh(options: JobOptions) -> None:
+    """A supplied mesh is one object's: a segment stage that may find several (detector boxes
+    or text instances with max_objects > 1) has no mesh for the others, and the job would fail
+    in paint or convert after detection and segmentation ran."""
+    prompt, detect = options.prompt, options.detect_options
+    text_many = prompt is not None and prompt.text is not None and prompt.max_objects > 1
+    boxes_many = options.detector_prompts and detect is not None and detect.max_objects > 1
+    if text_many or boxes_many:
+        raise ApiError(
+            422,
+            "a supplied mesh is one object's, but the segment stage may find several "
+            "(max_objects > 1): add the reconstruct stage, or ask for one object",
+            "invalid_request",
+            "detect.max_objects" if boxes_many else "prompt.max_objects",
+        )
 
 
 R = TypeVar("R")
@@ -137,9 +156,13 @@ class StageContext:
         records = [(name, media, size) for (name, _, media), size in zip(files, sizes, strict=True)]
         await asyncio.to_thread(self.store.add_artifacts, self.job.id, stage, records, self.owner)
 
-    def artifact_name(self, role: str, prefix: str = "") -> str | None:
-        """The artifact for a role (of one object): a stage's output wins over the job's input."""
-        produced = {a.name for a in self.job.artifacts}
+    def artifact_name(
+        self, role: str, prefix: str = "", for_stage: str | None = None
+    ) -> str | None:
+        """The artifact for a role (of one object): a stage's output wins over the job's input.
+        ``for_stage``: the stage that reads it, whose own outputs never count (a retried paint
+        read the textured.glb of its earlier attempt and painted its own output again)."""
+        produced = {a.name for a in self.job.artifacts if a.stage != for_stage}
         for name in PRODUCED_BY_ROLE.get(role, ()):
             if prefix + name in produced:
                 return prefix + name
@@ -197,8 +220,8 @@ class StageContext:
             raise ApiError(422, "job has no mask", "missing_input", "mask")
         return await self.read(name)
 
-    async def mesh(self, prefix: str = "") -> tuple[bytes, str]:
-        name = self.artifact_name("mesh", prefix)
+    async def mesh(self, prefix: str = "", for_stage: str | None = None) -> tuple[bytes, str]:
+        name = self.artifact_name("mesh", prefix, for_stage)
         if name is None:
             raise ApiError(422, "job has no mesh", "missing_input", "mesh")
         return await self.read(name), name.rsplit(".", 1)[-1].lower()
@@ -435,7 +458,7 @@ async def run_paint(ctx: StageContext) -> dict[str, Any]:
     objects = ctx.objects()
     for done, prefix in enumerate(objects, start=1):
         (mesh, fmt), image, mask = await asyncio.gather(
-            ctx.mesh(prefix), ctx.image_file(), ctx.mask_file(prefix)
+            ctx.mesh(prefix, for_stage="paint"), ctx.image_file(), ctx.mask_file(prefix)
         )
         request = PaintRequest(
             mesh,

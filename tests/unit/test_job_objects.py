@@ -141,3 +141,31 @@ def test_a_text_prompted_job_exports_its_instances_named_by_the_text(tmp_path: P
         "0 0.781250 0.625000 0.312500 0.312500",
         "0 0.171875 0.171875 0.281250 0.281250",
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"stages": ["segment", "convert"], "detect": {"max_objects": 3}}, "detect.max_objects"),
+        (
+            {"stages": ["segment", "paint", "convert"], "prompt": {"text": "x", "max_objects": 2}},
+            "prompt.max_objects",
+        ),
+    ],
+)
+def test_a_supplied_mesh_with_a_segment_of_several_objects_is_refused_at_submit(
+    options: dict[str, object], param: str
+) -> None:
+    """One supplied mesh has no twin for the other objects: the job failed in paint or convert
+    (422 'job has no mesh') after detection and segmentation ran; now a 422 at submit."""
+    from serve_app.jobs.pipeline import plan_stages
+    from serve_app.jobs.schemas import JobOptions
+
+    with pytest.raises(ApiError) as refused:
+        plan_stages(JobOptions.model_validate(options), {"image", "mesh"})
+    assert (refused.value.status, refused.value.param) == (422, param)
+    # One object, or a reconstruct stage making each object's mesh, is fine.
+    one = {**options, "detect": True} if "detect" in options else {"stages": options["stages"]}
+    assert plan_stages(JobOptions.model_validate(one), {"image", "mesh"})
+    rebuilt = {**options, "stages": ["segment", "reconstruct", "paint", "convert"]}
+    assert plan_stages(JobOptions.model_validate(rebuilt), {"image", "mesh"})

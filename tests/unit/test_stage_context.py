@@ -62,3 +62,33 @@ def test_progress_after_each_object_but_the_last(tmp_path: Path) -> None:
     assert convert_progress() == 66.67
     store.finish_stage(ctx.job.id, "convert", "succeeded", 1.0)
     assert convert_progress() == 100.0
+
+
+def test_a_retried_paint_reads_the_shape_not_its_own_earlier_output(tmp_path: Path) -> None:
+    """Paint failed after storing obj0's textured.glb: its retry paints obj0 from the shape
+    again (it read its own output back: a mesh split along UV seams, baked twice), while
+    convert takes the painted mesh; a job's own input mesh is paint's when nothing came before."""
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    files = LocalArtifactStore(tmp_path / "artifacts")
+    job_id = store.create(
+        {},
+        {"image": "input.png", "mesh": "input_mesh.glb"},
+        STAGES,
+        [("input.png", "image/png", 1)],
+    )
+    store.add_artifacts(
+        job_id,
+        "reconstruct",
+        [("obj0_shape.ply", "application/x-ply", 1), ("obj2_shape.ply", "application/x-ply", 1)],
+    )
+    store.add_artifacts(job_id, "paint", [("obj0_textured.glb", "model/gltf-binary", 1)])
+    store.add_artifacts(job_id, "paint", [("textured.glb", "model/gltf-binary", 1)])
+    job = store.get(job_id)
+    assert job is not None
+    ctx = StageContext(job, store, files, Handles(None, None, None, None), 10**6)
+
+    assert ctx.artifact_name("mesh", "obj0_", for_stage="paint") == "obj0_shape.ply"
+    assert ctx.artifact_name("mesh", "obj2_", for_stage="paint") == "obj2_shape.ply"
+    assert ctx.artifact_name("mesh", "", for_stage="paint") == "input_mesh.glb"
+    assert ctx.artifact_name("mesh", "obj0_") == "obj0_textured.glb"  # convert's
+    assert ctx.artifact_name("mesh", "") == "textured.glb"
