@@ -9,6 +9,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -80,8 +81,12 @@ def video_or_404(services: Services, video_id: str, principal: Principal) -> Vid
         raise ApiError(422, "video id must be 32 lower-case hex characters", param="video_id")
     record = video_store(services).get(video_id)
     if record is None or not can_access(principal, record.owner):
-        raise ApiError(404, f"video {video_id!r} not found", "not_found", "video_id")
+        raise _not_found(video_id)
     return record
+
+
+def _not_found(video_id: str) -> ApiError:
+    return ApiError(404, f"video {video_id!r} not found", "not_found", "video_id")
 
 
 def video_public(services: Services, record: VideoRecord) -> VideoPublic:
@@ -172,7 +177,7 @@ def _append_prompt(
     try:
         seq = store.add_prompt(video_id, *entry)
     except VideoGone:
-        raise ApiError(404, f"video {video_id} not found", "not_found", "video_id") from None
+        raise _not_found(video_id) from None
     history = [p for p in store.prompts(video_id) if p["seq"] <= seq]
     if not objects_within_limit(history, settings.video_max_objects):
         store.remove_prompt(video_id, seq)
@@ -188,9 +193,14 @@ def _withdraw_late(store: VideoStore, video_id: str, done: asyncio.Future[Any]) 
     if done.cancelled() or done.exception() is not None:
         return
     seq, _ = done.result()
-    removal = asyncio.ensure_future(asyncio.to_thread(store.remove_prompt, video_id, seq))
-    _late.add(removal)
-    removal.add_done_callback(_late.discard)
+    _in_background(asyncio.to_thread(store.remove_prompt, video_id, seq))
+
+
+def _in_background(work: Awaitable[None]) -> None:
+    """Run ``work`` after its request is gone, kept referenced until it ends."""
+    task = asyncio.ensure_future(work)
+    _late.add(task)
+    task.add_done_callback(_late.discard)
 
 
 def _objects_refused(obj_id: int, limit: int) -> ApiError:
@@ -414,11 +424,8 @@ async def delete_everywhere(services: Services, video_id: str) -> bool:
     deleted = await asyncio.to_thread(video_store(services).delete, video_id)
     await asyncio.to_thread(services.artifacts.delete_job, video_id)
     if cancelled:
-        again = asyncio.ensure_future(
-            _delete_files_later(services, video_id, services.settings.cancel_check_interval_s * 2)
-        )
-        _late.add(again)
-        again.add_done_callback(_late.discard)
+        delay_s = services.settings.cancel_check_interval_s * 2
+        _in_background(_delete_files_later(services, video_id, delay_s))
     return deleted
 
 
