@@ -90,6 +90,15 @@ def _keypoint(**value: object) -> dict[str, Any]:
 
 
 # Smart tools -----------------------------------------------------------------------------------
+def _smart_tool_body(data: dict[str, str], config: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A predict call for one task with ``item`` as the smart tool's context."""
+    return {
+        "tasks": [{"id": 1, "data": data}],
+        "label_config": config,
+        "params": {"context": {"result": [item]}},
+    }
+
+
 @pytest.mark.parametrize(
     ("item", "says"),
     [
@@ -107,11 +116,7 @@ def _keypoint(**value: object) -> dict[str, Any]:
 def test_smart_tool_context_is_a_422_naming_the_value(
     services: Services, files: str, item: dict[str, Any], says: str
 ) -> None:
-    body = {
-        "tasks": [{"id": 1, "data": {"image": f"{files}/img.png"}}],
-        "label_config": IMAGE_CONFIG,
-        "params": {"context": {"result": [item]}},
-    }
+    body = _smart_tool_body({"image": f"{files}/img.png"}, IMAGE_CONFIG, item)
     error = _error(_post(services, "/labelstudio/predict", body), 422)
     assert (error["type"], error["param"]) == ("invalid_request", "context")
     assert says in error["message"]
@@ -170,11 +175,7 @@ def test_an_empty_keyframe_box_stores_no_video(services: Services, files: str) -
         "id": "r1",
         "value": {"sequence": [keyframe]},
     }
-    body = {
-        "tasks": [{"id": 1, "data": {"video": f"{files}/v.mp4"}}],
-        "label_config": VIDEO_CONFIG,
-        "params": {"context": {"result": [item]}},
-    }
+    body = _smart_tool_body({"video": f"{files}/v.mp4"}, VIDEO_CONFIG, item)
     error = _error(_post(services, "/labelstudio/predict", body), 422)
     assert (error["type"], error["param"]) == ("invalid_request", "context")
     assert "is empty" in error["message"]
